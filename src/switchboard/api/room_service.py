@@ -1,0 +1,62 @@
+"""`livekit.RoomService`: rooms, and the participants that are in them."""
+
+from livekit.protocol import models
+from livekit.protocol import room as pb
+
+from switchboard.api.twirp import Method, require_claims
+from switchboard.auth.grants import Claims, require_room_admin, require_room_create, require_room_list
+from switchboard.core.errors import NotFound
+from switchboard.runtime import Runtime
+from switchboard.wire import participant_to_proto, room_spec, room_to_proto
+
+
+def methods(runtime: Runtime) -> dict[str, Method]:
+    engine = runtime.engine
+
+    def create_room(claims: Claims | None, request: pb.CreateRoomRequest) -> models.Room:
+        require_room_create(require_claims(claims))
+        return room_to_proto(engine.create_room(room_spec(request), runtime.now()))
+
+    def list_rooms(claims: Claims | None, request: pb.ListRoomsRequest) -> pb.ListRoomsResponse:
+        require_room_list(require_claims(claims))
+        return pb.ListRoomsResponse(rooms=[room_to_proto(r) for r in engine.list_rooms(request.names)])
+
+    def delete_room(claims: Claims | None, request: pb.DeleteRoomRequest) -> pb.DeleteRoomResponse:
+        require_room_create(require_claims(claims))
+        engine.delete_room(request.room, runtime.now())
+        return pb.DeleteRoomResponse()
+
+    def update_room_metadata(claims: Claims | None, request: pb.UpdateRoomMetadataRequest) -> models.Room:
+        require_room_admin(require_claims(claims), request.room)
+        return room_to_proto(engine.update_room_metadata(request.room, request.metadata))
+
+    def list_participants(
+        claims: Claims | None, request: pb.ListParticipantsRequest
+    ) -> pb.ListParticipantsResponse:
+        require_room_admin(require_claims(claims), request.room)
+        try:
+            participants = engine.room(request.room).participants.values()
+        except NotFound:
+            participants = {}.values()  # LiveKit answers an empty list for a room it does not know
+        return pb.ListParticipantsResponse(participants=[participant_to_proto(p) for p in participants])
+
+    def get_participant(claims: Claims | None, request: pb.RoomParticipantIdentity) -> models.ParticipantInfo:
+        require_room_admin(require_claims(claims), request.room)
+        return participant_to_proto(engine.participant(request.room, request.identity))
+
+    def remove_participant(
+        claims: Claims | None, request: pb.RoomParticipantIdentity
+    ) -> pb.RemoveParticipantResponse:
+        require_room_admin(require_claims(claims), request.room)
+        engine.remove_participant(request.room, request.identity, runtime.now())
+        return pb.RemoveParticipantResponse()
+
+    return {
+        "CreateRoom": Method(pb.CreateRoomRequest, create_room),
+        "ListRooms": Method(pb.ListRoomsRequest, list_rooms),
+        "DeleteRoom": Method(pb.DeleteRoomRequest, delete_room),
+        "UpdateRoomMetadata": Method(pb.UpdateRoomMetadataRequest, update_room_metadata),
+        "ListParticipants": Method(pb.ListParticipantsRequest, list_participants),
+        "GetParticipant": Method(pb.RoomParticipantIdentity, get_participant),
+        "RemoveParticipant": Method(pb.RoomParticipantIdentity, remove_participant),
+    }

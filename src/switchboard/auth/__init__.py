@@ -1,0 +1,1 @@
+"""Access tokens and grants: minting, verifying, and the permission checks of every entry point."""

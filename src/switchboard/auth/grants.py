@@ -1,0 +1,145 @@
+"""Claims of a LiveKit access token, read tolerantly, and the permission checks built on them."""
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from google.protobuf import json_format
+from livekit.protocol.room import RoomConfiguration
+
+
+class InvalidToken(Exception):
+    """The token cannot be trusted or read; the message says why and never contains the token."""
+
+
+class PermissionDenied(Exception):
+    """A valid token whose grants do not allow the request."""
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+@dataclass(frozen=True)
+class VideoGrant:
+    """The `video` claim. Field names are snake_case here and camelCase in the token."""
+
+    room_create: bool = False
+    room_list: bool = False
+    room_record: bool = False
+    room_admin: bool = False
+    room_join: bool = False
+    room: str = ""
+    can_publish: bool | None = None
+    can_subscribe: bool | None = None
+    can_publish_data: bool | None = None
+    can_publish_sources: tuple[str, ...] = ()
+    can_update_own_metadata: bool | None = None
+    ingress_admin: bool = False
+    hidden: bool = False
+    recorder: bool = False
+    agent: bool = False
+
+    @classmethod
+    def from_claim(cls, claim: object) -> "VideoGrant":
+        if claim is None:
+            return cls()
+        if not isinstance(claim, Mapping):
+            raise InvalidToken("invalid token: 'video' claim must be an object")
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = claim.get(_camel(f.name))
+            if raw is None:
+                continue
+            if f.name == "room":
+                if not isinstance(raw, str):
+                    raise InvalidToken("invalid token: video.room must be a string")
+                values[f.name] = raw
+            elif f.name == "can_publish_sources":
+                if not isinstance(raw, list) or not all(isinstance(s, str) for s in raw):
+                    raise InvalidToken("invalid token: video.canPublishSources must be a list of strings")
+                values[f.name] = tuple(s.lower() for s in raw)
+            else:
+                if not isinstance(raw, bool):
+                    raise InvalidToken(f"invalid token: video.{_camel(f.name)} must be true or false")
+                values[f.name] = raw
+        return cls(**values)
+
+    def to_claim(self) -> dict[str, Any]:
+        """Only the grants that are set, as the official SDKs write them."""
+        claim: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value in (False, None, "", ()):
+                continue
+            claim[_camel(f.name)] = list(value) if isinstance(value, tuple) else value
+        return claim
+
+
+@dataclass(frozen=True)
+class Claims:
+    api_key: str
+    identity: str = ""
+    name: str = ""
+    kind: str = ""
+    metadata: str = ""
+    attributes: dict[str, str] = field(default_factory=dict)
+    video: VideoGrant = field(default_factory=VideoGrant)
+    room_config: RoomConfiguration | None = None
+
+    @classmethod
+    def from_payload(cls, api_key: str, payload: Mapping[str, Any]) -> "Claims":
+        attributes = payload.get("attributes") or {}
+        if not isinstance(attributes, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in attributes.items()
+        ):
+            raise InvalidToken("invalid token: 'attributes' must map strings to strings")
+        strings = {}
+        for name in ("sub", "jti", "name", "kind", "metadata"):
+            value = payload.get(name) or ""
+            if not isinstance(value, str):
+                raise InvalidToken(f"invalid token: '{name}' must be a string")
+            strings[name] = value
+        return cls(
+            api_key=api_key,
+            identity=strings["sub"] or strings["jti"],
+            name=strings["name"],
+            kind=strings["kind"].lower(),
+            metadata=strings["metadata"],
+            attributes=dict(attributes),
+            video=VideoGrant.from_claim(payload.get("video")),
+            room_config=_room_config(payload.get("roomConfig")),
+        )
+
+
+def _room_config(claim: object) -> RoomConfiguration | None:
+    """Node writes every default and enum names, Python camelCase with defaults omitted: accept both."""
+    if claim is None:
+        return None
+    if not isinstance(claim, Mapping):
+        raise InvalidToken("invalid token: 'roomConfig' must be an object")
+    try:
+        return json_format.ParseDict(dict(claim), RoomConfiguration(), ignore_unknown_fields=True)
+    except json_format.ParseError as exc:
+        raise InvalidToken(f"invalid token: roomConfig: {exc}") from exc
+
+
+def require_room_admin(claims: Claims, room: str) -> None:
+    """Admin calls on one room need `roomAdmin` and a `room` grant naming exactly that room."""
+    if not claims.video.room_admin:
+        raise PermissionDenied(f"permissions denied: the roomAdmin grant is required for room '{room}'")
+    if claims.video.room != room:
+        raise PermissionDenied(
+            f"permissions denied: the token's room grant is '{claims.video.room}', not '{room}'"
+        )
+
+
+def require_room_create(claims: Claims) -> None:
+    if not claims.video.room_create:
+        raise PermissionDenied("permissions denied: the roomCreate grant is required")
+
+
+def require_room_list(claims: Claims) -> None:
+    if not claims.video.room_list:
+        raise PermissionDenied("permissions denied: the roomList grant is required")

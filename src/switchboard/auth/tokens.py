@@ -1,0 +1,94 @@
+"""HS256 access tokens: verifying what clients send, and minting tokens for the CLI and for agent jobs."""
+
+import time
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import jwt
+from jwt.warnings import InsecureKeyLengthWarning
+
+from switchboard.auth.grants import Claims, InvalidToken, VideoGrant
+
+# LiveKit's dev secret is 6 bytes, and short secrets are the user's choice: the server warns about them
+# once at startup instead of PyJWT warning on every request.
+warnings.filterwarnings("ignore", category=InsecureKeyLengthWarning)
+
+LEEWAY_SECONDS = 60
+DEFAULT_TTL_SECONDS = 6 * 3600
+
+
+def bearer_token(headers: Mapping[str, str], query: Mapping[str, str]) -> str | None:
+    """The token from `Authorization: Bearer …`, else from the `access_token` query parameter."""
+    header = headers.get("Authorization")
+    if header is not None:
+        if not header.startswith("Bearer "):
+            raise InvalidToken("invalid authorization header: it must start with 'Bearer '")
+        return header[len("Bearer ") :].strip()
+    return query.get("access_token") or None
+
+
+class TokenVerifier:
+    def __init__(self, keys: Mapping[str, str], leeway: float = LEEWAY_SECONDS) -> None:
+        self._keys = dict(keys)
+        self._leeway = leeway
+
+    def verify(self, token: str) -> Claims:
+        try:
+            header = jwt.get_unverified_header(token)
+            unverified = jwt.decode(token, options={"verify_signature": False})
+        except jwt.PyJWTError as exc:
+            raise InvalidToken(f"invalid token: cannot be decoded ({exc})") from exc
+        if header.get("alg") != "HS256":
+            raise InvalidToken(f"invalid token: signing algorithm {header.get('alg')!r} is not HS256")
+        api_key = unverified.get("iss")
+        secret = self._keys.get(api_key) if isinstance(api_key, str) else None
+        if secret is None or not isinstance(api_key, str):
+            raise InvalidToken("invalid API key: the token's issuer is not a configured key")
+        try:
+            payload = jwt.decode(
+                token,
+                secret,
+                algorithms=["HS256"],
+                leeway=self._leeway,
+                options={"require": ["exp"], "verify_aud": False},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise InvalidToken("invalid token: it has expired") from exc
+        except jwt.ImmatureSignatureError as exc:
+            raise InvalidToken("invalid token: it is not valid yet (nbf)") from exc
+        except jwt.InvalidSignatureError as exc:
+            raise InvalidToken("invalid token: signature verification failed") from exc
+        except jwt.PyJWTError as exc:
+            raise InvalidToken(f"invalid token: {exc}") from exc
+        return Claims.from_payload(api_key, payload)
+
+
+def mint_token(
+    api_key: str,
+    api_secret: str,
+    *,
+    video: VideoGrant,
+    identity: str = "",
+    name: str = "",
+    kind: str = "",
+    metadata: str = "",
+    attributes: Mapping[str, str] | None = None,
+    room_config: Mapping[str, Any] | None = None,
+    ttl: float = DEFAULT_TTL_SECONDS,
+    now: float | None = None,
+) -> str:
+    """A token laid out as the official SDKs lay it out (grants under `video`, camelCase)."""
+    issued = int(time.time() if now is None else now)
+    payload: dict[str, Any] = {
+        "iss": api_key,
+        "sub": identity,
+        "nbf": issued,
+        "exp": issued + int(ttl),
+        "video": video.to_claim(),
+    }
+    optional = {"name": name, "kind": kind, "metadata": metadata, "attributes": dict(attributes or {})}
+    payload.update({key: value for key, value in optional.items() if value})
+    if room_config:
+        payload["roomConfig"] = dict(room_config)
+    return jwt.encode(payload, api_secret, algorithm="HS256")

@@ -1,0 +1,413 @@
+"""`switchboard`: run the server, mint tokens, manage rooms and dispatches (modelled on LiveKit's `lk`)."""
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import aiohttp
+from google.protobuf.message import Message
+from livekit import api
+
+from switchboard.auth.grants import VideoGrant
+from switchboard.auth.tokens import mint_token
+from switchboard.config import DEV_KEYS, ConfigError, load_config
+from switchboard.wire import to_json
+
+DEV_URL = "http://127.0.0.1:7880"
+DEV_KEY, DEV_SECRET = next(iter(DEV_KEYS.items()))
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([dhms])")
+_UNIT_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+class UsageError(Exception):
+    pass
+
+
+def parse_duration(text: str) -> float:
+    """'90', '90s', '30m', '1h30m', '2d' → seconds."""
+    text = text.strip()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    parts = _DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise UsageError(f"invalid duration {text!r}: use forms like 90s, 30m, 1h30m, 2d")
+    return sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+
+
+def parse_agent(text: str) -> dict[str, str]:
+    """'NAME' or 'NAME:METADATA' → a roomConfig agent entry (camelCase, as the SDKs write it)."""
+    name, _, metadata = text.partition(":")
+    if not name:
+        raise UsageError(f"invalid --agent {text!r}: expected NAME or NAME:METADATA")
+    entry = {"agentName": name}
+    if metadata:
+        entry["metadata"] = metadata
+    return entry
+
+
+def parse_attributes(pairs: Sequence[str]) -> dict[str, str]:
+    attributes = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"invalid --attribute {pair!r}: expected KEY=VALUE")
+        attributes[key] = value
+    return attributes
+
+
+def _credentials(args: argparse.Namespace) -> tuple[str, str]:
+    key = args.api_key or os.environ.get("LIVEKIT_API_KEY") or DEV_KEY
+    secret = args.api_secret or os.environ.get("LIVEKIT_API_SECRET") or DEV_SECRET
+    return key, secret
+
+
+def _url(args: argparse.Namespace) -> str:
+    return str(args.url or os.environ.get("LIVEKIT_URL") or DEV_URL)
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    cells = [[str(c) for c in headers], *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for row in cells:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+def _emit(args: argparse.Namespace, message: Message | Sequence[Message], table: Callable[[], None]) -> None:
+    if args.json:
+        data = to_json(message) if isinstance(message, Message) else [to_json(m) for m in message]
+        print(json.dumps(data, indent=2))
+    else:
+        table()
+
+
+def _when(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds)) if seconds else "-"
+
+
+def _short(text: str, width: int = 40) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _job_summary(dispatch: api.AgentDispatch) -> str:
+    if not dispatch.state.jobs:
+        return "-"
+    return ", ".join(
+        api.JobStatus.Name(job.state.status).removeprefix("JS_").lower()
+        + (f" ({_short(job.state.error, 60)})" if job.state.error else "")
+        for job in dispatch.state.jobs
+    )
+
+
+def _print_dispatches(dispatches: Sequence[api.AgentDispatch]) -> None:
+    print_table(
+        ["ID", "AGENT", "ROOM", "METADATA", "CREATED", "JOBS"],
+        [
+            (
+                d.id,
+                d.agent_name or "(automatic)",
+                d.room,
+                _short(d.metadata) or "-",
+                _when(d.state.created_at / 1e9),
+                _job_summary(d),
+            )
+            for d in dispatches
+        ],
+    )
+
+
+def _print_rooms(rooms: Sequence[api.Room]) -> None:
+    print_table(
+        ["SID", "NAME", "PARTICIPANTS", "CREATED", "EMPTY TIMEOUT", "METADATA"],
+        [
+            (
+                r.sid,
+                r.name,
+                r.num_participants,
+                _when(r.creation_time),
+                f"{r.empty_timeout}s",
+                _short(r.metadata),
+            )
+            for r in rooms
+        ],
+    )
+
+
+async def _call(args: argparse.Namespace, action: Callable[[api.LiveKitAPI], Awaitable[None]]) -> None:
+    key, secret = _credentials(args)
+    async with api.LiveKitAPI(_url(args), key, secret) as lkapi:
+        await action(lkapi)
+
+
+# Commands
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from switchboard.server import serve  # the server's imports are not needed by the client commands
+
+    config = load_config(args.config, dev=args.dev, port=args.port, bind=args.bind, keys=args.keys)
+    serve(config)
+
+
+def cmd_token_create(args: argparse.Namespace) -> None:
+    if args.join and not args.identity:
+        raise UsageError("--identity is required with --join")
+    if args.join and not args.room:
+        raise UsageError("--room is required with --join")
+    agents = [parse_agent(a) for a in args.agent]
+    video = VideoGrant(
+        room_join=args.join,
+        room_admin=args.admin,
+        room_create=args.create,
+        room_list=args.list,
+        room=args.room or "",
+        agent=args.agent_worker,
+    )
+    if not any((video.room_join, video.room_admin, video.room_create, video.room_list, video.agent)):
+        raise UsageError("grant something: --join, --admin, --create, --list or --agent-worker")
+    key, secret = _credentials(args)
+    ttl = parse_duration(args.valid_for)
+    token = mint_token(
+        key,
+        secret,
+        video=video,
+        identity=args.identity or "",
+        name=args.name or "",
+        metadata=args.metadata or "",
+        attributes=parse_attributes(args.attribute),
+        room_config={"agents": agents} if agents else None,
+        ttl=ttl,
+    )
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "token": token,
+                    "identity": args.identity or "",
+                    "room": args.room or "",
+                    "expires_at": int(time.time() + ttl),
+                },
+                indent=2,
+            )
+        )
+    else:
+        print(token)
+
+
+def cmd_dispatch_create(args: argparse.Namespace) -> None:
+    async def run(lkapi: api.LiveKitAPI) -> None:
+        request = api.CreateAgentDispatchRequest(
+            room=args.room, agent_name=args.agent_name, metadata=args.metadata or ""
+        )
+        dispatch = await lkapi.agent_dispatch.create_dispatch(request)
+        _emit(args, dispatch, lambda: _print_dispatches([dispatch]))
+
+    asyncio.run(_call(args, run))
+
+
+def cmd_dispatch_list(args: argparse.Namespace) -> None:
+    async def run(lkapi: api.LiveKitAPI) -> None:
+        dispatches = await lkapi.agent_dispatch.list_dispatch(args.room)
+        _emit(args, dispatches, lambda: _print_dispatches(dispatches))
+
+    asyncio.run(_call(args, run))
+
+
+def cmd_dispatch_get(args: argparse.Namespace) -> None:
+    async def run(lkapi: api.LiveKitAPI) -> None:
+        dispatch = await lkapi.agent_dispatch.get_dispatch(args.id, args.room)
+        if dispatch is None:
+            raise UsageError(f"no dispatch {args.id} in room {args.room!r}")
+        _emit(args, dispatch, lambda: _print_dispatches([dispatch]))
+
+    asyncio.run(_call(args, run))
+
+
+def cmd_dispatch_delete(args: argparse.Namespace) -> None:
+    async def run(lkapi: api.LiveKitAPI) -> None:
+        dispatch = await lkapi.agent_dispatch.delete_dispatch(args.id, args.room)
+        _emit(args, dispatch, lambda: print(f"deleted dispatch {dispatch.id} from room {dispatch.room}"))
+
+    asyncio.run(_call(args, run))
+
+
+def cmd_room_create(args: argparse.Namespace) -> None:
+    async def run(lkapi: api.LiveKitAPI) -> None:
+        request = api.CreateRoomRequest(
+            name=args.name,
+            empty_timeout=args.empty_timeout,
+            departure_timeout=args.departure_timeout,
+            max_participants=args.max_participants,
+            metadata=args.metadata or "",
+            agents=[
+                api.RoomAgentDispatch(agent_name=e["agentName"], metadata=e.get("metadata", ""))
+                for e in map(parse_agent, args.agent)
+            ],
+        )
+        room = await lkapi.room.create_room(request)
+        _emit(args, room, lambda: _print_rooms([room]))
+
+    asyncio.run(_call(args, run))
+
+
+def cmd_room_list(args: argparse.Namespace) -> None:
+    async def run(lkapi: api.LiveKitAPI) -> None:
+        response = await lkapi.room.list_rooms(api.ListRoomsRequest(names=args.names))
+        rooms = list(response.rooms)
+        _emit(args, rooms, lambda: _print_rooms(rooms))
+
+    asyncio.run(_call(args, run))
+
+
+def cmd_room_delete(args: argparse.Namespace) -> None:
+    async def run(lkapi: api.LiveKitAPI) -> None:
+        response = await lkapi.room.delete_room(api.DeleteRoomRequest(room=args.name))
+        _emit(args, response, lambda: print(f"deleted room {args.name}"))
+
+    asyncio.run(_call(args, run))
+
+
+def cmd_room_participants(args: argparse.Namespace) -> None:
+    async def run(lkapi: api.LiveKitAPI) -> None:
+        response = await lkapi.room.list_participants(api.ListParticipantsRequest(room=args.name))
+        participants = list(response.participants)
+        _emit(
+            args,
+            participants,
+            lambda: print_table(
+                ["SID", "IDENTITY", "NAME", "KIND", "JOINED"],
+                [
+                    (
+                        p.sid,
+                        p.identity,
+                        p.name,
+                        api.ParticipantInfo.Kind.Name(p.kind).lower(),
+                        _when(p.joined_at),
+                    )
+                    for p in participants
+                ],
+            ),
+        )
+
+    asyncio.run(_call(args, run))
+
+
+# Parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    connection = argparse.ArgumentParser(add_help=False)
+    connection.add_argument("--url", help=f"server URL (default: $LIVEKIT_URL, then {DEV_URL})")
+    connection.add_argument("--api-key", help=f"API key (default: $LIVEKIT_API_KEY, then {DEV_KEY})")
+    connection.add_argument(
+        "--api-secret", help="API secret (default: $LIVEKIT_API_SECRET, then the dev secret)"
+    )
+    connection.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    parser = argparse.ArgumentParser(prog="switchboard", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the server")
+    serve.add_argument("--config", help="YAML config file (default: $LIVEKIT_CONFIG holds the YAML text)")
+    serve.add_argument("--dev", action="store_true", help="bind 127.0.0.1, key 'devkey', secret 'secret'")
+    serve.add_argument("--port", type=int, help="HTTP port (default 7880)")
+    serve.add_argument("--bind", action="append", help="address to bind (repeatable)")
+    serve.add_argument("--keys", help="API keys as 'key: secret' (overrides the config and $LIVEKIT_KEYS)")
+    serve.set_defaults(func=cmd_serve)
+
+    token = commands.add_parser("token", help="access tokens").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    create_token = token.add_parser("create", parents=[connection], help="mint an access token")
+    create_token.add_argument("--room", help="room the token is for")
+    create_token.add_argument("--identity", help="participant identity")
+    create_token.add_argument("--name", help="participant display name")
+    create_token.add_argument("--metadata", help="participant metadata")
+    create_token.add_argument("--attribute", action="append", default=[], metavar="KEY=VALUE")
+    create_token.add_argument("--join", action="store_true", help="grant roomJoin")
+    create_token.add_argument("--admin", action="store_true", help="grant roomAdmin on --room")
+    create_token.add_argument("--create", action="store_true", help="grant roomCreate")
+    create_token.add_argument("--list", action="store_true", help="grant roomList")
+    create_token.add_argument("--agent-worker", action="store_true", help="grant agent (worker registration)")
+    create_token.add_argument(
+        "--agent",
+        action="append",
+        default=[],
+        metavar="NAME[:METADATA]",
+        help="dispatch this agent when the participant connects (roomConfig.agents; repeatable)",
+    )
+    create_token.add_argument("--valid-for", default="6h", help="lifetime, e.g. 30m, 1h, 2d (default 6h)")
+    create_token.set_defaults(func=cmd_token_create)
+
+    dispatch = commands.add_parser("dispatch", help="agent dispatches").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    d_create = dispatch.add_parser("create", parents=[connection], help="dispatch an agent to a room")
+    d_create.add_argument("--room", required=True)
+    d_create.add_argument("--agent-name", required=True)
+    d_create.add_argument("--metadata")
+    d_create.set_defaults(func=cmd_dispatch_create)
+    d_list = dispatch.add_parser("list", parents=[connection], help="list a room's dispatches and their jobs")
+    d_list.add_argument("--room", required=True)
+    d_list.set_defaults(func=cmd_dispatch_list)
+    d_get = dispatch.add_parser("get", parents=[connection], help="show one dispatch")
+    d_get.add_argument("--room", required=True)
+    d_get.add_argument("--id", required=True)
+    d_get.set_defaults(func=cmd_dispatch_get)
+    d_delete = dispatch.add_parser("delete", parents=[connection], help="delete a dispatch (ends its jobs)")
+    d_delete.add_argument("--room", required=True)
+    d_delete.add_argument("--id", required=True)
+    d_delete.set_defaults(func=cmd_dispatch_delete)
+
+    room = commands.add_parser("room", help="rooms").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    r_create = room.add_parser("create", parents=[connection], help="create a room")
+    r_create.add_argument("name")
+    r_create.add_argument("--empty-timeout", type=int, default=0, help="seconds (default: server's)")
+    r_create.add_argument("--departure-timeout", type=int, default=0, help="seconds (default: server's)")
+    r_create.add_argument("--max-participants", type=int, default=0)
+    r_create.add_argument("--metadata")
+    r_create.add_argument(
+        "--agent",
+        action="append",
+        default=[],
+        metavar="NAME[:METADATA]",
+        help="dispatch this agent to the room (repeatable)",
+    )
+    r_create.set_defaults(func=cmd_room_create)
+    r_list = room.add_parser("list", parents=[connection], help="list rooms")
+    r_list.add_argument("names", nargs="*", help="only these rooms")
+    r_list.set_defaults(func=cmd_room_list)
+    r_delete = room.add_parser("delete", parents=[connection], help="delete a room")
+    r_delete.add_argument("name")
+    r_delete.set_defaults(func=cmd_room_delete)
+    r_participants = room.add_parser("participants", parents=[connection], help="list a room's participants")
+    r_participants.add_argument("name")
+    r_participants.set_defaults(func=cmd_room_participants)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (UsageError, ConfigError) as exc:
+        print(f"switchboard: {exc}", file=sys.stderr)
+        return 2
+    except api.TwirpError as exc:
+        print(f"switchboard: server error {exc.code}: {exc.message}", file=sys.stderr)
+        return 1
+    except aiohttp.ClientError as exc:
+        print(f"switchboard: cannot reach {_url(args)}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""Server configuration: one YAML file with livekit.yaml's keys, then environment, then flags.
+
+Every error names the key (and the file) so that a bad config stops startup with a message a user can act on.
+"""
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from switchboard.core.limits import Limits
+
+DEV_KEYS = {"devkey": "secret"}
+LOG_LEVELS = ("debug", "info", "warn", "warning", "error")
+
+
+class ConfigError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Config:
+    port: int = 7880
+    bind_addresses: tuple[str, ...] = ("0.0.0.0",)
+    keys: Mapping[str, str] = field(default_factory=dict)
+    empty_timeout: int = 300
+    departure_timeout: int = 20
+    max_participants: int = 0
+    log_level: str = "info"
+    limits: Limits = field(default_factory=Limits)
+    max_api_request_body_size: int = 10 * 1024 * 1024
+    pending_timeout: float = 60.0
+    development: bool = False
+    warnings: tuple[str, ...] = ()
+    """Things worth telling the operator at startup (unknown keys, weak secrets); never fatal."""
+
+
+class _Reader:
+    """Reads typed values out of the nested YAML mapping, remembering which keys it consumed."""
+
+    def __init__(self, data: Mapping[str, Any], source: str) -> None:
+        self.data = data
+        self.source = source
+        self.used: set[str] = set()
+
+    def fail(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {key}: {problem}")
+
+    def get(self, key: str) -> Any:
+        node: Any = self.data
+        for part in key.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                return None
+            node = node[part]
+        self.used.add(key)
+        return node
+
+    def number(self, key: str, default: float, *, integer: bool = True, minimum: float = 0) -> Any:
+        value = self.get(key)
+        if value is None:
+            return default
+        allowed = (int,) if integer else (int, float)
+        if isinstance(value, bool) or not isinstance(value, allowed):
+            kind = "an integer" if integer else "a number"
+            raise self.fail(key, f"expected {kind}, got {value!r}")
+        if value < minimum:
+            raise self.fail(key, f"must be at least {minimum}, got {value!r}")
+        return value
+
+    def unknown_keys(self) -> list[str]:
+        found: list[str] = []
+
+        def walk(node: Mapping[str, Any], prefix: str) -> None:
+            for name, value in node.items():
+                key = f"{prefix}{name}"
+                if key in self.used:
+                    continue
+                if isinstance(value, Mapping) and any(u.startswith(key + ".") for u in self.used):
+                    walk(value, key + ".")
+                else:
+                    found.append(key)
+
+        walk(self.data, "")
+        return found
+
+
+def parse_keys(value: Any, where: str) -> dict[str, str]:
+    """`keys` as a mapping, or LIVEKIT_KEYS as YAML text ("key: secret", one per line)."""
+    if isinstance(value, str):
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{where}: expected 'key: secret' lines ({exc})") from exc
+    if not isinstance(value, Mapping) or not value:
+        raise ConfigError(f"{where}: expected a mapping of API key to secret, like 'devkey: secret'")
+    keys: dict[str, str] = {}
+    for key, secret in value.items():
+        if not isinstance(key, str) or not key or not isinstance(secret, (str, int)) or secret == "":
+            raise ConfigError(f"{where}: {key!r}: each API key needs a non-empty secret")
+        keys[key] = str(secret)
+    return keys
+
+
+def load_config(
+    path: str | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    dev: bool = False,
+    port: int | None = None,
+    bind: list[str] | None = None,
+    keys: str | None = None,
+) -> Config:
+    env = os.environ if env is None else env
+    if path:
+        source = path
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from exc
+    else:
+        source, text = "LIVEKIT_CONFIG", env.get("LIVEKIT_CONFIG", "")
+    try:
+        data = yaml.safe_load(text) if text.strip() else {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML ({exc})") from exc
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: the config must be a mapping of keys, like 'port: 7880'")
+    r = _Reader(data, source)
+
+    bind_value = r.get("bind_addresses")
+    if bind_value is not None and (
+        not isinstance(bind_value, list) or not all(isinstance(a, str) and a for a in bind_value)
+    ):
+        raise r.fail("bind_addresses", "expected a list of addresses, like ['127.0.0.1']")
+    level = r.get("logging.level") or "info"
+    if not isinstance(level, str) or level.lower() not in LOG_LEVELS:
+        raise r.fail("logging.level", f"expected one of {', '.join(LOG_LEVELS)}, got {level!r}")
+    file_keys = r.get("keys")
+    config_keys = parse_keys(file_keys, f"{source}: keys") if file_keys is not None else {}
+
+    limits = Limits(
+        max_metadata_size=r.number("limit.max_metadata_size", Limits.max_metadata_size),
+        max_attributes_size=r.number("limit.max_attributes_size", Limits.max_attributes_size),
+        max_room_name_length=r.number("limit.max_room_name_length", Limits.max_room_name_length, minimum=1),
+        max_participant_identity_length=r.number(
+            "limit.max_participant_identity_length", Limits.max_participant_identity_length, minimum=1
+        ),
+    )
+    values: dict[str, Any] = {
+        "port": r.number("port", Config.port, minimum=0),
+        "empty_timeout": r.number("room.empty_timeout", Config.empty_timeout),
+        "departure_timeout": r.number("room.departure_timeout", Config.departure_timeout),
+        "max_participants": r.number("room.max_participants", Config.max_participants),
+        "max_api_request_body_size": r.number(
+            "limit.max_api_request_body_size", Config.max_api_request_body_size, minimum=1
+        ),
+        "pending_timeout": r.number("agents.pending_timeout", Config.pending_timeout, integer=False),
+    }
+    if values["port"] > 65535:
+        raise r.fail("port", f"must be at most 65535, got {values['port']}")
+
+    notes = [f"{source}: unknown key '{key}' ignored" for key in r.unknown_keys()]
+    if env.get("LIVEKIT_KEYS"):
+        config_keys = parse_keys(env["LIVEKIT_KEYS"], "LIVEKIT_KEYS")
+    if keys:
+        config_keys = parse_keys(keys, "--keys")
+    if dev and not config_keys:
+        config_keys = dict(DEV_KEYS)
+    if not config_keys:
+        raise ConfigError(
+            "no API keys configured: set 'keys' in the config file, LIVEKIT_KEYS='key: secret', "
+            "or run with --dev"
+        )
+    if not dev:
+        notes += [
+            f"the secret of API key '{key}' is shorter than 32 characters; use a long random secret"
+            for key, secret in config_keys.items()
+            if len(secret) < 32
+        ]
+    if port is not None:
+        values["port"] = port
+    addresses = tuple(bind or bind_value or (("127.0.0.1",) if dev else Config.bind_addresses))
+    return Config(
+        bind_addresses=addresses,
+        keys=config_keys,
+        log_level=level.lower(),
+        limits=limits,
+        development=dev,
+        warnings=tuple(notes),
+        **values,
+    )

@@ -1,0 +1,1 @@
+"""The rules of rooms, dispatches and jobs, with no I/O: events in, decisions out, time passed in."""

@@ -1,0 +1,106 @@
+"""Jobs: one attempt-chain to run one dispatch's agent for one room (or one participant), and its states.
+
+A job is never dropped: it is pending until a worker takes it, and it ends only with a status and a reason.
+
+    PENDING ──offer──▶ OFFERED ──assign──▶ ASSIGNED ──start──▶ RUNNING
+       ▲                  │                    │                  │
+       └──── reject ──────┘                    │                  │
+       └──────────── requeue (worker lost, restart policy) ───────┘
+    any state that has not ended ──end──▶ SUCCEEDED | FAILED
+"""
+
+from dataclasses import dataclass, field
+from enum import Enum, IntEnum
+
+
+class JobType(IntEnum):
+    """Same numbers as ``livekit.JobType``."""
+
+    ROOM = 0
+    PUBLISHER = 1
+    PARTICIPANT = 2
+
+
+class JobStatus(Enum):
+    PENDING = "pending"
+    OFFERED = "offered"
+    ASSIGNED = "assigned"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+ENDED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED})
+
+
+class InvalidTransition(Exception):
+    """A state change that the job's current state does not allow: a bug in the caller, never user input."""
+
+
+@dataclass
+class Job:
+    id: str
+    dispatch_id: str
+    room: str
+    type: JobType
+    agent_name: str
+    created_at: float
+    target_identity: str = ""
+    """The participant a PUBLISHER or PARTICIPANT job is about; empty for ROOM jobs."""
+    status: JobStatus = JobStatus.PENDING
+    error: str = ""
+    worker_id: str = ""
+    agent_identity: str = ""
+    started_at: float | None = None
+    ended_at: float | None = None
+    updated_at: float = 0.0
+    pending_since: float = 0.0
+    restarts: int = 0
+    tried_workers: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.updated_at = self.pending_since = self.created_at
+
+    @property
+    def ended(self) -> bool:
+        return self.status in ENDED
+
+    def _move(self, allowed: frozenset[JobStatus] | set[JobStatus], to: JobStatus, now: float) -> None:
+        if self.status not in allowed:
+            raise InvalidTransition(f"job {self.id}: cannot go from {self.status.value} to {to.value}")
+        self.status = to
+        self.updated_at = now
+
+    def offer(self, worker_id: str, now: float) -> None:
+        self._move({JobStatus.PENDING}, JobStatus.OFFERED, now)
+        self.worker_id = worker_id
+        self.tried_workers.add(worker_id)
+
+    def reject(self, now: float) -> None:
+        """The offered worker said no (or did not answer in time): back to pending, same deadline."""
+        self._move({JobStatus.OFFERED}, JobStatus.PENDING, now)
+        self.worker_id = ""
+
+    def assign(self, agent_identity: str, now: float) -> None:
+        self._move({JobStatus.OFFERED}, JobStatus.ASSIGNED, now)
+        self.agent_identity = agent_identity
+
+    def start(self, now: float) -> None:
+        self._move({JobStatus.ASSIGNED}, JobStatus.RUNNING, now)
+        self.started_at = now
+
+    def requeue(self, reason: str, now: float) -> None:
+        """The job's worker is gone; a new attempt starts pending, with a fresh deadline and no tried set."""
+        self._move({JobStatus.OFFERED, JobStatus.ASSIGNED, JobStatus.RUNNING}, JobStatus.PENDING, now)
+        self.error = reason
+        self.worker_id = ""
+        self.agent_identity = ""
+        self.started_at = None
+        self.pending_since = now
+        self.restarts += 1
+        self.tried_workers.clear()
+
+    def end(self, succeeded: bool, error: str, now: float) -> None:
+        self._move(set(JobStatus) - ENDED, JobStatus.SUCCEEDED if succeeded else JobStatus.FAILED, now)
+        self.error = error
+        self.ended_at = now

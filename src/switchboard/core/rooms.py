@@ -1,0 +1,57 @@
+"""Rooms and participants, and the rule that decides when an unused room closes."""
+
+from dataclasses import dataclass, field
+
+from switchboard.core.dispatch import Dispatch
+
+# Participant kinds, as the `kind` claim of a token spells them.
+STANDARD = "standard"
+AGENT = "agent"
+EGRESS = "egress"
+
+
+@dataclass
+class Participant:
+    identity: str
+    sid: str
+    joined_at: float
+    name: str = ""
+    kind: str = STANDARD
+    metadata: str = ""
+    attributes: dict[str, str] = field(default_factory=dict)
+    recorder: bool = False
+
+    @property
+    def dependent(self) -> bool:
+        """Agents, egress and recorders follow a room: they never keep it open or trigger participant jobs."""
+        return self.kind in (AGENT, EGRESS) or self.recorder
+
+
+@dataclass
+class Room:
+    name: str
+    sid: str
+    created_at: float
+    empty_timeout: int
+    departure_timeout: int
+    max_participants: int = 0
+    metadata: str = ""
+    participants: dict[str, Participant] = field(default_factory=dict)
+    dispatches: dict[str, Dispatch] = field(default_factory=dict)
+    last_departure_at: float | None = None
+
+    @property
+    def num_participants(self) -> int:
+        return sum(1 for p in self.participants.values() if not p.dependent)
+
+    def close_deadline(self) -> float | None:
+        """When the room closes if nothing changes; None while a non-dependent participant is present.
+
+        Like LiveKit: `empty_timeout` counts from creation until someone has left; after the last
+        departure, `departure_timeout` counts from that departure.
+        """
+        if self.num_participants:
+            return None
+        if self.last_departure_at is not None:
+            return self.last_departure_at + self.departure_timeout
+        return self.created_at + self.empty_timeout

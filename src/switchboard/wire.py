@@ -1,0 +1,139 @@
+"""Translation between core objects and LiveKit's protobuf messages (livekit-protocol), both ways."""
+
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from livekit.protocol import agent, agent_dispatch, models
+from livekit.protocol import room as room_pb
+
+from switchboard.core.dispatch import Dispatch, DispatchSpec, RestartPolicy
+from switchboard.core.engine import RoomSpec
+from switchboard.core.errors import InvalidArgument
+from switchboard.core.jobs import Job, JobStatus
+from switchboard.core.rooms import Participant, Room
+
+_JOB_STATUS = {
+    JobStatus.PENDING: agent.JS_PENDING,
+    JobStatus.OFFERED: agent.JS_PENDING,
+    JobStatus.ASSIGNED: agent.JS_PENDING,  # running only once the worker says so
+    JobStatus.RUNNING: agent.JS_RUNNING,
+    JobStatus.SUCCEEDED: agent.JS_SUCCESS,
+    JobStatus.FAILED: agent.JS_FAILED,
+}
+
+_PARTICIPANT_KIND = {name.lower(): value for name, value in models.ParticipantInfo.Kind.items()}
+
+
+def _ns(seconds: float | None) -> int:
+    return 0 if seconds is None else int(seconds * 1e9)
+
+
+def room_to_proto(room: Room) -> models.Room:
+    return models.Room(
+        sid=room.sid,
+        name=room.name,
+        empty_timeout=room.empty_timeout,
+        departure_timeout=room.departure_timeout,
+        max_participants=room.max_participants,
+        creation_time=int(room.created_at),
+        creation_time_ms=int(room.created_at * 1000),
+        metadata=room.metadata,
+        num_participants=room.num_participants,
+    )
+
+
+def participant_to_proto(participant: Participant) -> models.ParticipantInfo:
+    return models.ParticipantInfo(
+        sid=participant.sid,
+        identity=participant.identity,
+        name=participant.name,
+        state=models.ParticipantInfo.ACTIVE,
+        metadata=participant.metadata,
+        attributes=participant.attributes,
+        joined_at=int(participant.joined_at),
+        joined_at_ms=int(participant.joined_at * 1000),
+        kind=models.ParticipantInfo.Kind.Name(
+            _PARTICIPANT_KIND.get(participant.kind, models.ParticipantInfo.STANDARD)
+        ),
+    )
+
+
+def job_to_proto(job: Job, room: models.Room | None = None) -> agent.Job:
+    return agent.Job(
+        id=job.id,
+        dispatch_id=job.dispatch_id,
+        type=agent.JobType.Name(job.type),
+        room=room or models.Room(name=job.room),
+        agent_name=job.agent_name,
+        state=agent.JobState(
+            status=_JOB_STATUS[job.status],
+            error=job.error,
+            started_at=_ns(job.started_at),
+            ended_at=_ns(job.ended_at),
+            updated_at=_ns(job.updated_at),
+            participant_identity=job.agent_identity,
+            worker_id=job.worker_id,
+        ),
+    )
+
+
+def dispatch_to_proto(dispatch: Dispatch, room: models.Room | None = None) -> agent_dispatch.AgentDispatch:
+    spec = dispatch.spec
+    message = agent_dispatch.AgentDispatch(
+        id=dispatch.id,
+        agent_name=spec.agent_name,
+        room=dispatch.room,
+        metadata=spec.metadata,
+        restart_policy=agent_dispatch.JobRestartPolicy.Name(spec.restart_policy),
+        deployment=spec.deployment,
+        attributes=spec.attributes,
+        state=agent_dispatch.AgentDispatchState(
+            created_at=_ns(dispatch.created_at), deleted_at=_ns(dispatch.deleted_at)
+        ),
+    )
+    for job in dispatch.jobs:
+        message.state.jobs.append(job_to_proto(job, room))
+    for job_message in message.state.jobs:
+        job_message.metadata = spec.metadata
+        job_message.deployment = spec.deployment
+        job_message.attributes.update(spec.attributes)
+    return message
+
+
+def _restart_policy(value: int) -> RestartPolicy:
+    try:
+        return RestartPolicy(value)
+    except ValueError:
+        raise InvalidArgument(f"unknown restart_policy {value}") from None
+
+
+def dispatch_spec(
+    message: agent_dispatch.CreateAgentDispatchRequest | agent_dispatch.RoomAgentDispatch,
+) -> DispatchSpec:
+    return DispatchSpec(
+        agent_name=message.agent_name,
+        metadata=message.metadata,
+        restart_policy=_restart_policy(message.restart_policy),
+        deployment=message.deployment,
+        attributes=dict(message.attributes),
+    )
+
+
+def room_spec(request: room_pb.CreateRoomRequest) -> RoomSpec:
+    return RoomSpec(
+        name=request.name,
+        empty_timeout=request.empty_timeout,
+        departure_timeout=request.departure_timeout,
+        max_participants=request.max_participants,
+        metadata=request.metadata,
+        # An empty list means "none given" (LiveKit decodes [] as nil): the implicit automatic dispatch.
+        agents=tuple(dispatch_spec(a) for a in request.agents) or None,
+    )
+
+
+def to_json(message: Message) -> dict[str, Any]:
+    """Proto3 JSON as LiveKit writes it: snake_case, defaults emitted, enums by name, int64 as strings."""
+    return json_format.MessageToDict(
+        message, always_print_fields_with_no_presence=True, preserving_proto_field_name=True
+    )

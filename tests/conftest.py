@@ -1,0 +1,99 @@
+"""Shared fixtures: a real Switchboard server process per test module, and tokens for it."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from switchboard.auth.grants import VideoGrant
+from switchboard.auth.tokens import mint_token
+
+API_KEY = "testkey"
+API_SECRET = "test-secret-that-is-long-enough-for-hs256"
+STARTUP_DEADLINE = 20.0
+
+
+@dataclass
+class Server:
+    http_url: str
+    api_key: str
+    api_secret: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def ws_url(self) -> str:
+        return self.http_url.replace("http://", "ws://")
+
+    def token(self, ttl: float = 600, **grants: Any) -> str:
+        """A token with these video grants (snake_case), e.g. token(room_admin=True, room="r")."""
+        return mint_token(self.api_key, self.api_secret, video=VideoGrant(**grants), ttl=ttl)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_server(directory: Path, config: dict[str, Any] | None = None, *args: str) -> Server:
+    """Start `switchboard serve` as a user would, and wait (with a deadline) until it answers."""
+    port = free_port()
+    settings: dict[str, Any] = {"keys": {API_KEY: API_SECRET}, "bind_addresses": ["127.0.0.1"], "port": port}
+    settings.update(config or {})
+    config_path = directory / "switchboard.yaml"
+    config_path.write_text(yaml.safe_dump(settings))
+    log_path = directory / "server.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIVEKIT_")}
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "switchboard", "serve", "--config", str(config_path), *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    server = Server(f"http://127.0.0.1:{port}", API_KEY, API_SECRET, process, log_path)
+    deadline = time.monotonic() + STARTUP_DEADLINE
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
+        try:
+            with urllib.request.urlopen(server.http_url + "/", timeout=1) as response:
+                if response.status == 200:
+                    return server
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    raise RuntimeError(f"server did not answer within {STARTUP_DEADLINE}s:\n{server.log()}")
+
+
+def stop_server(server: Server) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server per test module, with short timeouts so tests that wait for deadlines stay fast."""
+    instance = start_server(
+        tmp_path_factory.mktemp("server"),
+        {"room": {"empty_timeout": 300, "departure_timeout": 20}, "logging": {"level": "debug"}},
+    )
+    yield instance
+    stop_server(instance)

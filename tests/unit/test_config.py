@@ -1,0 +1,117 @@
+"""Configuration: livekit.yaml keys, environment, flags, and errors that name the key."""
+
+from pathlib import Path
+
+import pytest
+
+from switchboard.config import ConfigError, load_config
+
+LONG = "s" * 40
+KEYS = f"keys: {{k: {LONG}}}\n"
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "switchboard.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_defaults_with_dev() -> None:
+    config = load_config(env={}, dev=True)
+    assert config.port == 7880 and config.bind_addresses == ("127.0.0.1",)
+    assert dict(config.keys) == {"devkey": "secret"}
+    assert (config.empty_timeout, config.departure_timeout, config.pending_timeout) == (300, 20, 60.0)
+    assert config.warnings == ()
+
+
+def test_file_keys_are_read(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        f"""
+port: 9000
+bind_addresses: ["127.0.0.2"]
+keys:
+  k1: {LONG}
+room:
+  empty_timeout: 30
+  departure_timeout: 3
+  max_participants: 7
+logging:
+  level: debug
+limit:
+  max_metadata_size: 100
+agents:
+  pending_timeout: 2.5
+""",
+    )
+    config = load_config(path, env={})
+    assert (config.port, config.bind_addresses, dict(config.keys)) == (9000, ("127.0.0.2",), {"k1": LONG})
+    assert (config.empty_timeout, config.departure_timeout, config.max_participants) == (30, 3, 7)
+    assert config.log_level == "debug" and config.limits.max_metadata_size == 100
+    assert config.pending_timeout == 2.5
+
+
+def test_env_and_flags_override_in_order(tmp_path: Path) -> None:
+    path = write(tmp_path, f"port: 9000\nkeys:\n  file: {LONG}\n")
+    config = load_config(path, env={"LIVEKIT_KEYS": f"env: {LONG}"}, port=9100, bind=["0.0.0.0"])
+    assert (
+        dict(config.keys) == {"env": LONG} and config.port == 9100 and config.bind_addresses == ("0.0.0.0",)
+    )
+    assert dict(load_config(path, env={}, keys=f"flag: {LONG}").keys) == {"flag": LONG}
+
+
+def test_livekit_config_env_holds_the_yaml_body() -> None:
+    config = load_config(env={"LIVEKIT_CONFIG": f"port: 7001\nkeys: {{k: {LONG}}}\n"})
+    assert config.port == 7001 and dict(config.keys) == {"k": LONG}
+
+
+def test_dev_keeps_configured_keys(tmp_path: Path) -> None:
+    assert dict(load_config(write(tmp_path, f"keys: {{k: {LONG}}}"), env={}, dev=True).keys) == {"k": LONG}
+
+
+def test_unknown_keys_and_short_secrets_are_warnings(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, "keys: {k: short}\nrtc:\n  udp_port: 7882\nroom:\n  empty_timeout: 5\n  colour: red\n"
+    )
+    warnings = load_config(path, env={}).warnings
+    assert any("unknown key 'rtc'" in w for w in warnings)
+    assert any("unknown key 'room.colour'" in w for w in warnings)
+    assert any("shorter than 32 characters" in w for w in warnings)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (KEYS + "room:\n  empty_timeout: soon\n", "room.empty_timeout: expected an integer, got 'soon'"),
+        (KEYS + "room:\n  departure_timeout: -1\n", "room.departure_timeout: must be at least 0"),
+        (KEYS + "port: 70000\n", "port: must be at most 65535"),
+        (KEYS + "port: true\n", "port: expected an integer"),
+        (KEYS + "logging:\n  level: loud\n", "logging.level: expected one of"),
+        (KEYS + "bind_addresses: 127.0.0.1\n", "bind_addresses: expected a list"),
+        (KEYS + "agents:\n  pending_timeout: x\n", "agents.pending_timeout: expected a number"),
+        ("keys: [a, b]\n", "keys: expected a mapping of API key to secret"),
+        ("keys:\n  k: ''\n", "each API key needs a non-empty secret"),
+        ("- just\n- a list\n", "the config must be a mapping"),
+        ("port: [\n", "not valid YAML"),
+    ],
+)
+def test_bad_config_names_the_file_and_key(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=message) as raised:
+        load_config(path, env={})
+    assert str(raised.value).startswith(path)
+
+
+def test_missing_keys_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="no API keys configured"):
+        load_config(env={})
+
+
+def test_missing_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read the config file"):
+        load_config(str(tmp_path / "nope.yaml"), env={})
+
+
+def test_bad_livekit_keys_env() -> None:
+    with pytest.raises(ConfigError, match="LIVEKIT_KEYS"):
+        load_config(env={"LIVEKIT_KEYS": "just-a-key"})

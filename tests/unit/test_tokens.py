@@ -1,0 +1,152 @@
+"""Token verification: what is accepted, what is refused, and why."""
+
+import time
+from typing import Any
+
+import jwt
+import pytest
+
+from switchboard.auth.grants import (
+    Claims,
+    InvalidToken,
+    PermissionDenied,
+    VideoGrant,
+    require_room_admin,
+    require_room_create,
+    require_room_list,
+)
+from switchboard.auth.tokens import TokenVerifier, bearer_token, mint_token
+
+KEY, SECRET = "key", "a-secret-long-enough-for-hmac-sha256!"
+verifier = TokenVerifier({KEY: SECRET})
+
+
+def sign(payload: dict[str, Any], secret: str = SECRET, **kwargs: Any) -> str:
+    return jwt.encode(payload, secret, algorithm="HS256", **kwargs)
+
+
+def claims(**extra: Any) -> dict[str, Any]:
+    now = int(time.time())
+    return {"iss": KEY, "sub": "", "nbf": now, "exp": now + 600, **extra}
+
+
+def test_minted_token_round_trips() -> None:
+    token = mint_token(
+        KEY,
+        SECRET,
+        video=VideoGrant(room_join=True, room="r"),
+        identity="u",
+        name="User",
+        metadata="md",
+        attributes={"a": "b"},
+        room_config={"agents": [{"agentName": "x", "metadata": "m"}]},
+    )
+    parsed = verifier.verify(token)
+    assert (parsed.api_key, parsed.identity, parsed.name, parsed.metadata) == (KEY, "u", "User", "md")
+    assert parsed.attributes == {"a": "b"} and parsed.video.room_join and parsed.video.room == "r"
+    assert parsed.room_config is not None and parsed.room_config.agents[0].agent_name == "x"
+    payload = jwt.decode(token, options={"verify_signature": False})
+    assert payload["video"] == {"roomJoin": True, "room": "r"}
+    assert payload["exp"] - payload["nbf"] == 6 * 3600
+
+
+def test_python_sdk_service_token_layout_is_accepted() -> None:
+    video = {"roomAdmin": True, "room": "r", "canPublish": True, "canSubscribe": True, "canPublishData": True}
+    parsed = verifier.verify(sign(claims(video=video), headers={"typ": "JWT"}))
+    assert parsed.video.room_admin and parsed.video.can_publish and parsed.identity == ""
+
+
+def test_node_room_config_with_every_default_and_enum_names_is_accepted() -> None:
+    node_config = {
+        "name": "",
+        "emptyTimeout": 0,
+        "departureTimeout": 0,
+        "maxParticipants": 0,
+        "minPlayoutDelay": 0,
+        "maxPlayoutDelay": 0,
+        "syncStreams": False,
+        "agents": [
+            {
+                "agentName": "a",
+                "metadata": "",
+                "restartPolicy": "JRP_ON_FAILURE",
+                "deployment": "",
+                "attributes": {},
+            }
+        ],
+        "metadata": "",
+        "tags": {},
+        "someFutureField": {"x": 1},
+    }
+    parsed = verifier.verify(sign(claims(video={"roomJoin": True, "room": "r"}, roomConfig=node_config)))
+    assert parsed.room_config is not None
+    assert [a.agent_name for a in parsed.room_config.agents] == ["a"]
+
+
+def test_identity_falls_back_to_jti() -> None:
+    assert verifier.verify(sign(claims(jti="from-jti"))).identity == "from-jti"
+
+
+def test_leeway_of_60_seconds_on_exp_and_nbf() -> None:
+    now = int(time.time())
+    verifier.verify(sign(claims(exp=now - 30)))
+    verifier.verify(sign(claims(nbf=now + 30)))
+    with pytest.raises(InvalidToken, match="expired"):
+        verifier.verify(sign(claims(exp=now - 120)))
+    with pytest.raises(InvalidToken, match="not valid yet"):
+        verifier.verify(sign(claims(nbf=now + 120)))
+
+
+@pytest.mark.parametrize(
+    ("token", "message"),
+    [
+        ("not-a-jwt", "cannot be decoded"),
+        (sign(claims(), secret="wrong-secret-wrong-secret-wrong-secret"), "signature verification failed"),
+        (sign(claims(iss="other")), "invalid API key"),
+        (sign({k: v for k, v in claims().items() if k != "iss"}), "invalid API key"),
+        (sign({k: v for k, v in claims().items() if k != "exp"}), "exp"),
+        (jwt.encode(claims(), None, algorithm="none"), "signing algorithm 'none' is not HS256"),
+        (jwt.encode(claims(), SECRET, algorithm="HS512"), "signing algorithm 'HS512' is not HS256"),
+        (sign(claims(video="yes")), "'video' claim must be an object"),
+        (sign(claims(video={"roomAdmin": "true"})), "video.roomAdmin must be true or false"),
+        (sign(claims(video={"room": 5})), "video.room must be a string"),
+        (sign(claims(attributes={"a": 1})), "'attributes' must map strings to strings"),
+        (sign(claims(roomConfig={"agents": "x"})), "roomConfig"),
+        (sign(claims(sub=5)), "Subject must be a string"),
+    ],
+)
+def test_refused_tokens_say_why(token: str, message: str) -> None:
+    with pytest.raises(InvalidToken, match=message):
+        verifier.verify(token)
+
+
+def test_bearer_token_from_header_or_query() -> None:
+    assert bearer_token({"Authorization": "Bearer abc"}, {}) == "abc"
+    assert bearer_token({}, {"access_token": "q"}) == "q"
+    assert bearer_token({"Authorization": "Bearer h"}, {"access_token": "q"}) == "h"
+    assert bearer_token({}, {}) is None
+    with pytest.raises(InvalidToken, match="must start with 'Bearer '"):
+        bearer_token({"Authorization": "Basic abc"}, {})
+
+
+def grant(**video: Any) -> Claims:
+    return Claims(api_key=KEY, video=VideoGrant(**video))
+
+
+def test_room_admin_needs_admin_and_the_same_room() -> None:
+    require_room_admin(grant(room_admin=True, room="a"), "a")
+    with pytest.raises(PermissionDenied, match="roomAdmin grant is required"):
+        require_room_admin(grant(room_create=True, room="a"), "a")
+    with pytest.raises(PermissionDenied, match="room grant is 'a', not 'b'"):
+        require_room_admin(grant(room_admin=True, room="a"), "b")
+    with pytest.raises(PermissionDenied):
+        require_room_admin(grant(room_admin=True), "b")
+
+
+def test_room_create_and_list_grants() -> None:
+    require_room_create(grant(room_create=True))
+    require_room_list(grant(room_list=True))
+    with pytest.raises(PermissionDenied, match="roomCreate"):
+        require_room_create(grant(room_admin=True, room="r"))
+    with pytest.raises(PermissionDenied, match="roomList"):
+        require_room_list(grant(room_create=True))
