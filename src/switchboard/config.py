@@ -11,7 +11,9 @@ from typing import Any
 
 import yaml
 
+from switchboard.core.engine import EngineSettings
 from switchboard.core.limits import Limits
+from switchboard.workers.session import WorkerSettings
 
 DEV_KEYS = {"devkey": "secret"}
 LOG_LEVELS = ("debug", "info", "warn", "warning", "error")
@@ -26,13 +28,12 @@ class Config:
     port: int = 7880
     bind_addresses: tuple[str, ...] = ("0.0.0.0",)
     keys: Mapping[str, str] = field(default_factory=dict)
-    empty_timeout: int = 300
-    departure_timeout: int = 20
-    max_participants: int = 0
     log_level: str = "info"
-    limits: Limits = field(default_factory=Limits)
     max_api_request_body_size: int = 10 * 1024 * 1024
-    pending_timeout: float = 60.0
+    drain_timeout: float = 60.0
+    """On SIGTERM, how long running jobs may go on before they are terminated and the server exits."""
+    engine: EngineSettings = field(default_factory=EngineSettings)
+    workers: WorkerSettings = field(default_factory=WorkerSettings)
     development: bool = False
     warnings: tuple[str, ...] = ()
     """Things worth telling the operator at startup (unknown keys, weak secrets); never fatal."""
@@ -149,15 +150,37 @@ def load_config(
             "limit.max_participant_identity_length", Limits.max_participant_identity_length, minimum=1
         ),
     )
+    e, w = EngineSettings, WorkerSettings
+
+    def seconds(key: str, default: float, minimum: float = 0) -> float:
+        return float(r.number(key, default, integer=False, minimum=minimum))
+
+    engine = EngineSettings(
+        limits=limits,
+        empty_timeout=r.number("room.empty_timeout", e.empty_timeout),
+        departure_timeout=r.number("room.departure_timeout", e.departure_timeout),
+        max_participants=r.number("room.max_participants", e.max_participants),
+        pending_timeout=seconds("agents.pending_timeout", e.pending_timeout),
+        availability_timeout=seconds("agents.availability_timeout", e.availability_timeout, 0.1),
+        start_timeout=seconds("agents.start_timeout", e.start_timeout, 0.1),
+        reconnect_grace=seconds("agents.reconnect_grace", e.reconnect_grace),
+        max_job_restarts=r.number("agents.max_job_restarts", e.max_job_restarts),
+        load_threshold=seconds("agents.load_threshold", e.load_threshold, 0.01),
+    )
+    workers = WorkerSettings(
+        register_timeout=seconds("agents.register_timeout", w.register_timeout, 0.1),
+        ping_interval=seconds("agents.ping_interval", w.ping_interval, 0.1),
+        max_message_size=r.number("limit.agent_signal_message_size_limit", w.max_message_size, minimum=1024),
+        violation_close_delay=seconds("agents.violation_close_delay", w.violation_close_delay),
+    )
     values: dict[str, Any] = {
         "port": r.number("port", Config.port, minimum=0),
-        "empty_timeout": r.number("room.empty_timeout", Config.empty_timeout),
-        "departure_timeout": r.number("room.departure_timeout", Config.departure_timeout),
-        "max_participants": r.number("room.max_participants", Config.max_participants),
         "max_api_request_body_size": r.number(
             "limit.max_api_request_body_size", Config.max_api_request_body_size, minimum=1
         ),
-        "pending_timeout": r.number("agents.pending_timeout", Config.pending_timeout, integer=False),
+        "drain_timeout": seconds("agents.drain_timeout", Config.drain_timeout),
+        "engine": engine,
+        "workers": workers,
     }
     if values["port"] > 65535:
         raise r.fail("port", f"must be at most 65535, got {values['port']}")
@@ -187,7 +210,6 @@ def load_config(
         bind_addresses=addresses,
         keys=config_keys,
         log_level=level.lower(),
-        limits=limits,
         development=dev,
         warnings=tuple(notes),
         **values,

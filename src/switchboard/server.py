@@ -1,7 +1,10 @@
 """The composition root: build the application from a Config, wire the pieces, run it."""
 
 import asyncio
+import contextlib
 import logging
+import signal
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -11,12 +14,14 @@ from switchboard.api.cors import cors_middleware
 from switchboard.api.twirp import TwirpServer
 from switchboard.auth.tokens import TokenVerifier
 from switchboard.config import Config
-from switchboard.core.engine import Engine, EngineSettings
+from switchboard.core.engine import Engine
 from switchboard.runtime import Runtime
+from switchboard.workers.hub import WorkerHub
 
 log = logging.getLogger("switchboard.server")
 
 RUNTIME = web.AppKey("runtime", Runtime)
+DRAIN_POLL_INTERVAL = 0.1
 
 
 async def health(_: web.Request) -> web.Response:
@@ -24,22 +29,16 @@ async def health(_: web.Request) -> web.Response:
 
 
 def build_app(config: Config) -> web.Application:
-    engine = Engine(
-        EngineSettings(
-            limits=config.limits,
-            empty_timeout=config.empty_timeout,
-            departure_timeout=config.departure_timeout,
-            max_participants=config.max_participants,
-            pending_timeout=config.pending_timeout,
-        )
-    )
-    runtime = Runtime(engine)
+    runtime = Runtime(Engine(config.engine))
+    verifier = TokenVerifier(config.keys)
     app = web.Application(middlewares=[cors_middleware])
     app[RUNTIME] = runtime
-    twirp = TwirpServer(TokenVerifier(config.keys), config.max_api_request_body_size, runtime.flush)
+    twirp = TwirpServer(verifier, config.max_api_request_body_size, runtime.flush)
     twirp.add_service("RoomService", room_service.methods(runtime))
     twirp.add_service("AgentDispatchService", agent_dispatch_service.methods(runtime))
     twirp.install(app)
+    hub = WorkerHub(runtime, verifier, config.keys, config.workers)
+    app.router.add_get("/agent", hub.handle)
     app.router.add_get("/", health)
 
     async def start(app: web.Application) -> None:
@@ -53,24 +52,51 @@ def build_app(config: Config) -> web.Application:
     return app
 
 
+async def drain(runtime: Runtime, grace: float) -> None:
+    """Take no new work, let running jobs finish for up to `grace` seconds, then terminate the rest."""
+    runtime.engine.drain()
+    busy = runtime.engine.busy_jobs()
+    log.info("draining jobs=%d grace=%gs", busy, grace)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    # Polling: jobs end through many paths (worker reports, crashes, deadlines); a tenth of a second is cheap.
+    while runtime.engine.busy_jobs() and loop.time() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(DRAIN_POLL_INTERVAL)
+    remaining = runtime.engine.busy_jobs()
+    runtime.engine.shut_down(runtime.now())
+    runtime.flush()
+    log.info("drained jobs_terminated=%d", remaining)
+
+
+async def run(config: Config) -> None:
+    app = build_app(config)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    for host in config.bind_addresses:
+        await web.TCPSite(runner, host, config.port).start()
+    mode = " (dev mode: API key 'devkey' with the built-in dev secret)" if config.development else ""
+    addresses = ", ".join(f"{host}:{config.port}" for host in config.bind_addresses)
+    log.info("switchboard %s listening on %s%s", __version__, addresses, mode)
+
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    await stopping.wait()
+    log.info("shutdown requested")
+    await drain(app[RUNTIME], config.drain_timeout)
+    await asyncio.sleep(DRAIN_POLL_INTERVAL)  # let the terminations reach the workers
+    await runner.cleanup()
+
+
 def serve(config: Config) -> None:
     logs.configure(config.log_level)
     for warning in config.warnings:
         log.warning("config %s", warning)
-    try:
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop
+    with contextlib.suppress(ImportError):  # uvloop is optional (e.g. on Windows)
         import uvloop
 
-        loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-    except ImportError:  # uvloop is optional (e.g. on Windows)
-        loop = asyncio.new_event_loop()
-    addresses = ", ".join(f"{host}:{config.port}" for host in config.bind_addresses)
-    mode = " (dev mode: API key 'devkey' with the built-in dev secret)" if config.development else ""
-    log.info("switchboard %s listening on %s%s", __version__, addresses, mode)
-    web.run_app(
-        build_app(config),
-        host=list(config.bind_addresses),
-        port=config.port,
-        print=None,
-        access_log=None,
-        loop=loop,
-    )
+        loop_factory = uvloop.new_event_loop
+    with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(run(config))

@@ -59,13 +59,23 @@ def participant_to_proto(participant: Participant) -> models.ParticipantInfo:
     )
 
 
-def job_to_proto(job: Job, room: models.Room | None = None) -> agent.Job:
+def job_to_proto(
+    job: Job,
+    spec: DispatchSpec,
+    room: models.Room | None = None,
+    participant: models.ParticipantInfo | None = None,
+) -> agent.Job:
+    """A job as workers and ListDispatch see it; `room` and `participant` are snapshots taken now."""
     return agent.Job(
         id=job.id,
         dispatch_id=job.dispatch_id,
         type=agent.JobType.Name(job.type),
         room=room or models.Room(name=job.room),
+        participant=participant,
         agent_name=job.agent_name,
+        metadata=spec.metadata,
+        deployment=spec.deployment,
+        attributes=spec.attributes,
         state=agent.JobState(
             status=_JOB_STATUS[job.status],
             error=job.error,
@@ -80,7 +90,7 @@ def job_to_proto(job: Job, room: models.Room | None = None) -> agent.Job:
 
 def dispatch_to_proto(dispatch: Dispatch, room: models.Room | None = None) -> agent_dispatch.AgentDispatch:
     spec = dispatch.spec
-    message = agent_dispatch.AgentDispatch(
+    return agent_dispatch.AgentDispatch(
         id=dispatch.id,
         agent_name=spec.agent_name,
         room=dispatch.room,
@@ -89,16 +99,11 @@ def dispatch_to_proto(dispatch: Dispatch, room: models.Room | None = None) -> ag
         deployment=spec.deployment,
         attributes=spec.attributes,
         state=agent_dispatch.AgentDispatchState(
-            created_at=_ns(dispatch.created_at), deleted_at=_ns(dispatch.deleted_at)
+            created_at=_ns(dispatch.created_at),
+            deleted_at=_ns(dispatch.deleted_at),
+            jobs=[job_to_proto(job, spec, room) for job in dispatch.jobs],
         ),
     )
-    for job in dispatch.jobs:
-        message.state.jobs.append(job_to_proto(job, room))
-    for job_message in message.state.jobs:
-        job_message.metadata = spec.metadata
-        job_message.deployment = spec.deployment
-        job_message.attributes.update(spec.attributes)
-    return message
 
 
 def _restart_policy(value: int) -> RestartPolicy:

@@ -20,7 +20,8 @@ def test_defaults_with_dev() -> None:
     config = load_config(env={}, dev=True)
     assert config.port == 7880 and config.bind_addresses == ("127.0.0.1",)
     assert dict(config.keys) == {"devkey": "secret"}
-    assert (config.empty_timeout, config.departure_timeout, config.pending_timeout) == (300, 20, 60.0)
+    assert (config.engine.empty_timeout, config.engine.departure_timeout) == (300, 20)
+    assert config.engine.pending_timeout == 60.0 and config.engine.availability_timeout == 5.0
     assert config.warnings == ()
 
 
@@ -46,9 +47,9 @@ agents:
     )
     config = load_config(path, env={})
     assert (config.port, config.bind_addresses, dict(config.keys)) == (9000, ("127.0.0.2",), {"k1": LONG})
-    assert (config.empty_timeout, config.departure_timeout, config.max_participants) == (30, 3, 7)
-    assert config.log_level == "debug" and config.limits.max_metadata_size == 100
-    assert config.pending_timeout == 2.5
+    assert (config.engine.empty_timeout, config.engine.departure_timeout) == (30, 3)
+    assert config.engine.max_participants == 7 and config.engine.pending_timeout == 2.5
+    assert config.log_level == "debug" and config.engine.limits.max_metadata_size == 100
 
 
 def test_env_and_flags_override_in_order(tmp_path: Path) -> None:

@@ -71,7 +71,7 @@ class VideoGrant:
         claim: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if value in (False, None, "", ()):
+            if value == f.default:  # an explicit False on a None-default grant is kept
                 continue
             claim[_camel(f.name)] = list(value) if isinstance(value, tuple) else value
         return claim

@@ -3,6 +3,7 @@
 import time
 import warnings
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import jwt
@@ -92,3 +93,39 @@ def mint_token(
     if room_config:
         payload["roomConfig"] = dict(room_config)
     return jwt.encode(payload, api_secret, algorithm="HS256")
+
+
+JOB_TOKEN_TTL_SECONDS = 3600
+
+
+def mint_job_token(
+    api_key: str,
+    api_secret: str,
+    *,
+    room: str,
+    agent_name: str,
+    identity: str,
+    name: str,
+    metadata: str,
+    attributes: Mapping[str, str],
+    permissions: VideoGrant,
+    now: float | None = None,
+) -> str:
+    """The token an agent joins its job's room with, laid out as LiveKit's server mints it.
+
+    Signed with the worker's own API key; kind `agent`; the worker's attributes plus `lk.agent_name`;
+    the room grants that the worker registered with (`permissions`).
+    """
+    video = replace(permissions, room_join=True, room=room, agent=True)
+    return mint_token(
+        api_key,
+        api_secret,
+        video=video,
+        identity=identity,
+        name=name,
+        kind="agent",
+        metadata=metadata,
+        attributes={**attributes, "lk.agent_name": agent_name},
+        ttl=JOB_TOKEN_TTL_SECONDS,
+        now=now,
+    )

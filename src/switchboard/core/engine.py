@@ -1,19 +1,42 @@
-"""The engine: rooms, their dispatches and jobs, and the rules that tie them together.
+"""The engine: rooms, dispatches, jobs and workers, and the rules that tie them together.
 
 Every method takes the current time; nothing here reads a clock, sleeps or does I/O. Side effects the
 outside world must carry out are queued as decisions and taken with `take_decisions()`.
+
+A job is never dropped. It waits (pending) until a suitable worker can take it, is offered to one worker
+at a time, and ends only with a status and a reason: taken and finished, failed (by the worker, or its
+worker was lost and the restart policy says not to retry), terminated, or nobody took it in time.
 """
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from switchboard.core import ids
-from switchboard.core.dispatch import Dispatch, DispatchSpec
-from switchboard.core.errors import InvalidArgument, NotFound, ResourceExhausted
-from switchboard.core.events import Decision, DisconnectParticipant, JobEnded, RoomClosed, RoomStarted
+from switchboard.core.dispatch import Dispatch, DispatchSpec, RestartPolicy
+from switchboard.core.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from switchboard.core.events import (
+    AgentParticipant,
+    AssignJob,
+    Decision,
+    DisconnectParticipant,
+    JobEnded,
+    OfferJob,
+    RoomClosed,
+    RoomStarted,
+    TerminateJob,
+)
 from switchboard.core.jobs import Job, JobStatus, JobType
-from switchboard.core.limits import Limits, check_attributes, check_metadata, check_name
+from switchboard.core.limits import Limits, check_attributes, check_deployment, check_metadata, check_name
 from switchboard.core.rooms import Participant, Room
+from switchboard.core.selection import choose_worker
+from switchboard.core.workers import (
+    AvailabilityAnswer,
+    JobUpdate,
+    Worker,
+    WorkerKey,
+    WorkerSpec,
+    WorkerStatus,
+)
 
 
 @dataclass(frozen=True)
@@ -24,6 +47,15 @@ class EngineSettings:
     max_participants: int = 0
     pending_timeout: float = 60.0
     """How long a job may wait for a worker before it fails with a reason."""
+    availability_timeout: float = 5.0
+    """How long a worker has to answer an offer before the job goes to the next worker."""
+    start_timeout: float = 30.0
+    """How long an assigned job may take to be reported running before it counts as failed."""
+    reconnect_grace: float = 5.0
+    """How long a lost worker's jobs wait for it to reconnect and claim them (migrate_job)."""
+    max_job_restarts: int = 3
+    load_threshold: float = 1.0
+    """Workers whose effective load is at or above this get no offers."""
 
 
 @dataclass(frozen=True)
@@ -38,10 +70,20 @@ class RoomSpec:
     agents: tuple[DispatchSpec, ...] | None = None
 
 
+def _who(agent_name: str) -> str:
+    return f"agent '{agent_name}'" if agent_name else "automatic agents"
+
+
 class Engine:
     def __init__(self, settings: EngineSettings | None = None) -> None:
         self.settings = settings or EngineSettings()
         self.rooms: dict[str, Room] = {}
+        self.workers: dict[str, Worker] = {}
+        self.jobs: dict[str, Job] = {}
+        """Jobs that have not ended, by id."""
+        self.draining = False
+        self._workers_by_key: dict[WorkerKey, dict[str, Worker]] = {}
+        self._pending: dict[WorkerKey, dict[str, Job]] = {}
         self._decisions: list[Decision] = []
 
     def take_decisions(self) -> list[Decision]:
@@ -74,6 +116,7 @@ class Engine:
         existing = self.rooms.get(spec.name)
         if existing is not None:
             return existing
+        self._refuse_new_work()
         room = Room(
             name=spec.name,
             sid=ids.new_id(ids.ROOM),
@@ -106,9 +149,13 @@ class Engine:
             self._decisions.append(DisconnectParticipant(room.name, identity, f"room closed: {reason}"))
         room.participants.clear()
         for dispatch in room.dispatches.values():
-            self._end_dispatch_jobs(dispatch, f"terminated: room closed ({reason})", now)
+            self._terminate_dispatch_jobs(dispatch, f"terminated: room closed ({reason})", now)
         del self.rooms[room.name]
         self._decisions.append(RoomClosed(room.name, room.sid, reason))
+
+    def _refuse_new_work(self) -> None:
+        if self.draining:
+            raise Unavailable("the server is shutting down and accepts no new rooms or dispatches")
 
     # Participants
 
@@ -130,6 +177,18 @@ class Engine:
         ):
             raise ResourceExhausted("room is full")
         room.participants[participant.identity] = participant
+        if not participant.dependent:
+            for dispatch in room.dispatches.values():
+                self._launch(dispatch, JobType.PARTICIPANT, now, participant.identity)
+
+    def track_published(self, room_name: str, identity: str, now: float) -> None:
+        """A participant published a track; its first one launches the dispatches' publisher jobs."""
+        participant = self.participant(room_name, identity)
+        if participant.has_published or participant.dependent:
+            return
+        participant.has_published = True
+        for dispatch in self.room(room_name).dispatches.values():
+            self._launch(dispatch, JobType.PUBLISHER, now, identity)
 
     def participant_left(self, room_name: str, identity: str, now: float) -> Participant:
         room = self.room(room_name)
@@ -155,6 +214,7 @@ class Engine:
     def create_dispatch(self, room_name: str, spec: DispatchSpec, now: float) -> Dispatch:
         """Add a dispatch, creating the room with defaults if it does not exist (as LiveKit's auto_create)."""
         spec.validate(self.settings.limits)
+        self._refuse_new_work()
         room = self.rooms.get(room_name)
         if room is None:
             room = self.create_room(RoomSpec(name=room_name), now)
@@ -166,7 +226,7 @@ class Engine:
         if dispatch is None:
             raise NotFound("dispatch ID not found")
         dispatch.deleted_at = now
-        self._end_dispatch_jobs(dispatch, "terminated: dispatch deleted", now)
+        self._terminate_dispatch_jobs(dispatch, "terminated: dispatch deleted", now)
         return dispatch
 
     def list_dispatches(self, room_name: str, dispatch_id: str = "") -> list[Dispatch]:
@@ -181,61 +241,302 @@ class Engine:
     def _add_dispatch(self, room: Room, spec: DispatchSpec, now: float) -> Dispatch:
         dispatch = Dispatch(id=ids.new_id(ids.DISPATCH), room=room.name, spec=spec, created_at=now)
         room.dispatches[dispatch.id] = dispatch
-        dispatch.jobs.append(self._new_job(dispatch, JobType.ROOM, now))
+        self._launch(dispatch, JobType.ROOM, now)
+        for participant in room.participants.values():
+            if not participant.dependent:
+                self._launch(dispatch, JobType.PARTICIPANT, now, participant.identity)
+                if participant.has_published:
+                    self._launch(dispatch, JobType.PUBLISHER, now, participant.identity)
         return dispatch
 
-    def _new_job(self, dispatch: Dispatch, job_type: JobType, now: float, target: str = "") -> Job:
-        return Job(
+    def _dispatch_of(self, job: Job) -> Dispatch | None:
+        room = self.rooms.get(job.room)
+        return room.dispatches.get(job.dispatch_id) if room else None
+
+    # Jobs
+
+    def _launch(self, dispatch: Dispatch, job_type: JobType, now: float, target: str = "") -> None:
+        """Start a job of this type for the dispatch, if any worker could ever serve it.
+
+        A room job is launched unless the agent's workers are all of other types, so that it waits for
+        the agent's first worker. Participant and publisher jobs are launched only when workers of that
+        type are registered: most agents are room agents, and their rooms must not fill with jobs that
+        nobody will ever take.
+        """
+        spec = dispatch.spec
+        typed = bool(self._workers_by_key.get((spec.agent_name, job_type, spec.deployment)))
+        if job_type is JobType.ROOM:
+            others = any(
+                self._workers_by_key.get((spec.agent_name, other, spec.deployment))
+                for other in (JobType.PUBLISHER, JobType.PARTICIPANT)
+            )
+            if not typed and others:
+                return
+        elif not typed:
+            return
+        job = Job(
             id=ids.new_id(ids.JOB),
             dispatch_id=dispatch.id,
             room=dispatch.room,
             type=job_type,
-            agent_name=dispatch.agent_name,
+            agent_name=spec.agent_name,
+            deployment=spec.deployment,
             created_at=now,
             target_identity=target,
         )
+        dispatch.jobs.append(job)
+        self.jobs[job.id] = job
+        self._queue(job, now)
 
-    def _end_dispatch_jobs(self, dispatch: Dispatch, reason: str, now: float) -> None:
-        for job in dispatch.jobs:
-            if not job.ended:
-                # A job that ran and was stopped on request succeeded; one that never started failed.
-                self._end_job(job, job.started_at is not None, reason, now)
+    def _key(self, job: Job) -> WorkerKey:
+        return (job.agent_name, job.type, job.deployment)
+
+    def _queue(self, job: Job, now: float) -> None:
+        """Put a pending job in line and offer it at once if a worker can take it."""
+        self._pending.setdefault(self._key(job), {})[job.id] = job
+        self._offer_if_possible(job, now)
+
+    def _offer_if_possible(self, job: Job, now: float) -> None:
+        if self.draining:
+            return
+        workers = self._workers_by_key.get(self._key(job), {})
+        worker = choose_worker(job, workers.values(), self.settings.load_threshold)
+        if worker is None:
+            return
+        self._pending[self._key(job)].pop(job.id, None)
+        job.offer(worker.id, now)
+        worker.jobs.add(job.id)
+        self._decisions.append(OfferJob(worker.id, job, resuming=job.restarts > 0))
+
+    def _match(self, key: WorkerKey, now: float) -> None:
+        """Offer the pending jobs of one key, oldest first, to the workers that can take them."""
+        for job in list(self._pending.get(key, {}).values()):
+            self._offer_if_possible(job, now)
+
+    def _release(self, job: Job) -> None:
+        worker = self.workers.get(job.worker_id)
+        if worker is not None:
+            worker.jobs.discard(job.id)
 
     def _end_job(self, job: Job, succeeded: bool, reason: str, now: float) -> None:
+        self._release(job)
+        self._pending.get(self._key(job), {}).pop(job.id, None)
+        self.jobs.pop(job.id, None)
         job.end(succeeded, reason, now)
         self._decisions.append(JobEnded(job))
+
+    def _terminate(self, job: Job, reason: str, now: float) -> None:
+        """End a job on the server's initiative, telling its worker to stop it if it has one."""
+        if job.status in (JobStatus.ASSIGNED, JobStatus.RUNNING) and job.worker_id in self.workers:
+            self._decisions.append(TerminateJob(job.worker_id, job.id, reason))
+        # A job that ran and was stopped on request succeeded; one that never started failed.
+        self._end_job(job, job.started_at is not None, reason, now)
+
+    def _terminate_dispatch_jobs(self, dispatch: Dispatch, reason: str, now: float) -> None:
+        for job in dispatch.jobs:
+            if not job.ended:
+                self._terminate(job, reason, now)
+
+    def _failed(self, job: Job, reason: str, now: float) -> None:
+        """The attempt failed: run the job again if its restart policy allows, else end it with the reason."""
+        dispatch = self._dispatch_of(job)
+        retry = dispatch is not None and dispatch.spec.restart_policy is RestartPolicy.ON_FAILURE
+        if retry and job.restarts < self.settings.max_job_restarts and not self.draining:
+            self._release(job)
+            job.requeue(reason, now)
+            self._queue(job, now)
+            return
+        if retry and job.restarts:
+            reason += f" (gave up after {job.restarts} restarts)"
+        self._end_job(job, False, reason, now)
+
+    def _back_to_pending(self, job: Job, now: float) -> None:
+        """The offered worker said no or did not answer: next worker, or fail if every worker said no."""
+        self._release(job)
+        job.reject(now)
+        workers = self._workers_by_key.get(self._key(job), {})
+        if workers and all(worker_id in job.tried_workers for worker_id in workers):
+            tried = len(job.tried_workers)
+            self._end_job(job, False, f"rejected by all {tried} workers for {_who(job.agent_name)}", now)
+            return
+        self._queue(job, now)
+
+    # Workers
+
+    def register_worker(self, spec: WorkerSpec, now: float) -> Worker:
+        check_name("agent name", spec.agent_name, self.settings.limits.max_agent_name_length, required=False)
+        check_deployment(spec.deployment)
+        worker = Worker(id=ids.new_id(ids.WORKER), spec=spec, registered_at=now)
+        self.workers[worker.id] = worker
+        self._workers_by_key.setdefault(worker.key, {})[worker.id] = worker
+        self._match(worker.key, now)
+        return worker
+
+    def worker_status(
+        self, worker_id: str, status: WorkerStatus | None, load: float, job_count: int, now: float
+    ) -> None:
+        """A status report: `status` None keeps the current one (proto3 optional not set)."""
+        worker = self.workers.get(worker_id)
+        if worker is None:
+            return
+        if status is not None:
+            worker.status = status
+        worker.load = min(max(load, 0.0), 1.0) if load == load else 1.0  # NaN counts as full
+        worker.reported_jobs = max(job_count, 0)
+        worker.assigned_since_report = 0
+        if worker.accepting:
+            self._match(worker.key, now)
+
+    def worker_disconnected(self, worker_id: str, now: float) -> None:
+        """The worker's connection is gone: offers move on, its jobs wait `reconnect_grace` for it."""
+        worker = self.workers.pop(worker_id, None)
+        if worker is None:
+            return
+        peers = self._workers_by_key[worker.key]
+        del peers[worker.id]
+        if not peers:
+            del self._workers_by_key[worker.key]
+        for job_id in list(worker.jobs):
+            job = self.jobs[job_id]
+            if job.status is JobStatus.OFFERED:
+                self._back_to_pending(job, now)
+            else:
+                job.orphan(now)
+
+    def availability_answer(
+        self, worker_id: str, job_id: str, answer: AvailabilityAnswer, now: float
+    ) -> bool:
+        """Apply a worker's answer to its offer; False when no such offer is open (late or unknown)."""
+        job = self.jobs.get(job_id)
+        if job is None or job.status is not JobStatus.OFFERED or job.worker_id != worker_id:
+            return False
+        if answer.terminate:
+            self._end_job(job, True, f"worker {worker_id} declined the job and asked to end it", now)
+        elif not answer.available:
+            self._back_to_pending(job, now)
+        else:
+            participant = AgentParticipant(
+                identity=answer.identity or f"agent-{job.id}",
+                name=answer.name,
+                metadata=answer.metadata,
+                attributes=dict(answer.attributes),
+            )
+            job.assign(participant.identity, now)
+            self.workers[worker_id].assigned_since_report += 1
+            self._decisions.append(AssignJob(worker_id, job, participant))
+        return True
+
+    def job_update(self, worker_id: str, job_id: str, update: JobUpdate, error: str, now: float) -> bool:
+        """Apply a worker's report on one of its jobs; False when the job is not (or no longer) its own.
+
+        Reports are keyed by job, not connection: a reconnected worker flushes reports about jobs it ran
+        under its previous worker id, and those still count while the job waits for it (orphaned).
+        """
+        job = self.jobs.get(job_id)
+        if job is None or (job.worker_id != worker_id and job.orphaned_at is None):
+            return False
+        if job.status not in (JobStatus.ASSIGNED, JobStatus.RUNNING):
+            return False
+        if job.orphaned_at is not None and job.worker_id != worker_id:
+            self._reattach(job, self.workers[worker_id], now)
+        ran_on = job.worker_id
+        if update is JobUpdate.RUNNING:
+            if job.status is JobStatus.ASSIGNED:
+                job.start(now)
+        elif update is JobUpdate.SUCCESS:
+            self._end_job(job, True, error, now)
+        else:
+            self._failed(job, f"job failed on worker {ran_on}" + (f": {error}" if error else ""), now)
+        return True
+
+    def migrate_jobs(self, worker_id: str, job_ids: Iterable[str], now: float) -> None:
+        """A reconnected worker lists the jobs it still runs: re-attach those that wait, stop the rest."""
+        worker = self.workers.get(worker_id)
+        if worker is None:
+            return
+        for job_id in dict.fromkeys(job_ids):
+            job = self.jobs.get(job_id)
+            if job is not None and job.worker_id == worker_id:
+                continue
+            waiting = job is not None and (job.status is JobStatus.PENDING or job.orphaned_at is not None)
+            if job is not None and waiting:
+                self._reattach(job, worker, now)
+            else:
+                reason = "job already ended" if job is None else f"job runs on worker {job.worker_id}"
+                self._decisions.append(TerminateJob(worker_id, job_id, reason))
+
+    def _reattach(self, job: Job, worker: Worker, now: float) -> None:
+        self._release(job)
+        self._pending.get(self._key(job), {}).pop(job.id, None)
+        job.reattach(worker.id, now)
+        worker.jobs.add(job.id)
+
+    # Server lifecycle
+
+    def drain(self) -> None:
+        """Stop taking new rooms and dispatches and stop offering jobs; running jobs go on."""
+        self.draining = True
+
+    def busy_jobs(self) -> int:
+        """Jobs that are assigned to or running on a worker."""
+        return sum(1 for job in self.jobs.values() if job.status in (JobStatus.ASSIGNED, JobStatus.RUNNING))
+
+    def shut_down(self, now: float) -> None:
+        """End every job that has not ended, telling workers to stop the ones they run."""
+        for job in list(self.jobs.values()):
+            self._terminate(job, "terminated: server shut down", now)
 
     # Time
 
     def tick(self, now: float) -> None:
-        """Apply every deadline that has passed: idle rooms close, jobs nobody took fail."""
-        timeout = self.settings.pending_timeout
+        """Apply every deadline that has passed: idle rooms close, jobs move on or fail with a reason."""
         for room in list(self.rooms.values()):
             deadline = room.close_deadline()
             if deadline is not None and now >= deadline:
                 self._close_room(room, "idle timeout", now)
-                continue
-            for dispatch in room.dispatches.values():
-                for job in dispatch.jobs:
-                    if job.status is JobStatus.PENDING and now >= job.pending_since + timeout:
-                        self._end_job(job, False, self._pending_failure(job), now)
-
-    def _pending_failure(self, job: Job) -> str:
-        who = f"agent '{job.agent_name}'" if job.agent_name else "automatic agents"
-        return f"no worker registered for {who} within {self.settings.pending_timeout:g}s"
+        for job in list(self.jobs.values()):
+            deadline = self._job_deadline(job)
+            if deadline is not None and now >= deadline and not job.ended:
+                self._job_deadline_passed(job, now)
 
     def next_deadline(self) -> float | None:
         """The earliest time at which `tick` has something to do, or None."""
-        deadlines: list[float] = []
-        timeout = self.settings.pending_timeout
-        for room in self.rooms.values():
-            close = room.close_deadline()
-            if close is not None:
-                deadlines.append(close)
-            deadlines.extend(
-                job.pending_since + timeout
-                for dispatch in room.dispatches.values()
-                for job in dispatch.jobs
-                if job.status is JobStatus.PENDING
-            )
+        deadlines = [d for room in self.rooms.values() if (d := room.close_deadline()) is not None]
+        deadlines += [d for job in self.jobs.values() if (d := self._job_deadline(job)) is not None]
         return min(deadlines, default=None)
+
+    def _job_deadline(self, job: Job) -> float | None:
+        s = self.settings
+        if job.orphaned_at is not None:
+            return job.orphaned_at + s.reconnect_grace
+        match job.status:
+            case JobStatus.PENDING:
+                return job.pending_since + s.pending_timeout
+            case JobStatus.OFFERED:
+                return job.offered_at + s.availability_timeout
+            case JobStatus.ASSIGNED:
+                return job.updated_at + s.start_timeout
+        return None
+
+    def _job_deadline_passed(self, job: Job, now: float) -> None:
+        s = self.settings
+        worker_id = job.worker_id
+        if job.orphaned_at is not None:
+            self._failed(job, f"worker {worker_id} disconnected", now)
+        elif job.status is JobStatus.PENDING:
+            self._end_job(job, False, self._pending_failure(job), now)
+        elif job.status is JobStatus.OFFERED:
+            self._back_to_pending(job, now)
+        else:
+            self._decisions.append(TerminateJob(worker_id, job.id, "not started in time"))
+            self._failed(job, f"worker {worker_id} did not start the job within {s.start_timeout:g}s", now)
+
+    def _pending_failure(self, job: Job) -> str:
+        timeout = f"{self.settings.pending_timeout:g}s"
+        workers = self._workers_by_key.get(self._key(job), {})
+        if not workers:
+            return f"no worker registered for {_who(job.agent_name)} within {timeout}"
+        return (
+            f"no worker for {_who(job.agent_name)} had capacity within {timeout} "
+            f"({len(workers)} registered, all full, draining or over the load threshold)"
+        )

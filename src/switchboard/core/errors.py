@@ -15,3 +15,7 @@ class NotFound(CoreError):
 
 class ResourceExhausted(CoreError):
     pass
+
+
+class Unavailable(CoreError):
+    pass

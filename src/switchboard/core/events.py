@@ -1,6 +1,6 @@
 """Decisions that core hands to the I/O layer. Core never performs them; it only says what must happen."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from switchboard.core.jobs import Job
 
@@ -30,4 +30,41 @@ class DisconnectParticipant:
     reason: str
 
 
-Decision = RoomStarted | RoomClosed | JobEnded | DisconnectParticipant
+@dataclass(frozen=True)
+class OfferJob:
+    """Ask the worker whether it takes the job (AvailabilityRequest)."""
+
+    worker_id: str
+    job: Job
+    resuming: bool
+
+
+@dataclass(frozen=True)
+class AgentParticipant:
+    """How the agent will appear in the room, as the worker asked in its availability answer."""
+
+    identity: str
+    name: str = ""
+    metadata: str = ""
+    attributes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AssignJob:
+    """Hand the accepted job to the worker, with a token to join the room as `participant` (JobAssignment)."""
+
+    worker_id: str
+    job: Job
+    participant: AgentParticipant
+
+
+@dataclass(frozen=True)
+class TerminateJob:
+    """Tell the worker to stop the job (JobTermination)."""
+
+    worker_id: str
+    job_id: str
+    reason: str
+
+
+Decision = RoomStarted | RoomClosed | JobEnded | DisconnectParticipant | OfferJob | AssignJob | TerminateJob

@@ -6,7 +6,11 @@ A job is never dropped: it is pending until a worker takes it, and it ends only 
        ▲                  │                    │                  │
        └──── reject ──────┘                    │                  │
        └──────────── requeue (worker lost, restart policy) ───────┘
+    PENDING, ASSIGNED, RUNNING ──reattach (worker reconnected with it)──▶ RUNNING
     any state that has not ended ──end──▶ SUCCEEDED | FAILED
+
+While its worker's connection is gone, an assigned or running job is "orphaned" (`orphaned_at` set): it
+keeps its state for a grace period in which the reconnecting worker may claim it back.
 """
 
 from dataclasses import dataclass, field
@@ -47,6 +51,7 @@ class Job:
     created_at: float
     target_identity: str = ""
     """The participant a PUBLISHER or PARTICIPANT job is about; empty for ROOM jobs."""
+    deployment: str = ""
     status: JobStatus = JobStatus.PENDING
     error: str = ""
     worker_id: str = ""
@@ -55,6 +60,8 @@ class Job:
     ended_at: float | None = None
     updated_at: float = 0.0
     pending_since: float = 0.0
+    offered_at: float = 0.0
+    orphaned_at: float | None = None
     restarts: int = 0
     tried_workers: set[str] = field(default_factory=set)
 
@@ -70,10 +77,12 @@ class Job:
             raise InvalidTransition(f"job {self.id}: cannot go from {self.status.value} to {to.value}")
         self.status = to
         self.updated_at = now
+        self.orphaned_at = None
 
     def offer(self, worker_id: str, now: float) -> None:
         self._move({JobStatus.PENDING}, JobStatus.OFFERED, now)
         self.worker_id = worker_id
+        self.offered_at = now
         self.tried_workers.add(worker_id)
 
     def reject(self, now: float) -> None:
@@ -99,6 +108,19 @@ class Job:
         self.pending_since = now
         self.restarts += 1
         self.tried_workers.clear()
+
+    def orphan(self, now: float) -> None:
+        """The worker's connection is gone; the job waits for it to come back or for the grace to end."""
+        if self.status not in (JobStatus.ASSIGNED, JobStatus.RUNNING):
+            raise InvalidTransition(f"job {self.id}: only an assigned or running job can be orphaned")
+        self.orphaned_at = now
+
+    def reattach(self, worker_id: str, now: float) -> None:
+        """A reconnected worker says it still runs this job: it is running there, not to be run again."""
+        self._move({JobStatus.PENDING, JobStatus.ASSIGNED, JobStatus.RUNNING}, JobStatus.RUNNING, now)
+        self.worker_id = worker_id
+        if self.started_at is None:
+            self.started_at = now
 
     def end(self, succeeded: bool, error: str, now: float) -> None:
         self._move(set(JobStatus) - ENDED, JobStatus.SUCCEEDED if succeeded else JobStatus.FAILED, now)

@@ -20,6 +20,7 @@ class Participant:
     metadata: str = ""
     attributes: dict[str, str] = field(default_factory=dict)
     recorder: bool = False
+    has_published: bool = False
 
     @property
     def dependent(self) -> bool:

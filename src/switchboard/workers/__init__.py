@@ -1,0 +1,1 @@
+"""The `/agent` WebSocket: livekit-agents workers register, receive jobs and report on them."""

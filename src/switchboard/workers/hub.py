@@ -1,0 +1,107 @@
+"""The `/agent` endpoint and the connected workers: authentication before the upgrade, and the engine's
+job decisions (offer, assign, terminate) carried to the right worker."""
+
+import logging
+from collections.abc import Mapping
+
+from aiohttp import web
+from livekit.protocol import agent, models
+
+from switchboard import __version__
+from switchboard.auth.grants import InvalidToken
+from switchboard.auth.tokens import TokenVerifier, bearer_token, mint_job_token
+from switchboard.core import ids
+from switchboard.core.events import AssignJob, OfferJob, TerminateJob
+from switchboard.core.jobs import Job
+from switchboard.runtime import Runtime
+from switchboard.wire import job_to_proto, participant_to_proto, room_to_proto
+from switchboard.workers.session import WorkerSession, WorkerSettings
+
+log = logging.getLogger("switchboard.workers")
+
+
+class WorkerHub:
+    def __init__(
+        self, runtime: Runtime, verifier: TokenVerifier, keys: Mapping[str, str], settings: WorkerSettings
+    ) -> None:
+        self.runtime = runtime
+        self.settings = settings
+        self.sessions: dict[str, WorkerSession] = {}
+        self.server_info = models.ServerInfo(
+            edition=models.ServerInfo.Standard,
+            version=__version__,
+            protocol=16,
+            agent_protocol=1,
+            node_id=ids.new_id("ND_"),
+        )
+        self._verifier = verifier
+        self._keys = keys
+        runtime.on(OfferJob, self._offer)
+        runtime.on(AssignJob, self._assign)
+        runtime.on(TerminateJob, self._terminate)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """`GET /agent`: refuse bad credentials before upgrading (a refused upgrade makes the worker back
+        off; an accepted-then-closed socket makes it reconnect at once, forever)."""
+        ws = web.WebSocketResponse(
+            heartbeat=self.settings.ping_interval, max_msg_size=self.settings.max_message_size
+        )
+        if not ws.can_prepare(request).ok:
+            return web.Response(
+                status=400, text="/agent expects a WebSocket upgrade (LiveKit worker protocol)\n"
+            )
+        try:
+            token = bearer_token(request.headers, request.query)
+            if token is None:
+                raise InvalidToken("missing access token: send 'Authorization: Bearer <token>'")
+            claims = self._verifier.verify(token)
+        except InvalidToken as exc:
+            return web.Response(status=401, text=f"{exc}\n")
+        if not claims.video.agent:
+            return web.Response(status=401, text="permissions denied: the token lacks the agent grant\n")
+        if self.runtime.engine.draining:
+            return web.Response(status=503, text="the server is shutting down\n")
+        await ws.prepare(request)
+        await WorkerSession(self, ws, claims.api_key, request.remote or "").run()
+        return ws
+
+    def _job_message(self, job: Job) -> agent.Job:
+        room = self.runtime.engine.rooms[job.room]
+        dispatch = room.dispatches[job.dispatch_id]
+        target = room.participants.get(job.target_identity)
+        return job_to_proto(
+            job, dispatch.spec, room_to_proto(room), participant_to_proto(target) if target else None
+        )
+
+    def _session(self, worker_id: str) -> WorkerSession:
+        return self.sessions[worker_id]
+
+    def _offer(self, decision: OfferJob) -> None:
+        if decision.job.ended:  # its room closed later in the same engine step
+            return
+        request = agent.AvailabilityRequest(job=self._job_message(decision.job), resuming=decision.resuming)
+        self._session(decision.worker_id).send(agent.ServerMessage(availability=request))
+
+    def _assign(self, decision: AssignJob) -> None:
+        if decision.job.ended:
+            return
+        session = self._session(decision.worker_id)
+        job, participant = decision.job, decision.participant
+        token = mint_job_token(
+            session.api_key,
+            self._keys[session.api_key],
+            room=job.room,
+            agent_name=session.agent_name,
+            identity=participant.identity,
+            name=participant.name,
+            metadata=participant.metadata,
+            attributes=participant.attributes,
+            permissions=session.permissions,
+        )
+        assignment = agent.JobAssignment(job=self._job_message(job), token=token)
+        session.send(agent.ServerMessage(assignment=assignment))
+
+    def _terminate(self, decision: TerminateJob) -> None:
+        session = self.sessions.get(decision.worker_id)
+        if session is not None:
+            session.send(agent.ServerMessage(termination=agent.JobTermination(job_id=decision.job_id)))

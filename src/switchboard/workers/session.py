@@ -1,0 +1,231 @@
+"""One connected worker: the worker protocol in, engine events out; engine decisions in, protocol out."""
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from aiohttp import WSCloseCode, WSMsgType, web
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError
+from livekit.protocol import agent
+
+from switchboard.auth.grants import VideoGrant
+from switchboard.core.errors import CoreError
+from switchboard.core.jobs import JobType
+from switchboard.core.workers import AvailabilityAnswer, JobUpdate, WorkerSpec, WorkerStatus
+
+if TYPE_CHECKING:
+    from switchboard.workers.hub import WorkerHub
+
+log = logging.getLogger("switchboard.workers")
+
+# update_job statuses a worker may send; JS_CANCELLED (4, newer protocol) ends the job as failed.
+_JOB_UPDATES = {
+    agent.JS_RUNNING: (JobUpdate.RUNNING, ""),
+    agent.JS_SUCCESS: (JobUpdate.SUCCESS, ""),
+    agent.JS_FAILED: (JobUpdate.FAILED, ""),
+    4: (JobUpdate.FAILED, "cancelled by the worker"),
+}
+
+
+class ProtocolViolation(Exception):
+    """The worker broke the protocol; the message says how, for the log and the close frame."""
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    register_timeout: float = 10.0
+    ping_interval: float = 10.0
+    max_message_size: int = 2 * 1024 * 1024
+    violation_close_delay: float = 5.0
+    """A worker reconnects at once after any close; waiting before closing keeps a broken one from
+    hammering the server in a tight loop."""
+
+
+def permissions_of(request: agent.RegisterWorkerRequest) -> VideoGrant:
+    """The room grants that the worker's jobs get, from its registration (LiveKit's defaults if absent)."""
+    if not request.HasField("allowed_permissions"):
+        return VideoGrant(
+            can_subscribe=True, can_publish=True, can_publish_data=True, can_update_own_metadata=True
+        )
+    p = request.allowed_permissions
+    return VideoGrant(
+        can_subscribe=p.can_subscribe,
+        can_publish=p.can_publish,
+        can_publish_data=p.can_publish_data,
+        can_update_own_metadata=p.can_update_metadata,
+        hidden=p.hidden,
+    )
+
+
+class WorkerSession:
+    def __init__(self, hub: "WorkerHub", ws: web.WebSocketResponse, api_key: str, peer: str) -> None:
+        self.hub = hub
+        self.ws = ws
+        self.api_key = api_key
+        self.peer = peer
+        self.worker_id = ""
+        self.agent_name = ""
+        self.permissions = VideoGrant()
+        self._text = False  # answer in protojson text after a text frame, as LiveKit does
+        self._outbox: deque[agent.ServerMessage] = deque()
+        self._writer: asyncio.Task[None] | None = None
+
+    # Sending: one writer at a time, so messages leave in the order they were decided.
+
+    def send(self, message: agent.ServerMessage) -> None:
+        self._outbox.append(message)
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._drain_outbox())
+
+    async def _drain_outbox(self) -> None:
+        while self._outbox and not self.ws.closed:
+            message = self._outbox.popleft()
+            try:
+                if self._text:
+                    await self.ws.send_str(json_format.MessageToJson(message, indent=None))
+                else:
+                    await self.ws.send_bytes(message.SerializeToString())
+            except (ConnectionError, RuntimeError):
+                return  # the connection is going away; the reader notices and cleans up
+
+    # Receiving
+
+    async def _receive(self) -> agent.WorkerMessage | None:
+        """The next message, or None when the connection is closed."""
+        frame = await self.ws.receive()
+        if frame.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+            return None
+        if frame.type is WSMsgType.ERROR:
+            raise ProtocolViolation(f"unreadable frame: {self.ws.exception()}")
+        message = agent.WorkerMessage()
+        try:
+            if frame.type is WSMsgType.BINARY:
+                self._text = False
+                message.ParseFromString(frame.data)
+            elif frame.type is WSMsgType.TEXT:
+                self._text = True
+                json_format.Parse(frame.data, message, ignore_unknown_fields=True)
+            else:
+                raise ProtocolViolation(f"unexpected frame type {frame.type.name}")
+        except (DecodeError, json_format.ParseError, RecursionError) as exc:
+            raise ProtocolViolation(f"malformed WorkerMessage: {exc}") from exc
+        return message
+
+    async def run(self) -> None:
+        runtime = self.hub.runtime
+        try:
+            try:
+                first = await asyncio.wait_for(self._receive(), self.hub.settings.register_timeout)
+            except TimeoutError:
+                raise ProtocolViolation(
+                    f"no register message within {self.hub.settings.register_timeout:g}s"
+                ) from None
+            if first is None:
+                return
+            self._register(first)
+            while (message := await self._receive()) is not None:
+                self._handle(message)
+                runtime.flush()
+        except ProtocolViolation as exc:
+            await self._close_for_violation(str(exc))
+        finally:
+            if self.worker_id:
+                self.hub.sessions.pop(self.worker_id, None)
+                runtime.engine.worker_disconnected(self.worker_id, runtime.now())
+                runtime.flush()
+                log.info("worker disconnected worker=%s agent_name=%r", self.worker_id, self.agent_name)
+
+    def _register(self, message: agent.WorkerMessage) -> None:
+        if message.WhichOneof("message") != "register":
+            raise ProtocolViolation("the first message must be register")
+        request = message.register
+        if request.type not in JobType._value2member_map_:
+            raise ProtocolViolation(f"unknown worker type {request.type}")
+        spec = WorkerSpec(
+            agent_name=request.agent_name,
+            job_type=JobType(request.type),
+            deployment=request.deployment,
+            version=request.version,
+        )
+        runtime = self.hub.runtime
+        try:
+            worker = runtime.engine.register_worker(spec, runtime.now())
+        except CoreError as exc:
+            raise ProtocolViolation(f"invalid registration: {exc}") from exc
+        self.worker_id, self.agent_name = worker.id, spec.agent_name
+        self.permissions = permissions_of(request)
+        self.hub.sessions[worker.id] = self
+        # The register response must be the first frame; offers decided by the registration follow it.
+        self.send(
+            agent.ServerMessage(
+                register=agent.RegisterWorkerResponse(worker_id=worker.id, server_info=self.hub.server_info)
+            )
+        )
+        log.info(
+            "worker registered worker=%s agent_name=%r type=%s version=%s peer=%s",
+            worker.id,
+            spec.agent_name,
+            spec.job_type.name,
+            spec.version,
+            self.peer,
+        )
+        runtime.flush()
+
+    def _handle(self, message: agent.WorkerMessage) -> None:
+        engine, now = self.hub.runtime.engine, self.hub.runtime.now()
+        kind = message.WhichOneof("message")
+        if kind == "availability":
+            a = message.availability
+            answer = AvailabilityAnswer(
+                available=a.available,
+                terminate=a.terminate,
+                identity=a.participant_identity,
+                name=a.participant_name,
+                metadata=a.participant_metadata,
+                attributes=dict(a.participant_attributes),
+            )
+            if not engine.availability_answer(self.worker_id, a.job_id, answer, now):
+                log.info("late or unknown availability answer worker=%s job=%s", self.worker_id, a.job_id)
+        elif kind == "update_worker":
+            report = message.update_worker
+            status = None
+            if report.HasField("status") and report.status in WorkerStatus._value2member_map_:
+                status = WorkerStatus(report.status)
+            engine.worker_status(self.worker_id, status, report.load, report.job_count, now)
+        elif kind == "update_job":
+            job_report = message.update_job
+            if job_report.status not in _JOB_UPDATES:
+                return  # JS_PENDING carries nothing to act on
+            update, default_error = _JOB_UPDATES[job_report.status]
+            error = job_report.error or default_error
+            if not engine.job_update(self.worker_id, job_report.job_id, update, error, now):
+                log.info("update for a job not held worker=%s job=%s", self.worker_id, job_report.job_id)
+        elif kind == "migrate_job":
+            engine.migrate_jobs(self.worker_id, message.migrate_job.job_ids, now)
+        elif kind == "ping":
+            pong = agent.WorkerPong(last_timestamp=message.ping.timestamp, timestamp=int(time.time() * 1000))
+            self.send(agent.ServerMessage(pong=pong))
+        elif kind == "simulate_job":
+            log.info("simulate_job is not supported; ignored worker=%s", self.worker_id)
+        elif kind == "register":
+            raise ProtocolViolation("register sent twice")
+        else:
+            raise ProtocolViolation("empty WorkerMessage")
+
+    async def _close_for_violation(self, reason: str) -> None:
+        log.warning(
+            "worker protocol violation worker=%s peer=%s reason=%r", self.worker_id, self.peer, reason
+        )
+        runtime = self.hub.runtime
+        if self.worker_id:  # no more offers while we wait to close
+            self.hub.sessions.pop(self.worker_id, None)
+            runtime.engine.worker_disconnected(self.worker_id, runtime.now())
+            runtime.flush()
+            self.worker_id = ""
+        if not self.ws.closed:
+            await asyncio.sleep(self.hub.settings.violation_close_delay)
+            await self.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=reason[:120].encode())

@@ -1,0 +1,70 @@
+"""A real livekit-agents worker for the integration tests, shaped by environment variables.
+
+    TEST_AGENT_NAME     agent name to register with (empty: automatic dispatch)
+    TEST_BEHAVIOUR      shutdown | raise | hang | reject | decline
+                        shutdown: record the job, then ctx.shutdown()
+                        raise:    record the job, then raise from the entrypoint
+                        hang:     record the job and return; it runs until the server terminates it
+                        reject:   answer every offer with reject(terminate=False)
+                        decline:  answer every offer with reject(terminate=True)
+    TEST_RECORD_DIR     where each job started writes <job id>.json with what the agent received
+    TEST_ENDED_DIR      where each job writes <job id>.ended when its process shuts down
+
+Run as a user runs an agent: `python worker.py start`, with LIVEKIT_URL, LIVEKIT_API_KEY, LIVEKIT_API_SECRET.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import jwt
+from livekit.agents import AgentServer, JobContext, JobRequest, cli
+
+AGENT_NAME = os.environ.get("TEST_AGENT_NAME", "")
+BEHAVIOUR = os.environ.get("TEST_BEHAVIOUR", "shutdown")
+RECORD_DIR = Path(os.environ["TEST_RECORD_DIR"])
+ENDED_DIR = Path(os.environ.get("TEST_ENDED_DIR", os.environ["TEST_RECORD_DIR"]))
+
+# Health server on loopback and a free port; a fixed load so that a busy test machine does not make the
+# worker report itself full.
+server = AgentServer(host="127.0.0.1", port=0, load_fnc=lambda: 0.1, num_idle_processes=1)
+
+
+async def on_request(request: JobRequest) -> None:
+    if BEHAVIOUR == "reject":
+        await request.reject(terminate=False)
+    elif BEHAVIOUR == "decline":
+        await request.reject(terminate=True)
+    else:
+        await request.accept(name="Test Agent", attributes={"test": "yes"})
+
+
+@server.rtc_session(agent_name=AGENT_NAME, on_request=on_request)
+async def entrypoint(ctx: JobContext) -> None:
+    job = ctx.job
+    record = {
+        "job_id": job.id,
+        "dispatch_id": job.dispatch_id,
+        "room": job.room.name,
+        "room_sid": job.room.sid,
+        "agent_name": job.agent_name,
+        "metadata": job.metadata,
+        "type": job.type,
+        "worker_id": ctx.worker_id,
+        "pid": os.getpid(),
+        "token_claims": jwt.decode(ctx._info.token, options={"verify_signature": False}),
+    }
+    (RECORD_DIR / f"{job.id}.json").write_text(json.dumps(record))
+
+    async def on_shutdown(reason: str) -> None:
+        (ENDED_DIR / f"{job.id}.ended").write_text(reason)
+
+    ctx.add_shutdown_callback(on_shutdown)
+    if BEHAVIOUR == "raise":
+        raise RuntimeError("entrypoint failed on purpose")
+    if BEHAVIOUR == "shutdown":
+        ctx.shutdown("done")
+
+
+if __name__ == "__main__":
+    cli.run_app(server)
