@@ -49,6 +49,15 @@ const dispatchClient = () => new AgentDispatchClient(url, apiKey, apiSecret);
 const roomClient = () => new RoomServiceClient(url, apiKey, apiSecret);
 
 const scenarios = {
+  /** createDispatch for SCENARIO_ROOM / SCENARIO_AGENT / SCENARIO_METADATA, as an application would. */
+  async 'create-dispatch'() {
+    const env = process.env;
+    const created = await dispatchClient().createDispatch(env.SCENARIO_ROOM, env.SCENARIO_AGENT, {
+      metadata: env.SCENARIO_METADATA ?? '',
+    });
+    return { created: json(created) };
+  },
+
   /** createDispatch → listDispatch → getDispatch → deleteDispatch → listDispatch → getDispatch. */
   async 'dispatch-lifecycle'() {
     const room = uniqueRoom('dispatch-lifecycle');

@@ -306,6 +306,7 @@ class Engine:
         self._pending[self._key(job)].pop(job.id, None)
         job.offer(worker.id, now)
         worker.jobs.add(job.id)
+        worker.offered_job = job.id
         self._decisions.append(OfferJob(worker.id, job, resuming=job.restarts > 0))
 
     def _match(self, key: WorkerKey, now: float) -> None:
@@ -313,13 +314,16 @@ class Engine:
         for job in list(self._pending.get(key, {}).values()):
             self._offer_if_possible(job, now)
 
-    def _release(self, job: Job) -> None:
+    def _release(self, job: Job, now: float) -> None:
         worker = self.workers.get(job.worker_id)
         if worker is not None:
             worker.jobs.discard(job.id)
+            if worker.offered_job == job.id:
+                worker.offered_job = ""
+                self._match(worker.key, now)
 
     def _end_job(self, job: Job, succeeded: bool, reason: str, now: float) -> None:
-        self._release(job)
+        self._release(job, now)
         self._pending.get(self._key(job), {}).pop(job.id, None)
         self.jobs.pop(job.id, None)
         job.end(succeeded, reason, now)
@@ -342,7 +346,7 @@ class Engine:
         dispatch = self._dispatch_of(job)
         retry = dispatch is not None and dispatch.spec.restart_policy is RestartPolicy.ON_FAILURE
         if retry and job.restarts < self.settings.max_job_restarts and not self.draining:
-            self._release(job)
+            self._release(job, now)
             job.requeue(reason, now)
             self._queue(job, now)
             return
@@ -351,14 +355,10 @@ class Engine:
         self._end_job(job, False, reason, now)
 
     def _back_to_pending(self, job: Job, now: float) -> None:
-        """The offered worker said no or did not answer: next worker, or fail if every worker said no."""
-        self._release(job)
+        """The offered worker said no or did not answer: the next worker may take it; that one is asked
+        again after its next status report (its capacity may have changed)."""
+        self._release(job, now)
         job.reject(now)
-        workers = self._workers_by_key.get(self._key(job), {})
-        if workers and all(worker_id in job.tried_workers for worker_id in workers):
-            tried = len(job.tried_workers)
-            self._end_job(job, False, f"rejected by all {tried} workers for {_who(job.agent_name)}", now)
-            return
         self._queue(job, now)
 
     # Workers
@@ -384,6 +384,8 @@ class Engine:
         worker.load = min(max(load, 0.0), 1.0) if load == load else 1.0  # NaN counts as full
         worker.reported_jobs = max(job_count, 0)
         worker.assigned_since_report = 0
+        for job in self._pending.get(worker.key, {}).values():
+            job.tried_workers.discard(worker.id)
         if worker.accepting:
             self._match(worker.key, now)
 
@@ -422,8 +424,11 @@ class Engine:
                 attributes=dict(answer.attributes),
             )
             job.assign(participant.identity, now)
-            self.workers[worker_id].assigned_since_report += 1
+            worker = self.workers[worker_id]
+            worker.assigned_since_report += 1
             self._decisions.append(AssignJob(worker_id, job, participant))
+            worker.offered_job = ""
+            self._match(worker.key, now)
         return True
 
     def job_update(self, worker_id: str, job_id: str, update: JobUpdate, error: str, now: float) -> bool:
@@ -466,7 +471,7 @@ class Engine:
                 self._decisions.append(TerminateJob(worker_id, job_id, reason))
 
     def _reattach(self, job: Job, worker: Worker, now: float) -> None:
-        self._release(job)
+        self._release(job, now)
         self._pending.get(self._key(job), {}).pop(job.id, None)
         job.reattach(worker.id, now)
         worker.jobs.add(job.id)
@@ -534,6 +539,10 @@ class Engine:
     def _pending_failure(self, job: Job) -> str:
         timeout = f"{self.settings.pending_timeout:g}s"
         workers = self._workers_by_key.get(self._key(job), {})
+        if job.rejected_by:
+            count = len(job.rejected_by)
+            workers_word = "workers" if count > 1 else "worker"
+            return f"rejected by all {count} {workers_word} asked for {_who(job.agent_name)} within {timeout}"
         if not workers:
             return f"no worker registered for {_who(job.agent_name)} within {timeout}"
         return (

@@ -64,6 +64,9 @@ class Job:
     orphaned_at: float | None = None
     restarts: int = 0
     tried_workers: set[str] = field(default_factory=set)
+    """Workers not to offer this job again until they report their status anew."""
+    rejected_by: set[str] = field(default_factory=set)
+    """Workers that said no (or did not answer) during this attempt, for the failure reason."""
 
     def __post_init__(self) -> None:
         self.updated_at = self.pending_since = self.created_at
@@ -88,6 +91,7 @@ class Job:
     def reject(self, now: float) -> None:
         """The offered worker said no (or did not answer in time): back to pending, same deadline."""
         self._move({JobStatus.OFFERED}, JobStatus.PENDING, now)
+        self.rejected_by.add(self.worker_id)
         self.worker_id = ""
 
     def assign(self, agent_identity: str, now: float) -> None:
@@ -108,6 +112,7 @@ class Job:
         self.pending_since = now
         self.restarts += 1
         self.tried_workers.clear()
+        self.rejected_by.clear()
 
     def orphan(self, now: float) -> None:
         """The worker's connection is gone; the job waits for it to come back or for the grace to end."""

@@ -62,6 +62,9 @@ class Worker:
     """Jobs assigned after the worker's last status report: its reported load does not show them yet."""
     jobs: set[str] = field(default_factory=set)
     """Ids of the jobs offered to, assigned to or running on this worker."""
+    offered_job: str = ""
+    """The job this worker is being asked about. One question at a time: a livekit-agents worker counts
+    the jobs it has accepted but not yet launched against its load, and would refuse a burst."""
 
     @property
     def key(self) -> WorkerKey:
@@ -69,7 +72,7 @@ class Worker:
 
     @property
     def accepting(self) -> bool:
-        return self.status is WorkerStatus.AVAILABLE
+        return self.status is WorkerStatus.AVAILABLE and not self.offered_job
 
     def effective_load(self) -> float:
         """Reported load plus an estimate for the jobs assigned since that report."""
