@@ -53,6 +53,7 @@ def start_server(directory: Path, config: dict[str, Any] | None = None, *args: s
     port = free_port()
     settings: dict[str, Any] = {"keys": {API_KEY: API_SECRET}, "bind_addresses": ["127.0.0.1"], "port": port}
     settings.update(config or {})
+    directory.mkdir(parents=True, exist_ok=True)
     config_path = directory / "switchboard.yaml"
     config_path.write_text(yaml.safe_dump(settings))
     log_path = directory / "server.log"

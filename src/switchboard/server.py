@@ -21,6 +21,7 @@ from switchboard.workers.hub import WorkerHub
 log = logging.getLogger("switchboard.server")
 
 RUNTIME = web.AppKey("runtime", Runtime)
+HUB = web.AppKey("hub", WorkerHub)
 DRAIN_POLL_INTERVAL = 0.1
 
 
@@ -37,7 +38,7 @@ def build_app(config: Config) -> web.Application:
     twirp.add_service("RoomService", room_service.methods(runtime))
     twirp.add_service("AgentDispatchService", agent_dispatch_service.methods(runtime))
     twirp.install(app)
-    hub = WorkerHub(runtime, verifier, config.keys, config.workers)
+    hub = app[HUB] = WorkerHub(runtime, verifier, config.keys, config.workers)
     app.router.add_get("/agent", hub.handle)
     app.router.add_get("/", health)
 
@@ -47,7 +48,11 @@ def build_app(config: Config) -> web.Application:
     async def stop(app: web.Application) -> None:
         await app[RUNTIME].stop()
 
+    async def close_workers(app: web.Application) -> None:
+        await app[HUB].close_all()
+
     app.on_startup.append(start)
+    app.on_shutdown.append(close_workers)
     app.on_cleanup.append(stop)
     return app
 

@@ -16,7 +16,7 @@ from google.protobuf.message import DecodeError, Message
 
 from switchboard.auth.grants import Claims, InvalidToken, PermissionDenied
 from switchboard.auth.tokens import TokenVerifier, bearer_token
-from switchboard.core.errors import CoreError, InvalidArgument, NotFound, ResourceExhausted
+from switchboard.core.errors import CoreError, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from switchboard.wire import to_json
 
 log = logging.getLogger("switchboard.api")
@@ -46,6 +46,7 @@ _CORE_CODES: dict[type[CoreError], str] = {
     InvalidArgument: "invalid_argument",
     NotFound: "not_found",
     ResourceExhausted: "resource_exhausted",
+    Unavailable: "unavailable",
 }
 
 JSON = "application/json"

@@ -4,7 +4,7 @@ job decisions (offer, assign, terminate) carried to the right worker."""
 import logging
 from collections.abc import Mapping
 
-from aiohttp import web
+from aiohttp import WSCloseCode, web
 from livekit.protocol import agent, models
 
 from switchboard import __version__
@@ -64,6 +64,11 @@ class WorkerHub:
         await ws.prepare(request)
         await WorkerSession(self, ws, claims.api_key, request.remote or "").run()
         return ws
+
+    async def close_all(self) -> None:
+        """Close every worker connection, telling workers the server is going away (they reconnect later)."""
+        for session in list(self.sessions.values()):
+            await session.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
 
     def _job_message(self, job: Job) -> agent.Job:
         room = self.runtime.engine.rooms[job.room]

@@ -1,0 +1,86 @@
+"""Real livekit-agents worker processes (`tests/agents/worker.py`) for the integration tests, and polling."""
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Server
+
+WORKER_SCRIPT = Path(__file__).resolve().parent / "agents" / "worker.py"
+DEADLINE = 30.0  # generous: a `start` worker forks its job process pool before registering
+POLL = 0.05
+
+
+class AgentWorker:
+    """One `python worker.py start` process, as a user runs an agent."""
+
+    def __init__(
+        self, server: Server, directory: Path, agent_name: str, behaviour: str, secret: str = ""
+    ) -> None:
+        self.records = directory / "records"
+        self.records.mkdir(parents=True)
+        self.log_path = directory / "worker.log"
+        env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy")}
+        env.update(
+            LIVEKIT_URL=server.ws_url,
+            LIVEKIT_API_KEY=server.api_key,
+            LIVEKIT_API_SECRET=secret or server.api_secret,
+            TEST_AGENT_NAME=agent_name,
+            TEST_BEHAVIOUR=behaviour,
+            TEST_RECORD_DIR=str(self.records),
+        )
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, str(WORKER_SCRIPT), "start"],
+                cwd=WORKER_SCRIPT.parent,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its job processes share the group, so kill() takes them all
+            )
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def jobs(self) -> dict[str, dict[str, Any]]:
+        return {p.stem: json.loads(p.read_text()) for p in self.records.glob("*.json")}
+
+    def ended(self, job_id: str) -> bool:
+        return (self.records / f"{job_id}.ended").exists()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+async def eventually(check: Any, what: str, deadline: float = DEADLINE) -> Any:
+    """Poll `check()` until it returns something truthy; fail with `what` after the deadline."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        await asyncio.sleep(POLL)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def registrations(server: Server, agent_name: str) -> int:
+    return len(
+        re.findall(rf"worker registered worker=AW_\S+ agent_name='{re.escape(agent_name)}'", server.log())
+    )
+
+
+async def registered(server: Server, agent_name: str, count: int = 1) -> None:
+    await eventually(lambda: registrations(server, agent_name) >= count, f"{count} '{agent_name}' worker(s)")
