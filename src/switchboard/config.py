@@ -13,6 +13,7 @@ import yaml
 
 from switchboard.core.engine import EngineSettings
 from switchboard.core.limits import Limits
+from switchboard.rtc.service import RtcSettings
 from switchboard.workers.session import WorkerSettings
 
 DEV_KEYS = {"devkey": "secret"}
@@ -34,6 +35,7 @@ class Config:
     """On SIGTERM, how long running jobs may go on before they are terminated and the server exits."""
     engine: EngineSettings = field(default_factory=EngineSettings)
     workers: WorkerSettings = field(default_factory=WorkerSettings)
+    rtc: RtcSettings = field(default_factory=RtcSettings)
     development: bool = False
     warnings: tuple[str, ...] = ()
     """Things worth telling the operator at startup (unknown keys, weak secrets); never fatal."""
@@ -131,11 +133,15 @@ def load_config(
         raise ConfigError(f"{source}: the config must be a mapping of keys, like 'port: 7880'")
     r = _Reader(data, source)
 
-    bind_value = r.get("bind_addresses")
-    if bind_value is not None and (
-        not isinstance(bind_value, list) or not all(isinstance(a, str) and a for a in bind_value)
-    ):
-        raise r.fail("bind_addresses", "expected a list of addresses, like ['127.0.0.1']")
+    def address_list(key: str) -> list[str]:
+        value = r.get(key)
+        if value is not None and (
+            not isinstance(value, list) or not all(isinstance(a, str) and a for a in value)
+        ):
+            raise r.fail(key, "expected a list of addresses, like ['127.0.0.1']")
+        return value or []
+
+    bind_value = address_list("bind_addresses")
     level = r.get("logging.level") or "info"
     if not isinstance(level, str) or level.lower() not in LOG_LEVELS:
         raise r.fail("logging.level", f"expected one of {', '.join(LOG_LEVELS)}, got {level!r}")
@@ -181,6 +187,11 @@ def load_config(
         "drain_timeout": seconds("agents.drain_timeout", Config.drain_timeout),
         "engine": engine,
         "workers": workers,
+        "rtc": RtcSettings(
+            ping_interval=r.number("rtc.ping_interval", RtcSettings.ping_interval, minimum=1),
+            ping_timeout=r.number("rtc.ping_timeout", RtcSettings.ping_timeout, minimum=1),
+            ice_addresses=tuple(address_list("rtc.ice_addresses")),
+        ),
     }
     if values["port"] > 65535:
         raise r.fail("port", f"must be at most 65535, got {values['port']}")

@@ -21,3 +21,5 @@ def configure(level: str) -> None:
     root.setLevel(LEVELS.get(level, logging.ERROR))
     # aiohttp's access log would add a line per request; the API logs its own errors.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # ICE connectivity checks log every candidate pair at INFO; only their problems matter here.
+    logging.getLogger("aioice").setLevel(max(root.level, logging.WARNING))

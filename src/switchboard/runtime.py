@@ -71,5 +71,5 @@ def _log_decision(decision: Decision) -> None:
                 job.status.value,
                 job.error,
             )
-        case DisconnectParticipant(room, identity, reason):
+        case DisconnectParticipant(room=room, identity=identity, reason=reason):
             log.info("participant disconnected room=%s identity=%s reason=%r", room, identity, reason)

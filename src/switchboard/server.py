@@ -7,6 +7,7 @@ import signal
 from collections.abc import Callable
 
 from aiohttp import web
+from livekit.protocol import models
 
 from switchboard import __version__, logs
 from switchboard.api import agent_dispatch_service, room_service
@@ -14,7 +15,9 @@ from switchboard.api.cors import cors_middleware
 from switchboard.api.twirp import TwirpServer
 from switchboard.auth.tokens import TokenVerifier
 from switchboard.config import Config
+from switchboard.core import ids
 from switchboard.core.engine import Engine
+from switchboard.rtc.service import RtcService
 from switchboard.runtime import Runtime
 from switchboard.workers.hub import WorkerHub
 
@@ -38,8 +41,16 @@ def build_app(config: Config) -> web.Application:
     twirp.add_service("RoomService", room_service.methods(runtime))
     twirp.add_service("AgentDispatchService", agent_dispatch_service.methods(runtime))
     twirp.install(app)
-    hub = app[HUB] = WorkerHub(runtime, verifier, config.keys, config.workers)
+    server_info = models.ServerInfo(
+        edition=models.ServerInfo.Standard,
+        version=__version__,
+        protocol=16,
+        agent_protocol=1,
+        node_id=ids.new_id("ND_"),
+    )
+    hub = app[HUB] = WorkerHub(runtime, verifier, config.keys, config.workers, server_info)
     app.router.add_get("/agent", hub.handle)
+    RtcService(runtime, verifier, config.rtc, server_info).install(app)
     app.router.add_get("/", health)
 
     async def start(app: web.Application) -> None:

@@ -11,7 +11,7 @@ from switchboard.core.dispatch import Dispatch, DispatchSpec, RestartPolicy
 from switchboard.core.engine import RoomSpec
 from switchboard.core.errors import InvalidArgument
 from switchboard.core.jobs import Job, JobStatus
-from switchboard.core.rooms import Participant, Room
+from switchboard.core.rooms import Participant, Room, Track
 
 _JOB_STATUS = {
     JobStatus.PENDING: agent.JS_PENDING,
@@ -23,6 +23,7 @@ _JOB_STATUS = {
 }
 
 _PARTICIPANT_KIND = {name.lower(): value for name, value in models.ParticipantInfo.Kind.items()}
+_TRACK_SOURCES = frozenset(models.TrackSource.keys())
 
 
 def _ns(seconds: float | None) -> int:
@@ -43,19 +44,41 @@ def room_to_proto(room: Room) -> models.Room:
     )
 
 
-def participant_to_proto(participant: Participant) -> models.ParticipantInfo:
+def track_to_proto(track: Track) -> models.TrackInfo:
+    return models.TrackInfo(
+        sid=track.sid,
+        type="AUDIO" if track.kind == "audio" else "VIDEO",
+        name=track.name,
+        muted=track.muted,
+        source=track.source.upper() if track.source.upper() in _TRACK_SOURCES else "UNKNOWN",
+        mime_type=track.mime_type,
+        mid=track.mid,
+    )
+
+
+def participant_to_proto(
+    participant: Participant,
+    state: str = "ACTIVE",
+    permission: models.ParticipantPermission | None = None,
+    client_protocol: int = 0,
+) -> models.ParticipantInfo:
     return models.ParticipantInfo(
         sid=participant.sid,
         identity=participant.identity,
         name=participant.name,
-        state=models.ParticipantInfo.ACTIVE,
+        state=state,
+        tracks=[track_to_proto(t) for t in participant.tracks.values()],
         metadata=participant.metadata,
         attributes=participant.attributes,
         joined_at=int(participant.joined_at),
         joined_at_ms=int(participant.joined_at * 1000),
+        version=participant.version,
+        permission=permission,
+        is_publisher=bool(participant.tracks),
         kind=models.ParticipantInfo.Kind.Name(
             _PARTICIPANT_KIND.get(participant.kind, models.ParticipantInfo.STANDARD)
         ),
+        client_protocol=client_protocol,
     )
 
 
@@ -122,6 +145,20 @@ def dispatch_spec(
         restart_policy=_restart_policy(message.restart_policy),
         deployment=message.deployment,
         attributes=dict(message.attributes),
+    )
+
+
+def room_spec_from_token(name: str, config: room_pb.RoomConfiguration | None) -> RoomSpec:
+    """The room a joining participant's token asks for (its `roomConfig`); "" and 0 mean unset."""
+    if config is None:
+        return RoomSpec(name=name)
+    return RoomSpec(
+        name=name,
+        empty_timeout=config.empty_timeout,
+        departure_timeout=config.departure_timeout,
+        max_participants=config.max_participants,
+        metadata=config.metadata,
+        agents=tuple(dispatch_spec(a) for a in config.agents) or None,
     )
 
 

@@ -5,7 +5,7 @@ import pytest
 from switchboard.core.dispatch import DispatchSpec, RestartPolicy
 from switchboard.core.engine import Engine, EngineSettings, RoomSpec
 from switchboard.core.errors import InvalidArgument, NotFound, ResourceExhausted
-from switchboard.core.events import DisconnectParticipant, JobEnded, RoomClosed, RoomStarted
+from switchboard.core.events import DisconnectCause, DisconnectParticipant, JobEnded, RoomClosed, RoomStarted
 from switchboard.core.jobs import JobStatus, JobType
 from switchboard.core.limits import Limits
 from switchboard.core.rooms import AGENT, Participant
@@ -113,7 +113,8 @@ def test_delete_room_closes_it_and_ends_its_jobs() -> None:
     e.delete_room("r", 2.0)
     assert e.rooms == {} and all(j.ended for j in d.jobs)
     decisions = e.take_decisions()
-    assert DisconnectParticipant("r", "u", "room closed: deleted by API request") in decisions
+    cause = DisconnectCause.ROOM_DELETED
+    assert DisconnectParticipant("r", "u", "room closed: deleted by API request", cause, "PA_u") in decisions
     assert decisions[-1] == RoomClosed("r", room.sid, "deleted by API request")
     with pytest.raises(NotFound, match="requested room does not exist"):
         e.delete_room("r", 3.0)
@@ -162,7 +163,10 @@ def test_same_identity_replaces_the_old_connection() -> None:
     e.participant_joined("r", person("a"), 0.0)
     e.take_decisions()
     e.participant_joined("r", person("a", 1.0), 1.0)
-    assert e.take_decisions() == [DisconnectParticipant("r", "a", "replaced by a new connection")]
+    replaced = DisconnectParticipant(
+        "r", "a", "replaced by a new connection", DisconnectCause.DUPLICATE_IDENTITY, "PA_a"
+    )
+    assert e.take_decisions() == [replaced]
 
 
 def test_remove_participant() -> None:
@@ -172,7 +176,8 @@ def test_remove_participant() -> None:
     assert e.participant("r", "a").identity == "a"
     e.take_decisions()
     e.remove_participant("r", "a", 2.0)
-    assert e.take_decisions() == [DisconnectParticipant("r", "a", "removed by API request")]
+    cause = DisconnectCause.REMOVED
+    assert e.take_decisions() == [DisconnectParticipant("r", "a", "removed by API request", cause, "PA_a")]
     with pytest.raises(NotFound, match="participant does not exist"):
         e.remove_participant("r", "a", 3.0)
     with pytest.raises(NotFound):

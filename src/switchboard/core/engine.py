@@ -8,7 +8,7 @@ at a time, and ends only with a status and a reason: taken and finished, failed 
 worker was lost and the restart policy says not to retry), terminated, or nobody took it in time.
 """
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from switchboard.core import ids
@@ -18,16 +18,20 @@ from switchboard.core.events import (
     AgentParticipant,
     AssignJob,
     Decision,
+    DisconnectCause,
     DisconnectParticipant,
     JobEnded,
     OfferJob,
+    ParticipantUpdated,
     RoomClosed,
     RoomStarted,
+    SendData,
     TerminateJob,
+    TrackMuted,
 )
 from switchboard.core.jobs import Job, JobStatus, JobType
 from switchboard.core.limits import Limits, check_attributes, check_deployment, check_metadata, check_name
-from switchboard.core.rooms import Participant, Room
+from switchboard.core.rooms import Participant, Room, Track
 from switchboard.core.selection import choose_worker
 from switchboard.core.workers import (
     AvailabilityAnswer,
@@ -135,7 +139,7 @@ class Engine:
 
     def delete_room(self, name: str, now: float) -> Room:
         room = self.room(name)
-        self._close_room(room, "deleted by API request", now)
+        self._close_room(room, "deleted by API request", now, deleted=True)
         return room
 
     def update_room_metadata(self, name: str, metadata: str) -> Room:
@@ -144,9 +148,14 @@ class Engine:
         room.metadata = metadata
         return room
 
-    def _close_room(self, room: Room, reason: str, now: float) -> None:
-        for identity in list(room.participants):
-            self._decisions.append(DisconnectParticipant(room.name, identity, f"room closed: {reason}"))
+    def _close_room(self, room: Room, reason: str, now: float, *, deleted: bool = False) -> None:
+        cause = DisconnectCause.ROOM_DELETED if deleted else DisconnectCause.ROOM_CLOSED
+        for participant in room.participants.values():
+            self._decisions.append(
+                DisconnectParticipant(
+                    room.name, participant.identity, f"room closed: {reason}", cause, participant.sid
+                )
+            )
         room.participants.clear()
         for dispatch in room.dispatches.values():
             self._terminate_dispatch_jobs(dispatch, f"terminated: room closed ({reason})", now)
@@ -159,16 +168,46 @@ class Engine:
 
     # Participants
 
-    def participant_joined(self, room_name: str, participant: Participant, now: float) -> None:
-        room = self.room(room_name)
+    def join(self, spec: RoomSpec, participant: Participant, now: float) -> Room:
+        """A participant connects to `spec.name`, creating the room from its token's room configuration.
+
+        Unlike LiveKit, the token's agents are honoured when the room already exists: each agent the room
+        has no dispatch for yet is dispatched (so a reconnect with the same token adds nothing).
+        """
+        self._check_participant(participant)
+        room = self.rooms.get(spec.name)
+        if room is None:
+            room = self.create_room(spec, now)
+        else:
+            for agent in spec.agents or ():
+                agent.validate(self.settings.limits)
+            present = {d.agent_name for d in room.dispatches.values()}
+            for agent in spec.agents or ():
+                if agent.agent_name not in present:
+                    present.add(agent.agent_name)
+                    self._add_dispatch(room, agent, now)
+        self.participant_joined(room.name, participant, now)
+        return room
+
+    def _check_participant(self, participant: Participant) -> None:
         limits = self.settings.limits
         check_name("participant identity", participant.identity, limits.max_participant_identity_length)
         check_metadata("participant metadata", participant.metadata, limits)
         check_attributes("participant attributes", participant.attributes, limits)
+
+    def participant_joined(self, room_name: str, participant: Participant, now: float) -> None:
+        room = self.room(room_name)
+        self._check_participant(participant)
         replaced = room.participants.pop(participant.identity, None)
         if replaced is not None:
             self._decisions.append(
-                DisconnectParticipant(room.name, replaced.identity, "replaced by a new connection")
+                DisconnectParticipant(
+                    room.name,
+                    replaced.identity,
+                    "replaced by a new connection",
+                    DisconnectCause.DUPLICATE_IDENTITY,
+                    replaced.sid,
+                )
             )
         elif (
             not participant.dependent
@@ -181,26 +220,87 @@ class Engine:
             for dispatch in room.dispatches.values():
                 self._launch(dispatch, JobType.PARTICIPANT, now, participant.identity)
 
-    def track_published(self, room_name: str, identity: str, now: float) -> None:
+    def update_participant(
+        self,
+        room_name: str,
+        identity: str,
+        *,
+        name: str | None = None,
+        metadata: str | None = None,
+        attributes: Mapping[str, str] | None = None,
+    ) -> Participant:
+        """Change what others see of a participant; an empty attribute value deletes the attribute."""
+        participant = self.participant(room_name, identity)
+        limits = self.settings.limits
+        merged = dict(participant.attributes)
+        for key, value in (attributes or {}).items():
+            if value:
+                merged[key] = value
+            else:
+                merged.pop(key, None)
+        if metadata is not None:
+            check_metadata("participant metadata", metadata, limits)
+        check_attributes("participant attributes", merged, limits)
+        if name is not None:
+            participant.name = name
+        if metadata is not None:
+            participant.metadata = metadata
+        participant.attributes = merged
+        participant.changed()
+        self._decisions.append(ParticipantUpdated(room_name, identity))
+        return participant
+
+    def track_published(self, room_name: str, identity: str, track: Track, now: float) -> None:
         """A participant published a track; its first one launches the dispatches' publisher jobs."""
         participant = self.participant(room_name, identity)
+        participant.tracks[track.sid] = track
+        participant.changed()
         if participant.has_published or participant.dependent:
             return
         participant.has_published = True
         for dispatch in self.room(room_name).dispatches.values():
             self._launch(dispatch, JobType.PUBLISHER, now, identity)
 
-    def participant_left(self, room_name: str, identity: str, now: float) -> Participant:
+    def track_unpublished(self, room_name: str, identity: str, track_sid: str) -> Track:
+        participant = self.participant(room_name, identity)
+        track = participant.tracks.pop(track_sid, None)
+        if track is None:
+            raise NotFound("track does not exist")
+        participant.changed()
+        return track
+
+    def mute_track(self, room_name: str, identity: str, track_sid: str, muted: bool) -> Track:
+        participant = self.participant(room_name, identity)
+        track = participant.tracks.get(track_sid)
+        if track is None:
+            raise NotFound("track does not exist")
+        track.muted = muted
+        participant.changed()
+        self._decisions.append(TrackMuted(room_name, identity, track_sid, muted))
+        return track
+
+    def send_data(self, room_name: str, packet: bytes, reliable: bool, destinations: Iterable[str]) -> None:
+        """Data from the server to the room's participants (all, or only `destinations`)."""
+        self.room(room_name)
+        self._decisions.append(SendData(room_name, packet, reliable, frozenset(destinations)))
+
+    def participant_left(self, room_name: str, identity: str, now: float, sid: str = "") -> Participant:
+        """The participant is gone (`sid`, when given, must match: a newer connection is left alone)."""
         room = self.room(room_name)
-        participant = room.participants.pop(identity, None)
-        if participant is None:
+        participant = room.participants.get(identity)
+        if participant is None or (sid and participant.sid != sid):
             raise NotFound("participant does not exist")
+        del room.participants[identity]
         room.last_departure_at = now
         return participant
 
     def remove_participant(self, room_name: str, identity: str, now: float) -> Participant:
         participant = self.participant_left(room_name, identity, now)
-        self._decisions.append(DisconnectParticipant(room_name, identity, "removed by API request"))
+        self._decisions.append(
+            DisconnectParticipant(
+                room_name, identity, "removed by API request", DisconnectCause.REMOVED, participant.sid
+            )
+        )
         return participant
 
     def participant(self, room_name: str, identity: str) -> Participant:

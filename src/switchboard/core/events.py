@@ -1,6 +1,7 @@
 """Decisions that core hands to the I/O layer. Core never performs them; it only says what must happen."""
 
 from dataclasses import dataclass, field
+from enum import Enum
 
 from switchboard.core.jobs import Job
 
@@ -23,11 +24,47 @@ class JobEnded:
     job: Job
 
 
+class DisconnectCause(Enum):
+    DUPLICATE_IDENTITY = "duplicate identity"
+    REMOVED = "removed"
+    ROOM_DELETED = "room deleted"
+    ROOM_CLOSED = "room closed"
+
+
 @dataclass(frozen=True)
 class DisconnectParticipant:
     room: str
     identity: str
     reason: str
+    cause: DisconnectCause
+    sid: str
+    """The connection to close: a newer connection of the same identity must not be touched."""
+
+
+@dataclass(frozen=True)
+class ParticipantUpdated:
+    """What others see of the participant changed (name, metadata, attributes, tracks)."""
+
+    room: str
+    identity: str
+
+
+@dataclass(frozen=True)
+class TrackMuted:
+    room: str
+    identity: str
+    track_sid: str
+    muted: bool
+
+
+@dataclass(frozen=True)
+class SendData:
+    """Data from the server (RoomService.SendData) to the room's participants."""
+
+    room: str
+    packet: bytes
+    reliable: bool
+    destinations: frozenset[str]
 
 
 @dataclass(frozen=True)
@@ -67,4 +104,15 @@ class TerminateJob:
     reason: str
 
 
-Decision = RoomStarted | RoomClosed | JobEnded | DisconnectParticipant | OfferJob | AssignJob | TerminateJob
+Decision = (
+    RoomStarted
+    | RoomClosed
+    | JobEnded
+    | DisconnectParticipant
+    | ParticipantUpdated
+    | TrackMuted
+    | SendData
+    | OfferJob
+    | AssignJob
+    | TerminateJob
+)

@@ -11,6 +11,19 @@ EGRESS = "egress"
 
 
 @dataclass
+class Track:
+    """A track a participant publishes. `kind` is "audio" or "video"; `source` LiveKit's lower-case name."""
+
+    sid: str
+    kind: str
+    name: str = ""
+    source: str = ""
+    muted: bool = False
+    mime_type: str = ""
+    mid: str = ""
+
+
+@dataclass
 class Participant:
     identity: str
     sid: str
@@ -20,7 +33,14 @@ class Participant:
     metadata: str = ""
     attributes: dict[str, str] = field(default_factory=dict)
     recorder: bool = False
+    hidden: bool = False
     has_published: bool = False
+    tracks: dict[str, Track] = field(default_factory=dict)
+    version: int = 0
+    """Bumped on every change; clients ignore participant updates older than what they have."""
+
+    def changed(self) -> None:
+        self.version += 1
 
     @property
     def dependent(self) -> bool:

@@ -7,10 +7,8 @@ from collections.abc import Mapping
 from aiohttp import WSCloseCode, web
 from livekit.protocol import agent, models
 
-from switchboard import __version__
 from switchboard.auth.grants import InvalidToken
 from switchboard.auth.tokens import TokenVerifier, bearer_token, mint_job_token
-from switchboard.core import ids
 from switchboard.core.events import AssignJob, OfferJob, TerminateJob
 from switchboard.core.jobs import Job
 from switchboard.runtime import Runtime
@@ -22,18 +20,17 @@ log = logging.getLogger("switchboard.workers")
 
 class WorkerHub:
     def __init__(
-        self, runtime: Runtime, verifier: TokenVerifier, keys: Mapping[str, str], settings: WorkerSettings
+        self,
+        runtime: Runtime,
+        verifier: TokenVerifier,
+        keys: Mapping[str, str],
+        settings: WorkerSettings,
+        server_info: models.ServerInfo,
     ) -> None:
         self.runtime = runtime
         self.settings = settings
         self.sessions: dict[str, WorkerSession] = {}
-        self.server_info = models.ServerInfo(
-            edition=models.ServerInfo.Standard,
-            version=__version__,
-            protocol=16,
-            agent_protocol=1,
-            node_id=ids.new_id("ND_"),
-        )
+        self.server_info = server_info
         self._verifier = verifier
         self._keys = keys
         runtime.on(OfferJob, self._offer)

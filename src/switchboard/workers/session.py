@@ -3,19 +3,17 @@
 import asyncio
 import logging
 import time
-from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from aiohttp import WSCloseCode, WSMsgType, web
-from google.protobuf import json_format
-from google.protobuf.message import DecodeError
+from aiohttp import WSCloseCode, web
 from livekit.protocol import agent
 
 from switchboard.auth.grants import VideoGrant
 from switchboard.core.errors import CoreError
 from switchboard.core.jobs import JobType
 from switchboard.core.workers import AvailabilityAnswer, JobUpdate, WorkerSpec, WorkerStatus
+from switchboard.websocket import MalformedMessage, MessageSender, receive
 
 if TYPE_CHECKING:
     from switchboard.workers.hub import WorkerHub
@@ -70,50 +68,16 @@ class WorkerSession:
         self.worker_id = ""
         self.agent_name = ""
         self.permissions = VideoGrant()
-        self._text = False  # answer in protojson text after a text frame, as LiveKit does
-        self._outbox: deque[agent.ServerMessage] = deque()
-        self._writer: asyncio.Task[None] | None = None
-
-    # Sending: one writer at a time, so messages leave in the order they were decided.
+        self._sender = MessageSender(ws)
 
     def send(self, message: agent.ServerMessage) -> None:
-        self._outbox.append(message)
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._drain_outbox())
-
-    async def _drain_outbox(self) -> None:
-        while self._outbox and not self.ws.closed:
-            message = self._outbox.popleft()
-            try:
-                if self._text:
-                    await self.ws.send_str(json_format.MessageToJson(message, indent=None))
-                else:
-                    await self.ws.send_bytes(message.SerializeToString())
-            except (ConnectionError, RuntimeError):
-                return  # the connection is going away; the reader notices and cleans up
-
-    # Receiving
+        self._sender.send(message)
 
     async def _receive(self) -> agent.WorkerMessage | None:
-        """The next message, or None when the connection is closed."""
-        frame = await self.ws.receive()
-        if frame.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
-            return None
-        if frame.type is WSMsgType.ERROR:
-            raise ProtocolViolation(f"unreadable frame: {self.ws.exception()}")
-        message = agent.WorkerMessage()
         try:
-            if frame.type is WSMsgType.BINARY:
-                self._text = False
-                message.ParseFromString(frame.data)
-            elif frame.type is WSMsgType.TEXT:
-                self._text = True
-                json_format.Parse(frame.data, message, ignore_unknown_fields=True)
-            else:
-                raise ProtocolViolation(f"unexpected frame type {frame.type.name}")
-        except (DecodeError, json_format.ParseError, RecursionError) as exc:
-            raise ProtocolViolation(f"malformed WorkerMessage: {exc}") from exc
-        return message
+            return await receive(self.ws, self._sender, agent.WorkerMessage)
+        except MalformedMessage as exc:
+            raise ProtocolViolation(str(exc)) from exc
 
     async def run(self) -> None:
         runtime = self.hub.runtime

@@ -1,0 +1,441 @@
+"""One participant's connection: its signalling WebSocket and its two peer connections (protocol v0).
+
+The client offers on its publisher connection (what it sends); the server offers on the subscriber
+connection (what it receives, and the server's data channels). The subscriber connection is primary:
+the client's `connect()` returns once it is connected.
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from aiortc import (
+    RTCConfiguration,
+    RTCDataChannel,
+    RTCPeerConnection,
+    RTCRtpTransceiver,
+    RTCSessionDescription,
+)
+from aiortc.sdp import candidate_from_sdp
+from livekit.protocol import models, rtc
+
+from switchboard.auth.grants import Claims
+from switchboard.core import ids
+from switchboard.core.errors import CoreError
+from switchboard.core.rooms import Participant, Track
+from switchboard.rtc.data import DataSender, route
+from switchboard.rtc.relay import AudioRelay
+from switchboard.websocket import MalformedMessage, MessageSender, receive
+from switchboard.wire import participant_to_proto
+
+if TYPE_CHECKING:
+    from switchboard.rtc.service import RtcService
+
+log = logging.getLogger("switchboard.rtc")
+
+RELIABLE, LOSSY = "_reliable", "_lossy"
+# Reliable packets for a participant whose data channel is not open yet wait here (then are dropped).
+_MAX_QUEUED_PACKETS = 256
+_SOURCE_NAMES = {value: name.lower() for name, value in models.TrackSource.items()}
+_SOURCES = frozenset(models.TrackSource.keys())
+
+
+class ParticipantSession:
+    def __init__(
+        self,
+        service: "RtcService",
+        ws: web.WebSocketResponse,
+        room: str,
+        participant: Participant,
+        claims: Claims,
+        client_protocol: int,
+        auto_subscribe: bool,
+    ) -> None:
+        self.service = service
+        self.ws = ws
+        self.room = room
+        self.identity = participant.identity
+        self.sid = participant.sid
+        self.claims = claims
+        self.client_protocol = client_protocol
+        self.auto_subscribe = auto_subscribe
+        self.active = False
+        self.closed = False
+        self.signal = MessageSender(ws)
+        self.pub_pc: RTCPeerConnection | None = None
+        self.sub_pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.relays: dict[str, AudioRelay] = {}
+        """Tracks this participant publishes."""
+        self.subscriptions: dict[str, RTCRtpTransceiver] = {}
+        """Tracks this participant receives, by track sid."""
+        self._pending_tracks: dict[str, Track] = {}
+        self._channels: dict[str, RTCDataChannel] = {}
+        self._queued: deque[bytes] = deque(maxlen=_MAX_QUEUED_PACKETS)
+        self._pending_candidates: dict[int, list[Any]] = {0: [], 1: []}
+        self._offer_id = 0
+        self._awaiting_answer = False
+        self._needs_offer = False
+        self._negotiation: asyncio.Task[None] | None = None
+        video = claims.video
+        self.can_publish = video.can_publish is not False
+        self.can_subscribe = video.can_subscribe is not False
+        self.can_publish_data = (
+            video.can_publish_data if video.can_publish_data is not None else self.can_publish
+        )
+        self.hidden = video.hidden
+        self.data_sender = DataSender(
+            identity=self.identity,
+            sid=self.sid,
+            is_agent=participant.kind == "agent",
+            can_publish_data=self.can_publish_data,
+            track_sids=self.relays.keys(),
+        )
+
+    # What others see
+
+    def participant(self) -> Participant:
+        return self.service.runtime.engine.participant(self.room, self.identity)
+
+    def info(self, state: str | None = None) -> models.ParticipantInfo:
+        video = self.claims.video
+        permission = models.ParticipantPermission(
+            can_subscribe=self.can_subscribe,
+            can_publish=self.can_publish,
+            can_publish_data=self.can_publish_data,
+            can_publish_sources=[s.upper() for s in video.can_publish_sources if s.upper() in _SOURCES],
+            hidden=self.hidden,
+            recorder=video.recorder,
+            can_update_metadata=bool(video.can_update_own_metadata),
+            agent=video.agent,
+        )
+        return participant_to_proto(
+            self.participant(),
+            state=state or ("ACTIVE" if self.active else "JOINED"),
+            permission=permission,
+            client_protocol=self.client_protocol,
+        )
+
+    # Lifecycle
+
+    async def run(self, room_info: models.Room, others: list["ParticipantSession"]) -> None:
+        settings = self.service.settings
+        join = rtc.JoinResponse(
+            room=room_info,
+            participant=self.info(),
+            other_participants=[o.info() for o in others if not o.hidden],
+            subscriber_primary=True,
+            ping_interval=settings.ping_interval,
+            ping_timeout=settings.ping_timeout,
+            server_version=self.service.server_info.version,
+            server_info=self.service.server_info,
+        )
+        self.signal.send(rtc.SignalResponse(join=join))
+        self._announce()
+        self._open_subscriber()
+        for other in others:
+            for relay in other.relays.values():
+                self.subscribe(other, relay)
+        self.request_negotiation()
+        try:
+            while not self.closed:
+                try:
+                    request = await asyncio.wait_for(
+                        receive(self.ws, self.signal, rtc.SignalRequest), settings.ping_timeout
+                    )
+                except TimeoutError:
+                    log.info("participant timed out room=%s identity=%s", self.room, self.identity)
+                    break
+                except MalformedMessage as exc:
+                    # One bad frame does not end the session; the client may recover.
+                    log.info("bad signal frame room=%s identity=%s error=%s", self.room, self.identity, exc)
+                    continue
+                if request is None:
+                    break
+                await self._handle(request)
+        finally:
+            await self.close()
+
+    def _announce(self, state: str | None = None) -> None:
+        if not self.hidden:
+            self.service.broadcast(self.room, [self.info(state)], exclude=self)
+
+    def _open_subscriber(self) -> None:
+        pc = self.sub_pc
+        self._channels[RELIABLE] = pc.createDataChannel(RELIABLE, ordered=True)
+        self._channels[LOSSY] = pc.createDataChannel(LOSSY, ordered=False, maxRetransmits=0)
+        self._channels[RELIABLE].on("open", self._flush_queued)
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            if pc.connectionState == "connected" and not self.active:
+                self.active = True
+                self.participant().changed()
+                self.service.broadcast(self.room, [self.info()])
+            elif pc.connectionState == "failed":
+                await self.close()
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        runtime = self.service.runtime
+        for relay in self.relays.values():
+            self.service.unpublished(self, relay)
+        with contextlib.suppress(CoreError):
+            runtime.engine.participant_left(self.room, self.identity, runtime.now(), sid=self.sid)
+            runtime.flush()
+            if not self.hidden:
+                info = participant_to_proto(Participant(self.identity, self.sid, 0), state="DISCONNECTED")
+                info.version = 1 << 30  # after every earlier update of this participant
+                self.service.broadcast(self.room, [info], exclude=self)
+        self.service.forget(self)
+        if self._negotiation is not None:
+            self._negotiation.cancel()
+        for pc in (self.pub_pc, self.sub_pc):
+            if pc is not None:
+                await pc.close()
+        await self.signal.flushed()
+        await self.ws.close()
+        log.info("participant left room=%s identity=%s", self.room, self.identity)
+
+    def disconnect(self, reason: int) -> None:
+        """Server-side end of the session: tell the client why, then close."""
+        self.signal.send(
+            rtc.SignalResponse(
+                leave=rtc.LeaveRequest(reason=models.DisconnectReason.Name(reason), action="DISCONNECT")
+            )
+        )
+        asyncio.get_running_loop().create_task(self.close())
+
+    # Signalling
+
+    async def _handle(self, request: rtc.SignalRequest) -> None:
+        kind = request.WhichOneof("message")
+        if kind == "offer":
+            await self._on_publisher_offer(request.offer)
+        elif kind == "answer":
+            await self._on_subscriber_answer(request.answer)
+        elif kind == "trickle":
+            await self._on_trickle(request.trickle)
+        elif kind == "add_track":
+            self._on_add_track(request.add_track)
+        elif kind == "mute":
+            self._on_mute(request.mute)
+        elif kind == "update_metadata":
+            self._on_update_metadata(request.update_metadata)
+        elif kind == "ping_req":
+            pong = rtc.Pong(last_ping_timestamp=request.ping_req.timestamp, timestamp=int(time.time() * 1000))
+            self.signal.send(rtc.SignalResponse(pong_resp=pong))
+        elif kind == "ping":
+            self.signal.send(rtc.SignalResponse(pong=int(time.time() * 1000)))
+        elif kind == "leave":
+            await self.close()
+        else:
+            # subscription_permission, subscription, track_setting, update_layers, sync_state …: not needed
+            # for audio rooms with auto-subscribe; accepted and ignored.
+            log.debug("ignored signal request room=%s identity=%s kind=%s", self.room, self.identity, kind)
+
+    async def _on_publisher_offer(self, offer: rtc.SessionDescription) -> None:
+        if self.pub_pc is None:
+            self.pub_pc = pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+            pc.on("track", lambda track: self._on_published_media(pc, track))
+            pc.on("datachannel", self._on_client_channel)
+        await self.pub_pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
+        await self._apply_candidates(rtc.PUBLISHER)
+        answer = await self.pub_pc.createAnswer()
+        await self.pub_pc.setLocalDescription(answer)
+        description = rtc.SessionDescription(type="answer", sdp=self.pub_pc.localDescription.sdp, id=offer.id)
+        self.signal.send(rtc.SignalResponse(answer=description))
+
+    async def _on_subscriber_answer(self, answer: rtc.SessionDescription) -> None:
+        if not self._awaiting_answer:
+            log.info("unexpected subscriber answer room=%s identity=%s", self.room, self.identity)
+            return
+        await self.sub_pc.setRemoteDescription(RTCSessionDescription(sdp=answer.sdp, type="answer"))
+        self._awaiting_answer = False
+        await self._apply_candidates(rtc.SUBSCRIBER)
+        if self._needs_offer:
+            self.request_negotiation()
+
+    async def _on_trickle(self, trickle: rtc.TrickleRequest) -> None:
+        try:
+            init = json.loads(trickle.candidateInit)
+            text = init.get("candidate", "")
+            if not text:
+                return  # end of candidates
+            candidate = candidate_from_sdp(text.split(":", 1)[1] if text.startswith("candidate:") else text)
+            candidate.sdpMid = init.get("sdpMid")
+            candidate.sdpMLineIndex = init.get("sdpMLineIndex")
+        except (ValueError, AssertionError, AttributeError, IndexError):
+            log.info("bad trickle candidate room=%s identity=%s", self.room, self.identity)
+            return
+        target = rtc.SUBSCRIBER if trickle.target == rtc.SUBSCRIBER else rtc.PUBLISHER
+        self._pending_candidates[target].append(candidate)
+        await self._apply_candidates(target)
+
+    async def _apply_candidates(self, target: int) -> None:
+        pc = self.sub_pc if target == rtc.SUBSCRIBER else self.pub_pc
+        if pc is None or pc.remoteDescription is None:
+            return  # kept until the description they belong to is set
+        pending, self._pending_candidates[target] = self._pending_candidates[target], []
+        for candidate in pending:
+            with contextlib.suppress(Exception):  # aioice ignores what it cannot use (e.g. TCP)
+                await pc.addIceCandidate(candidate)
+
+    def request_negotiation(self) -> None:
+        """Offer the subscriber connection again; one offer in flight at a time."""
+        self._needs_offer = True
+        if not self._awaiting_answer and (self._negotiation is None or self._negotiation.done()):
+            self._negotiation = asyncio.get_running_loop().create_task(self._negotiate())
+
+    async def _negotiate(self) -> None:
+        while self._needs_offer and not self._awaiting_answer and not self.closed:
+            self._needs_offer = False
+            offer = await self.sub_pc.createOffer()
+            await self.sub_pc.setLocalDescription(offer)
+            self._awaiting_answer = True
+            self._offer_id += 1
+            description = rtc.SessionDescription(
+                type="offer", sdp=self.sub_pc.localDescription.sdp, id=self._offer_id
+            )
+            self.signal.send(rtc.SignalResponse(offer=description))
+
+    # Tracks
+
+    def _on_add_track(self, request: rtc.AddTrackRequest) -> None:
+        source = _SOURCE_NAMES.get(request.source, "unknown")
+        allowed = self.claims.video.can_publish_sources
+        refusal, reason = "", rtc.RequestResponse.NOT_ALLOWED
+        if not self.can_publish:
+            refusal = "the token does not allow publishing"
+        elif allowed and source not in allowed:
+            refusal = f"the token does not allow publishing from {source}"
+        elif request.type != models.AUDIO:
+            refusal, reason = (
+                "only audio tracks are relayed by this server",
+                rtc.RequestResponse.UNSUPPORTED_TYPE,
+            )
+        if refusal:
+            log.info("publish refused room=%s identity=%s reason=%r", self.room, self.identity, refusal)
+            response = rtc.RequestResponse(reason=reason, message=refusal, add_track=request)
+            self.signal.send(rtc.SignalResponse(request_response=response))
+            return
+        track = Track(
+            sid=ids.new_id(ids.TRACK), kind="audio", name=request.name, source=source, muted=request.muted
+        )
+        self._pending_tracks[request.cid] = track
+        info = participant_to_proto(
+            Participant(self.identity, self.sid, 0, tracks={track.sid: track})
+        ).tracks[0]
+        self.signal.send(
+            rtc.SignalResponse(track_published=rtc.TrackPublishedResponse(cid=request.cid, track=info))
+        )
+
+    def _on_published_media(self, pc: RTCPeerConnection, media: Any) -> None:
+        transceiver = next((t for t in pc.getTransceivers() if t.receiver.track is media), None)
+        track = self._pending_tracks.pop(media.id, None)
+        if track is None and media.kind == "audio":  # the msid did not carry the cid: first pending audio
+            cid = next((c for c, t in self._pending_tracks.items() if t.kind == "audio"), None)
+            track = self._pending_tracks.pop(cid) if cid is not None else None
+        if transceiver is None or track is None or media.kind != "audio":
+            log.info(
+                "unannounced media ignored room=%s identity=%s kind=%s", self.room, self.identity, media.kind
+            )
+            return
+        track.mid = transceiver.mid or ""
+        track.mime_type = "audio/opus"
+        relay = AudioRelay(track.sid, transceiver)
+        self.relays[track.sid] = relay
+        runtime = self.service.runtime
+        runtime.engine.track_published(self.room, self.identity, track, runtime.now())
+        runtime.flush()
+        self.service.published(self, relay)
+
+    def subscribe(self, publisher: "ParticipantSession", relay: AudioRelay) -> None:
+        if not (self.can_subscribe and self.auto_subscribe) or relay.track_sid in self.subscriptions:
+            return
+        track = relay.subscribe(self.sid)
+        transceiver = next(
+            (t for t in self.sub_pc.getTransceivers() if t.kind == "audio" and t.sender.track is None), None
+        )
+        if transceiver is None:
+            transceiver = self.sub_pc.addTransceiver(track, direction="sendonly")
+        else:
+            transceiver.sender.replaceTrack(track)
+            transceiver.direction = "sendonly"
+        # The client reads the publisher and track sids from the msid: "<PA_…>|<TR_…> <TR_…>".
+        transceiver.sender._stream_id = f"{publisher.sid}|{relay.track_sid}"
+        transceiver.sender._track_id = relay.track_sid
+        self.subscriptions[relay.track_sid] = transceiver
+        self.request_negotiation()
+
+    def unsubscribe(self, relay: AudioRelay) -> None:
+        transceiver = self.subscriptions.pop(relay.track_sid, None)
+        relay.unsubscribe(self.sid)
+        if transceiver is not None and not self.closed:
+            transceiver.sender.replaceTrack(None)
+            transceiver.direction = "inactive"
+            self.request_negotiation()
+
+    def _on_mute(self, request: rtc.MuteTrackRequest) -> None:
+        runtime = self.service.runtime
+        with contextlib.suppress(CoreError):
+            runtime.engine.mute_track(self.room, self.identity, request.sid, request.muted)
+        runtime.flush()
+
+    def _on_update_metadata(self, request: rtc.UpdateParticipantMetadata) -> None:
+        reason, message = rtc.RequestResponse.OK, ""
+        if not self.claims.video.can_update_own_metadata:
+            reason, message = rtc.RequestResponse.NOT_ALLOWED, "the token does not allow updating metadata"
+        else:
+            runtime = self.service.runtime
+            try:
+                runtime.engine.update_participant(
+                    self.room,
+                    self.identity,
+                    name=request.name or None,
+                    metadata=request.metadata or None,
+                    attributes=dict(request.attributes),
+                )
+            except CoreError as exc:
+                reason, message = rtc.RequestResponse.LIMIT_EXCEEDED, str(exc)
+            runtime.flush()
+        response = rtc.RequestResponse(
+            request_id=request.request_id, reason=reason, message=message, update_metadata=request
+        )
+        self.signal.send(rtc.SignalResponse(request_response=response))
+
+    # Data
+
+    def _on_client_channel(self, channel: RTCDataChannel) -> None:
+        if channel.label not in (RELIABLE, LOSSY):
+            return  # `_data_track` and others: accepted, their packets not used
+
+        @channel.on("message")
+        def on_message(message: bytes | str) -> None:
+            if isinstance(message, str):
+                return
+            delivery = route(self.data_sender, message, reliable=channel.label == RELIABLE)
+            if isinstance(delivery, str):
+                log.debug("data dropped room=%s identity=%s reason=%s", self.room, self.identity, delivery)
+                return
+            self.service.deliver(self.room, delivery.payload, delivery.reliable, delivery.destinations, self)
+
+    def send_data(self, payload: bytes, reliable: bool) -> None:
+        channel = self._channels[RELIABLE if reliable else LOSSY]
+        if channel.readyState == "open":
+            if reliable and self._queued:
+                self._flush_queued()
+            channel.send(payload)
+        elif reliable and not self.closed:
+            self._queued.append(payload)
+
+    def _flush_queued(self) -> None:
+        channel = self._channels[RELIABLE]
+        while self._queued and channel.readyState == "open":
+            channel.send(self._queued.popleft())

@@ -1,0 +1,258 @@
+"""`/rtc`: participants join rooms with the LiveKit client SDKs (signalling protocol v0).
+
+The SDKs try the single-connection `/rtc/v1` first; a 404 there (and on `/rtc/v1/validate`, which the
+browser SDK fetches) makes them fall back to `/rtc`. Tokens are checked before the upgrade, so a bad token
+is a plain HTTP error whose text the SDKs show (they fetch `/rtc/validate` for it).
+"""
+
+import logging
+from dataclasses import dataclass
+
+import aioice.ice
+from aiohttp import web
+from livekit.protocol import models, rtc
+
+from switchboard.auth.grants import Claims, InvalidToken
+from switchboard.auth.tokens import TokenVerifier, bearer_token
+from switchboard.core import ids
+from switchboard.core.errors import CoreError, ResourceExhausted
+from switchboard.core.events import (
+    DisconnectCause,
+    DisconnectParticipant,
+    ParticipantUpdated,
+    SendData,
+    TrackMuted,
+)
+from switchboard.core.rooms import AGENT, STANDARD, Participant
+from switchboard.rtc.participant import ParticipantSession
+from switchboard.rtc.relay import AudioRelay
+from switchboard.runtime import Runtime
+from switchboard.wire import room_spec_from_token, room_to_proto
+
+log = logging.getLogger("switchboard.rtc")
+
+_DISCONNECT_REASONS = {
+    DisconnectCause.DUPLICATE_IDENTITY: models.DUPLICATE_IDENTITY,
+    DisconnectCause.REMOVED: models.PARTICIPANT_REMOVED,
+    DisconnectCause.ROOM_DELETED: models.ROOM_DELETED,
+    DisconnectCause.ROOM_CLOSED: models.ROOM_CLOSED,
+}
+_V1_MISSING = "this server speaks signalling protocol v0 at /rtc\n"
+
+
+@dataclass(frozen=True)
+class RtcSettings:
+    ping_interval: int = 5
+    """Seconds between the clients' pings (sent to them in the JoinResponse; must be > 0)."""
+    ping_timeout: int = 15
+    """Seconds of silence after which a participant is considered gone (both sides)."""
+    max_message_size: int = 1024 * 1024
+    ice_addresses: tuple[str, ...] = ()
+    """Local addresses offered as ICE host candidates; empty = every interface's (aioice's default)."""
+
+
+class RtcService:
+    def __init__(
+        self, runtime: Runtime, verifier: TokenVerifier, settings: RtcSettings, server_info: models.ServerInfo
+    ) -> None:
+        self.runtime = runtime
+        self.settings = settings
+        self.server_info = server_info
+        self.sessions: dict[str, dict[str, ParticipantSession]] = {}
+        """Connected participants, by room and identity."""
+        self._verifier = verifier
+        if settings.ice_addresses:
+            restrict_ice_addresses(settings.ice_addresses)
+        runtime.on(DisconnectParticipant, self._on_disconnect)
+        runtime.on(ParticipantUpdated, self._on_participant_updated)
+        runtime.on(TrackMuted, self._on_track_muted)
+        runtime.on(SendData, self._on_send_data)
+
+    def install(self, app: web.Application) -> None:
+        app.router.add_get("/rtc", self.connect)
+        app.router.add_get("/rtc/validate", self.validate)
+        app.router.add_get("/rtc/v1", self.v1_missing)
+        app.router.add_get("/rtc/v1/validate", self.v1_missing)
+
+    async def v1_missing(self, _: web.Request) -> web.Response:
+        return web.Response(status=404, text=_V1_MISSING)
+
+    def _authorize(self, request: web.Request) -> tuple[Claims, str]:
+        """The joining participant's claims and room, or an HTTP error the SDKs show to the user."""
+        try:
+            token = bearer_token(request.headers, request.query)
+            if token is None:
+                raise InvalidToken("missing access token")
+            claims = self._verifier.verify(token)
+        except InvalidToken as exc:
+            raise web.HTTPUnauthorized(text=f"{exc}\n") from exc
+        room = claims.video.room or request.query.get("room", "")
+        if not claims.video.room_join:
+            raise web.HTTPUnauthorized(text="permissions denied: the token lacks the roomJoin grant\n")
+        if not room:
+            raise web.HTTPBadRequest(text="the token grants no room to join\n")
+        if not claims.identity:
+            raise web.HTTPBadRequest(text="identity cannot be empty\n")
+        return claims, room
+
+    async def validate(self, request: web.Request) -> web.Response:
+        self._authorize(request)
+        return web.Response(text="success")
+
+    async def connect(self, request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(
+            heartbeat=self.settings.ping_timeout, max_msg_size=self.settings.max_message_size
+        )
+        if not ws.can_prepare(request).ok:
+            return web.Response(status=400, text="/rtc expects a WebSocket upgrade\n")
+        claims, room_name = self._authorize(request)
+        query = request.query
+        if query.get("reconnect") in ("1", "true"):
+            # Resuming a lost session is not supported: ask the client for a full rejoin.
+            await ws.prepare(request)
+            leave = rtc.LeaveRequest(
+                can_reconnect=True, action=rtc.LeaveRequest.RECONNECT, reason=models.STATE_MISMATCH
+            )
+            await ws.send_bytes(rtc.SignalResponse(leave=leave).SerializeToString())
+            await ws.close()
+            return ws
+        now = self.runtime.now()
+        participant = Participant(
+            identity=claims.identity,
+            sid=ids.new_id(ids.PARTICIPANT),
+            joined_at=now,
+            name=claims.name,
+            kind=AGENT if claims.video.agent else (claims.kind or STANDARD),
+            metadata=claims.metadata,
+            attributes=dict(claims.attributes),
+            recorder=claims.video.recorder,
+            hidden=claims.video.hidden,
+        )
+        engine = self.runtime.engine
+        try:
+            room = engine.join(room_spec_from_token(room_name, claims.room_config), participant, now)
+        except ResourceExhausted as exc:
+            self.runtime.flush()
+            raise web.HTTPForbidden(text=f"{exc}\n") from exc
+        except CoreError as exc:
+            self.runtime.flush()
+            raise web.HTTPBadRequest(text=f"{exc}\n") from exc
+        self.runtime.flush()  # closes a previous connection of the same identity, launches jobs
+        others = [s for s in self.sessions.get(room_name, {}).values() if not s.closed]
+        try:
+            await ws.prepare(request)
+        except Exception:
+            engine.participant_left(room_name, participant.identity, self.runtime.now(), sid=participant.sid)
+            self.runtime.flush()
+            raise
+        session = ParticipantSession(
+            self,
+            ws,
+            room_name,
+            participant,
+            claims,
+            client_protocol=_int(query.get("client_protocol")),
+            auto_subscribe=query.get("auto_subscribe", "1") not in ("0", "false"),
+        )
+        self.sessions.setdefault(room_name, {})[participant.identity] = session
+        log.info(
+            "participant joined room=%s identity=%s sid=%s kind=%s sdk=%s",
+            room_name,
+            participant.identity,
+            participant.sid,
+            participant.kind,
+            query.get("sdk", ""),
+        )
+        await session.run(room_to_proto(room), others)
+        return ws
+
+    # Room-wide operations, used by the sessions
+
+    def broadcast(
+        self, room: str, participants: list[models.ParticipantInfo], exclude: ParticipantSession | None = None
+    ) -> None:
+        update = rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=participants))
+        for session in self.sessions.get(room, {}).values():
+            if session is not exclude and not session.closed:
+                session.signal.send(update)
+
+    def published(self, publisher: ParticipantSession, relay: AudioRelay) -> None:
+        """A new track: everyone learns of it before any subscriber offer carrying it."""
+        self.broadcast(publisher.room, [publisher.info()])
+        for session in self.sessions.get(publisher.room, {}).values():
+            if session is not publisher and not session.closed:
+                session.subscribe(publisher, relay)
+
+    def unpublished(self, publisher: ParticipantSession, relay: AudioRelay) -> None:
+        for session in self.sessions.get(publisher.room, {}).values():
+            if session is not publisher:
+                session.unsubscribe(relay)
+        relay.close()
+
+    def deliver(
+        self,
+        room: str,
+        payload: bytes,
+        reliable: bool,
+        destinations: frozenset[str],
+        sender: ParticipantSession | None = None,
+    ) -> None:
+        for session in self.sessions.get(room, {}).values():
+            if session is sender or session.closed:
+                continue
+            if destinations and session.identity not in destinations:
+                continue
+            session.send_data(payload, reliable)
+
+    def forget(self, session: ParticipantSession) -> None:
+        room = self.sessions.get(session.room, {})
+        if room.get(session.identity) is session:
+            del room[session.identity]
+            if not room:
+                del self.sessions[session.room]
+
+    # Decisions from the engine
+
+    def _session(self, room: str, identity: str) -> ParticipantSession | None:
+        return self.sessions.get(room, {}).get(identity)
+
+    def _on_disconnect(self, decision: DisconnectParticipant) -> None:
+        session = self._session(decision.room, decision.identity)
+        if session is not None and session.sid == decision.sid and not session.closed:
+            session.disconnect(_DISCONNECT_REASONS[decision.cause])
+
+    def _on_participant_updated(self, decision: ParticipantUpdated) -> None:
+        session = self._session(decision.room, decision.identity)
+        if session is not None and not session.hidden:
+            self.broadcast(decision.room, [session.info()])
+
+    def _on_track_muted(self, decision: TrackMuted) -> None:
+        session = self._session(decision.room, decision.identity)
+        if session is None:
+            return
+        session.signal.send(
+            rtc.SignalResponse(mute=rtc.MuteTrackRequest(sid=decision.track_sid, muted=decision.muted))
+        )
+        if not session.hidden:
+            self.broadcast(decision.room, [session.info()])
+
+    def _on_send_data(self, decision: SendData) -> None:
+        self.deliver(decision.room, decision.packet, decision.reliable, decision.destinations)
+
+
+def restrict_ice_addresses(addresses: tuple[str, ...]) -> None:
+    """Offer only these host candidates. aioice has no option for it (and always leaves out 127.0.0.1),
+    so its address lookup is replaced, for the whole process: one server per process."""
+    chosen = list(addresses)
+
+    def host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        return [a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
+
+    aioice.ice.get_host_addresses = host_addresses
+
+
+def _int(value: str | None) -> int:
+    try:
+        return int(value or 0)
+    except ValueError:
+        return 0

@@ -1,0 +1,72 @@
+"""Protobuf messages over a WebSocket: sent in the order they were decided, as binary or protojson text."""
+
+import asyncio
+from collections import deque
+from typing import TypeVar
+
+from aiohttp import WSMsgType, web
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError, Message
+
+M = TypeVar("M", bound=Message)
+
+
+class MalformedMessage(Exception):
+    """A frame that is not a message of the expected type; the text says why."""
+
+
+class MessageSender:
+    """Queue messages from synchronous code; one writer task at a time drains them in order.
+
+    LiveKit peers may speak protojson text instead of binary protobuf: after a text frame the server
+    answers in text until a binary frame switches it back (`text` follows the last frame received).
+    """
+
+    def __init__(self, ws: web.WebSocketResponse) -> None:
+        self.ws = ws
+        self.text = False
+        self._outbox: deque[Message] = deque()
+        self._writer: asyncio.Task[None] | None = None
+
+    def send(self, message: Message) -> None:
+        self._outbox.append(message)
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._drain())
+
+    async def _drain(self) -> None:
+        while self._outbox and not self.ws.closed:
+            message = self._outbox.popleft()
+            try:
+                if self.text:
+                    await self.ws.send_str(json_format.MessageToJson(message, indent=None))
+                else:
+                    await self.ws.send_bytes(message.SerializeToString())
+            except (ConnectionError, RuntimeError):
+                return  # the connection is going away; its reader notices and cleans up
+
+    async def flushed(self) -> None:
+        """Wait until everything queued so far has been written."""
+        while self._writer is not None and not self._writer.done():
+            await asyncio.shield(self._writer)
+
+
+async def receive(ws: web.WebSocketResponse, sender: MessageSender, message_type: type[M]) -> M | None:
+    """The next message from the peer, or None once the connection is closed."""
+    frame = await ws.receive()
+    if frame.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+        return None
+    if frame.type is WSMsgType.ERROR:
+        raise MalformedMessage(f"unreadable frame: {ws.exception()}")
+    message = message_type()
+    try:
+        if frame.type is WSMsgType.BINARY:
+            sender.text = False
+            message.ParseFromString(frame.data)
+        elif frame.type is WSMsgType.TEXT:
+            sender.text = True
+            json_format.Parse(frame.data, message, ignore_unknown_fields=True)
+        else:
+            raise MalformedMessage(f"unexpected frame type {frame.type.name}")
+    except (DecodeError, json_format.ParseError, RecursionError) as exc:
+        raise MalformedMessage(f"malformed {message_type.__name__}: {exc}") from exc
+    return message
