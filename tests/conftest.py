@@ -38,6 +38,17 @@ class Server:
         """A token with these video grants (snake_case), e.g. token(room_admin=True, room="r")."""
         return mint_token(self.api_key, self.api_secret, video=VideoGrant(**grants), ttl=ttl)
 
+    def join_token(
+        self, room: str, identity: str, *, agents: list[dict[str, str]] | None = None, **grants: Any
+    ) -> str:
+        """A participant's token for `room`, as `switchboard token create --join` mints it.
+
+        `agents` become roomConfig.agents (e.g. [{"agentName": "x"}]); `grants` add or override video grants.
+        """
+        video = VideoGrant(**{"room_join": True, "room": room, "can_update_own_metadata": True, **grants})
+        config = {"agents": agents} if agents else None
+        return mint_token(self.api_key, self.api_secret, video=video, identity=identity, room_config=config)
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
@@ -51,7 +62,12 @@ def free_port() -> int:
 def start_server(directory: Path, config: dict[str, Any] | None = None, *args: str) -> Server:
     """Start `switchboard serve` as a user would, and wait (with a deadline) until it answers."""
     port = free_port()
-    settings: dict[str, Any] = {"keys": {API_KEY: API_SECRET}, "bind_addresses": ["127.0.0.1"], "port": port}
+    settings: dict[str, Any] = {
+        "keys": {API_KEY: API_SECRET},
+        "bind_addresses": ["127.0.0.1"],
+        "port": port,
+        "rtc": {"ice_addresses": ["127.0.0.1"]},  # media stays on loopback (on the server's side)
+    }
     settings.update(config or {})
     directory.mkdir(parents=True, exist_ok=True)
     config_path = directory / "switchboard.yaml"
