@@ -1,8 +1,10 @@
 """A real livekit-agents worker for the integration tests, shaped by environment variables.
 
     TEST_AGENT_NAME     agent name to register with (empty: automatic dispatch)
-    TEST_BEHAVIOUR      shutdown | raise | hang | reject | decline
+    TEST_BEHAVIOUR      shutdown | raise | hang | reject | decline | listen
                         shutdown: record the job, then ctx.shutdown()
+                        listen:   join the room, measure the first participant's audio, answer with a
+                                  transcription text stream (topic lk.transcription), then ctx.shutdown()
                         raise:    record the job, then raise from the entrypoint
                         hang:     record the job and return; it runs until the server terminates it
                         reject:   answer every offer with reject(terminate=False)
@@ -13,11 +15,14 @@
 Run as a user runs an agent: `python worker.py start`, with LIVEKIT_URL, LIVEKIT_API_KEY, LIVEKIT_API_SECRET.
 """
 
+import asyncio
 import json
 import os
 from pathlib import Path
 
 import jwt
+import numpy as np
+from livekit import rtc
 from livekit.agents import AgentServer, JobContext, JobRequest, cli
 
 AGENT_NAME = os.environ.get("TEST_AGENT_NAME", "")
@@ -64,6 +69,43 @@ async def entrypoint(ctx: JobContext) -> None:
         raise RuntimeError("entrypoint failed on purpose")
     if BEHAVIOUR == "shutdown":
         ctx.shutdown("done")
+    if BEHAVIOUR == "listen":
+        await listen(ctx, job.id)
+
+
+async def listen(ctx: JobContext, job_id: str) -> None:
+    await ctx.connect()
+    subscribed: asyncio.Future[tuple[rtc.RemoteAudioTrack, rtc.RemoteParticipant]] = asyncio.Future()
+
+    def on_track(track: rtc.Track, _: rtc.RemoteTrackPublication, participant: rtc.RemoteParticipant) -> None:
+        if track.kind == rtc.TrackKind.KIND_AUDIO and not subscribed.done():
+            subscribed.set_result((track, participant))  # type: ignore[arg-type]
+
+    ctx.room.on("track_subscribed", on_track)
+    for participant in ctx.room.remote_participants.values():
+        for publication in participant.track_publications.values():
+            if publication.track is not None:
+                on_track(publication.track, publication, participant)  # type: ignore[arg-type]
+    track, participant = await subscribed
+    levels = []
+    async for event in rtc.AudioStream(track, sample_rate=48000, num_channels=1):
+        samples = np.frombuffer(event.frame.data, dtype=np.int16).astype(np.float64)
+        levels.append(float(np.sqrt(np.mean(samples**2))))
+        if len(levels) >= 50:
+            break
+    rms = sum(levels[-25:]) / 25
+    heard = {"participant": participant.identity, "track_sid": track.sid, "rms": rms, "frames": len(levels)}
+    (RECORD_DIR / f"{job_id}.heard").write_text(json.dumps(heard))
+    await ctx.room.local_participant.send_text(
+        f"heard {participant.identity} at rms {rms:.0f}",
+        topic="lk.transcription",
+        attributes={
+            "lk.transcribed_track_id": track.sid,
+            "lk.transcription_final": "true",
+            "lk.segment_id": f"SG_{job_id}",
+        },
+    )
+    ctx.shutdown("listened")
 
 
 if __name__ == "__main__":
