@@ -193,6 +193,10 @@ def load_config(
             ice_addresses=tuple(address_list("rtc.ice_addresses")),
         ),
     }
+    if values["rtc"].ping_interval >= values["rtc"].ping_timeout:
+        raise r.fail(
+            "rtc.ping_interval", "must be shorter than rtc.ping_timeout (clients ping every interval)"
+        )
     if values["port"] > 65535:
         raise r.fail("port", f"must be at most 65535, got {values['port']}")
 

@@ -19,7 +19,11 @@ async def cors_middleware(
         headers = dict(HEADERS)
         headers["Access-Control-Allow-Headers"] = request.headers.get("Access-Control-Request-Headers", "*")
         return web.Response(status=204, headers=headers)
-    response = await handler(request)
+    try:
+        response = await handler(request)
+    except web.HTTPException as error:  # refusals raised as exceptions carry the headers too
+        error.headers.update(HEADERS)
+        raise
     if not response.prepared:
         response.headers.update(HEADERS)
     return response

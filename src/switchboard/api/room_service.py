@@ -7,7 +7,7 @@ from switchboard.api.twirp import Method, require_claims
 from switchboard.auth.grants import Claims, require_room_admin, require_room_create, require_room_list
 from switchboard.core.errors import NotFound
 from switchboard.runtime import Runtime
-from switchboard.wire import participant_to_proto, room_spec, room_to_proto
+from switchboard.wire import participant_to_proto, room_spec, room_to_proto, track_to_proto
 
 
 def methods(runtime: Runtime) -> dict[str, Method]:
@@ -51,6 +51,41 @@ def methods(runtime: Runtime) -> dict[str, Method]:
         engine.remove_participant(request.room, request.identity, runtime.now())
         return pb.RemoveParticipantResponse()
 
+    def mute_published_track(
+        claims: Claims | None, request: pb.MuteRoomTrackRequest
+    ) -> pb.MuteRoomTrackResponse:
+        require_room_admin(require_claims(claims), request.room)
+        track = engine.mute_track(request.room, request.identity, request.track_sid, request.muted)
+        return pb.MuteRoomTrackResponse(track=track_to_proto(track))
+
+    def update_participant(
+        claims: Claims | None, request: pb.UpdateParticipantRequest
+    ) -> models.ParticipantInfo:
+        require_room_admin(require_claims(claims), request.room)
+        participant = engine.update_participant(
+            request.room,
+            request.identity,
+            name=request.name or None,
+            metadata=request.metadata or None,
+            attributes=dict(request.attributes),
+        )
+        return participant_to_proto(participant)
+
+    def send_data(claims: Claims | None, request: pb.SendDataRequest) -> pb.SendDataResponse:
+        require_room_admin(require_claims(claims), request.room)
+        reliable = request.kind == models.DataPacket.RELIABLE
+        destinations = list(request.destination_identities)
+        user = models.UserPacket(
+            payload=request.data,
+            topic=request.topic if request.HasField("topic") else None,
+            destination_identities=destinations,
+            nonce=request.nonce,
+        )
+        kind = models.DataPacket.RELIABLE if reliable else models.DataPacket.LOSSY
+        packet = models.DataPacket(kind=kind, user=user, destination_identities=destinations)
+        engine.send_data(request.room, packet.SerializeToString(), reliable, destinations)
+        return pb.SendDataResponse()
+
     return {
         "CreateRoom": Method(pb.CreateRoomRequest, create_room),
         "ListRooms": Method(pb.ListRoomsRequest, list_rooms),
@@ -59,4 +94,7 @@ def methods(runtime: Runtime) -> dict[str, Method]:
         "ListParticipants": Method(pb.ListParticipantsRequest, list_participants),
         "GetParticipant": Method(pb.RoomParticipantIdentity, get_participant),
         "RemoveParticipant": Method(pb.RoomParticipantIdentity, remove_participant),
+        "MutePublishedTrack": Method(pb.MuteRoomTrackRequest, mute_published_track),
+        "UpdateParticipant": Method(pb.UpdateParticipantRequest, update_participant),
+        "SendData": Method(pb.SendDataRequest, send_data),
     }

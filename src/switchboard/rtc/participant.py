@@ -186,13 +186,17 @@ class ParticipantSession:
         runtime = self.service.runtime
         for relay in self.relays.values():
             self.service.unpublished(self, relay)
-        with contextlib.suppress(CoreError):
-            runtime.engine.participant_left(self.room, self.identity, runtime.now(), sid=self.sid)
+        engine = runtime.engine
+        room = engine.rooms.get(self.room)
+        current = room.participants.get(self.identity) if room else None
+        replaced = current is not None and current.sid != self.sid  # a newer connection took the identity
+        if current is not None and not replaced:
+            engine.participant_left(self.room, self.identity, runtime.now(), sid=self.sid)
             runtime.flush()
-            if not self.hidden:
-                info = participant_to_proto(Participant(self.identity, self.sid, 0), state="DISCONNECTED")
-                info.version = 1 << 30  # after every earlier update of this participant
-                self.service.broadcast(self.room, [info], exclude=self)
+        if not self.hidden and not replaced:
+            info = participant_to_proto(Participant(self.identity, self.sid, 0), state="DISCONNECTED")
+            info.version = 1 << 30  # after every earlier update of this participant
+            self.service.broadcast(self.room, [info], exclude=self)
         self.service.forget(self)
         if self._negotiation is not None:
             self._negotiation.cancel()

@@ -1,0 +1,341 @@
+"""Rooms with the official Python `livekit` rtc SDK: join, audio relay, data, text streams, metadata,
+the RoomService methods that act on live participants, and misbehaving clients."""
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pytest
+from livekit import api, rtc
+from livekit.protocol import rtc as signal
+
+from tests.agent_workers import eventually
+from tests.conftest import Server, start_server, stop_server
+
+PING_TIMEOUT = 2
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    instance = start_server(
+        tmp_path_factory.mktemp("server"),
+        {"rtc": {"ice_addresses": ["127.0.0.1"], "ping_interval": 1, "ping_timeout": PING_TIMEOUT}},
+    )
+    yield instance
+    stop_server(instance)
+
+
+@pytest.fixture
+async def lkapi(server: Server) -> AsyncIterator[api.LiveKitAPI]:
+    async with api.LiveKitAPI(server.http_url, server.api_key, server.api_secret) as client:
+        yield client
+
+
+class Client:
+    """One Python rtc participant and what it observed."""
+
+    def __init__(self, identity: str) -> None:
+        self.identity = identity
+        self.room = rtc.Room()
+        self.data: list[tuple[str, bytes, str]] = []
+        self.texts: list[tuple[str, str, str]] = []
+        self.events: list[tuple[str, Any]] = []
+        self.levels: list[float] = []
+        self._tasks: set[asyncio.Future[None]] = set()
+        room = self.room
+
+        @room.on("data_received")
+        def on_data(packet: rtc.DataPacket) -> None:
+            sender = packet.participant.identity if packet.participant else ""
+            self.data.append((sender, packet.data, rtc.DataPacketKind.Name(packet.kind)))
+
+        @room.on("track_subscribed")
+        def on_track(track: rtc.Track, *_: Any) -> None:
+            self._spawn(self._measure(track))
+
+        events = ("participant_connected", "participant_disconnected", "track_muted", "disconnected")
+        for event in (*events, "participant_metadata_changed", "participant_attributes_changed"):
+            room.on(event, self._recorder(event))
+
+        def on_text(reader: rtc.TextStreamReader, sender: str) -> None:
+            async def read() -> None:
+                self.texts.append((sender, reader.info.topic, await reader.read_all()))
+
+            self._spawn(read())
+
+        room.register_text_stream_handler("lk.chat", on_text)
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _recorder(self, name: str) -> Callable[..., None]:
+        return lambda *args: self.events.append((name, args))
+
+    def saw(self, name: str) -> list[Any]:
+        return [args for event, args in self.events if event == name]
+
+    async def _measure(self, track: rtc.Track) -> None:
+        async for event in rtc.AudioStream(track, sample_rate=48000, num_channels=1):
+            samples = np.frombuffer(event.frame.data, dtype=np.int16).astype(np.float64)
+            self.levels.append(float(np.sqrt(np.mean(samples**2))))
+
+    async def publish_tone(self) -> rtc.LocalTrackPublication:
+        source = rtc.AudioSource(48000, 1)
+        track = rtc.LocalAudioTrack.create_audio_track("microphone", source)
+        options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+        publication = await self.room.local_participant.publish_track(track, options)
+
+        async def play() -> None:
+            offset = 0
+            while True:
+                samples = (8000 * np.sin(2 * np.pi * 440 * (np.arange(480) + offset) / 48000)).astype(
+                    np.int16
+                )
+                offset += 480
+                await source.capture_frame(rtc.AudioFrame(samples.tobytes(), 48000, 1, 480))
+
+        self._spawn(play())
+        return publication
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await self.room.disconnect()
+
+
+@pytest.fixture
+async def clients(server: Server) -> AsyncIterator[Callable[..., Any]]:
+    made: list[Client] = []
+    room = f"room-{uuid.uuid4().hex[:8]}"
+
+    async def join(identity: str, **grants: Any) -> Client:
+        client = Client(identity)
+        made.append(client)
+        await client.room.connect(server.ws_url, server.join_token(room, identity, **grants))
+        return client
+
+    join.room = room  # type: ignore[attr-defined]
+    yield join
+    for client in made:
+        await client.close()
+
+
+async def test_two_participants_see_each_other_and_hear_audio(clients: Any, lkapi: api.LiveKitAPI) -> None:
+    alice = await clients("alice")
+    bob = await clients("bob")
+    assert alice.room.local_participant.sid.startswith("PA_") and alice.room.name == clients.room
+    assert [p.identity for p in bob.room.remote_participants.values()] == ["alice"]
+    await eventually(
+        lambda: "bob" in {p.identity for p in alice.room.remote_participants.values()}, "alice sees bob"
+    )
+
+    publication = await alice.publish_tone()
+    assert publication.sid.startswith("TR_")
+    await eventually(lambda: len(bob.levels) >= 50, "bob to receive 50 audio frames")
+    assert np.mean(bob.levels[-25:]) > 4000, f"relayed tone too quiet: {bob.levels[-5:]}"
+
+    listed = await lkapi.room.list_participants(api.ListParticipantsRequest(room=clients.room))
+    by_identity = {p.identity: p for p in listed.participants}
+    assert set(by_identity) == {"alice", "bob"}
+    [track] = by_identity["alice"].tracks
+    assert (track.sid, track.type, track.source) == (
+        publication.sid,
+        api.TrackType.AUDIO,
+        api.TrackSource.MICROPHONE,
+    )
+    assert by_identity["alice"].state == api.ParticipantInfo.ACTIVE
+    room = (await lkapi.room.list_rooms(api.ListRoomsRequest(names=[clients.room]))).rooms[0]
+    assert room.num_participants == 2
+
+    await alice.room.disconnect()
+    await eventually(lambda: bob.saw("participant_disconnected"), "bob to see alice leave")
+    assert bob.saw("participant_disconnected")[0][0].identity == "alice"
+
+
+async def test_data_packets_both_ways_and_to_destinations(clients: Any) -> None:
+    alice, bob, carol = await clients("alice"), await clients("bob"), await clients("carol")
+    await alice.room.local_participant.publish_data(b"to everyone", reliable=True, topic="t")
+    await eventually(lambda: bob.data and carol.data, "both to receive the broadcast")
+    assert bob.data[0] == ("alice", b"to everyone", "KIND_RELIABLE")
+    await alice.room.local_participant.publish_data(
+        b"only carol", reliable=True, destination_identities=["carol"]
+    )
+    await eventually(lambda: len(carol.data) == 2, "carol to receive the direct packet")
+    assert carol.data[1][1] == b"only carol"
+
+    async def lossy_arrives() -> bool:
+        await bob.room.local_participant.publish_data(b"lossy", reliable=False)
+        return any(d[1] == b"lossy" and d[2] == "KIND_LOSSY" for d in alice.data)
+
+    await eventually(lossy_arrives, "a lossy packet from bob to alice")
+    assert all(d[1] != b"only carol" for d in bob.data), "destinations are honoured"
+    assert all(sender == "bob" for sender, payload, _ in alice.data if payload == b"lossy")
+
+
+async def test_text_streams(clients: Any) -> None:
+    alice, bob = await clients("alice"), await clients("bob")
+    await alice.room.local_participant.send_text("hello bob", topic="lk.chat")
+    await eventually(lambda: bob.texts, "bob to receive the text stream")
+    assert bob.texts == [("alice", "lk.chat", "hello bob")]
+
+
+async def test_attributes_and_metadata_updates_reach_others(clients: Any) -> None:
+    alice, bob = await clients("alice"), await clients("bob")
+    await alice.room.local_participant.set_attributes({"mood": "happy"})
+    await alice.room.local_participant.set_metadata("meta-1")
+    await eventually(lambda: bob.saw("participant_attributes_changed"), "bob to see the attributes")
+    await eventually(lambda: bob.saw("participant_metadata_changed"), "bob to see the metadata")
+    remote = next(iter(bob.room.remote_participants.values()))
+    assert remote.attributes == {"mood": "happy"} and remote.metadata == "meta-1"
+
+
+async def test_metadata_update_without_the_grant_is_refused(clients: Any, lkapi: api.LiveKitAPI) -> None:
+    mallory = await clients("mallory", can_update_own_metadata=False)
+    # The SDK gets a NOT_ALLOWED request_response; whether it raises is its business: nothing may change.
+    with contextlib.suppress(Exception):
+        await mallory.room.local_participant.set_metadata("nope")
+    info = await lkapi.room.get_participant(
+        api.RoomParticipantIdentity(room=clients.room, identity="mallory")
+    )
+    assert info.metadata == ""
+
+
+async def test_room_service_acts_on_live_participants(clients: Any, lkapi: api.LiveKitAPI) -> None:
+    alice, bob = await clients("alice"), await clients("bob")
+    publication = await alice.publish_tone()
+    await eventually(lambda: bob.levels, "bob to receive audio")
+    room = clients.room
+
+    muted = await lkapi.room.mute_published_track(
+        api.MuteRoomTrackRequest(room=room, identity="alice", track_sid=publication.sid, muted=True)
+    )
+    assert muted.track.muted and muted.track.sid == publication.sid
+    await eventually(lambda: bob.saw("track_muted"), "bob to see the track muted")
+
+    info = await lkapi.room.update_participant(
+        api.UpdateParticipantRequest(
+            room=room, identity="alice", metadata="by-admin", attributes={"role": "host"}
+        )
+    )
+    assert info.metadata == "by-admin" and dict(info.attributes) == {"role": "host"}
+    await eventually(lambda: alice.room.local_participant.metadata == "by-admin", "alice to see her metadata")
+
+    await lkapi.room.send_data(
+        api.SendDataRequest(room=room, data=b"from server", kind=api.DataPacket.RELIABLE)
+    )
+    await eventually(lambda: any(d[1] == b"from server" for d in bob.data), "bob to receive server data")
+
+    got = await lkapi.room.get_participant(api.RoomParticipantIdentity(room=room, identity="bob"))
+    assert got.identity == "bob" and got.sid == bob.room.local_participant.sid
+    await lkapi.room.remove_participant(api.RoomParticipantIdentity(room=room, identity="bob"))
+    await eventually(lambda: bob.saw("disconnected"), "bob to be disconnected")
+    assert bob.saw("disconnected")[0][0] == rtc.DisconnectReason.PARTICIPANT_REMOVED
+    await eventually(lambda: alice.saw("participant_disconnected"), "alice to see bob removed")
+
+    await lkapi.room.delete_room(api.DeleteRoomRequest(room=room))
+    await eventually(lambda: alice.saw("disconnected"), "alice to be disconnected by DeleteRoom")
+    assert alice.saw("disconnected")[0][0] == rtc.DisconnectReason.ROOM_DELETED
+
+
+async def test_publishing_without_the_grant_fails(clients: Any) -> None:
+    listener = await clients("listener", can_publish=False)
+    with pytest.raises(Exception, match=r"(?i)not allowed|permission|timed? ?out|publish"):
+        await asyncio.wait_for(listener.publish_tone(), 15)
+
+
+async def test_max_participants_is_enforced(server: Server) -> None:
+    room = f"small-{uuid.uuid4().hex[:8]}"
+    async with api.LiveKitAPI(server.http_url, server.api_key, server.api_secret) as lkapi:
+        await lkapi.room.create_room(api.CreateRoomRequest(name=room, max_participants=1))
+    first, second = rtc.Room(), rtc.Room()
+    try:
+        await first.connect(server.ws_url, server.join_token(room, "first"))
+        with pytest.raises(rtc.ConnectError, match=r"(?i)full|403"):
+            await second.connect(server.ws_url, server.join_token(room, "second"))
+    finally:
+        await first.disconnect()
+
+
+async def test_bad_token_is_refused_before_the_upgrade(server: Server) -> None:
+    room = rtc.Room()
+    token = api.AccessToken(server.api_key, "a-wrong-secret-a-wrong-secret-a-wrong-secret")
+    token = token.with_identity("eve").with_grants(api.VideoGrants(room_join=True, room="r")).to_jwt()
+    with pytest.raises(rtc.ConnectError, match=r"(?i)401|unauthorized|signature"):
+        await room.connect(server.ws_url, token)
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{server.http_url}/rtc/validate", params={"access_token": token}) as response:
+            assert response.status == 401 and "signature" in await response.text()
+            assert response.headers["Access-Control-Allow-Origin"] == "*"
+        good = server.join_token("r", "ok")
+        async with session.get(f"{server.http_url}/rtc/validate", params={"access_token": good}) as response:
+            assert response.status == 200 and await response.text() == "success"
+        for path in ("/rtc/v1", "/rtc/v1/validate"):
+            async with session.get(server.http_url + path) as response:
+                assert response.status == 404 and "requested room does not exist" not in await response.text()
+
+
+async def raw_join(server: Server, room: str, identity: str) -> tuple[aiohttp.ClientSession, Any]:
+    """A hand-driven signalling connection: it joins, then does whatever the test makes it do."""
+    session = aiohttp.ClientSession()
+    ws = await session.ws_connect(
+        f"{server.ws_url}/rtc?protocol=16&auto_subscribe=1",
+        headers={"Authorization": f"Bearer {server.join_token(room, identity)}"},
+    )
+    first = signal.SignalResponse.FromString((await ws.receive()).data)
+    assert first.WhichOneof("message") == "join" and first.join.participant.identity == identity
+    assert first.join.ping_interval > 0 and first.join.ping_timeout > 0 and first.join.subscriber_primary
+    return session, ws
+
+
+async def test_garbage_and_silent_clients_do_not_harm_the_room(
+    server: Server, clients: Any, lkapi: Any
+) -> None:
+    alice = await clients("alice")
+    session, ws = await raw_join(server, clients.room, "garbage")
+    for frame in (b"\xff\xff\xff\xff", b"", b"\x0a\x05junk"):
+        await ws.send_bytes(frame)
+    await ws.send_str("{not json")
+    # It never answers the subscriber offer, and stops talking: it is removed after the ping timeout.
+    await eventually(lambda: any(p.identity == "garbage" for p in alice.room.remote_participants.values()),
+                     "alice to see the raw client")  # fmt: skip
+    await eventually(lambda: alice.saw("participant_disconnected"), "the silent client to be removed")
+    listed = await lkapi.room.list_participants(api.ListParticipantsRequest(room=clients.room))
+    assert [p.identity for p in listed.participants] == ["alice"]
+    await session.close()
+
+    bob = await clients("bob")
+    await alice.room.local_participant.publish_data(b"still fine", reliable=True)
+    await eventually(lambda: bob.data, "the room to keep working")
+
+
+async def test_client_that_leaves_mid_negotiation(server: Server, clients: Any) -> None:
+    alice = await clients("alice")
+    for attempt in range(3):
+        session, ws = await raw_join(server, clients.room, f"flaky-{attempt}")
+        await ws.close()
+        await session.close()
+    bob = await clients("bob")
+    await alice.room.local_participant.publish_data(b"after", reliable=True)
+    await eventually(lambda: bob.data, "the room to keep working")
+    await eventually(
+        lambda: {p.identity for p in alice.room.remote_participants.values()} == {"bob"}, "only bob to remain"
+    )
+
+
+async def test_fifty_join_leave_cycles(server: Server, clients: Any, lkapi: api.LiveKitAPI) -> None:
+    anchor = await clients("anchor")
+    for cycle in range(50):
+        visitor = rtc.Room()
+        await visitor.connect(server.ws_url, server.join_token(clients.room, f"visitor-{cycle}"))
+        await visitor.disconnect()
+    await eventually(lambda: not anchor.room.remote_participants, "every visitor to be gone")
+    listed = await lkapi.room.list_participants(api.ListParticipantsRequest(room=clients.room))
+    assert [p.identity for p in listed.participants] == ["anchor"]
+    assert len(anchor.saw("participant_connected")) == 50
