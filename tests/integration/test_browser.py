@@ -1,0 +1,426 @@
+"""The official browser SDK `livekit-client` (unmodified) in headless Debian Chromium, against a real server.
+
+`tests/node/browser_scenario.mjs` drives Chromium with playwright-core and prints what the page observed as
+one JSON line. The page comes from a small HTTP server in this process that serves only the SDK's UMD build,
+so the browser talks to Switchboard cross-origin, as a web app does. The other participant is the official
+Python rtc SDK, in this process.
+"""
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from aiohttp import web
+from livekit import api, rtc
+
+from tests.conftest import Server
+
+NODE_DIR = Path(__file__).resolve().parents[1] / "node"
+SCRIPT = NODE_DIR / "browser_scenario.mjs"
+CLIENT_UMD = NODE_DIR / "node_modules" / "livekit-client" / "dist" / "livekit-client.umd.js"
+PLAYWRIGHT_DIR = NODE_DIR / "node_modules" / "playwright-core"
+# Failure bounds, not expected durations (a run takes 3-6 s, up to ~15 s on a loaded 2-core machine).
+SCENARIO_TIMEOUT = 60.0
+JOIN_TIMEOUT = 30.0  # node + Chromium start, page load, connect, publish
+STEP_TIMEOUT = 15.0
+PROXY_VARIABLES = {"HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"}
+
+TONE_HZ = 440
+# A sine at WebAudio gain 0.25 is 0.25 * 32767 / sqrt(2) ≈ 5790 RMS in int16; Opus keeps it within a few %.
+EXPECTED_RMS = 0.25 * 32767 / np.sqrt(2)
+SILENCE_RMS = 100.0
+MIN_FRAMES = 50
+
+PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>switchboard browser test</title>
+<script src="/livekit-client.umd.js"></script></head>
+<body>livekit-client in a browser</body></html>
+"""
+
+
+def toolchain_or_fail() -> tuple[str, str]:
+    """`node` and the Chromium executable; fail (never skip) when something is missing."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("`node` is not on PATH: install Node.js 20+ (`.ci/run` does, with apt)")
+    for needed in (CLIENT_UMD, PLAYWRIGHT_DIR):
+        if not needed.exists():
+            pytest.fail(f"{needed} is missing: run `make test` (it runs `npm ci` in tests/node)")
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    if not os.access(chromium, os.X_OK):
+        pytest.fail(
+            "Chromium is not installed: `apt-get install -y chromium` (Debian's package, /usr/bin/chromium; "
+            "`.ci/run` installs it when missing)"
+        )
+    return node, chromium
+
+
+@pytest.fixture
+async def page_url() -> AsyncIterator[str]:
+    """A page on 127.0.0.1 (a secure context, so WebAudio and WebRTC work) loading the SDK's UMD build."""
+
+    async def index(_: web.Request) -> web.Response:
+        return web.Response(text=PAGE, content_type="text/html")
+
+    async def client(_: web.Request) -> web.FileResponse:
+        return web.FileResponse(CLIENT_UMD, headers={"Content-Type": "text/javascript"})
+
+    app = web.Application()
+    app.router.add_get("/", index)
+    app.router.add_get("/livekit-client.umd.js", client)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield f"http://127.0.0.1:{port}/"
+    await runner.cleanup()
+
+
+class BrowserScenario:
+    """One run of browser_scenario.mjs: start it, optionally tell it to leave, collect its JSON line."""
+
+    def __init__(self, server: Server, page: str, scenario: str, token: str, **env: str) -> None:
+        self.server = server
+        self.page = page
+        self.scenario = scenario
+        self.token = token
+        self.env = env
+        self.process: asyncio.subprocess.Process | None = None
+        self.started = 0.0
+
+    async def start(self) -> None:
+        node, chromium = toolchain_or_fail()
+        env = {k: v for k, v in os.environ.items() if k not in PROXY_VARIABLES}
+        env.update(
+            PAGE_URL=self.page,
+            SWITCHBOARD_WS_URL=self.server.ws_url,
+            SWITCHBOARD_HTTP_URL=self.server.http_url,
+            BROWSER_TOKEN=self.token,
+            CHROMIUM=chromium,
+            **self.env,
+        )
+        self.started = time.monotonic()
+        self.process = await asyncio.create_subprocess_exec(
+            node,
+            str(SCRIPT),
+            self.scenario,
+            cwd=NODE_DIR,
+            env=env,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,  # Chromium's processes share its group, so kill() ends them all
+        )
+
+    def tell(self, line: str) -> None:
+        assert self.process is not None and self.process.stdin is not None
+        self.process.stdin.write(line.encode() + b"\n")
+
+    async def result(self) -> dict[str, Any]:
+        assert self.process is not None
+        remaining = SCENARIO_TIMEOUT - (time.monotonic() - self.started)
+        try:
+            stdout, stderr = await asyncio.wait_for(self.process.communicate(), max(remaining, 1.0))
+        except TimeoutError:
+            await self.kill()
+            pytest.fail(
+                f"browser scenario {self.scenario!r} did not finish within {SCENARIO_TIMEOUT:g}s\n"
+                f"--- server log ---\n{self.server.log()}"
+            )
+        output, errors = stdout.decode(errors="replace"), stderr.decode(errors="replace")
+        lines = output.strip().splitlines()
+        if self.process.returncode != 0 or len(lines) != 1:
+            pytest.fail(
+                f"browser scenario {self.scenario!r} exited with {self.process.returncode} and printed "
+                f"{len(lines)} lines, not one JSON object:\n{errors}\n{output}"
+            )
+        result: dict[str, Any] = json.loads(lines[0])
+        if "unexpectedError" in result:
+            pytest.fail(
+                f"the browser raised during {self.scenario!r}: {result['unexpectedError']}\n"
+                f"{result.get('stack')}\n"
+                f"console: {json.dumps(result.get('consoleErrors'), indent=1)}\n"
+                f"--- server log ---\n{self.server.log()}"
+            )
+        assert result["scenario"] == self.scenario
+        return result
+
+    async def wait_for(self, event: asyncio.Event, what: str, seconds: float = STEP_TIMEOUT) -> None:
+        """Wait for something the Python side observes; on a timeout, fail with both sides' logs."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), seconds)
+        if not event.is_set():
+            await self.kill()
+            browser_log = ""
+            if self.process is not None and self.process.stderr is not None:
+                browser_log = (await self.process.stderr.read()).decode(errors="replace")
+            pytest.fail(
+                f"timed out after {seconds:g}s waiting for {what}\n--- browser (stderr) ---\n{browser_log}\n"
+                f"--- server log ---\n{self.server.log()}"
+            )
+
+    async def kill(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            await self.process.wait()
+
+
+class PythonPeer:
+    """The official Python rtc SDK in a room: records what it sees of the browser participant."""
+
+    def __init__(self, browser_identity: str) -> None:
+        self.room = rtc.Room()
+        self.browser = browser_identity
+        self.connected: dict[str, Any] = {}
+        self.disconnected = asyncio.Event()
+        self.disconnected_at = 0.0
+        self.subscribed: dict[str, Any] = {}
+        self.frames: list[np.ndarray] = []
+        self.first_audio_at = 0.0
+        self.enough_audio = asyncio.Event()
+        self.data: list[rtc.DataPacket] = []
+        self.texts: list[dict[str, Any]] = []
+        self.got_data = asyncio.Event()
+        self.got_text = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._register()
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _register(self) -> None:
+        room = self.room
+
+        @room.on("participant_connected")
+        def on_connected(participant: rtc.RemoteParticipant) -> None:
+            self.connected[participant.identity] = {"sid": participant.sid, "kind": participant.kind}
+
+        @room.on("participant_disconnected")
+        def on_disconnected(participant: rtc.RemoteParticipant) -> None:
+            if participant.identity == self.browser:
+                self.disconnected_at = time.monotonic()
+                self.disconnected.set()
+
+        @room.on("track_subscribed")
+        def on_track(
+            track: rtc.Track, publication: rtc.RemoteTrackPublication, participant: rtc.RemoteParticipant
+        ) -> None:
+            self.subscribed = {
+                "identity": participant.identity,
+                "kind": track.kind,
+                "sid": publication.sid,
+                "source": publication.source,
+                "name": publication.name,
+            }
+            if track.kind == rtc.TrackKind.KIND_AUDIO:
+                self._spawn(self._read(track))
+
+        @room.on("data_received")
+        def on_data(packet: rtc.DataPacket) -> None:
+            self.data.append(packet)
+            self.got_data.set()
+
+        def on_text(reader: rtc.TextStreamReader, sender: str) -> None:
+            async def read() -> None:
+                text = await reader.read_all()
+                self.texts.append({"text": text, "from": sender, "topic": reader.info.topic})
+                self.got_text.set()
+
+            self._spawn(read())
+
+        room.register_text_stream_handler("lk.chat", on_text)
+
+    async def _read(self, track: rtc.Track) -> None:
+        stream = rtc.AudioStream(track, sample_rate=48000, num_channels=1)
+        try:
+            async for event in stream:
+                samples = np.frombuffer(event.frame.data, dtype=np.int16).astype(np.float64)
+                if not self.frames:
+                    self.first_audio_at = time.monotonic()
+                self.frames.append(samples)
+                if len(self.frames) >= 2 * MIN_FRAMES:
+                    self.enough_audio.set()
+        finally:
+            await stream.aclose()
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await self.room.disconnect()
+
+
+def tone(frames: list[np.ndarray]) -> tuple[float, float]:
+    """RMS and dominant frequency of the last MIN_FRAMES frames (the first may still be ramping up)."""
+    samples = np.concatenate(frames[-MIN_FRAMES:])
+    rms = float(np.sqrt(np.mean(samples**2)))
+    spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
+    peak = float(np.fft.rfftfreq(len(samples), 1 / 48000)[int(np.argmax(spectrum))])
+    return rms, peak
+
+
+def rtc_steps(network: list[dict[str, Any]]) -> list[str]:
+    """The signalling requests the page made, in order, e.g. ['ws /rtc/v1', 'GET /rtc/v1/validate 404']."""
+    steps = []
+    for entry in network:
+        if entry["type"] == "websocket":
+            steps.append(f"ws {entry['path']}")
+        elif entry["path"].startswith("/rtc"):
+            outcome = entry["status"] if entry["status"] is not None else f"failed ({entry.get('failure')})"
+            steps.append(f"GET {entry['path']} {outcome}")
+    return steps
+
+
+async def test_browser_and_python_share_a_room(server: Server, page_url: str) -> None:
+    toolchain_or_fail()
+    room_name = f"browser-{uuid.uuid4().hex[:8]}"
+    peer = PythonPeer("browser")
+    browser = BrowserScenario(
+        server,
+        page_url,
+        "room",
+        server.join_token(room_name, "browser", can_publish=True, can_subscribe=True),
+        PEER_IDENTITY="py",
+    )
+    try:
+        await peer.room.connect(server.ws_url, server.join_token(room_name, "py"))
+        await browser.start()
+
+        # Python's side: the browser joins, publishes its oscillator, sends data and a chat message.
+        await browser.wait_for(peer.got_data, "the browser's data packet", JOIN_TIMEOUT)
+        await browser.wait_for(peer.got_text, "the browser's lk.chat text stream")
+        await browser.wait_for(peer.enough_audio, f"{2 * MIN_FRAMES} audio frames from the browser")
+        await peer.room.local_participant.publish_data(b"hello from python", reliable=True, topic="greeting")
+        await peer.room.local_participant.send_text(
+            "transcribed words", topic="lk.transcription", attributes={"lk.transcription_final": "true"}
+        )
+        audio_frames = len(peer.frames)
+        rms, peak = tone(peer.frames)
+        browser.tell("leave")
+        told_at = time.monotonic()
+        await browser.wait_for(peer.disconnected, "participant_disconnected for the browser")
+        result = await browser.result()
+    finally:
+        await browser.kill()
+        await peer.close()
+
+    joined, left = result["joined"], result["left"]
+    timings = {
+        "launch_ms": result["launchMs"],
+        "connect_ms": joined["connectMs"],
+        "published_ms": joined["published"]["at"],
+        "page_load_ms": result["pageLoadMs"],
+        "first_audio_s": round(peer.first_audio_at - browser.started, 2),
+        "leave_to_python_ms": round(1000 * (peer.disconnected_at - told_at)),
+        "total_ms": result["totalMs"],
+    }
+    print(f"\nbrowser room timings: {timings}; chromium {result['browserVersion']}, rms {rms:.0f}, {peak} Hz")
+
+    # Connect: v1 first, its validate answers 404 (with CORS, or fetch would throw), then v0 /rtc.
+    steps = rtc_steps(result["network"])
+    assert steps == ["ws /rtc/v1", "GET /rtc/v1/validate 404", "ws /rtc"], steps
+    validate = next(e for e in result["network"] if e["path"] == "/rtc/v1/validate")
+    assert validate["cors"] == "*", validate
+    assert joined["sdkVersion"] == "2.23.0"
+    assert joined["state"] == "connected"
+    assert joined["localIdentity"] == "browser" and joined["localSid"].startswith("PA_")
+    assert joined["roomName"] == room_name
+
+    # Each side sees the other.
+    assert [p["identity"] for p in joined["remoteAtConnect"]] == ["py"], joined["remoteAtConnect"]
+    assert joined["remote"][0]["sid"] == peer.room.local_participant.sid
+    assert peer.connected.get("browser", {}).get("sid") == joined["localSid"], peer.connected
+    assert peer.connected["browser"]["kind"] == rtc.ParticipantKind.PARTICIPANT_KIND_STANDARD
+
+    # Audio: the WebAudio oscillator published as the microphone, relayed to Python, heard as 440 Hz.
+    assert joined["audioContextState"] == "running"
+    published = joined["published"]
+    assert published["sid"].startswith("TR_") and published["source"] == "microphone", published
+    assert peer.subscribed["identity"] == "browser" and peer.subscribed["sid"] == published["sid"]
+    assert peer.subscribed["kind"] == rtc.TrackKind.KIND_AUDIO
+    assert peer.subscribed["source"] == rtc.TrackSource.SOURCE_MICROPHONE
+    assert peer.subscribed["name"] == "oscillator"
+    assert audio_frames >= 2 * MIN_FRAMES
+    assert rms > 20 * SILENCE_RMS, f"the relayed audio is silent: RMS {rms:.0f}"
+    assert 0.6 * EXPECTED_RMS < rms < 1.4 * EXPECTED_RMS, f"RMS {rms:.0f}, expected ≈{EXPECTED_RMS:.0f}"
+    assert abs(peak - TONE_HZ) <= 10, f"dominant frequency {peak} Hz, expected {TONE_HZ} Hz"
+
+    # Data, browser → Python: identity stamped by the server, topic and payload kept.
+    [packet] = peer.data
+    assert packet.data == b"hello from the browser"
+    assert packet.participant is not None and packet.participant.identity == "browser"
+    assert packet.topic == "greeting" and packet.kind == rtc.DataPacketKind.KIND_RELIABLE
+    # Text stream, browser → Python, on lk.chat.
+    assert peer.texts == [{"text": "hi", "from": "browser", "topic": "lk.chat"}]
+    assert joined["textSent"]["topic"] == "lk.chat"
+
+    # Python → browser: the data packet and the lk.transcription text stream (attributes kept).
+    assert [(d["text"], d["from"], d["topic"]) for d in left["dataReceived"]] == [
+        ("hello from python", "py", "greeting")
+    ], left["dataReceived"]
+    [text] = left["textReceived"]
+    assert (text["text"], text["from"], text["topic"]) == ("transcribed words", "py", "lk.transcription")
+    assert text["attributes"] == {"lk.transcription_final": "true"}
+
+    # Leave: a clean client-initiated disconnect, without reconnect attempts on the way.
+    assert result["leaveSignal"] == "leave"
+    assert left["stateBeforeLeave"] == "connected" and left["finalState"] == "disconnected"
+    # The only events: the final Disconnected (no reconnect attempts, and Python was there all along).
+    assert [(e["event"], e.get("reason")) for e in left["events"]] == [
+        ("disconnected", "CLIENT_INITIATED")
+    ], left["events"]
+    assert "Traceback" not in server.log(), server.log()
+
+
+async def test_browser_with_a_token_signed_by_another_secret_fails_fast(
+    server: Server, page_url: str
+) -> None:
+    room_name = f"browser-{uuid.uuid4().hex[:8]}"
+    bad_token = (
+        api.AccessToken(server.api_key, "not-the-secret-of-this-server-at-all-000")
+        .with_identity("intruder")
+        .with_grants(api.VideoGrants(room_join=True, room=room_name))
+        .to_jwt()
+    )
+    toolchain_or_fail()
+    browser = BrowserScenario(server, page_url, "bad-token", bad_token)
+    try:
+        await browser.start()
+        result = await browser.result()
+    finally:
+        await browser.kill()
+
+    attempt = result["attempt"]
+    print(f"\nbad token: {attempt['elapsedMs']} ms, error {attempt.get('error')}")
+    assert attempt["connected"] is False, "a token signed by another secret must be refused"
+    assert attempt["elapsedMs"] < 10_000, "the failure must come at once, not after a timeout"
+    # v1 → 404 → v0, whose handshake is refused; the SDK then reads the reason from /rtc/validate, which
+    # it can only do when that 401 carries CORS headers (else `fetch` throws: "server unreachable").
+    steps = rtc_steps(result["network"])
+    assert steps[:3] == ["ws /rtc/v1", "GET /rtc/v1/validate 404", "ws /rtc"], steps
+    assert steps[3:] == ["GET /rtc/validate 401"], (
+        f"the page could not read /rtc/validate's 401 (CORS headers missing?): {steps}\n"
+        f"error: {attempt['error']}\nconsole: {json.dumps(result['consoleErrors'], indent=1)}"
+    )
+    validate = next(e for e in result["network"] if e["path"] == "/rtc/validate")
+    assert validate["cors"] == "*", validate
+    error = attempt["error"]
+    assert error["isConnectionError"] and error["name"] == "ConnectionError", error
+    # (`reasonName` stays ServerUnreachable: livekit-client's Room.connect copies only reason and status.)
+    assert error["reasonByEnum"] == "NotAllowed" and error["status"] == 401, error
+    assert "invalid token" in error["message"].lower(), error
+    assert "identity=intruder" not in server.log(), "the intruder must never join"

@@ -1,0 +1,263 @@
+// The official browser SDK `livekit-client` (unmodified UMD build) in headless Debian Chromium, driven by
+// playwright-core, against a Switchboard server. Run by tests/integration/test_browser.py:
+//
+//   node browser_scenario.mjs <room|bad-token>
+//
+// Environment: PAGE_URL (a page that loads livekit-client.umd.js, served by the test), SWITCHBOARD_WS_URL,
+// BROWSER_TOKEN, PEER_IDENTITY (the Python participant, room scenario), CHROMIUM (default /usr/bin/chromium).
+// The room scenario waits for a line `leave` on stdin before disconnecting, so that the test decides when
+// the browser leaves. Prints exactly one JSON line of observations on stdout; diagnostics go to stderr.
+
+import readline from 'node:readline';
+import { chromium } from 'playwright-core';
+
+const scenario = process.argv[2];
+const env = process.env;
+const STEP_TIMEOUT_MS = 20_000;
+
+const CHROMIUM_ARGS = [
+  // What works as root on this Debian image (see the machine notes); playwright adds --headless,
+  // --no-sandbox (chromiumSandbox is off by default) and a fresh --user-data-dir.
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--no-proxy-server',
+  '--use-fake-ui-for-media-stream',
+  '--use-fake-device-for-media-stream',
+  '--autoplay-policy=no-user-gesture-required',
+];
+
+function lines() {
+  const rl = readline.createInterface({ input: process.stdin });
+  const queue = [];
+  const waiters = [];
+  let closed = false;
+  rl.on('line', (line) => (waiters.length ? waiters.shift()(line) : queue.push(line)));
+  rl.on('close', () => {
+    closed = true;
+    while (waiters.length) waiters.shift()(null);
+  });
+  return {
+    next(timeoutMs) {
+      if (queue.length) return Promise.resolve(queue.shift());
+      if (closed) return Promise.resolve(null);
+      return new Promise((resolve) => {
+        const timer = setTimeout(() => resolve('timeout'), timeoutMs);
+        waiters.push((line) => {
+          clearTimeout(timer);
+          resolve(line);
+        });
+      });
+    },
+    close: () => rl.close(),
+  };
+}
+
+// ---- In the page (serialised by playwright: no closures over this module) ----
+
+async function joinAndSend({ url, token, timeoutMs }) {
+  const LK = window.LivekitClient;
+  const t0 = performance.now();
+  const ms = () => Math.round(performance.now() - t0);
+  const obs = {
+    sdkVersion: LK.version,
+    events: [],
+    dataReceived: [],
+    textReceived: [],
+    remoteAudioTracks: [],
+  };
+  window.__obs = obs;
+  const room = new LK.Room();
+  window.__room = room;
+  const E = LK.RoomEvent;
+  room.on(E.ParticipantConnected, (p) => obs.events.push({ event: 'participantConnected', identity: p.identity, at: ms() }));
+  room.on(E.ParticipantDisconnected, (p) => obs.events.push({ event: 'participantDisconnected', identity: p.identity, at: ms() }));
+  room.on(E.Disconnected, (reason) =>
+    obs.events.push({ event: 'disconnected', reason: LK.DisconnectReason[reason] ?? reason ?? null, at: ms() }),
+  );
+  room.on(E.Reconnecting, () => obs.events.push({ event: 'reconnecting', at: ms() }));
+  room.on(E.SignalReconnecting, () => obs.events.push({ event: 'signalReconnecting', at: ms() }));
+  room.on(E.TrackSubscribed, (track, pub, p) => obs.remoteAudioTracks.push({ identity: p.identity, sid: pub.trackSid, kind: track.kind }));
+  room.on(E.DataReceived, (payload, participant, kind, topic) => {
+    obs.dataReceived.push({
+      text: new TextDecoder().decode(payload),
+      from: participant ? participant.identity : null,
+      kind,
+      topic: topic ?? null,
+      at: ms(),
+    });
+  });
+  room.registerTextStreamHandler('lk.transcription', async (reader, participantInfo) => {
+    const text = await reader.readAll();
+    obs.textReceived.push({
+      text,
+      from: participantInfo.identity,
+      topic: reader.info.topic,
+      attributes: reader.info.attributes ?? {},
+      at: ms(),
+    });
+  });
+
+  await room.connect(url, token, { autoSubscribe: true });
+  obs.connectMs = ms();
+  obs.state = room.state;
+  obs.localIdentity = room.localParticipant.identity;
+  obs.localSid = room.localParticipant.sid;
+  obs.roomName = room.name;
+  obs.serverVersion = room.serverInfo ? room.serverInfo.version : null;
+  obs.remoteAtConnect = [...room.remoteParticipants.values()].map((p) => ({ identity: p.identity, sid: p.sid }));
+  // The peer is in the JoinResponse; wait a little anyway in case it arrives as an update.
+  while (!room.remoteParticipants.size && ms() < timeoutMs) await new Promise((r) => setTimeout(r, 20));
+  obs.remote = [...room.remoteParticipants.values()].map((p) => ({ identity: p.identity, sid: p.sid, kind: p.kind }));
+
+  // A 440 Hz tone at gain 0.25 from WebAudio, published as the microphone: content known to the test.
+  const ctx = new AudioContext({ sampleRate: 48000 });
+  await ctx.resume();
+  const osc = new OscillatorNode(ctx, { type: 'sine', frequency: 440 });
+  const gain = new GainNode(ctx, { gain: 0.25 });
+  const dest = ctx.createMediaStreamDestination();
+  osc.connect(gain).connect(dest);
+  osc.start();
+  obs.audioContextState = ctx.state;
+  const mediaTrack = dest.stream.getAudioTracks()[0];
+  const publication = await room.localParticipant.publishTrack(mediaTrack, {
+    source: LK.Track.Source.Microphone,
+    name: 'oscillator',
+    dtx: false,
+  });
+  obs.published = { sid: publication.trackSid, source: publication.source, kind: publication.kind, at: ms() };
+
+  await room.localParticipant.publishData(new TextEncoder().encode('hello from the browser'), {
+    reliable: true,
+    topic: 'greeting',
+  });
+  obs.dataSentAt = ms();
+  const sent = await room.localParticipant.sendText('hi', { topic: 'lk.chat' });
+  obs.textSent = { id: sent.id, topic: sent.topic, at: ms() };
+  return obs;
+}
+
+async function waitAndLeave({ timeoutMs, peer }) {
+  const room = window.__room;
+  const obs = window.__obs;
+  const start = performance.now();
+  const has = () => obs.dataReceived.some((d) => d.from === peer) && obs.textReceived.some((t) => t.from === peer);
+  while (!has() && performance.now() - start < timeoutMs) await new Promise((r) => setTimeout(r, 20));
+  obs.stateBeforeLeave = room.state;
+  const before = performance.now();
+  await room.disconnect();
+  obs.disconnectMs = Math.round(performance.now() - before);
+  obs.finalState = room.state;
+  return obs;
+}
+
+async function badConnect({ url, token }) {
+  const LK = window.LivekitClient;
+  const room = new LK.Room();
+  const t0 = performance.now();
+  try {
+    await room.connect(url, token);
+    return { connected: true, elapsedMs: Math.round(performance.now() - t0), state: room.state };
+  } catch (e) {
+    return {
+      connected: false,
+      elapsedMs: Math.round(performance.now() - t0),
+      state: room.state,
+      error: {
+        name: e?.name ?? null,
+        message: String(e?.message ?? e),
+        reason: e?.reason ?? null,
+        reasonName: e?.reasonName ?? null,
+        // Room.connect re-wraps the engine's error, copying `reason` and `status` but not `reasonName`.
+        reasonByEnum: e?.reason != null ? (LK.ConnectionErrorReason[e.reason] ?? null) : null,
+        status: e?.status ?? null,
+        isConnectionError: e instanceof LK.ConnectionError,
+      },
+    };
+  }
+}
+
+// ---- Driver ----
+
+async function main() {
+  const result = { scenario };
+  const network = [];
+  const consoleErrors = [];
+  const started = Date.now();
+  const browser = await chromium.launch({
+    executablePath: env.CHROMIUM || '/usr/bin/chromium',
+    headless: true,
+    args: CHROMIUM_ARGS,
+    timeout: STEP_TIMEOUT_MS,
+  });
+  result.launchMs = Date.now() - started;
+  result.browserVersion = browser.version();
+  const input = scenario === 'room' ? lines() : null;
+  try {
+    const page = await browser.newPage();
+    page.setDefaultTimeout(STEP_TIMEOUT_MS);
+    const rtcPath = (u) => {
+      const parsed = new URL(u);
+      return parsed.pathname;
+    };
+    page.on('websocket', (ws) => network.push({ type: 'websocket', path: rtcPath(ws.url()) }));
+    page.on('response', (r) => {
+      if (r.url().startsWith(env.SWITCHBOARD_HTTP_URL)) {
+        network.push({ type: 'http', path: rtcPath(r.url()), status: r.status(), cors: r.headers()['access-control-allow-origin'] ?? null });
+      }
+    });
+    page.on('requestfailed', (r) => {
+      if (r.url().startsWith(env.SWITCHBOARD_HTTP_URL)) {
+        network.push({ type: 'http', path: rtcPath(r.url()), status: null, failure: r.failure()?.errorText ?? null });
+      }
+    });
+    const note = (line) => {
+      consoleErrors.push(line);
+      process.stderr.write(`${line}\n`); // also live, for a test that gives up before the JSON line
+    };
+    page.on('console', (m) => {
+      if (m.type() === 'error' || m.type() === 'warning') {
+        note(`${m.type()}: ${m.text().replace(/\?[^\s']*/g, '?…')}`.slice(0, 400));
+      }
+    });
+    page.on('pageerror', (e) => note(`pageerror: ${e.message}`));
+    const loading = Date.now();
+    await page.goto(env.PAGE_URL);
+    result.pageLoadMs = Date.now() - loading;
+    result.sdkLoaded = await page.evaluate(() => typeof window.LivekitClient?.Room === 'function');
+    if (!result.sdkLoaded) throw new Error('livekit-client UMD build did not define window.LivekitClient');
+
+    if (scenario === 'room') {
+      result.joined = await page.evaluate(joinAndSend, {
+        url: env.SWITCHBOARD_WS_URL,
+        token: env.BROWSER_TOKEN,
+        timeoutMs: 5000,
+      });
+      process.stderr.write('browser joined and sent; waiting for `leave` on stdin\n');
+      result.leaveSignal = await input.next(45_000);
+      result.left = await page.evaluate(waitAndLeave, { timeoutMs: 5000, peer: env.PEER_IDENTITY });
+    } else if (scenario === 'bad-token') {
+      result.attempt = await page.evaluate(badConnect, { url: env.SWITCHBOARD_WS_URL, token: env.BROWSER_TOKEN });
+    } else {
+      throw new Error(`unknown scenario ${scenario}`);
+    }
+  } catch (e) {
+    result.unexpectedError = String(e?.message ?? e);
+    result.stack = e?.stack ?? null;
+  } finally {
+    result.network = network;
+    result.consoleErrors = consoleErrors;
+    result.totalMs = Date.now() - started;
+    input?.close();
+    await browser.close();
+  }
+  process.stdout.write(JSON.stringify(result) + '\n');
+}
+
+main().catch((e) => {
+  process.stdout.write(JSON.stringify({ scenario, unexpectedError: String(e?.message ?? e), stack: e?.stack ?? null }) + '\n');
+  process.exit(1);
+});
