@@ -267,6 +267,7 @@ class Engine:
         if track is None:
             raise NotFound("track does not exist")
         participant.changed()
+        self._decisions.append(ParticipantUpdated(room_name, identity))
         return track
 
     def mute_track(self, room_name: str, identity: str, track_sid: str, muted: bool) -> Track:

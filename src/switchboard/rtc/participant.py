@@ -21,7 +21,7 @@ from aiortc import (
     RTCRtpTransceiver,
     RTCSessionDescription,
 )
-from aiortc.sdp import candidate_from_sdp
+from aiortc.sdp import SessionDescription, candidate_from_sdp
 from livekit.protocol import models, rtc
 
 from switchboard.auth.grants import Claims
@@ -250,6 +250,7 @@ class ParticipantSession:
             pc.on("track", lambda track: self._on_published_media(pc, track))
             pc.on("datachannel", self._on_client_channel)
         await self.pub_pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
+        self._withdraw_unsent_tracks(offer.sdp)
         await self._apply_candidates(rtc.PUBLISHER)
         answer = await self.pub_pc.createAnswer()
         await self.pub_pc.setLocalDescription(answer)
@@ -359,6 +360,22 @@ class ParticipantSession:
         runtime.engine.track_published(self.room, self.identity, track, runtime.now())
         runtime.flush()
         self.service.published(self, relay)
+
+    def _withdraw_unsent_tracks(self, sdp: str) -> None:
+        """A re-offer whose m-line for a published track no longer sends means the client unpublished it."""
+        sending = {
+            media.rtp.muxId
+            for media in SessionDescription.parse(sdp).media
+            if media.port != 0 and media.direction in ("sendonly", "sendrecv")
+        }
+        runtime = self.service.runtime
+        for track_sid, relay in list(self.relays.items()):
+            track = self.participant().tracks.get(track_sid)
+            if track is not None and track.mid and track.mid not in sending:
+                del self.relays[track_sid]
+                runtime.engine.track_unpublished(self.room, self.identity, track_sid)
+                runtime.flush()
+                self.service.unpublished(self, relay)
 
     def subscribe(self, publisher: "ParticipantSession", relay: AudioRelay) -> None:
         if not (self.can_subscribe and self.auto_subscribe) or relay.track_sid in self.subscriptions:

@@ -1,0 +1,366 @@
+"""The official Node `@livekit/rtc-node` SDK (unmodified) in Switchboard rooms: presence, audio, data, text.
+
+Each test runs one scenario of `tests/node/rtc_scenarios.mjs` in a fresh room, with participant tokens
+minted here (alice = A, bob = B, carol = C), and judges the one JSON object of observations it prints. The
+audio and unpublish scenarios hold the participants in the room while this module cross-checks it through
+RoomService ListParticipants (livekit-api).
+"""
+
+import asyncio
+import json
+import os
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from livekit import api
+
+from tests.conftest import Server
+from tests.node_clients import NODE_DIR, PROXY_VARIABLES, node_or_fail
+
+SCRIPT = NODE_DIR / "rtc_scenarios.mjs"
+RTC_SDK_DIR = NODE_DIR / "node_modules" / "@livekit" / "rtc-node"
+NODE_TIMEOUT = 60.0
+CROSS_CHECK_DEADLINE = 15.0
+IDENTITIES = {"A": "alice", "B": "bob", "C": "carol"}
+
+
+def unique_room(scenario: str) -> str:
+    return f"rtc-{scenario}-{uuid.uuid4().hex[:8]}"
+
+
+def log_excerpt(server: Server, room: str, lines: int = 150) -> str:
+    """The server log's last `lines` about `room`, and its problems (aiortc's debug chatter left out)."""
+    problems = ("ERROR", "WARNING", "Traceback", "Error:", "Exception")
+    relevant = [
+        line
+        for line in server.log().splitlines()
+        if ("switchboard" in line and room in line) or any(word in line for word in problems)
+    ]
+    return "\n".join(relevant[-lines:])
+
+
+async def run_rtc_scenario(
+    server: Server,
+    scenario: str,
+    room: str,
+    participants: str = "AB",
+    *,
+    while_connected: Callable[[], Awaitable[None]] | None = None,
+) -> dict[str, Any]:
+    """Run one scenario with a token per participant label and return its observations.
+
+    With `while_connected`, the scenario holds (HOLD_FOR_STDIN) until that coroutine has finished; it is
+    released even when the coroutine fails, whose error is raised once the scenario is over.
+    """
+    __tracebackhide__ = True
+    node = node_or_fail()
+    if not RTC_SDK_DIR.is_dir():
+        pytest.fail(f"{RTC_SDK_DIR} is missing: run `make test` (it runs `npm ci` in tests/node)")
+    env = {k: v for k, v in os.environ.items() if k not in PROXY_VARIABLES and not k.startswith("LIVEKIT_")}
+    env["SWITCHBOARD_URL"] = server.ws_url
+    for label in participants:
+        env[f"TOKEN_{label}"] = server.join_token(room, IDENTITIES[label])
+    if while_connected is not None:
+        env["HOLD_FOR_STDIN"] = "1"
+    process = await asyncio.create_subprocess_exec(
+        node,
+        str(SCRIPT),
+        scenario,
+        cwd=NODE_DIR,
+        env=env,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    check_error: BaseException | None = None
+    try:
+        if while_connected is not None:
+            try:
+                await while_connected()
+            except Exception as exc:  # reported after the scenario ends, with what it saw
+                check_error = exc
+            assert process.stdin is not None
+            try:
+                process.stdin.write(b"go\n")
+                await process.stdin.drain()
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the scenario already ended; its output says why
+        stdout, stderr = await asyncio.wait_for(process.communicate(), NODE_TIMEOUT)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        pytest.fail(
+            f"rtc scenario {scenario!r} did not finish within {NODE_TIMEOUT:g}s\n{log_excerpt(server, room)}"
+        )
+    output = stdout.decode(errors="replace")
+    errors = stderr.decode(errors="replace")
+    results, sdk_lines = [], []
+    for line in output.splitlines():
+        try:
+            parsed = json.loads(line)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict) and "scenario" in parsed:
+            results.append(parsed)
+        elif line.strip():
+            sdk_lines.append(line)  # the SDK's logger (pino) also writes to stdout
+    if process.returncode != 0 or len(results) != 1:
+        pytest.fail(
+            f"rtc scenario {scenario!r} exited with {process.returncode}, {len(results)} results:\n"
+            f"{output}\n--- stderr ---\n{errors}\n--- server log ---\n{log_excerpt(server, room)}"
+        )
+    result = results[0]
+    if "unexpectedError" in result:
+        pytest.fail(
+            f"rtc scenario {scenario!r} failed: {result['unexpectedError']}\n{result.get('stack')}\n"
+            f"--- observed so far ---\n{json.dumps(result.get('partial'), indent=1)}\n"
+            f"--- SDK log ---\n{chr(10).join(sdk_lines[-30:])}\n--- stderr ---\n{errors[-3000:]}\n"
+            f"--- server log ---\n{log_excerpt(server, room)}"
+        )
+    assert result["scenario"] == scenario
+    if check_error is not None:
+        raise AssertionError(
+            f"the check made while {scenario!r} was connected failed: {check_error!r}\n"
+            f"--- scenario observations ---\n{json.dumps(result)[:6000]}\n"
+            f"--- server log ---\n{log_excerpt(server, room)}"
+        ) from check_error
+    return result
+
+
+def assert_participant(described: dict[str, Any], identity: str) -> str:
+    assert described["identity"] == identity, described
+    sid: str = described["sid"]
+    assert sid.startswith("PA_"), described
+    return sid
+
+
+def texts(seen: dict[str, Any]) -> list[str]:
+    return [packet["text"] for packet in seen["data"]]
+
+
+async def test_participants_see_each_other_and_leave(server: Server) -> None:
+    room = unique_room("presence")
+    result = await run_rtc_scenario(server, "presence", room)
+    a, b = result["a"], result["b"]
+
+    a_sid = assert_participant(a["local"], "alice")
+    b_sid = assert_participant(b["local"], "bob")
+    assert a_sid != b_sid
+    assert a["connectMs"] < 5000 and b["connectMs"] < 5000, (a["connectMs"], b["connectMs"])
+
+    # A was alone when it joined; B arrived as a participantConnected event.
+    assert a["remotesAtConnect"] == []
+    assert [(p["identity"], p["sid"]) for p in a["connected"]] == [("bob", b_sid)]
+    # B learned about A from its JoinResponse: A is in remoteParticipants as soon as connect() returns.
+    assert [(p["identity"], p["sid"]) for p in b["remotesAtConnect"]] == [("alice", a_sid)]
+    assert result["aSeesB"] == {"identity": "bob", "sid": b_sid}
+    assert result["bSeesA"] == {"identity": "alice", "sid": a_sid}
+
+    # A leaves: B gets participantDisconnected for A, once, and A is no longer among B's participants.
+    assert [(p["identity"], p["sid"]) for p in b["disconnected"]] == [("alice", a_sid)]
+    assert result["bRemotesAfterLeave"] == []
+    assert result["leaveNoticedMs"] < 5000, result["leaveNoticedMs"]
+    assert a["disconnectedReason"] == "CLIENT_INITIATED"
+    assert a["disconnected"] == []
+
+    # The server agrees: once both have left, the room has no participants.
+    async with api.LiveKitAPI(server.http_url, server.api_key, server.api_secret) as lkapi:
+        deadline = time.monotonic() + 10
+        while True:
+            listed = await lkapi.room.list_participants(api.ListParticipantsRequest(room=room))
+            if not listed.participants or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
+    assert [p.identity for p in listed.participants] == []
+
+
+async def test_audio_is_relayed_and_visible_through_room_service(server: Server) -> None:
+    room = unique_room("audio")
+    cross_check: dict[str, Any] = {}
+
+    async def list_while_connected() -> None:
+        """Poll ListParticipants until it shows both participants and A's published microphone track."""
+        async with api.LiveKitAPI(server.http_url, server.api_key, server.api_secret) as lkapi:
+            deadline = time.monotonic() + CROSS_CHECK_DEADLINE
+            while True:
+                listed = await lkapi.room.list_participants(api.ListParticipantsRequest(room=room))
+                by_identity = {p.identity: p for p in listed.participants}
+                cross_check["participants"] = by_identity
+                alice = by_identity.get("alice")
+                if set(by_identity) == {"alice", "bob"} and alice is not None and alice.tracks:
+                    return
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"ListParticipants never showed alice's track and bob: {listed}")
+                await asyncio.sleep(0.05)
+
+    result = await run_rtc_scenario(server, "audio", room, while_connected=list_while_connected)
+    a, b = result["a"], result["b"]
+    a_sid = assert_participant(a["local"], "alice")
+    b_sid = assert_participant(b["local"], "bob")
+
+    # A's publication, as A and B see it.
+    published = result["published"]
+    track_sid = published["sid"]
+    assert track_sid.startswith("TR_"), published
+    assert (published["kind"], published["source"], published["name"]) == (
+        "KIND_AUDIO",
+        "SOURCE_MICROPHONE",
+        "tone",
+    )
+    assert result["remotePublication"]["sid"] == track_sid
+    assert result["remotePublication"]["mimeType"] == "audio/opus"
+    [subscribed] = b["subscribed"]
+    assert subscribed["from"] == "alice"
+    assert (subscribed["sid"], subscribed["kind"], subscribed["source"]) == (
+        track_sid,
+        "KIND_AUDIO",
+        "SOURCE_MICROPHONE",
+    )
+    assert result["subscribedAfterPublishMs"] < 5000, result["subscribedAfterPublishMs"]
+
+    # B hears the 440 Hz tone (amplitude 8000: RMS ≈ 5657) through the server, not silence.
+    assert result["toneError"] is None
+    assert_tone(result["audio"], 50)
+
+    # RoomService, asked while both were connected, agrees with what the clients saw.
+    participants = cross_check["participants"]
+    assert set(participants) == {"alice", "bob"}
+    alice, bob = participants["alice"], participants["bob"]
+    assert (alice.sid, bob.sid) == (a_sid, b_sid)
+    assert alice.state == bob.state == api.ParticipantInfo.ACTIVE
+    [track] = alice.tracks
+    assert track.sid == track_sid
+    assert track.type == api.TrackType.AUDIO
+    assert track.source == api.TrackSource.MICROPHONE
+    assert track.name == "tone"
+    assert track.mime_type == "audio/opus"
+    assert list(bob.tracks) == []
+    assert result["hold"]["aRemotes"] == ["bob"] and result["hold"]["bRemotes"] == ["alice"]
+
+    # A leaves: B loses the track and the participant.
+    assert [(p["identity"], p["sid"]) for p in b["disconnected"]] == [("alice", a_sid)]
+    assert [u["sid"] for u in b["unsubscribed"]] == [track_sid]
+    assert result["bRemotesAfterLeave"] == []
+    assert result["leaveNoticedMs"] < 5000, result["leaveNoticedMs"]
+
+
+def assert_tone(audio: dict[str, Any], frames: int) -> None:
+    """`audio` (what one subscriber read) is the publisher's 440 Hz tone: RMS ≈ 5657, no dropouts."""
+    assert audio["sampleRates"] == [48000] and audio["channels"] == [1], audio
+    assert audio["audibleFrames"] >= frames, audio
+    assert 4000 < audio["rms"] < 7000, audio
+    assert audio["frequencyHz"] == 440, audio
+    assert audio["unsteadyFrames"] <= 5, audio
+
+
+async def test_audio_fans_out_to_a_late_joiner(server: Server) -> None:
+    result = await run_rtc_scenario(server, "audio-fanout", unique_room("fanout"), "ABC")
+    track_sid = result["trackSid"]
+    assert track_sid.startswith("TR_")
+    assert result["toneError"] is None
+    # B was in the room when A published; C joined afterwards and was subscribed to the existing track.
+    for seen in (result["b"], result["c"]):
+        [subscribed] = seen["subscribed"]
+        assert (subscribed["from"], subscribed["sid"], subscribed["source"]) == (
+            "alice",
+            track_sid,
+            "SOURCE_MICROPHONE",
+        )
+    assert_tone(result["bAudio"], 50)
+    assert_tone(result["cAudio"], 50)
+
+
+async def test_unpublished_track_is_withdrawn(server: Server) -> None:
+    room = unique_room("unpublish")
+    listed_tracks: list[Any] = []
+
+    async def list_after_unpublish() -> None:
+        """Poll ListParticipants until alice has published and then withdrawn her track (or a deadline)."""
+        async with api.LiveKitAPI(server.http_url, server.api_key, server.api_secret) as lkapi:
+            deadline = time.monotonic() + 6
+            seen_track = False
+            while time.monotonic() < deadline:
+                listed = await lkapi.room.list_participants(api.ListParticipantsRequest(room=room))
+                alice = next((p for p in listed.participants if p.identity == "alice"), None)
+                listed_tracks[:] = list(alice.tracks) if alice else []
+                seen_track = seen_track or bool(listed_tracks)
+                if seen_track and not listed_tracks:
+                    return
+                await asyncio.sleep(0.05)
+
+    result = await run_rtc_scenario(server, "unpublish", room, while_connected=list_after_unpublish)
+    track_sid = result["trackSid"]
+    assert track_sid.startswith("TR_")
+    assert result["aPublicationsAfterUnpublish"] == []  # A's SDK did unpublish
+    problems = []
+    if result["unpublishNoticedMs"] is None:
+        problems.append(f"B got no trackUnpublished for {track_sid} within 5 s")
+    if result["bPublicationsAfterUnpublish"]:
+        problems.append(f"B still lists A's publications {result['bPublicationsAfterUnpublish']}")
+    unsubscribed = result["bBeforeLeave"]["unsubscribed"]
+    if [u["sid"] for u in unsubscribed] != [track_sid]:
+        problems.append(f"B's trackUnsubscribed events while A was still there: {unsubscribed}")
+    if listed_tracks:
+        problems.append(f"ListParticipants still shows alice's tracks {[t.sid for t in listed_tracks]}")
+    assert not problems, "; ".join(problems)
+
+
+async def test_data_packets_between_participants(server: Server) -> None:
+    room = unique_room("data")
+    result = await run_rtc_scenario(server, "data", room, "ABC")
+    a, b, c = result["a"], result["b"], result["c"]
+    assert result["identities"] == {"a": "alice", "b": "bob", "c": "carol"}
+
+    def received(seen: dict[str, Any], text: str) -> list[dict[str, Any]]:
+        return [{k: p[k] for k in ("from", "kind", "topic")} for p in seen["data"] if p["text"] == text]
+
+    # A's reliable broadcast reaches B and C once each, stamped with A's identity, kind and topic kept.
+    for seen in (b, c):
+        assert received(seen, "a-to-all") == [{"from": "alice", "kind": "KIND_RELIABLE", "topic": "greeting"}]
+    # Nobody hears their own packets.
+    assert not [t for t in texts(a) if t.startswith("a-")]
+    assert not [t for t in texts(b) if t.startswith("b-")]
+    assert not [t for t in texts(c) if t.startswith("c-")]
+
+    # B's lossy packet reaches A (after at most a few tries), as lossy.
+    lossy = [p for p in a["data"] if p["text"].startswith("b-lossy-")]
+    assert lossy, f"A never got a lossy packet from B in {result['lossyAttempts']} attempts"
+    assert {(p["from"], p["kind"], p["topic"]) for p in lossy} == {("bob", "KIND_LOSSY", "lossy")}
+
+    # Destination identities: only the destination receives.
+    assert received(c, "a-to-c-only") == [{"from": "alice", "kind": "KIND_RELIABLE", "topic": "private"}]
+    assert received(b, "a-to-c-only") == []
+    assert received(b, "c-to-b-only") == [{"from": "carol", "kind": "KIND_RELIABLE", "topic": None}]
+    assert received(a, "c-to-b-only") == []
+
+    # One sender's reliable packets keep their order.
+    c_from_a = [p["text"] for p in c["data"] if p["from"] == "alice"]
+    assert c_from_a == ["a-to-all", "a-to-c-only", "a-fence"]
+    b_from_a = [p["text"] for p in b["data"] if p["from"] == "alice"]
+    assert b_from_a == ["a-to-all", "a-fence"]
+
+
+async def test_text_streams(server: Server) -> None:
+    room = unique_room("text")
+    result = await run_rtc_scenario(server, "text", room)
+    assert result["identities"] == {"a": "alice", "b": "bob"}
+    assert result["streamsReceived"] == 3
+
+    short = result["short"]
+    assert (short["from"], short["topic"], short["error"]) == ("alice", "lk.chat", None)
+    assert short["text"] == short["sent"] == "hello from A 👋"
+    assert short["attributes"] == {"kind": "short"}
+
+    long = result["long"]  # ≈50 kB: several chunks on the wire
+    assert (long["from"], long["topic"], long["error"]) == ("alice", "lk.chat", None)
+    assert long["sentLength"] > 40_000
+    assert long["receivedLength"] == long["sentLength"]
+    assert long["sentMatches"] is True
+    assert long["attributes"] == {"kind": "long"}
+
+    streamed = result["streamed"]  # streamText: a header, a chunk per write, a trailer
+    assert (streamed["from"], streamed["topic"], streamed["error"]) == ("alice", "lk.chat", None)
+    assert streamed["text"] == streamed["sent"] == "part one, part two"
