@@ -562,9 +562,15 @@ class Engine:
             return
         for job_id in dict.fromkeys(job_ids):
             job = self.jobs.get(job_id)
-            if job is not None and job.worker_id == worker_id:
+            if job is not None and job.worker_id == worker_id and job.status is not JobStatus.OFFERED:
                 continue
-            waiting = job is not None and (job.status is JobStatus.PENDING or job.orphaned_at is not None)
+            # Waiting for a worker (pending, orphaned, or just offered to this very worker, which already
+            # runs it): the worker that runs it takes it back, so it does not run twice.
+            waiting = job is not None and (
+                job.status is JobStatus.PENDING
+                or job.orphaned_at is not None
+                or (job.status is JobStatus.OFFERED and job.worker_id == worker_id)
+            )
             if job is not None and waiting:
                 self._reattach(job, worker, now)
             else:

@@ -6,7 +6,7 @@ A job is never dropped: it is pending until a worker takes it, and it ends only 
        ▲                  │                    │                  │
        └──── reject ──────┘                    │                  │
        └──────────── requeue (worker lost, restart policy) ───────┘
-    PENDING, ASSIGNED, RUNNING ──reattach (worker reconnected with it)──▶ RUNNING
+    PENDING, OFFERED, ASSIGNED, RUNNING ──reattach (worker reconnected with it)──▶ RUNNING
     any state that has not ended ──end──▶ SUCCEEDED | FAILED
 
 While its worker's connection is gone, an assigned or running job is "orphaned" (`orphaned_at` set): it
@@ -122,7 +122,11 @@ class Job:
 
     def reattach(self, worker_id: str, now: float) -> None:
         """A reconnected worker says it still runs this job: it is running there, not to be run again."""
-        self._move({JobStatus.PENDING, JobStatus.ASSIGNED, JobStatus.RUNNING}, JobStatus.RUNNING, now)
+        self._move(
+            {JobStatus.PENDING, JobStatus.OFFERED, JobStatus.ASSIGNED, JobStatus.RUNNING},
+            JobStatus.RUNNING,
+            now,
+        )
         self.worker_id = worker_id
         if self.started_at is None:
             self.started_at = now
