@@ -64,6 +64,13 @@ class TokenVerifier:
             raise InvalidToken(f"invalid token: {exc}") from exc
         return Claims.from_payload(api_key, payload)
 
+    def verify_request(self, headers: Mapping[str, str], query: Mapping[str, str]) -> Claims:
+        """The claims of the token a request carries (header or `access_token`); a missing one is invalid."""
+        token = bearer_token(headers, query)
+        if token is None:
+            raise InvalidToken("missing access token: send 'Authorization: Bearer <token>'")
+        return self.verify(token)
+
 
 def mint_token(
     api_key: str,

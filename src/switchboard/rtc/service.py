@@ -13,7 +13,7 @@ from aiohttp import web
 from livekit.protocol import models, rtc
 
 from switchboard.auth.grants import Claims, InvalidToken
-from switchboard.auth.tokens import TokenVerifier, bearer_token
+from switchboard.auth.tokens import TokenVerifier
 from switchboard.core import ids
 from switchboard.core.errors import CoreError, ResourceExhausted
 from switchboard.core.events import (
@@ -80,10 +80,7 @@ class RtcService:
     def _authorize(self, request: web.Request) -> tuple[Claims, str]:
         """The joining participant's claims and room, or an HTTP error the SDKs show to the user."""
         try:
-            token = bearer_token(request.headers, request.query)
-            if token is None:
-                raise InvalidToken("missing access token")
-            claims = self._verifier.verify(token)
+            claims = self._verifier.verify_request(request.headers, request.query)
         except InvalidToken as exc:
             raise web.HTTPUnauthorized(text=f"{exc}\n") from exc
         room = claims.video.room or request.query.get("room", "")

@@ -8,7 +8,7 @@ from aiohttp import WSCloseCode, web
 from livekit.protocol import agent, models
 
 from switchboard.auth.grants import InvalidToken
-from switchboard.auth.tokens import TokenVerifier, bearer_token, mint_job_token
+from switchboard.auth.tokens import TokenVerifier, mint_job_token
 from switchboard.core.events import AssignJob, OfferJob, TerminateJob
 from switchboard.core.jobs import Job
 from switchboard.runtime import Runtime
@@ -48,10 +48,7 @@ class WorkerHub:
                 status=400, text="/agent expects a WebSocket upgrade (LiveKit worker protocol)\n"
             )
         try:
-            token = bearer_token(request.headers, request.query)
-            if token is None:
-                raise InvalidToken("missing access token: send 'Authorization: Bearer <token>'")
-            claims = self._verifier.verify(token)
+            claims = self._verifier.verify_request(request.headers, request.query)
         except InvalidToken as exc:
             return web.Response(status=401, text=f"{exc}\n")
         if not claims.video.agent:
