@@ -1,5 +1,6 @@
 """SIGTERM: the server stops taking work, lets running jobs go on for the grace period, then ends them."""
 
+import re
 import signal
 import time
 from pathlib import Path
@@ -45,7 +46,9 @@ async def test_sigterm_drains_running_jobs_then_terminates_them(tmp_path: Path) 
 
         await eventually(lambda: worker.ended(job_id), "the job to be terminated after the grace period")
         assert server.process.wait(timeout=EXIT_DEADLINE) == 0
-        assert "drained jobs_terminated=1" in server.log()
+        # A dispatch sent as the signal arrives may have been accepted just before the drain began.
+        terminated = re.search(r"drained jobs_terminated=(\d+)", server.log())
+        assert terminated is not None and int(terminated.group(1)) >= 1
     finally:
         worker.kill()
         if server.process.poll() is None:
