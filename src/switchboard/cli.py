@@ -297,6 +297,40 @@ def cmd_room_participants(args: argparse.Namespace) -> None:
     asyncio.run(_call(args, run))
 
 
+def cmd_agent_check(args: argparse.Namespace) -> None:
+    """Validate an agent config and say how its worker will be dispatched."""
+    from switchboard.agents.config import AgentConfigError, find_agent_config, load_agent_config
+
+    try:
+        config = load_agent_config(args.config) if args.config else find_agent_config()
+    except AgentConfigError as exc:
+        raise UsageError(str(exc)) from exc
+    for warning in config.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    summary = {
+        "agent_name": config.name,
+        "source": config.source,
+        "enabled": config.enabled,
+        "dispatch": "automatic" if config.automatic else "manual",
+        "registers_as": config.registration_name,
+        "load_threshold": config.load_threshold,
+        "services": {
+            s.name: {"processing": s.processing, "provider": s.provider} for s in config.services.values()
+        },
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return
+    mode = (
+        "joins every new room (automatic dispatch)"
+        if config.automatic
+        else f"joins only rooms it is dispatched to as '{config.name}'"
+    )
+    print(f"{config.source}: agent '{config.name}' {'enabled' if config.enabled else 'disabled'}; {mode}")
+    for service in config.services.values():
+        print(f"  {service.name}: processing {service.processing}, provider {service.provider}")
+
+
 # Parser
 
 
@@ -390,6 +424,17 @@ def build_parser() -> argparse.ArgumentParser:
     r_participants = room.add_parser("participants", parents=[connection], help="list a room's participants")
     r_participants.add_argument("name")
     r_participants.set_defaults(func=cmd_room_participants)
+    agent = commands.add_parser("agent", help="agents described by agent-AGENT_NAME.yaml").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    a_check = agent.add_parser("check", help="validate an agent config and show how it is dispatched")
+    a_check.add_argument(
+        "config",
+        nargs="?",
+        help="agent-NAME.yaml (default: $AGENT_CONFIG_BODY, $AGENT_CONFIG_FILE, ./agent-*.yaml)",
+    )
+    a_check.add_argument("--json", action="store_true", help="print JSON")
+    a_check.set_defaults(func=cmd_agent_check)
     return parser
 
 

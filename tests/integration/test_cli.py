@@ -98,3 +98,22 @@ def test_serve_refuses_a_bad_config(tmp_path) -> None:  # type: ignore[no-untype
     result = run(None, "serve", "--config", str(config), check=False)
     assert result.returncode == 2
     assert f"{config}: room.empty_timeout: expected an integer, got 'soon'" in result.stderr
+
+
+def test_agent_check_explains_dispatch_and_names_bad_keys(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    manual = tmp_path / "agent-speech-processing.yaml"
+    manual.write_text("live_captions:\n  processing: manual\n  provider: pocketsphinx\n")
+    shown = json.loads(run(None, "agent", "check", str(manual), "--json").stdout)
+    assert (shown["agent_name"], shown["dispatch"], shown["registers_as"]) == (
+        "speech-processing",
+        "manual",
+        "speech-processing",
+    )
+    manual.write_text("live_captions:\n  processing: automatic\n  provider: pocketsphinx\n")
+    assert "joins every new room" in run(None, "agent", "check", str(manual)).stdout
+    manual.write_text("live_captions:\n  processing: sometimes\n  provider: pocketsphinx\n")
+    bad = run(None, "agent", "check", str(manual), check=False)
+    assert (
+        bad.returncode == 2
+        and f"{manual}: live_captions.processing: expected automatic or manual" in bad.stderr
+    )

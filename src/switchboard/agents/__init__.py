@@ -1,0 +1,1 @@
+"""Agents described by `agent-AGENT_NAME.yaml` files (OpenVidu's convention), run on livekit-agents."""
