@@ -339,3 +339,20 @@ async def test_fifty_join_leave_cycles(server: Server, clients: Any, lkapi: api.
     listed = await lkapi.room.list_participants(api.ListParticipantsRequest(room=clients.room))
     assert [p.identity for p in listed.participants] == ["anchor"]
     assert len(anchor.saw("participant_connected")) == 50
+
+
+async def test_a_malformed_offer_ends_only_that_session(server: Server, clients: Any) -> None:
+    alice = await clients("alice")
+    session, ws = await raw_join(server, clients.room, "bad-sdp")
+    bad = signal.SignalRequest(
+        offer=signal.SessionDescription(type="offer", sdp="v=0\r\nthis is not sdp", id=1)
+    )
+    await ws.send_bytes(bad.SerializeToString())
+    closed = await asyncio.wait_for(ws.receive(), 10)
+    while closed.type == aiohttp.WSMsgType.BINARY:  # signalling sent before the close
+        closed = await asyncio.wait_for(ws.receive(), 10)
+    assert closed.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+    await session.close()
+    bob = await clients("bob")
+    await alice.room.local_participant.publish_data(b"still fine", reliable=True)
+    await eventually(lambda: bob.data, "the room to keep working")

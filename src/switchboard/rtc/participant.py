@@ -156,7 +156,13 @@ class ParticipantSession:
                     continue
                 if request is None:
                     break
-                await self._handle(request)
+                try:
+                    await self._handle(request)
+                except (
+                    Exception
+                ):  # e.g. an SDP aiortc cannot use: this participant's session ends, no one else's
+                    log.exception("signal request failed room=%s identity=%s", self.room, self.identity)
+                    break
         finally:
             await self.close()
 
