@@ -401,7 +401,7 @@ class Engine:
         if self.draining:
             return
         workers = self._workers_by_key.get(self._key(job), {})
-        worker = choose_worker(job, workers.values(), self.settings.load_threshold)
+        worker = choose_worker(job, list(workers.values()), self.settings.load_threshold)
         if worker is None:
             return
         self._pending[self._key(job)].pop(job.id, None)
@@ -415,13 +415,15 @@ class Engine:
         for job in list(self._pending.get(key, {}).values()):
             self._offer_if_possible(job, now)
 
-    def _release(self, job: Job, now: float) -> None:
+    def _release(self, job: Job, now: float, *, rematch: bool = True) -> None:
+        """The job leaves its worker; a worker freed from a question gets the next pending job."""
         worker = self.workers.get(job.worker_id)
         if worker is not None:
             worker.jobs.discard(job.id)
             if worker.offered_job == job.id:
                 worker.offered_job = ""
-                self._match(worker.key, now)
+                if rematch:
+                    self._match(worker.key, now)
 
     def _end_job(self, job: Job, succeeded: bool, reason: str, now: float) -> None:
         self._release(job, now)
@@ -576,9 +578,11 @@ class Engine:
             else:
                 reason = "job already ended" if job is None else f"job runs on worker {job.worker_id}"
                 self._decisions.append(TerminateJob(worker_id, job_id, reason))
+        # Only now: offering a pending job while re-attaching could offer one the worker lists next.
+        self._match(worker.key, now)
 
     def _reattach(self, job: Job, worker: Worker, now: float) -> None:
-        self._release(job, now)
+        self._release(job, now, rematch=False)
         self._pending.get(self._key(job), {}).pop(job.id, None)
         job.reattach(worker.id, now)
         worker.jobs.add(job.id)

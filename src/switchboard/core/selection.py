@@ -1,17 +1,33 @@
 """Which worker gets a job: the least-loaded one that can take it."""
 
-from collections.abc import Iterable
+import random
+from collections.abc import Sequence
 
 from switchboard.core.jobs import Job
 from switchboard.core.workers import Worker
 
+# Above this many workers for one agent, the least loaded of a random sample is chosen ("power of d
+# choices"): nearly as balanced as a full scan, at a cost that does not grow with the number of workers.
+SAMPLE_SIZE = 16
 
-def choose_worker(job: Job, candidates: Iterable[Worker], load_threshold: float) -> Worker | None:
+
+def choose_worker(
+    job: Job, candidates: Sequence[Worker], load_threshold: float, rng: random.Random | None = None
+) -> Worker | None:
     """The accepting worker with the lowest effective load under the threshold, not yet tried for this job.
 
     Ties go to the worker holding fewer jobs, then to the one registered first, so that a burst of jobs
     spreads over idle workers instead of piling onto one.
     """
+    if len(candidates) > SAMPLE_SIZE:
+        sample = (rng or random).sample(candidates, SAMPLE_SIZE)
+        chosen = _least_loaded(job, sample, load_threshold)
+        if chosen is not None:
+            return chosen
+    return _least_loaded(job, candidates, load_threshold)
+
+
+def _least_loaded(job: Job, candidates: Sequence[Worker], load_threshold: float) -> Worker | None:
     best: Worker | None = None
     best_rank: tuple[float, int, float] = (0.0, 0, 0.0)
     for worker in candidates:
