@@ -356,3 +356,25 @@ async def test_a_malformed_offer_ends_only_that_session(server: Server, clients:
     bob = await clients("bob")
     await alice.room.local_participant.publish_data(b"still fine", reliable=True)
     await eventually(lambda: bob.data, "the room to keep working")
+
+
+async def test_tracks_published_in_quick_succession_are_all_relayed(clients: Any) -> None:
+    listener = await clients("listener")
+    levels: dict[str, list[float]] = {}
+
+    def on_track(track: rtc.Track, _: Any, participant: rtc.RemoteParticipant) -> None:
+        async def measure() -> None:
+            async for event in rtc.AudioStream(track, sample_rate=48000, num_channels=1):
+                samples = np.frombuffer(event.frame.data, dtype=np.int16).astype(np.float64)
+                levels.setdefault(participant.identity, []).append(float(np.sqrt(np.mean(samples**2))))
+
+        listener._spawn(measure())
+
+    listener.room.on("track_subscribed", on_track)
+    speakers = [await clients(f"speaker-{i}") for i in range(3)]
+    await asyncio.gather(*(speaker.publish_tone() for speaker in speakers))
+
+    def all_audible() -> bool:
+        return len(levels) == 3 and all(len(v) >= 50 and np.mean(v[-25:]) > 4000 for v in levels.values())
+
+    await eventually(all_audible, "the listener to hear all three speakers")

@@ -79,8 +79,11 @@ class ParticipantSession:
         self._pending_candidates: dict[int, list[Any]] = {0: [], 1: []}
         self._offer_id = 0
         self._awaiting_answer = False
+        self._offering = False
         self._needs_offer = False
         self._negotiation: asyncio.Task[None] | None = None
+        self._deferred: list[tuple[ParticipantSession, AudioRelay]] = []
+        """Subscriptions that arrived while an offer was being made or answered (see `subscribe`)."""
         video = claims.video
         self.can_publish = video.can_publish is not False
         self.can_subscribe = video.can_subscribe is not False
@@ -270,6 +273,10 @@ class ParticipantSession:
         await self.sub_pc.setRemoteDescription(RTCSessionDescription(sdp=answer.sdp, type="answer"))
         self._awaiting_answer = False
         await self._apply_candidates(rtc.SUBSCRIBER)
+        deferred, self._deferred = self._deferred, []
+        for publisher, relay in deferred:
+            if not publisher.closed and relay.track_sid in publisher.relays:
+                self.subscribe(publisher, relay)
         if self._needs_offer:
             self.request_negotiation()
 
@@ -307,8 +314,12 @@ class ParticipantSession:
     async def _negotiate(self) -> None:
         while self._needs_offer and not self._awaiting_answer and not self.closed:
             self._needs_offer = False
-            offer = await self.sub_pc.createOffer()
-            await self.sub_pc.setLocalDescription(offer)
+            self._offering = True
+            try:
+                offer = await self.sub_pc.createOffer()
+                await self.sub_pc.setLocalDescription(offer)
+            finally:
+                self._offering = False
             self._awaiting_answer = True
             self._offer_id += 1
             description = rtc.SessionDescription(
@@ -385,6 +396,11 @@ class ParticipantSession:
 
     def subscribe(self, publisher: "ParticipantSession", relay: AudioRelay) -> None:
         if not (self.can_subscribe and self.auto_subscribe) or relay.track_sid in self.subscriptions:
+            return
+        if self._awaiting_answer or self._offering:
+            # A transceiver added while an offer is out gets a transport of its own in aiortc, which the
+            # answer then leaves unused: the track would stay silent. Add it once the answer is in.
+            self._deferred.append((publisher, relay))
             return
         track = relay.subscribe(self.sid)
         transceiver = next(
