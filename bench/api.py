@@ -14,51 +14,37 @@ import asyncio
 import itertools
 import json
 import os
-import platform
-import shutil
-import socket
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiohttp
-import yaml
 from livekit.protocol import agent_dispatch as pb
 
-from switchboard.auth.grants import VideoGrant
-from switchboard.auth.tokens import mint_token
+from common import (
+    BUSY_CPU,
+    NOISY_OTHER_CPU,
+    TIMES,
+    Call,
+    CpuSample,
+    Server,
+    choose_cpus,
+    machine,
+    own_server,
+    percent,
+    percentile,
+    send,
+    twirp_call,
+    verdict,
+)
 
-SERVICE = "/twirp/livekit.AgentDispatchService"
 AGENT_NAME = "bench-agent"
-# The SDK's own headers, so the server parses exactly what it parses in production.
-USER_AGENT = "livekit-server-sdk-python/bench"
-REQUEST_ID_HEADER = "X-Livekit-Request-Id"
-TOKEN_TTL = 3600
-STARTUP_DEADLINE = 20.0
 TARGET_P50_RATIO = 3.0
 TARGET_CREATE_RPS = 1500.0
-BUSY_CPU = 0.9  # a side using this much of its core is the one that limits the rate
-NOISY_OTHER_CPU = 0.2  # more than this much of a core used by other processes disturbs the figures
-TIMES = "\N{MULTIPLICATION SIGN}"  # by name: ruff (RUF001) flags the literal sign as ambiguous
-
-
-@dataclass(frozen=True)
-class Call:
-    """One request, prepared ahead so the timed loop spends as little client CPU as possible."""
-
-    method: str
-    url: str
-    body: bytes | None = None
-    headers: dict[str, str] = field(default_factory=dict)
-    twirp: bool = False  # Twirp calls get a fresh request id, as the SDK sends one per call
 
 
 @dataclass
@@ -87,15 +73,6 @@ class PhaseResult:
     other_cpu: float | None  # likewise for everything else on the machine: other load makes figures noisy
 
 
-@dataclass
-class Server:
-    url: str
-    api_key: str
-    api_secret: str
-    pid: int | None = None  # only for a server this script started, whose CPU time it can read
-    pinned: str = "not pinned"
-
-
 @dataclass(frozen=True)
 class Budget:
     """Each phase runs for a fixed number of requests, or else for a fixed duration."""
@@ -111,157 +88,7 @@ class Budget:
         return lambda _: time.perf_counter() >= deadline
 
 
-# ---------------------------------------------------------------------------------------------- machine
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith(("model name", "hardware", "cpu model")):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def machine() -> dict[str, Any]:
-    return {
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu_model": cpu_model(),
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "aiohttp": aiohttp.__version__,
-    }
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """utime + stime of another process, from /proc (fields 14 and 15 after the command name)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def machine_busy_seconds() -> float | None:
-    """CPU time all CPUs spent on anything but idle and iowait (steal included), from /proc/stat."""
-    try:
-        first = Path("/proc/stat").read_text().split("\n", 1)[0]
-    except OSError:
-        return None
-    ticks = [int(value) for value in first.split()[1:9]]  # guest time is already inside user and nice
-    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
-
-
-@dataclass(frozen=True)
-class CpuSample:
-    """CPU seconds used so far by this process, the server (if ours) and the whole machine (if known)."""
-
-    client: float
-    server: float | None
-    machine: float | None
-
-    @classmethod
-    def take(cls, server_pid: int | None) -> "CpuSample":
-        server = process_cpu_seconds(server_pid) if server_pid else None
-        return cls(time.process_time(), server, machine_busy_seconds())
-
-    def usage_since(self, before: "CpuSample", seconds: float) -> tuple[float, float | None, float | None]:
-        """Fractions of one core used by the client, the server and everything else."""
-        client = (self.client - before.client) / seconds
-        server = None
-        if self.server is not None and before.server is not None:
-            server = (self.server - before.server) / seconds
-        other = None
-        # Without the server's own figure (a --url server), the rest of the machine includes the server.
-        if server is not None and self.machine is not None and before.machine is not None:
-            other = max(0.0, (self.machine - before.machine) / seconds - client - server)
-        return client, server, other
-
-
-# ---------------------------------------------------------------------------------------------- server
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until_up(url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
-    deadline = time.monotonic() + STARTUP_DEADLINE
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{log_path.read_text()}")
-        try:
-            with urllib.request.urlopen(url + "/", timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"server did not answer within {STARTUP_DEADLINE}s:\n{log_path.read_text()}")
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
-@contextmanager
-def own_server(cpu: int | None) -> Iterator[Server]:
-    """A fresh server on a free port, pinned to `cpu` so that its figure is one core's; always stopped."""
-    key, secret = "benchkey", "bench-secret-" + uuid.uuid4().hex  # long enough that the server is quiet
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="switchboard-bench-") as directory:
-        config_path, log_path = Path(directory, "config.yaml"), Path(directory, "server.log")
-        config = {
-            "port": port,
-            "bind_addresses": ["127.0.0.1"],
-            "keys": {key: secret},
-            "logging": {"level": "warning"},  # per-request logging would be part of the measurement
-        }
-        config_path.write_text(yaml.safe_dump(config))
-        command = [sys.executable, "-m", "switchboard", "serve", "--config", str(config_path)]
-        taskset = shutil.which("taskset")
-        pinned = "not pinned (no taskset)" if cpu is None or taskset is None else f"pinned to CPU {cpu}"
-        if cpu is not None and taskset is not None:
-            command = [taskset, "-c", str(cpu), *command]  # taskset execs, so the pid is the server's
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LIVEKIT_")}
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-        try:
-            url = f"http://127.0.0.1:{port}"
-            wait_until_up(url, process, log_path)
-            yield Server(url, key, secret, pid=process.pid, pinned=pinned)
-        finally:
-            stop(process)
-
-
-def choose_cpus() -> tuple[int, int | None]:
-    """One CPU for the server and another for the load generator, when there are two to choose from."""
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
-        return cpus[0], None
-    return cpus[0], cpus[1]
-
-
 # ---------------------------------------------------------------------------------------------- requests
-
-
-def token_for(server: Server, room: str) -> str:
-    return mint_token(
-        server.api_key, server.api_secret, video=VideoGrant(room_admin=True, room=room), ttl=TOKEN_TTL
-    )
-
-
-def twirp_call(server: Server, method: str, message: Any, room: str) -> Call:
-    headers = {
-        "Authorization": f"Bearer {token_for(server, room)}",
-        "User-Agent": USER_AGENT,
-        "Content-Type": "application/protobuf",
-    }
-    return Call("POST", f"{server.url}{SERVICE}/{method}", message.SerializeToString(), headers, twirp=True)
 
 
 def create_call(server: Server, room: str) -> Call:
@@ -271,12 +98,6 @@ def create_call(server: Server, room: str) -> Call:
 
 def list_call(server: Server, room: str) -> Call:
     return twirp_call(server, "ListDispatch", pb.ListAgentDispatchRequest(room=room), room)
-
-
-async def send(session: aiohttp.ClientSession, call: Call) -> tuple[int, bytes]:
-    headers = {**call.headers, REQUEST_ID_HEADER: str(uuid.uuid4())} if call.twirp else call.headers
-    async with session.request(call.method, call.url, data=call.body, headers=headers) as response:
-        return response.status, await response.read()
 
 
 # ---------------------------------------------------------------------------------------------- load
@@ -313,14 +134,6 @@ async def drive(
     should_stop = budget.stop_rule(started)
     await asyncio.gather(*(worker(session, calls, counter, should_stop, tally) for _ in range(concurrency)))
     return tally, time.perf_counter() - started
-
-
-def percentile(sorted_values: Sequence[float], fraction: float) -> float:
-    """Nearest-rank percentile: the value at or below which `fraction` of the samples lie."""
-    if not sorted_values:
-        return float("nan")
-    rank = max(0, min(len(sorted_values) - 1, round(fraction * len(sorted_values)) - 1))
-    return sorted_values[rank]
 
 
 async def run_phase(
@@ -401,10 +214,6 @@ async def bench(server: Server, args: argparse.Namespace) -> list[tuple[PhaseRes
 # ---------------------------------------------------------------------------------------------- report
 
 
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
-
-
 def comparisons(results: Sequence[PhaseResult], where: str) -> list[dict[str, Any]]:
     by_name = {result.phase: result for result in results}
     floor, create = by_name["GET /"], by_name["CreateDispatch"]
@@ -427,10 +236,6 @@ def comparisons(results: Sequence[PhaseResult], where: str) -> list[dict[str, An
             f"(target ≥ {TARGET_CREATE_RPS:g}/s)",
         },
     ]
-
-
-def percent(fraction: float | None) -> str:
-    return "-" if fraction is None else f"{fraction * 100:.0f}%"
 
 
 def diagnose(result: PhaseResult) -> str | None:

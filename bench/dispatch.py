@@ -1,0 +1,951 @@
+"""Benchmark agent dispatch end to end: Twirp CreateDispatch in, the worker protocol on `/agent` out.
+
+The workers are lightweight protocol-level clients in this process (aiohttp WebSockets speaking binary
+`livekit.agent` protobuf, not livekit-agents): they register under one agent name, report WS_AVAILABLE,
+accept every AvailabilityRequest and, once assigned, report the job RUNNING then SUCCESS at once.
+Each dispatch goes to a fresh room, as a real call does; creating the room also adds its implicit automatic
+dispatch, whose job stays pending (no automatic workers are connected), as it would on LiveKit.
+
+Three phases, each checked against a target:
+
+  latency     sequential CreateDispatch → JobAssignment received, with --workers idle workers connected,
+              against a floor measured in the same run: a WorkerPing → WorkerPong round trip on one of the
+              workers, interleaved with the dispatches. Dispatch takes two round trips (CreateDispatch
+              and its offer, then the availability answer and its assignment), so the target is
+              p50 ≤ 3 x (2 x floor p50), and p99 ≤ 20 ms.
+  throughput  concurrent CreateDispatch for --duration seconds; assigned dispatches/s on one server core,
+              target ≥ 1000/s. Afterwards every dispatch must have reached a worker or have failed with a
+              reason (ListDispatch is asked about any that did not): none may be lost.
+  idle        a fresh server with --idle-workers connected and silent (no client heartbeats, server pings
+              every 60 s): server RSS per worker (≤ 20 KB) and CPU (< 2 %) over a 10 s window.
+
+It starts its own servers pinned to one CPU and drives them from another, like bench/api.py; the exit code
+is 1 when a request failed, a worker lost its connection or a dispatch was lost, else 0 (a MISS is not an
+error).
+
+    .venv/bin/python bench/dispatch.py [--workers N] [--idle-workers N] [--dispatches N] [--duration S]
+                                       [--phases latency,throughput,idle] [--json]
+"""
+
+import argparse
+import asyncio
+import itertools
+import json
+import math
+import os
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import suppress
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import aiohttp
+from google.protobuf.message import DecodeError
+from livekit.protocol import agent
+from livekit.protocol import agent_dispatch as pb
+
+from common import (
+    BUSY_CPU,
+    NOISY_OTHER_CPU,
+    TIMES,
+    Call,
+    CpuSample,
+    Server,
+    choose_cpus,
+    machine,
+    own_server,
+    percent,
+    percentile,
+    process_cpu_seconds,
+    process_rss_kib,
+    raise_fd_limit,
+    send,
+    twirp_call,
+    verdict,
+)
+from switchboard.auth.grants import VideoGrant
+from switchboard.auth.tokens import mint_token
+
+AGENT_NAME = "bench"
+PHASES = ("latency", "throughput", "idle")
+WORKER_VERSION = "bench"
+STATUS_INTERVAL = 2.5  # livekit-agents sends update_worker this often
+IDLE_PING_INTERVAL = 60.0  # agents.ping_interval for the idle phase, so that server pings do not dominate
+IDLE_WINDOW = 10.0
+IDLE_BASELINE = 3.0  # seconds of server CPU measured before any worker connects
+IDLE_SETTLE = 2.0
+IDLE_WARMUP = 10
+CONNECT_CONCURRENCY = 100
+CLOSE_CONCURRENCY = 200
+CLOSE_DEADLINE = 30.0
+REGISTER_DEADLINE = 10.0
+PING_DEADLINE = 5.0
+ASSIGN_DEADLINE = 10.0  # the server's availability timeout is 5 s: an assignment later than this is lost
+DRAIN_DEADLINE = 15.0
+LATENCY_WARMUP = 20
+PREMINT_RATE = 2000  # throughput tokens minted ahead per second of --duration; more are minted on the fly
+LIST_CONCURRENCY = 16
+MAX_SAMPLES = 5
+FD_HEADROOM = 512
+
+TARGET_LATENCY_RATIO = 3.0
+TARGET_P99_MS = 20.0
+TARGET_RATE = 1000.0
+TARGET_IDLE_KB = 20.0
+TARGET_IDLE_CPU = 0.02
+
+
+# ---------------------------------------------------------------------------------------------- messages
+
+
+def _worker_message(**variant: Any) -> bytes:
+    return agent.WorkerMessage(**variant).SerializeToString()
+
+
+REGISTER = _worker_message(
+    register=agent.RegisterWorkerRequest(type=agent.JT_ROOM, agent_name=AGENT_NAME, version=WORKER_VERSION)
+)
+AVAILABLE = _worker_message(update_worker=agent.UpdateWorkerStatus(status=agent.WS_AVAILABLE))
+
+
+def accept(job_id: str) -> bytes:
+    """The answer livekit-agents' default handler gives: available, identity agent-<job id>."""
+    return _worker_message(
+        availability=agent.AvailabilityResponse(
+            job_id=job_id,
+            available=True,
+            participant_identity=f"agent-{job_id}",
+            participant_attributes={"lk.agent.name": AGENT_NAME},
+        )
+    )
+
+
+def job_update(job_id: str, status: int) -> bytes:
+    return _worker_message(update_job=agent.UpdateJobStatus(job_id=job_id, status=status))
+
+
+def worker_token(server: Server) -> str:
+    return mint_token(server.api_key, server.api_secret, video=VideoGrant(agent=True), ttl=3600)
+
+
+def create_call(server: Server, room: str) -> Call:
+    request = pb.CreateAgentDispatchRequest(agent_name=AGENT_NAME, room=room, metadata='{"bench": true}')
+    return twirp_call(server, "CreateDispatch", request, room)
+
+
+def list_call(server: Server, room: str) -> Call:
+    return twirp_call(server, "ListDispatch", pb.ListAgentDispatchRequest(room=room), room)
+
+
+# ---------------------------------------------------------------------------------------------- workers
+
+
+@dataclass
+class Board:
+    """What the workers saw, by room name (each dispatch has a fresh room), and what went wrong."""
+
+    complete_jobs: bool = True  # report RUNNING then SUCCESS as soon as a job is assigned
+    offers: dict[str, float] = field(default_factory=dict)  # AvailabilityRequest received
+    answers: dict[str, float] = field(default_factory=dict)  # AvailabilityResponse sent
+    assigned: dict[str, float] = field(default_factory=dict)  # JobAssignment received
+    assigned_dispatch: dict[str, str] = field(default_factory=dict)
+    waiters: dict[str, asyncio.Future[float]] = field(default_factory=dict)
+    outstanding: set[str] | None = None  # rooms still awaited; all_assigned is set when none is left
+    all_assigned: asyncio.Event | None = None
+    terminations: int = 0
+    lost_connections: int = 0
+    errors: int = 0
+    samples: list[str] = field(default_factory=list)
+
+    def fail(self, what: str) -> None:
+        self.errors += 1
+        if len(self.samples) < MAX_SAMPLES and what not in self.samples:
+            self.samples.append(what)
+
+    def expect(self, room: str) -> asyncio.Future[float]:
+        waiter: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self.waiters[room] = waiter
+        return waiter
+
+    def assignment(self, room: str, dispatch_id: str, at: float) -> None:
+        if room in self.assigned:
+            self.fail(f"room {room}: a second JobAssignment")
+        self.assigned[room] = at
+        self.assigned_dispatch[room] = dispatch_id
+        waiter = self.waiters.pop(room, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(at)
+        if self.outstanding is not None and self.all_assigned is not None:
+            self.outstanding.discard(room)
+            if not self.outstanding:
+                self.all_assigned.set()
+
+
+ENDED = (
+    aiohttp.WSMsgType.CLOSE,
+    aiohttp.WSMsgType.CLOSING,
+    aiohttp.WSMsgType.CLOSED,
+    aiohttp.WSMsgType.ERROR,
+)
+
+
+class BenchWorker:
+    """One registered worker: a reader task answering the server as a livekit-agents worker would."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, worker_id: str, board: Board) -> None:
+        self.ws = ws
+        self.worker_id = worker_id
+        self.board = board
+        self.closing = False
+        self.pong: asyncio.Future[float] | None = None
+        self.task = asyncio.create_task(self.run())
+
+    async def run(self) -> None:
+        ws, board, clock = self.ws, self.board, time.perf_counter
+        parse = agent.ServerMessage.FromString
+        try:
+            while True:
+                frame = await ws.receive()
+                now = clock()
+                if frame.type is not aiohttp.WSMsgType.BINARY:
+                    if frame.type in ENDED:
+                        break
+                    board.fail(f"worker {self.worker_id}: unexpected {frame.type.name} frame")
+                    continue
+                message = parse(frame.data)
+                kind = message.WhichOneof("message")
+                if kind == "availability":
+                    job = message.availability.job
+                    board.offers[job.room.name] = now
+                    await ws.send_bytes(accept(job.id))
+                    board.answers[job.room.name] = clock()
+                elif kind == "assignment":
+                    job = message.assignment.job
+                    board.assignment(job.room.name, job.dispatch_id, now)
+                    if board.complete_jobs:
+                        await ws.send_bytes(job_update(job.id, agent.JS_RUNNING))
+                        await ws.send_bytes(job_update(job.id, agent.JS_SUCCESS))
+                elif kind == "pong":
+                    if self.pong is not None and not self.pong.done():
+                        self.pong.set_result(now)
+                elif kind == "termination":
+                    board.terminations += 1
+                else:
+                    board.fail(f"worker {self.worker_id}: unexpected ServerMessage {kind}")
+        except (aiohttp.ClientError, ConnectionError, DecodeError) as exc:
+            if not self.closing:
+                board.fail(f"worker {self.worker_id}: {exc!r}")
+        finally:
+            if not self.closing:
+                board.lost_connections += 1
+
+    async def ping(self) -> float:
+        """One WorkerPing → WorkerPong round trip, in seconds."""
+        self.pong = asyncio.get_running_loop().create_future()
+        ping = _worker_message(ping=agent.WorkerPing(timestamp=int(time.time() * 1000)))
+        started = time.perf_counter()
+        await self.ws.send_bytes(ping)
+        return await asyncio.wait_for(self.pong, PING_DEADLINE) - started
+
+    async def close(self) -> None:
+        self.closing = True
+        with suppress(TimeoutError, aiohttp.ClientError, ConnectionError):
+            await asyncio.wait_for(self.ws.close(), 5)
+
+
+async def connect_worker(session: aiohttp.ClientSession, url: str, token: str, board: Board) -> BenchWorker:
+    ws = await session.ws_connect(
+        f"{url}/agent", headers={"Authorization": f"Bearer {token}"}, autoping=True, heartbeat=None
+    )
+    try:
+        await ws.send_bytes(REGISTER)
+        frame = await ws.receive(timeout=REGISTER_DEADLINE)
+        if frame.type is not aiohttp.WSMsgType.BINARY:
+            raise RuntimeError(f"expected a binary register response, got {frame.type.name} {frame.data!r}")
+        reply = agent.ServerMessage.FromString(frame.data)
+        if reply.WhichOneof("message") != "register":
+            raise RuntimeError(f"expected a register response first, got {reply.WhichOneof('message')}")
+        await ws.send_bytes(AVAILABLE)
+    except BaseException:
+        await ws.close()
+        raise
+    return BenchWorker(ws, reply.register.worker_id, board)
+
+
+async def connect_workers(
+    session: aiohttp.ClientSession, server: Server, count: int, board: Board
+) -> list[BenchWorker]:
+    """`count` registered workers, connected a bounded number at a time (the accept queue is finite)."""
+    token = worker_token(server)
+    gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
+
+    async def one() -> BenchWorker:
+        async with gate:
+            return await connect_worker(session, server.url, token, board)
+
+    results = await asyncio.gather(*(one() for _ in range(count)), return_exceptions=True)
+    workers = [result for result in results if isinstance(result, BenchWorker)]
+    failures = [result for result in results if not isinstance(result, BenchWorker)]
+    if failures:
+        await close_workers(workers)
+        raise RuntimeError(
+            f"{len(failures)} of {count} workers could not connect; the first: {failures[0]!r}"
+        )
+    return workers
+
+
+async def close_workers(workers: Sequence[BenchWorker]) -> None:
+    gate = asyncio.Semaphore(CLOSE_CONCURRENCY)
+
+    async def one(worker: BenchWorker) -> None:
+        worker.closing = True
+        async with gate:
+            await worker.close()
+
+    with suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.gather(*(one(worker) for worker in workers)), CLOSE_DEADLINE)
+    for worker in workers:
+        worker.task.cancel()
+    await asyncio.gather(*(worker.task for worker in workers), return_exceptions=True)
+
+
+async def report_status(workers: Sequence[BenchWorker], interval: float) -> None:
+    """update_worker WS_AVAILABLE from every worker once per `interval`, spread evenly, as livekit-agents
+    workers send it (they would otherwise look ever more loaded as jobs are assigned to them)."""
+    step = 0.05
+    per_step = max(1, round(len(workers) * step / interval))
+    cycle = itertools.cycle(workers)
+    while True:
+        await asyncio.sleep(step)
+        for _ in range(per_step):
+            worker = next(cycle)
+            if not worker.ws.closed:
+                with suppress(ConnectionError, aiohttp.ClientError):
+                    await worker.ws.send_bytes(AVAILABLE)
+
+
+# ---------------------------------------------------------------------------------------------- phases
+
+
+@dataclass(frozen=True)
+class Spread:
+    samples: int
+    p50_ms: float
+    p99_ms: float
+
+    @classmethod
+    def of(cls, seconds: Sequence[float]) -> "Spread":
+        ordered = sorted(seconds)
+        return cls(len(ordered), percentile(ordered, 0.50) * 1000, percentile(ordered, 0.99) * 1000)
+
+
+@dataclass(frozen=True)
+class Cpu:
+    server: float | None
+    client: float
+    other: float | None
+
+    @classmethod
+    def since(cls, before: CpuSample, seconds: float, server_pid: int | None) -> "Cpu":
+        client, server, other = CpuSample.take(server_pid).usage_since(before, seconds)
+        return cls(server, client, other)
+
+
+@dataclass(frozen=True)
+class LatencyResult:
+    workers: int
+    floor: Spread  # WorkerPing → WorkerPong
+    http_floor: Spread  # GET / round trip, for reference: the HTTP part of CreateDispatch costs at least this
+    dispatch: Spread  # CreateDispatch sent → JobAssignment received
+    to_offer: Spread  # CreateDispatch sent → AvailabilityRequest received
+    worker_turnaround: Spread  # AvailabilityRequest received → AvailabilityResponse sent (client side)
+    answer_to_assignment: Spread  # AvailabilityResponse sent → JobAssignment received
+    reply: Spread  # CreateDispatch sent → its HTTP response read
+    cpu: Cpu
+    errors: int
+
+
+@dataclass(frozen=True)
+class ThroughputResult:
+    workers: int
+    concurrency: int
+    seconds: float
+    created: int
+    assigned: int
+    failed_with_reason: int
+    lost: int
+    http_errors: int
+    created_rate: float
+    assigned_rate: float  # assignments / (last assignment - start)
+    slowest_second: int | None  # fewest assignments in one whole second of the run
+    dispatch: Spread  # CreateDispatch sent → JobAssignment received, under load
+    reply: Spread  # CreateDispatch HTTP round trip, under load
+    tokens_minted_in_loop: int
+    cpu: Cpu
+    errors: int
+
+
+@dataclass(frozen=True)
+class IdleResult:
+    workers: int
+    connect_seconds: float
+    rss_before_kib: int
+    rss_after_kib: int
+    kib_per_worker: float
+    baseline_cpu: float  # server CPU with no worker connected
+    cpu: Cpu
+    ping_interval: float
+    errors: int
+
+
+async def latency_phase(
+    session: aiohttp.ClientSession, server: Server, workers: Sequence[BenchWorker], board: Board, count: int
+) -> LatencyResult:
+    prefix = f"bench-{uuid.uuid4().hex[:8]}-lat"
+    rooms = [f"{prefix}-{i}" for i in range(LATENCY_WARMUP + count)]
+    calls = [create_call(server, room) for room in rooms]  # minted outside the timed loop
+    clock = time.perf_counter
+    pings: list[float] = []
+    gets: list[float] = []
+    health = Call("GET", f"{server.url}/")
+    sent: dict[str, float] = {}
+    replies: dict[str, float] = {}
+    errors_before = board.errors
+    before, started = CpuSample.take(server.pid), clock()
+    for index, (room, call) in enumerate(zip(rooms, calls, strict=True)):
+        if index == LATENCY_WARMUP:
+            sent.clear()
+            replies.clear()
+            pings.clear()
+            gets.clear()
+            before, started = CpuSample.take(server.pid), clock()
+        try:
+            pings.append(await workers[index % len(workers)].ping())
+        except TimeoutError:
+            board.fail(f"no WorkerPong within {PING_DEADLINE:g}s")
+        t0 = clock()
+        try:
+            status, _ = await send(session, health)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            board.fail(f"GET /: {exc!r}")
+        else:
+            gets.append(clock() - t0)
+            if status != 200:
+                board.fail(f"GET /: HTTP {status}")
+        waiter = board.expect(room)
+        sent[room] = t0 = clock()
+        try:
+            status, body = await send(session, call)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            board.fail(f"CreateDispatch {room}: {exc!r}")
+            continue
+        replies[room] = clock() - t0
+        if status != 200:
+            board.fail(f"CreateDispatch {room}: HTTP {status} {body[:200]!r}")
+            continue
+        try:
+            await asyncio.wait_for(waiter, ASSIGN_DEADLINE)
+        except TimeoutError:
+            board.fail(f"room {room}: no JobAssignment within {ASSIGN_DEADLINE:g}s")
+    cpu = Cpu.since(before, clock() - started, server.pid)
+    done = [room for room in sent if room in board.assigned and room in board.answers]
+    return LatencyResult(
+        workers=len(workers),
+        floor=Spread.of(pings),
+        http_floor=Spread.of(gets),
+        dispatch=Spread.of([board.assigned[room] - sent[room] for room in done]),
+        to_offer=Spread.of([board.offers[room] - sent[room] for room in done]),
+        worker_turnaround=Spread.of([board.answers[room] - board.offers[room] for room in done]),
+        answer_to_assignment=Spread.of([board.assigned[room] - board.answers[room] for room in done]),
+        reply=Spread.of(list(replies.values())),
+        cpu=cpu,
+        errors=board.errors - errors_before,
+    )
+
+
+def throughput_calls(
+    server: Server, prefix: str, premint: int
+) -> tuple[Iterator[tuple[str, Call]], list[int]]:
+    """Fresh rooms with their CreateDispatch calls: `premint` minted now, any more in the timed loop
+    (counted, since minting then costs the load generator CPU)."""
+    ready = [(f"{prefix}-{i}", create_call(server, f"{prefix}-{i}")) for i in range(premint)]
+    minted_late = [0]
+
+    def generate() -> Iterator[tuple[str, Call]]:
+        yield from ready
+        for i in itertools.count(premint):
+            minted_late[0] += 1
+            yield f"{prefix}-{i}", create_call(server, f"{prefix}-{i}")
+
+    return generate(), minted_late
+
+
+async def list_dispatch_states(
+    session: aiohttp.ClientSession, server: Server, rooms: dict[str, str], board: Board
+) -> tuple[int, list[str]]:
+    """For dispatches no worker saw: how many ended failed with a reason, and descriptions of the rest."""
+    gate = asyncio.Semaphore(LIST_CONCURRENCY)
+    failed, lost = 0, []
+
+    async def one(room: str, dispatch_id: str) -> None:
+        nonlocal failed
+        async with gate:
+            try:
+                status, body = await send(session, list_call(server, room))
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                board.fail(f"ListDispatch {room}: {exc!r}")
+                lost.append(f"{room}: ListDispatch failed")
+                return
+        if status != 200:
+            board.fail(f"ListDispatch {room}: HTTP {status} {body[:200]!r}")
+            lost.append(f"{room}: ListDispatch HTTP {status}")
+            return
+        listed = pb.ListAgentDispatchResponse.FromString(body).agent_dispatches
+        ours = [dispatch for dispatch in listed if dispatch.id == dispatch_id]
+        jobs = list(ours[0].state.jobs) if ours else []
+        if jobs and all(job.state.status == agent.JS_FAILED and job.state.error for job in jobs):
+            failed += 1
+            return
+        states = ", ".join(f"{agent.JobStatus.Name(job.state.status)} {job.state.error!r}" for job in jobs)
+        lost.append(f"{room} {dispatch_id}: " + (states or "no job" if ours else "dispatch not listed"))
+
+    await asyncio.gather(*(one(room, dispatch_id) for room, dispatch_id in rooms.items()))
+    return failed, lost
+
+
+async def throughput_phase(
+    session: aiohttp.ClientSession,
+    server: Server,
+    workers: Sequence[BenchWorker],
+    board: Board,
+    duration: float,
+    concurrency: int,
+) -> tuple[ThroughputResult, list[str]]:
+    prefix = f"bench-{uuid.uuid4().hex[:8]}-tput"
+    source, minted_late = throughput_calls(server, prefix, math.ceil(duration * PREMINT_RATE))
+    clock = time.perf_counter
+    sent: dict[str, float] = {}
+    created: dict[str, str] = {}  # room → dispatch id
+    replies: list[float] = []
+    http_errors = 0
+    errors_before = board.errors
+
+    async def driver(deadline: float) -> None:
+        nonlocal http_errors
+        while clock() < deadline:
+            room, call = next(source)
+            sent[room] = t0 = clock()
+            try:
+                status, body = await send(session, call)
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                http_errors += 1
+                board.fail(f"CreateDispatch {room}: {exc!r}")
+                continue
+            replies.append(clock() - t0)
+            if status != 200:
+                http_errors += 1
+                board.fail(f"CreateDispatch {room}: HTTP {status} {body[:200]!r}")
+                continue
+            created[room] = pb.AgentDispatch.FromString(body).id
+
+    before, started = CpuSample.take(server.pid), clock()
+    await asyncio.gather(*(driver(started + duration) for _ in range(concurrency)))
+    seconds = clock() - started
+    cpu = Cpu.since(before, seconds, server.pid)
+
+    outstanding = {room for room in created if room not in board.assigned}
+    if outstanding:
+        board.outstanding, board.all_assigned = outstanding, asyncio.Event()
+        with suppress(TimeoutError):
+            await asyncio.wait_for(board.all_assigned.wait(), DRAIN_DEADLINE)
+        board.outstanding = None
+    missing = {room: dispatch_id for room, dispatch_id in created.items() if room not in board.assigned}
+    failed, lost = await list_dispatch_states(session, server, missing, board)
+    for room, dispatch_id in created.items():
+        seen = board.assigned_dispatch.get(room)
+        if seen is not None and seen != dispatch_id:
+            board.fail(f"room {room}: assignment for dispatch {seen}, created {dispatch_id}")
+
+    times = [board.assigned[room] for room in created if room in board.assigned]
+    last = max(times, default=started)
+    per_second = Counter(int(t - started) for t in times if t - started < int(seconds))
+    whole_seconds = range(int(seconds))
+    result = ThroughputResult(
+        workers=len(workers),
+        concurrency=concurrency,
+        seconds=seconds,
+        created=len(created),
+        assigned=len(times),
+        failed_with_reason=failed,
+        lost=len(lost),
+        http_errors=http_errors,
+        created_rate=len(created) / seconds,
+        assigned_rate=len(times) / (last - started) if times else 0.0,
+        slowest_second=min((per_second[s] for s in whole_seconds), default=None),
+        dispatch=Spread.of([board.assigned[room] - sent[room] for room in created if room in board.assigned]),
+        reply=Spread.of(replies),
+        tokens_minted_in_loop=minted_late[0],
+        cpu=cpu,
+        errors=board.errors - errors_before,
+    )
+    return result, lost[:MAX_SAMPLES]
+
+
+async def idle_phase(
+    session: aiohttp.ClientSession, server: Server, count: int
+) -> tuple[IdleResult, list[str]]:
+    assert server.pid is not None
+    board = Board()
+    # A few workers first, so that code paths warmed by the first connections are not charged to the rest.
+    await close_workers(await connect_workers(session, server, IDLE_WARMUP, board))
+    cpu_before = process_cpu_seconds(server.pid)
+    await asyncio.sleep(IDLE_BASELINE)
+    baseline_cpu = (process_cpu_seconds(server.pid) - cpu_before) / IDLE_BASELINE
+    rss_before = process_rss_kib(server.pid)
+
+    started = time.perf_counter()
+    workers = await connect_workers(session, server, count, board)
+    connect_seconds = time.perf_counter() - started
+    try:
+        await asyncio.sleep(IDLE_SETTLE)
+        before = CpuSample.take(server.pid)
+        await asyncio.sleep(IDLE_WINDOW)
+        cpu = Cpu.since(before, IDLE_WINDOW, server.pid)
+        rss_after = process_rss_kib(server.pid)
+        if board.lost_connections:
+            board.fail(f"{board.lost_connections} idle workers lost their connection")
+    finally:
+        await close_workers(workers)
+    result = IdleResult(
+        workers=count,
+        connect_seconds=connect_seconds,
+        rss_before_kib=rss_before,
+        rss_after_kib=rss_after,
+        kib_per_worker=(rss_after - rss_before) / count,
+        baseline_cpu=baseline_cpu,
+        cpu=cpu,
+        ping_interval=IDLE_PING_INTERVAL,
+        errors=board.errors,
+    )
+    return result, board.samples
+
+
+# ---------------------------------------------------------------------------------------------- run
+
+
+@dataclass
+class Outcome:
+    latency: LatencyResult | None = None
+    throughput: ThroughputResult | None = None
+    idle: IdleResult | None = None
+    samples: list[str] = field(default_factory=list)
+    lost_samples: list[str] = field(default_factory=list)
+    errors: int = 0
+
+
+async def busy_phases(server: Server, args: argparse.Namespace, outcome: Outcome) -> None:
+    board = Board()
+    twirp = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=args.concurrency))
+    sockets = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+    async with twirp, sockets:
+        workers = await connect_workers(sockets, server, args.workers, board)
+        pump = None
+        if args.status_interval:
+            pump = asyncio.create_task(report_status(workers, args.status_interval))
+        try:
+            if "latency" in args.phases:
+                outcome.latency = await latency_phase(twirp, server, workers, board, args.dispatches)
+            if "throughput" in args.phases:
+                outcome.throughput, outcome.lost_samples = await throughput_phase(
+                    twirp, server, workers, board, args.duration, args.concurrency
+                )
+        finally:
+            if pump is not None:
+                pump.cancel()
+                with suppress(asyncio.CancelledError):
+                    await pump
+            if board.lost_connections:
+                board.fail(f"{board.lost_connections} workers lost their connection during the run")
+            await close_workers(workers)
+    outcome.samples += board.samples
+    outcome.errors += board.errors
+
+
+async def idle_phases(server: Server, args: argparse.Namespace, outcome: Outcome) -> None:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as sockets:
+        outcome.idle, samples = await idle_phase(sockets, server, args.idle_workers)
+    outcome.samples += samples
+    outcome.errors += outcome.idle.errors
+
+
+def loop_name() -> str:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return "asyncio"
+    return "uvloop"
+
+
+def run_async(coroutine: Any) -> Any:
+    if loop_name() == "uvloop":
+        import uvloop
+
+        return uvloop.run(coroutine)
+    return asyncio.run(coroutine)
+
+
+def run(args: argparse.Namespace) -> tuple[Outcome, dict[str, Any]]:
+    outcome = Outcome()
+    server_cpu, client_cpu = choose_cpus()  # once: pinning this process narrows what it can see
+    setup: dict[str, Any] = {"client": "sharing the CPU", "open_files": args.open_files}
+    if "latency" in args.phases or "throughput" in args.phases:
+        with own_server(server_cpu) as server:
+            if client_cpu is not None:  # after the server started, so that it does not inherit this
+                os.sched_setaffinity(0, {client_cpu})
+                setup["client"] = f"pinned to CPU {client_cpu}"
+            setup["server"] = server.pinned
+            run_async(busy_phases(server, args, outcome))
+    if "idle" in args.phases:
+        with own_server(server_cpu, {"agents": {"ping_interval": IDLE_PING_INTERVAL}}) as server:
+            if client_cpu is not None:
+                os.sched_setaffinity(0, {client_cpu})
+                setup["client"] = f"pinned to CPU {client_cpu}"
+            setup["server"] = server.pinned
+            run_async(idle_phases(server, args, outcome))
+    return outcome, setup
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+
+def checks(outcome: Outcome) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    if (lat := outcome.latency) is not None:
+        two = 2 * lat.floor.p50_ms
+        ratio = lat.dispatch.p50_ms / two if two else float("inf")
+        found += [
+            {
+                "name": "latency_p50_ratio",
+                "value": ratio,
+                "target": TARGET_LATENCY_RATIO,
+                "pass": ratio <= TARGET_LATENCY_RATIO,
+                "text": f"dispatch p50 = {lat.dispatch.p50_ms:.2f} ms = {ratio:.2f}{TIMES} two floor round "
+                f"trips ({two:.2f} ms) (target ≤ {TARGET_LATENCY_RATIO:g}{TIMES})",
+            },
+            {
+                "name": "latency_p99_ms",
+                "value": lat.dispatch.p99_ms,
+                "target": TARGET_P99_MS,
+                "pass": lat.dispatch.p99_ms <= TARGET_P99_MS,
+                "text": f"dispatch p99 = {lat.dispatch.p99_ms:.2f} ms (target ≤ {TARGET_P99_MS:g} ms)",
+            },
+        ]
+    if (tput := outcome.throughput) is not None:
+        found.append(
+            {
+                "name": "throughput_rate",
+                "value": tput.assigned_rate,
+                "target": TARGET_RATE,
+                "pass": tput.assigned_rate >= TARGET_RATE,
+                "text": f"throughput = {tput.assigned_rate:.0f} dispatches/s assigned on one core "
+                f"(target ≥ {TARGET_RATE:g}/s)",
+            }
+        )
+    if (idle := outcome.idle) is not None:
+        cpu = idle.cpu.server if idle.cpu.server is not None else float("nan")
+        found += [
+            {
+                "name": "idle_kb_per_worker",
+                "value": idle.kib_per_worker,
+                "target": TARGET_IDLE_KB,
+                "pass": idle.kib_per_worker <= TARGET_IDLE_KB,
+                "text": f"idle memory = {idle.kib_per_worker:.1f} KB per worker "
+                f"(target ≤ {TARGET_IDLE_KB:g} KB)",
+            },
+            {
+                "name": "idle_cpu",
+                "value": cpu,
+                "target": TARGET_IDLE_CPU,
+                "pass": cpu < TARGET_IDLE_CPU,
+                "text": f"idle CPU = {cpu * 100:.2f}% with {idle.workers} workers "
+                f"(target < {TARGET_IDLE_CPU * 100:g}%)",
+            },
+        ]
+    return found
+
+
+def cpu_text(cpu: Cpu) -> str:
+    return f"server {percent(cpu.server)}, client {percent(cpu.client)}, other {percent(cpu.other)}"
+
+
+def spread_row(name: str, spread: Spread, note: str = "") -> str:
+    return f"  {name:<42}{spread.samples:>8}{spread.p50_ms:>10.2f}{spread.p99_ms:>10.2f}  {note}".rstrip()
+
+
+def diagnose(cpu: Cpu) -> str | None:
+    if cpu.other is not None and cpu.other > NOISY_OTHER_CPU:
+        return f"other processes used {percent(cpu.other)} of a core: figures are noisy, rerun"
+    if cpu.client >= BUSY_CPU and (cpu.server is None or cpu.server < BUSY_CPU):
+        return "the load generator, not the server, is the bottleneck (server figure is a lower bound)"
+    return None
+
+
+def print_report(
+    info: dict[str, Any], setup: dict[str, Any], outcome: Outcome, found: list[dict[str, Any]]
+) -> None:
+    print(f"machine: nproc={info['nproc']}  cpu={info['cpu_model']}  python={info['python']}")
+    print(
+        f"setup:   server {setup.get('server', '-')}, load generator {setup['client']}, "
+        f"loop={setup['loop']}, open files limit {setup['open_files']} (the server inherits it)"
+    )
+    print(
+        f"         workers: protocol-level aiohttp clients in this process, agent '{AGENT_NAME}', "
+        f"accept at once, report RUNNING then SUCCESS; {setup['status']}"
+    )
+    header = f"  {'':<42}{'samples':>8}{'p50 ms':>10}{'p99 ms':>10}"
+    if (lat := outcome.latency) is not None:
+        print()
+        print(
+            f"latency: sequential CreateDispatch, each to a fresh room, {lat.workers} idle workers connected"
+        )
+        print(header)
+        print(spread_row("floor: WorkerPing → WorkerPong", lat.floor, "(one WebSocket round trip)"))
+        print(spread_row("HTTP floor: GET /", lat.http_floor, "(reference: one HTTP round trip)"))
+        print(spread_row("CreateDispatch → JobAssignment", lat.dispatch))
+        print(spread_row("  CreateDispatch → AvailabilityRequest", lat.to_offer, "(HTTP + engine + offer)"))
+        print(spread_row("  AvailabilityRequest → answer (client)", lat.worker_turnaround))
+        print(spread_row("  answer → JobAssignment", lat.answer_to_assignment, "(answer + job token + send)"))
+        print(spread_row("CreateDispatch HTTP reply", lat.reply))
+        print(f"  CPU: {cpu_text(lat.cpu)}")
+        if note := diagnose(lat.cpu):
+            print(f"  note: {note}")
+    if (tput := outcome.throughput) is not None:
+        print()
+        print(
+            f"throughput: CreateDispatch from {tput.concurrency} concurrent callers for "
+            f"{tput.seconds:.1f} s, each to a fresh room, {tput.workers} workers"
+        )
+        slowest = "-" if tput.slowest_second is None else f"{tput.slowest_second}"
+        print(
+            f"  created {tput.created} ({tput.created_rate:.0f}/s), assigned {tput.assigned} "
+            f"({tput.assigned_rate:.0f}/s, slowest whole second {slowest}), failed with a reason "
+            f"{tput.failed_with_reason}, lost {tput.lost}, HTTP errors {tput.http_errors}"
+        )
+        print(header)
+        print(spread_row("CreateDispatch → JobAssignment", tput.dispatch))
+        print(spread_row("CreateDispatch HTTP reply", tput.reply))
+        print(f"  CPU: {cpu_text(tput.cpu)}")
+        if tput.tokens_minted_in_loop:
+            print(f"  note: {tput.tokens_minted_in_loop} request tokens were minted inside the timed loop")
+        if note := diagnose(tput.cpu):
+            print(f"  note: {note}")
+    if (idle := outcome.idle) is not None:
+        print()
+        print(
+            f"idle: {idle.workers} workers connected in {idle.connect_seconds:.1f} s, registered and silent "
+            f"(no client heartbeat; server pings every {idle.ping_interval:g} s, agents.ping_interval)"
+        )
+        delta = idle.rss_after_kib - idle.rss_before_kib
+        print(
+            f"  server RSS {idle.rss_before_kib / 1024:.1f} MB before → {idle.rss_after_kib / 1024:.1f} MB "
+            f"after: +{delta / 1024:.1f} MB = {idle.kib_per_worker:.1f} KB per worker "
+            f"(before = after {IDLE_WARMUP} warm-up workers came and went)"
+        )
+        print(
+            f"  CPU over {IDLE_WINDOW:g} s: {cpu_text(idle.cpu)} "
+            f"(server with no worker: {percent(idle.baseline_cpu)})"
+        )
+        if note := diagnose(idle.cpu):
+            print(f"  note: {note}")
+    print()
+    for check in found:
+        print(f"{check['text']}  {verdict(check['pass'])}")
+    if outcome.lost_samples:
+        print("\nlost dispatches (first few):")
+        for sample in outcome.lost_samples:
+            print(f"  {sample}")
+    if outcome.errors:
+        print(f"\nFAILED: {outcome.errors} errors (requests, assignments or connections); samples on stderr")
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--workers", type=int, default=1000, help="workers for latency/throughput (1000)")
+    parser.add_argument("--idle-workers", type=int, default=10000, help="workers for the idle phase (10000)")
+    parser.add_argument("--dispatches", type=int, default=500, help="sequential dispatches timed (500)")
+    parser.add_argument("--duration", type=float, default=30.0, help="throughput phase seconds (30)")
+    parser.add_argument("--concurrency", type=int, default=32, help="concurrent CreateDispatch callers (32)")
+    parser.add_argument(
+        "--status-interval",
+        type=float,
+        default=STATUS_INTERVAL,
+        help=f"seconds between each worker's update_worker in the busy phases ({STATUS_INTERVAL:g}, as "
+        "livekit-agents; 0: only at registration)",
+    )
+    parser.add_argument(
+        "--phases", default=",".join(PHASES), help=f"comma-separated subset of {','.join(PHASES)} (all)"
+    )
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON instead")
+    args = parser.parse_args(argv)
+    args.phases = [phase.strip() for phase in args.phases.split(",") if phase.strip()]
+    unknown = [phase for phase in args.phases if phase not in PHASES]
+    if unknown or not args.phases:
+        choices = ",".join(PHASES)
+        parser.error(f"--phases: unknown {', '.join(unknown) or 'empty list'}; choose from {choices}")
+    if min(args.workers, args.idle_workers, args.dispatches, args.concurrency) < 1 or args.duration <= 0:
+        parser.error("--workers, --idle-workers, --dispatches, --concurrency and --duration must be positive")
+    if args.status_interval < 0:
+        parser.error("--status-interval must not be negative")
+    needed = (args.idle_workers if "idle" in args.phases else args.workers) + FD_HEADROOM
+    args.open_files = raise_fd_limit(needed)
+    if args.open_files < needed:
+        parser.error(
+            f"{needed} open files needed but the hard limit allows {args.open_files}; "
+            "raise it (ulimit -Hn) or connect fewer workers"
+        )
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    info = machine()  # before pinning, so nproc counts the whole machine
+    try:
+        outcome, setup = run(args)
+    except (RuntimeError, aiohttp.ClientError, OSError) as exc:  # no server, or workers refused
+        print(f"bench: {exc}", file=sys.stderr)
+        return 1
+    setup["loop"] = loop_name()
+    setup["status"] = (
+        f"update_worker every {args.status_interval:g} s per worker in the busy phases"
+        if args.status_interval
+        else "update_worker only at registration"
+    )
+    found = checks(outcome)
+    if args.json:
+        document = {
+            "machine": info,
+            "setup": setup,
+            "phases": {
+                name: asdict(result) for name in PHASES if (result := getattr(outcome, name)) is not None
+            },
+            "checks": [{k: v for k, v in c.items() if k != "text"} for c in found],
+            "lost_samples": outcome.lost_samples,
+            "errors": outcome.errors,
+        }
+        print(json.dumps(document, indent=2))
+    else:
+        print_report(info, setup, outcome, found)
+    for sample in outcome.samples:
+        print(f"error: {sample}", file=sys.stderr)
+    lost = outcome.throughput.lost if outcome.throughput else 0
+    return 1 if outcome.errors or lost else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
