@@ -25,28 +25,34 @@ class MessageSender:
     def __init__(self, ws: web.WebSocketResponse) -> None:
         self.ws = ws
         self.text = False
-        self._outbox: deque[Message] = deque()
+        # Both made only while there is something to send: thousands of idle workers hold a sender each.
+        self._outbox: deque[Message] | None = None
         self._writer: asyncio.Task[None] | None = None
 
     def send(self, message: Message) -> None:
+        if self._outbox is None:
+            self._outbox = deque()
         self._outbox.append(message)
-        if self._writer is None or self._writer.done():
+        if self._writer is None:
             self._writer = asyncio.create_task(self._drain())
 
     async def _drain(self) -> None:
-        while self._outbox and not self.ws.closed:
-            message = self._outbox.popleft()
-            try:
+        try:
+            while self._outbox and not self.ws.closed:
+                message = self._outbox.popleft()
                 if self.text:
                     await self.ws.send_str(json_format.MessageToJson(message, indent=None))
                 else:
                     await self.ws.send_bytes(message.SerializeToString())
-            except (ConnectionError, RuntimeError):
-                return  # the connection is going away; its reader notices and cleans up
+        except (ConnectionError, RuntimeError):
+            pass  # the connection is going away; its reader notices and cleans up
+        finally:
+            self._writer = None
+            self._outbox = None
 
     async def flushed(self) -> None:
         """Wait until everything queued so far has been written."""
-        while self._writer is not None and not self._writer.done():
+        while self._writer is not None:
             await asyncio.shield(self._writer)
 
 

@@ -36,10 +36,10 @@ class TokenVerifier:
 
     def verify(self, token: str) -> Claims:
         try:
-            header = jwt.get_unverified_header(token)
-            unverified = jwt.decode(token, options={"verify_signature": False})
+            unverified_token = jwt.api_jwt.decode_complete(token, options={"verify_signature": False})
         except jwt.PyJWTError as exc:
             raise InvalidToken(f"invalid token: cannot be decoded ({exc})") from exc
+        header, unverified = unverified_token["header"], unverified_token["payload"]
         if header.get("alg") != "HS256":
             raise InvalidToken(f"invalid token: signing algorithm {header.get('alg')!r} is not HS256")
         api_key = unverified.get("iss")

@@ -55,8 +55,10 @@ class WorkerHub:
             return web.Response(status=401, text="permissions denied: the token lacks the agent grant\n")
         if self.runtime.engine.draining:
             return web.Response(status=503, text="the server is shutting down\n")
+        api_key, peer = claims.api_key, request.remote or ""
+        del claims  # not kept for the life of the connection
         await ws.prepare(request)
-        await WorkerSession(self, ws, claims.api_key, request.remote or "").run()
+        await WorkerSession(self, ws, api_key, peer).run()
         return ws
 
     async def close_all(self) -> None:
