@@ -550,6 +550,8 @@ async def test_late_and_unknown_answers_and_updates_are_ignored(client: Client) 
     await first.send(job_update("AJ_unknown000", agent.JS_SUCCESS))
     await first.send(job_update("AJ_unknown000", agent.JS_FAILED))
     await first.send(ping(1))
+    # Running a job the server never gave it: the worker is told to stop it, and nothing else happens.
+    assert (await first.expect("termination")).job_id == "AJ_unknown000"
     assert (await first.expect("pong")).last_timestamp == 1, "still open, and nothing else was sent"
 
     room = unique("room")

@@ -541,12 +541,14 @@ class Engine:
         under its previous worker id, and those still count while the job waits for it (orphaned).
         """
         job = self.jobs.get(job_id)
-        if job is None or (job.worker_id != worker_id and job.orphaned_at is None):
-            return False
-        if job.status not in (JobStatus.ASSIGNED, JobStatus.RUNNING):
+        worker = self.workers.get(worker_id)
+        if job is None or worker is None or not self._holds(worker, job):
+            if update is JobUpdate.RUNNING:
+                # The worker runs a job it does not hold (it ended, or runs elsewhere since): stop its copy.
+                self._decisions.append(TerminateJob(worker_id, job_id, "job is not this worker's"))
             return False
         if job.orphaned_at is not None and job.worker_id != worker_id:
-            self._reattach(job, self.workers[worker_id], now)
+            self._reattach(job, worker, now)
         ran_on = job.worker_id
         if update is JobUpdate.RUNNING:
             if job.status is JobStatus.ASSIGNED:
@@ -556,6 +558,12 @@ class Engine:
         else:
             self._failed(job, f"job failed on worker {ran_on}" + (f": {error}" if error else ""), now)
         return True
+
+    def _holds(self, worker: Worker, job: Job) -> bool:
+        """Whether the worker may report on the job: its own, or orphaned and of the worker's key."""
+        if job.status not in (JobStatus.ASSIGNED, JobStatus.RUNNING):
+            return False
+        return job.worker_id == worker.id or (job.orphaned_at is not None and worker.key == self._key(job))
 
     def migrate_jobs(self, worker_id: str, job_ids: Iterable[str], now: float) -> None:
         """A reconnected worker lists the jobs it still runs: re-attach those that wait, stop the rest."""
@@ -568,10 +576,14 @@ class Engine:
                 continue
             # Waiting for a worker (pending, orphaned, or just offered to this very worker, which already
             # runs it): the worker that runs it takes it back, so it does not run twice.
-            waiting = job is not None and (
-                job.status is JobStatus.PENDING
-                or job.orphaned_at is not None
-                or (job.status is JobStatus.OFFERED and job.worker_id == worker_id)
+            waiting = (
+                job is not None
+                and worker.key == self._key(job)
+                and (
+                    job.status is JobStatus.PENDING
+                    or job.orphaned_at is not None
+                    or (job.status is JobStatus.OFFERED and job.worker_id == worker_id)
+                )
             )
             if job is not None and waiting:
                 self._reattach(job, worker, now)
