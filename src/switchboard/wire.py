@@ -58,7 +58,7 @@ def track_to_proto(track: Track) -> models.TrackInfo:
 
 def participant_to_proto(
     participant: Participant,
-    state: str = "ACTIVE",
+    state: str = "",
     permission: models.ParticipantPermission | None = None,
     client_protocol: int = 0,
 ) -> models.ParticipantInfo:
@@ -66,7 +66,7 @@ def participant_to_proto(
         sid=participant.sid,
         identity=participant.identity,
         name=participant.name,
-        state=state,
+        state=state or ("ACTIVE" if participant.active else "JOINED"),
         tracks=[track_to_proto(t) for t in participant.tracks.values()],
         metadata=participant.metadata,
         attributes=participant.attributes,

@@ -305,6 +305,10 @@ async def test_garbage_and_silent_clients_do_not_harm_the_room(
     # It never answers the subscriber offer, and stops talking: it is removed after the ping timeout.
     await eventually(lambda: any(p.identity == "garbage" for p in alice.room.remote_participants.values()),
                      "alice to see the raw client")  # fmt: skip
+    joining = await lkapi.room.get_participant(
+        api.RoomParticipantIdentity(room=clients.room, identity="garbage")
+    )
+    assert joining.state == api.ParticipantInfo.JOINED, "its media never connected"
     await eventually(lambda: alice.saw("participant_disconnected"), "the silent client to be removed")
     listed = await lkapi.room.list_participants(api.ListParticipantsRequest(room=clients.room))
     assert [p.identity for p in listed.participants] == ["alice"]

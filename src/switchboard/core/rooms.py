@@ -34,6 +34,8 @@ class Participant:
     attributes: dict[str, str] = field(default_factory=dict)
     recorder: bool = False
     hidden: bool = False
+    active: bool = False
+    """Its media connection is up (ParticipantInfo state ACTIVE; JOINED before)."""
     has_published: bool = False
     tracks: dict[str, Track] = field(default_factory=dict)
     version: int = 0

@@ -64,7 +64,6 @@ class ParticipantSession:
         self.claims = claims
         self.client_protocol = client_protocol
         self.auto_subscribe = auto_subscribe
-        self.active = False
         self.closed = False
         self.signal = MessageSender(ws)
         self.pub_pc: RTCPeerConnection | None = None
@@ -104,7 +103,7 @@ class ParticipantSession:
     def participant(self) -> Participant:
         return self.service.runtime.engine.participant(self.room, self.identity)
 
-    def info(self, state: str | None = None) -> models.ParticipantInfo:
+    def info(self, state: str = "") -> models.ParticipantInfo:
         video = self.claims.video
         permission = models.ParticipantPermission(
             can_subscribe=self.can_subscribe,
@@ -118,7 +117,7 @@ class ParticipantSession:
         )
         return participant_to_proto(
             self.participant(),
-            state=state or ("ACTIVE" if self.active else "JOINED"),
+            state=state,
             permission=permission,
             client_protocol=self.client_protocol,
         )
@@ -169,7 +168,7 @@ class ParticipantSession:
         finally:
             await self.close()
 
-    def _announce(self, state: str | None = None) -> None:
+    def _announce(self, state: str = "") -> None:
         if not self.hidden:
             self.service.broadcast(self.room, [self.info(state)], exclude=self)
 
@@ -181,12 +180,16 @@ class ParticipantSession:
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:
-            if pc.connectionState == "connected" and not self.active:
-                self.active = True
-                self.participant().changed()
-                self.service.broadcast(self.room, [self.info()])
-            elif pc.connectionState == "failed":
+            if self.closed:
+                return
+            if pc.connectionState == "failed":
                 await self.close()
+                return
+            participant = self.participant()
+            if pc.connectionState == "connected" and not participant.active:
+                participant.active = True
+                participant.changed()
+                self.service.broadcast(self.room, [self.info()])
 
     async def close(self) -> None:
         if self.closed:
