@@ -26,13 +26,12 @@ import aiohttp
 from livekit.protocol import agent_dispatch as pb
 
 from common import (
-    BUSY_CPU,
-    NOISY_OTHER_CPU,
     TIMES,
     Call,
     CpuSample,
     Server,
     choose_cpus,
+    diagnose,
     machine,
     own_server,
     percent,
@@ -238,13 +237,8 @@ def comparisons(results: Sequence[PhaseResult], where: str) -> list[dict[str, An
     ]
 
 
-def diagnose(result: PhaseResult) -> str | None:
-    """Why a phase's figure may not be the server's: a saturated client, or other load on the machine."""
-    if result.other_cpu is not None and result.other_cpu > NOISY_OTHER_CPU:
-        return f"other processes used {percent(result.other_cpu)} of a core: figures are noisy, rerun"
-    if result.client_cpu >= BUSY_CPU and (result.server_cpu is None or result.server_cpu < BUSY_CPU):
-        return "the load generator, not the server, is the bottleneck (server figure is a lower bound)"
-    return None
+def note_for(result: PhaseResult) -> str | None:
+    return diagnose(result.server_cpu, result.client_cpu, result.other_cpu)
 
 
 def print_report(
@@ -264,7 +258,7 @@ def print_report(
             f"{percent(r.server_cpu):>12}{percent(r.client_cpu):>12}{percent(r.other_cpu):>11}"
         )
     print()
-    notes = [(r.phase, note) for r in results if (note := diagnose(r))]
+    notes = [(r.phase, note) for r in results if (note := note_for(r))]
     for phase, note in notes:
         print(f"note: {phase}: {note}")
     if notes:
@@ -358,7 +352,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         document = {
             "machine": info,
             "setup": setup,
-            "phases": [{**asdict(r), "note": diagnose(r)} for r in results],
+            "phases": [{**asdict(r), "note": note_for(r)} for r in results],
             "checks": [{k: v for k, v in c.items() if k != "text"} for c in checks],
         }
         print(json.dumps(document, indent=2))

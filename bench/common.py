@@ -256,3 +256,12 @@ def verdict(ok: bool) -> str:
 
 def percent(fraction: float | None) -> str:
     return "-" if fraction is None else f"{fraction * 100:.0f}%"
+
+
+def diagnose(server_cpu: float | None, client_cpu: float, other_cpu: float | None) -> str | None:
+    """Why a phase's figure may not be the server's: a saturated client, or other load on the machine."""
+    if other_cpu is not None and other_cpu > NOISY_OTHER_CPU:
+        return f"other processes used {percent(other_cpu)} of a core: figures are noisy, rerun"
+    if client_cpu >= BUSY_CPU and (server_cpu is None or server_cpu < BUSY_CPU):
+        return "the load generator, not the server, is the bottleneck (server figure is a lower bound)"
+    return None

@@ -48,13 +48,12 @@ from livekit.protocol import agent
 from livekit.protocol import agent_dispatch as pb
 
 from common import (
-    BUSY_CPU,
-    NOISY_OTHER_CPU,
     TIMES,
     Call,
     CpuSample,
     Server,
     choose_cpus,
+    diagnose,
     machine,
     own_server,
     percent,
@@ -785,12 +784,8 @@ def spread_row(name: str, spread: Spread, note: str = "") -> str:
     return f"  {name:<42}{spread.samples:>8}{spread.p50_ms:>10.2f}{spread.p99_ms:>10.2f}  {note}".rstrip()
 
 
-def diagnose(cpu: Cpu) -> str | None:
-    if cpu.other is not None and cpu.other > NOISY_OTHER_CPU:
-        return f"other processes used {percent(cpu.other)} of a core: figures are noisy, rerun"
-    if cpu.client >= BUSY_CPU and (cpu.server is None or cpu.server < BUSY_CPU):
-        return "the load generator, not the server, is the bottleneck (server figure is a lower bound)"
-    return None
+def note_for(cpu: Cpu) -> str | None:
+    return diagnose(cpu.server, cpu.client, cpu.other)
 
 
 def print_report(
@@ -820,7 +815,7 @@ def print_report(
         print(spread_row("  answer → JobAssignment", lat.answer_to_assignment, "(answer + job token + send)"))
         print(spread_row("CreateDispatch HTTP reply", lat.reply))
         print(f"  CPU: {cpu_text(lat.cpu)}")
-        if note := diagnose(lat.cpu):
+        if note := note_for(lat.cpu):
             print(f"  note: {note}")
     if (tput := outcome.throughput) is not None:
         print()
@@ -840,7 +835,7 @@ def print_report(
         print(f"  CPU: {cpu_text(tput.cpu)}")
         if tput.tokens_minted_in_loop:
             print(f"  note: {tput.tokens_minted_in_loop} request tokens were minted inside the timed loop")
-        if note := diagnose(tput.cpu):
+        if note := note_for(tput.cpu):
             print(f"  note: {note}")
     if (idle := outcome.idle) is not None:
         print()
@@ -858,7 +853,7 @@ def print_report(
             f"  CPU over {IDLE_WINDOW:g} s: {cpu_text(idle.cpu)} "
             f"(server with no worker: {percent(idle.baseline_cpu)})"
         )
-        if note := diagnose(idle.cpu):
+        if note := note_for(idle.cpu):
             print(f"  note: {note}")
     print()
     for check in found:
