@@ -31,7 +31,7 @@ from switchboard.core.rooms import Participant, Track
 from switchboard.rtc.data import DataSender, route
 from switchboard.rtc.relay import AudioRelay
 from switchboard.websocket import MalformedMessage, MessageSender, receive
-from switchboard.wire import participant_to_proto
+from switchboard.wire import participant_to_proto, track_to_proto
 
 if TYPE_CHECKING:
     from switchboard.rtc.service import RtcService
@@ -354,9 +354,7 @@ class ParticipantSession:
             sid=ids.new_id(ids.TRACK), kind="audio", name=request.name, source=source, muted=request.muted
         )
         self._pending_tracks[request.cid] = track
-        info = participant_to_proto(
-            Participant(self.identity, self.sid, 0, tracks={track.sid: track})
-        ).tracks[0]
+        info = track_to_proto(track)
         self.signal.send(
             rtc.SignalResponse(track_published=rtc.TrackPublishedResponse(cid=request.cid, track=info))
         )
