@@ -58,6 +58,7 @@ class Client:
             self._spawn(self._measure(track))
 
         events = ("participant_connected", "participant_disconnected", "track_muted", "disconnected")
+        events += ("track_unsubscribed",)
         for event in (*events, "participant_metadata_changed", "participant_attributes_changed"):
             room.on(event, self._recorder(event))
 
@@ -115,10 +116,12 @@ async def clients(server: Server) -> AsyncIterator[Callable[..., Any]]:
     made: list[Client] = []
     room = f"room-{uuid.uuid4().hex[:8]}"
 
-    async def join(identity: str, **grants: Any) -> Client:
+    async def join(identity: str, options: rtc.RoomOptions | None = None, **grants: Any) -> Client:
         client = Client(identity)
         made.append(client)
-        await client.room.connect(server.ws_url, server.join_token(room, identity, **grants))
+        await client.room.connect(
+            server.ws_url, server.join_token(room, identity, **grants), options or rtc.RoomOptions()
+        )
         return client
 
     join.room = room  # type: ignore[attr-defined]
@@ -382,3 +385,24 @@ async def test_tracks_published_in_quick_succession_are_all_relayed(clients: Any
         return len(levels) == 3 and all(len(v) >= 50 and np.mean(v[-25:]) > 4000 for v in levels.values())
 
     await eventually(all_audible, "the listener to hear all three speakers")
+
+
+async def test_clients_without_auto_subscribe_choose_their_tracks(clients: Any) -> None:
+    alice = await clients("alice")
+    picky = await clients("picky", rtc.RoomOptions(auto_subscribe=False))
+    await alice.publish_tone()
+
+    def alices_track() -> rtc.RemoteTrackPublication | None:
+        participant = picky.room.remote_participants.get("alice")
+        return next(iter(participant.track_publications.values()), None) if participant else None
+
+    await eventually(lambda: alices_track() is not None, "picky to learn of alice's track")
+    publication = alices_track()
+    assert publication is not None and not publication.subscribed and not picky.levels
+
+    publication.set_subscribed(True)
+    await eventually(lambda: len(picky.levels) >= 50, "picky to receive the track it asked for")
+    assert np.mean(picky.levels[-25:]) > 4000
+
+    publication.set_subscribed(False)
+    await eventually(lambda: picky.saw("track_unsubscribed"), "picky to be unsubscribed")

@@ -72,6 +72,8 @@ class ParticipantSession:
         """Tracks this participant publishes."""
         self.subscriptions: dict[str, RTCRtpTransceiver] = {}
         """Tracks this participant receives, by track sid."""
+        self.choices: dict[str, bool] = {}
+        """Tracks the participant asked for (True) or turned down (False), overriding auto_subscribe."""
         self._pending_tracks: dict[str, Track] = {}
         self._channels: dict[str, RTCDataChannel] = {}
         self._queued: deque[bytes] = deque(maxlen=_MAX_QUEUED_PACKETS)
@@ -242,6 +244,8 @@ class ParticipantSession:
             self._on_add_track(request.add_track)
         elif kind == "mute":
             self._on_mute(request.mute)
+        elif kind == "subscription":
+            self._on_subscription(request.subscription)
         elif kind == "update_metadata":
             self._on_update_metadata(request.update_metadata)
         elif kind == "ping_req":
@@ -252,8 +256,8 @@ class ParticipantSession:
         elif kind == "leave":
             await self.close()
         else:
-            # subscription_permission, subscription, track_setting, update_layers, sync_state …: not needed
-            # for audio rooms with auto-subscribe; accepted and ignored.
+            # subscription_permission, track_setting, update_layers, sync_state …: not needed for audio
+            # rooms; accepted and ignored.
             log.debug("ignored signal request room=%s identity=%s kind=%s", self.room, self.identity, kind)
 
     async def _on_publisher_offer(self, offer: rtc.SessionDescription) -> None:
@@ -395,8 +399,25 @@ class ParticipantSession:
                 runtime.flush()
                 self.service.unpublished(self, relay)
 
+    def _on_subscription(self, update: rtc.UpdateSubscription) -> None:
+        """The client subscribes or unsubscribes by hand (how `autoSubscribe: false` clients receive)."""
+        track_sids = [*update.track_sids, *(sid for pt in update.participant_tracks for sid in pt.track_sids)]
+        for track_sid in track_sids:
+            self.choices[track_sid] = update.subscribe
+            found = self.service.published_track(self.room, track_sid)
+            if found is None:
+                error = rtc.SubscriptionResponse(track_sid=track_sid, err=models.SE_TRACK_NOTFOUND)
+                self.signal.send(rtc.SignalResponse(subscription_response=error))
+            elif update.subscribe:
+                self.subscribe(*found)
+            else:
+                self.unsubscribe(found[1])
+
     def subscribe(self, publisher: "ParticipantSession", relay: AudioRelay) -> None:
-        if not (self.can_subscribe and self.auto_subscribe) or relay.track_sid in self.subscriptions:
+        wanted = self.choices.get(relay.track_sid, self.auto_subscribe)
+        if not (self.can_subscribe and wanted) or relay.track_sid in self.subscriptions:
+            return
+        if any(relay is waiting for _, waiting in self._deferred):
             return
         if self._awaiting_answer or self._offering:
             # A transceiver added while an offer is out gets a transport of its own in aiortc, which the

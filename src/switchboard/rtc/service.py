@@ -180,6 +180,13 @@ class RtcService:
             if session is not publisher and not session.closed:
                 session.subscribe(publisher, relay)
 
+    def published_track(self, room: str, track_sid: str) -> tuple[ParticipantSession, AudioRelay] | None:
+        for session in self.sessions.get(room, {}).values():
+            relay = session.relays.get(track_sid)
+            if relay is not None and not session.closed:
+                return session, relay
+        return None
+
     def unpublished(self, publisher: ParticipantSession, relay: AudioRelay) -> None:
         for session in self.sessions.get(publisher.room, {}).values():
             if session is not publisher:
