@@ -20,7 +20,7 @@ $(NODE_CLIENTS)/node_modules/.installed: $(NODE_CLIENTS)/package.json $(NODE_CLI
 install: $(BIN)/.installed
 
 serve: $(BIN)/.installed
-	$(BIN)/switchboard serve --dev
+	$(BIN)/switchboard serve --dev --agents agents
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check src tests bench

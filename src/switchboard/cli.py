@@ -8,7 +8,7 @@ import re
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from google.protobuf.message import Message
@@ -18,6 +18,9 @@ from switchboard.auth.grants import VideoGrant
 from switchboard.auth.tokens import mint_token
 from switchboard.config import DEV_KEYS, ConfigError, load_config
 from switchboard.wire import to_json
+
+if TYPE_CHECKING:
+    from switchboard.agents.config import AgentConfig
 
 DEV_URL = "http://127.0.0.1:7880"
 DEV_KEY, DEV_SECRET = next(iter(DEV_KEYS.items()))
@@ -150,7 +153,9 @@ async def _call(args: argparse.Namespace, action: Callable[[api.LiveKitAPI], Awa
 def cmd_serve(args: argparse.Namespace) -> None:
     from switchboard.server import serve  # the server's imports are not needed by the client commands
 
-    config = load_config(args.config, dev=args.dev, port=args.port, bind=args.bind, keys=args.keys)
+    config = load_config(
+        args.config, dev=args.dev, port=args.port, bind=args.bind, keys=args.keys, agents_dir=args.agents
+    )
     serve(config)
 
 
@@ -297,14 +302,24 @@ def cmd_room_participants(args: argparse.Namespace) -> None:
     asyncio.run(_call(args, run))
 
 
-def cmd_agent_check(args: argparse.Namespace) -> None:
-    """Validate an agent config and say how its worker will be dispatched."""
+def _agent_config(args: argparse.Namespace, check_services: bool) -> "AgentConfig":
+    """The agent config the command names (or finds), with its services checked when asked."""
     from switchboard.agents.config import AgentConfigError, find_agent_config, load_agent_config
 
     try:
         config = load_agent_config(args.config) if args.config else find_agent_config()
+        if check_services and config.enabled:
+            from switchboard.agents.services import check_services as check
+
+            check(config)
     except AgentConfigError as exc:
         raise UsageError(str(exc)) from exc
+    return config
+
+
+def cmd_agent_check(args: argparse.Namespace) -> None:
+    """Validate an agent config and say how its worker will be dispatched."""
+    config = _agent_config(args, check_services=True)
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     summary = {
@@ -331,6 +346,18 @@ def cmd_agent_check(args: argparse.Namespace) -> None:
         print(f"  {service.name}: processing {service.processing}, provider {service.provider}")
 
 
+def cmd_agent_run(args: argparse.Namespace) -> None:
+    """Run the agent's built-in services as a livekit-agents worker until SIGTERM."""
+    from switchboard.agents.config import AgentConfigError
+    from switchboard.agents.runner import run_builtin
+
+    config = _agent_config(args, check_services=False)
+    try:
+        run_builtin(config)
+    except AgentConfigError as exc:
+        raise UsageError(str(exc)) from exc
+
+
 # Parser
 
 
@@ -352,6 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="HTTP port (default 7880)")
     serve.add_argument("--bind", action="append", help="address to bind (repeatable)")
     serve.add_argument("--keys", help="API keys as 'key: secret' (overrides the config and $LIVEKIT_KEYS)")
+    serve.add_argument(
+        "--agents", metavar="DIR", help="also run every enabled agent-*.yaml in DIR, supervised (agents_dir)"
+    )
     serve.set_defaults(func=cmd_serve)
 
     token = commands.add_parser("token", help="access tokens").add_subparsers(
@@ -435,6 +465,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a_check.add_argument("--json", action="store_true", help="print JSON")
     a_check.set_defaults(func=cmd_agent_check)
+    a_run = agent.add_parser("run", help="run an agent's built-in services as a livekit-agents worker")
+    a_run.add_argument(
+        "config",
+        nargs="?",
+        help="agent-NAME.yaml (default: $AGENT_CONFIG_BODY, $AGENT_CONFIG_FILE, ./agent-*.yaml)",
+    )
+    a_run.set_defaults(func=cmd_agent_run)
     return parser
 
 

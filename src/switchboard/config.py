@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from switchboard.agents.supervisor import SupervisorSettings
 from switchboard.core.engine import EngineSettings
 from switchboard.core.limits import Limits
 from switchboard.rtc.service import RtcSettings
@@ -36,6 +37,8 @@ class Config:
     engine: EngineSettings = field(default_factory=EngineSettings)
     workers: WorkerSettings = field(default_factory=WorkerSettings)
     rtc: RtcSettings = field(default_factory=RtcSettings)
+    agents: SupervisorSettings = field(default_factory=SupervisorSettings)
+    """The agent-*.yaml files run next to the server (`agents_dir`, `--agents`)."""
     development: bool = False
     warnings: tuple[str, ...] = ()
     """Things worth telling the operator at startup (unknown keys, weak secrets); never fatal."""
@@ -115,6 +118,7 @@ def load_config(
     port: int | None = None,
     bind: list[str] | None = None,
     keys: str | None = None,
+    agents_dir: str | None = None,
 ) -> Config:
     env = os.environ if env is None else env
     if path:
@@ -193,6 +197,15 @@ def load_config(
             ice_addresses=tuple(address_list("rtc.ice_addresses")),
         ),
     }
+    directory = r.get("agents_dir")
+    if directory is not None and not isinstance(directory, str):
+        raise r.fail("agents_dir", f"expected a directory path, got {directory!r}")
+    s = SupervisorSettings
+    values["agents"] = SupervisorSettings(
+        directory=agents_dir or directory or "",
+        restart_delay=seconds("agents.restart_delay", s.restart_delay, 0.01),
+        restart_max_delay=seconds("agents.restart_max_delay", s.restart_max_delay, 0.01),
+    )
     if values["rtc"].ping_interval >= values["rtc"].ping_timeout:
         raise r.fail(
             "rtc.ping_interval", "must be shorter than rtc.ping_timeout (clients ping every interval)"

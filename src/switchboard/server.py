@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Callable
 
@@ -10,6 +11,7 @@ from aiohttp import web
 from livekit.protocol import models
 
 from switchboard import __version__, logs
+from switchboard.agents.supervisor import AgentSupervisor
 from switchboard.api import agent_dispatch_service, room_service
 from switchboard.api.cors import cors_middleware
 from switchboard.api.twirp import TwirpServer
@@ -93,6 +95,9 @@ async def run(config: Config) -> None:
     mode = " (dev mode: API key 'devkey' with the built-in dev secret)" if config.development else ""
     addresses = ", ".join(f"{host}:{config.port}" for host in config.bind_addresses)
     log.info("switchboard %s listening on %s%s", __version__, addresses, mode)
+    supervisor = AgentSupervisor(config.agents, agent_environment(config))
+    if config.agents.directory:
+        supervisor.start()
 
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -100,9 +105,24 @@ async def run(config: Config) -> None:
         loop.add_signal_handler(signum, stopping.set)
     await stopping.wait()
     log.info("shutdown requested")
+    supervisor.stop()  # the agents drain too: they take no new job and finish (or are told to end) theirs
     await drain(app[RUNTIME], config.drain_timeout)
     await asyncio.sleep(DRAIN_POLL_INTERVAL)  # let the terminations reach the workers
+    await supervisor.wait()
     await runner.cleanup()
+
+
+def agent_environment(config: Config) -> dict[str, str]:
+    """What supervised agents need to reach this server: its URL and its first API key."""
+    host = config.bind_addresses[0]
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    host = f"[{host}]" if ":" in host else host
+    key, secret = next(iter(config.keys.items()))
+    return dict(os.environ) | {
+        "LIVEKIT_URL": f"ws://{host}:{config.port}",
+        "LIVEKIT_API_KEY": key,
+        "LIVEKIT_API_SECRET": secret,
+    }
 
 
 def serve(config: Config) -> None:

@@ -112,3 +112,34 @@ def test_zero_or_several_files_is_an_error(tmp_path: Path) -> None:
 def test_body_without_a_file_name_is_parsed() -> None:
     config = parse_agent_config("agent_name: x\n" + MANUAL, "AGENT_CONFIG_BODY")
     assert config.name == "x" and config.source == "AGENT_CONFIG_BODY"
+
+
+def test_plugin_credentials_come_from_the_file_or_the_environment(tmp_path: Path) -> None:
+    text = MANUAL.replace("provider: pocketsphinx", "provider: deepgram")
+    path = write(tmp_path, "agent-a.yaml", text)
+    with pytest.raises(
+        AgentConfigError, match=r"live_captions\.deepgram\.api_key: required \(or set DEEPGRAM"
+    ):
+        load_agent_config(path, env={})
+    assert (
+        load_agent_config(path, env={"DEEPGRAM_API_KEY": "k"}).services["live_captions"].provider
+        == "deepgram"
+    )
+    with_key = text + "  deepgram:\n    api_key: k\n"
+    assert load_agent_config(write(tmp_path, "agent-b.yaml", with_key), env={}).name == "b"
+    azure = MANUAL.replace("provider: pocketsphinx", "provider: azure") + "  azure:\n    speech_key: k\n"
+    with pytest.raises(AgentConfigError, match=r"live_captions\.azure\.speech_region: required"):
+        load_agent_config(write(tmp_path, "agent-c.yaml", azure), env={})
+
+
+def test_server_options_carry_only_what_the_file_sets(tmp_path: Path) -> None:
+    config = load_agent_config(write(tmp_path, "agent-a.yaml", MANUAL + "load_threshold: 0.4\n"))
+    assert config.server_options() == {"load_threshold": 0.4}
+    text = MANUAL + "ws_url: ws://example:7880\napi_key: k\napi_secret: s\n"
+    config = load_agent_config(write(tmp_path, "agent-b.yaml", text))
+    assert config.server_options() == {
+        "load_threshold": 0.7,
+        "ws_url": "ws://example:7880",
+        "api_key": "k",
+        "api_secret": "s",
+    }

@@ -41,11 +41,21 @@ logging:
   level: debug
 limit:
   max_metadata_size: 100
+agents_dir: ./agents
 agents:
   pending_timeout: 2.5
+  restart_delay: 0.2
+  restart_max_delay: 4
 """,
     )
     config = load_config(path, env={})
+    assert (config.agents.directory, config.agents.restart_delay, config.agents.restart_max_delay) == (
+        "./agents",
+        0.2,
+        4.0,
+    )
+    assert load_config(path, env={}, agents_dir="elsewhere").agents.directory == "elsewhere"
+    assert load_config(env={}, dev=True).agents.directory == ""
     assert (config.port, config.bind_addresses, dict(config.keys)) == (9000, ("127.0.0.2",), {"k1": LONG})
     assert (config.engine.empty_timeout, config.engine.departure_timeout) == (30, 3)
     assert config.engine.max_participants == 7 and config.engine.pending_timeout == 2.5
@@ -90,6 +100,8 @@ def test_unknown_keys_and_short_secrets_are_warnings(tmp_path: Path) -> None:
         (KEYS + "logging:\n  level: loud\n", "logging.level: expected one of"),
         (KEYS + "bind_addresses: 127.0.0.1\n", "bind_addresses: expected a list"),
         (KEYS + "agents:\n  pending_timeout: x\n", "agents.pending_timeout: expected a number"),
+        (KEYS + "agents_dir: [a]\n", "agents_dir: expected a directory path"),
+        (KEYS + "agents:\n  restart_delay: 0\n", "agents.restart_delay: must be at least 0.01"),
         ("keys: [a, b]\n", "keys: expected a mapping of API key to secret"),
         ("keys:\n  k: ''\n", "each API key needs a non-empty secret"),
         ("- just\n- a list\n", "the config must be a mapping"),

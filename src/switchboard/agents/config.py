@@ -25,6 +25,14 @@ COMMON_KEYS = ("agent_name", "enabled", "load_threshold", "log_level", "ws_url",
 SERVICES: dict[str, tuple[str, ...]] = {
     "live_captions": ("pocketsphinx", "deepgram", "openai", "google", "azure", "assemblyai"),
 }
+# The settings each plugin cannot start without, and the environment variable it reads them from instead.
+# (google also finds Application Default Credentials by itself, so nothing is required of it here.)
+CREDENTIALS: dict[str, tuple[tuple[str, str], ...]] = {
+    "deepgram": (("api_key", "DEEPGRAM_API_KEY"),),
+    "openai": (("api_key", "OPENAI_API_KEY"),),
+    "assemblyai": (("api_key", "ASSEMBLYAI_API_KEY"),),
+    "azure": (("speech_key", "AZURE_SPEECH_KEY"), ("speech_region", "AZURE_SPEECH_REGION")),
+}
 
 
 class AgentConfigError(Exception):
@@ -62,9 +70,20 @@ class AgentConfig:
         """The agent name its worker registers: empty (automatic dispatch) if any service is automatic."""
         return "" if self.automatic else self.name
 
+    def server_options(self) -> dict[str, Any]:
+        """Keyword arguments for livekit-agents' `AgentServer`: load threshold, and the server URL and API
+        key when the file sets them (else the framework reads LIVEKIT_URL, LIVEKIT_API_KEY, ...)."""
+        options: dict[str, Any] = {"load_threshold": self.load_threshold}
+        connection = {"ws_url": self.ws_url, "api_key": self.api_key, "api_secret": self.api_secret}
+        return options | {key: value for key, value in connection.items() if value}
 
-def parse_agent_config(text: str, source: str, file_name: str | None = None) -> AgentConfig:
-    """Read one agent's YAML. `file_name` (agent-NAME.yaml) gives the name; without it, `agent_name` must."""
+
+def parse_agent_config(
+    text: str, source: str, file_name: str | None = None, env: Mapping[str, str] | None = None
+) -> AgentConfig:
+    """Read one agent's YAML. `file_name` (agent-NAME.yaml) gives the name; without it, `agent_name` must.
+    `env` (default: the process environment) is where provider credentials may come from instead."""
+    env = os.environ if env is None else env
 
     def fail(key: str, problem: str) -> AgentConfigError:
         return AgentConfigError(f"{source}: {key}: {problem}" if key else f"{source}: {problem}")
@@ -113,7 +132,8 @@ def parse_agent_config(text: str, source: str, file_name: str | None = None) -> 
         if key not in SERVICES:
             warnings.append(f"{source}: unknown key '{key}' ignored")
             continue
-        services[key] = _service(key, value, fail, warnings)
+        services[key] = _service(key, value, fail, warnings, env)
+        warnings = [w if w.startswith(source) else f"{source}: {w}" for w in warnings]
     return AgentConfig(
         name=name,
         source=source,
@@ -126,7 +146,7 @@ def parse_agent_config(text: str, source: str, file_name: str | None = None) -> 
     )
 
 
-def _service(name: str, value: Any, fail: Any, warnings: list[str]) -> ServiceConfig:
+def _service(name: str, value: Any, fail: Any, warnings: list[str], env: Mapping[str, str]) -> ServiceConfig:
     if not isinstance(value, Mapping):
         raise fail(name, "expected a section with at least 'processing' and 'provider'")
     processing = value.get("processing")
@@ -140,19 +160,22 @@ def _service(name: str, value: Any, fail: Any, warnings: list[str]) -> ServiceCo
         settings = {}
     if not isinstance(settings, Mapping):
         raise fail(f"{name}.{provider}", "expected a section of provider settings")
+    for key, variable in CREDENTIALS.get(provider, ()):
+        if not settings.get(key) and not env.get(variable):
+            raise fail(f"{name}.{provider}.{key}", f"required (or set {variable} in the environment)")
     for key in value:
         if key not in ("processing", "provider", *SERVICES[name]):
             warnings.append(f"unknown key '{name}.{key}' ignored")
     return ServiceConfig(name=name, processing=processing, provider=provider, settings=dict(settings))
 
 
-def load_agent_config(path: str | Path) -> AgentConfig:
+def load_agent_config(path: str | Path, env: Mapping[str, str] | None = None) -> AgentConfig:
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as exc:
         raise AgentConfigError(f"{path}: cannot read the agent config ({exc.strerror})") from exc
-    return parse_agent_config(text, str(path), path.name)
+    return parse_agent_config(text, str(path), path.name, env)
 
 
 def find_agent_config(env: Mapping[str, str] | None = None, directory: str | Path = ".") -> AgentConfig:
@@ -160,16 +183,16 @@ def find_agent_config(env: Mapping[str, str] | None = None, directory: str | Pat
     agent-*.yaml in the working directory."""
     env = os.environ if env is None else env
     if env.get("AGENT_CONFIG_BODY"):
-        return parse_agent_config(env["AGENT_CONFIG_BODY"], "AGENT_CONFIG_BODY")
+        return parse_agent_config(env["AGENT_CONFIG_BODY"], "AGENT_CONFIG_BODY", env=env)
     if env.get("AGENT_CONFIG_FILE"):
-        return load_agent_config(env["AGENT_CONFIG_FILE"])
+        return load_agent_config(env["AGENT_CONFIG_FILE"], env)
     found = agent_config_files(directory)
     if len(found) != 1:
         what = "no agent-*.yaml" if not found else f"{len(found)} agent-*.yaml files"
         raise AgentConfigError(
             f"{Path(directory).resolve()}: {what}; set AGENT_CONFIG_FILE or AGENT_CONFIG_BODY to choose one"
         )
-    return load_agent_config(found[0])
+    return load_agent_config(found[0], env)
 
 
 def agent_config_files(directory: str | Path) -> list[Path]:

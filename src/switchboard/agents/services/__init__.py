@@ -1,0 +1,26 @@
+"""The AI services an `agent-NAME.yaml` turns on, and what each does inside a job."""
+
+from livekit.agents import AutoSubscribe, JobContext
+
+from switchboard.agents.config import AgentConfig, ServiceConfig
+from switchboard.agents.services.live_captions import LiveCaptions
+from switchboard.agents.services.speech_to_text import build_stt
+
+
+def check_services(config: AgentConfig) -> None:
+    """Fail now, in the agent's main process, on what would otherwise fail in every job."""
+    for service in config.services.values():
+        build_stt(config, service)
+
+
+async def run_services(ctx: JobContext, config: AgentConfig) -> None:
+    """The job's entrypoint: start every configured service in the room, then stay until the job ends."""
+    for service in config.services.values():
+        _start(ctx, config, service)
+    await ctx.connect(auto_subscribe=AutoSubscribe.AUDIO_ONLY)
+
+
+def _start(ctx: JobContext, config: AgentConfig, service: ServiceConfig) -> None:
+    # Only live_captions exists so far; config parsing refuses any other service name.
+    captions = LiveCaptions(ctx.room, build_stt(config, service))
+    ctx.add_shutdown_callback(captions.aclose)

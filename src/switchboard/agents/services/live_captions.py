@@ -1,0 +1,127 @@
+"""The `live_captions` service: every non-agent participant's microphone, transcribed, as LiveKit captions.
+
+Captions go out the way LiveKit frontends read them (livekit-client's `lk.transcription` handler, the
+React `useTranscriptions` hook): one text stream per result on topic `lk.transcription`, sent on behalf of
+the speaking participant, with `lk.transcribed_track_id`, `lk.segment_id` (one per utterance: interim
+results and the final one share it) and `lk.transcription_final`.
+"""
+
+import asyncio
+import logging
+from typing import Any
+
+from livekit import rtc
+from livekit.agents import stt, utils
+from livekit.agents.types import (
+    ATTRIBUTE_TRANSCRIPTION_FINAL,
+    ATTRIBUTE_TRANSCRIPTION_SEGMENT_ID,
+    ATTRIBUTE_TRANSCRIPTION_TRACK_ID,
+    TOPIC_TRANSCRIPTION,
+)
+
+from switchboard.agents.services.pocketsphinx_stt import SAMPLE_RATE
+
+logger = logging.getLogger("switchboard.agents.live_captions")
+
+
+class LiveCaptions:
+    """Transcribes each subscribed audio track of a room's non-agent participants until it goes away."""
+
+    def __init__(self, room: rtc.Room, engine: stt.STT[Any]) -> None:
+        self.room = room
+        self.engine = engine
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        room.on("track_subscribed", self._on_track_subscribed)
+        room.on("track_unsubscribed", self._on_track_unsubscribed)
+        room.on("participant_disconnected", self._on_participant_disconnected)
+
+    @property
+    def transcribing(self) -> set[str]:
+        """Sids of the tracks being transcribed."""
+        return set(self._tasks)
+
+    async def aclose(self) -> None:
+        tasks = list(self._tasks.values())
+        self._tasks.clear()
+        await utils.aio.cancel_and_wait(*tasks)
+
+    def _on_track_subscribed(
+        self, track: rtc.Track, publication: rtc.RemoteTrackPublication, participant: rtc.RemoteParticipant
+    ) -> None:
+        if (
+            track.kind != rtc.TrackKind.KIND_AUDIO
+            or participant.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
+        ):
+            return
+        if publication.sid in self._tasks:
+            return
+        task = asyncio.create_task(self._transcribe(track, publication.sid, participant.identity))
+        self._tasks[publication.sid] = task
+        task.add_done_callback(lambda _: self._forget(publication.sid, task))
+        logger.info("transcribing %s's track %s", participant.identity, publication.sid)
+
+    def _on_track_unsubscribed(
+        self, _: rtc.Track, publication: rtc.RemoteTrackPublication, participant: rtc.RemoteParticipant
+    ) -> None:
+        self._stop(publication.sid)
+
+    def _on_participant_disconnected(self, participant: rtc.RemoteParticipant) -> None:
+        for sid in participant.track_publications:
+            self._stop(sid)
+
+    def _stop(self, track_sid: str) -> None:
+        task = self._tasks.pop(track_sid, None)
+        if task is not None:
+            task.cancel()
+            logger.info("stopped transcribing track %s", track_sid)
+
+    def _forget(self, track_sid: str, task: "asyncio.Task[None]") -> None:
+        if self._tasks.get(track_sid) is task:
+            del self._tasks[track_sid]
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("transcription of track %s failed", track_sid, exc_info=task.exception())
+
+    async def _transcribe(self, track: rtc.Track, track_sid: str, identity: str) -> None:
+        audio = rtc.AudioStream.from_track(track=track, sample_rate=SAMPLE_RATE, num_channels=1)
+        recognition = self.engine.stream()
+
+        async def forward() -> None:
+            async for event in audio:
+                recognition.push_frame(event.frame)
+            recognition.end_input()
+
+        forwarding = asyncio.create_task(forward())
+        segment_id = utils.shortuuid("SG_")
+        try:
+            async for event in recognition:
+                if event.type == stt.SpeechEventType.START_OF_SPEECH:
+                    segment_id = utils.shortuuid("SG_")
+                elif event.type in (
+                    stt.SpeechEventType.INTERIM_TRANSCRIPT,
+                    stt.SpeechEventType.FINAL_TRANSCRIPT,
+                ):
+                    final = event.type == stt.SpeechEventType.FINAL_TRANSCRIPT
+                    text = event.alternatives[0].text if event.alternatives else ""
+                    if text:
+                        await self._publish(identity, track_sid, segment_id, text, final)
+                    if final:  # providers without START_OF_SPEECH still get one segment per utterance
+                        segment_id = utils.shortuuid("SG_")
+        finally:
+            await utils.aio.cancel_and_wait(forwarding)
+            await recognition.aclose()
+            await audio.aclose()
+
+    async def _publish(self, identity: str, track_sid: str, segment_id: str, text: str, final: bool) -> None:
+        attributes = {
+            ATTRIBUTE_TRANSCRIPTION_FINAL: "true" if final else "false",
+            ATTRIBUTE_TRANSCRIPTION_TRACK_ID: track_sid,
+            ATTRIBUTE_TRANSCRIPTION_SEGMENT_ID: segment_id,
+        }
+        try:
+            writer = await self.room.local_participant.stream_text(
+                topic=TOPIC_TRANSCRIPTION, sender_identity=identity, attributes=attributes
+            )
+            await writer.write(text)
+            await writer.aclose()
+        except Exception as exc:  # the room is going away: drop this caption, the next one may pass
+            logger.warning("could not publish a caption for %s's track %s: %s", identity, track_sid, exc)

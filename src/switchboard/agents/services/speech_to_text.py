@@ -1,0 +1,41 @@
+"""The STT engine a service's `provider` names: pocketsphinx built in, the others livekit-agents plugins."""
+
+import importlib
+from typing import Any
+
+from livekit.agents import stt
+
+from switchboard.agents.config import AgentConfig, AgentConfigError, ServiceConfig
+from switchboard.agents.services.pocketsphinx_stt import PocketSphinxOptions, PocketSphinxSTT
+
+# Settings a plugin needs that its own defaults do not give: captions need results while people speak.
+STREAMING_DEFAULTS: dict[str, dict[str, Any]] = {"openai": {"use_realtime": True}}
+
+
+def build_stt(config: AgentConfig, service: ServiceConfig) -> stt.STT[Any]:
+    """A streaming STT for `service`, or an AgentConfigError naming the file and the key at fault."""
+    section = f"{config.source}: {service.name}.{service.provider}"
+    if service.provider == "pocketsphinx":
+        try:
+            return PocketSphinxSTT(PocketSphinxOptions.from_settings(service.settings))
+        except ValueError as exc:
+            raise AgentConfigError(f"{section}.{exc}") from exc
+    module_name = f"livekit.plugins.{service.provider}"
+    try:
+        plugin = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise AgentConfigError(
+            f"{config.source}: {service.name}.provider: '{service.provider}' needs the "
+            f"livekit-plugins-{service.provider} package; install it with "
+            f"pip install 'switchboard[{service.provider}]'"
+        ) from exc
+    settings = STREAMING_DEFAULTS.get(service.provider, {}) | dict(service.settings)
+    try:
+        engine: stt.STT[Any] = plugin.STT(**settings)
+    except (TypeError, ValueError) as exc:  # unknown keyword, missing credentials, bad value
+        raise AgentConfigError(f"{section}: {exc}") from exc
+    if not engine.capabilities.streaming:
+        raise AgentConfigError(
+            f"{section}: these settings give no streaming recognition, which captions need"
+        )
+    return engine

@@ -1,0 +1,163 @@
+"""`switchboard serve --agents DIR`: each enabled `agent-*.yaml` in DIR runs next to the server as a child
+process (`switchboard agent run FILE`), restarted with backoff when it dies, stopped with the server.
+
+This is how OpenVidu deploys agents beside the server, without containers. Children get the server's URL
+and first API key in LIVEKIT_URL / LIVEKIT_API_KEY / LIVEKIT_API_SECRET (a file's own `ws_url`, `api_key`,
+`api_secret` still win), and every line they print is copied to the server's stderr as `NAME | line`.
+"""
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from switchboard.agents.config import AgentConfig, AgentConfigError, agent_config_files, load_agent_config
+
+log = logging.getLogger("switchboard.agents")
+
+CONFIG_ERROR_EXIT = 2  # `switchboard agent run` exits so on a config error: restarting cannot help
+STOP_TIMEOUT = 10.0
+"""After the server's drain, how long agents get to exit before they are killed."""
+# Set by livekit-agents users to force a name; the agent file decides here.
+NAME_OVERRIDES = ("LIVEKIT_AGENT_NAME", "LIVEKIT_AGENT_NAME_OVERRIDE")
+
+
+@dataclass(frozen=True)
+class SupervisorSettings:
+    directory: str = ""
+    """Where the agent-*.yaml files are; empty: no agents are run."""
+    restart_delay: float = 1.0
+    """Wait before the first restart of a crashed agent; doubled on each crash in a row."""
+    restart_max_delay: float = 30.0
+    """The longest wait between restarts; an agent that ran this long is restarted at once after."""
+
+
+class AgentProcess:
+    """One agent's child process and its restarts."""
+
+    def __init__(self, config: AgentConfig, env: Mapping[str, str], settings: SupervisorSettings) -> None:
+        self.config = config
+        self.env = dict(env)
+        self.settings = settings
+        self.process: asyncio.subprocess.Process | None = None
+        self.starts = 0
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._supervise(), name=f"agent {self.config.name}")
+
+    def stop(self) -> None:
+        """Ask the agent to drain and exit (SIGTERM), and restart it no more."""
+        self._stopping.set()
+        if self.process is not None and self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+
+    async def wait(self, grace: float) -> None:
+        if self._task is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), grace)
+        except TimeoutError:
+            log.warning("agent %s did not stop within %gs; killing it", self.config.name, grace)
+            if self.process is not None and self.process.returncode is None:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            await self._task
+
+    async def _supervise(self) -> None:
+        crashes = 0
+        while not self._stopping.is_set():
+            started = time.monotonic()
+            code = await self._run_once()
+            if self._stopping.is_set():
+                break
+            if code == CONFIG_ERROR_EXIT:
+                log.error(
+                    "agent %s stopped: its configuration is wrong (see its output above)", self.config.name
+                )
+                return
+            if time.monotonic() - started >= self.settings.restart_max_delay:
+                crashes = 0  # it had been running well: this crash starts a new series
+            delay = min(self.settings.restart_max_delay, self.settings.restart_delay * 2**crashes)
+            crashes += 1
+            log.warning("agent %s exited with code %s; restarting in %gs", self.config.name, code, delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+        log.info("agent %s stopped", self.config.name)
+
+    async def _run_once(self) -> int:
+        command = [sys.executable, "-m", "switchboard", "agent", "run", self.config.source]
+        self.process = process = await asyncio.create_subprocess_exec(
+            *command,
+            env=self.env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            # Its own process group: a Ctrl-C at the terminal reaches the server, which stops the agents
+            # in order (drain first); the kill at the end takes the agent's job processes too.
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+        self.starts += 1
+        log.info("agent %s started pid=%d", self.config.name, process.pid)
+        assert process.stdout is not None
+        prefix = f"{self.config.name} | ".encode()
+        async for line in process.stdout:
+            sys.stderr.buffer.write(prefix + line)
+            sys.stderr.buffer.flush()
+        return await process.wait()
+
+
+class AgentSupervisor:
+    """Starts the enabled agents of a directory and keeps them running until stopped."""
+
+    def __init__(self, settings: SupervisorSettings, env: Mapping[str, str]) -> None:
+        self.settings = settings
+        self.env = {k: v for k, v in env.items() if k not in NAME_OVERRIDES} | {"PYTHONUNBUFFERED": "1"}
+        self.agents: dict[str, AgentProcess] = {}
+
+    def start(self) -> None:
+        """Start every enabled, valid agent; a bad or disabled one is reported and skipped."""
+        directory = Path(self.settings.directory)
+        try:
+            paths = agent_config_files(directory)
+        except OSError as exc:
+            log.error("agents directory %s cannot be read: %s", directory, exc.strerror)
+            return
+        if not paths:
+            log.warning("agents directory %s has no agent-*.yaml", directory)
+        for path in paths:
+            try:
+                config = load_agent_config(path.resolve(), self.env)
+            except AgentConfigError as exc:
+                log.error("agent not started: %s", exc)
+                continue
+            if not config.enabled:
+                log.info("agent %s not started: %s says enabled: false", config.name, path)
+                continue
+            if config.name in self.agents:
+                log.error("agent not started: %s: a second agent named '%s'", path, config.name)
+                continue
+            agent = self.agents[config.name] = AgentProcess(config, self.env, self.settings)
+            agent.start()
+
+    def stop(self) -> None:
+        for agent in self.agents.values():
+            agent.stop()
+
+    async def wait(self, grace: float = STOP_TIMEOUT) -> None:
+        await asyncio.gather(*(agent.wait(grace) for agent in self.agents.values()))
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: on Linux, SIGTERM it if the server dies without stopping it."""
+    if sys.platform == "linux":
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)

@@ -1,0 +1,108 @@
+"""OpenVidu's explicit-dispatch scenarios, end to end: the built-in speech-processing agent with
+`processing: manual`, run by `switchboard serve` from its agents directory, a participant speaking
+synthesised sentences with the Python rtc SDK, and the captions it receives on `lk.transcription`.
+Also: a broken and a disabled agent next to it, and a crashed agent that the server restarts."""
+
+import os
+import signal
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from livekit import api
+
+from tests.agent_workers import eventually, registered, registrations
+from tests.conftest import Server
+from tests.e2e.captions import (
+    Join,
+    captioned,
+    captions_agent,
+    dispatches_of,
+    new_room,
+    serve_agents,
+    speakers_in,
+    started_pids,
+)
+from tests.speech import SENTENCES
+
+AGENT = "speech-processing"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    yield from serve_agents(
+        tmp_path_factory,
+        {
+            AGENT: captions_agent("manual"),
+            "broken": captions_agent("sometimes"),
+            # Automatic: it would join every room below if it were started.
+            "off": captions_agent("automatic", "enabled: false\n"),
+        },
+    )
+
+
+@pytest.fixture
+async def speakers(server: Server) -> AsyncIterator[Join]:
+    async for join in speakers_in(server):
+        yield join
+
+
+@pytest.fixture
+async def lkapi(server: Server) -> AsyncIterator[api.LiveKitAPI]:
+    async with api.LiveKitAPI(server.http_url, server.api_key, server.api_secret) as client:
+        yield client
+
+
+async def test_only_the_valid_enabled_agent_runs(server: Server) -> None:
+    await registered(server, AGENT)
+    log = server.log()
+    assert "agent-broken.yaml: live_captions.processing: expected automatic or manual, got 'sometimes'" in log
+    assert "agent off not started" in log
+    assert "\nbroken | " not in log and "\noff | " not in log
+    assert registrations(server, "") == 0 and started_pids(server, "broken") == []
+
+
+async def test_manual_agent_without_a_dispatch_stays_away(lkapi: api.LiveKitAPI, speakers: Join) -> None:
+    room = new_room()
+    speaker = await speakers("alice", room)
+    for sentence in SENTENCES[:2]:
+        await speaker.say(sentence)
+    assert speaker.captions == [] and speaker.agents() == []
+    assert await dispatches_of(lkapi, room, AGENT) == []
+
+
+async def test_dispatch_created_before_the_participant_connects(
+    server: Server, lkapi: api.LiveKitAPI, speakers: Join
+) -> None:
+    await registered(server, AGENT)
+    room = new_room()
+    request = api.CreateAgentDispatchRequest(room=room, agent_name=AGENT, metadata="captions please")
+    dispatch = await lkapi.agent_dispatch.create_dispatch(request)
+    speaker = await speakers("bob", room)
+    await captioned(speaker)
+    [listed] = await dispatches_of(lkapi, room, AGENT)
+    assert listed.id == dispatch.id and listed.state.jobs[0].state.status == api.JobStatus.JS_RUNNING
+
+
+async def test_token_room_config_dispatches_when_the_participant_connects(
+    server: Server, lkapi: api.LiveKitAPI, speakers: Join
+) -> None:
+    await registered(server, AGENT)
+    room = new_room()
+    speaker = await speakers("carol", room, agents=[AGENT])
+    await eventually(lambda: dispatches_of(lkapi, room, AGENT), "the token's dispatch to be listed")
+    await captioned(speaker)
+
+
+async def test_a_crashed_agent_is_restarted_and_serves_the_waiting_job(
+    server: Server, lkapi: api.LiveKitAPI, speakers: Join
+) -> None:
+    await registered(server, AGENT)
+    [pid] = started_pids(server, AGENT)
+    os.kill(pid, signal.SIGKILL)
+    await eventually(lambda: f"agent {AGENT} exited with code -9" in server.log(), "the crash to be noticed")
+
+    room = new_room()  # dispatched while the agent may still be down: the job waits for it
+    await lkapi.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(room=room, agent_name=AGENT))
+    speaker = await speakers("dave", room)
+    await captioned(speaker)
+    assert len(started_pids(server, AGENT)) == 2

@@ -1,0 +1,85 @@
+"""The built-in offline STT on synthesised speech: utterances, interim and final results, both APIs."""
+
+import asyncio
+
+import pytest
+from livekit import rtc
+from livekit.agents import stt
+
+from switchboard.agents.services.pocketsphinx_stt import (
+    SAMPLE_RATE,
+    PocketSphinxOptions,
+    PocketSphinxSTT,
+    Utterances,
+)
+from tests.speech import frames, silence, speak
+
+Kind = stt.SpeechEventType
+
+
+def kinds(events: list[stt.SpeechEvent]) -> list[Kind]:
+    return [e.type for e in events if e.type != Kind.INTERIM_TRANSCRIPT]
+
+
+def finals(events: list[stt.SpeechEvent]) -> list[str]:
+    return [e.alternatives[0].text for e in events if e.type == Kind.FINAL_TRANSCRIPT]
+
+
+def test_each_utterance_gives_interim_results_then_one_final() -> None:
+    utterances = Utterances(PocketSphinxOptions())
+    audio = silence(0.5, SAMPLE_RATE)
+    for sentence in ("what is the weather like today", "i would like a cup of coffee"):
+        audio += speak(sentence, SAMPLE_RATE) + silence(1.5, SAMPLE_RATE)
+    events = [e for frame in frames(audio, SAMPLE_RATE) for e in utterances.feed(bytes(frame.data))]
+    events += utterances.finish()
+
+    assert kinds(events) == [Kind.START_OF_SPEECH, Kind.FINAL_TRANSCRIPT, Kind.END_OF_SPEECH] * 2
+    first, second = finals(events)
+    # The bundled model on a synthetic voice is far from perfect (bench/captions.py measures how far),
+    # but the gist comes through.
+    assert "weather" in first and second, (first, second)
+    interims = [e for e in events if e.type == Kind.INTERIM_TRANSCRIPT]
+    assert len(interims) >= 4 and all(e.alternatives[0].text for e in interims)
+    final = next(e for e in events if e.type == Kind.FINAL_TRANSCRIPT).alternatives[0]
+    assert 0.3 < final.start_time < final.end_time and final.language == "en-US"
+
+
+def test_silence_gives_nothing_and_finish_ends_an_open_utterance() -> None:
+    utterances = Utterances(PocketSphinxOptions())
+    assert utterances.feed(silence(2, SAMPLE_RATE)) == []
+    events = utterances.feed(speak("hello world this is a test", SAMPLE_RATE))
+    assert kinds(events) == [Kind.START_OF_SPEECH]
+    assert kinds(utterances.finish()) == [Kind.FINAL_TRANSCRIPT, Kind.END_OF_SPEECH]
+    assert utterances.finish() == []
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"model": "big"}, "model: unknown setting"),
+        ({"vad_mode": 7}, "vad_mode: expected 0, 1, 2 or 3"),
+        ({"end_silence": "long"}, "end_silence: expected seconds"),
+        ({"interim_interval": 0}, "interim_interval: expected seconds"),
+        ({"dictionary": 3}, "dictionary: expected a string"),
+    ],
+)
+def test_settings_are_checked(settings: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        PocketSphinxOptions.from_settings(settings)
+
+
+async def test_streaming_and_batch_through_the_livekit_agents_api() -> None:
+    engine = PocketSphinxSTT()
+    assert engine.capabilities.streaming and engine.capabilities.interim_results
+    audio = silence(0.5) + speak("what is the weather like today") + silence(1.5)
+    stream = engine.stream()
+    for frame in frames(audio):  # 48 kHz, as a room delivers it: the stream resamples
+        stream.push_frame(frame)
+    stream.end_input()
+    events = [event async for event in stream]
+    assert kinds(events) == [Kind.START_OF_SPEECH, Kind.FINAL_TRANSCRIPT, Kind.END_OF_SPEECH]
+    assert "weather" in finals(events)[0]
+
+    result = await engine.recognize([rtc.AudioFrame(audio, 48000, 1, len(audio) // 2)])
+    assert result.type == Kind.FINAL_TRANSCRIPT and "weather" in result.alternatives[0].text
+    await asyncio.gather(stream.aclose(), engine.aclose())
