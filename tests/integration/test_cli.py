@@ -117,3 +117,28 @@ def test_agent_check_explains_dispatch_and_names_bad_keys(tmp_path) -> None:  # 
         bad.returncode == 2
         and f"{manual}: live_captions.processing: expected automatic or manual" in bad.stderr
     )
+
+
+def test_agent_run_stops_at_once_on_what_it_cannot_run(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    agent = tmp_path / "agent-captions.yaml"
+    agent.write_text(
+        "live_captions:\n  processing: manual\n  provider: pocketsphinx\n  pocketsphinx:\n    vad_mode: 9\n"
+    )
+    bad = run(None, "agent", "run", str(agent), check=False)
+    assert bad.returncode == 2 and f"{agent}: live_captions.pocketsphinx.vad_mode: expected" in bad.stderr
+
+    agent.write_text("live_captions:\n  processing: manual\n  provider: assemblyai\n")
+    missing_key = run(None, "agent", "run", str(agent), check=False)
+    assert missing_key.returncode == 2
+    assert "live_captions.assemblyai.api_key: required (or set ASSEMBLYAI_API_KEY" in missing_key.stderr
+
+    agent.write_text(
+        "live_captions:\n  processing: manual\n  provider: assemblyai\n  assemblyai:\n    api_key: k\n"
+    )
+    for command in ("run", "check"):
+        no_plugin = run(None, "agent", command, str(agent), check=False)
+        assert no_plugin.returncode == 2 and "pip install 'switchboard[assemblyai]'" in no_plugin.stderr
+
+    agent.write_text("enabled: false\n" + "live_captions:\n  processing: manual\n  provider: assemblyai\n")
+    disabled = run(None, "agent", "run", str(agent), check=False)  # nothing is checked or started
+    assert disabled.returncode == 0 and "not started: enabled is false" in disabled.stderr

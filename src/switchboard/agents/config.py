@@ -132,8 +132,14 @@ def parse_agent_config(
         if key not in SERVICES:
             warnings.append(f"{source}: unknown key '{key}' ignored")
             continue
-        services[key] = _service(key, value, fail, warnings, env)
+        services[key] = _service(key, value, fail, warnings)
         warnings = [w if w.startswith(source) else f"{source}: {w}" for w in warnings]
+    # A disabled agent is not started, so what it would need to start is not asked of it.
+    for service in services.values() if enabled else ():
+        for key, variable in CREDENTIALS.get(service.provider, ()):
+            if not service.settings.get(key) and not env.get(variable):
+                where = f"{service.name}.{service.provider}.{key}"
+                raise fail(where, f"required (or set {variable} in the environment)")
     return AgentConfig(
         name=name,
         source=source,
@@ -146,7 +152,7 @@ def parse_agent_config(
     )
 
 
-def _service(name: str, value: Any, fail: Any, warnings: list[str], env: Mapping[str, str]) -> ServiceConfig:
+def _service(name: str, value: Any, fail: Any, warnings: list[str]) -> ServiceConfig:
     if not isinstance(value, Mapping):
         raise fail(name, "expected a section with at least 'processing' and 'provider'")
     processing = value.get("processing")
@@ -160,9 +166,6 @@ def _service(name: str, value: Any, fail: Any, warnings: list[str], env: Mapping
         settings = {}
     if not isinstance(settings, Mapping):
         raise fail(f"{name}.{provider}", "expected a section of provider settings")
-    for key, variable in CREDENTIALS.get(provider, ()):
-        if not settings.get(key) and not env.get(variable):
-            raise fail(f"{name}.{provider}.{key}", f"required (or set {variable} in the environment)")
     for key in value:
         if key not in ("processing", "provider", *SERVICES[name]):
             warnings.append(f"unknown key '{name}.{key}' ignored")

@@ -1,0 +1,70 @@
+"""OpenVidu's automatic scenario, end to end: an agent whose live_captions service is `processing:
+automatic` joins every new room with no dispatch call, transcribes each participant who speaks, later
+arrivals included, and lets go of those who leave."""
+
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from livekit import api
+
+from tests.agent_workers import eventually, registered
+from tests.conftest import Server
+from tests.e2e.captions import (
+    Join,
+    captioned,
+    captions_agent,
+    dispatches_of,
+    new_room,
+    serve_agents,
+    speakers_in,
+)
+
+AGENT = "captions"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    yield from serve_agents(tmp_path_factory, {AGENT: captions_agent("automatic")})
+
+
+@pytest.fixture
+async def speakers(server: Server) -> AsyncIterator[Join]:
+    async for join in speakers_in(server):
+        yield join
+
+
+async def test_the_agent_joins_a_new_room_without_any_dispatch_call(server: Server, speakers: Join) -> None:
+    await registered(server, "")
+    room = new_room()
+    speaker = await speakers("alice", room)
+    final = await captioned(speaker)
+
+    # Interim results of the same utterance came first, under the same segment id.
+    segment = [
+        c for c in speaker.captions if c.attributes["lk.segment_id"] == final.attributes["lk.segment_id"]
+    ]
+    assert segment[-1] is final and len(segment) >= 2 and not any(c.final for c in segment[:-1])
+    async with api.LiveKitAPI(server.http_url, server.api_key, server.api_secret) as lkapi:
+        [automatic] = await dispatches_of(lkapi, room, "")
+        assert automatic.state.jobs[0].state.status == api.JobStatus.JS_RUNNING
+
+
+async def test_later_participants_are_transcribed_and_leavers_released(
+    server: Server, speakers: Join
+) -> None:
+    await registered(server, "")
+    room = new_room()
+    alice = await speakers("alice", room)
+    await captioned(alice)
+
+    bob = await speakers("bob", room)
+    await captioned(bob)
+    # Everyone in the room reads everyone's captions, each from its speaker.
+    await eventually(
+        lambda: any(c.sender == "bob" and c.final for c in alice.captions), "alice to read bob's"
+    )
+
+    await bob.leave()
+    await eventually(
+        lambda: f"stopped transcribing track {bob.track_sid}" in server.log(), "the agent to let go of bob"
+    )
