@@ -23,8 +23,8 @@ serve: $(BIN)/.installed
 	$(BIN)/switchboard serve --dev --agents agents
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench examples
+	$(BIN)/ruff format --check src tests bench examples
 	$(BIN)/mypy
 
 test: $(BIN)/.installed $(NODE_CLIENTS)/node_modules/.installed lint

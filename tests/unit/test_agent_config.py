@@ -143,3 +143,13 @@ def test_server_options_carry_only_what_the_file_sets(tmp_path: Path) -> None:
         "api_key": "k",
         "api_secret": "s",
     }
+
+
+def test_sections_with_processing_are_custom_services(tmp_path: Path) -> None:
+    text = "summaries:\n  processing: automatic\n  model: small\n"
+    config = load_agent_config(write(tmp_path, "agent-mine.yaml", text))
+    service = config.services["summaries"]
+    assert config.automatic and not service.builtin and service.provider == ""
+    assert dict(service.settings) == {"model": "small"} and config.warnings == ()
+    with pytest.raises(AgentConfigError, match=r"summaries\.processing: expected automatic or manual"):
+        load_agent_config(write(tmp_path, "agent-bad.yaml", "summaries:\n  processing: often\n"))

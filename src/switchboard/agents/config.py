@@ -3,6 +3,9 @@
 If any AI service of the agent has `processing: automatic`, the agent joins every new room (its worker
 registers with no agent name); if all are `manual`, it registers as AGENT_NAME and joins only the rooms it
 is dispatched to. Every error names the file and the key; unknown keys are warnings.
+
+Besides the built-in services (SERVICES), any top-level section with a `processing` key is a custom
+service: a user's own livekit-agents program reads its settings, and it counts for the dispatch mode.
 """
 
 import os
@@ -44,8 +47,13 @@ class ServiceConfig:
     name: str
     processing: str
     provider: str
+    """Empty for a custom service (a section with `processing` that Switchboard does not implement)."""
     settings: Mapping[str, Any] = field(default_factory=dict)
-    """The provider's own section (e.g. `pocketsphinx: {…}`)."""
+    """The provider's own section (e.g. `pocketsphinx: {…}`); a custom service's other keys."""
+
+    @property
+    def builtin(self) -> bool:
+        return self.name in SERVICES
 
 
 @dataclass(frozen=True)
@@ -129,11 +137,13 @@ def parse_agent_config(
     for key, value in data.items():
         if key in COMMON_KEYS:
             continue
-        if key not in SERVICES:
-            warnings.append(f"{source}: unknown key '{key}' ignored")
-            continue
-        services[key] = _service(key, value, fail, warnings)
-        warnings = [w if w.startswith(source) else f"{source}: {w}" for w in warnings]
+        if key in SERVICES:
+            services[key] = _service(key, value, fail, warnings)
+        elif isinstance(value, Mapping) and "processing" in value:
+            services[key] = _custom_service(key, value, fail)
+        else:
+            warnings.append(f"unknown key '{key}' ignored")
+    warnings = [f"{source}: {warning}" for warning in warnings]
     # A disabled agent is not started, so what it would need to start is not asked of it.
     for service in services.values() if enabled else ():
         for key, variable in CREDENTIALS.get(service.provider, ()):
@@ -170,6 +180,15 @@ def _service(name: str, value: Any, fail: Any, warnings: list[str]) -> ServiceCo
         if key not in ("processing", "provider", *SERVICES[name]):
             warnings.append(f"unknown key '{name}.{key}' ignored")
     return ServiceConfig(name=name, processing=processing, provider=provider, settings=dict(settings))
+
+
+def _custom_service(name: str, value: Mapping[str, Any], fail: Any) -> ServiceConfig:
+    """A section of the user's own agent program: only `processing` is Switchboard's to read."""
+    processing = value["processing"]
+    if processing not in PROCESSING:
+        raise fail(f"{name}.processing", f"expected automatic or manual, got {processing!r}")
+    settings = {key: setting for key, setting in value.items() if key != "processing"}
+    return ServiceConfig(name=name, processing=processing, provider="", settings=settings)
 
 
 def load_agent_config(path: str | Path, env: Mapping[str, str] | None = None) -> AgentConfig:

@@ -32,6 +32,9 @@ def agent_server(config: AgentConfig, **options: object) -> AgentServer:
 def builtin_agent(config: AgentConfig) -> AgentServer:
     """The worker for the built-in services the config turns on (checked here, before any job)."""
     check_services(config)
+    for service in config.services.values():
+        if not service.builtin:
+            log.warning("%s: %s is not a built-in service; it is left out here", config.source, service.name)
     server = agent_server(config)
     # A partial of a module-level function: the framework pickles the entrypoint into its job processes.
     server.rtc_session(functools.partial(_entrypoint, config), agent_name=config.registration_name)
