@@ -73,7 +73,10 @@ class Speaker:
 
         def on_caption(reader: rtc.TextStreamReader, sender: str) -> None:
             async def read() -> None:
-                text = await reader.read_all()
+                try:
+                    text = await reader.read_all()
+                except rtc.data_stream.StreamError:  # cut off by a leaving participant: no caption
+                    return
                 self.captions.append(Caption(sender, dict(reader.info.attributes), text, time.monotonic()))
 
             task = asyncio.ensure_future(read())

@@ -23,6 +23,7 @@ from switchboard.agents.config import AgentConfig, AgentConfigError, agent_confi
 log = logging.getLogger("switchboard.agents")
 
 CONFIG_ERROR_EXIT = 2  # `switchboard agent run` exits so on a config error: restarting cannot help
+LINE_LIMIT = 64 * 1024
 STOP_TIMEOUT = 10.0
 """After the server's drain, how long agents get to exit before they are killed."""
 # Set by livekit-agents users to force a name; the agent file decides here.
@@ -36,7 +37,11 @@ class SupervisorSettings:
     restart_delay: float = 1.0
     """Wait before the first restart of a crashed agent; doubled on each crash in a row."""
     restart_max_delay: float = 30.0
-    """The longest wait between restarts; an agent that ran this long is restarted at once after."""
+    """The longest wait between restarts. An agent that had run this long before it crashed starts again
+    from `restart_delay`."""
+
+    def restart_wait(self, crashes_in_a_row: int) -> float:
+        return min(self.restart_max_delay, self.restart_delay * 2.0 ** (crashes_in_a_row - 1))
 
 
 class AgentProcess:
@@ -47,7 +52,6 @@ class AgentProcess:
         self.env = dict(env)
         self.settings = settings
         self.process: asyncio.subprocess.Process | None = None
-        self.starts = 0
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -85,33 +89,36 @@ class AgentProcess:
                 return
             if time.monotonic() - started >= self.settings.restart_max_delay:
                 crashes = 0  # it had been running well: this crash starts a new series
-            delay = min(self.settings.restart_max_delay, self.settings.restart_delay * 2**crashes)
             crashes += 1
+            delay = self.settings.restart_wait(crashes)
             log.warning("agent %s exited with code %s; restarting in %gs", self.config.name, code, delay)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), delay)
         log.info("agent %s stopped", self.config.name)
 
-    async def _run_once(self) -> int:
+    async def _run_once(self) -> int | None:
+        """Run the agent until it exits; its exit status, or None if it could not be started."""
         command = [sys.executable, "-m", "switchboard", "agent", "run", self.config.source]
-        self.process = process = await asyncio.create_subprocess_exec(
-            *command,
-            env=self.env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            # Its own process group: a Ctrl-C at the terminal reaches the server, which stops the agents
-            # in order (drain first); the kill at the end takes the agent's job processes too.
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
-        self.starts += 1
+        try:
+            self.process = process = await asyncio.create_subprocess_exec(
+                *command,
+                env=self.env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                # Its own process group: a Ctrl-C at the terminal reaches the server, which stops the
+                # agents in order (drain first); the kill at the end takes the agent's job processes too.
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        except OSError as exc:
+            log.error("agent %s could not be started: %s", self.config.name, exc)
+            return None
+        if self._stopping.is_set():  # stopped while it was being started
+            process.send_signal(signal.SIGTERM)
         log.info("agent %s started pid=%d", self.config.name, process.pid)
         assert process.stdout is not None
-        prefix = f"{self.config.name} | ".encode()
-        async for line in process.stdout:
-            sys.stderr.buffer.write(prefix + line)
-            sys.stderr.buffer.flush()
+        await copy_lines(process.stdout, f"{self.config.name} | ".encode())
         return await process.wait()
 
 
@@ -154,6 +161,21 @@ class AgentSupervisor:
 
     async def wait(self, grace: float = STOP_TIMEOUT) -> None:
         await asyncio.gather(*(agent.wait(grace) for agent in self.agents.values()))
+
+
+async def copy_lines(stream: asyncio.StreamReader, prefix: bytes) -> None:
+    """Copy a child's output to our stderr, each line prefixed; read in chunks, so that no line is too
+    long (a very long one is cut into pieces)."""
+    pending = b""
+    while chunk := await stream.read(LINE_LIMIT):
+        *lines, pending = (pending + chunk).split(b"\n")
+        if len(pending) >= LINE_LIMIT:
+            lines, pending = [*lines, pending], b""
+        sys.stderr.buffer.write(b"".join(prefix + line + b"\n" for line in lines))
+        sys.stderr.buffer.flush()
+    if pending:
+        sys.stderr.buffer.write(prefix + pending + b"\n")
+        sys.stderr.buffer.flush()
 
 
 def _die_with_parent() -> None:
