@@ -3,6 +3,8 @@
 synthesised sentences with the Python rtc SDK, and the captions it receives on `lk.transcription`.
 Also: a broken and a disabled agent next to it, and a crashed agent that the server restarts."""
 
+import asyncio
+import itertools
 import os
 import signal
 from collections.abc import AsyncIterator, Iterator
@@ -11,6 +13,7 @@ import pytest
 from livekit import api
 
 from tests.agent_workers import eventually, registered, registrations
+from tests.browser import BrowserScenario, served_page, toolchain_or_fail
 from tests.conftest import Server
 from tests.e2e.captions import (
     Join,
@@ -91,6 +94,39 @@ async def test_token_room_config_dispatches_when_the_participant_connects(
     speaker = await speakers("carol", room, agents=[AGENT])
     await eventually(lambda: dispatches_of(lkapi, room, AGENT), "the token's dispatch to be listed")
     await captioned(speaker)
+
+
+async def test_a_browser_viewer_reads_the_captions(server: Server, speakers: Join) -> None:
+    """livekit-client, as a captions UI uses it: the viewer's token dispatches the agent, a Python
+    participant speaks, and the browser receives that participant's captions with their attributes."""
+    toolchain_or_fail()
+    await registered(server, AGENT)
+    room = new_room()
+    token = server.join_token(room, "viewer", agents=[{"agentName": AGENT}])
+    async with served_page() as page:
+        browser = BrowserScenario(server, page, "captions", token, PEER_IDENTITY="erin")
+        await browser.start()
+        speaker = await speakers("erin", room)
+
+        async def speak_until_the_browser_is_done() -> None:
+            for sentence in itertools.cycle(SENTENCES):
+                assert browser.process is not None
+                if browser.process.returncode is not None:
+                    return
+                await speaker.say(sentence)
+
+        speaking = asyncio.create_task(speak_until_the_browser_is_done())
+        try:
+            read = (await browser.result())["read"]
+        finally:
+            speaking.cancel()
+    captions = [c for c in read["captions"] if c["from"] == "erin"]
+    finals = [c for c in captions if c["attributes"]["lk.transcription_final"] == "true"]
+    assert finals, f"no final caption reached the browser: {read}"
+    assert finals[0]["text"] and finals[0]["attributes"]["lk.transcribed_track_id"] == speaker.track_sid
+    segment = finals[0]["attributes"]["lk.segment_id"]
+    assert any(c["attributes"]["lk.segment_id"] == segment for c in captions if c is not finals[0])
+    assert len(read["agents"]) == 1 and read["agents"][0].startswith("agent-AJ_")
 
 
 async def test_a_crashed_agent_is_restarted_and_serves_the_waiting_job(

@@ -1,12 +1,13 @@
 // The official browser SDK `livekit-client` (unmodified UMD build) in headless Debian Chromium, driven by
 // playwright-core, against a Switchboard server. Run by tests/integration/test_browser.py:
 //
-//   node browser_scenario.mjs <room|bad-token>
+//   node browser_scenario.mjs <room|captions|bad-token>
 //
 // Environment: PAGE_URL (a page that loads livekit-client.umd.js, served by the test), SWITCHBOARD_WS_URL,
 // BROWSER_TOKEN, PEER_IDENTITY (the Python participant, room scenario), CHROMIUM (default /usr/bin/chromium).
 // The room scenario waits for a line `leave` on stdin before disconnecting, so that the test decides when
-// the browser leaves. Prints exactly one JSON line of observations on stdout; diagnostics go to stderr.
+// the browser leaves. The captions scenario listens on lk.transcription until PEER_IDENTITY's first final
+// caption (at most 45 s). Prints exactly one JSON line of observations on stdout; diagnostics go to stderr.
 
 import readline from 'node:readline';
 import { chromium } from 'playwright-core';
@@ -180,6 +181,31 @@ async function badConnect({ url, token }) {
   }
 }
 
+async function readCaptions({ url, token, peer, timeoutMs }) {
+  // A viewer, as a captions UI is: it only listens for lk.transcription until the peer's first final one.
+  const LK = window.LivekitClient;
+  const t0 = performance.now();
+  const obs = { captions: [] };
+  const room = new LK.Room();
+  room.registerTextStreamHandler('lk.transcription', async (reader, participantInfo) => {
+    const text = await reader.readAll();
+    obs.captions.push({
+      text,
+      from: participantInfo.identity,
+      attributes: reader.info.attributes ?? {},
+      at: Math.round(performance.now() - t0),
+    });
+  });
+  await room.connect(url, token, { autoSubscribe: true });
+  obs.localIdentity = room.localParticipant.identity;
+  const finalFromPeer = () =>
+    obs.captions.some((c) => c.from === peer && c.attributes['lk.transcription_final'] === 'true');
+  while (!finalFromPeer() && performance.now() - t0 < timeoutMs) await new Promise((r) => setTimeout(r, 50));
+  obs.agents = [...room.remoteParticipants.values()].filter((p) => p.isAgent).map((p) => p.identity);
+  await room.disconnect();
+  return obs;
+}
+
 // ---- Driver ----
 
 async function main() {
@@ -239,6 +265,13 @@ async function main() {
       process.stderr.write('browser joined and sent; waiting for `leave` on stdin\n');
       result.leaveSignal = await input.next(45_000);
       result.left = await page.evaluate(waitAndLeave, { timeoutMs: 5000, peer: env.PEER_IDENTITY });
+    } else if (scenario === 'captions') {
+      result.read = await page.evaluate(readCaptions, {
+        url: env.SWITCHBOARD_WS_URL,
+        token: env.BROWSER_TOKEN,
+        peer: env.PEER_IDENTITY,
+        timeoutMs: 45_000,
+      });
     } else if (scenario === 'bad-token') {
       result.attempt = await page.evaluate(badConnect, { url: env.SWITCHBOARD_WS_URL, token: env.BROWSER_TOKEN });
     } else {
