@@ -86,7 +86,12 @@ async def _serve(server: AgentServer) -> None:
             log.warning("drain timed out; closing running jobs")
         await server.aclose()
     stop.cancel()
-    await running  # a worker that could not connect ends here with its error
+    try:
+        await running
+    except RuntimeError as exc:  # the framework gave up connecting (16 attempts, about 2 minutes)
+        log.error("agent stopped: %s", exc)
+        await server.aclose()
+        raise SystemExit(1) from exc
 
 
 def configure_logging(config: AgentConfig) -> None:
