@@ -18,11 +18,10 @@ import pytest
 from livekit import api
 
 from tests.conftest import Server
-from tests.node_clients import NODE_DIR, PROXY_VARIABLES, node_or_fail
+from tests.node_clients import NODE_DIR, node_or_fail, run_node
 
 SCRIPT = NODE_DIR / "rtc_scenarios.mjs"
 RTC_SDK_DIR = NODE_DIR / "node_modules" / "@livekit" / "rtc-node"
-NODE_TIMEOUT = 60.0
 CROSS_CHECK_DEADLINE = 15.0
 IDENTITIES = {"A": "alice", "B": "bob", "C": "carol"}
 
@@ -56,77 +55,37 @@ async def run_rtc_scenario(
     released even when the coroutine fails, whose error is raised once the scenario is over.
     """
     __tracebackhide__ = True
-    node = node_or_fail()
+    node_or_fail()
     if not RTC_SDK_DIR.is_dir():
         pytest.fail(f"{RTC_SDK_DIR} is missing: run `make test` (it runs `npm ci` in tests/node)")
-    env = {k: v for k, v in os.environ.items() if k not in PROXY_VARIABLES and not k.startswith("LIVEKIT_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIVEKIT_")}
     env["SWITCHBOARD_URL"] = server.ws_url
     for label in participants:
         env[f"TOKEN_{label}"] = server.join_token(room, IDENTITIES[label])
     if while_connected is not None:
         env["HOLD_FOR_STDIN"] = "1"
-    process = await asyncio.create_subprocess_exec(
-        node,
-        str(SCRIPT),
-        scenario,
-        cwd=NODE_DIR,
-        env=env,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    check_error: BaseException | None = None
-    try:
-        if while_connected is not None:
-            try:
-                await while_connected()
-            except Exception as exc:  # reported after the scenario ends, with what it saw
-                check_error = exc
-            assert process.stdin is not None
-            try:
-                process.stdin.write(b"go\n")
-                await process.stdin.drain()
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the scenario already ended; its output says why
-        stdout, stderr = await asyncio.wait_for(process.communicate(), NODE_TIMEOUT)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
+    run = await run_node(SCRIPT, scenario, env, lambda: log_excerpt(server, room), while_connected)
+    if run.returncode != 0 or len(run.results) != 1:
         pytest.fail(
-            f"rtc scenario {scenario!r} did not finish within {NODE_TIMEOUT:g}s\n{log_excerpt(server, room)}"
+            f"rtc scenario {scenario!r} exited with {run.returncode}, {len(run.results)} results:\n"
+            f"{chr(10).join(run.other_output)}\n--- stderr ---\n{run.stderr}\n"
+            f"--- server log ---\n{log_excerpt(server, room)}"
         )
-    output = stdout.decode(errors="replace")
-    errors = stderr.decode(errors="replace")
-    results, sdk_lines = [], []
-    for line in output.splitlines():
-        try:
-            parsed = json.loads(line)
-        except ValueError:
-            parsed = None
-        if isinstance(parsed, dict) and "scenario" in parsed:
-            results.append(parsed)
-        elif line.strip():
-            sdk_lines.append(line)  # the SDK's logger (pino) also writes to stdout
-    if process.returncode != 0 or len(results) != 1:
-        pytest.fail(
-            f"rtc scenario {scenario!r} exited with {process.returncode}, {len(results)} results:\n"
-            f"{output}\n--- stderr ---\n{errors}\n--- server log ---\n{log_excerpt(server, room)}"
-        )
-    result = results[0]
+    [result] = run.results
     if "unexpectedError" in result:
         pytest.fail(
             f"rtc scenario {scenario!r} failed: {result['unexpectedError']}\n{result.get('stack')}\n"
             f"--- observed so far ---\n{json.dumps(result.get('partial'), indent=1)}\n"
-            f"--- SDK log ---\n{chr(10).join(sdk_lines[-30:])}\n--- stderr ---\n{errors[-3000:]}\n"
+            f"--- SDK log ---\n{chr(10).join(run.other_output[-30:])}\n--- stderr ---\n{run.stderr[-3000:]}\n"
             f"--- server log ---\n{log_excerpt(server, room)}"
         )
     assert result["scenario"] == scenario
-    if check_error is not None:
+    if run.held_error is not None:
         raise AssertionError(
-            f"the check made while {scenario!r} was connected failed: {check_error!r}\n"
+            f"the check made while {scenario!r} was connected failed: {run.held_error!r}\n"
             f"--- scenario observations ---\n{json.dumps(result)[:6000]}\n"
             f"--- server log ---\n{log_excerpt(server, room)}"
-        ) from check_error
+        ) from run.held_error
     return result
 
 
