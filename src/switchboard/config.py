@@ -200,11 +200,11 @@ def load_config(
     directory = r.get("agents_dir")
     if directory is not None and not isinstance(directory, str):
         raise r.fail("agents_dir", f"expected a directory path, got {directory!r}")
-    s = SupervisorSettings
+    supervisor = SupervisorSettings
     values["agents"] = SupervisorSettings(
         directory=agents_dir or directory or "",
-        restart_delay=seconds("agents.restart_delay", s.restart_delay, 0.01),
-        restart_max_delay=seconds("agents.restart_max_delay", s.restart_max_delay, 0.01),
+        restart_delay=seconds("agents.restart_delay", supervisor.restart_delay, 0.01),
+        restart_max_delay=seconds("agents.restart_max_delay", supervisor.restart_max_delay, 0.01),
     )
     if values["rtc"].ping_interval >= values["rtc"].ping_timeout:
         raise r.fail(

@@ -17,6 +17,7 @@ from tests.agent_workers import eventually
 from tests.conftest import Server, start_server, stop_server
 
 PING_TIMEOUT = 2
+NO_AUDIO_WINDOW = 1.0
 
 
 @pytest.fixture(scope="module")
@@ -406,3 +407,9 @@ async def test_clients_without_auto_subscribe_choose_their_tracks(clients: Any) 
 
     publication.set_subscribed(False)
     await eventually(lambda: picky.saw("track_unsubscribed"), "picky to be unsubscribed")
+    received = len(picky.levels)
+    await asyncio.sleep(NO_AUDIO_WINDOW)  # a window in which nothing may arrive
+    assert len(picky.levels) == received, "audio still arrives after unsubscribing"
+
+    publication.set_subscribed(True)  # and back: the choice can change any number of times
+    await eventually(lambda: len(picky.levels) >= received + 50, "picky to receive the track again")

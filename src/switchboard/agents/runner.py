@@ -7,6 +7,7 @@
 import asyncio
 import functools
 import logging
+import os
 import signal
 
 from livekit.agents import AgentServer, JobContext
@@ -16,7 +17,10 @@ from switchboard.agents.services import check_services, run_services
 
 log = logging.getLogger("switchboard.agents")
 
-LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING}
+# The config's log levels, by Python's names.
+PYTHON_LEVELS = {"debug": "DEBUG", "info": "INFO", "warn": "WARNING", "warning": "WARNING", "error": "ERROR"}
+# livekit-agents lets these replace the agent name given in code; for an agent file, the file decides.
+NAME_OVERRIDES = ("LIVEKIT_AGENT_NAME", "LIVEKIT_AGENT_NAME_OVERRIDE")
 
 
 def agent_server(config: AgentConfig, **options: object) -> AgentServer:
@@ -24,6 +28,9 @@ def agent_server(config: AgentConfig, **options: object) -> AgentServer:
 
     Register the entrypoint with `@server.rtc_session(agent_name=config.registration_name)`.
     """
+    for variable in NAME_OVERRIDES:
+        if os.environ.pop(variable, None) is not None:
+            log.warning("%s ignored: %s decides the agent's name and dispatch", variable, config.source)
     # The worker's own health endpoint: loopback on a free port, so that several agents fit on one host.
     settings: dict[str, object] = {"host": "127.0.0.1", "port": 0} | config.server_options() | options
     return AgentServer(**settings)  # type: ignore[arg-type]
@@ -46,54 +53,60 @@ async def _entrypoint(config: AgentConfig, ctx: JobContext) -> None:
 
 
 def run(server: AgentServer, config: AgentConfig) -> None:
-    """Run the worker until SIGTERM or SIGINT, then drain: running jobs finish (or the server ends them).
-    A config with `enabled: false` runs nothing and says so."""
-    if _announce(config):
-        asyncio.run(_serve(server))
+    """Run the worker until SIGTERM or SIGINT, then drain: running jobs finish (or the server ends them);
+    a second signal ends them at once. A config with `enabled: false` runs nothing and says so."""
+    if _prepare(config):
+        _start(config, server)
 
 
 def run_builtin(config: AgentConfig) -> None:
     """`switchboard agent run`: the built-in services the config turns on, as one worker."""
-    if _announce(config):
-        asyncio.run(_serve(builtin_agent(config)))
+    if _prepare(config):
+        _start(config, builtin_agent(config))
 
 
-def _announce(config: AgentConfig) -> bool:
-    configure_logging(config)
+def _prepare(config: AgentConfig) -> bool:
+    """Set up logging and report the config's warnings; whether the agent is to run at all."""
+    logging.basicConfig(
+        level=PYTHON_LEVELS[config.log_level], format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     for warning in config.warnings:
         log.warning("%s", warning)
     if not config.enabled:
         log.warning("%s: agent '%s' not started: enabled is false", config.source, config.name)
-        return False
+    return config.enabled
+
+
+def _start(config: AgentConfig, server: AgentServer) -> None:
     mode = "automatic (every new room)" if config.automatic else f"explicit, as agent_name '{config.name}'"
     log.info("agent '%s' starting; dispatch %s", config.name, mode)
-    return True
+    asyncio.run(_serve(server))
 
 
 async def _serve(server: AgentServer) -> None:
     loop = asyncio.get_running_loop()
-    stopping = asyncio.Event()
+    signals: asyncio.Queue[int] = asyncio.Queue()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stopping.set)
+        loop.add_signal_handler(signum, signals.put_nowait, signum)
     running = asyncio.create_task(server.run())
-    stop = asyncio.create_task(stopping.wait())
-    await asyncio.wait((running, stop), return_when=asyncio.FIRST_COMPLETED)
-    if stopping.is_set():
-        log.info("stopping: draining running jobs")
-        try:
-            await server.drain()
-        except TimeoutError:
-            log.warning("drain timed out; closing running jobs")
+    signalled = asyncio.create_task(signals.get())
+    await asyncio.wait((running, signalled), return_when=asyncio.FIRST_COMPLETED)
+    if signalled.done():
+        log.info("stopping: draining running jobs (a second signal ends them now)")
+        draining = asyncio.create_task(server.drain())
+        again = asyncio.create_task(signals.get())
+        await asyncio.wait((draining, again), return_when=asyncio.FIRST_COMPLETED)
+        if again.done():
+            log.warning("stopping now: running jobs are closed")
+            draining.cancel()
+        elif draining.exception() is not None:
+            log.warning("drain timed out; running jobs are closed")
+        again.cancel()
         await server.aclose()
-    stop.cancel()
+    signalled.cancel()
     try:
         await running
-    except RuntimeError as exc:  # the framework gave up connecting (16 attempts, about 2 minutes)
+    except RuntimeError as exc:  # run() ends so when the framework gives up (e.g. connecting, 16 tries)
         log.error("agent stopped: %s", exc)
         await server.aclose()
         raise SystemExit(1) from exc
-
-
-def configure_logging(config: AgentConfig) -> None:
-    level = LOG_LEVELS.get(config.log_level, logging.getLevelName(config.log_level.upper()))
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -24,6 +24,8 @@ log = logging.getLogger("switchboard.agents")
 
 CONFIG_ERROR_EXIT = 2  # `switchboard agent run` exits so on a config error: restarting cannot help
 LINE_LIMIT = 64 * 1024
+KILL_WAIT = 5.0
+"""How long a killed agent's exit (and the end of its output) is waited for."""
 STOP_TIMEOUT = 10.0
 """After the server's drain, how long agents get to exit before they are killed."""
 # Set by livekit-agents users to force a name; the agent file decides here.
@@ -71,9 +73,12 @@ class AgentProcess:
             await asyncio.wait_for(asyncio.shield(self._task), grace)
         except TimeoutError:
             log.warning("agent %s did not stop within %gs; killing it", self.config.name, grace)
-            if self.process is not None and self.process.returncode is None:
-                os.killpg(self.process.pid, signal.SIGKILL)
-            await self._task
+            if self.process is not None:
+                _kill_group(self.process.pid)
+            try:
+                await asyncio.wait_for(self._task, KILL_WAIT)
+            except TimeoutError:
+                log.error("agent %s is still there after SIGKILL", self.config.name)
 
     async def _supervise(self) -> None:
         crashes = 0
@@ -118,8 +123,16 @@ class AgentProcess:
             process.send_signal(signal.SIGTERM)
         log.info("agent %s started pid=%d", self.config.name, process.pid)
         assert process.stdout is not None
-        await copy_lines(process.stdout, f"{self.config.name} | ".encode())
-        return await process.wait()
+        copying = asyncio.create_task(copy_lines(process.stdout, f"{self.config.name} | ".encode()))
+        code = await process.wait()
+        # Its job processes ignore SIGTERM and outlive a crashed agent (in rooms, holding its output pipe):
+        # the whole group goes with it.
+        _kill_group(process.pid)
+        try:
+            await asyncio.wait_for(copying, KILL_WAIT)
+        except TimeoutError:  # something outside the group kept the pipe open; its lines are lost
+            copying.cancel()
+        return code
 
 
 class AgentSupervisor:
@@ -178,8 +191,18 @@ async def copy_lines(stream: asyncio.StreamReader, prefix: bytes) -> None:
         sys.stderr.buffer.flush()
 
 
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # already gone
+        os.killpg(pid, signal.SIGKILL)
+
+
+# Looked up here, not in the child: between fork and exec, a child of a threaded process must not load
+# libraries (dlopen can deadlock on a lock another thread held at the fork).
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
+_PR_SET_PDEATHSIG = 1
+
+
 def _die_with_parent() -> None:
     """Runs in the child before exec: on Linux, SIGTERM it if the server dies without stopping it."""
-    if sys.platform == "linux":
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)

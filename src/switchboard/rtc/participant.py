@@ -72,7 +72,7 @@ class ParticipantSession:
         """Tracks this participant publishes."""
         self.subscriptions: dict[str, RTCRtpTransceiver] = {}
         """Tracks this participant receives, by track sid."""
-        self.choices: dict[str, bool] = {}
+        self.subscription_overrides: dict[str, bool] = {}
         """Tracks the participant asked for (True) or turned down (False), overriding auto_subscribe."""
         self._pending_tracks: dict[str, Track] = {}
         self._channels: dict[str, RTCDataChannel] = {}
@@ -401,20 +401,24 @@ class ParticipantSession:
 
     def _on_subscription(self, update: rtc.UpdateSubscription) -> None:
         """The client subscribes or unsubscribes by hand (how `autoSubscribe: false` clients receive)."""
-        track_sids = [*update.track_sids, *(sid for pt in update.participant_tracks for sid in pt.track_sids)]
-        for track_sid in track_sids:
-            self.choices[track_sid] = update.subscribe
+        # livekit-client names each track twice (in track_sids and in participant_tracks).
+        named = [*update.track_sids, *(sid for pt in update.participant_tracks for sid in pt.track_sids)]
+        for track_sid in dict.fromkeys(named):
+            self.subscription_overrides[track_sid] = update.subscribe
             found = self.service.published_track(self.room, track_sid)
+            if found is not None and found[0] is self:
+                continue  # one's own track is never sent back
             if found is None:
-                error = rtc.SubscriptionResponse(track_sid=track_sid, err=models.SE_TRACK_NOTFOUND)
-                self.signal.send(rtc.SignalResponse(subscription_response=error))
+                if update.subscribe:  # an unsubscribe from a track already gone needs no answer
+                    error = rtc.SubscriptionResponse(track_sid=track_sid, err=models.SE_TRACK_NOTFOUND)
+                    self.signal.send(rtc.SignalResponse(subscription_response=error))
             elif update.subscribe:
                 self.subscribe(*found)
             else:
                 self.unsubscribe(found[1])
 
     def subscribe(self, publisher: "ParticipantSession", relay: AudioRelay) -> None:
-        wanted = self.choices.get(relay.track_sid, self.auto_subscribe)
+        wanted = self.subscription_overrides.get(relay.track_sid, self.auto_subscribe)
         if not (self.can_subscribe and wanted) or relay.track_sid in self.subscriptions:
             return
         if any(relay is waiting for _, waiting in self._deferred):

@@ -191,6 +191,7 @@ class RtcService:
         for session in self.sessions.get(publisher.room, {}).values():
             if session is not publisher:
                 session.unsubscribe(relay)
+                session.subscription_overrides.pop(relay.track_sid, None)  # track sids are never reused
         relay.close()
 
     def deliver(

@@ -70,16 +70,17 @@ class LiveCaptions:
             self._stop(sid)
 
     def _stop(self, track_sid: str) -> None:
-        task = self._tasks.pop(track_sid, None)
+        task = self._tasks.pop(track_sid, None)  # at once: the track may be subscribed again before it ends
         if task is not None:
             task.cancel()
-            logger.info("stopped transcribing track %s", track_sid)
 
     def _forget(self, track_sid: str, task: "asyncio.Task[None]") -> None:
+        """However a transcription ends (stopped, its audio over, failed), its track is let go."""
         if self._tasks.get(track_sid) is task:
             del self._tasks[track_sid]
         if not task.cancelled() and task.exception() is not None:
             logger.error("transcription of track %s failed", track_sid, exc_info=task.exception())
+        logger.info("stopped transcribing track %s", track_sid)
 
     async def _transcribe(self, track: rtc.Track, track_sid: str, identity: str) -> None:
         audio = rtc.AudioStream.from_track(
@@ -88,9 +89,11 @@ class LiveCaptions:
         recognition = self.engine.stream()
 
         async def forward() -> None:
-            async for event in audio:
-                recognition.push_frame(event.frame)
-            recognition.end_input()
+            try:
+                async for event in audio:
+                    recognition.push_frame(event.frame)
+            finally:  # the recognition ends with its audio, however that ends
+                recognition.end_input()
 
         forwarding = asyncio.create_task(forward())
         segment_id = utils.shortuuid("SG_")
@@ -105,7 +108,9 @@ class LiveCaptions:
                     final = event.type == stt.SpeechEventType.FINAL_TRANSCRIPT
                     text = event.alternatives[0].text if event.alternatives else ""
                     if text:
-                        await self._publish(identity, track_sid, segment_id, text, final)
+                        # Shielded: a caption begun is finished even if the track goes away meanwhile,
+                        # or readers would wait for the rest of a stream that never comes.
+                        await asyncio.shield(self._publish(identity, track_sid, segment_id, text, final))
                     if final:  # providers without START_OF_SPEECH still get one segment per utterance
                         segment_id = utils.shortuuid("SG_")
         finally:

@@ -60,8 +60,10 @@ class PocketSphinxOptions:
 
     def decoder_config(self) -> dict[str, Any]:
         paths = {"hmm": self.acoustic_model, "lm": self.language_model, "dict": self.dictionary}
-        # No lattice best-path pass: on bench/captions.py's sentences it made finals worse than the
-        # interim results that preceded them (word error rate 47 % with it, 33 % without).
+        # No lattice best-path pass: on bench/captions.py's sentences, decoded whole, it made finals worse
+        # than the interim results before them (word error rate 47 % with it, 33 % without). Faster
+        # settings (maxhmmpf 3000, or no flat pass) halved the CPU but raised the benchmark's word error
+        # rate from 24 % to 31-34 %: accuracy is kept.
         decoder = {"samprate": SAMPLE_RATE, "loglevel": "ERROR", "bestpath": False}
         return decoder | {k: v for k, v in paths.items() if v}
 
@@ -72,10 +74,10 @@ class Utterances:
     def __init__(self, options: PocketSphinxOptions) -> None:
         self.options = options
         self._decoder = pocketsphinx.Decoder(**options.decoder_config())
-        # A window of end_silence seconds, 90 % of which must be silence to end an utterance.
-        self._endpointer = pocketsphinx.Endpointer(
-            window=options.end_silence, vad_mode=options.vad_mode, sample_rate=SAMPLE_RATE
-        )
+        self._endpointer = self._new_endpointer()
+        self._origin = 0.0
+        """Seconds of audio before the current endpointer began (its times count from there)."""
+        self._fed = 0.0
         self._frame_bytes: int = self._endpointer.frame_bytes
         self._interim_frames = max(1, round(options.interim_interval / self._endpointer.frame_length))
         self._pending = bytearray()
@@ -83,8 +85,16 @@ class Utterances:
         self._frames_since_interim = 0
         self._last_interim = ""
 
+    def _new_endpointer(self) -> Any:
+        # A window of end_silence seconds, 90 % of which must be silence to end an utterance (and, as
+        # much speech, to begin one).
+        return pocketsphinx.Endpointer(
+            window=self.options.end_silence, vad_mode=self.options.vad_mode, sample_rate=SAMPLE_RATE
+        )
+
     def feed(self, pcm: bytes) -> list[stt.SpeechEvent]:
         self._pending += pcm
+        self._fed += len(pcm) / 2 / SAMPLE_RATE
         events: list[stt.SpeechEvent] = []
         while len(self._pending) >= self._frame_bytes:
             frame = bytes(self._pending[: self._frame_bytes])
@@ -99,14 +109,17 @@ class Utterances:
     def finish(self) -> list[stt.SpeechEvent]:
         """End of input, or a flush: whatever was being said is final now."""
         events: list[stt.SpeechEvent] = []
-        if self._pending:
-            padded = bytes(self._pending).ljust(self._frame_bytes, b"\0")
-            self._pending.clear()
-            speech = self._endpointer.end_stream(padded)
+        if self._endpointer.in_speech:
+            # The endpointer still holds up to a window of the utterance's end: take it out.
+            tail = bytes(self._pending).ljust(self._frame_bytes, b"\0")
+            speech = self._endpointer.end_stream(tail)
             if speech is not None:
                 events += self._speech(speech)
+        self._pending.clear()
         if self._speaking:
             events += self._end_utterance()
+        # An ended stream is over for the endpointer: what may follow a flush starts a new one.
+        self._endpointer, self._origin = self._new_endpointer(), self._fed
         return events
 
     def _speech(self, speech: bytes) -> list[stt.SpeechEvent]:
@@ -142,8 +155,10 @@ class Utterances:
         data = stt.SpeechData(
             language=LanguageCode(self.options.language),
             text=text,
-            start_time=self._endpointer.speech_start,
-            end_time=self._endpointer.speech_end if kind == stt.SpeechEventType.FINAL_TRANSCRIPT else 0.0,
+            start_time=self._origin + self._endpointer.speech_start,
+            end_time=self._origin + self._endpointer.speech_end
+            if kind == stt.SpeechEventType.FINAL_TRANSCRIPT
+            else 0.0,
         )
         return stt.SpeechEvent(type=kind, alternatives=[data])
 
@@ -208,9 +223,11 @@ class PocketSphinxStream(stt.RecognizeStream):
             else:
                 events = await asyncio.to_thread(utterances.feed, _pcm16k(item))
             for event in events:
+                for data in event.alternatives:  # times within this stream → within the session
+                    data.start_time += self.start_time_offset
+                    data.end_time += self.start_time_offset if data.end_time else 0.0
                 self._event_ch.send_nowait(event)
-        for event in await asyncio.to_thread(utterances.finish):
-            self._event_ch.send_nowait(event)
+        # end_input() flushes before it closes the input, so the last utterance is already final here.
 
 
 def _pcm16k(frame: rtc.AudioFrame) -> bytes:

@@ -32,7 +32,7 @@ def build_stt(config: AgentConfig, service: ServiceConfig) -> stt.STT[Any]:
     settings = STREAMING_DEFAULTS.get(service.provider, {}) | dict(service.settings)
     try:
         engine: stt.STT[Any] = plugin.STT(**settings)
-    except (TypeError, ValueError) as exc:  # unknown keyword, missing credentials, bad value
+    except Exception as exc:  # unknown keyword, missing credentials, bad value: each plugin has its own
         raise AgentConfigError(f"{section}: {exc}") from exc
     if not engine.capabilities.streaming:
         raise AgentConfigError(
