@@ -39,6 +39,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             "broken": captions_agent("sometimes"),
             # Automatic: it would join every room below if it were started.
             "off": captions_agent("automatic", "enabled: false\n"),
+            # Valid as a file, but its plugin is not installed: its process stops with a config error.
+            "plugin": "live_captions:\n  processing: manual\n  provider: assemblyai\n"
+            "  assemblyai:\n    api_key: k\n",
         },
     )
 
@@ -57,7 +60,11 @@ async def lkapi(server: Server) -> AsyncIterator[api.LiveKitAPI]:
 
 async def test_only_the_valid_enabled_agent_runs(server: Server) -> None:
     await registered(server, AGENT)
+    stopped = "agent plugin stopped: its configuration is wrong"
+    await eventually(lambda: stopped in server.log(), "the agent without its plugin to stop for good")
     log = server.log()
+    assert "plugin | " in log and "pip install 'switchboard[assemblyai]'" in log
+    assert len(started_pids(server, "plugin")) == 1  # a config error is not retried
     assert "agent-broken.yaml: live_captions.processing: expected automatic or manual, got 'sometimes'" in log
     assert "agent off not started" in log
     assert "\nbroken | " not in log and "\noff | " not in log
