@@ -9,6 +9,7 @@ from livekit.agents import stt
 
 from switchboard.agents.services.pocketsphinx_stt import (
     SAMPLE_RATE,
+    DecoderPool,
     PocketSphinxOptions,
     PocketSphinxSTT,
     Utterances,
@@ -111,3 +112,27 @@ def test_after_a_flush_times_go_on_from_where_they_were() -> None:
     start_two = next(e for e in second if e.type == Kind.FINAL_TRANSCRIPT).alternatives[0].start_time
     assert "weather" in one and "weather" in two
     assert start_two > start_one + len(sentence) / 2 / SAMPLE_RATE - 0.3
+
+
+def test_streams_share_decoders_and_hold_one_only_while_speaking() -> None:
+    options = PocketSphinxOptions()
+    pool = DecoderPool(options, keep_idle=1)
+    alice, bob, carol = (Utterances(options, pool) for _ in range(3))
+    sentence = speak("what is the weather like today", SAMPLE_RATE) + silence(1.5, SAMPLE_RATE)
+    quiet = silence(len(sentence) / 2 / SAMPLE_RATE, SAMPLE_RATE)
+
+    # One after the other, while the others are silent: one decoder serves them all.
+    for speaker in (alice, bob, carol):
+        for listener in {alice, bob, carol} - {speaker}:
+            assert listener.feed(quiet) == []
+        assert "weather" in finals(speaker.feed(sentence))[0]
+    assert pool.created == 1
+
+    # Two at once need two; once they are done, only `keep_idle` are kept.
+    half = len(sentence) // 4 * 2  # on a sample boundary
+    first, second = alice.feed(sentence[:half]), bob.feed(sentence[:half])
+    assert kinds(first) == kinds(second) == [Kind.START_OF_SPEECH] and pool.created == 2
+    assert finals(alice.feed(sentence[len(sentence) // 2 :])) and finals(
+        bob.feed(sentence[len(sentence) // 2 :])
+    )
+    assert len(pool._idle) == 1

@@ -6,6 +6,7 @@ while it is spoken and one final result when it ends.
 """
 
 import asyncio
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -68,12 +69,52 @@ class PocketSphinxOptions:
         return decoder | {k: v for k, v in paths.items() if v}
 
 
+class DecoderPool:
+    """Decoders shared by the audio streams of one STT (one room's participants).
+
+    A decoder holds about 90 MB of models and search state, and is needed only while someone speaks: it
+    is taken at the start of an utterance and given back at its end. A room of twenty mostly silent
+    participants then needs about as many decoders as people speaking at once, not twenty. (Live
+    cepstral normalisation carries over from one speaker to the next: a small cost in accuracy.)
+    """
+
+    def __init__(self, options: PocketSphinxOptions, keep_idle: int = 2) -> None:
+        self.options = options
+        self.keep_idle = keep_idle
+        self.created = 0
+        self._idle: list[Any] = []
+        self._lock = threading.Lock()
+
+    def prepare(self) -> None:
+        """Have one decoder ready, so that a first utterance does not wait for the models to load."""
+        with self._lock:
+            if not self._idle:
+                self._idle.append(self._new())
+
+    def acquire(self) -> Any:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return self._new()  # outside the lock: loading takes a few hundred milliseconds
+
+    def release(self, decoder: Any) -> None:
+        with self._lock:
+            if len(self._idle) < self.keep_idle:  # beyond that, a burst's extra decoders are freed
+                self._idle.append(decoder)
+
+    def _new(self) -> Any:
+        self.created += 1
+        return pocketsphinx.Decoder(**self.options.decoder_config())
+
+
 class Utterances:
     """Synchronous core: 16 kHz mono PCM in, speech events out. One per audio stream."""
 
-    def __init__(self, options: PocketSphinxOptions) -> None:
+    def __init__(self, options: PocketSphinxOptions, decoders: DecoderPool | None = None) -> None:
         self.options = options
-        self._decoder = pocketsphinx.Decoder(**options.decoder_config())
+        self._decoders = decoders or DecoderPool(options)
+        self._decoder: Any = None
+        """Held from the start of an utterance to its end."""
         self._endpointer = self._new_endpointer()
         self._origin = 0.0
         """Seconds of audio before the current endpointer began (its times count from there)."""
@@ -128,6 +169,7 @@ class Utterances:
             self._speaking = True
             self._frames_since_interim = 0
             self._last_interim = ""
+            self._decoder = self._decoders.acquire()
             self._decoder.start_utt()
             events.append(stt.SpeechEvent(type=stt.SpeechEventType.START_OF_SPEECH))
         self._decoder.process_raw(speech)
@@ -144,6 +186,8 @@ class Utterances:
         self._speaking = False
         self._decoder.end_utt()
         text = self._hypothesis()
+        self._decoders.release(self._decoder)
+        self._decoder = None
         events = [self._event(stt.SpeechEventType.FINAL_TRANSCRIPT, text)] if text else []
         return [*events, stt.SpeechEvent(type=stt.SpeechEventType.END_OF_SPEECH)]
 
@@ -169,6 +213,7 @@ class PocketSphinxSTT(stt.STT[Any]):
     def __init__(self, options: PocketSphinxOptions | None = None) -> None:
         super().__init__(capabilities=stt.STTCapabilities(streaming=True, interim_results=True))
         self.options = options or PocketSphinxOptions()
+        self.decoders = DecoderPool(self.options)
 
     @property
     def provider(self) -> str:
@@ -188,11 +233,14 @@ class PocketSphinxSTT(stt.STT[Any]):
         pcm = _pcm16k(rtc.combine_audio_frames(buffer))
 
         def decode() -> str:
-            decoder = pocketsphinx.Decoder(**self.options.decoder_config())
-            decoder.start_utt()
-            decoder.process_raw(pcm, full_utt=True)
-            decoder.end_utt()
-            hypothesis = decoder.hyp()
+            decoder = self.decoders.acquire()
+            try:
+                decoder.start_utt()
+                decoder.process_raw(pcm, full_utt=True)
+                decoder.end_utt()
+                hypothesis = decoder.hyp()
+            finally:
+                self.decoders.release(decoder)
             return hypothesis.hypstr.strip() if hypothesis is not None else ""
 
         text = await asyncio.to_thread(decode)
@@ -212,11 +260,13 @@ class PocketSphinxStream(stt.RecognizeStream):
     def __init__(self, *, stt: PocketSphinxSTT, conn_options: APIConnectOptions) -> None:
         super().__init__(stt=stt, conn_options=conn_options, sample_rate=SAMPLE_RATE)
         self._options = stt.options
+        self._decoders = stt.decoders
 
     async def _run(self) -> None:
         # Decoding is CPU work in C: it runs off the event loop, one step at a time so results keep
         # their order.
-        utterances = await asyncio.to_thread(Utterances, self._options)
+        await asyncio.to_thread(self._decoders.prepare)
+        utterances = Utterances(self._options, self._decoders)
         async for item in self._input_ch:
             if isinstance(item, self._FlushSentinel):
                 events = await asyncio.to_thread(utterances.finish)
