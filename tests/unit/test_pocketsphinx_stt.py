@@ -20,7 +20,11 @@ Kind = stt.SpeechEventType
 
 
 def kinds(events: list[stt.SpeechEvent]) -> list[Kind]:
-    return [e.type for e in events if e.type != Kind.INTERIM_TRANSCRIPT]
+    return [e.type for e in events if e.type not in (Kind.INTERIM_TRANSCRIPT, Kind.RECOGNITION_USAGE)]
+
+
+def usage(events: list[stt.SpeechEvent]) -> float:
+    return sum(e.recognition_usage.audio_duration for e in events if e.recognition_usage is not None)
 
 
 def finals(events: list[stt.SpeechEvent]) -> list[str]:
@@ -36,6 +40,7 @@ def test_each_utterance_gives_interim_results_then_one_final() -> None:
     events += utterances.finish()
 
     assert kinds(events) == [Kind.START_OF_SPEECH, Kind.FINAL_TRANSCRIPT, Kind.END_OF_SPEECH] * 2
+    assert usage(events) == pytest.approx(len(audio) / 2 / SAMPLE_RATE, abs=0.01)  # silence included
     first, second = finals(events)
     # The bundled model on a synthetic voice is far from perfect (bench/captions.py measures how far),
     # but the gist comes through.

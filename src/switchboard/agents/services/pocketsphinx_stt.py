@@ -119,6 +119,8 @@ class Utterances:
         self._origin = 0.0
         """Seconds of audio before the current endpointer began (its times count from there)."""
         self._fed = 0.0
+        self._reported = 0.0
+        """Seconds of audio already counted in a RECOGNITION_USAGE event."""
         self._frame_bytes: int = self._endpointer.frame_bytes
         self._interim_frames = max(1, round(options.interim_interval / self._endpointer.frame_length))
         self._pending = bytearray()
@@ -161,7 +163,7 @@ class Utterances:
             events += self._end_utterance()
         # An ended stream is over for the endpointer: what may follow a flush starts a new one.
         self._endpointer, self._origin = self._new_endpointer(), self._fed
-        return events
+        return events + self._usage()
 
     def _speech(self, speech: bytes) -> list[stt.SpeechEvent]:
         events = []
@@ -189,7 +191,16 @@ class Utterances:
         self._decoders.release(self._decoder)
         self._decoder = None
         events = [self._event(stt.SpeechEventType.FINAL_TRANSCRIPT, text)] if text else []
-        return [*events, stt.SpeechEvent(type=stt.SpeechEventType.END_OF_SPEECH)]
+        return [*events, stt.SpeechEvent(type=stt.SpeechEventType.END_OF_SPEECH), *self._usage()]
+
+    def _usage(self) -> list[stt.SpeechEvent]:
+        """The audio heard since the last report, silence included (as the framework's STT metrics and
+        the cloud providers count it); reported at each utterance's end and at the stream's."""
+        heard, self._reported = self._fed - self._reported, self._fed
+        if heard <= 0:
+            return []
+        usage = stt.RecognitionUsage(audio_duration=heard)
+        return [stt.SpeechEvent(type=stt.SpeechEventType.RECOGNITION_USAGE, recognition_usage=usage)]
 
     def _hypothesis(self) -> str:
         hypothesis = self._decoder.hyp()
