@@ -11,6 +11,7 @@ import aiohttp
 import numpy as np
 import pytest
 from livekit import api, rtc
+from livekit.protocol import models
 from livekit.protocol import rtc as signal
 
 from tests.agent_workers import eventually
@@ -413,3 +414,31 @@ async def test_clients_without_auto_subscribe_choose_their_tracks(clients: Any) 
 
     publication.set_subscribed(True)  # and back: the choice can change any number of times
     await eventually(lambda: len(picky.levels) >= received + 50, "picky to receive the track again")
+
+
+async def test_subscribing_to_an_unknown_track_is_answered_with_an_error(
+    server: Server, clients: Any
+) -> None:
+    session, ws = await raw_join(server, clients.room, "raw")
+    try:
+        named = signal.UpdateSubscription(
+            track_sids=["TR_missing"],
+            subscribe=True,
+            participant_tracks=[models.ParticipantTracks(participant_sid="PA_x", track_sids=["TR_missing"])],
+        )
+        await ws.send_bytes(signal.SignalRequest(subscription=named).SerializeToString())
+        dropped = signal.UpdateSubscription(track_sids=["TR_gone"], subscribe=False)
+        await ws.send_bytes(signal.SignalRequest(subscription=dropped).SerializeToString())
+        await ws.send_bytes(signal.SignalRequest(ping=1).SerializeToString())  # its pong ends what we read
+
+        answers: list[signal.SubscriptionResponse] = []
+        while True:
+            response = signal.SignalResponse.FromString((await asyncio.wait_for(ws.receive(), 10)).data)
+            if response.WhichOneof("message") == "pong":
+                break
+            if response.WhichOneof("message") == "subscription_response":
+                answers.append(response.subscription_response)
+        # Once, though named twice; nothing for the unsubscribe from a track that is not there.
+        assert [(a.track_sid, a.err) for a in answers] == [("TR_missing", models.SE_TRACK_NOTFOUND)]
+    finally:
+        await session.close()

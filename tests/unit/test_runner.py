@@ -27,7 +27,7 @@ def test_a_worker_that_cannot_reach_the_server_stops_with_one_clear_error(
     with caplog.at_level(logging.INFO), pytest.raises(SystemExit) as exited:
         run(server, config)
     assert exited.value.code == 1
-    assert "agent stopped: failed to connect to livekit after 0 attempts" in caplog.text
+    assert "agent stopped: failed to connect" in caplog.text  # the framework's words after ours
 
 
 def test_a_disabled_agent_runs_nothing(caplog: pytest.LogCaptureFixture) -> None:
