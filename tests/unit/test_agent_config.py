@@ -153,3 +153,25 @@ def test_sections_with_processing_are_custom_services(tmp_path: Path) -> None:
     assert dict(service.settings) == {"model": "small"} and config.warnings == ()
     with pytest.raises(AgentConfigError, match=r"summaries\.processing: expected automatic or manual"):
         load_agent_config(write(tmp_path, "agent-bad.yaml", "summaries:\n  processing: often\n"))
+
+
+def test_an_openvidu_style_file_is_read(tmp_path: Path) -> None:
+    """OpenVidu's sample keeps a section for every provider and writes log levels in capitals."""
+    text = """
+enabled: true
+load_threshold: 1.0
+log_level: CRITICAL
+live_captions:
+  processing: automatic
+  provider: deepgram
+  aws:
+    aws_access_key_id: x
+  deepgram:
+    api_key: k
+    model: nova-3
+"""
+    config = load_agent_config(write(tmp_path, "agent-speech-processing.yaml", text), env={})
+    assert config.automatic and config.registration_name == "" and config.log_level == "critical"
+    service = config.services["live_captions"]
+    assert (service.provider, dict(service.settings)) == ("deepgram", {"api_key": "k", "model": "nova-3"})
+    assert any("unknown key 'live_captions.aws' ignored" in w for w in config.warnings)

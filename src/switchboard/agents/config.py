@@ -20,7 +20,7 @@ import yaml
 NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 FILE_NAME = re.compile(r"^agent-([A-Za-z0-9_-]+)\.ya?ml$")
 PROCESSING = ("automatic", "manual")
-LOG_LEVELS = ("debug", "info", "warn", "warning", "error")
+LOG_LEVELS = ("debug", "info", "warn", "warning", "error", "critical")  # OpenVidu's files say CRITICAL too
 COMMON_KEYS = ("agent_name", "enabled", "load_threshold", "log_level", "ws_url", "api_key", "api_secret")
 
 # AI services and the STT providers each accepts. `pocketsphinx` is built in (no network, no download);

@@ -18,7 +18,14 @@ from switchboard.agents.services import check_services, run_services
 log = logging.getLogger("switchboard.agents")
 
 # The config's log levels, by Python's names.
-PYTHON_LEVELS = {"debug": "DEBUG", "info": "INFO", "warn": "WARNING", "warning": "WARNING", "error": "ERROR"}
+PYTHON_LEVELS = {
+    "debug": "DEBUG",
+    "info": "INFO",
+    "warn": "WARNING",
+    "warning": "WARNING",
+    "error": "ERROR",
+    "critical": "CRITICAL",
+}
 # livekit-agents lets these replace the agent name given in code; for an agent file, the file decides.
 NAME_OVERRIDES = ("LIVEKIT_AGENT_NAME", "LIVEKIT_AGENT_NAME_OVERRIDE")
 
