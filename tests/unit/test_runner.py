@@ -1,6 +1,7 @@
 """Running one agent: what the AgentServer gets from the config, and how a run ends."""
 
 import logging
+import os
 
 import pytest
 from livekit.agents import JobContext
@@ -36,3 +37,12 @@ def test_a_disabled_agent_runs_nothing(caplog: pytest.LogCaptureFixture) -> None
     with caplog.at_level(logging.INFO):
         run(server, config)  # returns at once: nothing to serve
     assert "f.yaml: agent 'a' not started: enabled is false" in caplog.text
+
+
+def test_the_agent_file_decides_the_name_over_livekit_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LIVEKIT_AGENT_NAME_OVERRIDE", "someone-else")
+    config = parse_agent_config(CAPTIONS.replace("manual", "automatic"), "f.yaml", "agent-a.yaml")
+    server = agent_server(config)
+    server.rtc_session(entrypoint, agent_name=config.registration_name)
+    assert server._agent_name == ""  # automatic, as the file says
+    assert "LIVEKIT_AGENT_NAME_OVERRIDE" not in os.environ

@@ -103,11 +103,11 @@ async def _serve(server: AgentServer) -> None:
         draining = asyncio.create_task(server.drain())
         again = asyncio.create_task(signals.get())
         await asyncio.wait((draining, again), return_when=asyncio.FIRST_COMPLETED)
-        if again.done():
+        if not draining.done():
             log.warning("stopping now: running jobs are closed")
             draining.cancel()
-        elif draining.exception() is not None:
-            log.warning("drain timed out; running jobs are closed")
+        elif not draining.cancelled() and (error := draining.exception()) is not None:
+            log.warning("drain ended early (%r); running jobs are closed", error)
         again.cancel()
         await server.aclose()
     signalled.cancel()

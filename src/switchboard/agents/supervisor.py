@@ -128,6 +128,7 @@ class AgentProcess:
         # Its job processes ignore SIGTERM and outlive a crashed agent (in rooms, holding its output pipe):
         # the whole group goes with it.
         _kill_group(process.pid)
+        self.process = None  # its pid may now be reused: never signal it again
         try:
             await asyncio.wait_for(copying, KILL_WAIT)
         except TimeoutError:  # something outside the group kept the pipe open; its lines are lost

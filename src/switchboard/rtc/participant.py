@@ -404,10 +404,11 @@ class ParticipantSession:
         # livekit-client names each track twice (in track_sids and in participant_tracks).
         named = [*update.track_sids, *(sid for pt in update.participant_tracks for sid in pt.track_sids)]
         for track_sid in dict.fromkeys(named):
-            self.subscription_overrides[track_sid] = update.subscribe
             found = self.service.published_track(self.room, track_sid)
             if found is not None and found[0] is self:
                 continue  # one's own track is never sent back
+            if found is not None:  # kept for tracks that exist only: a client cannot grow it at will
+                self.subscription_overrides[track_sid] = update.subscribe
             if found is None:
                 if update.subscribe:  # an unsubscribe from a track already gone needs no answer
                     error = rtc.SubscriptionResponse(track_sid=track_sid, err=models.SE_TRACK_NOTFOUND)

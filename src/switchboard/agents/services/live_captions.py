@@ -7,6 +7,7 @@ results and the final one share it) and `lk.transcription_final`.
 """
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -26,6 +27,7 @@ logger = logging.getLogger("switchboard.agents.live_captions")
 # Audio reaches the STT in 50 ms frames rather than WebRTC's 10 ms: a fifth of the per-frame hops
 # (FFI, resampler, decoder thread) for 40 ms more delay at most.
 FRAME_MS = 50
+PUBLISH_GRACE = 2.0
 
 
 class LiveCaptions:
@@ -35,6 +37,7 @@ class LiveCaptions:
         self.room = room
         self.engine = engine
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._publishing: set[asyncio.Task[None]] = set()
         room.on("track_subscribed", self._on_track_subscribed)
         room.on("track_unsubscribed", self._on_track_unsubscribed)
         room.on("participant_disconnected", self._on_participant_disconnected)
@@ -43,6 +46,8 @@ class LiveCaptions:
         tasks = list(self._tasks.values())
         self._tasks.clear()
         await utils.aio.cancel_and_wait(*tasks)
+        if self._publishing:  # captions under way are let finish, briefly
+            await asyncio.wait(self._publishing, timeout=PUBLISH_GRACE)
         await self.engine.aclose()
 
     def _on_track_subscribed(
@@ -92,8 +97,9 @@ class LiveCaptions:
             try:
                 async for event in audio:
                     recognition.push_frame(event.frame)
-            finally:  # the recognition ends with its audio, however that ends
-                recognition.end_input()
+            finally:  # the recognition ends with its audio, however that ends (unless it ended first)
+                with contextlib.suppress(RuntimeError):
+                    recognition.end_input()
 
         forwarding = asyncio.create_task(forward())
         segment_id = utils.shortuuid("SG_")
@@ -110,7 +116,12 @@ class LiveCaptions:
                     if text:
                         # Shielded: a caption begun is finished even if the track goes away meanwhile,
                         # or readers would wait for the rest of a stream that never comes.
-                        await asyncio.shield(self._publish(identity, track_sid, segment_id, text, final))
+                        publishing = asyncio.create_task(
+                            self._publish(identity, track_sid, segment_id, text, final)
+                        )
+                        self._publishing.add(publishing)
+                        publishing.add_done_callback(self._publishing.discard)
+                        await asyncio.shield(publishing)
                     if final:  # providers without START_OF_SPEECH still get one segment per utterance
                         segment_id = utils.shortuuid("SG_")
         finally:

@@ -89,22 +89,22 @@ class DecoderPool:
         """Have one decoder ready, so that a first utterance does not wait for the models to load."""
         with self._lock:
             if not self._idle:
-                self._idle.append(self._new())
+                self.created += 1
+                self._idle.append(pocketsphinx.Decoder(**self.options.decoder_config()))
 
     def acquire(self) -> Any:
         with self._lock:
             if self._idle:
                 return self._idle.pop()
-        return self._new()  # outside the lock: loading takes a few hundred milliseconds
+            self.created += 1
+        # Outside the lock: loading takes about 0.3 s. (pocketsphinx holds the GIL meanwhile, so the
+        # job's event loop waits too: that is why a stream loads one ahead, in prepare().)
+        return pocketsphinx.Decoder(**self.options.decoder_config())
 
     def release(self, decoder: Any) -> None:
         with self._lock:
             if len(self._idle) < self.keep_idle:  # beyond that, a burst's extra decoders are freed
                 self._idle.append(decoder)
-
-    def _new(self) -> Any:
-        self.created += 1
-        return pocketsphinx.Decoder(**self.options.decoder_config())
 
 
 class Utterances:
@@ -245,13 +245,11 @@ class PocketSphinxSTT(stt.STT[Any]):
 
         def decode() -> str:
             decoder = self.decoders.acquire()
-            try:
-                decoder.start_utt()
-                decoder.process_raw(pcm, full_utt=True)
-                decoder.end_utt()
-                hypothesis = decoder.hyp()
-            finally:
-                self.decoders.release(decoder)
+            decoder.start_utt()
+            decoder.process_raw(pcm, full_utt=True)
+            decoder.end_utt()
+            hypothesis = decoder.hyp()
+            self.decoders.release(decoder)  # only a decoder that ended its utterance goes back
             return hypothesis.hypstr.strip() if hypothesis is not None else ""
 
         text = await asyncio.to_thread(decode)
