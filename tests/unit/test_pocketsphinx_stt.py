@@ -12,6 +12,7 @@ from switchboard.agents.services.pocketsphinx_stt import (
     DecoderPool,
     PocketSphinxOptions,
     PocketSphinxSTT,
+    Segmenter,
     Utterances,
 )
 from tests.speech import frames, silence, speak
@@ -48,7 +49,9 @@ def test_each_utterance_gives_interim_results_then_one_final() -> None:
     interims = [e for e in events if e.type == Kind.INTERIM_TRANSCRIPT]
     assert len(interims) >= 4 and all(e.alternatives[0].text for e in interims)
     final = next(e for e in events if e.type == Kind.FINAL_TRANSCRIPT).alternatives[0]
-    assert 0.3 < final.start_time < final.end_time and final.language == "en-US"
+    assert (
+        0.2 < final.start_time < final.end_time and final.language == "en-US"
+    )  # after the 0.5 s silence, with lead-in
 
 
 def test_silence_gives_nothing_and_finish_ends_an_open_utterance() -> None:
@@ -141,3 +144,23 @@ def test_streams_share_decoders_and_hold_one_only_while_speaking() -> None:
         bob.feed(sentence[len(sentence) // 2 :])
     )
     assert len(pool._idle) == 1
+
+
+def test_speech_begins_soon_after_its_onset_and_ends_after_the_silence() -> None:
+    options = PocketSphinxOptions()
+    segmenter = Segmenter(options)
+    spoken = np.frombuffer(speak("what is the weather like today", SAMPLE_RATE), dtype=np.int16)
+    onset = 0.5 + np.flatnonzero(np.abs(spoken) > 500)[0] / SAMPLE_RATE
+    audio = silence(0.5, SAMPLE_RATE) + spoken.tobytes() + silence(1.5, SAMPLE_RATE)
+    size = segmenter.frame_bytes
+    began = ended = None
+    for index in range(len(audio) // size):
+        decoded = segmenter.process(audio[index * size : (index + 1) * size])
+        if decoded is not None and began is None:
+            began = segmenter.now
+            assert segmenter.speech_start < onset  # the words' onset is among what is decoded
+        if began is not None and ended is None and not segmenter.in_speech:
+            ended = segmenter.now
+    assert began is not None and began - onset < options.start_speech + 0.1
+    speech_end = 0.5 + np.flatnonzero(np.abs(spoken) > 500)[-1] / SAMPLE_RATE
+    assert ended is not None and options.end_silence <= ended - speech_end < options.end_silence + 0.2
