@@ -2,6 +2,7 @@
 automatic` joins every new room with no dispatch call, transcribes each participant who speaks, later
 arrivals included, and lets go of those who leave."""
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -18,6 +19,7 @@ from tests.e2e.captions import (
     serve_agents,
     speakers_in,
 )
+from tests.speech import Caption
 
 AGENT = "captions"
 
@@ -68,3 +70,28 @@ async def test_later_participants_are_transcribed_and_leavers_released(
     await eventually(
         lambda: f"stopped transcribing track {bob.track_sid}" in server.log(), "the agent to let go of bob"
     )
+
+
+async def test_an_utterance_cut_off_by_unpublishing_still_gets_its_final_caption(
+    server: Server, speakers: Join
+) -> None:
+    await registered(server, "")
+    room = new_room()
+    alice = await speakers("alice", room)
+    await captioned(alice)  # the agent is in and listening
+    bob = await speakers("bob", room)
+    await captioned(bob)
+
+    def bobs(final: bool) -> list[Caption]:
+        return [c for c in alice.captions if c.sender == "bob" and c.final is final]
+
+    finals_before = len(bobs(True))
+    speaking = asyncio.create_task(bob.say("please call me back tomorrow morning and bring the documents", 0))
+    await eventually(lambda: bobs(False), "bob's interim captions")
+    interims = len(bobs(False))
+    await eventually(lambda: len(bobs(False)) > interims, "more of bob's sentence")
+    await bob.room.local_participant.unpublish_track(bob.track_sid)
+    speaking.cancel()
+    await eventually(lambda: len(bobs(True)) > finals_before, "a final caption for the cut-off utterance")
+    last = bobs(True)[-1]
+    assert last.attributes["lk.segment_id"] == bobs(False)[-1].attributes["lk.segment_id"] and last.text

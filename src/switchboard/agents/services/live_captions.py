@@ -103,6 +103,7 @@ class LiveCaptions:
 
         forwarding = asyncio.create_task(forward())
         segment_id = utils.shortuuid("SG_")
+        unfinished = ""  # the last interim text of a segment that has no final caption yet
         try:
             async for event in recognition:
                 if event.type == stt.SpeechEventType.START_OF_SPEECH:
@@ -114,20 +115,27 @@ class LiveCaptions:
                     final = event.type == stt.SpeechEventType.FINAL_TRANSCRIPT
                     text = event.alternatives[0].text if event.alternatives else ""
                     if text:
+                        unfinished = "" if final else text
                         # Shielded: a caption begun is finished even if the track goes away meanwhile,
                         # or readers would wait for the rest of a stream that never comes.
-                        publishing = asyncio.create_task(
-                            self._publish(identity, track_sid, segment_id, text, final)
-                        )
-                        self._publishing.add(publishing)
-                        publishing.add_done_callback(self._publishing.discard)
-                        await asyncio.shield(publishing)
+                        await asyncio.shield(self._send(identity, track_sid, segment_id, text, final))
                     if final:  # providers without START_OF_SPEECH still get one segment per utterance
                         segment_id = utils.shortuuid("SG_")
         finally:
+            if unfinished:  # cut off mid-utterance: what was heard becomes final, or it would stay interim
+                self._send(identity, track_sid, segment_id, unfinished, True)
             await utils.aio.cancel_and_wait(forwarding)
             await recognition.aclose()
             await audio.aclose()
+
+    def _send(
+        self, identity: str, track_sid: str, segment_id: str, text: str, final: bool
+    ) -> "asyncio.Task[None]":
+        """Publish a caption as a task of its own, which aclose() lets finish."""
+        task = asyncio.create_task(self._publish(identity, track_sid, segment_id, text, final))
+        self._publishing.add(task)
+        task.add_done_callback(self._publishing.discard)
+        return task
 
     async def _publish(self, identity: str, track_sid: str, segment_id: str, text: str, final: bool) -> None:
         attributes = {
