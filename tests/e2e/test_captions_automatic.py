@@ -19,7 +19,7 @@ from tests.e2e.captions import (
     serve_agents,
     speakers_in,
 )
-from tests.speech import Caption
+from tests.speech import Caption, Speaker
 
 AGENT = "captions"
 
@@ -51,16 +51,21 @@ async def test_the_agent_joins_a_new_room_without_any_dispatch_call(server: Serv
         assert automatic.state.jobs[0].state.status == api.JobStatus.JS_RUNNING
 
 
-async def test_later_participants_are_transcribed_and_leavers_released(
-    server: Server, speakers: Join
-) -> None:
+async def alice_then_bob(server: Server, speakers: Join) -> tuple[Speaker, Speaker]:
+    """Two participants of a new room, each captioned once: bob joined after the agent was in."""
     await registered(server, "")
     room = new_room()
     alice = await speakers("alice", room)
     await captioned(alice)
-
     bob = await speakers("bob", room)
     await captioned(bob)
+    return alice, bob
+
+
+async def test_later_participants_are_transcribed_and_leavers_released(
+    server: Server, speakers: Join
+) -> None:
+    alice, bob = await alice_then_bob(server, speakers)
     # Everyone in the room reads everyone's captions, each from its speaker.
     await eventually(
         lambda: any(c.sender == "bob" and c.final for c in alice.captions), "alice to read bob's"
@@ -75,12 +80,7 @@ async def test_later_participants_are_transcribed_and_leavers_released(
 async def test_an_utterance_cut_off_by_unpublishing_still_gets_its_final_caption(
     server: Server, speakers: Join
 ) -> None:
-    await registered(server, "")
-    room = new_room()
-    alice = await speakers("alice", room)
-    await captioned(alice)  # the agent is in and listening
-    bob = await speakers("bob", room)
-    await captioned(bob)
+    alice, bob = await alice_then_bob(server, speakers)
 
     def bobs(final: bool) -> list[Caption]:
         return [c for c in alice.captions if c.sender == "bob" and c.final is final]
