@@ -6,13 +6,14 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from livekit import api
 
 from switchboard.auth.grants import VideoGrant
 from switchboard.auth.tokens import mint_token
@@ -114,3 +115,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     )
     yield instance
     stop_server(instance)
+
+
+@pytest.fixture
+async def lkapi(server: Server) -> AsyncIterator[api.LiveKitAPI]:
+    """The Python server SDK (livekit-api), on the module's server."""
+    async with api.LiveKitAPI(server.http_url, server.api_key, server.api_secret) as client:
+        yield client

@@ -3,7 +3,7 @@
 import itertools
 import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -36,21 +36,6 @@ def serve_agents(tmp_path_factory: pytest.TempPathFactory, agents: dict[str, str
     server = start_server(tmp_path_factory.mktemp("server"), settings)
     yield server
     stop_server(server)
-
-
-async def speakers_in(server: Server) -> AsyncIterator[Join]:
-    joined: list[Speaker] = []
-
-    async def join(identity: str, room: str, agents: list[str] | None = None) -> Speaker:
-        speaker = Speaker(identity)
-        joined.append(speaker)
-        entries = [{"agentName": name} for name in agents or []]
-        await speaker.join(server.ws_url, server.join_token(room, identity, agents=entries))
-        return speaker
-
-    yield join
-    for speaker in joined:
-        await speaker.leave()
 
 
 def new_room() -> str:

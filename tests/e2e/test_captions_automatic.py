@@ -3,7 +3,7 @@ automatic` joins every new room with no dispatch call, transcribes each particip
 arrivals included, and lets go of those who leave."""
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
 from livekit import api
@@ -17,7 +17,6 @@ from tests.e2e.captions import (
     dispatches_of,
     new_room,
     serve_agents,
-    speakers_in,
 )
 from tests.speech import Caption, Speaker
 
@@ -29,13 +28,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     yield from serve_agents(tmp_path_factory, {AGENT: captions_agent("automatic")})
 
 
-@pytest.fixture
-async def speakers(server: Server) -> AsyncIterator[Join]:
-    async for join in speakers_in(server):
-        yield join
-
-
-async def test_the_agent_joins_a_new_room_without_any_dispatch_call(server: Server, speakers: Join) -> None:
+async def test_the_agent_joins_a_new_room_without_any_dispatch_call(
+    server: Server, lkapi: api.LiveKitAPI, speakers: Join
+) -> None:
     await registered(server, "")
     room = new_room()
     speaker = await speakers("alice", room)
@@ -46,9 +41,8 @@ async def test_the_agent_joins_a_new_room_without_any_dispatch_call(server: Serv
         c for c in speaker.captions if c.attributes["lk.segment_id"] == final.attributes["lk.segment_id"]
     ]
     assert segment[-1] is final and len(segment) >= 2 and not any(c.final for c in segment[:-1])
-    async with api.LiveKitAPI(server.http_url, server.api_key, server.api_secret) as lkapi:
-        [automatic] = await dispatches_of(lkapi, room, "")
-        assert automatic.state.jobs[0].state.status == api.JobStatus.JS_RUNNING
+    [automatic] = await dispatches_of(lkapi, room, "")
+    assert automatic.state.jobs[0].state.status == api.JobStatus.JS_RUNNING
 
 
 async def alice_then_bob(server: Server, speakers: Join) -> tuple[Speaker, Speaker]:

@@ -7,7 +7,7 @@ import asyncio
 import itertools
 import os
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
 from livekit import api
@@ -22,7 +22,6 @@ from tests.e2e.captions import (
     dispatches_of,
     new_room,
     serve_agents,
-    speakers_in,
     started_pids,
 )
 from tests.speech import SENTENCES
@@ -44,18 +43,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             "  assemblyai:\n    api_key: k\n",
         },
     )
-
-
-@pytest.fixture
-async def speakers(server: Server) -> AsyncIterator[Join]:
-    async for join in speakers_in(server):
-        yield join
-
-
-@pytest.fixture
-async def lkapi(server: Server) -> AsyncIterator[api.LiveKitAPI]:
-    async with api.LiveKitAPI(server.http_url, server.api_key, server.api_secret) as client:
-        yield client
 
 
 async def test_only_the_valid_enabled_agent_runs(server: Server) -> None:

@@ -5,7 +5,7 @@ tests see exactly what reached the entrypoint.
 """
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,12 +47,6 @@ def workers(server: Server, tmp_path: Path) -> Iterator[Any]:
     yield start
     for worker in started:
         worker.kill()
-
-
-@pytest.fixture
-async def lkapi(server: Server) -> AsyncIterator[api.LiveKitAPI]:
-    async with api.LiveKitAPI(server.http_url, server.api_key, server.api_secret) as client:
-        yield client
 
 
 async def dispatch_to(lkapi: api.LiveKitAPI, agent_name: str, prefix: str) -> tuple[str, api.AgentDispatch]:

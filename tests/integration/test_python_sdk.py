@@ -2,18 +2,11 @@
 
 import time
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 from livekit import api
 
 from tests.conftest import Server
-
-
-@pytest.fixture
-async def lkapi(server: Server) -> AsyncIterator[api.LiveKitAPI]:
-    async with api.LiveKitAPI(server.http_url, server.api_key, server.api_secret) as client:
-        yield client
 
 
 def room_name() -> str:

@@ -31,12 +31,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     stop_server(instance)
 
 
-@pytest.fixture
-async def lkapi(server: Server) -> AsyncIterator[api.LiveKitAPI]:
-    async with api.LiveKitAPI(server.http_url, server.api_key, server.api_secret) as client:
-        yield client
-
-
 class Client:
     """One Python rtc participant and what it observed."""
 
