@@ -10,22 +10,13 @@ import logging
 import os
 import signal
 
-from livekit.agents import AgentServer, JobContext
+from livekit.agents import AgentServer
 
 from switchboard.agents.config import AgentConfig
 from switchboard.agents.services import check_services, run_services
 
 log = logging.getLogger("switchboard.agents")
 
-# The config's log levels, by Python's names.
-PYTHON_LEVELS = {
-    "debug": "DEBUG",
-    "info": "INFO",
-    "warn": "WARNING",
-    "warning": "WARNING",
-    "error": "ERROR",
-    "critical": "CRITICAL",
-}
 # livekit-agents lets these replace the agent name given in code; for an agent file, the file decides.
 NAME_OVERRIDES = ("LIVEKIT_AGENT_NAME", "LIVEKIT_AGENT_NAME_OVERRIDE")
 
@@ -51,12 +42,8 @@ def builtin_agent(config: AgentConfig) -> AgentServer:
             log.warning("%s: %s is not a built-in service; it is left out here", config.source, service.name)
     server = agent_server(config)
     # A partial of a module-level function: the framework pickles the entrypoint into its job processes.
-    server.rtc_session(functools.partial(_entrypoint, config), agent_name=config.registration_name)
+    server.rtc_session(functools.partial(run_services, config), agent_name=config.registration_name)
     return server
-
-
-async def _entrypoint(config: AgentConfig, ctx: JobContext) -> None:
-    await run_services(ctx, config)
 
 
 def run(server: AgentServer, config: AgentConfig) -> None:
@@ -75,7 +62,7 @@ def run_builtin(config: AgentConfig) -> None:
 def _prepare(config: AgentConfig) -> bool:
     """Set up logging and report the config's warnings; whether the agent is to run at all."""
     logging.basicConfig(
-        level=PYTHON_LEVELS[config.log_level], format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     for warning in config.warnings:
         log.warning("%s", warning)

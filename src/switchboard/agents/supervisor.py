@@ -28,8 +28,6 @@ KILL_WAIT = 5.0
 """How long a killed agent's exit (and the end of its output) is waited for."""
 STOP_TIMEOUT = 10.0
 """After the server's drain, how long agents get to exit before they are killed."""
-# Set by livekit-agents users to force a name; the agent file decides here.
-NAME_OVERRIDES = ("LIVEKIT_AGENT_NAME", "LIVEKIT_AGENT_NAME_OVERRIDE")
 
 
 @dataclass(frozen=True)
@@ -141,7 +139,8 @@ class AgentSupervisor:
 
     def __init__(self, settings: SupervisorSettings, env: Mapping[str, str]) -> None:
         self.settings = settings
-        self.env = {k: v for k, v in env.items() if k not in NAME_OVERRIDES} | {"PYTHONUNBUFFERED": "1"}
+        # (LIVEKIT_AGENT_NAME and its override are refused by the agent itself: runner.agent_server.)
+        self.env = dict(env) | {"PYTHONUNBUFFERED": "1"}
         self.agents: dict[str, AgentProcess] = {}
 
     def start(self) -> None:

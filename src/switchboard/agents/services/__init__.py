@@ -19,7 +19,7 @@ def check_services(config: AgentConfig) -> None:
         build_stt(config, service)
 
 
-async def run_services(ctx: JobContext, config: AgentConfig) -> None:
+async def run_services(config: AgentConfig, ctx: JobContext) -> None:
     """The job's entrypoint: start every configured service in the room, then stay until the job ends."""
     for service in config.services.values():
         if service.builtin:
