@@ -179,7 +179,7 @@ class Utterances:
         self.options = options
         self._decoders = decoders or DecoderPool(options)
         self._decoder: Any = None
-        """Held from the start of an utterance to its end."""
+        """Held from the start of an utterance to its end: while someone speaks."""
         self._segmenter = Segmenter(options)
         self._fed = 0.0
         self._reported = 0.0
@@ -188,7 +188,6 @@ class Utterances:
         self._interim_bytes = max(1, round(options.interim_interval / self._segmenter.frame_length))
         self._interim_bytes *= self._frame_bytes
         self._pending = bytearray()
-        self._speaking = False
         self._since_interim = 0
         """Bytes of speech decoded since the last interim result."""
         self._last_interim = ""
@@ -203,25 +202,24 @@ class Utterances:
             speech = self._segmenter.process(frame)
             if speech is not None:
                 events += self._speech(speech)
-            if self._speaking and not self._segmenter.in_speech:
+            if self._decoder is not None and not self._segmenter.in_speech:
                 events += self._end_utterance()
         return events
 
     def finish(self) -> list[stt.SpeechEvent]:
         """End of input, or a flush: whatever was being said is final now."""
         events: list[stt.SpeechEvent] = []
-        if self._speaking and self._pending:  # the last bit of a frame, spoken
+        if self._decoder is not None and self._pending:  # the last bit of a frame, spoken
             events += self._speech(bytes(self._pending).ljust(self._frame_bytes, b"\0"))
         self._pending.clear()
         self._segmenter.end()
-        if self._speaking:
+        if self._decoder is not None:
             events += self._end_utterance()
         return events + self._usage()
 
     def _speech(self, speech: bytes) -> list[stt.SpeechEvent]:
         events = []
-        if not self._speaking:
-            self._speaking = True
+        if self._decoder is None:
             self._since_interim = 0
             self._last_interim = ""
             self._decoder = self._decoders.acquire()
@@ -238,7 +236,6 @@ class Utterances:
         return events
 
     def _end_utterance(self) -> list[stt.SpeechEvent]:
-        self._speaking = False
         self._decoder.end_utt()
         text = self._hypothesis()
         self._decoders.release(self._decoder)
