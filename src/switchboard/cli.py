@@ -97,13 +97,50 @@ def _short(text: str, width: int = 40) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _status(job: api.Job) -> str:
+    return api.JobStatus.Name(job.state.status).removeprefix("JS_").lower()
+
+
+def _attempts(dispatch: api.AgentDispatch) -> list[tuple[int, api.Job]]:
+    """Each entry of the dispatch's job list with its attempt number: a job run more than once is listed
+    once per attempt, the earlier ones first."""
+    seen: dict[str, int] = {}
+    numbered = []
+    for job in dispatch.state.jobs:
+        seen[job.id] = seen.get(job.id, 0) + 1
+        numbered.append((seen[job.id], job))
+    return numbered
+
+
 def _job_summary(dispatch: api.AgentDispatch) -> str:
-    if not dispatch.state.jobs:
+    """The current attempt of each job, and how many there were."""
+    current = {job.id: (attempt, job) for attempt, job in _attempts(dispatch)}
+    if not current:
         return "-"
     return ", ".join(
-        api.JobStatus.Name(job.state.status).removeprefix("JS_").lower()
+        _status(job)
+        + (f" (attempt {attempt})" if attempt > 1 else "")
         + (f" ({_short(job.state.error, 60)})" if job.state.error else "")
-        for job in dispatch.state.jobs
+        for attempt, job in current.values()
+    )
+
+
+def _print_jobs(dispatch: api.AgentDispatch) -> None:
+    print_table(
+        ["JOB", "ATTEMPT", "STATUS", "WORKER", "AGENT", "STARTED", "ENDED", "REASON"],
+        [
+            (
+                job.id,
+                attempt,
+                _status(job),
+                job.state.worker_id or "-",
+                job.state.participant_identity or "-",
+                _when(job.state.started_at / 1e9),
+                _when(job.state.ended_at / 1e9),
+                job.state.error or "-",
+            )
+            for attempt, job in _attempts(dispatch)
+        ],
     )
 
 
@@ -228,7 +265,14 @@ def cmd_dispatch_get(args: argparse.Namespace) -> None:
         dispatch = await lkapi.agent_dispatch.get_dispatch(args.id, args.room)
         if dispatch is None:
             raise UsageError(f"no dispatch {args.id} in room {args.room!r}")
-        _emit(args, dispatch, lambda: _print_dispatches([dispatch]))
+
+        def tables() -> None:
+            _print_dispatches([dispatch])
+            if dispatch.state.jobs:
+                print()
+                _print_jobs(dispatch)
+
+        _emit(args, dispatch, tables)
 
     asyncio.run(_call(args, run))
 

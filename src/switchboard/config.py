@@ -175,6 +175,8 @@ def load_config(
         start_timeout=seconds("agents.start_timeout", e.start_timeout, 0.1),
         reconnect_grace=seconds("agents.reconnect_grace", e.reconnect_grace),
         max_job_restarts=r.number("agents.max_job_restarts", e.max_job_restarts),
+        restart_backoff=seconds("agents.restart_backoff", e.restart_backoff),
+        restart_backoff_max=seconds("agents.restart_backoff_max", e.restart_backoff_max),
         load_threshold=seconds("agents.load_threshold", e.load_threshold, 0.01),
     )
     workers = WorkerSettings(

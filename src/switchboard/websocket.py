@@ -15,6 +15,10 @@ class MalformedMessage(Exception):
     """A frame that is not a message of the expected type; the text says why."""
 
 
+class ConnectionLost(Exception):
+    """The peer stopped answering heartbeats, or the connection broke: not the peer's protocol error."""
+
+
 class MessageSender:
     """Queue messages from synchronous code; one writer task at a time drains them in order.
 
@@ -62,7 +66,10 @@ async def receive(ws: web.WebSocketResponse, sender: MessageSender, message_type
     if frame.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
         return None
     if frame.type is WSMsgType.ERROR:
-        raise MalformedMessage(f"unreadable frame: {ws.exception()}")
+        error = ws.exception()
+        if isinstance(error, TimeoutError | ConnectionError):
+            raise ConnectionLost(str(error) or type(error).__name__)
+        raise MalformedMessage(f"unreadable frame: {error}")
     message = message_type()
     try:
         if frame.type is WSMsgType.BINARY:

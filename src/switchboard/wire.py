@@ -10,7 +10,7 @@ from livekit.protocol import room as room_pb
 from switchboard.core.dispatch import Dispatch, DispatchSpec, RestartPolicy
 from switchboard.core.engine import RoomSpec
 from switchboard.core.errors import InvalidArgument
-from switchboard.core.jobs import Job, JobStatus
+from switchboard.core.jobs import Attempt, Job, JobStatus
 from switchboard.core.rooms import Participant, Room, Track
 
 _JOB_STATUS = {
@@ -107,11 +107,35 @@ def job_to_proto(
             updated_at=_ns(job.updated_at),
             participant_identity=job.agent_identity,
             worker_id=job.worker_id,
+            # Waiting to be run again after an earlier attempt ended (that attempt says why).
+            reason=agent.JSR_RETRYING if job.attempts and not job.ended and not job.started_at else None,
         ),
     )
 
 
+def attempt_to_proto(
+    job: Job, attempt: Attempt, spec: DispatchSpec, room: models.Room | None = None
+) -> agent.Job:
+    """An earlier attempt of a job, as an ended entry with the job's id: where it ran and why it ended."""
+    message = job_to_proto(job, spec, room)
+    message.state.CopyFrom(
+        agent.JobState(
+            status=agent.JS_FAILED,
+            error=attempt.error,
+            started_at=_ns(attempt.started_at),
+            ended_at=_ns(attempt.ended_at),
+            updated_at=_ns(attempt.ended_at),
+            participant_identity=attempt.agent_identity,
+            worker_id=attempt.worker_id,
+            reason=agent.JSR_RETRYING,
+        )
+    )
+    return message
+
+
 def dispatch_to_proto(dispatch: Dispatch, room: models.Room | None = None) -> agent_dispatch.AgentDispatch:
+    """The dispatch with its jobs; a job run more than once is listed once per attempt, the earlier ones
+    (ended, with their worker and reason) first and the current one last, all with the job's id."""
     spec = dispatch.spec
     return agent_dispatch.AgentDispatch(
         id=dispatch.id,
@@ -124,7 +148,14 @@ def dispatch_to_proto(dispatch: Dispatch, room: models.Room | None = None) -> ag
         state=agent_dispatch.AgentDispatchState(
             created_at=_ns(dispatch.created_at),
             deleted_at=_ns(dispatch.deleted_at),
-            jobs=[job_to_proto(job, spec, room) for job in dispatch.jobs],
+            jobs=[
+                entry
+                for job in dispatch.jobs
+                for entry in (
+                    *(attempt_to_proto(job, attempt, spec, room) for attempt in job.attempts),
+                    job_to_proto(job, spec, room),
+                )
+            ],
         ),
     )
 

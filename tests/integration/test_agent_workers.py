@@ -175,11 +175,19 @@ async def test_worker_killed_mid_job_is_replaced_by_another(
         lambda: job_status(lkapi, room, dispatch.id, api.JS_RUNNING), "job running on the second worker"
     )
     assert moved.state.worker_id == again["worker_id"]
-    assert moved.state.error == f"worker {record['worker_id']} disconnected", "why it moved is kept"
+    assert moved.state.error == "", "the running attempt carries no earlier attempt's error"
+    # The first attempt is listed before it, with its worker and why it ended.
+    listed = await lkapi.agent_dispatch.get_dispatch(dispatch.id, room)
+    assert listed is not None
+    first_attempt, current = listed.state.jobs
+    assert first_attempt.id == current.id == record["job_id"]
+    assert first_attempt.state.status == api.JS_FAILED
+    assert first_attempt.state.worker_id == record["worker_id"]
+    assert first_attempt.state.error == f"worker {record['worker_id']} disconnected", "why it moved is kept"
 
     # DeleteDispatch terminates it on the second worker: its process shuts down.
     deleted = await lkapi.agent_dispatch.delete_dispatch(dispatch.id, room)
-    assert deleted.state.jobs[0].state.error == "terminated: dispatch deleted"
+    assert deleted.state.jobs[-1].state.error == "terminated: dispatch deleted"
     await eventually(lambda: second.ended(again["job_id"]), "the job's shutdown on the second worker")
 
 

@@ -7,8 +7,17 @@ import pytest
 
 from switchboard.core.dispatch import DispatchSpec, RestartPolicy
 from switchboard.core.engine import Engine, EngineSettings, RoomSpec
-from switchboard.core.errors import Unavailable
-from switchboard.core.events import AgentParticipant, AssignJob, Decision, JobEnded, OfferJob, TerminateJob
+from switchboard.core.errors import FailedPrecondition, Unavailable
+from switchboard.core.events import (
+    AgentParticipant,
+    AssignJob,
+    Decision,
+    DisconnectCause,
+    DisconnectParticipant,
+    JobEnded,
+    OfferJob,
+    TerminateJob,
+)
 from switchboard.core.jobs import Job, JobStatus, JobType
 from switchboard.core.rooms import AGENT, EGRESS, Participant, Track
 from switchboard.core.workers import AvailabilityAnswer, JobUpdate, WorkerSpec, WorkerStatus
@@ -19,6 +28,7 @@ SETTINGS = EngineSettings(
     start_timeout=10.0,
     reconnect_grace=5.0,
     max_job_restarts=3,
+    restart_backoff=0.0,  # restarts at once here; the back-off has tests of its own
     empty_timeout=10_000,
 )
 ACCEPT = AvailabilityAnswer(available=True)
@@ -155,17 +165,18 @@ def test_a_pending_job_fails_after_pending_timeout_when_no_worker_registered() -
     assert e.take_decisions() == [JobEnded(job)] and e.jobs == {}
 
 
-def test_a_pending_job_fails_with_the_capacity_reason_when_all_workers_are_full() -> None:
-    e = make(pending_timeout=60.0)
-    w = worker(e, "x")
-    e.worker_status(w, WorkerStatus.FULL, 0.0, 0, 0.0)
+def test_a_pending_job_fails_with_each_workers_reported_state() -> None:
+    e = make(pending_timeout=60.0, load_threshold=0.7)
+    full, loaded = worker(e, "x"), worker(e, "x")
+    e.worker_status(full, WorkerStatus.FULL, 0.5, 3, 0.0)
+    e.worker_status(loaded, WorkerStatus.AVAILABLE, 0.75, 2, 0.0)
     job = job_for(e, "x", now=0.0)
     assert offers(e) == []
     e.tick(60.0)
     assert job.status is JobStatus.FAILED
     assert job.error == (
-        "no worker for agent 'x' had capacity within 60s "
-        "(1 registered, all full, draining or over the load threshold)"
+        f"no worker took the job for agent 'x' within 60s: {full} reported itself full (load 0.50), "
+        f"{loaded} was over the load threshold 0.7 (load 0.75)"
     )
 
 
@@ -231,12 +242,18 @@ def test_a_rejected_job_goes_to_the_next_worker_and_fails_at_its_deadline_when_a
     assert e.availability_answer(w2, job.id, REJECT, 4.0)
     # A rejection means "not now": the job waits, and is not offered again to the workers that said no...
     assert job.status is JobStatus.PENDING and offers(e) == []
-    assert e.workers[w2].jobs == set() and job.rejected_by == {w1, w2}
+    assert e.workers[w2].jobs == set() and job.rejected_by == {w1: 1, w2: 1}
+    e.worker_status(w2, WorkerStatus.AVAILABLE, 0.2, 1, 5.0)
+    assert offers(e) == [OfferJob(w2, job, resuming=False)]
+    assert e.availability_answer(w2, job.id, REJECT, 6.0)
     e.tick(61.9)
     assert job.status is JobStatus.PENDING
     e.tick(62.0)
     assert job.status is JobStatus.FAILED
-    assert job.error == "rejected by all 2 workers asked for agent 'x' within 60s"
+    assert job.error == (
+        f"no worker took the job for agent 'x' within 60s: {w1} declined it (load 0.00), "
+        f"{w2} declined it 2 times (load 0.20)"
+    )
     assert e.take_decisions() == [JobEnded(job)]
 
 
@@ -260,7 +277,7 @@ def test_rejected_by_the_only_automatic_worker() -> None:
     [job] = next(iter(room.dispatches.values())).jobs
     e.availability_answer(w, job.id, REJECT, 1.0)
     e.tick(60.0)
-    assert job.error == "rejected by all 1 worker asked for automatic agents within 60s"
+    assert job.error == f"no worker took the job for automatic agents within 60s: {w} declined it (load 0.00)"
 
 
 def test_terminate_answer_ends_the_job_without_trying_another_worker() -> None:
@@ -369,19 +386,20 @@ def test_jobs_assigned_since_the_last_report_count_towards_the_load() -> None:
     assert job_for(e, room="r3").worker_id == light
 
 
-def test_a_burst_on_one_worker_stops_at_the_load_threshold() -> None:
+def test_a_burst_on_one_worker_goes_on_as_long_as_the_worker_accepts() -> None:
+    """The estimate for jobs assigned since the last report ranks workers; it never holds a job back:
+    the worker's own answer (and its next report) says when it is full."""
     e = make(load_threshold=0.2)
     w = worker(e, "a")
     jobs = []
-    for i in range(5):
+    for i in range(30):
         job = job_for(e, room=f"r{i}")
         jobs.append(job)
-        if job.status is JobStatus.OFFERED:
-            e.availability_answer(w, job.id, ACCEPT, 0.0)
-    # Four assigned jobs at the default 0.05 each reach the threshold of 0.2.
-    assert [j.status for j in jobs] == [JobStatus.ASSIGNED] * 4 + [JobStatus.PENDING]
-    e.worker_status(w, WorkerStatus.AVAILABLE, 0.1, 4, 1.0)
-    assert jobs[4].status is JobStatus.OFFERED
+        assert job.status is JobStatus.OFFERED
+        e.availability_answer(w, job.id, ACCEPT, 0.0)
+    assert all(j.status is JobStatus.ASSIGNED for j in jobs)
+    e.worker_status(w, WorkerStatus.AVAILABLE, 0.2, 30, 1.0)  # its own report: at the threshold
+    assert job_for(e, room="late").status is JobStatus.PENDING
 
 
 def test_among_many_workers_a_job_still_finds_the_only_one_that_can_take_it() -> None:
@@ -435,7 +453,11 @@ def test_a_running_job_of_a_lost_worker_is_orphaned_then_resumed_on_another_work
     e.tick(7.0)
     assert e.take_decisions() == [OfferJob(w2, job, resuming=True)]
     assert (job.status, job.restarts, job.orphaned_at) == (JobStatus.OFFERED, 1, None)
-    assert job.error == f"worker {w1} disconnected"
+    # The new attempt carries no error of its own; the first one's end is kept with its worker.
+    assert job.error == "" and job.attempt == 2
+    [first] = job.attempts
+    assert (first.number, first.worker_id, first.error) == (1, w1, f"worker {w1} disconnected")
+    assert (first.started_at, first.ended_at) == (0.0, 7.0)
 
 
 def test_a_running_job_of_a_lost_worker_fails_when_its_policy_is_never() -> None:
@@ -463,7 +485,8 @@ def test_restarts_after_lost_workers_are_bounded() -> None:
     e.worker_disconnected(w, now)
     e.tick(now + 5.0)
     assert job.status is JobStatus.FAILED
-    assert job.error == f"worker {w} disconnected (gave up after 2 restarts)"
+    assert job.error == f"worker {w} disconnected (failed 3 times, gave up after 2 restarts)"
+    assert [a.number for a in job.attempts] == [1, 2] and job.attempt == 3
 
 
 def test_a_failed_job_is_restarted_on_failure_policy() -> None:
@@ -471,7 +494,8 @@ def test_a_failed_job_is_restarted_on_failure_policy() -> None:
     w, job = running(e)
     assert e.job_update(w, job.id, JobUpdate.FAILED, "boom", 5.0)
     assert e.take_decisions() == [OfferJob(w, job, resuming=True)]
-    assert (job.restarts, job.error, job.started_at) == (1, f"job failed on worker {w}: boom", None)
+    assert (job.restarts, job.error, job.started_at) == (1, "", None)
+    assert job.attempts[0].error == f"job failed on worker {w}: boom"
     assert job.pending_since == 5.0
 
 
@@ -493,7 +517,7 @@ def test_failures_give_up_after_max_job_restarts() -> None:
         e.job_update(w, job.id, JobUpdate.RUNNING, "", 1.0)
     e.job_update(w, job.id, JobUpdate.FAILED, "boom", 2.0)
     assert job.status is JobStatus.FAILED
-    assert job.error == f"job failed on worker {w}: boom (gave up after 2 restarts)"
+    assert job.error == f"job failed on worker {w}: boom (failed 3 times, gave up after 2 restarts)"
 
 
 # Reconnecting workers
@@ -543,10 +567,30 @@ def test_migrate_after_the_job_went_to_another_worker_stops_the_migrating_copy()
     e.worker_disconnected(w1, 2.0)
     e.tick(7.0)
     assert offers(e) == [OfferJob(w3, job, resuming=True)]
+    assert e.availability_answer(w3, job.id, ACCEPT, 7.5)
+    e.take_decisions()
     w2 = worker(e, "a", 8.0)
     e.migrate_jobs(w2, [job.id], 8.0)
     assert e.take_decisions() == [TerminateJob(w2, job.id, f"job runs on worker {w3}")]
-    assert (job.status, job.worker_id) == (JobStatus.OFFERED, w3) and e.workers[w2].jobs == set()
+    assert (job.status, job.worker_id) == (JobStatus.ASSIGNED, w3) and e.workers[w2].jobs == set()
+
+
+def test_migrate_before_the_restarted_job_was_assigned_takes_the_copy_back() -> None:
+    """The grace ran out and the job was offered to another worker, which has not accepted yet: the old
+    copy is still the only one, so the reconnected worker keeps it and the offer is withdrawn."""
+    e = make(reconnect_grace=5.0)
+    w1, job = running(e)
+    w3 = worker(e, "a", 1.0)
+    e.worker_disconnected(w1, 2.0)
+    e.tick(7.0)
+    assert offers(e) == [OfferJob(w3, job, resuming=True)]
+    w2 = worker(e, "a", 8.0)
+    e.migrate_jobs(w2, [job.id], 8.0)
+    assert e.take_decisions() == []
+    assert (job.status, job.worker_id, job.attempt, job.attempts) == (JobStatus.RUNNING, w2, 1, [])
+    assert job.started_at == 0.0  # the same run as before, not a new one
+    assert not e.availability_answer(w3, job.id, ACCEPT, 9.0)  # the offer is withdrawn
+    assert e.workers[w3].jobs == set() and e.workers[w3].offered_job == ""
 
 
 def test_migrate_of_an_unknown_or_ended_job_stops_it() -> None:
@@ -622,12 +666,50 @@ def test_an_assigned_job_not_started_in_time_is_stopped_and_restarted() -> None:
     e.tick(10.9)
     assert e.take_decisions() == []
     e.tick(11.0)
-    assert e.take_decisions() == [
-        TerminateJob(w1, job.id, "not started in time"),
-        OfferJob(w2, job, resuming=True),  # w1 still counts the job it was assigned
-    ]
-    assert job.error == f"worker {w1} did not start the job within 10s" and job.restarts == 1
+    # w1 may still be waiting for a process to run it in: its copy is stopped only once another exists.
+    assert e.take_decisions() == [OfferJob(w2, job, resuming=True)]
+    assert job.attempts[0].error == f"worker {w1} did not start the job within 10s" and job.restarts == 1
     assert e.workers[w1].jobs == set()
+    assert e.availability_answer(w2, job.id, ACCEPT, 12.0)
+    assert only(TerminateJob, e.take_decisions()) == [TerminateJob(w1, job.id, "attempt 1 was replaced")]
+    # A late report of the replaced copy stops it again; the job stays with w2.
+    assert not e.job_update(w1, job.id, JobUpdate.RUNNING, "", 13.0)
+    assert e.take_decisions() == [TerminateJob(w1, job.id, "job is not this worker's")]
+    assert (job.status, job.worker_id) == (JobStatus.ASSIGNED, w2)
+
+
+def test_a_worker_that_did_not_start_a_job_in_time_is_not_offered_it_again() -> None:
+    e = make(start_timeout=10.0)
+    w = worker(e, "a", 0.0)
+    job = job_for(e)
+    e.availability_answer(w, job.id, ACCEPT, 1.0)
+    e.take_decisions()
+    e.tick(11.0)
+    e.worker_status(w, WorkerStatus.AVAILABLE, 0.0, 0, 12.0)
+    assert offers(e) == [] and job.status is JobStatus.PENDING
+    e.tick(71.0)
+    assert job.status is JobStatus.FAILED
+    assert job.error == (
+        f"no worker took the job for agent 'a' within 60s: {w} did not start it in time before (load 0.00)"
+    )
+    assert e.take_decisions()[0] == TerminateJob(w, job.id, "attempt 1 was replaced")
+
+
+def test_a_copy_that_starts_late_is_taken_back_while_no_other_copy_exists() -> None:
+    """The livekit-agents framework launches an accepted job only when a process is free: with slow
+    process setup, it may start after the start timeout. If no other worker took the job meanwhile, that
+    copy is the job again (the same attempt), rather than being stopped and the job run anew."""
+    e = make(start_timeout=10.0)
+    w = worker(e, "a", 0.0)
+    job = job_for(e)
+    e.availability_answer(w, job.id, ACCEPT, 1.0)
+    e.take_decisions()
+    e.tick(11.0)
+    assert (job.status, job.attempt) == (JobStatus.PENDING, 2)
+    assert e.job_update(w, job.id, JobUpdate.RUNNING, "", 20.0)
+    assert e.take_decisions() == []
+    assert (job.status, job.worker_id, job.attempt, job.attempts) == (JobStatus.RUNNING, w, 1, [])
+    assert job.started_at == 20.0 and job.error == "" and e.workers[w].jobs == {job.id}
 
 
 def test_an_assigned_job_not_started_in_time_fails_when_its_policy_is_never() -> None:
@@ -637,7 +719,8 @@ def test_an_assigned_job_not_started_in_time_fails_when_its_policy_is_never() ->
     e.availability_answer(w, job.id, ACCEPT, 1.0)
     e.take_decisions()
     e.tick(11.0)
-    assert e.take_decisions() == [TerminateJob(w, job.id, "not started in time"), JobEnded(job)]
+    reason = f"worker {w} did not start the job within 10s"
+    assert e.take_decisions() == [TerminateJob(w, job.id, reason), JobEnded(job)]
     assert job.status is JobStatus.FAILED
     assert job.error == f"worker {w} did not start the job within 10s"
 
@@ -803,3 +886,167 @@ def test_an_orphaned_job_is_not_claimed_by_a_worker_of_another_agent() -> None:
     assert only(TerminateJob, e.take_decisions())[0].worker_id == other
     assert not e.job_update(other, job.id, JobUpdate.SUCCESS, "", 3.0)
     assert job.orphaned_at == 2.0 and job.worker_id == w1, "still waiting for its own worker"
+
+
+# The job's agent in the room: running on join, ended on leave (for frameworks that never report)
+
+
+def assigned(
+    e: Engine, agent: str = "a", policy: RestartPolicy = RestartPolicy.ON_FAILURE
+) -> tuple[str, Job]:
+    """A fresh worker of `agent` holding a fresh job it accepted and has not reported on."""
+    w = worker(e, agent, 0.0)
+    job = job_for(e, agent, room=f"room-{len(e.rooms)}", policy=policy)
+    assert e.availability_answer(w, job.id, ACCEPT, 0.0)
+    e.take_decisions()
+    return w, job
+
+
+def agent_of(job: Job, attempt: int | None = None, identity: str = "") -> Participant:
+    """The participant the job's token lets in: kind agent, naming the job and its attempt."""
+    identity = identity or job.agent_identity or f"agent-{job.id}"
+    return Participant(
+        identity=identity,
+        sid=f"PA_{identity}_{attempt or job.attempt}",
+        joined_at=0.0,
+        kind=AGENT,
+        job=(job.id, attempt or job.attempt),
+    )
+
+
+def test_a_job_runs_once_its_agent_joins_without_a_report() -> None:
+    e = make(start_timeout=10.0)
+    _, job = assigned(e)
+    e.participant_joined(job.room, agent_of(job), 4.0)
+    assert (job.status, job.started_at, job.agent_identity) == (JobStatus.RUNNING, 4.0, f"agent-{job.id}")
+    # The start timeout no longer applies: it is running, whatever the framework reports.
+    e.tick(100.0)
+    assert job.status is JobStatus.RUNNING and e.take_decisions() == []
+
+
+def test_a_silent_frameworks_job_succeeds_when_its_agent_leaves_the_room() -> None:
+    e = make()
+    _, job = assigned(e)
+    e.participant_joined(job.room, agent_of(job), 1.0)
+    e.participant_left(job.room, f"agent-{job.id}", 9.0)
+    assert job.status is JobStatus.SUCCEEDED
+    assert job.error == f"agent participant 'agent-{job.id}' left the room" and job.ended_at == 9.0
+
+
+def test_a_silent_frameworks_job_whose_agent_lost_its_connection_is_restarted() -> None:
+    e = make(restart_backoff=2.0)
+    w, job = assigned(e)
+    e.participant_joined(job.room, agent_of(job), 1.0)
+    e.participant_left(job.room, f"agent-{job.id}", 9.0, lost=True)
+    assert (job.status, job.attempt, job.retry_at) == (JobStatus.PENDING, 2, 11.0)
+    assert job.attempts[0].error == f"agent participant 'agent-{job.id}' lost its connection"
+    assert e.take_decisions() == []  # backing off
+    e.tick(11.0)
+    assert offers(e) == [OfferJob(w, job, resuming=True)]
+
+
+def test_a_reporting_frameworks_job_is_ended_by_its_report_not_by_its_agent_leaving() -> None:
+    e = make()
+    w, job = assigned(e)
+    assert e.job_update(w, job.id, JobUpdate.RUNNING, "", 1.0)
+    e.participant_joined(job.room, agent_of(job), 2.0)
+    e.participant_left(job.room, f"agent-{job.id}", 3.0, lost=True)
+    assert job.status is JobStatus.RUNNING
+    assert e.job_update(w, job.id, JobUpdate.SUCCESS, "", 4.0)
+    assert job.status is JobStatus.SUCCEEDED and job.error == ""
+
+
+def test_a_job_that_ran_succeeds_when_its_room_closes_even_if_never_reported() -> None:
+    e = make()
+    w, job = assigned(e)
+    e.participant_joined(job.room, agent_of(job), 1.0)
+    e.delete_room(job.room, 5.0)
+    assert (
+        job.status is JobStatus.SUCCEEDED and job.error == "terminated: room closed (deleted by API request)"
+    )
+    assert TerminateJob(w, job.id, "terminated: room closed (deleted by API request)") in e.take_decisions()
+
+
+def test_an_agent_whose_job_is_unknown_or_ended_is_refused_and_creates_no_room() -> None:
+    e = make()
+    ghost = Participant("agent-AJ_gone", "PA_1", 0.0, kind=AGENT, job=("AJ_gone", 1))
+    with pytest.raises(FailedPrecondition, match="AJ_gone has ended or is not known"):
+        e.join(RoomSpec(name="restarted"), ghost, 0.0)
+    assert "restarted" not in e.rooms and e.take_decisions() == []
+    w, job = assigned(e)
+    e.job_update(w, job.id, JobUpdate.SUCCESS, "", 1.0)
+    with pytest.raises(FailedPrecondition):
+        e.join(RoomSpec(name=job.room), agent_of(job), 2.0)
+
+
+def test_an_agent_rejoining_before_the_job_went_elsewhere_takes_the_job_back() -> None:
+    """A silent framework's agent loses its connection (the job restarts) and reconnects fully with the
+    same token before any other copy was assigned: that copy is the job again, not run twice."""
+    e = make(restart_backoff=0.0)
+    w, job = assigned(e)
+    e.participant_joined(job.room, agent_of(job), 1.0)
+    e.participant_left(job.room, f"agent-{job.id}", 2.0, lost=True)
+    assert (job.status, job.attempt) == (JobStatus.OFFERED, 2)  # offered to w again at once
+    e.participant_joined(job.room, agent_of(job, 1), 2.5)
+    assert (job.status, job.worker_id, job.attempt, job.attempts) == (JobStatus.RUNNING, w, 1, [])
+    assert not e.availability_answer(w, job.id, ACCEPT, 3.0)  # the new offer was withdrawn
+
+
+def test_the_agents_of_a_replaced_attempt_are_removed_and_refused() -> None:
+    e = make(reconnect_grace=5.0, restart_backoff=0.0)
+    w1, job = assigned(e)
+    e.participant_joined(job.room, agent_of(job), 1.0)
+    e.worker_disconnected(w1, 2.0)
+    e.tick(7.0)  # the grace is over: attempt 2 waits; attempt 1's agent is still in the room
+    assert (job.status, job.attempt) == (JobStatus.PENDING, 2)
+    assert f"agent-{job.id}" in e.rooms[job.room].participants
+    with pytest.raises(FailedPrecondition, match="attempt 1 was replaced by attempt 2"):
+        e.participant_joined(job.room, agent_of(job, 1, identity="other"), 7.5)  # its worker is gone
+    w2 = worker(e, "a", 8.0)
+    assert e.availability_answer(w2, job.id, ACCEPT, 8.0)
+    [removed] = only(DisconnectParticipant, e.take_decisions())
+    assert (removed.identity, removed.cause) == (f"agent-{job.id}", DisconnectCause.JOB_ENDED)
+    assert removed.reason == f"job {job.id} was restarted"
+
+
+def test_deleting_the_dispatch_removes_its_agents_from_the_room() -> None:
+    e = make()
+    _, job = assigned(e)
+    e.participant_joined(job.room, agent_of(job), 1.0)
+    e.delete_dispatch(job.room, job.dispatch_id, 2.0)
+    [removed] = only(DisconnectParticipant, e.take_decisions())
+    assert (removed.identity, removed.cause) == (f"agent-{job.id}", DisconnectCause.JOB_ENDED)
+
+
+# Restarts back off
+
+
+def test_restarts_back_off_doubling_up_to_the_maximum() -> None:
+    e = make(restart_backoff=1.0, restart_backoff_max=3.0, max_job_restarts=5)
+    w, job = running(e)
+    now = 10.0
+    for delay in (1.0, 2.0, 3.0, 3.0):
+        assert e.job_update(w, job.id, JobUpdate.FAILED, "crash", now)
+        assert job.retry_at == now + delay and offers(e) == [] and e.next_deadline() == now + delay
+        e.tick(now + delay - 0.5)
+        assert offers(e) == []
+        now += delay
+        e.tick(now)
+        assert offers(e) == [OfferJob(w, job, resuming=True)]
+        e.availability_answer(w, job.id, ACCEPT, now)
+        e.job_update(w, job.id, JobUpdate.RUNNING, "", now)
+    assert job.pending_since == now  # the pending deadline counts from the end of the back-off
+
+
+def test_a_job_that_keeps_crashing_fails_saying_how_often() -> None:
+    e = make(restart_backoff=0.5, max_job_restarts=3)
+    w, job = running(e)
+    now = 0.0
+    while not job.ended:
+        now += 10.0
+        e.tick(now)
+        if job.status is JobStatus.OFFERED:
+            e.availability_answer(w, job.id, ACCEPT, now)
+        e.job_update(w, job.id, JobUpdate.FAILED, "exit code 1", now)
+    assert job.error == f"job failed on worker {w}: exit code 1 (failed 4 times, gave up after 3 restarts)"
+    assert [a.error for a in job.attempts] == [f"job failed on worker {w}: exit code 1"] * 3

@@ -128,7 +128,7 @@ def test_empty_room_closes_after_empty_timeout() -> None:
     assert "r" in e.rooms
     e.tick(10.0)
     assert "r" not in e.rooms
-    assert any(isinstance(d, RoomClosed) and d.reason == "idle timeout" for d in e.take_decisions())
+    assert any(isinstance(d, RoomClosed) and d.reason == "empty timeout" for d in e.take_decisions())
 
 
 def test_departure_timeout_counts_from_the_last_departure_and_agents_do_not_keep_a_room() -> None:
@@ -140,7 +140,7 @@ def test_departure_timeout_counts_from_the_last_departure_and_agents_do_not_keep
     e.tick(100.0)
     assert "r" in e.rooms  # someone is present: no deadline
     e.participant_left("r", "u", 100.0)
-    assert e.room("r").close_deadline() == 105.0
+    assert e.room("r").close_deadline() == (105.0, "departure timeout")
     e.tick(104.9)
     assert "r" in e.rooms
     e.tick(105.0)

@@ -2,7 +2,10 @@
 
 Fake workers know only what the engine told them (OfferJob, AssignJob, TerminateJob) and what they did
 themselves. After every step the engine's state is checked against that model and against its own rules:
-no job is lost, offered or run twice, or left waiting with nothing that will ever move it on.
+no job is lost, offered twice, or left waiting with nothing that will ever move it on, and at most one copy
+of a job is live: every other copy a connected worker holds is one the engine may still take back, and is
+stopped as soon as another copy is assigned. Like livekit-agents, a fake may ignore a termination of a job
+it has not launched yet and start it late; the engine must then take that copy back or stop it again.
 """
 
 import itertools
@@ -31,6 +34,8 @@ SETTINGS = EngineSettings(
     start_timeout=6.0,
     reconnect_grace=5.0,
     max_job_restarts=2,
+    restart_backoff=1.0,
+    restart_backoff_max=2.0,
     load_threshold=0.8,
     empty_timeout=60,
     departure_timeout=10,
@@ -91,6 +96,10 @@ class FakeWorker:
     """Offers received and not answered (some may have been withdrawn meanwhile, which it cannot know)."""
     held: set[str] = field(default_factory=set)
     """Jobs it was assigned, or still runs after a reconnect, and was not told (or chose) to stop."""
+    launching: set[str] = field(default_factory=set)
+    """Held jobs not reported running yet: a termination of one of those may be missed."""
+    late: set[str] = field(default_factory=set)
+    """Jobs whose termination it missed while launching them: they may still start, late."""
 
 
 @dataclass
@@ -121,6 +130,8 @@ class EngineMachine(RuleBasedStateMachine):
         self.open_offers: dict[str, tuple[str, float]] = {}
         """Job id -> (worker id, offered at): offers not yet answered, timed out, moved or ended."""
         self.expected_assign: ExpectedAssign | None = None
+        self.misses_terminations = False
+        """Whether a termination of a job being launched goes unnoticed (drawn per step)."""
 
     def teardown(self) -> None:
         ids.new_id = self._real_new_id
@@ -162,10 +173,15 @@ class EngineMachine(RuleBasedStateMachine):
                     runs = [f.worker_id for f in self.live.values() if job.id in f.held]
                     assert not runs, f"{job.id} assigned to {worker_id} while {runs} still run it"
                     self.live[worker_id].held.add(job.id)
+                    self.live[worker_id].launching.add(job.id)
                 case TerminateJob(worker_id, job_id, reason):
                     assert worker_id in self.live and worker_id in self.e.workers, f"terminate to {worker_id}"
                     assert reason
-                    self.live[worker_id].held.discard(job_id)
+                    fake = self.live[worker_id]
+                    if job_id in fake.launching and self.misses_terminations:
+                        fake.late.add(job_id)  # livekit-agents: no process for it yet, so nothing to stop
+                    fake.held.discard(job_id)
+                    fake.launching.discard(job_id)
                 case JobEnded(job):
                     self.jobs.setdefault(job.id, job)
                     assert job.ended and job.ended_at is not None
@@ -184,6 +200,7 @@ class EngineMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def step(self, data: st.DataObject) -> None:
         self.steps += 1
+        self.misses_terminations = data.draw(st.booleans(), label="terminations of launching jobs missed")
         event = data.draw(EVENT_NAMES.filter(lambda name: EVENTS[name][1](self)), label="event")
         getattr(self, event)(data)
 
@@ -257,9 +274,7 @@ class EngineMachine(RuleBasedStateMachine):
             listed.append(UNKNOWN_JOB)
         self.e.migrate_jobs(fake.worker_id, listed, self.now)
         for job_id in listed:
-            offer = self.open_offers.get(job_id)
-            if offer and offer[0] == fake.worker_id and self.jobs[job_id].status is not JobStatus.OFFERED:
-                del self.open_offers[job_id]  # withdrawn: the worker runs the job already
+            self.withdrawn_if_taken_back(job_id)
         decisions = self.apply()
         stopped = {d.job_id for d in only(TerminateJob, decisions) if d.worker_id == fake.worker_id}
         assert UNKNOWN_JOB not in listed or UNKNOWN_JOB in stopped
@@ -276,15 +291,52 @@ class EngineMachine(RuleBasedStateMachine):
         """Instead of migrating, the reconnected worker reports on its jobs: that claims the orphaned ones."""
         for job_id in sorted(fake.held):
             job = self.jobs[job_id]
-            orphaned = job.orphaned_at is not None
+            waiting = job.orphaned_at is not None or self.may_take_back(job, fake)
             claimed = self.e.job_update(fake.worker_id, job_id, JobUpdate.RUNNING, "", self.now)
-            assert claimed == orphaned, f"report on {job.status.value} {job_id} after reconnect: {claimed}"
+            assert claimed == waiting, f"report on {job.status.value} {job_id} after reconnect: {claimed}"
+            self.withdrawn_if_taken_back(job_id)
+            fake.launching.discard(job_id)
+            decisions = self.apply()
             if claimed:
                 assert job.status is JobStatus.RUNNING and job.orphaned_at is None
                 assert job.worker_id == fake.worker_id
             else:
-                fake.held.discard(job_id)  # nothing tells it to stop; this fake stops anyway
-            self.apply()
+                assert TerminateJob(fake.worker_id, job_id, "job is not this worker's") in decisions
+
+    def withdrawn_if_taken_back(self, job_id: str) -> None:
+        """A job taken back by the worker that runs it loses its open offer, to whichever worker."""
+        if job_id in self.jobs and self.jobs[job_id].status is not JobStatus.OFFERED:
+            self.open_offers.pop(job_id, None)
+
+    def may_take_back(self, job: Job, fake: FakeWorker) -> bool:
+        """The engine's rule, from the model's side: a restarted job not assigned since, whose previous
+        copy may live, reported by that copy's worker (or by any worker of its key once that one is gone)."""
+        if job.status not in (JobStatus.PENDING, JobStatus.OFFERED) or not job.attempts:
+            return False
+        previous = job.attempts[-1]
+        return (
+            previous.copy_may_live
+            and job_key(job) == spec_key(fake.spec)
+            and (previous.worker_id == fake.worker_id or previous.worker_id not in self.e.workers)
+        )
+
+    def late_start(self, data: st.DataObject) -> None:
+        """A job whose termination was missed while it was being launched starts after all and says so:
+        the engine takes the copy back if it may, and stops it again otherwise."""
+        fake = data.draw(st.sampled_from(self.workers_with("late")), label="worker")
+        job_id = data.draw(st.sampled_from(sorted(fake.late)), label="job")
+        fake.late.discard(job_id)
+        job = self.jobs[job_id]
+        taken_back = self.may_take_back(job, fake)
+        applied = self.e.job_update(fake.worker_id, job_id, JobUpdate.RUNNING, "", self.now)
+        self.withdrawn_if_taken_back(job_id)
+        decisions = self.apply()
+        assert applied == taken_back, f"late start of {job_id} ({job.status.value}): {applied}"
+        if applied:
+            fake.held.add(job_id)
+            assert (job.status, job.worker_id) == (JobStatus.RUNNING, fake.worker_id)
+        else:
+            assert TerminateJob(fake.worker_id, job_id, "job is not this worker's") in decisions
 
     def register(self, data: st.DataObject) -> None:
         fake = FakeWorker(data.draw(WORKER_SPECS, label="spec"))
@@ -299,17 +351,32 @@ class EngineMachine(RuleBasedStateMachine):
         error = data.draw(ERRORS, label="error")
         job = self.jobs[job_id]
         restarts = job.restarts
+        fake.launching.discard(job_id)
         if update is not JobUpdate.RUNNING:
             fake.held.discard(job_id)  # the worker stopped it
-        assert self.e.job_update(fake.worker_id, job_id, update, error, self.now), f"report on {job_id}"
+        own = job.worker_id == fake.worker_id and job.status in (JobStatus.ASSIGNED, JobStatus.RUNNING)
+        taken_back = self.may_take_back(job, fake)
+        applied = self.e.job_update(fake.worker_id, job_id, update, error, self.now)
+        self.withdrawn_if_taken_back(job_id)
         self.apply()
+        if not own:
+            # The copy this worker kept after a start timeout: a start takes it back, an end forgets it.
+            assert taken_back, f"{fake.worker_id} holds {job_id} ({job.status.value} on {job.worker_id})"
+            assert applied == (update is JobUpdate.RUNNING)
+            if applied:
+                assert (job.status, job.worker_id) == (JobStatus.RUNNING, fake.worker_id)
+            else:
+                assert not job.attempts[-1].copy_may_live
+            return
+        assert applied, f"report on {job_id}"
         if update is JobUpdate.RUNNING:
             assert job.status is JobStatus.RUNNING and job.started_at is not None
         elif update is JobUpdate.SUCCESS:
             assert job.status is JobStatus.SUCCEEDED
         else:
             assert job.status is JobStatus.FAILED or job.restarts == restarts + 1
-            assert job.error.startswith(f"job failed on worker {fake.worker_id}")
+            ended = job.error if job.status is JobStatus.FAILED else job.attempts[-1].error
+            assert ended.startswith(f"job failed on worker {fake.worker_id}")
 
     def status(self, data: st.DataObject) -> None:
         worker_id = data.draw(st.sampled_from(list(self.live)), label="worker")
@@ -386,7 +453,10 @@ class EngineMachine(RuleBasedStateMachine):
             others = [
                 job_id
                 for job_id, job in self.jobs.items()
-                if job_id not in fake.held and job.orphaned_at is None and job.worker_id != fake.worker_id
+                if job_id not in fake.held | fake.late
+                and job.orphaned_at is None
+                and job.worker_id != fake.worker_id
+                and not self.may_take_back(job, fake)
             ]
             job_id = data.draw(st.sampled_from([*others, UNKNOWN_JOB]), label="job")
             update = data.draw(UPDATES, label="update")
@@ -412,6 +482,7 @@ class EngineMachine(RuleBasedStateMachine):
         decisions = self.apply()
         assert {(d.worker_id, d.job_id) for d in only(TerminateJob, decisions)} == running
         assert self.e.jobs == {} and all(job.ended for job in self.jobs.values())
+        assert not any(f.held for f in self.live.values())
 
     # Invariants
 
@@ -471,16 +542,21 @@ class EngineMachine(RuleBasedStateMachine):
         engine_offers = {j.id: (j.worker_id, j.offered_at) for j in offered}
         assert engine_offers == self.open_offers, f"engine offers {engine_offers}, model {self.open_offers}"
         runs: dict[str, str] = {}
+        kept: dict[str, str] = {}
         for fake in self.live.values():
             for job_id in fake.held:
                 assert job_id not in runs, f"{job_id} runs on both {runs[job_id]} and {fake.worker_id}"
                 runs[job_id] = fake.worker_id
+                job = self.jobs[job_id]
+                if job.status in (JobStatus.PENDING, JobStatus.OFFERED):
+                    assert self.may_take_back(job, fake), f"{fake.worker_id} runs a stale copy of {job_id}"
+                    kept[job_id] = fake.worker_id
         engine_runs = {
             j.id: j.worker_id
             for j in self.e.jobs.values()
             if j.status in (JobStatus.ASSIGNED, JobStatus.RUNNING) and j.orphaned_at is None
         }
-        assert runs == engine_runs
+        assert {j: w for j, w in runs.items() if j not in kept} == engine_runs
 
     @invariant()
     def nothing_waits_for_nothing(self) -> None:
@@ -488,7 +564,7 @@ class EngineMachine(RuleBasedStateMachine):
         for job in e.jobs.values():
             on_live_worker = job.status is JobStatus.RUNNING and job.orphaned_at is None
             assert on_live_worker or e._job_deadline(job) is not None, f"{job.id} can wait forever"
-            if job.status is JobStatus.PENDING and not e.draining:
+            if job.status is JobStatus.PENDING and not e.draining and job.retry_at is None:
                 workers = e._workers_by_key.get(job_key(job), {}).values()
                 idle = choose_worker(job, workers, SETTINGS.load_threshold)
                 assert idle is None, f"{job.id} waits while {idle and idle.id} could take it"
@@ -503,6 +579,7 @@ EVENTS: dict[str, tuple[int, Callable[[EngineMachine], bool]]] = {
     "answer": (6, lambda m: any(f.inbox for f in m.live.values())),
     "report": (2, lambda m: any(f.held for f in m.live.values())),
     "register": (3, lambda m: len(m.live) < MAX_LIVE_WORKERS),
+    "late_start": (2, lambda m: any(f.late for f in m.live.values())),
     "status": (3, lambda m: bool(m.live)),
     "time_passes": (4, _always),
     "create_dispatch": (3, _always),

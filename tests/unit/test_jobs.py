@@ -2,7 +2,7 @@
 
 import pytest
 
-from switchboard.core.jobs import ENDED, InvalidTransition, Job, JobStatus, JobType
+from switchboard.core.jobs import ENDED, Attempt, InvalidTransition, Job, JobStatus, JobType
 
 
 def new_job() -> Job:
@@ -35,11 +35,37 @@ def test_requeue_starts_a_new_attempt() -> None:
     job.offer("AW_1", 11.0)
     job.assign("agent-AJ_1", 11.5)
     job.start(12.0)
-    job.requeue("worker AW_1 disconnected", 30.0)
+    job.requeue("worker AW_1 disconnected", 30.0, 32.0, copy_may_live=True)
     assert job.status is JobStatus.PENDING
     assert (job.worker_id, job.agent_identity, job.started_at) == ("", "", None)
-    assert job.pending_since == 30.0 and job.restarts == 1 and job.tried_workers == set()
-    assert job.error == "worker AW_1 disconnected"
+    assert job.retry_at == job.pending_since == 32.0  # its deadline counts once it may be offered
+    assert job.restarts == 1 and job.attempt == 2 and job.tried_workers == set()
+    assert job.error == ""  # the new attempt has none; the first one's reason is kept with it
+    assert job.attempts == [
+        Attempt(1, "AW_1", "agent-AJ_1", 12.0, 30.0, "worker AW_1 disconnected", copy_may_live=True)
+    ]
+    assert job.revivable
+
+
+def test_revive_takes_the_previous_attempt_back() -> None:
+    job = new_job()
+    job.offer("AW_1", 11.0)
+    job.assign("agent-AJ_1", 11.5)
+    job.requeue("worker AW_1 did not start the job within 10s", 21.5, 22.5, copy_may_live=True)
+    job.offer("AW_2", 22.5)
+    job.revive("AW_1", 23.0)
+    assert (job.status, job.worker_id, job.attempt, job.attempts) == (JobStatus.RUNNING, "AW_1", 1, [])
+    assert (job.agent_identity, job.started_at, job.retry_at) == ("agent-AJ_1", 23.0, None)
+
+
+def test_a_copy_known_to_have_ended_cannot_be_revived() -> None:
+    job = new_job()
+    job.offer("AW_1", 11.0)
+    job.assign("agent-AJ_1", 11.5)
+    job.requeue("job failed on worker AW_1", 12.0, None, copy_may_live=False)
+    assert not job.revivable
+    with pytest.raises(InvalidTransition):
+        job.revive("AW_1", 13.0)
 
 
 @pytest.mark.parametrize("status", list(JobStatus))
@@ -76,7 +102,7 @@ def test_forbidden_transitions_raise(action: str, status: JobStatus) -> None:
         "assign": lambda: job.assign("x", 1.0),
         "start": lambda: job.start(1.0),
         "reject": lambda: job.reject(1.0),
-        "requeue": lambda: job.requeue("r", 1.0),
+        "requeue": lambda: job.requeue("r", 1.0, None, copy_may_live=False),
     }
     with pytest.raises(InvalidTransition):
         calls[action]()

@@ -87,6 +87,8 @@ class Claims:
     attributes: dict[str, str] = field(default_factory=dict)
     video: VideoGrant = field(default_factory=VideoGrant)
     room_config: RoomConfiguration | None = None
+    job: tuple[str, int] | None = None
+    """(job id, attempt) in the tokens Switchboard mints for agent jobs; None in any other token."""
 
     @classmethod
     def from_payload(cls, api_key: str, payload: Mapping[str, Any]) -> "Claims":
@@ -110,7 +112,23 @@ class Claims:
             attributes=dict(attributes),
             video=VideoGrant.from_claim(payload.get("video")),
             room_config=_room_config(payload.get("roomConfig")),
+            job=_job(payload.get(JOB_CLAIM)),
         )
+
+
+JOB_CLAIM = "switchboardJob"
+"""The claim that ties an agent's token to its job and attempt, so a stale copy is recognised at join."""
+
+
+def _job(claim: object) -> tuple[str, int] | None:
+    if claim is None:
+        return None
+    if not isinstance(claim, Mapping):
+        raise InvalidToken(f"invalid token: '{JOB_CLAIM}' must be an object")
+    job_id, attempt = claim.get("id"), claim.get("attempt")
+    if not isinstance(job_id, str) or not isinstance(attempt, int) or isinstance(attempt, bool):
+        raise InvalidToken(f"invalid token: '{JOB_CLAIM}' needs a string 'id' and an integer 'attempt'")
+    return job_id, attempt
 
 
 def _room_config(claim: object) -> RoomConfiguration | None:

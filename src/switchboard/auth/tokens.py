@@ -9,7 +9,7 @@ from typing import Any
 import jwt
 from jwt.warnings import InsecureKeyLengthWarning
 
-from switchboard.auth.grants import Claims, InvalidToken, VideoGrant
+from switchboard.auth.grants import JOB_CLAIM, Claims, InvalidToken, VideoGrant
 
 # LiveKit's dev secret is 6 bytes, and short secrets are the user's choice: the server warns about them
 # once at startup instead of PyJWT warning on every request.
@@ -83,6 +83,7 @@ def mint_token(
     metadata: str = "",
     attributes: Mapping[str, str] | None = None,
     room_config: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
     ttl: float = DEFAULT_TTL_SECONDS,
     now: float | None = None,
 ) -> str:
@@ -99,6 +100,7 @@ def mint_token(
     payload.update({key: value for key, value in optional.items() if value})
     if room_config:
         payload["roomConfig"] = dict(room_config)
+    payload.update(extra or {})
     return jwt.encode(payload, api_secret, algorithm="HS256")
 
 
@@ -110,6 +112,8 @@ def mint_job_token(
     api_secret: str,
     *,
     room: str,
+    job_id: str,
+    attempt: int,
     agent_name: str,
     identity: str,
     name: str,
@@ -121,7 +125,8 @@ def mint_job_token(
     """The token an agent joins its job's room with, laid out as LiveKit's server mints it.
 
     Signed with the worker's own API key; kind `agent`; the worker's attributes plus `lk.agent_name`;
-    the room grants that the worker registered with (`permissions`).
+    the room grants that the worker registered with (`permissions`). Beyond LiveKit's layout, it names
+    the job and attempt, so that a stale copy of the job is refused when it tries to join.
     """
     video = replace(permissions, room_join=True, room=room, agent=True)
     return mint_token(
@@ -133,6 +138,7 @@ def mint_job_token(
         kind="agent",
         metadata=metadata,
         attributes={**attributes, "lk.agent_name": agent_name},
+        extra={JOB_CLAIM: {"id": job_id, "attempt": attempt}},
         ttl=JOB_TOKEN_TTL_SECONDS,
         now=now,
     )

@@ -8,12 +8,18 @@ at a time, and ends only with a status and a reason: taken and finished, failed 
 worker was lost and the restart policy says not to retry), terminated, or nobody took it in time.
 """
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 
 from switchboard.core import ids
 from switchboard.core.dispatch import Dispatch, DispatchSpec, RestartPolicy
-from switchboard.core.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from switchboard.core.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
 from switchboard.core.events import (
     AgentParticipant,
     AssignJob,
@@ -58,8 +64,11 @@ class EngineSettings:
     reconnect_grace: float = 5.0
     """How long a lost worker's jobs wait for it to reconnect and claim them (migrate_job)."""
     max_job_restarts: int = 3
+    restart_backoff: float = 1.0
+    """A restarted job waits this long before it is offered again, doubled for each further restart."""
+    restart_backoff_max: float = 30.0
     load_threshold: float = 1.0
-    """Workers whose effective load is at or above this get no offers."""
+    """Workers that reported a load at or above this get no offers."""
 
 
 @dataclass(frozen=True)
@@ -175,6 +184,7 @@ class Engine:
         has no dispatch for yet is dispatched (so a reconnect with the same token adds nothing).
         """
         self._check_participant(participant)
+        self.check_agent_job(spec.name, participant.job)
         room = self.rooms.get(spec.name)
         if room is None:
             room = self.create_room(spec, now)
@@ -195,9 +205,29 @@ class Engine:
         check_metadata("participant metadata", participant.metadata, limits)
         check_attributes("participant attributes", participant.attributes, limits)
 
+    def check_agent_job(self, room_name: str, job_claim: tuple[str, int] | None) -> None:
+        """Refuse an agent whose token names a job this server does not run in that room, or an attempt
+        of it that a later one replaced: a stale copy must not join, nor create a room."""
+        if job_claim is None:
+            return
+        job_id, attempt = job_claim
+        job = self.jobs.get(job_id)
+        if job is None or job.room != room_name:
+            raise FailedPrecondition(f"agent job {job_id} has ended or is not known to this server")
+        if attempt != job.attempt and not (attempt == job.attempt - 1 and self._rejoin_revives(job)):
+            raise FailedPrecondition(
+                f"agent job {job_id}: attempt {attempt} was replaced by attempt {job.attempt}"
+            )
+
+    def _rejoin_revives(self, job: Job) -> bool:
+        """An agent of the previous attempt joins again (e.g. a full reconnect) before any new copy was
+        assigned, and its worker is still here: the job is taken back, not run twice."""
+        return job.revivable and job.attempts[-1].worker_id in self.workers
+
     def participant_joined(self, room_name: str, participant: Participant, now: float) -> None:
         room = self.room(room_name)
         self._check_participant(participant)
+        self.check_agent_job(room_name, participant.job)
         replaced = room.participants.pop(participant.identity, None)
         if replaced is not None:
             self._decisions.append(
@@ -216,9 +246,20 @@ class Engine:
         ):
             raise ResourceExhausted("room is full")
         room.participants[participant.identity] = participant
+        if participant.job is not None:
+            self._agent_joined(self.jobs[participant.job[0]], participant.job[1], now)
         if not participant.dependent:
             for dispatch in room.dispatches.values():
                 self._launch(dispatch, JobType.PARTICIPANT, now, participant.identity)
+
+    def _agent_joined(self, job: Job, attempt: int, now: float) -> None:
+        """The job's agent is in the room: the job runs, whether or not its framework says so (the Node
+        framework never does)."""
+        if attempt != job.attempt:  # the previous attempt's agent, allowed in by check_agent_job
+            worker = self.workers[job.attempts[-1].worker_id]
+            self._revive(job, worker, now)
+        elif job.status is JobStatus.ASSIGNED:
+            job.start(now)
 
     def update_participant(
         self,
@@ -285,15 +326,37 @@ class Engine:
         self.room(room_name)
         self._decisions.append(SendData(room_name, packet, reliable, frozenset(destinations)))
 
-    def participant_left(self, room_name: str, identity: str, now: float, sid: str = "") -> Participant:
-        """The participant is gone (`sid`, when given, must match: a newer connection is left alone)."""
+    def participant_left(
+        self, room_name: str, identity: str, now: float, sid: str = "", *, lost: bool = False
+    ) -> Participant:
+        """The participant is gone (`sid`, when given, must match: a newer connection is left alone);
+        `lost` when its connection dropped instead of leaving."""
         room = self.room(room_name)
         participant = room.participants.get(identity)
         if participant is None or (sid and participant.sid != sid):
             raise NotFound("participant does not exist")
         del room.participants[identity]
         room.last_departure_at = now
+        if participant.job is not None:
+            self._agent_left(participant, lost, now)
         return participant
+
+    def _agent_left(self, participant: Participant, lost: bool, now: float) -> None:
+        """A job's agent left the room. A framework that reports on its jobs says itself how the job
+        ended; for one that never does, leaving is the end: success when it left, a failure (restart
+        policy) when its connection was lost."""
+        assert participant.job is not None
+        job_id, attempt = participant.job
+        job = self.jobs.get(job_id)
+        if job is None or job.attempt != attempt or job.reported or job.orphaned_at is not None:
+            return
+        if job.status not in (JobStatus.ASSIGNED, JobStatus.RUNNING):
+            return
+        who = f"agent participant '{participant.identity}'"
+        if lost:
+            self._failed(job, f"{who} lost its connection", now, copy_may_live=True)
+        else:
+            self._end_job(job, True, f"{who} left the room", now)
 
     def remove_participant(self, room_name: str, identity: str, now: float) -> Participant:
         participant = self.participant_left(room_name, identity, now)
@@ -398,7 +461,7 @@ class Engine:
         self._offer_if_possible(job, now)
 
     def _offer_if_possible(self, job: Job, now: float) -> None:
-        if self.draining:
+        if self.draining or job.retry_at is not None:
             return
         workers = self._workers_by_key.get(self._key(job), {})
         worker = choose_worker(job, list(workers.values()), self.settings.load_threshold)
@@ -426,14 +489,43 @@ class Engine:
                     self._match(worker.key, now)
 
     def _end_job(self, job: Job, succeeded: bool, reason: str, now: float) -> None:
+        self._stop_earlier_copy(job)
         self._release(job, now)
         self._pending.get(self._key(job), {}).pop(job.id, None)
         self.jobs.pop(job.id, None)
         job.end(succeeded, reason, now)
+        self._disconnect_agents(job, lambda attempt: True)
         self._decisions.append(JobEnded(job))
 
+    def _stop_earlier_copy(self, job: Job) -> None:
+        """A copy of the previous attempt may still run (or start late): now that the job has another
+        copy, or has ended, tell that copy's worker to stop it."""
+        if not job.attempts or not job.attempts[-1].copy_may_live:
+            return
+        previous = job.attempts[-1]
+        if previous.worker_id in self.workers and previous.worker_id != job.worker_id:
+            self._decisions.append(
+                TerminateJob(previous.worker_id, job.id, f"attempt {previous.number} was replaced")
+            )
+        job.attempts[-1] = replace(previous, copy_may_live=False)
+
+    def _disconnect_agents(self, job: Job, stale: Callable[[int], bool]) -> None:
+        """Remove from the room the job's agents whose attempt is `stale`: no copy outlives its job."""
+        room = self.rooms.get(job.room)
+        for participant in list(room.participants.values()) if room else ():
+            if participant.job is not None and participant.job[0] == job.id and stale(participant.job[1]):
+                self._decisions.append(
+                    DisconnectParticipant(
+                        room.name if room else job.room,
+                        participant.identity,
+                        f"job {job.id} ended" if job.ended else f"job {job.id} was restarted",
+                        DisconnectCause.JOB_ENDED,
+                        participant.sid,
+                    )
+                )
+
     def _terminate(self, job: Job, reason: str, now: float) -> None:
-        """End a job on the server's initiative, telling its worker to stop it if it has one."""
+        """End a job on the server's initiative, telling its worker (and any earlier copy's) to stop it."""
         if job.status in (JobStatus.ASSIGNED, JobStatus.RUNNING) and job.worker_id in self.workers:
             self._decisions.append(TerminateJob(job.worker_id, job.id, reason))
         # A job that ran and was stopped on request succeeded; one that never started failed.
@@ -444,17 +536,23 @@ class Engine:
             if not job.ended:
                 self._terminate(job, reason, now)
 
-    def _failed(self, job: Job, reason: str, now: float) -> None:
-        """The attempt failed: run the job again if its restart policy allows, else end it with the reason."""
+    def _failed(self, job: Job, reason: str, now: float, *, copy_may_live: bool = False) -> None:
+        """The attempt failed: run the job again, after a back-off, if its restart policy allows; else end
+        it with the reason. `copy_may_live`: the attempt's copy may still run and may be taken back."""
+        s = self.settings
         dispatch = self._dispatch_of(job)
         retry = dispatch is not None and dispatch.spec.restart_policy is RestartPolicy.ON_FAILURE
-        if retry and job.restarts < self.settings.max_job_restarts and not self.draining:
+        if retry and job.restarts < s.max_job_restarts and not self.draining:
             self._release(job, now)
-            job.requeue(reason, now)
+            self._stop_earlier_copy(job)  # only one earlier copy is ever kept track of
+            backoff = min(s.restart_backoff * 2**job.restarts, s.restart_backoff_max)
+            job.requeue(reason, now, now + backoff if backoff > 0 else None, copy_may_live=copy_may_live)
             self._queue(job, now)
             return
         if retry and job.restarts:
-            reason += f" (gave up after {job.restarts} restarts)"
+            reason += f" (failed {job.attempt} times, gave up after {job.restarts} restarts)"
+        if copy_may_live and job.worker_id in self.workers:
+            self._decisions.append(TerminateJob(job.worker_id, job.id, reason))
         self._end_job(job, False, reason, now)
 
     def _back_to_pending(self, job: Job, now: float) -> None:
@@ -527,6 +625,8 @@ class Engine:
                 attributes=dict(answer.attributes),
             )
             job.assign(participant.identity, now)
+            self._stop_earlier_copy(job)
+            self._disconnect_agents(job, lambda attempt: attempt != job.attempt)
             worker = self.workers[worker_id]
             worker.assigned_since_report += 1
             self._decisions.append(AssignJob(worker_id, job, participant))
@@ -542,6 +642,14 @@ class Engine:
         """
         job = self.jobs.get(job_id)
         worker = self.workers.get(worker_id)
+        if job is not None and worker is not None and self._may_take_back(job, worker):
+            if update is JobUpdate.RUNNING:
+                # The previous attempt's copy started late, or its worker came back: take it back.
+                self._revive(job, worker, now)
+                job.reported = True
+                return True
+            job.attempts[-1] = replace(job.attempts[-1], copy_may_live=False)  # that copy has ended
+            return False
         if job is None or worker is None or not self._holds(worker, job):
             if update is JobUpdate.RUNNING:
                 # The worker runs a job it does not hold (it ended, or runs elsewhere since): stop its copy.
@@ -550,6 +658,7 @@ class Engine:
         if job.orphaned_at is not None and job.worker_id != worker_id:
             self._reattach(job, worker, now)
         ran_on = job.worker_id
+        job.reported = True
         if update is JobUpdate.RUNNING:
             if job.status is JobStatus.ASSIGNED:
                 job.start(now)
@@ -566,38 +675,50 @@ class Engine:
         return job.worker_id == worker.id or (job.orphaned_at is not None and worker.key == self._key(job))
 
     def migrate_jobs(self, worker_id: str, job_ids: Iterable[str], now: float) -> None:
-        """A reconnected worker lists the jobs it still runs: re-attach those that wait, stop the rest."""
+        """A reconnected worker lists the jobs it still runs: take back those that wait for it (orphaned
+        in the reconnect grace, or restarted and not assigned to anyone since), stop the other copies."""
         worker = self.workers.get(worker_id)
         if worker is None:
             return
         for job_id in dict.fromkeys(job_ids):
             job = self.jobs.get(job_id)
-            if job is not None and job.worker_id == worker_id and job.status is not JobStatus.OFFERED:
+            if job is None:
+                self._decisions.append(TerminateJob(worker_id, job_id, "job already ended"))
+            elif job.worker_id == worker_id and job.status in (JobStatus.ASSIGNED, JobStatus.RUNNING):
                 continue
-            # Waiting for a worker (pending, orphaned, or just offered to this very worker, which already
-            # runs it): the worker that runs it takes it back, so it does not run twice.
-            waiting = (
-                job is not None
-                and worker.key == self._key(job)
-                and (
-                    job.status is JobStatus.PENDING
-                    or job.orphaned_at is not None
-                    or (job.status is JobStatus.OFFERED and job.worker_id == worker_id)
-                )
-            )
-            if job is not None and waiting:
+            elif worker.key != self._key(job):
+                self._decisions.append(TerminateJob(worker_id, job_id, "job is not this worker's"))
+            elif job.orphaned_at is not None:
                 self._reattach(job, worker, now)
+            elif self._may_take_back(job, worker):
+                self._revive(job, worker, now)
             else:
-                reason = "job already ended" if job is None else f"job runs on worker {job.worker_id}"
-                self._decisions.append(TerminateJob(worker_id, job_id, reason))
+                self._decisions.append(TerminateJob(worker_id, job_id, f"job runs on worker {job.worker_id}"))
         # Only now: offering a pending job while re-attaching could offer one the worker lists next.
         self._match(worker.key, now)
 
     def _reattach(self, job: Job, worker: Worker, now: float) -> None:
         self._release(job, now, rematch=False)
-        self._pending.get(self._key(job), {}).pop(job.id, None)
         job.reattach(worker.id, now)
         worker.jobs.add(job.id)
+
+    def _may_take_back(self, job: Job, worker: Worker) -> bool:
+        """Whether `worker` may be the one running the previous attempt's copy: its own worker, or (that
+        one having disconnected) a reconnected worker of the same agent."""
+        if not job.revivable or worker.key != self._key(job):
+            return False
+        previous = job.attempts[-1].worker_id
+        return previous == worker.id or previous not in self.workers
+
+    def _revive(self, job: Job, worker: Worker, now: float) -> None:
+        """Take back the previous attempt's copy, which runs on `worker`, withdrawing any open offer."""
+        self._release(job, now, rematch=False)
+        self._pending.get(self._key(job), {}).pop(job.id, None)
+        offered_to = self.workers.get(job.worker_id) if job.status is JobStatus.OFFERED else None
+        job.revive(worker.id, now)
+        worker.jobs.add(job.id)
+        if offered_to is not None and offered_to is not worker:
+            self._match(offered_to.key, now)
 
     # Server lifecycle
 
@@ -619,9 +740,9 @@ class Engine:
     def tick(self, now: float) -> None:
         """Apply every deadline that has passed: idle rooms close, jobs move on or fail with a reason."""
         for room in list(self.rooms.values()):
-            deadline = room.close_deadline()
-            if deadline is not None and now >= deadline:
-                self._close_room(room, "idle timeout", now)
+            closing = room.close_deadline()
+            if closing is not None and now >= closing[0]:
+                self._close_room(room, closing[1], now)
         for job in list(self.jobs.values()):
             deadline = self._job_deadline(job)
             if deadline is not None and now >= deadline and not job.ended:
@@ -629,7 +750,7 @@ class Engine:
 
     def next_deadline(self) -> float | None:
         """The earliest time at which `tick` has something to do, or None."""
-        deadlines = [d for room in self.rooms.values() if (d := room.close_deadline()) is not None]
+        deadlines = [c[0] for room in self.rooms.values() if (c := room.close_deadline()) is not None]
         deadlines += [d for job in self.jobs.values() if (d := self._job_deadline(job)) is not None]
         return min(deadlines, default=None)
 
@@ -639,7 +760,7 @@ class Engine:
             return job.orphaned_at + s.reconnect_grace
         match job.status:
             case JobStatus.PENDING:
-                return job.pending_since + s.pending_timeout
+                return job.retry_at if job.retry_at is not None else job.pending_since + s.pending_timeout
             case JobStatus.OFFERED:
                 return job.offered_at + s.availability_timeout
             case JobStatus.ASSIGNED:
@@ -650,25 +771,41 @@ class Engine:
         s = self.settings
         worker_id = job.worker_id
         if job.orphaned_at is not None:
-            self._failed(job, f"worker {worker_id} disconnected", now)
+            self._failed(job, f"worker {worker_id} disconnected", now, copy_may_live=True)
+        elif job.status is JobStatus.PENDING and job.retry_at is not None:
+            job.start_waiting(now)
+            self._offer_if_possible(job, now)
         elif job.status is JobStatus.PENDING:
             self._end_job(job, False, self._pending_failure(job), now)
         elif job.status is JobStatus.OFFERED:
             self._back_to_pending(job, now)
         else:
-            self._decisions.append(TerminateJob(worker_id, job.id, "not started in time"))
-            self._failed(job, f"worker {worker_id} did not start the job within {s.start_timeout:g}s", now)
+            # Neither reported running nor joined. The framework may still be waiting for a process to
+            # run it in: that copy is not stopped now, but taken back if it starts before another copy
+            # is assigned, and stopped then otherwise. This worker is not asked again for the job.
+            job.excluded_workers.add(worker_id)
+            reason = f"worker {worker_id} did not start the job within {s.start_timeout:g}s"
+            self._failed(job, reason, now, copy_may_live=True)
 
     def _pending_failure(self, job: Job) -> str:
+        """Why nobody took the job: each worker of its agent, with what it reported and answered."""
         timeout = f"{self.settings.pending_timeout:g}s"
         workers = self._workers_by_key.get(self._key(job), {})
-        if job.rejected_by:
-            count = len(job.rejected_by)
-            workers_word = "workers" if count > 1 else "worker"
-            return f"rejected by all {count} {workers_word} asked for {_who(job.agent_name)} within {timeout}"
         if not workers:
             return f"no worker registered for {_who(job.agent_name)} within {timeout}"
-        return (
-            f"no worker for {_who(job.agent_name)} had capacity within {timeout} "
-            f"({len(workers)} registered, all full, draining or over the load threshold)"
-        )
+        if self.draining:
+            return f"not offered within {timeout}: the server is draining"
+        states = []
+        for worker in workers.values():
+            if worker.id in job.excluded_workers:
+                state = "did not start it in time before"
+            elif declined := job.rejected_by.get(worker.id, 0):
+                state = "declined it" if declined == 1 else f"declined it {declined} times"
+            elif worker.status is WorkerStatus.FULL:
+                state = "reported itself full"
+            elif worker.load >= self.settings.load_threshold:
+                state = f"was over the load threshold {self.settings.load_threshold:g}"
+            else:
+                state = "was busy with other offers"
+            states.append(f"{worker.id} {state} (load {worker.load:.2f})")
+        return f"no worker took the job for {_who(job.agent_name)} within {timeout}: " + ", ".join(states)

@@ -19,3 +19,7 @@ class ResourceExhausted(CoreError):
 
 class Unavailable(CoreError):
     pass
+
+
+class FailedPrecondition(CoreError):
+    """Refused because of the state of things, not the request's form (e.g. a token for an ended job)."""

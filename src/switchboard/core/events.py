@@ -29,6 +29,8 @@ class DisconnectCause(Enum):
     REMOVED = "removed"
     ROOM_DELETED = "room deleted"
     ROOM_CLOSED = "room closed"
+    JOB_ENDED = "job ended"
+    """An agent whose job ended or was superseded by a later attempt."""
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,12 @@ A job is never dropped: it is pending until a worker takes it, and it ends only 
        └──── reject ──────┘                    │                  │
        └──────────── requeue (worker lost, restart policy) ───────┘
     PENDING, OFFERED, ASSIGNED, RUNNING ──reattach (worker reconnected with it)──▶ RUNNING
+    PENDING, OFFERED ──revive (the previous attempt's copy runs after all)──▶ RUNNING
     any state that has not ended ──end──▶ SUCCEEDED | FAILED
+
+Each run of the job on a worker is an attempt, numbered from 1; a requeue closes the current attempt
+(kept in `attempts` with its worker and end reason) and opens the next. The agent's token names the job
+and the attempt, so a copy of an earlier attempt is recognised wherever it shows up.
 
 While its worker's connection is gone, an assigned or running job is "orphaned" (`orphaned_at` set): it
 keeps its state for a grace period in which the reconnecting worker may claim it back.
@@ -37,6 +42,21 @@ class JobStatus(Enum):
 ENDED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED})
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """An earlier attempt of a job: where it ran and why it ended."""
+
+    number: int
+    worker_id: str
+    agent_identity: str
+    started_at: float | None
+    ended_at: float
+    error: str
+    copy_may_live: bool
+    """Its worker did not report its end (timed out, disconnected, agent lost): the copy may still run,
+    and if it shows up before another attempt is assigned, it is taken back instead of run again."""
+
+
 class InvalidTransition(Exception):
     """A state change that the job's current state does not allow: a bug in the caller, never user input."""
 
@@ -62,11 +82,24 @@ class Job:
     pending_since: float = 0.0
     offered_at: float = 0.0
     orphaned_at: float | None = None
-    restarts: int = 0
+    attempt: int = 1
+    attempts: list[Attempt] = field(default_factory=list)
+    """The earlier attempts, oldest first."""
+    retry_at: float | None = None
+    """A restarted job is not offered before this time (restarts back off)."""
+    reported: bool = False
+    """The worker reports on this attempt (update_job); one that never does (the Node framework) is
+    followed through its agent participant instead."""
     tried_workers: set[str] = field(default_factory=set)
     """Workers not to offer this job again until they report their status anew."""
-    rejected_by: set[str] = field(default_factory=set)
-    """Workers that said no (or did not answer) during this attempt, for the failure reason."""
+    rejected_by: dict[str, int] = field(default_factory=dict)
+    """Workers that said no (or did not answer) during this attempt, and how often: the failure reason."""
+    excluded_workers: set[str] = field(default_factory=set)
+    """Workers never offered this job again: they accepted it once and did not start it in time."""
+
+    @property
+    def restarts(self) -> int:
+        return self.attempt - 1
 
     def __post_init__(self) -> None:
         self.updated_at = self.pending_since = self.created_at
@@ -91,7 +124,7 @@ class Job:
     def reject(self, now: float) -> None:
         """The offered worker said no (or did not answer in time): back to pending, same deadline."""
         self._move({JobStatus.OFFERED}, JobStatus.PENDING, now)
-        self.rejected_by.add(self.worker_id)
+        self.rejected_by[self.worker_id] = self.rejected_by.get(self.worker_id, 0) + 1
         self.worker_id = ""
 
     def assign(self, agent_identity: str, now: float) -> None:
@@ -102,17 +135,49 @@ class Job:
         self._move({JobStatus.ASSIGNED}, JobStatus.RUNNING, now)
         self.started_at = now
 
-    def requeue(self, reason: str, now: float) -> None:
-        """The job's worker is gone; a new attempt starts pending, with a fresh deadline and no tried set."""
+    def requeue(self, reason: str, now: float, retry_at: float | None, *, copy_may_live: bool) -> None:
+        """The attempt ended without finishing the job: the next one starts pending (not offered before
+        `retry_at`), with a fresh deadline counted from then, no tried set and no error of its own."""
         self._move({JobStatus.OFFERED, JobStatus.ASSIGNED, JobStatus.RUNNING}, JobStatus.PENDING, now)
-        self.error = reason
+        self.attempts.append(
+            Attempt(
+                self.attempt, self.worker_id, self.agent_identity, self.started_at, now, reason, copy_may_live
+            )
+        )
+        self.attempt += 1
+        self.error = ""
         self.worker_id = ""
         self.agent_identity = ""
         self.started_at = None
-        self.pending_since = now
-        self.restarts += 1
+        self.reported = False
+        self.retry_at = retry_at
+        self.pending_since = now if retry_at is None else retry_at
         self.tried_workers.clear()
         self.rejected_by.clear()
+
+    @property
+    def revivable(self) -> bool:
+        """Restarted, not yet assigned again, and the previous attempt's copy may still run."""
+        return (
+            self.status in (JobStatus.PENDING, JobStatus.OFFERED)
+            and bool(self.attempts)
+            and self.attempts[-1].copy_may_live
+        )
+
+    def revive(self, worker_id: str, now: float) -> None:
+        """The previous attempt's copy runs after all (on `worker_id`), and no other copy was assigned:
+        it is the job again, instead of a second copy."""
+        if not self.revivable:
+            raise InvalidTransition(f"job {self.id}: no earlier copy to take back")
+        self._move({JobStatus.PENDING, JobStatus.OFFERED}, JobStatus.RUNNING, now)
+        previous = self.attempts.pop()
+        self.worker_id = worker_id
+        self.attempt = previous.number
+        self.agent_identity = previous.agent_identity
+        self.error = ""
+        self.started_at = now if previous.started_at is None else previous.started_at
+        self.retry_at = None
+        self.excluded_workers.discard(worker_id)
 
     def orphan(self, now: float) -> None:
         """The worker's connection is gone; the job waits for it to come back or for the grace to end."""
@@ -130,6 +195,11 @@ class Job:
         self.worker_id = worker_id
         if self.started_at is None:
             self.started_at = now
+
+    def start_waiting(self, now: float) -> None:
+        """A restarted job's back-off is over: from now on it may be offered, and its deadline counts."""
+        self.retry_at = None
+        self.pending_since = now
 
     def end(self, succeeded: bool, error: str, now: float) -> None:
         self._move(set(JobStatus) - ENDED, JobStatus.SUCCEEDED if succeeded else JobStatus.FAILED, now)

@@ -37,6 +37,8 @@ class Participant:
     active: bool = False
     """Its media connection is up (ParticipantInfo state ACTIVE; JOINED before)."""
     has_published: bool = False
+    job: tuple[str, int] | None = None
+    """(job id, attempt) for an agent that joined with a job token Switchboard minted."""
     tracks: dict[str, Track] = field(default_factory=dict)
     version: int = 0
     """Bumped on every change; clients ignore participant updates older than what they have."""
@@ -67,8 +69,9 @@ class Room:
     def num_participants(self) -> int:
         return sum(1 for p in self.participants.values() if not p.dependent)
 
-    def close_deadline(self) -> float | None:
-        """When the room closes if nothing changes; None while a non-dependent participant is present.
+    def close_deadline(self) -> tuple[float, str] | None:
+        """When the room closes if nothing changes, and the timeout that closes it; None while a
+        non-dependent participant is present.
 
         Like LiveKit: `empty_timeout` counts from creation until someone has left; after the last
         departure, `departure_timeout` counts from that departure.
@@ -76,5 +79,5 @@ class Room:
         if self.num_participants:
             return None
         if self.last_departure_at is not None:
-            return self.last_departure_at + self.departure_timeout
-        return self.created_at + self.empty_timeout
+            return self.last_departure_at + self.departure_timeout, "departure timeout"
+        return self.created_at + self.empty_timeout, "empty timeout"

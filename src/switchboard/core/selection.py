@@ -14,10 +14,13 @@ SAMPLE_SIZE = 16
 def choose_worker(
     job: Job, candidates: Sequence[Worker], load_threshold: float, rng: random.Random | None = None
 ) -> Worker | None:
-    """The accepting worker with the lowest effective load under the threshold, not yet tried for this job.
+    """The accepting worker with the lowest effective load, among those whose reported load is under the
+    threshold and that were not tried for this job since their last report.
 
-    Ties go to the worker holding fewer jobs, then to the one registered first, so that a burst of jobs
-    spreads over idle workers instead of piling onto one.
+    Only what a worker reported keeps it from being asked: the load estimated for jobs assigned since its
+    last report ranks workers (so a burst spreads over idle ones) but never holds a job back, since the
+    worker's own answer says whether it can take one more. Ties go to the worker holding fewer jobs, then
+    to the one registered first.
     """
     if len(candidates) > SAMPLE_SIZE:
         sample = (rng or random).sample(candidates, SAMPLE_SIZE)
@@ -31,12 +34,11 @@ def _least_loaded(job: Job, candidates: Sequence[Worker], load_threshold: float)
     best: Worker | None = None
     best_rank: tuple[float, int, float] = (0.0, 0, 0.0)
     for worker in candidates:
-        if not worker.accepting or worker.id in job.tried_workers:
+        if not worker.accepting or worker.id in job.tried_workers or worker.id in job.excluded_workers:
             continue
-        load = worker.effective_load()
-        if load >= load_threshold:
+        if worker.load >= load_threshold:
             continue
-        rank = (load, len(worker.jobs), worker.registered_at)
+        rank = (worker.effective_load(), len(worker.jobs), worker.registered_at)
         if best is None or rank < best_rank:
             best, best_rank = worker, rank
     return best

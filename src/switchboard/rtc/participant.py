@@ -30,7 +30,7 @@ from switchboard.core.errors import CoreError
 from switchboard.core.rooms import Participant, Track
 from switchboard.rtc.data import DataSender, route
 from switchboard.rtc.relay import AudioRelay
-from switchboard.websocket import MalformedMessage, MessageSender, receive
+from switchboard.websocket import ConnectionLost, MalformedMessage, MessageSender, receive
 from switchboard.wire import participant_to_proto, track_to_proto
 
 if TYPE_CHECKING:
@@ -65,6 +65,8 @@ class ParticipantSession:
         self.client_protocol = client_protocol
         self.auto_subscribe = auto_subscribe
         self.closed = False
+        self.left = False
+        """The client said it leaves (LeaveRequest); a session closed without it lost its connection."""
         self.signal = MessageSender(ws)
         self.pub_pc: RTCPeerConnection | None = None
         self.sub_pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
@@ -154,6 +156,14 @@ class ParticipantSession:
                 except TimeoutError:
                     log.info("participant timed out room=%s identity=%s", self.room, self.identity)
                     break
+                except ConnectionLost as exc:
+                    log.info(
+                        "participant connection lost room=%s identity=%s reason=%s",
+                        self.room,
+                        self.identity,
+                        exc,
+                    )
+                    break
                 except MalformedMessage as exc:
                     # One bad frame does not end the session; the client may recover.
                     log.info("bad signal frame room=%s identity=%s error=%s", self.room, self.identity, exc)
@@ -205,7 +215,8 @@ class ParticipantSession:
         current = room.participants.get(self.identity) if room else None
         replaced = current is not None and current.sid != self.sid  # a newer connection took the identity
         if current is not None and not replaced:
-            engine.participant_left(self.room, self.identity, runtime.now(), sid=self.sid)
+            # Without a leave request the connection was lost: for an agent, its job may have crashed.
+            engine.participant_left(self.room, self.identity, runtime.now(), sid=self.sid, lost=not self.left)
             runtime.flush()
         if not self.hidden and not replaced:
             info = participant_to_proto(Participant(self.identity, self.sid, 0), state="DISCONNECTED")
@@ -254,6 +265,7 @@ class ParticipantSession:
         elif kind == "ping":
             self.signal.send(rtc.SignalResponse(pong=int(time.time() * 1000)))
         elif kind == "leave":
+            self.left = True
             await self.close()
         else:
             # subscription_permission, track_setting, update_layers, sync_state …: not needed for audio

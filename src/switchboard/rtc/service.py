@@ -15,7 +15,7 @@ from livekit.protocol import models, rtc
 from switchboard.auth.grants import Claims, InvalidToken
 from switchboard.auth.tokens import TokenVerifier
 from switchboard.core import ids
-from switchboard.core.errors import CoreError, ResourceExhausted
+from switchboard.core.errors import CoreError, FailedPrecondition, ResourceExhausted
 from switchboard.core.events import (
     DisconnectCause,
     DisconnectParticipant,
@@ -36,6 +36,7 @@ _DISCONNECT_REASONS = {
     DisconnectCause.REMOVED: models.PARTICIPANT_REMOVED,
     DisconnectCause.ROOM_DELETED: models.ROOM_DELETED,
     DisconnectCause.ROOM_CLOSED: models.ROOM_CLOSED,
+    DisconnectCause.JOB_ENDED: models.PARTICIPANT_REMOVED,
 }
 _V1_MISSING = "this server speaks signalling protocol v0 at /rtc\n"
 
@@ -93,7 +94,11 @@ class RtcService:
         return claims, room
 
     async def validate(self, request: web.Request) -> web.Response:
-        self._authorize(request)
+        claims, room = self._authorize(request)
+        try:
+            self.runtime.engine.check_agent_job(room, claims.job)
+        except FailedPrecondition as exc:
+            raise web.HTTPForbidden(text=f"{exc}\n") from exc
         return web.Response(text="success")
 
     async def connect(self, request: web.Request) -> web.StreamResponse:
@@ -124,11 +129,12 @@ class RtcService:
             attributes=dict(claims.attributes),
             recorder=claims.video.recorder,
             hidden=claims.video.hidden,
+            job=claims.job,
         )
         engine = self.runtime.engine
         try:
             room = engine.join(room_spec_from_token(room_name, claims.room_config), participant, now)
-        except ResourceExhausted as exc:
+        except (ResourceExhausted, FailedPrecondition) as exc:
             self.runtime.flush()
             raise web.HTTPForbidden(text=f"{exc}\n") from exc
         except CoreError as exc:

@@ -92,6 +92,8 @@ class WorkerHub:
             session.api_key,
             self._keys[session.api_key],
             room=job.room,
+            job_id=job.id,
+            attempt=job.attempt,
             agent_name=session.agent_name,
             identity=participant.identity,
             name=participant.name,

@@ -13,7 +13,7 @@ from switchboard.auth.grants import VideoGrant
 from switchboard.core.errors import CoreError
 from switchboard.core.jobs import JobType
 from switchboard.core.workers import AvailabilityAnswer, JobUpdate, WorkerSpec, WorkerStatus
-from switchboard.websocket import MalformedMessage, MessageSender, receive
+from switchboard.websocket import ConnectionLost, MalformedMessage, MessageSender, receive
 
 if TYPE_CHECKING:
     from switchboard.workers.hub import WorkerHub
@@ -96,6 +96,10 @@ class WorkerSession:
                 runtime.flush()
         except ProtocolViolation as exc:
             await self._close_for_violation(str(exc))
+        except ConnectionLost as exc:
+            log.info(
+                "worker connection lost worker=%s peer=%s reason=%r", self.worker_id, self.peer, str(exc)
+            )
         finally:
             if self.worker_id:
                 self.hub.sessions.pop(self.worker_id, None)
