@@ -24,8 +24,15 @@ class AgentWorker:
     """One `python worker.py start` process, as a user runs an agent."""
 
     def __init__(
-        self, server: Server, directory: Path, agent_name: str, behaviour: str, secret: str = ""
+        self,
+        server: Server,
+        directory: Path,
+        agent_name: str,
+        behaviour: str,
+        secret: str = "",
+        **settings: str,
     ) -> None:
+        """`settings`: more of the worker program's TEST_* variables, by lower-case name without TEST_."""
         self.records = directory / "records"
         self.records.mkdir(parents=True)
         self.log_path = directory / "worker.log"
@@ -38,6 +45,7 @@ class AgentWorker:
             TEST_BEHAVIOUR=behaviour,
             TEST_RECORD_DIR=str(self.records),
         )
+        env.update({f"TEST_{name.upper()}": value for name, value in settings.items()})
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, str(WORKER_SCRIPT), "start"],
@@ -55,6 +63,19 @@ class AgentWorker:
 
     def jobs(self) -> dict[str, dict[str, Any]]:
         return {p.stem: json.loads(p.read_text()) for p in self.records.glob("*.json")}
+
+    def runs(self) -> dict[str, list[tuple[float, float | None]]]:
+        """Every copy of every job that started here: (start, end or None while it runs), by job id."""
+        found: dict[str, list[tuple[float, float | None]]] = {}
+        for path in self.records.glob("*.run"):
+            lines = [
+                json.loads(line) for line in path.read_text().splitlines(keepends=True) if line.endswith("\n")
+            ]
+            if not lines:
+                continue  # being written
+            end = lines[1]["end"] if len(lines) > 1 else None
+            found.setdefault(path.name.split(".")[0], []).append((lines[0]["start"], end))
+        return found
 
     def ended(self, job_id: str) -> bool:
         return (self.records / f"{job_id}.ended").exists()

@@ -122,3 +122,25 @@ async def lkapi(server: Server) -> AsyncIterator[api.LiveKitAPI]:
     """The Python server SDK (livekit-api), on the module's server."""
     async with api.LiveKitAPI(server.http_url, server.api_key, server.api_secret) as client:
         yield client
+
+
+@pytest.fixture
+def workers(server: Server, tmp_path: Path) -> Iterator[Any]:
+    """Start real livekit-agents worker processes (tests/agents/worker.py) against this module's server;
+    they are killed, with their job processes, when the test ends."""
+    from tests.agent_workers import AgentWorker  # it imports this module
+
+    started: list[AgentWorker] = []
+
+    def start(
+        agent_name: str = "", behaviour: str = "shutdown", secret: str = "", **settings: str
+    ) -> AgentWorker:
+        worker = AgentWorker(
+            server, tmp_path / f"worker{len(started)}", agent_name, behaviour, secret, **settings
+        )
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.kill()

@@ -1,8 +1,9 @@
 """A real livekit-agents worker for the integration tests, shaped by environment variables.
 
     TEST_AGENT_NAME     agent name to register with (empty: automatic dispatch)
-    TEST_BEHAVIOUR      shutdown | raise | hang | reject | decline | listen
+    TEST_BEHAVIOUR      shutdown | raise | hang | stay | reject | decline | listen
                         shutdown: record the job, then ctx.shutdown()
+                        stay:     join the room and stay until the job is terminated
                         listen:   join the room, measure the first participant's audio, answer with a
                                   transcription text stream (topic lk.transcription), then ctx.shutdown()
                         raise:    record the job, then raise from the entrypoint
@@ -11,28 +12,54 @@
                         decline:  answer every offer with reject(terminate=True)
     TEST_RECORD_DIR     where each job started writes <job id>.json with what the agent received
     TEST_ENDED_DIR      where each job writes <job id>.ended when its process shuts down
+    TEST_SETUP_SECONDS  how long each job process takes to set up (setup_fnc), default 0
+    TEST_IDLE_PROCESSES job processes kept ready, default 1
+    TEST_EXECUTOR       process (default) | thread: how jobs are run
+
+Every copy of a job that starts also writes <job id>.<pid>.<n>.run: a JSON line with its start time, and a
+second one with its end time when it shuts down, so tests can tell whether two copies ever overlapped.
 
 Run as a user runs an agent: `python worker.py start`, with LIVEKIT_URL, LIVEKIT_API_KEY, LIVEKIT_API_SECRET.
 """
 
 import asyncio
+import itertools
 import json
 import os
+import threading
+import time
 from pathlib import Path
 
 import jwt
 import numpy as np
 from livekit import rtc
-from livekit.agents import AgentServer, JobContext, JobRequest, cli
+from livekit.agents import AgentServer, JobContext, JobExecutorType, JobProcess, JobRequest, cli
 
 AGENT_NAME = os.environ.get("TEST_AGENT_NAME", "")
 BEHAVIOUR = os.environ.get("TEST_BEHAVIOUR", "shutdown")
 RECORD_DIR = Path(os.environ["TEST_RECORD_DIR"])
 ENDED_DIR = Path(os.environ.get("TEST_ENDED_DIR", os.environ["TEST_RECORD_DIR"]))
 
+SETUP_SECONDS = float(os.environ.get("TEST_SETUP_SECONDS", "0"))
+RUNS = itertools.count()  # thread executors run several jobs in one process
+RUNS_LOCK = threading.Lock()
+
+
+def setup(_: JobProcess) -> None:
+    time.sleep(SETUP_SECONDS)  # as loading a model would
+
+
 # Health server on loopback and a free port; a fixed load so that a busy test machine does not make the
 # worker report itself full.
-server = AgentServer(host="127.0.0.1", port=0, load_fnc=lambda: 0.1, num_idle_processes=1)
+server = AgentServer(
+    host="127.0.0.1",
+    port=0,
+    load_fnc=lambda: 0.1,
+    num_idle_processes=int(os.environ.get("TEST_IDLE_PROCESSES", "1")),
+    job_executor_type=JobExecutorType(os.environ.get("TEST_EXECUTOR", "process")),
+    setup_fnc=setup if SETUP_SECONDS else None,
+    initialize_process_timeout=SETUP_SECONDS + 10,
+)
 
 
 async def on_request(request: JobRequest) -> None:
@@ -60,9 +87,14 @@ async def entrypoint(ctx: JobContext) -> None:
         "token_claims": jwt.decode(ctx._info.token, options={"verify_signature": False}),
     }
     (RECORD_DIR / f"{job.id}.json").write_text(json.dumps(record))
+    with RUNS_LOCK:
+        run = RECORD_DIR / f"{job.id}.{os.getpid()}.{next(RUNS)}.run"
+    run.write_text(json.dumps({"start": time.time()}) + "\n")
 
     async def on_shutdown(reason: str) -> None:
         (ENDED_DIR / f"{job.id}.ended").write_text(reason)
+        with run.open("a") as lines:
+            lines.write(json.dumps({"end": time.time(), "reason": reason}) + "\n")
 
     ctx.add_shutdown_callback(on_shutdown)
     if BEHAVIOUR == "raise":
@@ -71,6 +103,8 @@ async def entrypoint(ctx: JobContext) -> None:
         ctx.shutdown("done")
     if BEHAVIOUR == "listen":
         await listen(ctx, job.id)
+    if BEHAVIOUR == "stay":
+        await ctx.connect()
 
 
 async def listen(ctx: JobContext, job_id: str) -> None:

@@ -7,7 +7,6 @@ import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,20 +24,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     instance = start_server(tmp_path_factory.mktemp("server"), {"logging": {"level": "debug"}})
     yield instance
     stop_server(instance)
-
-
-@pytest.fixture
-def workers(server: Server, tmp_path: Path) -> Iterator[Any]:
-    started: list[AgentWorker] = []
-
-    def start(agent_name: str, behaviour: str) -> AgentWorker:
-        worker = AgentWorker(server, tmp_path / f"worker{len(started)}", agent_name, behaviour)
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        worker.kill()
 
 
 class Speaker:

@@ -6,13 +6,12 @@ tests see exactly what reached the entrypoint.
 
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from livekit import api
 
-from tests.agent_workers import AgentWorker, eventually, registered, registrations
+from tests.agent_workers import eventually, registered, registrations
 from tests.conftest import Server, start_server, stop_server
 from tests.node_clients import run_scenario
 
@@ -33,20 +32,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     )
     yield instance
     stop_server(instance)
-
-
-@pytest.fixture
-def workers(server: Server, tmp_path: Path) -> Iterator[Any]:
-    started: list[AgentWorker] = []
-
-    def start(agent_name: str = "", behaviour: str = "shutdown", secret: str = "") -> AgentWorker:
-        worker = AgentWorker(server, tmp_path / f"worker{len(started)}", agent_name, behaviour, secret)
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        worker.kill()
 
 
 async def dispatch_to(lkapi: api.LiveKitAPI, agent_name: str, prefix: str) -> tuple[str, api.AgentDispatch]:
