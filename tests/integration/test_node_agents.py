@@ -405,10 +405,11 @@ async def test_a_node_worker_killed_mid_job_is_replaced_by_another(
     first.kill()  # the worker and its job process, at once: the agent drops out of the room without a Leave
     again = await first_job(second, room)
     assert again["job_id"] == record["job_id"] and again["worker_id"] != record["worker_id"]
-    await eventually(lambda: second.joins(record["job_id"]), "the agent to join again from the second worker")
+    # Read at once: today the new assignment is terminated again after start_timeout (issue 14).
     moved = await job_of(lkapi, room, name)
     assert moved is not None and moved.state.worker_id == again["worker_id"]
     assert moved.state.error == f"worker {record['worker_id']} disconnected", "why it moved is kept"
+    await eventually(lambda: second.joins(record["job_id"]), "the agent to join again from the second worker")
 
 
 @issue_14
