@@ -350,16 +350,19 @@ async def test_delete_dispatch_of_a_running_node_job_is_a_success(
 
 
 @issue_14
-async def test_a_node_job_that_calls_shutdown_ends_as_a_success_and_is_not_run_again(
-    server: Server, lkapi: api.LiveKitAPI, node_workers: NodeAgentWorkers
+@pytest.mark.parametrize("behaviour", ["shutdown", "crash"])
+async def test_a_node_job_that_ends_itself_is_a_success_and_is_not_run_again(
+    behaviour: str, server: Server, lkapi: api.LiveKitAPI, node_workers: NodeAgentWorkers
 ) -> None:
-    name = unique("js-shutdown")
-    worker = await registered_worker(server, node_workers, name, behaviour="shutdown", shutdown_after=1.0)
-    room = unique("shutdown")
+    name = unique(f"js-{behaviour}")
+    worker = await registered_worker(server, node_workers, name, behaviour=behaviour, shutdown_after=1.0)
+    room = unique(behaviour)
     await lkapi.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(agent_name=name, room=room))
     record = await first_job(worker, room)
-    # ctx.shutdown() one second after joining: the agent leaves the room (LeaveRequest CLIENT_INITIATED).
-    await eventually(lambda: worker.ended(record["job_id"]), "ctx.shutdown() to end the job")
+    # ctx.shutdown(), or an exception from the entrypoint, one second after joining: either way the agent
+    # leaves the room (LeaveRequest CLIENT_INITIATED) and the framework reports nothing (the Python one
+    # reports JS_SUCCESS for both).
+    await eventually(lambda: worker.ended(record["job_id"]), "the job to end")
     ended = await eventually(
         lambda: job_with_status(lkapi, room, name, api.JS_SUCCESS), "the job a success", RUNNING
     )
@@ -480,3 +483,24 @@ async def test_a_draining_node_worker_keeps_its_job_and_takes_no_new_one(
     # Its last job ended: the drained worker closes its connection and exits as SIGTERM says.
     await eventually(lambda: job.worker.process.poll() is not None, "the drained worker to exit")
     assert job.worker.process.returncode == 128 + signal.SIGTERM
+
+
+async def test_a_node_job_whose_agent_never_joins_is_started_again_after_start_timeout(
+    server: Server, lkapi: api.LiveKitAPI, node_workers: NodeAgentWorkers
+) -> None:
+    """start_timeout still applies to a job neither reported running nor joined (issue 14 keeps it)."""
+    name = unique("js-idle")
+    worker = await registered_worker(server, node_workers, name, behaviour="idle")
+    room = unique("idle")
+    await lkapi.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(agent_name=name, room=room))
+    record = await first_job(worker, room)
+    assert worker.joins(record["job_id"]) == 0
+    # Terminated (its process shuts down) and offered again, with the reason kept.
+    job_id = record["job_id"]
+    await eventually(lambda: worker.events("end", job_id), "the idle job terminated", START_TIMEOUT + 10)
+    await eventually(
+        lambda: len(worker.events("start", job_id)) >= 2, "the job offered again", START_TIMEOUT + 10
+    )
+    job = await job_of(lkapi, room, name)
+    assert job is not None and job.id == record["job_id"]
+    assert job.state.error == f"worker {record['worker_id']} did not start the job within {START_TIMEOUT}s"
