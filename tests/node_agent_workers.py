@@ -158,14 +158,11 @@ class NodeAgentWorkers:
         for worker in self.started:
             worker.kill()
 
-    def logs(self) -> str:
-        """Every worker's output, for a failure message."""
-        return "\n".join(f"--- {w.log_path} ---\n{w.log()}" for w in self.started)
-
 
 def node_agent_workers(server: Server, directory: Path) -> Iterator[NodeAgentWorkers]:
     """Body of a fixture: `yield from node_agent_workers(server, tmp_path)`."""
     workers = NodeAgentWorkers(server, directory)
+    print(f"Node workers' logs and job records: {directory}/node-worker*/")  # shown when a test fails
     try:
         yield workers
     finally:
