@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from switchboard.agents.supervisor import SupervisorSettings
+from switchboard.api.http import HttpLimits
 from switchboard.core.engine import EngineSettings
 from switchboard.core.limits import Limits
 from switchboard.rtc.service import RtcSettings
@@ -31,7 +32,7 @@ class Config:
     bind_addresses: tuple[str, ...] = ("0.0.0.0",)
     keys: Mapping[str, str] = field(default_factory=dict)
     log_level: str = "info"
-    max_api_request_body_size: int = 10 * 1024 * 1024
+    http: HttpLimits = field(default_factory=HttpLimits)
     drain_timeout: float = 60.0
     """On SIGTERM, how long running jobs may go on before they are terminated and the server exits."""
     engine: EngineSettings = field(default_factory=EngineSettings)
@@ -183,10 +184,15 @@ def load_config(
         max_message_size=r.number("limit.agent_signal_message_size_limit", w.max_message_size, minimum=1024),
         violation_close_delay=seconds("agents.violation_close_delay", w.violation_close_delay),
     )
+    h = HttpLimits
     values: dict[str, Any] = {
         "port": r.number("port", Config.port, minimum=0),
-        "max_api_request_body_size": r.number(
-            "limit.max_api_request_body_size", Config.max_api_request_body_size, minimum=1
+        "http": HttpLimits(
+            max_body_size=r.number("limit.max_api_request_body_size", h.max_body_size, minimum=1),
+            max_header_size=r.number("limit.max_request_header_size", h.max_header_size, minimum=1024),
+            max_headers=r.number("limit.max_request_headers", h.max_headers, minimum=8),
+            idle_timeout=seconds("limit.idle_timeout", h.idle_timeout, 0.1),
+            body_timeout=seconds("limit.body_timeout", h.body_timeout, 0.1),
         ),
         "drain_timeout": seconds("agents.drain_timeout", Config.drain_timeout),
         "engine": engine,

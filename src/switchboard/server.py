@@ -39,7 +39,7 @@ def build_app(config: Config) -> web.Application:
     verifier = TokenVerifier(config.keys)
     app = web.Application(middlewares=[cors_middleware])
     app[RUNTIME] = runtime
-    twirp = TwirpServer(verifier, config.max_api_request_body_size, runtime.flush)
+    twirp = TwirpServer(verifier, config.http, runtime.flush)
     twirp.add_service("RoomService", room_service.methods(runtime))
     twirp.add_service("AgentDispatchService", agent_dispatch_service.methods(runtime))
     twirp.install(app)
@@ -88,7 +88,7 @@ async def drain(runtime: Runtime, grace: float) -> None:
 
 async def run(config: Config) -> None:
     app = build_app(config)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, **config.http.handler_options())
     await runner.setup()
     for host in config.bind_addresses:
         await web.TCPSite(runner, host, config.port).start()

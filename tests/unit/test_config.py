@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from switchboard.api.http import HttpLimits
 from switchboard.config import ConfigError, load_config
 
 LONG = "s" * 40
@@ -41,6 +42,11 @@ logging:
   level: debug
 limit:
   max_metadata_size: 100
+  max_api_request_body_size: 2048
+  max_request_header_size: 4096
+  max_request_headers: 20
+  idle_timeout: 5
+  body_timeout: 2.5
 agents_dir: ./agents
 agents:
   pending_timeout: 2.5
@@ -60,6 +66,10 @@ agents:
     assert (config.engine.empty_timeout, config.engine.departure_timeout) == (30, 3)
     assert config.engine.max_participants == 7 and config.engine.pending_timeout == 2.5
     assert config.log_level == "debug" and config.engine.limits.max_metadata_size == 100
+    assert config.http == HttpLimits(
+        max_body_size=2048, max_header_size=4096, max_headers=20, idle_timeout=5, body_timeout=2.5
+    )
+    assert config.http.handler_options()["lingering_time"] == 2.0
 
 
 def test_env_and_flags_override_in_order(tmp_path: Path) -> None:
