@@ -208,10 +208,7 @@ def test_an_oversized_header_is_refused_without_logging_the_token(server: Server
     with connect(server) as sock:
         sock.sendall(head("/", *(f"X-Header-{i}: {i}" for i in range(60)), method="GET"))
         assert read_response(sock)[0] == 400
-    deadline = time.monotonic() + CLOSE_DEADLINE
-    while "over limit.max_request_header_size" not in server.log() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    log = server.log()
+    log = server.log()  # aiohttp logs the error before it answers
     assert "bad http request from 127.0.0.1: a line of the request head is over" in log
     assert "Traceback" not in log and token[:20] not in log
 

@@ -1,5 +1,6 @@
 """Raw HTTP against the Twirp surface, as `curl` and hand-written clients send it: formats, errors, auth."""
 
+import base64
 import io
 import json
 import subprocess
@@ -278,3 +279,23 @@ async def test_bad_authorization_header_is_unauthenticated(server: Server) -> No
     response = await post(server, ROOM + "ListRooms", {}, None, Authorization="Basic dXNlcjpwYXNz")
     status, code, msg = twirp_error(*response)
     assert (status, code) == (401, "unauthenticated") and "must start with 'Bearer '" in msg
+
+
+async def test_values_from_requests_reach_the_log_escaped(server: Server) -> None:
+    forged_line = "2026-01-01T00:00:00.000Z ERROR switchboard.api FORGED"
+    token = server.token(room_create=True, room_list=True)
+    # U+2028 (a line separator for many readers) in the path; a newline in the token's header
+    await post(server, ROOM + "Nope%E2%80%A8" + forged_line.replace(" ", "%20") + "-path", {}, token)
+    header = json.dumps({"alg": f"x\n{forged_line}-alg", "typ": "JWT"}).encode()
+    header_token = ".".join(base64.urlsafe_b64encode(p).decode().rstrip("=") for p in (header, b"{}", b"sig"))
+    await post(server, ROOM + "ListRooms", {}, header_token)
+    join = server.join_token("log-room", "alice")
+    query = {"access_token": join, "sdk": f"js\r\n{forged_line}-sdk", "protocol": "16"}
+    async with aiohttp.ClientSession() as session:
+        ws = await session.ws_connect(server.ws_url + "/rtc", params=query)
+        await ws.receive()  # the join response
+        await ws.close()
+    log = server.log()  # each was logged before its answer was sent
+    assert f"Nope\\u2028{forged_line}-path" in log and f"\\n{forged_line}-alg" in log
+    assert f"sdk=js\\r\\n{forged_line}-sdk" in log
+    assert not any(line.startswith(forged_line) for line in log.splitlines())
