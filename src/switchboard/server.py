@@ -16,7 +16,7 @@ from switchboard.api import agent_dispatch_service, room_service
 from switchboard.api.cors import cors_middleware
 from switchboard.api.twirp import TwirpServer
 from switchboard.auth.tokens import TokenVerifier
-from switchboard.config import Config
+from switchboard.config import DEV_KEYS, Config
 from switchboard.core import ids
 from switchboard.core.engine import Engine
 from switchboard.rtc.service import RtcService
@@ -92,7 +92,10 @@ async def run(config: Config) -> None:
     await runner.setup()
     for host in config.bind_addresses:
         await web.TCPSite(runner, host, config.port).start()
-    mode = " (dev mode: API key 'devkey' with the built-in dev secret)" if config.development else ""
+    mode = ""
+    if config.development:
+        dev_keys = dict(config.keys) == DEV_KEYS
+        mode = " (dev mode: API key 'devkey' with the built-in dev secret)" if dev_keys else " (dev mode)"
     addresses = ", ".join(f"{host}:{config.port}" for host in config.bind_addresses)
     log.info("switchboard %s listening on %s%s", __version__, addresses, mode)
     supervisor = AgentSupervisor(config.agents, agent_environment(config))

@@ -142,3 +142,39 @@ def test_agent_run_stops_at_once_on_what_it_cannot_run(tmp_path) -> None:  # typ
     agent.write_text("enabled: false\n" + "live_captions:\n  processing: manual\n  provider: assemblyai\n")
     disabled = run(None, "agent", "run", str(agent), check=False)  # nothing is checked or started
     assert disabled.returncode == 0 and "not started: enabled is false" in disabled.stderr
+
+
+def serve_until_listening(tmp_path, *args: str) -> str:  # type: ignore[no-untyped-def]
+    """Run `switchboard serve ARGS` until it says it listens; stop it; its output."""
+    log_path = tmp_path / "serve.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIVEKIT_")}
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "switchboard", "serve", "--port", str(free_port()), *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    try:
+        deadline = time.monotonic() + 20
+        while "listening on" not in log_path.read_text() and time.monotonic() < deadline:
+            assert process.poll() is None, log_path.read_text()
+            time.sleep(0.05)
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+    return log_path.read_text()
+
+
+def test_serve_refuses_a_short_secret_outside_dev() -> None:
+    result = run(None, "serve", "--keys", "k: short", check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "secret of API key 'k' is shorter than 32 characters" in result.stderr
+
+
+def test_dev_mode_names_the_dev_key_only_when_it_is_used_and_warns_when_public(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    public = serve_until_listening(tmp_path, "--dev", "--bind", "0.0.0.0")
+    assert "WARNING" in public and "the dev API key 'devkey' and its secret are public" in public
+    assert "(dev mode: API key 'devkey' with the built-in dev secret)" in public
+    own_keys = serve_until_listening(tmp_path, "--dev", "--keys", "mine: " + "x" * 40)
+    assert "(dev mode)" in own_keys and "devkey" not in own_keys
