@@ -138,6 +138,25 @@ async def test_malformed_bodies_are_refused_with_malformed(
     assert (status, code) == (400, "malformed") and fragment in msg
 
 
+@pytest.mark.parametrize("policy", ['"BOGUS"', "99", '"99"', "-1"])
+async def test_an_unknown_enum_value_is_invalid_argument_by_name_as_by_number(
+    server: Server, policy: str
+) -> None:
+    body = f'{{"room": "enum-room", "agent_name": "a", "restart_policy": {policy}}}'.encode()
+    response = await post(server, DISPATCH + "CreateDispatch", body, admin(server, "enum-room"))
+    status, code, msg = twirp_error(*response)
+    assert (status, code) == (400, "invalid_argument") and "unknown restart_policy" in msg
+    request = agent_dispatch.CreateAgentDispatchRequest(room="enum-room", agent_name="a")
+    request.restart_policy = 99  # type: ignore[assignment]
+    response = await post(
+        server, DISPATCH + "CreateDispatch", request.SerializeToString(), admin(server, "enum-room"),
+        "application/protobuf",
+    )  # fmt: skip
+    assert twirp_error(*response)[:2] == (400, "invalid_argument")
+    listed = await post(server, DISPATCH + "ListDispatch", {"room": "enum-room"}, admin(server, "enum-room"))
+    assert json.loads(listed[2])["agent_dispatches"] == [], "nothing was dispatched"
+
+
 async def test_wrong_content_type_is_refused(server: Server) -> None:
     response = await post(server, DISPATCH + "ListDispatch", b"room=r", admin(server, "r"), "text/plain")
     status, code, msg = twirp_error(*response)

@@ -22,7 +22,7 @@ from switchboard.api.http import HttpLimits
 from switchboard.auth.grants import Claims, InvalidToken, PermissionDenied
 from switchboard.auth.tokens import TokenVerifier
 from switchboard.core.errors import CoreError, InvalidArgument, NotFound, ResourceExhausted, Unavailable
-from switchboard.wire import to_json
+from switchboard.wire import check_enums, from_json, to_json
 
 log = logging.getLogger("switchboard.api")
 
@@ -150,12 +150,15 @@ class TwirpServer:
         body = await self._read_body(request)
         try:
             if content_type == JSON:
-                json_format.Parse(body or b"{}", message, ignore_unknown_fields=True)
+                from_json(body or b"{}", message)
             else:
                 message.ParseFromString(body)
+                check_enums(message)
         except (json_format.ParseError, DecodeError, UnicodeDecodeError, RecursionError) as exc:
             kind = "json" if content_type == JSON else "protobuf"
             raise TwirpError("malformed", f"the {kind} request could not be decoded: {exc}") from exc
+        except InvalidArgument as exc:
+            raise TwirpError("invalid_argument", str(exc)) from exc
         try:
             reply = method.handler(claims, message)
         except PermissionDenied as exc:
