@@ -16,7 +16,7 @@ from switchboard.agents.supervisor import SupervisorSettings
 from switchboard.api.http import HttpLimits
 from switchboard.core.engine import EngineSettings
 from switchboard.core.limits import Limits
-from switchboard.rtc.service import RtcSettings
+from switchboard.rtc.settings import RtcSettings
 from switchboard.workers.session import WorkerSettings
 
 DEV_KEYS = {"devkey": "secret"}

@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -86,12 +87,38 @@ async def drain(runtime: Runtime, grace: float) -> None:
     log.info("drained jobs_terminated=%d", remaining)
 
 
+class ListenError(Exception):
+    """The server cannot listen where it was told to; the message says why, in one line."""
+
+
+async def listen(runner: web.AppRunner, host: str, port: int) -> None:
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            problem = (
+                f"port {port} is in use on {host}: another server (a second `make serve`?) listens there; "
+                "stop it, or choose another --port"
+            )
+        elif exc.errno == errno.EADDRNOTAVAIL:
+            problem = f"cannot listen on {host}:{port}: {host} is not an address of this machine"
+        elif exc.errno == errno.EACCES:
+            problem = f"cannot listen on {host}:{port}: permission denied (ports below 1024 need privileges)"
+        else:
+            problem = f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+        raise ListenError(problem) from None
+
+
 async def run(config: Config) -> None:
     app = build_app(config)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, **config.http.handler_options())
     await runner.setup()
-    for host in config.bind_addresses:
-        await web.TCPSite(runner, host, config.port).start()
+    try:
+        for host in config.bind_addresses:
+            await listen(runner, host, config.port)
+    except ListenError:
+        await runner.cleanup()
+        raise
     mode = ""
     if config.development:
         dev_keys = dict(config.keys) == DEV_KEYS
