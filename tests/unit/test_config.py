@@ -69,7 +69,7 @@ agents:
     assert config.http == HttpLimits(
         max_body_size=2048, max_header_size=4096, max_headers=20, idle_timeout=5, body_timeout=2.5
     )
-    assert config.http.handler_options()["lingering_time"] == 2.0
+    assert config.http.handler_options()["keepalive_timeout"] == 5
 
 
 def test_env_and_flags_override_in_order(tmp_path: Path) -> None:

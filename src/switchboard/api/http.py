@@ -7,10 +7,6 @@ the Twirp transport enforces the body size and the body deadline while it reads,
 from dataclasses import dataclass
 from typing import Any
 
-# After refusing a request whose body was not read, aiohttp reads and discards what is still coming for
-# at most this long, so that the client sees the answer instead of a reset; then the connection closes.
-MAX_LINGER_SECONDS = 2.0
-
 
 @dataclass(frozen=True)
 class HttpLimits:
@@ -33,5 +29,8 @@ class HttpLimits:
             "max_field_size": self.max_header_size,
             "max_headers": self.max_headers,
             "keepalive_timeout": self.idle_timeout,
-            "lingering_time": min(MAX_LINGER_SECONDS, self.body_timeout),
+            # A request answered before its body was read (refused) closes its connection once the answer
+            # is written: aiohttp would otherwise read and discard the rest ("lingering"), which is the
+            # very cost a refusal before the body avoids. The client reads the answer before the reset.
+            "lingering_time": 0,
         }

@@ -122,8 +122,8 @@ class TwirpServer:
     def _refusal(request: web.Request, error: TwirpError) -> web.Response:
         response = error.response()
         if not request.content.is_eof():
-            # The rest of the body is not wanted: aiohttp discards what arrives for a moment, so that the
-            # client reads this answer, then closes the connection instead of reading on.
+            # The rest of the body is not wanted: the connection closes once this answer is written
+            # (HttpLimits: no lingering), and `Connection: close` tells the client so.
             response.force_close()
         return response
 
