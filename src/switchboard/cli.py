@@ -29,7 +29,11 @@ _UNIT_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 
 
 class UsageError(Exception):
-    pass
+    """The command line asks for something that cannot be done (exit status 2)."""
+
+
+class Failure(Exception):
+    """The command could not do its work, for a reason its message gives in one line (exit status 1)."""
 
 
 def parse_duration(text: str) -> float:
@@ -188,12 +192,15 @@ async def _call(args: argparse.Namespace, action: Callable[[api.LiveKitAPI], Awa
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from switchboard.server import serve  # the server's imports are not needed by the client commands
-
     config = load_config(
         args.config, dev=args.dev, port=args.port, bind=args.bind, keys=args.keys, agents_dir=args.agents
     )
-    serve(config)
+    from switchboard.server import ListenError, serve  # not needed by the client commands (aiortc)
+
+    try:
+        serve(config)
+    except ListenError as exc:
+        raise Failure(str(exc)) from None
 
 
 def cmd_token_create(args: argparse.Namespace) -> None:
@@ -529,8 +536,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except api.TwirpError as exc:
         print(f"switchboard: server error {exc.code}: {exc.message}", file=sys.stderr)
         return 1
-    except aiohttp.ClientError as exc:
-        print(f"switchboard: cannot reach {_url(args)}: {exc}", file=sys.stderr)
+    except Failure as exc:
+        print(f"switchboard: {exc}", file=sys.stderr)
+        return 1
+    except aiohttp.ClientConnectorError as exc:
+        error = exc.os_error
+        reason = os.strerror(error.errno).lower() if error.errno else str(error)
+        print(
+            f"switchboard: cannot reach the server at {_url(args)} ({reason}): is it running? "
+            "(`make serve` starts one; --url or LIVEKIT_URL names another)",
+            file=sys.stderr,
+        )
+        return 1
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        problem = str(exc) or "no answer in time"
+        print(f"switchboard: cannot reach the server at {_url(args)}: {problem}", file=sys.stderr)
         return 1
     return 0
 

@@ -3,6 +3,7 @@
 Every error names the key (and the file) so that a bad config stops startup with a message a user can act on.
 """
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -12,12 +13,14 @@ from typing import Any
 import yaml
 
 from switchboard.agents.supervisor import SupervisorSettings
+from switchboard.api.http import HttpLimits
 from switchboard.core.engine import EngineSettings
 from switchboard.core.limits import Limits
-from switchboard.rtc.service import RtcSettings
+from switchboard.rtc.settings import RtcSettings
 from switchboard.workers.session import WorkerSettings
 
 DEV_KEYS = {"devkey": "secret"}
+MIN_SECRET_LENGTH = 32
 LOG_LEVELS = ("debug", "info", "warn", "warning", "error")
 
 
@@ -31,7 +34,7 @@ class Config:
     bind_addresses: tuple[str, ...] = ("0.0.0.0",)
     keys: Mapping[str, str] = field(default_factory=dict)
     log_level: str = "info"
-    max_api_request_body_size: int = 10 * 1024 * 1024
+    http: HttpLimits = field(default_factory=HttpLimits)
     drain_timeout: float = 60.0
     """On SIGTERM, how long running jobs may go on before they are terminated and the server exits."""
     engine: EngineSettings = field(default_factory=EngineSettings)
@@ -41,7 +44,7 @@ class Config:
     """The agent-*.yaml files run next to the server (`agents_dir`, `--agents`)."""
     development: bool = False
     warnings: tuple[str, ...] = ()
-    """Things worth telling the operator at startup (unknown keys, weak secrets); never fatal."""
+    """Things worth telling the operator at startup (unknown keys, a dev secret served to the network)."""
 
 
 class _Reader:
@@ -93,21 +96,36 @@ class _Reader:
         return found
 
 
+def _source_text(text: str) -> Any:
+    """YAML with every scalar as the text written (BaseLoader): a secret `yes` or `0123` stays that text
+    instead of becoming True or 83."""
+    return yaml.load(text, Loader=yaml.BaseLoader)  # safe: BaseLoader builds only str, list and dict
+
+
 def parse_keys(value: Any, where: str) -> dict[str, str]:
     """`keys` as a mapping, or LIVEKIT_KEYS as YAML text ("key: secret", one per line)."""
     if isinstance(value, str):
         try:
-            value = yaml.safe_load(value)
+            value = _source_text(value)
         except yaml.YAMLError as exc:
             raise ConfigError(f"{where}: expected 'key: secret' lines ({exc})") from exc
     if not isinstance(value, Mapping) or not value:
         raise ConfigError(f"{where}: expected a mapping of API key to secret, like 'devkey: secret'")
     keys: dict[str, str] = {}
     for key, secret in value.items():
-        if not isinstance(key, str) or not key or not isinstance(secret, (str, int)) or secret == "":
+        if not isinstance(key, str) or not key or not isinstance(secret, str) or secret == "":
             raise ConfigError(f"{where}: {key!r}: each API key needs a non-empty secret")
-        keys[key] = str(secret)
+        keys[key] = secret
     return keys
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may well resolve to a public address
 
 
 def load_config(
@@ -149,8 +167,9 @@ def load_config(
     level = r.get("logging.level") or "info"
     if not isinstance(level, str) or level.lower() not in LOG_LEVELS:
         raise r.fail("logging.level", f"expected one of {', '.join(LOG_LEVELS)}, got {level!r}")
-    file_keys = r.get("keys")
-    config_keys = parse_keys(file_keys, f"{source}: keys") if file_keys is not None else {}
+    config_keys: dict[str, str] = {}
+    if r.get("keys") is not None:
+        config_keys = parse_keys(_source_text(text).get("keys"), f"{source}: keys")
 
     limits = Limits(
         max_metadata_size=r.number("limit.max_metadata_size", Limits.max_metadata_size),
@@ -185,10 +204,15 @@ def load_config(
         max_message_size=r.number("limit.agent_signal_message_size_limit", w.max_message_size, minimum=1024),
         violation_close_delay=seconds("agents.violation_close_delay", w.violation_close_delay),
     )
+    h = HttpLimits
     values: dict[str, Any] = {
         "port": r.number("port", Config.port, minimum=0),
-        "max_api_request_body_size": r.number(
-            "limit.max_api_request_body_size", Config.max_api_request_body_size, minimum=1
+        "http": HttpLimits(
+            max_body_size=r.number("limit.max_api_request_body_size", h.max_body_size, minimum=1),
+            max_header_size=r.number("limit.max_request_header_size", h.max_header_size, minimum=1024),
+            max_headers=r.number("limit.max_request_headers", h.max_headers, minimum=8),
+            idle_timeout=seconds("limit.idle_timeout", h.idle_timeout, 0.1),
+            body_timeout=seconds("limit.body_timeout", h.body_timeout, 0.1),
         ),
         "drain_timeout": seconds("agents.drain_timeout", Config.drain_timeout),
         "engine": engine,
@@ -227,15 +251,28 @@ def load_config(
             "no API keys configured: set 'keys' in the config file, LIVEKIT_KEYS='key: secret', "
             "or run with --dev"
         )
-    if not dev:
-        notes += [
-            f"the secret of API key '{key}' is shorter than 32 characters; use a long random secret"
-            for key, secret in config_keys.items()
-            if len(secret) < 32
-        ]
+    short = [key for key, secret in config_keys.items() if len(secret) < MIN_SECRET_LENGTH]
+    if short and not dev:
+        # HS256 with a short secret can be brute-forced offline from any one token the server issued.
+        raise ConfigError(
+            f"the secret of API key {short[0]!r} is shorter than {MIN_SECRET_LENGTH} characters: "
+            "use a long random secret (e.g. `openssl rand -base64 32`), or --dev for local development"
+        )
     if port is not None:
         values["port"] = port
     addresses = tuple(bind or bind_value or (("127.0.0.1",) if dev else Config.bind_addresses))
+    public = [host for host in addresses if not _is_loopback(host)]
+    if dev and public and config_keys == DEV_KEYS:
+        notes.append(
+            f"--dev on {', '.join(public)}: the dev API key 'devkey' and its secret are public, and this "
+            "server accepts them from the network; anyone who can reach it can create and delete rooms, "
+            "dispatch agents and join every room. Outside local development, set your own keys."
+        )
+    elif dev and public and short:
+        notes.append(
+            f"--dev on {', '.join(public)} with a secret shorter than {MIN_SECRET_LENGTH} characters "
+            f"(API key {short[0]!r}): tokens can be forged by anyone who guesses it"
+        )
     return Config(
         bind_addresses=addresses,
         keys=config_keys,

@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -16,7 +17,7 @@ from switchboard.api import agent_dispatch_service, room_service
 from switchboard.api.cors import cors_middleware
 from switchboard.api.twirp import TwirpServer
 from switchboard.auth.tokens import TokenVerifier
-from switchboard.config import Config
+from switchboard.config import DEV_KEYS, Config
 from switchboard.core import ids
 from switchboard.core.engine import Engine
 from switchboard.rtc.service import RtcService
@@ -39,7 +40,7 @@ def build_app(config: Config) -> web.Application:
     verifier = TokenVerifier(config.keys)
     app = web.Application(middlewares=[cors_middleware])
     app[RUNTIME] = runtime
-    twirp = TwirpServer(verifier, config.max_api_request_body_size, runtime.flush)
+    twirp = TwirpServer(verifier, config.http, runtime.flush)
     twirp.add_service("RoomService", room_service.methods(runtime))
     twirp.add_service("AgentDispatchService", agent_dispatch_service.methods(runtime))
     twirp.install(app)
@@ -86,13 +87,42 @@ async def drain(runtime: Runtime, grace: float) -> None:
     log.info("drained jobs_terminated=%d", remaining)
 
 
+class ListenError(Exception):
+    """The server cannot listen where it was told to; the message says why, in one line."""
+
+
+async def listen(runner: web.AppRunner, host: str, port: int) -> None:
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            problem = (
+                f"port {port} is in use on {host}: another server (a second `make serve`?) listens there; "
+                "stop it, or choose another --port"
+            )
+        elif exc.errno == errno.EADDRNOTAVAIL:
+            problem = f"cannot listen on {host}:{port}: {host} is not an address of this machine"
+        elif exc.errno == errno.EACCES:
+            problem = f"cannot listen on {host}:{port}: permission denied (ports below 1024 need privileges)"
+        else:
+            problem = f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+        raise ListenError(problem) from None
+
+
 async def run(config: Config) -> None:
     app = build_app(config)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, **config.http.handler_options())
     await runner.setup()
-    for host in config.bind_addresses:
-        await web.TCPSite(runner, host, config.port).start()
-    mode = " (dev mode: API key 'devkey' with the built-in dev secret)" if config.development else ""
+    try:
+        for host in config.bind_addresses:
+            await listen(runner, host, config.port)
+    except ListenError:
+        await runner.cleanup()
+        raise
+    mode = ""
+    if config.development:
+        dev_keys = dict(config.keys) == DEV_KEYS
+        mode = " (dev mode: API key 'devkey' with the built-in dev secret)" if dev_keys else " (dev mode)"
     addresses = ", ".join(f"{host}:{config.port}" for host in config.bind_addresses)
     log.info("switchboard %s listening on %s%s", __version__, addresses, mode)
     supervisor = AgentSupervisor(config.agents, agent_environment(config))

@@ -1,8 +1,11 @@
 """Translation between core objects and LiveKit's protobuf messages (livekit-protocol), both ways."""
 
-from typing import Any
+import json
+from collections.abc import Callable, Iterable
+from typing import Any, cast
 
 from google.protobuf import json_format
+from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 from google.protobuf.message import Message
 from livekit.protocol import agent, agent_dispatch, models
 from livekit.protocol import room as room_pb
@@ -210,3 +213,82 @@ def to_json(message: Message) -> dict[str, Any]:
     return json_format.MessageToDict(
         message, always_print_fields_with_no_presence=True, preserving_proto_field_name=True
     )
+
+
+def from_json(body: bytes, message: Message) -> None:
+    """Read proto3 JSON into `message` tolerantly (snake_case or camelCase, unknown fields ignored), but
+    refuse an enum value the field does not define, by name as by number (InvalidArgument).
+
+    protobuf's parser drops an unknown enum *name* silently when it ignores unknown fields (as Go's
+    protojson does), so `"restart_policy": "BOGUS"` would become the default while `99` is refused.
+    """
+    try:
+        data = json.loads(body)
+    except ValueError as exc:  # also invalid UTF-8
+        raise json_format.ParseError(f"Failed to load JSON: {exc}") from exc
+    _check_enum_names(data, cast(Descriptor, message.DESCRIPTOR), "")
+    json_format.ParseDict(data, message, ignore_unknown_fields=True)
+    check_enums(message)
+
+
+def check_enums(message: Message, path: str = "") -> None:
+    """Refuse enum numbers the field's enum does not define, in `message` and the messages it holds."""
+    for field, value in message.ListFields():
+        where = f"{path}{field.name}"
+        value_field, items = _values(field, value, map_items=lambda v: v.values())
+        enum, nested = _enum(value_field), _message(value_field)
+        for item in items:
+            if enum is not None and item not in enum.values_by_number:
+                raise _unknown(where, enum, item)
+            if nested is not None:
+                check_enums(item, where + ".")
+
+
+def _check_enum_names(data: Any, descriptor: Descriptor, path: str) -> None:
+    if not isinstance(data, dict) or descriptor.full_name.startswith("google.protobuf."):
+        return  # not an object (ParseDict says what is wrong), or a well-known type with its own JSON form
+    for name, value in data.items():
+        field = descriptor.fields_by_name.get(name) or descriptor.fields_by_camelcase_name.get(name)
+        if field is None or value is None:
+            continue
+        where = f"{path}{field.name}"
+        value_field, items = _values(
+            field, value, map_items=lambda v: v.values() if isinstance(v, dict) else (), decoded_json=True
+        )
+        enum, nested = _enum(value_field), _message(value_field)
+        for item in items:
+            # A number, even written as a string ("1"), is checked by check_enums once parsed.
+            if (
+                enum is not None
+                and isinstance(item, str)
+                and item not in enum.values_by_name
+                and not item.lstrip("-").isdigit()
+            ):
+                raise _unknown(where, enum, item)
+            if nested is not None:
+                _check_enum_names(item, nested, where + ".")
+
+
+def _values(
+    field: FieldDescriptor, value: Any, map_items: Callable[[Any], Iterable[Any]], decoded_json: bool = False
+) -> tuple[FieldDescriptor, Iterable[Any]]:
+    """The field that describes each item of `value` (a map's value field for a map), and the items."""
+    entry = _message(field)
+    if entry is not None and entry.GetOptions().map_entry:
+        return entry.fields_by_name["value"], map_items(value)
+    if field.is_repeated and (not decoded_json or isinstance(value, list)):
+        return field, value
+    return field, [value]
+
+
+def _enum(field: FieldDescriptor) -> EnumDescriptor | None:
+    return field.enum_type if field.type == FieldDescriptor.TYPE_ENUM else None
+
+
+def _message(field: FieldDescriptor) -> Descriptor | None:
+    return field.message_type if field.type == FieldDescriptor.TYPE_MESSAGE else None
+
+
+def _unknown(where: str, enum: EnumDescriptor, value: object) -> InvalidArgument:
+    names = ", ".join(enum.values_by_name)
+    return InvalidArgument(f"unknown {where} {value!r}: expected one of {names}")

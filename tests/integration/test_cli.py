@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -87,9 +88,51 @@ def test_server_errors_and_bad_usage_are_reported(server: Server) -> None:
     assert duration.returncode == 2 and "invalid duration" in duration.stderr
 
 
-def test_unreachable_server_is_reported() -> None:
-    result = run(None, "room", "list", "--url", f"http://127.0.0.1:{free_port()}", check=False)
-    assert result.returncode == 1 and "cannot reach" in result.stderr
+def test_unreachable_server_is_reported_in_one_line() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    for command in (("room", "list"), ("dispatch", "list", "--room", "r")):
+        result = run(None, *command, "--url", url, check=False)
+        assert result.returncode == 1 and result.stdout == ""
+        assert result.stderr == (
+            f"switchboard: cannot reach the server at {url} (connection refused): is it running? "
+            "(`make serve` starts one; --url or LIVEKIT_URL names another)\n"
+        )
+
+
+def test_serve_on_a_port_in_use_says_so_in_one_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run(None, "serve", "--dev", "--port", str(port), "--agents", str(tmp_path), check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"switchboard: port {port} is in use on 127.0.0.1" in result.stderr.splitlines()[-1]
+
+
+def test_serve_with_a_config_file_that_is_not_there() -> None:
+    result = run(None, "serve", "--config", "/nonexistent/switchboard.yaml", check=False)
+    assert result.returncode == 2 and result.stderr == (
+        "switchboard: /nonexistent/switchboard.yaml: cannot read the config file "
+        "(No such file or directory)\n"
+    )
+
+
+def test_minting_a_token_does_not_import_webrtc() -> None:
+    # Loading the config and minting a token are what the client commands do; aiortc (and PyAV, aioice)
+    # take a second to import and are not needed for either.
+    program = """
+import sys
+from switchboard.cli import main
+from switchboard.config import load_config
+load_config(env={}, dev=True)
+assert main(["token", "create", "--room", "r", "--identity", "i", "--join"]) == 0
+webrtc = ("aiortc", "av", "aioice", "livekit.rtc", "livekit.agents", "switchboard.rtc.service")
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in webrtc[:3] or m.startswith(webrtc[3:]))
+print("heavy:", heavy)
+"""
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "heavy: []"
 
 
 def test_serve_refuses_a_bad_config(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -142,3 +185,39 @@ def test_agent_run_stops_at_once_on_what_it_cannot_run(tmp_path) -> None:  # typ
     agent.write_text("enabled: false\n" + "live_captions:\n  processing: manual\n  provider: assemblyai\n")
     disabled = run(None, "agent", "run", str(agent), check=False)  # nothing is checked or started
     assert disabled.returncode == 0 and "not started: enabled is false" in disabled.stderr
+
+
+def serve_until_listening(tmp_path, *args: str) -> str:  # type: ignore[no-untyped-def]
+    """Run `switchboard serve ARGS` until it says it listens; stop it; its output."""
+    log_path = tmp_path / "serve.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIVEKIT_")}
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "switchboard", "serve", "--port", str(free_port()), *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    try:
+        deadline = time.monotonic() + 20
+        while "listening on" not in log_path.read_text() and time.monotonic() < deadline:
+            assert process.poll() is None, log_path.read_text()
+            time.sleep(0.05)
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+    return log_path.read_text()
+
+
+def test_serve_refuses_a_short_secret_outside_dev() -> None:
+    result = run(None, "serve", "--keys", "k: short", check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "secret of API key 'k' is shorter than 32 characters" in result.stderr
+
+
+def test_dev_mode_names_the_dev_key_only_when_it_is_used_and_warns_when_public(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    public = serve_until_listening(tmp_path, "--dev", "--bind", "0.0.0.0")
+    assert "WARNING" in public and "the dev API key 'devkey' and its secret are public" in public
+    assert "(dev mode: API key 'devkey' with the built-in dev secret)" in public
+    own_keys = serve_until_listening(tmp_path, "--dev", "--keys", "mine: " + "x" * 40)
+    assert "(dev mode)" in own_keys and "devkey" not in own_keys

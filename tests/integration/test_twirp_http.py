@@ -1,5 +1,6 @@
 """Raw HTTP against the Twirp surface, as `curl` and hand-written clients send it: formats, errors, auth."""
 
+import base64
 import io
 import json
 import subprocess
@@ -135,6 +136,25 @@ async def test_malformed_bodies_are_refused_with_malformed(
     response = await post(server, DISPATCH + "CreateDispatch", body, admin(server, "r"), content_type)
     status, code, msg = twirp_error(*response)
     assert (status, code) == (400, "malformed") and fragment in msg
+
+
+@pytest.mark.parametrize("policy", ['"BOGUS"', "99", '"99"', "-1"])
+async def test_an_unknown_enum_value_is_invalid_argument_by_name_as_by_number(
+    server: Server, policy: str
+) -> None:
+    body = f'{{"room": "enum-room", "agent_name": "a", "restart_policy": {policy}}}'.encode()
+    response = await post(server, DISPATCH + "CreateDispatch", body, admin(server, "enum-room"))
+    status, code, msg = twirp_error(*response)
+    assert (status, code) == (400, "invalid_argument") and "unknown restart_policy" in msg
+    request = agent_dispatch.CreateAgentDispatchRequest(room="enum-room", agent_name="a")
+    request.restart_policy = 99  # type: ignore[assignment]
+    response = await post(
+        server, DISPATCH + "CreateDispatch", request.SerializeToString(), admin(server, "enum-room"),
+        "application/protobuf",
+    )  # fmt: skip
+    assert twirp_error(*response)[:2] == (400, "invalid_argument")
+    listed = await post(server, DISPATCH + "ListDispatch", {"room": "enum-room"}, admin(server, "enum-room"))
+    assert json.loads(listed[2])["agent_dispatches"] == [], "nothing was dispatched"
 
 
 async def test_wrong_content_type_is_refused(server: Server) -> None:
@@ -278,3 +298,23 @@ async def test_bad_authorization_header_is_unauthenticated(server: Server) -> No
     response = await post(server, ROOM + "ListRooms", {}, None, Authorization="Basic dXNlcjpwYXNz")
     status, code, msg = twirp_error(*response)
     assert (status, code) == (401, "unauthenticated") and "must start with 'Bearer '" in msg
+
+
+async def test_values_from_requests_reach_the_log_escaped(server: Server) -> None:
+    forged_line = "2026-01-01T00:00:00.000Z ERROR switchboard.api FORGED"
+    token = server.token(room_create=True, room_list=True)
+    # U+2028 (a line separator for many readers) in the path; a newline in the token's header
+    await post(server, ROOM + "Nope%E2%80%A8" + forged_line.replace(" ", "%20") + "-path", {}, token)
+    header = json.dumps({"alg": f"x\n{forged_line}-alg", "typ": "JWT"}).encode()
+    header_token = ".".join(base64.urlsafe_b64encode(p).decode().rstrip("=") for p in (header, b"{}", b"sig"))
+    await post(server, ROOM + "ListRooms", {}, header_token)
+    join = server.join_token("log-room", "alice")
+    query = {"access_token": join, "sdk": f"js\r\n{forged_line}-sdk", "protocol": "16"}
+    async with aiohttp.ClientSession() as session:
+        ws = await session.ws_connect(server.ws_url + "/rtc", params=query)
+        await ws.receive()  # the join response
+        await ws.close()
+    log = server.log()  # each was logged before its answer was sent
+    assert f"Nope\\u2028{forged_line}-path" in log and f"\\n{forged_line}-alg" in log
+    assert f"sdk=js\\r\\n{forged_line}-sdk" in log
+    assert not any(line.startswith(forged_line) for line in log.splitlines())

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from switchboard.api.http import HttpLimits
 from switchboard.config import ConfigError, load_config
 
 LONG = "s" * 40
@@ -41,6 +42,11 @@ logging:
   level: debug
 limit:
   max_metadata_size: 100
+  max_api_request_body_size: 2048
+  max_request_header_size: 4096
+  max_request_headers: 20
+  idle_timeout: 5
+  body_timeout: 2.5
 agents_dir: ./agents
 agents:
   pending_timeout: 2.5
@@ -60,6 +66,10 @@ agents:
     assert (config.engine.empty_timeout, config.engine.departure_timeout) == (30, 3)
     assert config.engine.max_participants == 7 and config.engine.pending_timeout == 2.5
     assert config.log_level == "debug" and config.engine.limits.max_metadata_size == 100
+    assert config.http == HttpLimits(
+        max_body_size=2048, max_header_size=4096, max_headers=20, idle_timeout=5, body_timeout=2.5
+    )
+    assert config.http.handler_options()["keepalive_timeout"] == 5
 
 
 def test_env_and_flags_override_in_order(tmp_path: Path) -> None:
@@ -80,14 +90,50 @@ def test_dev_keeps_configured_keys(tmp_path: Path) -> None:
     assert dict(load_config(write(tmp_path, f"keys: {{k: {LONG}}}"), env={}, dev=True).keys) == {"k": LONG}
 
 
-def test_unknown_keys_and_short_secrets_are_warnings(tmp_path: Path) -> None:
-    path = write(
-        tmp_path, "keys: {k: short}\nrtc:\n  udp_port: 7882\nroom:\n  empty_timeout: 5\n  colour: red\n"
-    )
+def test_unknown_keys_are_warnings(tmp_path: Path) -> None:
+    path = write(tmp_path, KEYS + "rtc:\n  udp_port: 7882\nroom:\n  empty_timeout: 5\n  colour: red\n")
     warnings = load_config(path, env={}).warnings
     assert any("unknown key 'rtc'" in w for w in warnings)
     assert any("unknown key 'room.colour'" in w for w in warnings)
-    assert any("shorter than 32 characters" in w for w in warnings)
+
+
+def test_a_short_secret_stops_startup_outside_dev(tmp_path: Path) -> None:
+    short = "s" * 31
+    sources = [
+        {"path": write(tmp_path, f"keys: {{k: {short}}}\n"), "env": {}},
+        {"env": {"LIVEKIT_KEYS": f"k: {short}"}},
+        {"env": {}, "keys": f"k: {short}"},
+    ]
+    for source in sources:
+        with pytest.raises(ConfigError, match="secret of API key 'k' is shorter than 32 characters"):
+            load_config(**source)  # type: ignore[arg-type]
+        assert dict(load_config(dev=True, **source).keys) == {"k": short}  # type: ignore[arg-type]
+    assert dict(load_config(env={}, keys="k: " + "s" * 32).keys) == {"k": "s" * 32}
+
+
+def test_dev_on_a_public_address_says_the_dev_secret_is_public() -> None:
+    assert load_config(env={}, dev=True).warnings == ()  # 127.0.0.1
+    assert load_config(env={}, dev=True, bind=["::1", "localhost"]).warnings == ()
+    (warning,) = load_config(env={}, dev=True, bind=["127.0.0.1", "0.0.0.0"]).warnings
+    assert "--dev on 0.0.0.0: the dev API key 'devkey' and its secret are public" in warning
+    # Your own keys in dev mode: nothing about devkey; a short one on the network is worth a word.
+    assert load_config(env={}, dev=True, bind=["0.0.0.0"], keys=f"k: {LONG}").warnings == ()
+    (warning,) = load_config(env={}, dev=True, bind=["192.0.2.1"], keys="k: short").warnings
+    assert "--dev on 192.0.2.1 with a secret shorter than 32 characters (API key 'k')" in warning
+    assert "devkey" not in warning
+
+
+@pytest.mark.parametrize(
+    ("secret", "dev"),
+    # YAML 1.1 would read True, 83, 1000.0, None, None, 31, True, 750 (sexagesimal), and a long octal int
+    [(s, True) for s in ("yes", "0123", "1e3", "null", "~", "0x1F", "true", "12:30")]
+    + [("0" + "1234567" * 5, False)],
+)
+def test_keys_and_secrets_are_the_text_written(tmp_path: Path, secret: str, dev: bool) -> None:
+    path = write(tmp_path, f"keys:\n  {secret}: {secret}\n")
+    assert dict(load_config(path, env={}, dev=dev).keys) == {secret: secret}
+    assert dict(load_config(env={"LIVEKIT_KEYS": f"{secret}: {secret}"}, dev=dev).keys) == {secret: secret}
+    assert dict(load_config(env={}, keys=f"{secret}: {secret}", dev=dev).keys) == {secret: secret}
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,7 @@
 
 from livekit.protocol import agent_dispatch as pb
 
-from switchboard.api.twirp import Method, require_claims
+from switchboard.api.twirp import Method
 from switchboard.auth.grants import Claims, require_room_admin
 from switchboard.runtime import Runtime
 from switchboard.wire import dispatch_spec, dispatch_to_proto, room_to_proto
@@ -11,17 +11,17 @@ from switchboard.wire import dispatch_spec, dispatch_to_proto, room_to_proto
 def methods(runtime: Runtime) -> dict[str, Method]:
     engine = runtime.engine
 
-    def create(claims: Claims | None, request: pb.CreateAgentDispatchRequest) -> pb.AgentDispatch:
-        require_room_admin(require_claims(claims), request.room)
+    def create(claims: Claims, request: pb.CreateAgentDispatchRequest) -> pb.AgentDispatch:
+        require_room_admin(claims, request.room)
         dispatch = engine.create_dispatch(request.room, dispatch_spec(request), runtime.now())
         return dispatch_to_proto(dispatch, room_to_proto(engine.room(request.room)))
 
-    def delete(claims: Claims | None, request: pb.DeleteAgentDispatchRequest) -> pb.AgentDispatch:
-        require_room_admin(require_claims(claims), request.room)
+    def delete(claims: Claims, request: pb.DeleteAgentDispatchRequest) -> pb.AgentDispatch:
+        require_room_admin(claims, request.room)
         return dispatch_to_proto(engine.delete_dispatch(request.room, request.dispatch_id, runtime.now()))
 
-    def list_(claims: Claims | None, request: pb.ListAgentDispatchRequest) -> pb.ListAgentDispatchResponse:
-        require_room_admin(require_claims(claims), request.room)
+    def list_(claims: Claims, request: pb.ListAgentDispatchRequest) -> pb.ListAgentDispatchResponse:
+        require_room_admin(claims, request.room)
         dispatches = engine.list_dispatches(request.room, request.dispatch_id)
         room = room_to_proto(engine.room(request.room)) if dispatches else None
         return pb.ListAgentDispatchResponse(agent_dispatches=[dispatch_to_proto(d, room) for d in dispatches])

@@ -3,7 +3,7 @@
 from livekit.protocol import models
 from livekit.protocol import room as pb
 
-from switchboard.api.twirp import Method, require_claims
+from switchboard.api.twirp import Method
 from switchboard.auth.grants import Claims, require_room_admin, require_room_create, require_room_list
 from switchboard.core.errors import NotFound
 from switchboard.runtime import Runtime
@@ -13,55 +13,49 @@ from switchboard.wire import participant_to_proto, room_spec, room_to_proto, tra
 def methods(runtime: Runtime) -> dict[str, Method]:
     engine = runtime.engine
 
-    def create_room(claims: Claims | None, request: pb.CreateRoomRequest) -> models.Room:
-        require_room_create(require_claims(claims))
+    def create_room(claims: Claims, request: pb.CreateRoomRequest) -> models.Room:
+        require_room_create(claims)
         return room_to_proto(engine.create_room(room_spec(request), runtime.now()))
 
-    def list_rooms(claims: Claims | None, request: pb.ListRoomsRequest) -> pb.ListRoomsResponse:
-        require_room_list(require_claims(claims))
+    def list_rooms(claims: Claims, request: pb.ListRoomsRequest) -> pb.ListRoomsResponse:
+        require_room_list(claims)
         return pb.ListRoomsResponse(rooms=[room_to_proto(r) for r in engine.list_rooms(request.names)])
 
-    def delete_room(claims: Claims | None, request: pb.DeleteRoomRequest) -> pb.DeleteRoomResponse:
-        require_room_create(require_claims(claims))
+    def delete_room(claims: Claims, request: pb.DeleteRoomRequest) -> pb.DeleteRoomResponse:
+        require_room_create(claims)
         engine.delete_room(request.room, runtime.now())
         return pb.DeleteRoomResponse()
 
-    def update_room_metadata(claims: Claims | None, request: pb.UpdateRoomMetadataRequest) -> models.Room:
-        require_room_admin(require_claims(claims), request.room)
+    def update_room_metadata(claims: Claims, request: pb.UpdateRoomMetadataRequest) -> models.Room:
+        require_room_admin(claims, request.room)
         return room_to_proto(engine.update_room_metadata(request.room, request.metadata))
 
-    def list_participants(
-        claims: Claims | None, request: pb.ListParticipantsRequest
-    ) -> pb.ListParticipantsResponse:
-        require_room_admin(require_claims(claims), request.room)
+    def list_participants(claims: Claims, request: pb.ListParticipantsRequest) -> pb.ListParticipantsResponse:
+        require_room_admin(claims, request.room)
         try:
             participants = engine.room(request.room).participants.values()
         except NotFound:
             participants = {}.values()  # LiveKit answers an empty list for a room it does not know
         return pb.ListParticipantsResponse(participants=[participant_to_proto(p) for p in participants])
 
-    def get_participant(claims: Claims | None, request: pb.RoomParticipantIdentity) -> models.ParticipantInfo:
-        require_room_admin(require_claims(claims), request.room)
+    def get_participant(claims: Claims, request: pb.RoomParticipantIdentity) -> models.ParticipantInfo:
+        require_room_admin(claims, request.room)
         return participant_to_proto(engine.participant(request.room, request.identity))
 
     def remove_participant(
-        claims: Claims | None, request: pb.RoomParticipantIdentity
+        claims: Claims, request: pb.RoomParticipantIdentity
     ) -> pb.RemoveParticipantResponse:
-        require_room_admin(require_claims(claims), request.room)
+        require_room_admin(claims, request.room)
         engine.remove_participant(request.room, request.identity, runtime.now())
         return pb.RemoveParticipantResponse()
 
-    def mute_published_track(
-        claims: Claims | None, request: pb.MuteRoomTrackRequest
-    ) -> pb.MuteRoomTrackResponse:
-        require_room_admin(require_claims(claims), request.room)
+    def mute_published_track(claims: Claims, request: pb.MuteRoomTrackRequest) -> pb.MuteRoomTrackResponse:
+        require_room_admin(claims, request.room)
         track = engine.mute_track(request.room, request.identity, request.track_sid, request.muted)
         return pb.MuteRoomTrackResponse(track=track_to_proto(track))
 
-    def update_participant(
-        claims: Claims | None, request: pb.UpdateParticipantRequest
-    ) -> models.ParticipantInfo:
-        require_room_admin(require_claims(claims), request.room)
+    def update_participant(claims: Claims, request: pb.UpdateParticipantRequest) -> models.ParticipantInfo:
+        require_room_admin(claims, request.room)
         participant = engine.update_participant(
             request.room,
             request.identity,
@@ -71,8 +65,8 @@ def methods(runtime: Runtime) -> dict[str, Method]:
         )
         return participant_to_proto(participant)
 
-    def send_data(claims: Claims | None, request: pb.SendDataRequest) -> pb.SendDataResponse:
-        require_room_admin(require_claims(claims), request.room)
+    def send_data(claims: Claims, request: pb.SendDataRequest) -> pb.SendDataResponse:
+        require_room_admin(claims, request.room)
         reliable = request.kind == models.DataPacket.RELIABLE
         destinations = list(request.destination_identities)
         user = models.UserPacket(

@@ -2,8 +2,12 @@
 
 Errors always carry exactly `Content-Type: application/json` (the Node SDK reads the Twirp code only
 then), and every success has a body (`{}` at least: the Node SDK crashes on an empty one).
+
+A request is authenticated before a byte of its body is read: an anonymous 10 MB upload costs a header
+parse, not a JSON parse. A refused request whose body was not read closes its connection.
 """
 
+import asyncio
 import json
 import logging
 from collections.abc import Callable
@@ -14,10 +18,11 @@ from aiohttp import web
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 
+from switchboard.api.http import HttpLimits
 from switchboard.auth.grants import Claims, InvalidToken, PermissionDenied
-from switchboard.auth.tokens import TokenVerifier, bearer_token
+from switchboard.auth.tokens import TokenVerifier
 from switchboard.core.errors import CoreError, InvalidArgument, NotFound, ResourceExhausted, Unavailable
-from switchboard.wire import to_json
+from switchboard.wire import check_enums, from_json, to_json
 
 log = logging.getLogger("switchboard.api")
 
@@ -70,7 +75,7 @@ class TwirpError(Exception):
         )
 
 
-Handler = Callable[[Claims | None, Any], Message]
+Handler = Callable[[Claims, Any], Message]
 
 
 @dataclass(frozen=True)
@@ -79,17 +84,11 @@ class Method:
     handler: Handler
 
 
-def require_claims(claims: Claims | None) -> Claims:
-    if claims is None:
-        raise TwirpError("unauthenticated", "missing access token: send 'Authorization: Bearer <token>'")
-    return claims
-
-
 class TwirpServer:
-    def __init__(self, verifier: TokenVerifier, max_body_size: int, after_call: Callable[[], None]) -> None:
+    def __init__(self, verifier: TokenVerifier, limits: HttpLimits, after_call: Callable[[], None]) -> None:
         self._verifier = verifier
         self._after_call = after_call
-        self._max_body_size = max_body_size
+        self._limits = limits
         self._methods: dict[str, Method] = {}
 
     def add_service(self, service: str, methods: dict[str, Method]) -> None:
@@ -97,14 +96,36 @@ class TwirpServer:
             self._methods[f"/twirp/livekit.{service}/{name}"] = method
 
     def install(self, app: web.Application) -> None:
-        app.router.add_route("*", "/twirp/{path:.*}", self.handle)
+        app.router.add_route("*", "/twirp/{path:.*}", self.handle, expect_handler=self._expect)
 
     async def handle(self, request: web.Request) -> web.Response:
         try:
             return await self._handle(request)
         except TwirpError as exc:
             log.info("twirp error path=%s code=%s msg=%s", request.path, exc.code, exc.msg)
-            return exc.response()
+            return self._refusal(request, exc)
+
+    async def _expect(self, request: web.Request) -> web.Response | None:
+        """`Expect: 100-continue`: the client waits for a go-ahead before it sends the body; a request
+        that would be refused unread gets its refusal instead."""
+        try:
+            self._authenticate(request)
+            self._check_declared_size(request)
+        except TwirpError as exc:
+            log.info("twirp error path=%s code=%s msg=%s", request.path, exc.code, exc.msg)
+            return self._refusal(request, exc)
+        if request.version >= (1, 1) and request.headers.get("Expect", "").lower() == "100-continue":
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        return None
+
+    @staticmethod
+    def _refusal(request: web.Request, error: TwirpError) -> web.Response:
+        response = error.response()
+        if not request.content.is_eof():
+            # The rest of the body is not wanted: the connection closes once this answer is written
+            # (HttpLimits: no lingering), and `Connection: close` tells the client so.
+            response.force_close()
+        return response
 
     async def _handle(self, request: web.Request) -> web.Response:
         if request.method != "POST":
@@ -124,16 +145,20 @@ class TwirpServer:
                 f"use {JSON} or {PROTOBUF}",
             )
         claims = self._authenticate(request)
+        self._check_declared_size(request)
         message = method.request_type()
         body = await self._read_body(request)
         try:
             if content_type == JSON:
-                json_format.Parse(body or b"{}", message, ignore_unknown_fields=True)
+                from_json(body or b"{}", message)
             else:
                 message.ParseFromString(body)
+                check_enums(message)
         except (json_format.ParseError, DecodeError, UnicodeDecodeError, RecursionError) as exc:
             kind = "json" if content_type == JSON else "protobuf"
             raise TwirpError("malformed", f"the {kind} request could not be decoded: {exc}") from exc
+        except InvalidArgument as exc:
+            raise TwirpError("invalid_argument", str(exc)) from exc
         try:
             reply = method.handler(claims, message)
         except PermissionDenied as exc:
@@ -150,21 +175,31 @@ class TwirpServer:
             )
         return web.Response(body=reply.SerializeToString(), headers={"Content-Type": PROTOBUF})
 
-    def _authenticate(self, request: web.Request) -> Claims | None:
+    def _authenticate(self, request: web.Request) -> Claims:
         try:
-            token = bearer_token(request.headers, request.query)
-            return None if token is None else self._verifier.verify(token)
+            return self._verifier.verify_request(request.headers, request.query)
         except InvalidToken as exc:
             raise TwirpError("unauthenticated", str(exc)) from exc
 
+    def _too_large(self) -> TwirpError:
+        limit = self._limits.max_body_size
+        return TwirpError("malformed", f"request body too large: the limit is {limit} bytes", status=413)
+
+    def _check_declared_size(self, request: web.Request) -> None:
+        if request.content_length is not None and request.content_length > self._limits.max_body_size:
+            raise self._too_large()
+
     async def _read_body(self, request: web.Request) -> bytes:
-        limit = self._max_body_size
-        too_large = TwirpError("malformed", f"request body too large: the limit is {limit} bytes", status=413)
-        if request.content_length is not None and request.content_length > limit:
-            raise too_large
         body = bytearray()
-        async for chunk in request.content.iter_chunked(64 * 1024):
-            body += chunk
-            if len(body) > limit:
-                raise too_large
+        timeout = self._limits.body_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                async for chunk in request.content.iter_chunked(64 * 1024):
+                    body += chunk
+                    if len(body) > self._limits.max_body_size:
+                        raise self._too_large()
+        except TimeoutError:
+            raise TwirpError(
+                "deadline_exceeded", f"the request body did not arrive within {timeout:g}s"
+            ) from None
         return bytes(body)

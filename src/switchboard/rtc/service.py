@@ -6,7 +6,6 @@ is a plain HTTP error whose text the SDKs show (they fetch `/rtc/validate` for i
 """
 
 import logging
-from dataclasses import dataclass
 
 import aioice.ice
 from aiohttp import web
@@ -26,6 +25,7 @@ from switchboard.core.events import (
 from switchboard.core.rooms import AGENT, STANDARD, Participant
 from switchboard.rtc.participant import ParticipantSession
 from switchboard.rtc.relay import AudioRelay
+from switchboard.rtc.settings import RtcSettings
 from switchboard.runtime import Runtime
 from switchboard.wire import room_spec_from_token, room_to_proto
 
@@ -39,17 +39,6 @@ _DISCONNECT_REASONS = {
     DisconnectCause.JOB_ENDED: models.PARTICIPANT_REMOVED,
 }
 _V1_MISSING = "this server speaks signalling protocol v0 at /rtc\n"
-
-
-@dataclass(frozen=True)
-class RtcSettings:
-    ping_interval: int = 5
-    """Seconds between the clients' pings (sent to them in the JoinResponse; must be > 0)."""
-    ping_timeout: int = 15
-    """Seconds of silence after which a participant is considered gone (both sides)."""
-    max_message_size: int = 1024 * 1024
-    ice_addresses: tuple[str, ...] = ()
-    """Local addresses offered as ICE host candidates; empty = every interface's (aioice's default)."""
 
 
 class RtcService:

@@ -1,0 +1,14 @@
+"""Settings of `/rtc`, apart from the service so that loading the config does not import aiortc."""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RtcSettings:
+    ping_interval: int = 5
+    """Seconds between the clients' pings (sent to them in the JoinResponse; must be > 0)."""
+    ping_timeout: int = 15
+    """Seconds of silence after which a participant is considered gone (both sides)."""
+    max_message_size: int = 1024 * 1024
+    ice_addresses: tuple[str, ...] = ()
+    """Local addresses offered as ICE host candidates; empty = every interface's (aioice's default)."""
