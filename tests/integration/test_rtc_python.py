@@ -19,6 +19,7 @@ from tests.conftest import Server, start_server, stop_server
 
 PING_TIMEOUT = 2
 NO_AUDIO_WINDOW = 1.0
+SUBSCRIPTION_DEADLINE = 10.0
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,7 @@ class Client:
             self._spawn(self._measure(track))
 
         events = ("participant_connected", "participant_disconnected", "track_muted", "disconnected")
-        events += ("track_unsubscribed",)
+        events += ("track_unsubscribed", "local_track_subscribed")
         for event in (*events, "participant_metadata_changed", "participant_attributes_changed"):
             room.on(event, self._recorder(event))
 
@@ -436,3 +437,28 @@ async def test_subscribing_to_an_unknown_track_is_answered_with_an_error(
         assert [(a.track_sid, a.err) for a in answers] == [("TR_missing", models.SE_TRACK_NOTFOUND)]
     finally:
         await session.close()
+
+
+async def test_a_publisher_is_told_once_when_its_track_is_first_subscribed(clients: Any) -> None:
+    alice = await clients("alice")
+    publication = await alice.publish_tone()
+
+    # Not yet: a participant that does not subscribe, and a hidden one (it receives, but does not count).
+    await clients("picky", rtc.RoomOptions(auto_subscribe=False))
+    hidden = await clients("hidden", hidden=True)
+    await eventually(lambda: len(hidden.levels) >= 50, "the hidden participant to receive alice's audio")
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(publication.wait_for_subscription(), NO_AUDIO_WINDOW)
+
+    bob = await clients("bob")
+    await asyncio.wait_for(publication.wait_for_subscription(), SUBSCRIPTION_DEADLINE)
+    await eventually(lambda: len(bob.levels) >= 50, "bob to receive alice's audio")
+    carol = await clients("carol")
+    await eventually(lambda: len(carol.levels) >= 50, "carol to receive alice's audio")
+    assert len(alice.saw("local_track_subscribed")) == 1, "told once per track, not once per subscriber"
+
+    # A new track is a new first subscription.
+    second = await alice.publish_tone()
+    await asyncio.wait_for(second.wait_for_subscription(), SUBSCRIPTION_DEADLINE)
+    await eventually(lambda: len(alice.saw("local_track_subscribed")) == 2, "the second track's event")
+

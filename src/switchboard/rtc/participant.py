@@ -55,6 +55,7 @@ class ParticipantSession:
         claims: Claims,
         client_protocol: int,
         auto_subscribe: bool,
+        reports_subscriptions: bool = True,
     ) -> None:
         self.service = service
         self.ws = ws
@@ -64,6 +65,8 @@ class ParticipantSession:
         self.claims = claims
         self.client_protocol = client_protocol
         self.auto_subscribe = auto_subscribe
+        self.reports_subscriptions = reports_subscriptions
+        """Whether the client understands `track_subscribed` (old Rust SDKs fail to decode it)."""
         self.closed = False
         self.signal = MessageSender(ws)
         self.pub_pc: RTCPeerConnection | None = None
@@ -192,6 +195,7 @@ class ParticipantSession:
                 participant.active = True
                 participant.changed()
                 self.service.broadcast(self.room, [self.info()])
+            self._report_subscriptions()
 
     async def close(self) -> None:
         if self.closed:
@@ -280,6 +284,7 @@ class ParticipantSession:
         await self.sub_pc.setRemoteDescription(RTCSessionDescription(sdp=answer.sdp, type="answer"))
         self._awaiting_answer = False
         await self._apply_candidates(rtc.SUBSCRIBER)
+        self._report_subscriptions()
         deferred, self._deferred = self._deferred, []
         for publisher, relay in deferred:
             if not publisher.closed and relay.track_sid in publisher.relays:
@@ -443,6 +448,31 @@ class ParticipantSession:
         transceiver.sender._track_id = relay.track_sid
         self.subscriptions[relay.track_sid] = transceiver
         self.request_negotiation()
+
+    def _report_subscriptions(self) -> None:
+        """Tell each publisher whose track now reaches this participant, the first time it reaches anyone.
+
+        As LiveKit: a track counts as subscribed once a subscriber that is not hidden has it negotiated
+        (its answer took the track) on a connected transport. The SDKs' `wait_for_subscription()` waits
+        for this; livekit-agents holds every frame its voice output would speak until then.
+        """
+        if self.hidden or self.closed or self.sub_pc.connectionState != "connected":
+            return
+        for track_sid, transceiver in self.subscriptions.items():
+            if transceiver.currentDirection not in ("sendonly", "sendrecv"):
+                continue  # added since the last offer: not negotiated yet
+            found = self.service.published_track(self.room, track_sid)
+            if found is not None:
+                found[0].track_subscribed(found[1])
+
+    def track_subscribed(self, relay: AudioRelay) -> None:
+        """One of this participant's tracks reached a subscriber: say so once per track, as LiveKit does."""
+        if relay.ever_subscribed or self.closed:
+            return
+        relay.ever_subscribed = True
+        if self.reports_subscriptions:
+            subscribed = rtc.TrackSubscribed(track_sid=relay.track_sid)
+            self.signal.send(rtc.SignalResponse(track_subscribed=subscribed))
 
     def unsubscribe(self, relay: AudioRelay) -> None:
         transceiver = self.subscriptions.pop(relay.track_sid, None)
