@@ -462,3 +462,39 @@ async def test_a_publisher_is_told_once_when_its_track_is_first_subscribed(clien
     await asyncio.wait_for(second.wait_for_subscription(), SUBSCRIPTION_DEADLINE)
     await eventually(lambda: len(alice.saw("local_track_subscribed")) == 2, "the second track's event")
 
+
+async def test_the_server_advertises_a_livekit_version_with_rpc(server: Server, clients: Any) -> None:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(
+            f"{server.ws_url}/rtc?protocol=16",
+            headers={"Authorization": f"Bearer {server.join_token(clients.room, 'raw')}"},
+        ) as ws,
+    ):
+        join = signal.SignalResponse.FromString((await ws.receive()).data).join
+        await ws.send_bytes(signal.SignalRequest(leave=signal.LeaveRequest()).SerializeToString())
+    assert join.server_version == "1.9.0" and join.server_info.version == "1.9.0"
+    assert join.server_info.protocol == 16 and join.server_info.debug_info.startswith("switchboard ")
+    async with aiohttp.ClientSession() as http, http.get(server.http_url + "/") as response:
+        assert await response.text() == "OK" and response.headers["Server"].startswith("switchboard/")
+
+    # The Rust-based SDKs refuse RPC (1403) below 1.8.0: with 1.9.0 it works, errors included.
+    alice = await clients("alice")
+    bob = await clients("bob")
+
+    @alice.room.local_participant.register_rpc_method("greet")
+    async def greet(data: rtc.RpcInvocationData) -> str:
+        if data.payload == "fail":
+            raise rtc.RpcError(1500, "refused", "on purpose")
+        return f"hello {data.caller_identity}, you sent {data.payload}"
+
+    await eventually(lambda: "alice" in bob.room.remote_participants, "bob to see alice")
+    local = bob.room.local_participant
+    answer = await local.perform_rpc(destination_identity="alice", method="greet", payload="42")
+    assert answer == "hello bob, you sent 42"
+    with pytest.raises(rtc.RpcError) as refused:
+        await local.perform_rpc(destination_identity="alice", method="greet", payload="fail")
+    assert (refused.value.code, refused.value.message, refused.value.data) == (1500, "refused", "on purpose")
+    with pytest.raises(rtc.RpcError) as unknown:
+        await local.perform_rpc(destination_identity="alice", method="missing", payload="")
+    assert unknown.value.code == rtc.RpcError.ErrorCode.UNSUPPORTED_METHOD
