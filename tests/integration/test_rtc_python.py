@@ -498,3 +498,24 @@ async def test_the_server_advertises_a_livekit_version_with_rpc(server: Server, 
     with pytest.raises(rtc.RpcError) as unknown:
         await local.perform_rpc(destination_identity="alice", method="missing", payload="")
     assert unknown.value.code == rtc.RpcError.ErrorCode.UNSUPPORTED_METHOD
+
+
+async def test_the_others_learn_why_a_participant_left(clients: Any, lkapi: api.LiveKitAPI) -> None:
+    """livekit-agents ends a voice session when its participant leaves for some reasons (a leave of
+    their own, a removal…), and otherwise waits for them to come back: the reason must reach the others."""
+    alice = await clients("alice")
+    bob = await clients("bob")
+    await clients("carol")
+    await eventually(lambda: len(alice.room.remote_participants) == 2, "alice to see bob and carol")
+
+    await lkapi.room.remove_participant(api.RoomParticipantIdentity(room=clients.room, identity="carol"))
+    await bob.room.disconnect()
+
+    def reasons() -> dict[str, Any]:
+        return {p.identity: p.disconnect_reason for (p,) in alice.saw("participant_disconnected")}
+
+    await eventually(lambda: len(reasons()) == 2, "alice to see both leave")
+    assert reasons() == {
+        "bob": rtc.DisconnectReason.CLIENT_INITIATED,
+        "carol": rtc.DisconnectReason.PARTICIPANT_REMOVED,
+    }

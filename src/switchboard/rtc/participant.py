@@ -148,6 +148,7 @@ class ParticipantSession:
             for relay in other.relays.values():
                 self.subscribe(other, relay)
         self.request_negotiation()
+        reason = models.SIGNAL_CLOSE  # the signal connection closed without a leave request
         try:
             while not self.closed:
                 try:
@@ -156,6 +157,7 @@ class ParticipantSession:
                     )
                 except TimeoutError:
                     log.info("participant timed out room=%s identity=%s", self.room, self.identity)
+                    reason = models.CONNECTION_TIMEOUT
                     break
                 except MalformedMessage as exc:
                     # One bad frame does not end the session; the client may recover.
@@ -169,9 +171,10 @@ class ParticipantSession:
                     Exception
                 ):  # e.g. an SDP aiortc cannot use: this participant's session ends, no one else's
                     log.exception("signal request failed room=%s identity=%s", self.room, self.identity)
+                    reason = models.UNKNOWN_REASON
                     break
         finally:
-            await self.close()
+            await self.close(reason)
 
     def _announce(self, state: str = "") -> None:
         if not self.hidden:
@@ -188,7 +191,7 @@ class ParticipantSession:
             if self.closed:
                 return
             if pc.connectionState == "failed":
-                await self.close()
+                await self.close(models.MEDIA_FAILURE)
                 return
             participant = self.participant()
             if pc.connectionState == "connected" and not participant.active:
@@ -197,7 +200,9 @@ class ParticipantSession:
                 self.service.broadcast(self.room, [self.info()])
             self._report_subscriptions()
 
-    async def close(self) -> None:
+    async def close(self, reason: int = models.UNKNOWN_REASON) -> None:
+        """End the session; the others learn that the participant left, and why (`reason`, a
+        DisconnectReason: livekit-agents ends a voice session only for some, e.g. CLIENT_INITIATED)."""
         if self.closed:
             return
         self.closed = True
@@ -214,6 +219,7 @@ class ParticipantSession:
         if not self.hidden and not replaced:
             info = participant_to_proto(Participant(self.identity, self.sid, 0), state="DISCONNECTED")
             info.version = 1 << 30  # after every earlier update of this participant
+            info.disconnect_reason = reason  # type: ignore[assignment]
             self.service.broadcast(self.room, [info], exclude=self)
         self.service.forget(self)
         if self._negotiation is not None:
@@ -232,7 +238,7 @@ class ParticipantSession:
                 leave=rtc.LeaveRequest(reason=models.DisconnectReason.Name(reason), action="DISCONNECT")
             )
         )
-        asyncio.get_running_loop().create_task(self.close())
+        asyncio.get_running_loop().create_task(self.close(reason))
 
     # Signalling
 
@@ -258,7 +264,7 @@ class ParticipantSession:
         elif kind == "ping":
             self.signal.send(rtc.SignalResponse(pong=int(time.time() * 1000)))
         elif kind == "leave":
-            await self.close()
+            await self.close(models.CLIENT_INITIATED)
         else:
             # subscription_permission, track_setting, update_layers, sync_state …: not needed for audio
             # rooms; accepted and ignored.
