@@ -14,6 +14,7 @@ import aiohttp
 from google.protobuf.message import Message
 from livekit import api
 
+from switchboard import LIVEKIT_COMPATIBLE_VERSION, LIVEKIT_PROTOCOL, __version__
 from switchboard.auth.grants import VideoGrant
 from switchboard.auth.tokens import mint_token
 from switchboard.config import DEV_KEYS, ConfigError, load_config
@@ -422,6 +423,12 @@ def build_parser() -> argparse.ArgumentParser:
     connection.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     parser = argparse.ArgumentParser(prog="switchboard", description=__doc__)
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"switchboard {__version__} (LiveKit {LIVEKIT_COMPATIBLE_VERSION} compatible, protocol "
+        f"{LIVEKIT_PROTOCOL})",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the server")

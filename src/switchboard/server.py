@@ -11,7 +11,7 @@ from collections.abc import Callable
 from aiohttp import web
 from livekit.protocol import models
 
-from switchboard import __version__, logs
+from switchboard import LIVEKIT_COMPATIBLE_VERSION, LIVEKIT_PROTOCOL, __version__, logs
 from switchboard.agents.supervisor import AgentSupervisor
 from switchboard.api import agent_dispatch_service, room_service
 from switchboard.api.cors import cors_middleware
@@ -32,7 +32,8 @@ DRAIN_POLL_INTERVAL = 0.1
 
 
 async def health(_: web.Request) -> web.Response:
-    return web.Response(text="OK")
+    # The body stays LiveKit's "OK" (health checks compare it); the header says what really answers.
+    return web.Response(text="OK", headers={"Server": f"switchboard/{__version__}"})
 
 
 def build_app(config: Config) -> web.Application:
@@ -46,8 +47,9 @@ def build_app(config: Config) -> web.Application:
     twirp.install(app)
     server_info = models.ServerInfo(
         edition=models.ServerInfo.Standard,
-        version=__version__,
-        protocol=16,
+        version=LIVEKIT_COMPATIBLE_VERSION,
+        protocol=LIVEKIT_PROTOCOL,
+        debug_info=f"switchboard {__version__}",
         agent_protocol=1,
         node_id=ids.new_id("ND_"),
     )
@@ -124,7 +126,13 @@ async def run(config: Config) -> None:
         dev_keys = dict(config.keys) == DEV_KEYS
         mode = " (dev mode: API key 'devkey' with the built-in dev secret)" if dev_keys else " (dev mode)"
     addresses = ", ".join(f"{host}:{config.port}" for host in config.bind_addresses)
-    log.info("switchboard %s listening on %s%s", __version__, addresses, mode)
+    log.info(
+        "switchboard %s (LiveKit %s compatible) listening on %s%s",
+        __version__,
+        LIVEKIT_COMPATIBLE_VERSION,
+        addresses,
+        mode,
+    )
     supervisor = AgentSupervisor(config.agents, agent_environment(config))
     if config.agents.directory:
         supervisor.start()

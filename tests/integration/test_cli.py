@@ -9,6 +9,7 @@ import time
 
 import jwt
 
+from switchboard import __version__
 from tests.conftest import Server, free_port
 
 
@@ -86,6 +87,11 @@ def test_server_errors_and_bad_usage_are_reported(server: Server) -> None:
     assert usage.returncode == 2 and "--identity is required" in usage.stderr
     duration = run(server, "token", "create", "--list", "--valid-for", "soon", check=False)
     assert duration.returncode == 2 and "invalid duration" in duration.stderr
+
+
+def test_version_names_switchboard_and_the_livekit_version_it_follows() -> None:
+    expected = f"switchboard {__version__} (LiveKit 1.9.0 compatible, protocol 16)\n"
+    assert run(None, "--version").stdout == expected
 
 
 def test_unreachable_server_is_reported_in_one_line() -> None:

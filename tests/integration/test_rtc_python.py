@@ -19,6 +19,7 @@ from tests.conftest import Server, start_server, stop_server
 
 PING_TIMEOUT = 2
 NO_AUDIO_WINDOW = 1.0
+SUBSCRIPTION_DEADLINE = 10.0
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,7 @@ class Client:
             self._spawn(self._measure(track))
 
         events = ("participant_connected", "participant_disconnected", "track_muted", "disconnected")
-        events += ("track_unsubscribed",)
+        events += ("track_unsubscribed", "local_track_subscribed")
         for event in (*events, "participant_metadata_changed", "participant_attributes_changed"):
             room.on(event, self._recorder(event))
 
@@ -436,3 +437,85 @@ async def test_subscribing_to_an_unknown_track_is_answered_with_an_error(
         assert [(a.track_sid, a.err) for a in answers] == [("TR_missing", models.SE_TRACK_NOTFOUND)]
     finally:
         await session.close()
+
+
+async def test_a_publisher_is_told_once_when_its_track_is_first_subscribed(clients: Any) -> None:
+    alice = await clients("alice")
+    publication = await alice.publish_tone()
+
+    # Not yet: a participant that does not subscribe, and a hidden one (it receives, but does not count).
+    await clients("picky", rtc.RoomOptions(auto_subscribe=False))
+    hidden = await clients("hidden", hidden=True)
+    await eventually(lambda: len(hidden.levels) >= 50, "the hidden participant to receive alice's audio")
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(publication.wait_for_subscription(), NO_AUDIO_WINDOW)
+
+    bob = await clients("bob")
+    await asyncio.wait_for(publication.wait_for_subscription(), SUBSCRIPTION_DEADLINE)
+    await eventually(lambda: len(bob.levels) >= 50, "bob to receive alice's audio")
+    carol = await clients("carol")
+    await eventually(lambda: len(carol.levels) >= 50, "carol to receive alice's audio")
+    assert len(alice.saw("local_track_subscribed")) == 1, "told once per track, not once per subscriber"
+
+    # A new track is a new first subscription.
+    second = await alice.publish_tone()
+    await asyncio.wait_for(second.wait_for_subscription(), SUBSCRIPTION_DEADLINE)
+    await eventually(lambda: len(alice.saw("local_track_subscribed")) == 2, "the second track's event")
+
+
+async def test_the_server_advertises_a_livekit_version_with_rpc(server: Server, clients: Any) -> None:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(
+            f"{server.ws_url}/rtc?protocol=16",
+            headers={"Authorization": f"Bearer {server.join_token(clients.room, 'raw')}"},
+        ) as ws,
+    ):
+        join = signal.SignalResponse.FromString((await ws.receive()).data).join
+        await ws.send_bytes(signal.SignalRequest(leave=signal.LeaveRequest()).SerializeToString())
+    assert join.server_version == "1.9.0" and join.server_info.version == "1.9.0"
+    assert join.server_info.protocol == 16 and join.server_info.debug_info.startswith("switchboard ")
+    async with aiohttp.ClientSession() as http, http.get(server.http_url + "/") as response:
+        assert await response.text() == "OK" and response.headers["Server"].startswith("switchboard/")
+
+    # The Rust-based SDKs refuse RPC (1403) below 1.8.0: with 1.9.0 it works, errors included.
+    alice = await clients("alice")
+    bob = await clients("bob")
+
+    @alice.room.local_participant.register_rpc_method("greet")
+    async def greet(data: rtc.RpcInvocationData) -> str:
+        if data.payload == "fail":
+            raise rtc.RpcError(1500, "refused", "on purpose")
+        return f"hello {data.caller_identity}, you sent {data.payload}"
+
+    await eventually(lambda: "alice" in bob.room.remote_participants, "bob to see alice")
+    local = bob.room.local_participant
+    answer = await local.perform_rpc(destination_identity="alice", method="greet", payload="42")
+    assert answer == "hello bob, you sent 42"
+    with pytest.raises(rtc.RpcError) as refused:
+        await local.perform_rpc(destination_identity="alice", method="greet", payload="fail")
+    assert (refused.value.code, refused.value.message, refused.value.data) == (1500, "refused", "on purpose")
+    with pytest.raises(rtc.RpcError) as unknown:
+        await local.perform_rpc(destination_identity="alice", method="missing", payload="")
+    assert unknown.value.code == rtc.RpcError.ErrorCode.UNSUPPORTED_METHOD
+
+
+async def test_the_others_learn_why_a_participant_left(clients: Any, lkapi: api.LiveKitAPI) -> None:
+    """livekit-agents ends a voice session when its participant leaves for some reasons (a leave of
+    their own, a removal…), and otherwise waits for them to come back: the reason must reach the others."""
+    alice = await clients("alice")
+    bob = await clients("bob")
+    await clients("carol")
+    await eventually(lambda: len(alice.room.remote_participants) == 2, "alice to see bob and carol")
+
+    await lkapi.room.remove_participant(api.RoomParticipantIdentity(room=clients.room, identity="carol"))
+    await bob.room.disconnect()
+
+    def reasons() -> dict[str, Any]:
+        return {p.identity: p.disconnect_reason for (p,) in alice.saw("participant_disconnected")}
+
+    await eventually(lambda: len(reasons()) == 2, "alice to see both leave")
+    assert reasons() == {
+        "bob": rtc.DisconnectReason.CLIENT_INITIATED,
+        "carol": rtc.DisconnectReason.PARTICIPANT_REMOVED,
+    }

@@ -17,6 +17,7 @@ from aiohttp import WSMsgType
 from google.protobuf import json_format
 from livekit.protocol import agent
 
+from switchboard import __version__
 from switchboard.auth.grants import VideoGrant
 from switchboard.auth.tokens import mint_token
 from tests.conftest import Server, start_server, stop_server
@@ -280,6 +281,8 @@ async def test_register_offer_assign_run_and_succeed(client: Client, server: Ser
     assert worker.id.startswith("AW_")
     info = first.register.server_info
     assert info.version and info.protocol > 0 and info.node_id.startswith("ND_")
+    # Workers see the LiveKit version clients see (README, Compatibility); Switchboard's own is beside it.
+    assert (info.version, info.protocol, info.debug_info) == ("1.9.0", 16, f"switchboard {__version__}")
     await worker.send(AVAILABLE)
 
     room = unique("room")

@@ -25,8 +25,14 @@ COMMON_KEYS = ("agent_name", "enabled", "load_threshold", "log_level", "ws_url",
 
 # AI services and the STT providers each accepts. `pocketsphinx` is built in (no network, no download);
 # the others are livekit-agents plugins, installed as extras.
+STT_PROVIDERS = ("pocketsphinx", "deepgram", "openai", "google", "azure", "assemblyai")
 SERVICES: dict[str, tuple[str, ...]] = {
-    "live_captions": ("pocketsphinx", "deepgram", "openai", "google", "azure", "assemblyai"),
+    "live_captions": STT_PROVIDERS,
+    "voice_echo": STT_PROVIDERS,
+}
+# A service's keys besides `processing`, `provider` and the provider's section; the service checks them.
+SERVICE_KEYS: dict[str, tuple[str, ...]] = {
+    "voice_echo": ("tts", "llm", "greeting", "reply"),
 }
 # The settings each plugin cannot start without, and the environment variable it reads them from instead.
 # (google also finds Application Default Credentials by itself, so nothing is required of it here.)
@@ -50,6 +56,8 @@ class ServiceConfig:
     """Empty for a custom service (a section with `processing` that Switchboard does not implement)."""
     settings: Mapping[str, Any] = field(default_factory=dict)
     """The provider's own section (e.g. `pocketsphinx: {…}`); a custom service's other keys."""
+    options: Mapping[str, Any] = field(default_factory=dict)
+    """A built-in service's own keys (SERVICE_KEYS), as written; the service reads and checks them."""
 
     @property
     def builtin(self) -> bool:
@@ -176,10 +184,14 @@ def _service(name: str, value: Any, fail: Any, warnings: list[str]) -> ServiceCo
         settings = {}
     if not isinstance(settings, Mapping):
         raise fail(f"{name}.{provider}", "expected a section of provider settings")
+    own = SERVICE_KEYS.get(name, ())
     for key in value:
-        if key not in ("processing", "provider", *SERVICES[name]):
+        if key not in ("processing", "provider", *SERVICES[name], *own):
             warnings.append(f"unknown key '{name}.{key}' ignored")
-    return ServiceConfig(name=name, processing=processing, provider=provider, settings=dict(settings))
+    options = {key: value[key] for key in own if key in value}
+    return ServiceConfig(
+        name=name, processing=processing, provider=provider, settings=dict(settings), options=options
+    )
 
 
 def _custom_service(name: str, value: Mapping[str, Any], fail: Any) -> ServiceConfig:

@@ -55,6 +55,7 @@ class ParticipantSession:
         claims: Claims,
         client_protocol: int,
         auto_subscribe: bool,
+        reports_subscriptions: bool = True,
     ) -> None:
         self.service = service
         self.ws = ws
@@ -64,9 +65,9 @@ class ParticipantSession:
         self.claims = claims
         self.client_protocol = client_protocol
         self.auto_subscribe = auto_subscribe
+        self.reports_subscriptions = reports_subscriptions
+        """Whether the client understands `track_subscribed` (old Rust SDKs fail to decode it)."""
         self.closed = False
-        self.left = False
-        """The client said it leaves (LeaveRequest); a session closed without it lost its connection."""
         self.signal = MessageSender(ws)
         self.pub_pc: RTCPeerConnection | None = None
         self.sub_pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
@@ -147,6 +148,7 @@ class ParticipantSession:
             for relay in other.relays.values():
                 self.subscribe(other, relay)
         self.request_negotiation()
+        reason = models.SIGNAL_CLOSE  # the signal connection closed without a leave request
         try:
             while not self.closed:
                 try:
@@ -155,6 +157,7 @@ class ParticipantSession:
                     )
                 except TimeoutError:
                     log.info("participant timed out room=%s identity=%s", self.room, self.identity)
+                    reason = models.CONNECTION_TIMEOUT
                     break
                 except ConnectionLost as exc:
                     log.info(
@@ -163,7 +166,7 @@ class ParticipantSession:
                         self.identity,
                         exc,
                     )
-                    break
+                    break  # SIGNAL_CLOSE
                 except MalformedMessage as exc:
                     # One bad frame does not end the session; the client may recover.
                     log.info("bad signal frame room=%s identity=%s error=%s", self.room, self.identity, exc)
@@ -176,9 +179,10 @@ class ParticipantSession:
                     Exception
                 ):  # e.g. an SDP aiortc cannot use: this participant's session ends, no one else's
                     log.exception("signal request failed room=%s identity=%s", self.room, self.identity)
+                    reason = models.UNKNOWN_REASON
                     break
         finally:
-            await self.close()
+            await self.close(reason)
 
     def _announce(self, state: str = "") -> None:
         if not self.hidden:
@@ -195,15 +199,18 @@ class ParticipantSession:
             if self.closed:
                 return
             if pc.connectionState == "failed":
-                await self.close()
+                await self.close(models.MEDIA_FAILURE)
                 return
             participant = self.participant()
             if pc.connectionState == "connected" and not participant.active:
                 participant.active = True
                 participant.changed()
                 self.service.broadcast(self.room, [self.info()])
+            self._report_subscriptions()
 
-    async def close(self) -> None:
+    async def close(self, reason: int = models.UNKNOWN_REASON) -> None:
+        """End the session; the others learn that the participant left, and why (`reason`, a
+        DisconnectReason: livekit-agents ends a voice session only for some, e.g. CLIENT_INITIATED)."""
         if self.closed:
             return
         self.closed = True
@@ -216,11 +223,13 @@ class ParticipantSession:
         replaced = current is not None and current.sid != self.sid  # a newer connection took the identity
         if current is not None and not replaced:
             # Without a leave request the connection was lost: for an agent, its job may have crashed.
-            engine.participant_left(self.room, self.identity, runtime.now(), sid=self.sid, lost=not self.left)
+            lost = reason != models.CLIENT_INITIATED
+            engine.participant_left(self.room, self.identity, runtime.now(), sid=self.sid, lost=lost)
             runtime.flush()
         if not self.hidden and not replaced:
             info = participant_to_proto(Participant(self.identity, self.sid, 0), state="DISCONNECTED")
             info.version = 1 << 30  # after every earlier update of this participant
+            info.disconnect_reason = reason  # type: ignore[assignment]
             self.service.broadcast(self.room, [info], exclude=self)
         self.service.forget(self)
         if self._negotiation is not None:
@@ -239,7 +248,7 @@ class ParticipantSession:
                 leave=rtc.LeaveRequest(reason=models.DisconnectReason.Name(reason), action="DISCONNECT")
             )
         )
-        asyncio.get_running_loop().create_task(self.close())
+        asyncio.get_running_loop().create_task(self.close(reason))
 
     # Signalling
 
@@ -265,8 +274,7 @@ class ParticipantSession:
         elif kind == "ping":
             self.signal.send(rtc.SignalResponse(pong=int(time.time() * 1000)))
         elif kind == "leave":
-            self.left = True
-            await self.close()
+            await self.close(models.CLIENT_INITIATED)
         else:
             # subscription_permission, track_setting, update_layers, sync_state …: not needed for audio
             # rooms; accepted and ignored.
@@ -292,6 +300,7 @@ class ParticipantSession:
         await self.sub_pc.setRemoteDescription(RTCSessionDescription(sdp=answer.sdp, type="answer"))
         self._awaiting_answer = False
         await self._apply_candidates(rtc.SUBSCRIBER)
+        self._report_subscriptions()
         deferred, self._deferred = self._deferred, []
         for publisher, relay in deferred:
             if not publisher.closed and relay.track_sid in publisher.relays:
@@ -455,6 +464,31 @@ class ParticipantSession:
         transceiver.sender._track_id = relay.track_sid
         self.subscriptions[relay.track_sid] = transceiver
         self.request_negotiation()
+
+    def _report_subscriptions(self) -> None:
+        """Tell each publisher whose track now reaches this participant, the first time it reaches anyone.
+
+        As LiveKit: a track counts as subscribed once a subscriber that is not hidden has it negotiated
+        (its answer took the track) on a connected transport. The SDKs' `wait_for_subscription()` waits
+        for this; livekit-agents holds every frame its voice output would speak until then.
+        """
+        if self.hidden or self.closed or self.sub_pc.connectionState != "connected":
+            return
+        for track_sid, transceiver in self.subscriptions.items():
+            if transceiver.currentDirection not in ("sendonly", "sendrecv"):
+                continue  # added since the last offer: not negotiated yet
+            found = self.service.published_track(self.room, track_sid)
+            if found is not None:
+                found[0].track_subscribed(found[1])
+
+    def track_subscribed(self, relay: AudioRelay) -> None:
+        """One of this participant's tracks reached a subscriber: say so once per track, as LiveKit does."""
+        if relay.ever_subscribed or self.closed:
+            return
+        relay.ever_subscribed = True
+        if self.reports_subscriptions:
+            subscribed = rtc.TrackSubscribed(track_sid=relay.track_sid)
+            self.signal.send(rtc.SignalResponse(track_subscribed=subscribed))
 
     def unsubscribe(self, relay: AudioRelay) -> None:
         transceiver = self.subscriptions.pop(relay.track_sid, None)

@@ -62,6 +62,8 @@ class AudioRelay:
     def __init__(self, track_sid: str, transceiver: RTCRtpTransceiver) -> None:
         self.track_sid = track_sid
         self.subscribers: dict[str, RelayTrack] = {}
+        self.ever_subscribed = False
+        """Whether the publisher was told that a subscriber receives this track (`track_subscribed`)."""
         self._origin: int | None = None
         opus = [c.payloadType for c in transceiver._codecs if c.mimeType.lower() == "audio/opus"]
         self._payload_type = opus[0] if opus else None

@@ -145,6 +145,8 @@ class RtcService:
             claims,
             client_protocol=_int(query.get("client_protocol")),
             auto_subscribe=query.get("auto_subscribe", "1") not in ("0", "false"),
+            # LiveKit's rule: Rust SDKs before protocol 10 cannot decode `track_subscribed`.
+            reports_subscriptions=not (query.get("sdk") == "rust" and _int(query.get("protocol")) < 10),
         )
         self.sessions.setdefault(room_name, {})[participant.identity] = session
         log.info(

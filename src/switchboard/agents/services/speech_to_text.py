@@ -8,7 +8,8 @@ from livekit.agents import stt
 from switchboard.agents.config import AgentConfig, AgentConfigError, ServiceConfig
 from switchboard.agents.services.pocketsphinx_stt import PocketSphinxOptions, PocketSphinxSTT
 
-# Settings a plugin needs that its own defaults do not give: captions need results while people speak.
+# Settings a plugin needs that its own defaults do not give: captions and voice agents need results
+# while people speak.
 STREAMING_DEFAULTS: dict[str, dict[str, Any]] = {"openai": {"use_realtime": True}}
 
 
@@ -36,6 +37,6 @@ def build_stt(config: AgentConfig, service: ServiceConfig) -> stt.STT[Any]:
         raise AgentConfigError(f"{section}: {exc}") from exc
     if not engine.capabilities.streaming:
         raise AgentConfigError(
-            f"{section}: these settings give no streaming recognition, which captions need"
+            f"{section}: these settings give no streaming recognition, which {service.name} needs"
         )
     return engine
