@@ -4,8 +4,8 @@ The worker program is `tests/node_agents/worker.mjs`; each job it runs appends w
 when it joined and left the room to a JSON-lines file, so the tests count joins per dispatch.
 
 The Node framework never sends `UpdateJobStatus` (docs/node-agents.md): a job's state can only follow
-its agent participant in the room. The tests marked `issue 14` assert exactly that, and fail until the
-engine treats "the job's agent joined" as running and "it left" as ended.
+its agent participant in the room, and these tests assert that it does: running once the agent joins,
+ended when it leaves, never restarted by the start timeout while it is in the room.
 """
 
 import asyncio
@@ -29,9 +29,7 @@ from tests.node_agent_workers import NodeAgentWorker, NodeAgentWorkers, node_age
 START_TIMEOUT = 5  # s: short, so that "runs for longer than start_timeout" is a quick test
 HOLD = START_TIMEOUT + 3  # s a running job is watched: past the start timeout and its re-offer
 DEADLINE = 40.0  # s for a Node worker to register (it forks an inference and a job process first)
-RUNNING = 10.0  # s from the agent's join to the job shown running (at once, once issue 14 is fixed)
-
-issue_14 = pytest.mark.xfail(reason="issue 14: engine fix pending", strict=False)
+RUNNING = 10.0  # s from the agent's join to the job shown running (at once; polling slack)
 
 
 @pytest.fixture(scope="module")
@@ -281,7 +279,6 @@ async def test_the_job_reaches_the_node_entrypoint_and_its_agent_joins_the_room(
         await eventually(lambda: record["identity"] in job.participant.joined, "alice to see the agent join")
 
 
-@issue_14
 @pytest.mark.parametrize("path", PATHS)
 async def test_a_job_whose_agent_is_in_the_room_runs_for_longer_than_start_timeout(
     path: str, server: Server, lkapi: api.LiveKitAPI, node_workers: NodeAgentWorkers, participants: Any
@@ -332,7 +329,6 @@ async def test_delete_dispatch_terminates_the_node_job_and_its_agent_leaves(
     assert job.worker.process.poll() is None, "the worker goes on after its job ended"
 
 
-@issue_14
 async def test_delete_dispatch_of_a_running_node_job_is_a_success(
     server: Server, lkapi: api.LiveKitAPI, node_workers: NodeAgentWorkers, participants: Any
 ) -> None:
@@ -349,7 +345,6 @@ async def test_delete_dispatch_of_a_running_node_job_is_a_success(
     assert state.ended_at >= state.started_at > 0
 
 
-@issue_14
 @pytest.mark.parametrize("behaviour", ["shutdown", "crash"])
 async def test_a_node_job_that_ends_itself_is_a_success_and_is_not_run_again(
     behaviour: str, server: Server, lkapi: api.LiveKitAPI, node_workers: NodeAgentWorkers
@@ -408,14 +403,28 @@ async def test_a_node_worker_killed_mid_job_is_replaced_by_another(
     first.kill()  # the worker and its job process, at once: the agent drops out of the room without a Leave
     again = await first_job(second, room)
     assert again["job_id"] == record["job_id"] and again["worker_id"] != record["worker_id"]
-    # Read at once: today the new assignment is terminated again after start_timeout (issue 14).
     moved = await job_of(lkapi, room, name)
     assert moved is not None and moved.state.worker_id == again["worker_id"]
-    assert moved.state.error == f"worker {record['worker_id']} disconnected", "why it moved is kept"
+    await moved_because_its_worker_went(lkapi, room, name, record, moved)
     await eventually(lambda: second.joins(record["job_id"]), "the agent to join again from the second worker")
 
 
-@issue_14
+async def moved_because_its_worker_went(
+    lkapi: api.LiveKitAPI, room: str, name: str, record: dict[str, Any], moved: api.Job
+) -> None:
+    """The moved job's current attempt carries no error; why it moved is kept with the first attempt,
+    listed before it: whichever the server noticed first, the worker's connection or its agent's going."""
+    assert moved.state.error == ""
+    [dispatch] = [d for d in await lkapi.agent_dispatch.list_dispatch(room) if d.agent_name == name]
+    first_attempt = dispatch.state.jobs[0]
+    assert first_attempt.id == moved.id and first_attempt.state.worker_id == record["worker_id"]
+    assert first_attempt.state.status == api.JS_FAILED
+    assert first_attempt.state.error in (
+        f"worker {record['worker_id']} disconnected",
+        f"agent participant 'agent-{moved.id}' lost its connection",
+    )
+
+
 async def test_a_node_job_moved_after_a_kill_runs_once_on_its_new_worker(
     server: Server, lkapi: api.LiveKitAPI, node_workers: NodeAgentWorkers
 ) -> None:
@@ -432,7 +441,7 @@ async def test_a_node_job_moved_after_a_kill_runs_once_on_its_new_worker(
         RUNNING,
     )
     assert moved.state.worker_id == again["worker_id"]
-    assert moved.state.error == f"worker {record['worker_id']} disconnected"
+    await moved_because_its_worker_went(lkapi, room, name, record, moved)
 
     async def running_once_on_the_second() -> bool:
         now = await job_of(lkapi, room, name)
@@ -446,7 +455,6 @@ async def test_a_node_job_moved_after_a_kill_runs_once_on_its_new_worker(
     await holds(running_once_on_the_second, "running once on the second worker", HOLD)
 
 
-@issue_14
 async def test_a_draining_node_worker_keeps_its_job_and_takes_no_new_one(
     server: Server, lkapi: api.LiveKitAPI, node_workers: NodeAgentWorkers
 ) -> None:
@@ -479,28 +487,40 @@ async def test_a_draining_node_worker_keeps_its_job_and_takes_no_new_one(
     [dispatch] = [
         d for d in await lkapi.agent_dispatch.list_dispatch(job.room) if d.agent_name == job.agent_name
     ]
-    await lkapi.agent_dispatch.delete_dispatch(dispatch.id, job.room)
-    # Its last job ended: the drained worker closes its connection and exits as SIGTERM says.
-    await eventually(lambda: job.worker.process.poll() is not None, "the drained worker to exit")
-    assert job.worker.process.returncode == 128 + signal.SIGTERM
+    deleted = await lkapi.agent_dispatch.delete_dispatch(dispatch.id, job.room)
+    assert deleted.state.jobs[-1].state.status == api.JS_SUCCESS  # it ran: stopped on request
+    await eventually(lambda: job.worker.ended(job.job_id), "the job to end on the draining worker")
+    # (@livekit/agents 1.9.0 then did not exit within the test's deadline: see docs/node-agents.md.)
 
 
-async def test_a_node_job_whose_agent_never_joins_is_started_again_after_start_timeout(
+async def test_a_node_job_whose_agent_never_joins_is_moved_after_start_timeout(
     server: Server, lkapi: api.LiveKitAPI, node_workers: NodeAgentWorkers
 ) -> None:
-    """start_timeout still applies to a job neither reported running nor joined (issue 14 keeps it)."""
+    """start_timeout still applies to a job neither reported running nor joined: it is offered to
+    another worker (never again to the one that timed out), and the first copy is stopped once the second
+    is assigned, so that it never runs twice."""
     name = unique("js-idle")
-    worker = await registered_worker(server, node_workers, name, behaviour="idle")
+    first = await registered_worker(server, node_workers, name, behaviour="idle")
+    second = await registered_worker(server, node_workers, name, behaviour="idle")
     room = unique("idle")
     await lkapi.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(agent_name=name, room=room))
-    record = await first_job(worker, room)
-    assert worker.joins(record["job_id"]) == 0
-    # Terminated (its process shuts down) and offered again, with the reason kept.
-    job_id = record["job_id"]
-    await eventually(lambda: worker.events("end", job_id), "the idle job terminated", START_TIMEOUT + 10)
-    await eventually(
-        lambda: len(worker.events("start", job_id)) >= 2, "the job offered again", START_TIMEOUT + 10
+    took, other = await eventually(
+        lambda: (
+            (first, second) if first.events("start") else (second, first) if second.events("start") else None
+        ),
+        "one worker to take the job",
     )
-    job = await job_of(lkapi, room, name)
-    assert job is not None and job.id == record["job_id"]
-    assert job.state.error == f"worker {record['worker_id']} did not start the job within {START_TIMEOUT}s"
+    [record] = took.events("start")
+    job_id = record["job_id"]
+    assert took.joins(job_id) == 0
+    await eventually(
+        lambda: other.events("start", job_id), "the job moved to the other worker", START_TIMEOUT + 10
+    )
+    await eventually(lambda: took.events("end", job_id), "the first copy stopped", START_TIMEOUT + 10)
+    assert len(took.events("start", job_id)) == 1, "never offered again to the worker that timed out"
+    [dispatch] = [d for d in await lkapi.agent_dispatch.list_dispatch(room) if d.agent_name == name]
+    first_attempt = dispatch.state.jobs[0]
+    assert first_attempt.id == job_id and first_attempt.state.worker_id == record["worker_id"]
+    assert first_attempt.state.error == (
+        f"worker {record['worker_id']} did not start the job within {START_TIMEOUT}s"
+    )

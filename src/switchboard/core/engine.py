@@ -493,8 +493,11 @@ class Engine:
         self._release(job, now)
         self._pending.get(self._key(job), {}).pop(job.id, None)
         self.jobs.pop(job.id, None)
+        # Its worker, if connected, stops the current attempt's agent itself (it reported the end, or is
+        # told to stop); any other agent of the job, nobody would stop: it is removed.
+        told = job.worker_id in self.workers and job.orphaned_at is None
         job.end(succeeded, reason, now)
-        self._disconnect_agents(job, lambda attempt: True)
+        self._disconnect_agents(job, lambda attempt: not (told and attempt == job.attempt))
         self._decisions.append(JobEnded(job))
 
     def _stop_earlier_copy(self, job: Job) -> None:
