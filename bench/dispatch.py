@@ -69,7 +69,7 @@ from switchboard.auth.grants import VideoGrant
 from switchboard.auth.tokens import mint_token
 
 AGENT_NAME = "bench"
-PHASES = ("latency", "throughput", "idle")
+PHASES = ("latency", "throughput", "idle", "queue")
 WORKER_VERSION = "bench"
 STATUS_INTERVAL = 2.5  # livekit-agents sends update_worker this often
 IDLE_PING_INTERVAL = 60.0  # agents.ping_interval for the idle phase, so that server pings do not dominate
@@ -151,6 +151,7 @@ class Board:
     answers: dict[str, float] = field(default_factory=dict)  # AvailabilityResponse sent
     assigned: dict[str, float] = field(default_factory=dict)  # JobAssignment received
     assigned_dispatch: dict[str, str] = field(default_factory=dict)
+    assigned_worker: dict[str, str] = field(default_factory=dict)
     waiters: dict[str, asyncio.Future[float]] = field(default_factory=dict)
     outstanding: set[str] | None = None  # rooms still awaited; all_assigned is set when none is left
     all_assigned: asyncio.Event | None = None
@@ -223,6 +224,7 @@ class BenchWorker:
                     board.answers[job.room.name] = clock()
                 elif kind == "assignment":
                     job = message.assignment.job
+                    board.assigned_worker[job.room.name] = self.worker_id
                     board.assignment(job.room.name, job.dispatch_id, now)
                     if board.complete_jobs:
                         await ws.send_bytes(job_update(job.id, agent.JS_RUNNING))
@@ -385,6 +387,25 @@ class ThroughputResult:
     tokens_minted_in_loop: int
     cpu: Cpu
     errors: int
+
+
+@dataclass(frozen=True)
+class QueueRun:
+    workers: int
+    seconds: float
+    """From the first worker's connection to the last job's assignment."""
+    floor_seconds: float
+    """The workers' own pace: each job costs a worker one offer → answer round trip (one question at a
+    time), so `jobs * round trip / workers`, with the round trip measured by WorkerPing."""
+    round_trip: Spread
+    per_worker: list[int]
+    errors: int
+
+
+@dataclass(frozen=True)
+class QueueResult:
+    jobs: int
+    runs: list[QueueRun]
 
 
 @dataclass(frozen=True)
@@ -635,8 +656,56 @@ async def idle_phase(
 # ---------------------------------------------------------------------------------------------- run
 
 
+async def queue_phase(server: Server, jobs: int, worker_counts: Sequence[int]) -> QueueResult:
+    """`jobs` dispatches wait for an agent with no worker; then workers connect (and report their status as
+    livekit-agents does): how long until every job is assigned, against the workers' own pace."""
+    runs = []
+    twirp = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=LIST_CONCURRENCY))
+    sockets = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+    async with twirp, sockets:
+        for count in worker_counts:
+            board = Board()
+            prefix = f"bench-{uuid.uuid4().hex[:8]}-queue"
+            rooms = [f"{prefix}-{i}" for i in range(jobs)]
+            gate = asyncio.Semaphore(LIST_CONCURRENCY)
+
+            async def create(room: str, board: Board = board, gate: asyncio.Semaphore = gate) -> None:
+                async with gate:
+                    status, body = await send(twirp, create_call(server, room))
+                if status != 200:
+                    board.fail(f"CreateDispatch {room}: HTTP {status} {body[:200]!r}")
+
+            await asyncio.gather(*(create(room) for room in rooms))
+            board.outstanding, board.all_assigned = set(rooms), asyncio.Event()
+            started = time.perf_counter()
+            workers = await connect_workers(sockets, server, count, board)
+            pump = asyncio.create_task(report_status(workers, STATUS_INTERVAL))
+            try:
+                await asyncio.wait_for(board.all_assigned.wait(), DRAIN_DEADLINE * 4)
+            except TimeoutError:
+                board.fail(f"{len(board.outstanding)} of {jobs} queued jobs not assigned in time")
+            seconds = time.perf_counter() - started
+            pump.cancel()
+            with suppress(asyncio.CancelledError):
+                await pump
+            pings = []
+            for _ in range(50):
+                with suppress(TimeoutError):
+                    pings.append(await workers[0].ping())
+            round_trip = Spread.of(pings)
+            per_worker = [0] * count
+            by_id = {worker.worker_id: index for index, worker in enumerate(workers)}
+            for room in board.assigned:
+                per_worker[by_id.get(board.assigned_worker.get(room, ""), 0)] += 1
+            await close_workers(workers)
+            floor = jobs * round_trip.p50_ms / 1000 / count
+            runs.append(QueueRun(count, seconds, floor, round_trip, per_worker, board.errors))
+    return QueueResult(jobs, runs)
+
+
 @dataclass
 class Outcome:
+    queue: QueueResult | None = None
     latency: LatencyResult | None = None
     throughput: ThroughputResult | None = None
     idle: IdleResult | None = None
@@ -714,6 +783,14 @@ def run(args: argparse.Namespace) -> tuple[Outcome, dict[str, Any]]:
                 setup["client"] = f"pinned to CPU {client_cpu}"
             setup["server"] = server.pinned
             run_async(idle_phases(server, args, outcome))
+    if "queue" in args.phases:
+        with own_server(server_cpu) as server:
+            if client_cpu is not None:
+                os.sched_setaffinity(0, {client_cpu})
+                setup["client"] = f"pinned to CPU {client_cpu}"
+            setup["server"] = server.pinned
+            outcome.queue = run_async(queue_phase(server, args.queued, args.queue_workers))
+            outcome.errors += sum(run.errors for run in outcome.queue.runs)
     return outcome, setup
 
 
@@ -855,6 +932,20 @@ def print_report(
         )
         if note := note_for(idle.cpu):
             print(f"  note: {note}")
+    if (queue := outcome.queue) is not None:
+        print()
+        print(
+            f"queue drain: {queue.jobs} dispatches waiting for '{AGENT_NAME}' before any worker connects; "
+            "then the workers connect"
+        )
+        for run in queue.runs:
+            print(
+                f"  {run.workers} worker(s): all assigned in {run.seconds * 1000:.0f} ms "
+                f"({queue.jobs / run.seconds:.0f} jobs/s; per worker {run.per_worker}); floor "
+                f"{run.floor_seconds * 1000:.0f} ms = {queue.jobs} jobs * round trip "
+                f"{run.round_trip.p50_ms:.2f} ms / {run.workers} "
+                "(the workers' own pace: one question at a time)"
+            )
     print()
     for check in found:
         print(f"{check['text']}  {verdict(check['pass'])}")
@@ -886,9 +977,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--phases", default=",".join(PHASES), help=f"comma-separated subset of {','.join(PHASES)} (all)"
     )
+    parser.add_argument("--queued", type=int, default=500, help="dispatches queued in the queue phase (500)")
+    parser.add_argument(
+        "--queue-workers",
+        default="1,4",
+        help="comma-separated worker counts, one queue drain each (1,4)",
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON instead")
     args = parser.parse_args(argv)
     args.phases = [phase.strip() for phase in args.phases.split(",") if phase.strip()]
+    try:
+        args.queue_workers = [int(count) for count in args.queue_workers.split(",") if count.strip()]
+    except ValueError:
+        parser.error("--queue-workers: comma-separated whole numbers")
+    if not args.queue_workers or min(args.queue_workers) < 1 or args.queued < 1:
+        parser.error("--queue-workers and --queued must be positive")
     unknown = [phase for phase in args.phases if phase not in PHASES]
     if unknown or not args.phases:
         choices = ",".join(PHASES)
