@@ -442,6 +442,8 @@ async def test_a_node_job_moved_after_a_kill_runs_once_on_its_new_worker(
     )
     assert moved.state.worker_id == again["worker_id"]
     await moved_because_its_worker_went(lkapi, room, name, record, moved)
+    # The server sees the join a moment before the job process records it.
+    await eventually(lambda: second.joins(record["job_id"]), "the agent's join recorded", RUNNING)
 
     async def running_once_on_the_second() -> bool:
         now = await job_of(lkapi, room, name)

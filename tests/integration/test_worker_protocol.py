@@ -4,6 +4,8 @@ workers lost while holding jobs, migration, and connection churn."""
 
 import asyncio
 import json
+import os
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -25,6 +27,7 @@ from tests.conftest import Server, start_server, stop_server
 T = TypeVar("T")
 
 DEADLINE = 5.0
+PING_INTERVAL = 5  # agents.ping_interval: a peer that answers no ping is dropped after 1.5 of these
 REGISTER_TIMEOUT = 1.0
 VIOLATION_CLOSE_DELAY = 0.2
 AVAILABILITY_TIMEOUT = 1.0
@@ -46,7 +49,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
                 "violation_close_delay": VIOLATION_CLOSE_DELAY,
                 "availability_timeout": AVAILABILITY_TIMEOUT,
                 "pending_timeout": 30,
-                "ping_interval": 5,
+                "ping_interval": PING_INTERVAL,
                 "reconnect_grace": RECONNECT_GRACE,
                 "restart_backoff": 0.1,
             }
@@ -72,8 +75,8 @@ def answer(job_id: str, available: bool = True, identity: str = "") -> agent.Wor
     return agent.WorkerMessage(availability=response)
 
 
-def job_update(job_id: str, status: int) -> agent.WorkerMessage:
-    return agent.WorkerMessage(update_job=agent.UpdateJobStatus(job_id=job_id, status=status))
+def job_update(job_id: str, status: int, error: str = "") -> agent.WorkerMessage:
+    return agent.WorkerMessage(update_job=agent.UpdateJobStatus(job_id=job_id, status=status, error=error))
 
 
 def ping(timestamp: int) -> agent.WorkerMessage:
@@ -580,3 +583,50 @@ async def test_late_and_unknown_answers_and_updates_are_ignored(client: Client) 
     job = await client.job_status(room, job_id, "JS_RUNNING")
     assert job["state"]["worker_id"] == second.id and job["state"]["participant_identity"] == "second"
     await first.expect_silence(0.1)
+
+
+async def test_a_worker_that_stops_answering_pings_is_logged_as_a_lost_connection(
+    client: Client, server: Server
+) -> None:
+    """The server's heartbeat (agents.ping_interval) drops a silent peer: a lost connection, not a
+    protocol violation (no 1008 close, no violation delay)."""
+    headers = {"Authorization": f"Bearer {server.token(agent=True)}"}
+    ws = await client.session.ws_connect(f"{server.ws_url}/agent", headers=headers, autoping=False)
+    client.sockets.append(ws)
+    silent = Worker(ws)
+    await silent.register(unique("silent"))
+    # Nothing is read from now on, so no ping is answered.
+    deadline = time.monotonic() + PING_INTERVAL * 2 + DEADLINE
+    while f"worker connection lost worker={silent.id}" not in server.log():
+        assert time.monotonic() < deadline, "the silent worker was never dropped"
+        await asyncio.sleep(0.1)
+    assert f"protocol violation worker={silent.id}" not in server.log()
+
+
+async def test_dispatch_get_lists_each_attempt_of_a_restarted_job(client: Client, server: Server) -> None:
+    name = unique("restarted")
+    worker = await client.worker(name)
+    room, job_id = await client.run_job(worker, name)
+    await worker.send(job_update(job_id, agent.JS_FAILED, error="exit code 1"))
+    offer = await worker.expect("availability")  # restarted after the back-off, to the only worker
+    assert offer.job.id == job_id and offer.resuming
+    await worker.send(answer(job_id, identity=f"agent-{job_id}"))
+    await worker.expect("assignment")
+    await worker.send(job_update(job_id, agent.JS_RUNNING))
+    await client.job_status(room, job_id, "JS_RUNNING")
+    listed = (await client.twirp("ListDispatch", room, {"room": room}))["agent_dispatches"]
+    [dispatch] = [d for d in listed if d["agent_name"] == name]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIVEKIT_")}
+    env.update(
+        LIVEKIT_URL=server.http_url, LIVEKIT_API_KEY=server.api_key, LIVEKIT_API_SECRET=server.api_secret
+    )
+    command = ["dispatch", "get", "--room", room, "--id", dispatch["id"]]
+    cli = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "switchboard", *command, env=env, stdout=asyncio.subprocess.PIPE
+    )
+    output, _ = await asyncio.wait_for(cli.communicate(), 60)
+    assert cli.returncode == 0
+    shown = output.decode()
+    rows = [line.split() for line in shown.splitlines() if line.startswith(job_id)]
+    assert [row[1:4] for row in rows] == [["1", "failed", worker.id], ["2", "running", worker.id]], shown
+    assert shown.splitlines()[-2].endswith(f"job failed on worker {worker.id}: exit code 1"), shown

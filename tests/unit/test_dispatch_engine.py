@@ -1009,13 +1009,22 @@ def test_the_agents_of_a_replaced_attempt_are_removed_and_refused() -> None:
     assert removed.reason == f"job {job.id} was restarted"
 
 
-def test_deleting_the_dispatch_removes_its_agents_from_the_room() -> None:
+def test_deleting_the_dispatch_stops_its_agents_through_their_worker_or_removes_them() -> None:
+    """A connected worker is told to stop the job, and its agent leaves by itself (removing it at the same
+    moment would race the framework's own shutdown); an agent whose worker is gone is removed."""
     e = make()
-    _, job = assigned(e)
+    w, job = assigned(e)
     e.participant_joined(job.room, agent_of(job), 1.0)
     e.delete_dispatch(job.room, job.dispatch_id, 2.0)
+    decisions = e.take_decisions()
+    assert TerminateJob(w, job.id, "terminated: dispatch deleted") in decisions
+    assert only(DisconnectParticipant, decisions) == []
+    w2, orphan = assigned(e)
+    e.participant_joined(orphan.room, agent_of(orphan), 1.0)
+    e.worker_disconnected(w2, 2.0)
+    e.delete_dispatch(orphan.room, orphan.dispatch_id, 3.0)
     [removed] = only(DisconnectParticipant, e.take_decisions())
-    assert (removed.identity, removed.cause) == (f"agent-{job.id}", DisconnectCause.JOB_ENDED)
+    assert (removed.identity, removed.cause) == (f"agent-{orphan.id}", DisconnectCause.JOB_ENDED)
 
 
 # Restarts back off

@@ -694,7 +694,7 @@ class Engine:
             elif job.orphaned_at is not None:
                 self._reattach(job, worker, now)
             elif self._may_take_back(job, worker):
-                self._revive(job, worker, now)
+                self._revive(job, worker, now, rematch=False)
             else:
                 self._decisions.append(TerminateJob(worker_id, job_id, f"job runs on worker {job.worker_id}"))
         # Only now: offering a pending job while re-attaching could offer one the worker lists next.
@@ -713,14 +713,16 @@ class Engine:
         previous = job.attempts[-1].worker_id
         return previous == worker.id or previous not in self.workers
 
-    def _revive(self, job: Job, worker: Worker, now: float) -> None:
-        """Take back the previous attempt's copy, which runs on `worker`, withdrawing any open offer."""
+    def _revive(self, job: Job, worker: Worker, now: float, *, rematch: bool = True) -> None:
+        """Take back the previous attempt's copy, which runs on `worker`, withdrawing any open offer (the
+        worker it was offered to, free again, is asked about the next pending job unless `rematch` is
+        False)."""
         self._release(job, now, rematch=False)
         self._pending.get(self._key(job), {}).pop(job.id, None)
         offered_to = self.workers.get(job.worker_id) if job.status is JobStatus.OFFERED else None
         job.revive(worker.id, now)
         worker.jobs.add(job.id)
-        if offered_to is not None and offered_to is not worker:
+        if offered_to is not None and rematch:
             self._match(offered_to.key, now)
 
     # Server lifecycle
