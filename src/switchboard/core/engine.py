@@ -88,6 +88,9 @@ class RoomSpec:
     agents: tuple[DispatchSpec, ...] | None = None
 
 
+UNATTENDED_AT_SHUTDOWN = "terminated: server shutting down, and no participant is left in the room"
+
+
 def _who(agent_name: str) -> str:
     return f"agent '{agent_name}'" if agent_name else "automatic agents"
 
@@ -748,6 +751,22 @@ class Engine:
         """Stop taking new rooms and dispatches and stop offering jobs; running jobs go on."""
         self.draining = True
 
+    def end_unattended_jobs(self, now: float) -> int:
+        """While draining: nobody is left to be served by the jobs of a room where no non-agent participant
+        remains, so they end now (their workers told) instead of at the end of the drain. How many ended."""
+        if not self.draining:
+            return 0
+        ended = 0
+        for room in self.rooms.values():
+            if room.num_participants:
+                continue
+            for dispatch in room.dispatches.values():
+                for job in dispatch.jobs:
+                    if not job.ended:
+                        self._terminate(job, UNATTENDED_AT_SHUTDOWN, now)
+                        ended += 1
+        return ended
+
     def busy_jobs(self) -> int:
         """Jobs that are assigned to or running on a worker."""
         return sum(1 for job in self.jobs.values() if job.status in (JobStatus.ASSIGNED, JobStatus.RUNNING))
@@ -756,6 +775,11 @@ class Engine:
         """End every job that has not ended, telling workers to stop the ones they run."""
         for job in list(self.jobs.values()):
             self._terminate(job, "terminated: server shut down", now)
+
+    def close_all_rooms(self, now: float) -> None:
+        """The server stops: every room closes, its participants disconnected (nobody waits for a timeout)."""
+        for room in list(self.rooms.values()):
+            self._close_room(room, "server shut down", now)
 
     # Time
 
