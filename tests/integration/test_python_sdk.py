@@ -127,7 +127,9 @@ async def test_list_update_and_delete_rooms(lkapi: api.LiveKitAPI) -> None:
     await lkapi.room.delete_room(api.DeleteRoomRequest(room=names[1]))
     remaining = await lkapi.room.list_rooms(api.ListRoomsRequest(names=names))
     assert [r.name for r in remaining.rooms] == [names[0], names[2]]
-    assert await lkapi.agent_dispatch.list_dispatch(names[1]) == [], "a deleted room's dispatches are gone"
+    # Its dispatches stay listed as they ended (room.history_ttl), the room itself is gone.
+    [ended] = await lkapi.agent_dispatch.list_dispatch(names[1])
+    assert ended.state.deleted_at > 0 and ended.state.jobs[0].state.status == api.JS_FAILED
     with pytest.raises(api.TwirpError) as raised:
         await lkapi.room.delete_room(api.DeleteRoomRequest(room=names[1]))
     assert raised.value.code == "not_found" and "room does not exist" in raised.value.message
