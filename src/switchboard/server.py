@@ -185,7 +185,9 @@ async def run(config: Config) -> None:
                 await stopping
             stop_now(app[RUNTIME], supervisor)
             await supervisor.wait(KILL_GRACE)
-        again.cancel()
+        else:
+            again.cancel()
+            await stopping  # its error, if any, is the server's
     finally:
         supervisor.kill()  # whatever ended the server (an error too): no agent outlives it
     await runner.cleanup()
