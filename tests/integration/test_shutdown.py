@@ -116,29 +116,38 @@ def job_ended_line(server: Server, room: str) -> str:
     return found.group(0) if found else ""
 
 
-def process_groups() -> dict[int, set[tuple[int, str]]]:
-    """Every running process by process group, as (pid, start time: a reused pid is another), from /proc."""
-    groups: dict[int, set[tuple[int, str]]] = {}
+def process_table() -> dict[tuple[int, str], tuple[int, int]]:
+    """Every running process as (pid, start time: a reused pid is another) → (parent pid, process group),
+    read from /proc."""
+    table: dict[tuple[int, str], tuple[int, int]] = {}
     for entry in Path("/proc").glob("[0-9]*"):
         try:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:  # it ended meanwhile
             continue
         if fields[0] != "Z":  # a zombie has ended
-            groups.setdefault(int(fields[2]), set()).add((int(entry.name), fields[19]))
-    return groups
+            table[(int(entry.name), fields[19])] = (int(fields[1]), int(fields[2]))
+    return table
 
 
-def agent_group(server: Server) -> set[tuple[int, str]]:
-    """The supervised agent's processes: it leads its own process group, its job processes are in it."""
-    [pid] = started_pids(server, "captions")
-    return process_groups().get(pid, set())
+def agent_processes(server: Server) -> set[tuple[int, str]]:
+    """Every process the server started, directly or not (the agent, its job processes), and every
+    process of the agent's process group."""
+    table = process_table()
+    [agent] = started_pids(server, "captions")
+    found = {process for process, (_, group) in table.items() if group == agent}
+    parents = {server.process.pid}
+    while True:
+        below = {process for process, (parent, _) in table.items() if parent in parents} - found
+        if not below:
+            return found
+        found |= below
+        parents = {pid for pid, _ in below}
 
 
 async def gone(processes: set[tuple[int, str]], what: str, deadline: float = EXIT_DEADLINE) -> None:
     def none_left() -> bool:
-        alive = set().union(*process_groups().values())
-        return not processes & alive
+        return not processes & process_table().keys()
 
     await eventually(none_left, what, deadline)
 
@@ -153,7 +162,7 @@ async def test_first_signal_ends_jobs_of_empty_rooms_at_once_and_drains_the_othe
             await alice.connect(server.ws_url, server.join_token("attended", "alice"))
             await dispatch_and_wait_for_the_agent(lkapi, "attended")
             await dispatch_and_wait_for_the_agent(lkapi, "empty")
-            agents = agent_group(server)
+            agents = agent_processes(server)
 
             signalled = time.monotonic()
             server.process.send_signal(signal.SIGTERM)
@@ -184,7 +193,7 @@ async def test_a_second_signal_stops_server_and_agents_at_once(tmp_path: Path) -
             alice = rtc.Room()
             await alice.connect(server.ws_url, server.join_token("attended", "alice"))
             await dispatch_and_wait_for_the_agent(lkapi, "attended")
-            agents = agent_group(server)
+            agents = agent_processes(server)
             assert len(agents) >= 2, "the agent and its job process"
 
             server.process.send_signal(signal.SIGINT)
@@ -211,8 +220,11 @@ async def test_no_agent_or_job_process_outlives_a_server_killed_with_sigkill(tmp
             alice = rtc.Room()
             await alice.connect(server.ws_url, server.join_token("attended", "alice"))
             await dispatch_and_wait_for_the_agent(lkapi, "attended")
-            agents = agent_group(server)
+            agents = agent_processes(server)
             assert len(agents) >= 2, "the agent and its job process"
+            table = process_table()
+            groups = {table[process][1] for process in agents if process in table}
+            print(f"{len(agents)} agent processes in process groups {groups}")
 
             killed = time.monotonic()
             server.process.kill()
