@@ -264,6 +264,9 @@ def cmd_dispatch_list(args: argparse.Namespace) -> None:
     async def run(lkapi: api.LiveKitAPI) -> None:
         dispatches = await lkapi.agent_dispatch.list_dispatch(args.room)
         _emit(args, dispatches, lambda: _print_dispatches(dispatches))
+        if not args.json and dispatches and all(d.state.deleted_at for d in dispatches):
+            # Only a closed room's dispatches (kept for room.history_ttl) are all deleted.
+            print(f"room {args.room!r} has closed: its dispatches as they ended", file=sys.stderr)
 
     asyncio.run(_call(args, run))
 

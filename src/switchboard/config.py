@@ -189,6 +189,8 @@ def load_config(
         empty_timeout=r.number("room.empty_timeout", e.empty_timeout),
         departure_timeout=r.number("room.departure_timeout", e.departure_timeout),
         max_participants=r.number("room.max_participants", e.max_participants),
+        history_ttl=seconds("room.history_ttl", e.history_ttl),
+        history_max_rooms=r.number("room.history_max_rooms", e.history_max_rooms),
         pending_timeout=seconds("agents.pending_timeout", e.pending_timeout),
         availability_timeout=seconds("agents.availability_timeout", e.availability_timeout, 0.1),
         start_timeout=seconds("agents.start_timeout", e.start_timeout, 0.1),

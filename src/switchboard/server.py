@@ -29,6 +29,8 @@ log = logging.getLogger("switchboard.server")
 RUNTIME = web.AppKey("runtime", Runtime)
 HUB = web.AppKey("hub", WorkerHub)
 DRAIN_POLL_INTERVAL = 0.1
+KILL_GRACE = 2.0
+"""After the second signal killed them, how long the agents' exits are waited for."""
 
 
 async def health(_: web.Request) -> web.Response:
@@ -74,19 +76,45 @@ def build_app(config: Config) -> web.Application:
 
 
 async def drain(runtime: Runtime, grace: float) -> None:
-    """Take no new work, let running jobs finish for up to `grace` seconds, then terminate the rest."""
-    runtime.engine.drain()
-    busy = runtime.engine.busy_jobs()
-    log.info("draining jobs=%d grace=%gs", busy, grace)
+    """Take no new work, let running jobs finish for up to `grace` seconds, then terminate the rest.
+
+    Jobs of rooms where no non-agent participant is left serve nobody: they end at once, also when their
+    room empties during the drain."""
+    engine = runtime.engine
+    engine.drain()
+    unattended = engine.end_unattended_jobs(runtime.now())
+    runtime.flush()
+    busy = engine.busy_jobs()
+    log.info("draining jobs=%d grace=%gs ended_in_empty_rooms=%d", busy, grace, unattended)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + grace
     # Polling: jobs end through many paths (worker reports, crashes, deadlines); a tenth of a second is cheap.
-    while runtime.engine.busy_jobs() and loop.time() < deadline:  # noqa: ASYNC110
+    while engine.busy_jobs() and loop.time() < deadline:
         await asyncio.sleep(DRAIN_POLL_INTERVAL)
-    remaining = runtime.engine.busy_jobs()
-    runtime.engine.shut_down(runtime.now())
+        if engine.end_unattended_jobs(runtime.now()):
+            runtime.flush()
+    remaining = engine.busy_jobs()
+    engine.shut_down(runtime.now())
+    engine.close_all_rooms(runtime.now())
     runtime.flush()
     log.info("drained jobs_terminated=%d", remaining)
+
+
+async def stop_gracefully(runtime: Runtime, supervisor: AgentSupervisor, grace: float) -> None:
+    """The first signal: the agents drain while the server drains, then they get a bounded time to exit."""
+    supervisor.stop()  # the agents drain too: they take no new job and finish (or are told to end) theirs
+    await drain(runtime, grace)
+    await asyncio.sleep(DRAIN_POLL_INTERVAL)  # let the terminations reach the workers
+    await supervisor.wait()
+
+
+def stop_now(runtime: Runtime, supervisor: AgentSupervisor) -> None:
+    """The second signal: every job ends now and every agent process is killed, with its job processes."""
+    runtime.engine.drain()
+    runtime.engine.shut_down(runtime.now())
+    runtime.engine.close_all_rooms(runtime.now())
+    runtime.flush()
+    supervisor.kill()
 
 
 class ListenError(Exception):
@@ -133,20 +161,35 @@ async def run(config: Config) -> None:
         addresses,
         mode,
     )
-    supervisor = AgentSupervisor(config.agents, agent_environment(config))
+    supervisor = AgentSupervisor(config.agents, agent_environment(config), config.drain_timeout)
     if config.agents.directory:
         supervisor.start()
 
-    stopping = asyncio.Event()
+    signals: asyncio.Queue[int] = asyncio.Queue()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stopping.set)
-    await stopping.wait()
-    log.info("shutdown requested")
-    supervisor.stop()  # the agents drain too: they take no new job and finish (or are told to end) theirs
-    await drain(app[RUNTIME], config.drain_timeout)
-    await asyncio.sleep(DRAIN_POLL_INTERVAL)  # let the terminations reach the workers
-    await supervisor.wait()
+        loop.add_signal_handler(signum, signals.put_nowait, signum)
+    try:
+        await signals.get()
+        log.info(
+            "shutdown requested: draining for up to %gs (a second Ctrl-C or SIGTERM stops everything now)",
+            config.drain_timeout,
+        )
+        stopping = asyncio.create_task(stop_gracefully(app[RUNTIME], supervisor, config.drain_timeout))
+        again = asyncio.create_task(signals.get())
+        await asyncio.wait((stopping, again), return_when=asyncio.FIRST_COMPLETED)
+        if again.done():
+            log.warning("second signal: stopping now; running jobs are terminated and the agents killed")
+            stopping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stopping
+            stop_now(app[RUNTIME], supervisor)
+            await supervisor.wait(KILL_GRACE)
+        else:
+            again.cancel()
+            await stopping  # its error, if any, is the server's
+    finally:
+        supervisor.kill()  # whatever ended the server (an error too): no agent outlives it
     await runner.cleanup()
 
 

@@ -209,7 +209,9 @@ async def test_delete_dispatch_terminates_a_running_job(
     await eventually(lambda: job_status(lkapi, room, dispatch.id, api.JS_RUNNING), "job running")
     await lkapi.room.delete_room(api.DeleteRoomRequest(room=room))
     await eventually(lambda: worker.ended(record["job_id"]), "the job's shutdown after DeleteRoom")
-    assert await lkapi.agent_dispatch.list_dispatch(room) == []
+    # The closed room's dispatch stays listed, as it ended.
+    ended = await job_status(lkapi, room, dispatch.id, api.JS_SUCCESS)
+    assert ended is not None and ended.state.error == "terminated: room closed (deleted by API request)"
 
 
 async def test_entrypoint_that_raises_ends_the_job(

@@ -51,6 +51,15 @@ def test_dispatch_round_trip(server: Server) -> None:
     assert [d["agent_name"] for d in listed] == [""]
 
 
+def test_dispatch_list_on_a_closed_room_shows_how_its_jobs_ended(server: Server) -> None:
+    run(server, "dispatch", "create", "--room", "cli-closed", "--agent-name", "bot")
+    run(server, "room", "delete", "cli-closed")
+    listed = run(server, "dispatch", "list", "--room", "cli-closed")
+    rows = listed.stdout.splitlines()[1:]
+    assert any("bot" in row and "terminated: room closed (deleted by API request)" in row for row in rows)
+    assert "room 'cli-closed' has closed" in listed.stderr
+
+
 def test_room_round_trip(server: Server) -> None:
     room = json.loads(run(server, "room", "create", "cli-room-2", "--empty-timeout", "60", "--metadata", "m",
                           "--agent", "captions:meta", "--json").stdout)  # fmt: skip

@@ -143,7 +143,9 @@ async def test_room_lifecycle(server: Server) -> None:
 
     assert result["deleteReturned"] is None
     assert result["listedAfterDelete"] == []
-    assert result["dispatchesAfterDelete"] == []
+    # The deleted room's dispatch stays listed (room.history_ttl), as it ended.
+    [ended] = result["dispatchesAfterDelete"]
+    assert ended["id"] == dispatch["id"] and ended["state"]["deletedAt"] not in (None, "0", 0)
 
     status, content_type, body = await twirp_json(
         server, "RoomService", "ListRooms", {"names": [name]}, server.token(room_list=True)

@@ -52,6 +52,27 @@ async def test_dispatch_create_list_get_delete(lkapi: api.LiveKitAPI) -> None:
     assert [d.agent_name for d in await lkapi.agent_dispatch.list_dispatch(room)] == [""]
 
 
+async def test_a_closed_rooms_dispatches_stay_listed_as_they_ended(lkapi: api.LiveKitAPI) -> None:
+    room = room_name()
+    dispatch = await lkapi.agent_dispatch.create_dispatch(
+        api.CreateAgentDispatchRequest(agent_name="nobody-serves-this", room=room)
+    )
+    await lkapi.room.delete_room(api.DeleteRoomRequest(room=room))
+
+    listed = {d.id: d for d in await lkapi.agent_dispatch.list_dispatch(room)}
+    assert dispatch.id in listed and len(listed) == 2, "with the implicit automatic dispatch"
+    [job] = listed[dispatch.id].state.jobs
+    assert job.state.status == api.JS_FAILED and job.state.ended_at > 0
+    assert job.state.error == "terminated: room closed (deleted by API request)"
+    assert job.room.name == room and listed[dispatch.id].state.deleted_at > 0
+    got = await lkapi.agent_dispatch.get_dispatch(dispatch.id, room)
+    assert got is not None and got.state.jobs[0].state.error == job.state.error
+    with pytest.raises(api.TwirpError) as raised:  # the closed room's dispatches can no longer change
+        await lkapi.agent_dispatch.delete_dispatch(dispatch.id, room)
+    assert raised.value.code == "not_found"
+    assert room not in {r.name for r in (await lkapi.room.list_rooms(api.ListRoomsRequest())).rooms}
+
+
 async def test_dispatch_methods_on_a_missing_room_answer_at_once(lkapi: api.LiveKitAPI) -> None:
     started = time.monotonic()
     assert await lkapi.agent_dispatch.list_dispatch("never-created") == []
@@ -106,7 +127,9 @@ async def test_list_update_and_delete_rooms(lkapi: api.LiveKitAPI) -> None:
     await lkapi.room.delete_room(api.DeleteRoomRequest(room=names[1]))
     remaining = await lkapi.room.list_rooms(api.ListRoomsRequest(names=names))
     assert [r.name for r in remaining.rooms] == [names[0], names[2]]
-    assert await lkapi.agent_dispatch.list_dispatch(names[1]) == [], "a deleted room's dispatches are gone"
+    # Its dispatches stay listed as they ended (room.history_ttl), the room itself is gone.
+    [ended] = await lkapi.agent_dispatch.list_dispatch(names[1])
+    assert ended.state.deleted_at > 0 and ended.state.jobs[0].state.status == api.JS_FAILED
     with pytest.raises(api.TwirpError) as raised:
         await lkapi.room.delete_room(api.DeleteRoomRequest(room=names[1]))
     assert raised.value.code == "not_found" and "room does not exist" in raised.value.message

@@ -38,6 +38,8 @@ room:
   empty_timeout: 30
   departure_timeout: 3
   max_participants: 7
+  history_ttl: 90.5
+  history_max_rooms: 10
 logging:
   level: debug
 limit:
@@ -65,6 +67,7 @@ agents:
     assert (config.port, config.bind_addresses, dict(config.keys)) == (9000, ("127.0.0.2",), {"k1": LONG})
     assert (config.engine.empty_timeout, config.engine.departure_timeout) == (30, 3)
     assert config.engine.max_participants == 7 and config.engine.pending_timeout == 2.5
+    assert (config.engine.history_ttl, config.engine.history_max_rooms) == (90.5, 10)
     assert config.log_level == "debug" and config.engine.limits.max_metadata_size == 100
     assert config.http == HttpLimits(
         max_body_size=2048, max_header_size=4096, max_headers=20, idle_timeout=5, body_timeout=2.5

@@ -1059,3 +1059,43 @@ def test_a_job_that_keeps_crashing_fails_saying_how_often() -> None:
         e.job_update(w, job.id, JobUpdate.FAILED, "exit code 1", now)
     assert job.error == f"job failed on worker {w}: exit code 1 (failed 4 times, gave up after 3 restarts)"
     assert [a.error for a in job.attempts] == [f"job failed on worker {w}: exit code 1"] * 3
+
+
+# Shutting down: rooms nobody is in
+
+
+def test_draining_ends_at_once_the_jobs_of_rooms_with_no_participant_left() -> None:
+    e = make()
+    w, empty_room_job = running(e)
+    attended = job_for(e, "a", room="attended")
+    e.participant_joined("attended", person("alice"), 1.0)
+    waiting = job_for(e, "b", room="nobody")
+    e.take_decisions()
+    assert e.end_unattended_jobs(2.0) == 0, "only while draining"
+
+    e.drain()
+    assert e.end_unattended_jobs(2.0) == 2
+    decisions = e.take_decisions()
+    reason = "terminated: server shutting down, and no participant is left in the room"
+    assert TerminateJob(w, empty_room_job.id, reason) in decisions
+    assert empty_room_job.status is JobStatus.SUCCEEDED and empty_room_job.error == reason
+    assert waiting.status is JobStatus.FAILED and waiting.error == reason
+    assert JobEnded(empty_room_job) in decisions and JobEnded(waiting) in decisions
+    assert not attended.ended, "a room someone is in drains"
+
+    e.participant_left("attended", "alice", 3.0)
+    assert e.end_unattended_jobs(3.0) == 1 and attended.error == reason
+    assert e.jobs == {}
+
+
+def test_closing_all_rooms_at_shutdown_disconnects_everyone() -> None:
+    e = make()
+    e.create_room(RoomSpec(name="r"), 0.0)
+    e.participant_joined("r", person("alice"), 0.0)
+    e.take_decisions()
+    e.drain()
+    e.shut_down(1.0)
+    e.close_all_rooms(1.0)
+    [left] = only(DisconnectParticipant, e.take_decisions())
+    assert (left.identity, left.reason) == ("alice", "room closed: server shut down")
+    assert e.rooms == {}

@@ -471,8 +471,27 @@ class EngineMachine(RuleBasedStateMachine):
             self.gone.pop(data.draw(st.integers(0, len(self.gone) - 1), label="process"))
 
     def drain(self, data: st.DataObject) -> None:
+        """As the server drains: no new work, and the jobs of rooms nobody is in end at once."""
         self.e.drain()
         self.apply()
+        self.end_unattended(data)
+
+    def end_unattended(self, data: st.DataObject) -> None:
+        """While draining (again and again, as rooms empty): the jobs of rooms with no non-agent participant
+        end, their workers told to stop what they run; jobs of other rooms go on."""
+        unattended = {room.name for room in self.e.rooms.values() if not room.num_participants}
+        others = {job.id for job in self.e.jobs.values() if job.room not in unattended}
+        running = {
+            (f.worker_id, job_id)
+            for f in self.live.values()
+            for job_id in f.held
+            if self.jobs[job_id].room in unattended
+        }
+        self.e.end_unattended_jobs(self.now)
+        decisions = self.apply()
+        assert running <= {(d.worker_id, d.job_id) for d in only(TerminateJob, decisions)}
+        assert set(self.e.jobs) == others
+        assert not any(self.jobs[job_id].room in unattended for f in self.live.values() for job_id in f.held)
 
     def shut_down(self, data: st.DataObject) -> None:
         """As the server stops: drain, then end every job; the workers are told to stop what they run."""
@@ -595,6 +614,7 @@ EVENTS: dict[str, tuple[int, Callable[[EngineMachine], bool]]] = {
     "process_dies": (1, lambda m: bool(m.gone)),
     "drain": (1, lambda m: m.steps > 25 and not m.e.draining),
     "shut_down": (1, lambda m: m.steps > 30),
+    "end_unattended": (1, lambda m: m.e.draining),
 }
 
 # Drawn from one fixed list (filtered by what is possible now), so that each draw keeps its meaning when

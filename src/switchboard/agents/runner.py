@@ -14,11 +14,15 @@ from livekit.agents import AgentServer
 
 from switchboard.agents.config import AgentConfig
 from switchboard.agents.services import check_services, run_services
+from switchboard.agents.supervisor import DRAIN_LIMIT_ENV, SUPERVISOR_PID_ENV
+from switchboard.agents.watchdog import Watchdog
 
 log = logging.getLogger("switchboard.agents")
 
 # livekit-agents lets these replace the agent name given in code; for an agent file, the file decides.
 NAME_OVERRIDES = ("LIVEKIT_AGENT_NAME", "LIVEKIT_AGENT_NAME_OVERRIDE")
+SECOND_SIGNAL_LIMIT = 5.0
+"""After a second signal, how long the running jobs get to close before everything is killed."""
 
 
 def agent_server(config: AgentConfig, **options: object) -> AgentServer:
@@ -77,7 +81,22 @@ def _start(config: AgentConfig, server: AgentServer) -> None:
     asyncio.run(_serve(server))
 
 
+def watchdog_from_env() -> Watchdog:
+    """The bounds `serve --agents` sets for its agents (none for an agent run by hand)."""
+
+    def number(name: str) -> float | None:
+        try:
+            return float(os.environ[name])
+        except (KeyError, ValueError):
+            return None
+
+    parent = number(SUPERVISOR_PID_ENV)
+    return Watchdog(int(parent) if parent else None, number(DRAIN_LIMIT_ENV))
+
+
 async def _serve(server: AgentServer) -> None:
+    watchdog = watchdog_from_env()
+    watchdog.start()
     loop = asyncio.get_running_loop()
     signals: asyncio.Queue[int] = asyncio.Queue()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -87,11 +106,13 @@ async def _serve(server: AgentServer) -> None:
     await asyncio.wait((running, signalled), return_when=asyncio.FIRST_COMPLETED)
     if signalled.done():
         log.info("stopping: draining running jobs (a second signal ends them now)")
+        watchdog.draining()
         draining = asyncio.create_task(server.drain())
         again = asyncio.create_task(signals.get())
         await asyncio.wait((draining, again), return_when=asyncio.FIRST_COMPLETED)
         if not draining.done():
             log.warning("stopping now: running jobs are closed")
+            watchdog.limit(SECOND_SIGNAL_LIMIT, f"the jobs did not close within {SECOND_SIGNAL_LIMIT:g}s")
             draining.cancel()
         elif not draining.cancelled() and (error := draining.exception()) is not None:
             log.warning("drain ended early (%r); running jobs are closed", error)

@@ -28,6 +28,10 @@ KILL_WAIT = 5.0
 """How long a killed agent's exit (and the end of its output) is waited for."""
 STOP_TIMEOUT = 10.0
 """After the server's drain, how long agents get to exit before they are killed."""
+SUPERVISOR_PID_ENV = "SWITCHBOARD_SUPERVISOR_PID"
+"""Tells an agent which process started it: when that one is gone, the agent kills its process group."""
+DRAIN_LIMIT_ENV = "SWITCHBOARD_AGENT_DRAIN_LIMIT"
+"""Seconds an agent's drain may last before it kills its process group (jobs included) itself."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,7 @@ class AgentProcess:
         self.settings = settings
         self.process: asyncio.subprocess.Process | None = None
         self._stopping = asyncio.Event()
+        self._killed = False
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -63,6 +68,13 @@ class AgentProcess:
         self._stopping.set()
         if self.process is not None and self.process.returncode is None:
             self.process.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """Kill the agent and its job processes now (SIGKILL to its process group); no restart."""
+        self._stopping.set()
+        self._killed = True
+        if self.process is not None and self.process.returncode is None:
+            _kill_group(self.process.pid)
 
     async def wait(self, grace: float) -> None:
         if self._task is None:
@@ -117,7 +129,9 @@ class AgentProcess:
         except OSError as exc:
             log.error("agent %s could not be started: %s", self.config.name, exc)
             return None
-        if self._stopping.is_set():  # stopped while it was being started
+        if self._killed:  # killed or stopped while it was being started
+            _kill_group(process.pid)
+        elif self._stopping.is_set():
             process.send_signal(signal.SIGTERM)
         log.info("agent %s started pid=%d", self.config.name, process.pid)
         assert process.stdout is not None
@@ -137,10 +151,19 @@ class AgentProcess:
 class AgentSupervisor:
     """Starts the enabled agents of a directory and keeps them running until stopped."""
 
-    def __init__(self, settings: SupervisorSettings, env: Mapping[str, str]) -> None:
+    def __init__(
+        self, settings: SupervisorSettings, env: Mapping[str, str], drain_timeout: float = 60.0
+    ) -> None:
+        """`drain_timeout`: the server's; an agent still draining well after it kills itself."""
         self.settings = settings
         # (LIVEKIT_AGENT_NAME and its override are refused by the agent itself: runner.agent_server.)
-        self.env = dict(env) | {"PYTHONUNBUFFERED": "1"}
+        self.env = dict(env) | {
+            "PYTHONUNBUFFERED": "1",
+            SUPERVISOR_PID_ENV: str(os.getpid()),
+            # Past the server's drain, the jobs are terminated: half of the stop timeout is for them to
+            # close; the other half, the server's kill stands behind the agent's own.
+            DRAIN_LIMIT_ENV: str(drain_timeout + STOP_TIMEOUT / 2),
+        }
         self.agents: dict[str, AgentProcess] = {}
 
     def start(self) -> None:
@@ -171,6 +194,10 @@ class AgentSupervisor:
     def stop(self) -> None:
         for agent in self.agents.values():
             agent.stop()
+
+    def kill(self) -> None:
+        for agent in self.agents.values():
+            agent.kill()
 
     async def wait(self, grace: float = STOP_TIMEOUT) -> None:
         await asyncio.gather(*(agent.wait(grace) for agent in self.agents.values()))

@@ -22,8 +22,11 @@ def methods(runtime: Runtime) -> dict[str, Method]:
 
     def list_(claims: Claims, request: pb.ListAgentDispatchRequest) -> pb.ListAgentDispatchResponse:
         require_room_admin(claims, request.room)
-        dispatches = engine.list_dispatches(request.room, request.dispatch_id)
-        room = room_to_proto(engine.room(request.room)) if dispatches else None
+        # A closed room's dispatches stay listed for a while (room.history_ttl), as they ended.
+        now = runtime.now()
+        dispatches = engine.list_dispatches(request.room, request.dispatch_id, now)
+        found = engine.find_room(request.room, now) if dispatches else None
+        room = room_to_proto(found) if found else None
         return pb.ListAgentDispatchResponse(agent_dispatches=[dispatch_to_proto(d, room) for d in dispatches])
 
     return {

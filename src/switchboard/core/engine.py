@@ -35,6 +35,7 @@ from switchboard.core.events import (
     TerminateJob,
     TrackMuted,
 )
+from switchboard.core.history import ClosedRoom, RoomHistory
 from switchboard.core.jobs import Job, JobStatus, JobType
 from switchboard.core.limits import Limits, check_attributes, check_deployment, check_metadata, check_name
 from switchboard.core.rooms import Participant, Room, Track
@@ -69,6 +70,10 @@ class EngineSettings:
     restart_backoff_max: float = 30.0
     load_threshold: float = 1.0
     """Workers that reported a load at or above this get no offers."""
+    history_ttl: float = 600.0
+    """How long a closed room's dispatches and jobs stay readable (ListDispatch); 0 keeps none."""
+    history_max_rooms: int = 1000
+    """At most this many closed rooms are kept; the oldest closure is forgotten first."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,9 @@ class RoomSpec:
     agents: tuple[DispatchSpec, ...] | None = None
 
 
+UNATTENDED_AT_SHUTDOWN = "terminated: server shutting down, and no participant is left in the room"
+
+
 def _who(agent_name: str) -> str:
     return f"agent '{agent_name}'" if agent_name else "automatic agents"
 
@@ -95,6 +103,8 @@ class Engine:
         self.jobs: dict[str, Job] = {}
         """Jobs that have not ended, by id."""
         self.draining = False
+        self.history = RoomHistory(self.settings.history_ttl, self.settings.history_max_rooms)
+        """Closed rooms' dispatches, for a while."""
         self._workers_by_key: dict[WorkerKey, dict[str, Worker]] = {}
         self._pending: dict[WorkerKey, dict[str, Job]] = {}
         self._decisions: list[Decision] = []
@@ -168,7 +178,9 @@ class Engine:
         room.participants.clear()
         for dispatch in room.dispatches.values():
             self._terminate_dispatch_jobs(dispatch, f"terminated: room closed ({reason})", now)
+            dispatch.deleted_at = now
         del self.rooms[room.name]
+        self.history.add(ClosedRoom(room, now, reason))
         self._decisions.append(RoomClosed(room.name, room.sid, reason))
 
     def _refuse_new_work(self) -> None:
@@ -393,14 +405,24 @@ class Engine:
         self._terminate_dispatch_jobs(dispatch, "terminated: dispatch deleted", now)
         return dispatch
 
-    def list_dispatches(self, room_name: str, dispatch_id: str = "") -> list[Dispatch]:
-        room = self.rooms.get(room_name)
+    def list_dispatches(
+        self, room_name: str, dispatch_id: str = "", now: float | None = None
+    ) -> list[Dispatch]:
+        """The room's dispatches; given `now`, a closed room's too, as they ended, while they are kept."""
+        room = self.rooms.get(room_name) if now is None else self.find_room(room_name, now)
         if room is None:
             return []
         if dispatch_id:
             found = room.dispatches.get(dispatch_id)
             return [found] if found else []
         return list(room.dispatches.values())
+
+    def find_room(self, name: str, now: float) -> Room | None:
+        """The live room, else the closed one whose history is still kept (its dispatches as they ended)."""
+        room = self.rooms.get(name)
+        if room is None and (closed := self.history.get(name, now)) is not None:
+            room = closed.room
+        return room
 
     def _add_dispatch(self, room: Room, spec: DispatchSpec, now: float) -> Dispatch:
         dispatch = Dispatch(id=ids.new_id(ids.DISPATCH), room=room.name, spec=spec, created_at=now)
@@ -731,6 +753,22 @@ class Engine:
         """Stop taking new rooms and dispatches and stop offering jobs; running jobs go on."""
         self.draining = True
 
+    def end_unattended_jobs(self, now: float) -> int:
+        """While draining: nobody is left to be served by the jobs of a room where no non-agent participant
+        remains, so they end now (their workers told) instead of at the end of the drain. How many ended."""
+        if not self.draining:
+            return 0
+        ended = 0
+        for room in self.rooms.values():
+            if room.num_participants:
+                continue
+            for dispatch in room.dispatches.values():
+                for job in dispatch.jobs:
+                    if not job.ended:
+                        self._terminate(job, UNATTENDED_AT_SHUTDOWN, now)
+                        ended += 1
+        return ended
+
     def busy_jobs(self) -> int:
         """Jobs that are assigned to or running on a worker."""
         return sum(1 for job in self.jobs.values() if job.status in (JobStatus.ASSIGNED, JobStatus.RUNNING))
@@ -739,6 +777,11 @@ class Engine:
         """End every job that has not ended, telling workers to stop the ones they run."""
         for job in list(self.jobs.values()):
             self._terminate(job, "terminated: server shut down", now)
+
+    def close_all_rooms(self, now: float) -> None:
+        """The server stops: every room closes, its participants disconnected (nobody waits for a timeout)."""
+        for room in list(self.rooms.values()):
+            self._close_room(room, "server shut down", now)
 
     # Time
 
@@ -752,11 +795,14 @@ class Engine:
             deadline = self._job_deadline(job)
             if deadline is not None and now >= deadline and not job.ended:
                 self._job_deadline_passed(job, now)
+        self.history.expire(now)
 
     def next_deadline(self) -> float | None:
         """The earliest time at which `tick` has something to do, or None."""
         deadlines = [c[0] for room in self.rooms.values() if (c := room.close_deadline()) is not None]
         deadlines += [d for job in self.jobs.values() if (d := self._job_deadline(job)) is not None]
+        if (expiry := self.history.next_expiry()) is not None:
+            deadlines.append(expiry)
         return min(deadlines, default=None)
 
     def _job_deadline(self, job: Job) -> float | None:
