@@ -299,7 +299,7 @@ def print_splits(result: dict[str, Any]) -> None:
     }
     for key, label in labels.items():
         s = result["splits"].get(key)
-        if s:
+        if s and s["n"]:
             print(f"  {label:46} p50 {ms(s['p50']):>8}   p95 {ms(s['p95']):>8}   (n={s['n']})")
 
 
@@ -319,6 +319,11 @@ def print_report(info: dict[str, Any], results: dict[str, Any]) -> None:
         print(f"  said {row['sentence']!r:40} understood {row['understood']!r}")
     states = sorted({s for row in one["rows"] for s in row["states"]})
     print(f"  lk.agent.state values seen after the utterances: {', '.join(states) or 'none'}")
+    if "thinking" not in states:
+        print(
+            "  (no `thinking`: the echo answers with session.say(), no LLM turn,"
+            " so the split is STT final → speaking)"
+        )
     print("\ncpu of the agent's processes (worker + job processes), in cores:")
     print(f"  idle (started, no room)        {results['agent_idle_cpu'] * 100:.1f}%")
     for key in ("one", "many"):
