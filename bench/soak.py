@@ -687,6 +687,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with own_server(None, SERVER_CONFIG) as server:
             result = asyncio.run(soak(server, args))
+    except TimeoutError:  # before OSError, of which it is a subclass
+        print(f"soak: the rooms did not finish within {DRAIN_DEADLINE:.0f} s of the end", file=sys.stderr)
+        return 1
     except (RuntimeError, OSError) as exc:
         print(f"soak: {exc}", file=sys.stderr)
         return 1
