@@ -48,6 +48,7 @@ async def run_rtc_scenario(
     participants: str = "AB",
     *,
     while_connected: Callable[[], Awaitable[None]] | None = None,
+    profiles: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Run one scenario with a token per participant label and return its observations.
 
@@ -61,7 +62,8 @@ async def run_rtc_scenario(
     env = {k: v for k, v in os.environ.items() if not k.startswith("LIVEKIT_")}
     env["SWITCHBOARD_URL"] = server.ws_url
     for label in participants:
-        env[f"TOKEN_{label}"] = server.join_token(room, IDENTITIES[label])
+        profile = (profiles or {}).get(label)
+        env[f"TOKEN_{label}"] = server.join_token(room, IDENTITIES[label], profile=profile)
     if while_connected is not None:
         env["HOLD_FOR_STDIN"] = "1"
     run = await run_node(SCRIPT, scenario, env, lambda: log_excerpt(server, room), while_connected)
@@ -102,7 +104,8 @@ def texts(seen: dict[str, Any]) -> list[str]:
 
 async def test_participants_see_each_other_and_leave(server: Server) -> None:
     room = unique_room("presence")
-    result = await run_rtc_scenario(server, "presence", room)
+    profile = {"name": "Alice A.", "metadata": "alice-meta", "attributes": {"team": "red"}}
+    result = await run_rtc_scenario(server, "presence", room, profiles={"A": profile})
     a, b = result["a"], result["b"]
 
     a_sid = assert_participant(a["local"], "alice")
@@ -120,6 +123,9 @@ async def test_participants_see_each_other_and_leave(server: Server) -> None:
 
     # A leaves: B gets participantDisconnected for A, once, and A is no longer among B's participants.
     assert [(p["identity"], p["sid"]) for p in b["disconnected"]] == [("alice", a_sid)]
+    # … with her name, metadata and attributes still on it (the leave update carries her full info).
+    [gone] = b["disconnected"]
+    assert (gone["name"], gone["metadata"], gone["attributes"]) == ("Alice A.", "alice-meta", {"team": "red"})
     assert result["bRemotesAfterLeave"] == []
     assert result["leaveNoticedMs"] < 5000, result["leaveNoticedMs"]
     assert a["disconnectedReason"] == "CLIENT_INITIATED"
@@ -201,6 +207,9 @@ async def test_audio_is_relayed_and_visible_through_room_service(server: Server)
 
     # A leaves: B loses the track and the participant.
     assert [(p["identity"], p["sid"]) for p in b["disconnected"]] == [("alice", a_sid)]
+    # … with her name, metadata and attributes still on it (the leave update carries her full info).
+    [gone] = b["disconnected"]
+    assert (gone["name"], gone["metadata"], gone["attributes"]) == ("Alice A.", "alice-meta", {"team": "red"})
     assert [u["sid"] for u in b["unsubscribed"]] == [track_sid]
     assert result["bRemotesAfterLeave"] == []
     assert result["leaveNoticedMs"] < 5000, result["leaveNoticedMs"]

@@ -519,3 +519,60 @@ async def test_the_others_learn_why_a_participant_left(clients: Any, lkapi: api.
         "bob": rtc.DisconnectReason.CLIENT_INITIATED,
         "carol": rtc.DisconnectReason.PARTICIPANT_REMOVED,
     }
+
+
+async def read_signal_until(
+    ws: Any, done: Callable[[signal.SignalResponse], bool], deadline: float = 15.0
+) -> list[signal.SignalResponse]:
+    """Read a raw client's signal responses (pinging, so it stays in the room) until `done` holds."""
+    seen: list[signal.SignalResponse] = []
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline
+    while loop.time() < end:
+        await ws.send_bytes(signal.SignalRequest(ping=1).SerializeToString())
+        with contextlib.suppress(TimeoutError):
+            message = await asyncio.wait_for(ws.receive(), 0.5)
+            if message.type != aiohttp.WSMsgType.BINARY:
+                raise AssertionError(f"signal connection ended: {message}")
+            seen.append(signal.SignalResponse.FromString(message.data))
+            if done(seen[-1]):
+                return seen
+    raise AssertionError(f"not seen within {deadline}s; saw {[s.WhichOneof('message') for s in seen]}")
+
+
+async def test_a_leaving_participant_is_announced_with_its_full_info(server: Server, clients: Any) -> None:
+    """The participant-left update carries the last full info, as LiveKit's: the SDKs' "participant
+    disconnected" event still shows the participant's name, metadata, attributes and kind."""
+    alice = await clients("alice")
+    session, ws = await raw_join(server, clients.room, "watcher")
+    profile = {"name": "Bob B.", "metadata": "from-token", "attributes": {"team": "blue"}}
+    bob = await clients("bob", profile=profile)
+    await bob.publish_tone()
+    await bob.room.local_participant.set_metadata("updated")
+    await bob.room.local_participant.set_attributes({"mood": "calm"})
+    await eventually(
+        lambda: alice.room.remote_participants["bob"].metadata == "updated", "alice to see bob's metadata"
+    )
+    await bob.room.disconnect()
+
+    await eventually(lambda: alice.saw("participant_disconnected"), "alice to see bob leave")
+    [(left,)] = alice.saw("participant_disconnected")
+    assert (left.identity, left.name, left.metadata) == ("bob", "Bob B.", "updated")
+    assert left.attributes == {"team": "blue", "mood": "calm"}
+    assert left.kind == rtc.ParticipantKind.PARTICIPANT_KIND_STANDARD
+    assert left.disconnect_reason == rtc.DisconnectReason.CLIENT_INITIATED
+
+    def bob_left(response: signal.SignalResponse) -> bool:
+        updates = response.update.participants if response.WhichOneof("message") == "update" else []
+        return any(p.identity == "bob" and p.state == models.ParticipantInfo.DISCONNECTED for p in updates)
+
+    try:
+        seen = await read_signal_until(ws, bob_left)
+    finally:
+        await session.close()
+    [info] = [p for p in seen[-1].update.participants if p.identity == "bob"]
+    assert (info.sid, info.name, info.metadata) == (bob.room.local_participant.sid, "Bob B.", "updated")
+    assert dict(info.attributes) == {"team": "blue", "mood": "calm"}
+    assert info.kind == models.ParticipantInfo.STANDARD and info.permission.can_publish
+    assert not info.tracks, "as LiveKit, whose tracks are closed before the participant-left update"
+    assert info.disconnect_reason == models.CLIENT_INITIATED

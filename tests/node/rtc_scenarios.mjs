@@ -111,7 +111,13 @@ async function join(label) {
       seen.connected.push({ ...describeParticipant(p), at: elapsed() }),
     )
     .on(RoomEvent.ParticipantDisconnected, (p) =>
-      seen.disconnected.push({ ...describeParticipant(p), at: elapsed() }),
+      seen.disconnected.push({
+        ...describeParticipant(p),
+        name: p.name ?? null,
+        metadata: p.metadata ?? null,
+        attributes: { ...(p.attributes ?? {}) },
+        at: elapsed(),
+      }),
     )
     .on(RoomEvent.DataReceived, (payload, participant, kind, topic) =>
       seen.data.push({

@@ -62,6 +62,9 @@ class ParticipantSession:
         self.room = room
         self.identity = participant.identity
         self.sid = participant.sid
+        self._last = participant
+        """The engine's record of this participant (the engine changes it in place): what the others
+        are told when it leaves, even once the engine has let it go."""
         self.claims = claims
         self.client_protocol = client_protocol
         self.auto_subscribe = auto_subscribe
@@ -108,7 +111,7 @@ class ParticipantSession:
     def participant(self) -> Participant:
         return self.service.runtime.engine.participant(self.room, self.identity)
 
-    def info(self, state: str = "") -> models.ParticipantInfo:
+    def info(self, state: str = "", participant: Participant | None = None) -> models.ParticipantInfo:
         video = self.claims.video
         permission = models.ParticipantPermission(
             can_subscribe=self.can_subscribe,
@@ -121,7 +124,7 @@ class ParticipantSession:
             agent=video.agent,
         )
         return participant_to_proto(
-            self.participant(),
+            participant or self.participant(),
             state=state,
             permission=permission,
             client_protocol=self.client_protocol,
@@ -214,6 +217,11 @@ class ParticipantSession:
         if self.closed:
             return
         self.closed = True
+        # As LiveKit: the others get the participant's last full info (name, metadata, attributes, kind)
+        # with state DISCONNECTED, so the SDKs' "participant disconnected" events still show them. Its
+        # tracks are closed first there, so the info lists none.
+        last = self.info("DISCONNECTED", self._last)
+        del last.tracks[:]
         runtime = self.service.runtime
         for relay in self.relays.values():
             self.service.unpublished(self, relay)
@@ -227,10 +235,9 @@ class ParticipantSession:
             engine.participant_left(self.room, self.identity, runtime.now(), sid=self.sid, lost=lost)
             runtime.flush()
         if not self.hidden and not replaced:
-            info = participant_to_proto(Participant(self.identity, self.sid, 0), state="DISCONNECTED")
-            info.version = 1 << 30  # after every earlier update of this participant
-            info.disconnect_reason = reason  # type: ignore[assignment]
-            self.service.broadcast(self.room, [info], exclude=self)
+            last.version = 1 << 30  # after every earlier update of this participant
+            last.disconnect_reason = reason  # type: ignore[assignment]
+            self.service.broadcast(self.room, [last], exclude=self)
         self.service.forget(self)
         if self._negotiation is not None:
             self._negotiation.cancel()
