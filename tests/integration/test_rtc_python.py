@@ -576,3 +576,31 @@ async def test_a_leaving_participant_is_announced_with_its_full_info(server: Ser
     assert info.kind == models.ParticipantInfo.STANDARD and info.permission.can_publish
     assert not info.tracks, "as LiveKit, whose tracks are closed before the participant-left update"
     assert info.disconnect_reason == models.CLIENT_INITIATED
+
+
+async def test_a_track_published_again_is_heard_every_time(clients: Any) -> None:
+    """Unpublish, publish again, mute and unmute, as often as one likes: the subscriber hears every new
+    track (its reused slot on the subscriber connection starts sending again)."""
+    alice = await clients("alice")
+    bob = await clients("bob")
+
+    async def heard(what: str) -> None:
+        start = len(bob.levels)
+        await eventually(lambda: len(bob.levels) >= start + 50, f"bob to hear {what}")
+        await eventually(lambda: np.mean(bob.levels[-25:]) > 4000, f"{what} to be loud enough for bob")
+
+    for cycle in range(3):
+        publication = await alice.publish_tone()
+        await heard(f"alice's track #{cycle + 1}")
+        await alice.room.local_participant.unpublish_track(publication.sid)
+        gone = cycle + 1
+        await eventually(lambda: len(bob.saw("track_unsubscribed")) == gone, "bob to be unsubscribed")  # noqa: B023
+
+    publication = await alice.publish_tone()
+    await heard("alice's fourth track")
+    for cycle in range(3):
+        muted = len(bob.saw("track_muted"))
+        publication.track.mute()
+        await eventually(lambda: len(bob.saw("track_muted")) > muted, "bob to see the mute")  # noqa: B023
+        publication.track.unmute()
+        await heard(f"alice after unmute #{cycle + 1}")

@@ -29,7 +29,7 @@ from switchboard.core import ids
 from switchboard.core.errors import CoreError
 from switchboard.core.rooms import Participant, Track
 from switchboard.rtc.data import DataSender, route
-from switchboard.rtc.relay import AudioRelay
+from switchboard.rtc.relay import AudioRelay, OutboundAudio
 from switchboard.websocket import ConnectionLost, MalformedMessage, MessageSender, receive
 from switchboard.wire import participant_to_proto, track_to_proto
 
@@ -78,6 +78,8 @@ class ParticipantSession:
         """Tracks this participant publishes."""
         self.subscriptions: dict[str, RTCRtpTransceiver] = {}
         """Tracks this participant receives, by track sid."""
+        self._slots: dict[RTCRtpTransceiver, OutboundAudio] = {}
+        """Every audio sender of the subscriber connection, with the slot it sends from."""
         self.subscription_overrides: dict[str, bool] = {}
         """Tracks the participant asked for (True) or turned down (False), overriding auto_subscribe."""
         self._pending_tracks: dict[str, Track] = {}
@@ -457,15 +459,17 @@ class ParticipantSession:
             # answer then leaves unused: the track would stay silent. Add it once the answer is in.
             self._deferred.append((publisher, relay))
             return
-        track = relay.subscribe(self.sid)
-        transceiver = next(
-            (t for t in self.sub_pc.getTransceivers() if t.kind == "audio" and t.sender.track is None), None
-        )
+        # A free slot (its track unpublished or unsubscribed) is used again, as LiveKit reuses its
+        # transceivers: the offer does not grow with every track the room ever had.
+        in_use = set(map(id, self.subscriptions.values()))
+        transceiver = next((t for t in self._slots if id(t) not in in_use), None)
         if transceiver is None:
-            transceiver = self.sub_pc.addTransceiver(track, direction="sendonly")
+            slot = OutboundAudio()
+            transceiver = self.sub_pc.addTransceiver(slot, direction="sendonly")
+            self._slots[transceiver] = slot
         else:
-            transceiver.sender.replaceTrack(track)
             transceiver.direction = "sendonly"
+        relay.subscribe(self.sid, self._slots[transceiver])
         # The client reads the publisher and track sids from the msid: "<PA_…>|<TR_…> <TR_…>".
         transceiver.sender._stream_id = f"{publisher.sid}|{relay.track_sid}"
         transceiver.sender._track_id = relay.track_sid
@@ -499,9 +503,8 @@ class ParticipantSession:
 
     def unsubscribe(self, relay: AudioRelay) -> None:
         transceiver = self.subscriptions.pop(relay.track_sid, None)
-        relay.unsubscribe(self.sid)
+        relay.unsubscribe(self.sid)  # the slot stays on its sender, silent until it is used again
         if transceiver is not None and not self.closed:
-            transceiver.sender.replaceTrack(None)
             transceiver.direction = "inactive"
             self.request_negotiation()
 
