@@ -56,6 +56,7 @@ def track_to_proto(track: Track) -> models.TrackInfo:
         source=track.source.upper() if track.source.upper() in _TRACK_SOURCES else "UNKNOWN",
         mime_type=track.mime_type,
         mid=track.mid,
+        encryption=track.encryption,  # type: ignore[arg-type]
     )
 
 

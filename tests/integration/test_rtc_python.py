@@ -604,3 +604,40 @@ async def test_a_track_published_again_is_heard_every_time(clients: Any) -> None
         await eventually(lambda: len(bob.saw("track_muted")) > muted, "bob to see the mute")  # noqa: B023
         publication.track.unmute()
         await heard(f"alice after unmute #{cycle + 1}")
+
+
+def encrypted(key: bytes) -> rtc.RoomOptions:
+    """The SDK's end-to-end encryption with a shared key: media frames and data packets are encrypted
+    by the sender and decrypted by the receivers; the server only relays them."""
+    options = rtc.E2EEOptions(key_provider_options=rtc.KeyProviderOptions(shared_key=key))
+    return rtc.RoomOptions(encryption=options)
+
+
+async def test_end_to_end_encrypted_data_and_audio_pass_through(clients: Any) -> None:
+    key = b"a shared key known to the participants only"
+    alice = await clients("alice", encrypted(key))
+    bob = await clients("bob", encrypted(key))
+    carol = await clients("carol", encrypted(key))
+    await eventually(lambda: len(alice.room.remote_participants) == 2, "alice to see bob and carol")
+
+    # Encrypted data (DataPacket.encrypted_packet): stamped with the sender, destinations honoured.
+    await alice.room.local_participant.publish_data(b"secret for all", reliable=True, topic="t")
+    await eventually(lambda: bob.data and carol.data, "bob and carol to decrypt alice's packet")
+    assert bob.data[0] == carol.data[0] == ("alice", b"secret for all", "KIND_RELIABLE")
+    await alice.room.local_participant.publish_data(
+        b"secret for carol", reliable=True, destination_identities=["carol"]
+    )
+    await eventually(lambda: len(carol.data) == 2, "carol to receive the packet meant for her")
+    assert carol.data[1] == ("alice", b"secret for carol", "KIND_RELIABLE")
+    await bob.room.local_participant.publish_data(b"lossy secret", reliable=False)
+    await eventually(lambda: any(d[1] == b"lossy secret" for d in alice.data), "alice to get bob's packet")
+    assert all(d[1] != b"secret for carol" for d in bob.data), "destinations are honoured"
+
+    # Encrypted audio: relayed untouched, decrypted by a receiver with the key.
+    publication = await alice.publish_tone()
+    assert publication.encryption_type == rtc.EncryptionType.GCM
+    await eventually(lambda: bob.room.remote_participants["alice"].track_publications, "bob to see the track")
+    [remote] = bob.room.remote_participants["alice"].track_publications.values()
+    assert remote.encryption_type == rtc.EncryptionType.GCM, "the track is announced as encrypted"
+    await eventually(lambda: len(bob.levels) >= 50, "bob to receive alice's encrypted audio")
+    await eventually(lambda: np.mean(bob.levels[-25:]) > 4000, "bob to decrypt alice's tone")

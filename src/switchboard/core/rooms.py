@@ -21,6 +21,8 @@ class Track:
     muted: bool = False
     mime_type: str = ""
     mid: str = ""
+    encryption: int = 0
+    """The publisher's end-to-end encryption (LiveKit's Encryption.Type: 0 none, 1 GCM, 2 custom)."""
 
 
 @dataclass

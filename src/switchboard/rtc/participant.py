@@ -385,7 +385,12 @@ class ParticipantSession:
             self.signal.send(rtc.SignalResponse(request_response=response))
             return
         track = Track(
-            sid=ids.new_id(ids.TRACK), kind="audio", name=request.name, source=source, muted=request.muted
+            sid=ids.new_id(ids.TRACK),
+            kind="audio",
+            name=request.name,
+            source=source,
+            muted=request.muted,
+            encryption=request.encryption,
         )
         self._pending_tracks[request.cid] = track
         info = track_to_proto(track)
