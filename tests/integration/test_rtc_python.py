@@ -4,6 +4,7 @@ the RoomService methods that act on live participants, and misbehaving clients."
 import asyncio
 import contextlib
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -524,20 +525,26 @@ async def test_the_others_learn_why_a_participant_left(clients: Any, lkapi: api.
 async def read_signal_until(
     ws: Any, done: Callable[[signal.SignalResponse], bool], deadline: float = 15.0
 ) -> list[signal.SignalResponse]:
-    """Read a raw client's signal responses (pinging, so it stays in the room) until `done` holds."""
+    """Read a raw client's signal responses (pinging now and then, so it stays in the room) until `done`
+    holds for one of them."""
     seen: list[signal.SignalResponse] = []
     loop = asyncio.get_running_loop()
     end = loop.time() + deadline
     while loop.time() < end:
         await ws.send_bytes(signal.SignalRequest(ping=1).SerializeToString())
-        with contextlib.suppress(TimeoutError):
-            message = await asyncio.wait_for(ws.receive(), 0.5)
+        pinged = loop.time()
+        while loop.time() < min(end, pinged + 0.5):
+            try:
+                message = await asyncio.wait_for(ws.receive(), pinged + 0.5 - loop.time())
+            except TimeoutError:
+                break
             if message.type != aiohttp.WSMsgType.BINARY:
                 raise AssertionError(f"signal connection ended: {message}")
             seen.append(signal.SignalResponse.FromString(message.data))
             if done(seen[-1]):
                 return seen
-    raise AssertionError(f"not seen within {deadline}s; saw {[s.WhichOneof('message') for s in seen]}")
+    kinds = Counter(response.WhichOneof("message") for response in seen)
+    raise AssertionError(f"not seen within {deadline}s; saw {dict(kinds)}")
 
 
 async def test_a_leaving_participant_is_announced_with_its_full_info(server: Server, clients: Any) -> None:
@@ -641,3 +648,73 @@ async def test_end_to_end_encrypted_data_and_audio_pass_through(clients: Any) ->
     assert remote.encryption_type == rtc.EncryptionType.GCM, "the track is announced as encrypted"
     await eventually(lambda: len(bob.levels) >= 50, "bob to receive alice's encrypted audio")
     await eventually(lambda: np.mean(bob.levels[-25:]) > 4000, "bob to decrypt alice's tone")
+
+
+async def test_track_subscription_permissions_are_enforced(server: Server, clients: Any) -> None:
+    """A publisher chooses who may receive its tracks (`set_track_subscription_permissions`): the others
+    are not subscribed, a subscriber who loses permission is unsubscribed, and each is told why with
+    `subscription_permission_update`, as LiveKit does."""
+    alice = await clients("alice")
+    bob, carol = await clients("bob"), await clients("carol")
+    local = alice.room.local_participant
+    local.set_track_subscription_permissions(
+        allow_all_participants=False,
+        participant_permissions=[rtc.ParticipantTrackPermission(participant_identity="bob", allow_all=True)],
+    )
+    publication = await alice.publish_tone()
+    session, ws = await raw_join(server, clients.room, "watcher")  # not allowed: told so, never sent
+    try:
+
+        def told(allowed: bool) -> Callable[[signal.SignalResponse], bool]:
+            def check(response: signal.SignalResponse) -> bool:
+                update = response.subscription_permission_update
+                return response.WhichOneof("message") == "subscription_permission_update" and (
+                    update.track_sid,
+                    update.participant_sid,
+                    update.allowed,
+                ) == (publication.sid, local.sid, allowed)
+
+            return check
+
+        await read_signal_until(ws, told(False))
+
+        await eventually(lambda: len(bob.levels) >= 50, "bob, who is allowed, to receive alice's audio")
+        assert not carol.levels and not carol.saw("track_subscribed"), "carol is not allowed"
+
+        # Alice lets carol in and shuts bob out (by track sid this time): carol receives, bob stops.
+        local.set_track_subscription_permissions(
+            allow_all_participants=False,
+            participant_permissions=[
+                rtc.ParticipantTrackPermission(
+                    participant_identity="carol", allowed_track_sids=[publication.sid]
+                ),
+                rtc.ParticipantTrackPermission(participant_identity="watcher", allow_all=True),
+            ],
+        )
+        await eventually(lambda: len(carol.levels) >= 50, "carol, now allowed, to receive alice's audio")
+        assert np.mean(carol.levels[-25:]) > 4000
+
+        # The Python SDK shows no event for it (it ignores subscription_permission_update): what bob
+        # hears says it. His slot is silenced at once; then nothing loud may reach him.
+        def bob_hears_nothing() -> bool:
+            return bool(bob.levels) and float(np.mean(bob.levels[-5:])) < 100
+
+        async def bob_stopped_hearing() -> bool:
+            before = len(bob.levels)
+            await asyncio.sleep(0.2)
+            return len(bob.levels) == before or bob_hears_nothing()
+
+        await eventually(bob_stopped_hearing, "bob to stop hearing alice")
+        received = len(bob.levels)
+        await asyncio.sleep(NO_AUDIO_WINDOW)  # a window in which nothing audible may arrive
+        assert all(level < 100 for level in bob.levels[received:]), "bob still hears alice"
+        await read_signal_until(ws, told(True))  # the watcher is told it may now receive the track
+
+        # Everyone again.
+        local.set_track_subscription_permissions(allow_all_participants=True)
+        await eventually(
+            lambda: len(bob.levels) > received + 25 and np.mean(bob.levels[-25:]) > 4000,
+            "bob to hear alice again",
+        )
+    finally:
+        await session.close()

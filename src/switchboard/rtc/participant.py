@@ -41,6 +41,8 @@ log = logging.getLogger("switchboard.rtc")
 RELIABLE, LOSSY = "_reliable", "_lossy"
 # Reliable packets for a participant whose data channel is not open yet wait here (then are dropped).
 _MAX_QUEUED_PACKETS = 256
+# A publisher's subscription permission names at most this many subscribers (LiveKit sets no limit).
+_MAX_TRACK_PERMISSIONS = 1024
 _SOURCE_NAMES = {value: name.lower() for name, value in models.TrackSource.items()}
 _SOURCES = frozenset(models.TrackSource.keys())
 
@@ -83,6 +85,11 @@ class ParticipantSession:
         self.subscription_overrides: dict[str, bool] = {}
         """Tracks the participant asked for (True) or turned down (False), overriding auto_subscribe."""
         self._pending_tracks: dict[str, Track] = {}
+        self._allowed: dict[str, tuple[bool, set[str]]] | None = None
+        """Who may subscribe to this participant's tracks (`subscription_permission`), by subscriber
+        identity: (all tracks, else these track sids); None while everyone may."""
+        self._permitted: dict[str, bool] = {}
+        """Whether this participant may receive each track, as it was last told (by track sid)."""
         self._channels: dict[str, RTCDataChannel] = {}
         self._queued: deque[bytes] = deque(maxlen=_MAX_QUEUED_PACKETS)
         self._pending_candidates: dict[int, list[Any]] = {0: [], 1: []}
@@ -275,6 +282,8 @@ class ParticipantSession:
             self._on_mute(request.mute)
         elif kind == "subscription":
             self._on_subscription(request.subscription)
+        elif kind == "subscription_permission":
+            self._on_subscription_permission(request.subscription_permission)
         elif kind == "update_metadata":
             self._on_update_metadata(request.update_metadata)
         elif kind == "ping_req":
@@ -285,8 +294,7 @@ class ParticipantSession:
         elif kind == "leave":
             await self.close(models.CLIENT_INITIATED)
         else:
-            # subscription_permission, track_setting, update_layers, sync_state …: not needed for audio
-            # rooms; accepted and ignored.
+            # track_setting, update_layers, sync_state …: not needed for audio rooms; accepted and ignored.
             log.debug("ignored signal request room=%s identity=%s kind=%s", self.room, self.identity, kind)
 
     async def _on_publisher_offer(self, offer: rtc.SessionDescription) -> None:
@@ -453,9 +461,15 @@ class ParticipantSession:
             else:
                 self.unsubscribe(found[1])
 
+    def wants(self, track_sid: str) -> bool:
+        return self.can_subscribe and self.subscription_overrides.get(track_sid, self.auto_subscribe)
+
     def subscribe(self, publisher: "ParticipantSession", relay: AudioRelay) -> None:
-        wanted = self.subscription_overrides.get(relay.track_sid, self.auto_subscribe)
-        if not (self.can_subscribe and wanted) or relay.track_sid in self.subscriptions:
+        if not self.wants(relay.track_sid) or relay.track_sid in self.subscriptions:
+            return
+        allowed = publisher.allows(self, relay.track_sid)
+        self._tell_permission(publisher, relay.track_sid, allowed)
+        if not allowed:
             return
         if any(relay is waiting for _, waiting in self._deferred):
             return
@@ -480,6 +494,64 @@ class ParticipantSession:
         transceiver.sender._track_id = relay.track_sid
         self.subscriptions[relay.track_sid] = transceiver
         self.request_negotiation()
+
+    # Subscription permissions
+
+    def _on_subscription_permission(self, request: rtc.SubscriptionPermission) -> None:
+        """Who may receive this participant's tracks (the SDKs' `set_track_subscription_permissions`)."""
+        if len(request.track_permissions) > _MAX_TRACK_PERMISSIONS:
+            log.info(
+                "subscription permission refused room=%s identity=%s entries=%d",
+                self.room,
+                self.identity,
+                len(request.track_permissions),
+            )
+            return
+        if request.all_participants:
+            self._allowed = None
+        else:
+            sessions = self.service.sessions.get(self.room, {}).values()
+            by_sid = {session.sid: session.identity for session in sessions}
+            self._allowed = {}
+            for permission in request.track_permissions:
+                # As LiveKit: the identity names the subscriber, else its sid (of someone here now).
+                identity = permission.participant_identity or by_sid.get(permission.participant_sid, "")
+                if identity:
+                    self._allowed[identity] = (permission.all_tracks, set(permission.track_sids))
+        self.service.permissions_changed(self)
+
+    def allows(self, subscriber: "ParticipantSession", track_sid: str) -> bool:
+        if self._allowed is None:
+            return True
+        all_tracks, track_sids = self._allowed.get(subscriber.identity, (False, set()))
+        return all_tracks or track_sid in track_sids
+
+    def recheck_permission(self, publisher: "ParticipantSession", relay: AudioRelay) -> None:
+        """The publisher changed who may subscribe: subscribe, or unsubscribe and say why."""
+        if publisher.allows(self, relay.track_sid):
+            self.subscribe(publisher, relay)
+            return
+        if not self.wants(relay.track_sid):
+            return
+        self._tell_permission(publisher, relay.track_sid, False)
+        self._deferred = [(p, r) for p, r in self._deferred if r is not relay]
+        if relay.track_sid in self.subscriptions:
+            self.unsubscribe(relay)
+
+    def _tell_permission(self, publisher: "ParticipantSession", track_sid: str, allowed: bool) -> None:
+        """As LiveKit: the first time a wanted track is checked, and each time the answer changes."""
+        if self._permitted.get(track_sid) == allowed or self.closed:
+            return
+        self._permitted[track_sid] = allowed
+        update = rtc.SubscriptionPermissionUpdate(
+            participant_sid=publisher.sid, track_sid=track_sid, allowed=allowed
+        )
+        self.signal.send(rtc.SignalResponse(subscription_permission_update=update))
+
+    def forget_track(self, track_sid: str) -> None:
+        """A track was unpublished: what this participant chose or was told about it goes too."""
+        self.subscription_overrides.pop(track_sid, None)
+        self._permitted.pop(track_sid, None)
 
     def _report_subscriptions(self) -> None:
         """Tell each publisher whose track now reaches this participant, the first time it reaches anyone.

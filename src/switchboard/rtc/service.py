@@ -188,8 +188,15 @@ class RtcService:
         for session in self.sessions.get(publisher.room, {}).values():
             if session is not publisher:
                 session.unsubscribe(relay)
-                session.subscription_overrides.pop(relay.track_sid, None)  # track sids are never reused
+                session.forget_track(relay.track_sid)  # track sids are never reused
         relay.close()
+
+    def permissions_changed(self, publisher: ParticipantSession) -> None:
+        """The publisher changed who may receive its tracks: each other participant gains or loses them."""
+        for session in list(self.sessions.get(publisher.room, {}).values()):
+            if session is not publisher and not session.closed:
+                for relay in list(publisher.relays.values()):
+                    session.recheck_permission(publisher, relay)
 
     def deliver(
         self,
