@@ -718,3 +718,104 @@ async def test_track_subscription_permissions_are_enforced(server: Server, clien
         )
     finally:
         await session.close()
+
+
+async def twirp_json(server: Server, method: str, body: dict[str, Any], token: str) -> tuple[int, Any]:
+    """A RoomService call as `curl` makes it (the Python and Node server SDKs have no PerformRpc yet)."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{server.http_url}/twirp/livekit.RoomService/{method}",
+            json=body,
+            headers={"Authorization": f"Bearer {token}"},
+        ) as response,
+    ):
+        assert response.headers["Content-Type"] == "application/json"
+        return response.status, await response.json()
+
+
+async def test_room_service_calls_a_participant_rpc_method(server: Server, clients: Any) -> None:
+    """RoomService.PerformRpc: the server calls a method the participant registered, over the SDK's own
+    RPC protocol, and answers with its response, its error, or a timeout, in LiveKit's words."""
+    alice = await clients("alice")
+    callers: list[str] = []
+
+    @alice.room.local_participant.register_rpc_method("greet")
+    async def greet(data: rtc.RpcInvocationData) -> str:
+        callers.append(data.caller_identity)
+        return f"hello, you sent {data.payload}"
+
+    @alice.room.local_participant.register_rpc_method("refuse")
+    async def refuse(data: rtc.RpcInvocationData) -> str:
+        raise rtc.RpcError(2001, "refused", "on purpose")
+
+    @alice.room.local_participant.register_rpc_method("slow")
+    async def slow(data: rtc.RpcInvocationData) -> str:
+        await asyncio.sleep(5)
+        return "too late"
+
+    admin = server.token(room_admin=True, room=clients.room)
+    call = {"room": clients.room, "destination_identity": "alice", "method": "greet", "payload": "42"}
+    assert await twirp_json(server, "PerformRpc", call, admin) == (200, {"payload": "hello, you sent 42"})
+    assert len(callers) == 1 and callers[0], "the caller is the request's own id, as LiveKit sends it"
+
+    # The same call in protobuf, as the server SDKs send their requests.
+    request = api.PerformRpcRequest(
+        room=clients.room, destination_identity="alice", method="greet", payload="pb"
+    )
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{server.http_url}/twirp/livekit.RoomService/PerformRpc",
+            data=request.SerializeToString(),
+            headers={"Authorization": f"Bearer {admin}", "Content-Type": "application/protobuf"},
+        ) as response,
+    ):
+        assert response.status == 200
+        assert api.PerformRpcResponse.FromString(await response.read()).payload == "hello, you sent pb"
+
+    refused = await twirp_json(server, "PerformRpc", {**call, "method": "refuse"}, admin)
+    assert refused == (500, {"code": "unknown", "msg": "RpcError 2001: refused: on purpose"})
+    missing = await twirp_json(server, "PerformRpc", {**call, "method": "missing"}, admin)
+    assert missing[0] == 400 and missing[1]["code"] == "invalid_argument"
+    assert missing[1]["msg"].startswith("RpcError 1400: "), missing
+    late = await twirp_json(
+        server, "PerformRpc", {**call, "method": "slow", "response_timeout_ms": 1000}, admin
+    )
+    assert late == (408, {"code": "canceled", "msg": "RpcError 1502: Response timeout"})
+
+    nobody = await twirp_json(server, "PerformRpc", {**call, "destination_identity": "nobody"}, admin)
+    assert nobody[0] == 404 and nobody[1]["code"] == "not_found"
+    other_room = server.token(room_admin=True, room="elsewhere")
+    denied = await twirp_json(server, "PerformRpc", call, other_room)
+    assert denied[0] == 403 and denied[1]["code"] == "permission_denied"
+
+
+async def test_room_service_updates_a_participants_subscriptions(clients: Any, lkapi: api.LiveKitAPI) -> None:
+    alice = await clients("alice")
+    picky = await clients("picky", rtc.RoomOptions(auto_subscribe=False))
+    publication = await alice.publish_tone()
+    await eventually(lambda: picky.room.remote_participants["alice"].track_publications, "picky to see it")
+    assert not picky.levels
+
+    subscribe = api.UpdateSubscriptionsRequest(
+        room=clients.room, identity="picky", track_sids=[publication.sid], subscribe=True
+    )
+    await lkapi.room.update_subscriptions(subscribe)
+    await eventually(lambda: len(picky.levels) >= 50, "picky to receive the track the API subscribed")
+    assert np.mean(picky.levels[-25:]) > 4000
+
+    subscribe.subscribe = False
+    await lkapi.room.update_subscriptions(subscribe)
+
+    async def picky_stopped_hearing() -> bool:
+        before = len(picky.levels)
+        await asyncio.sleep(0.2)
+        return len(picky.levels) == before or float(np.mean(picky.levels[-5:])) < 100
+
+    await eventually(picky_stopped_hearing, "picky to stop receiving once the API unsubscribed it")
+
+    with pytest.raises(api.TwirpError) as missing:
+        subscribe.identity = "nobody"
+        await lkapi.room.update_subscriptions(subscribe)
+    assert missing.value.code == "not_found"

@@ -30,6 +30,7 @@ from switchboard.core.errors import CoreError
 from switchboard.core.rooms import Participant, Track
 from switchboard.rtc.data import DataSender, route
 from switchboard.rtc.relay import AudioRelay, OutboundAudio
+from switchboard.rtc.rpc import ServerRpcCalls
 from switchboard.websocket import ConnectionLost, MalformedMessage, MessageSender, receive
 from switchboard.wire import participant_to_proto, track_to_proto
 
@@ -91,6 +92,8 @@ class ParticipantSession:
         self._permitted: dict[str, bool] = {}
         """Whether this participant may receive each track, as it was last told (by track sid)."""
         self._channels: dict[str, RTCDataChannel] = {}
+        self.server_rpcs = ServerRpcCalls()
+        """RPCs the server made to this participant (RoomService.PerformRpc), waiting for its answer."""
         self._queued: deque[bytes] = deque(maxlen=_MAX_QUEUED_PACKETS)
         self._pending_candidates: dict[int, list[Any]] = {0: [], 1: []}
         self._offer_id = 0
@@ -248,6 +251,7 @@ class ParticipantSession:
             last.disconnect_reason = reason  # type: ignore[assignment]
             self.service.broadcast(self.room, [last], exclude=self)
         self.service.forget(self)
+        self.server_rpcs.close()
         if self._negotiation is not None:
             self._negotiation.cancel()
         for pc in (self.pub_pc, self.sub_pc):
@@ -281,7 +285,7 @@ class ParticipantSession:
         elif kind == "mute":
             self._on_mute(request.mute)
         elif kind == "subscription":
-            self._on_subscription(request.subscription)
+            self.apply_subscription(request.subscription)
         elif kind == "subscription_permission":
             self._on_subscription_permission(request.subscription_permission)
         elif kind == "update_metadata":
@@ -442,7 +446,7 @@ class ParticipantSession:
                 runtime.flush()
                 self.service.unpublished(self, relay)
 
-    def _on_subscription(self, update: rtc.UpdateSubscription) -> None:
+    def apply_subscription(self, update: rtc.UpdateSubscription) -> None:
         """The client subscribes or unsubscribes by hand (how `autoSubscribe: false` clients receive)."""
         # livekit-client names each track twice (in track_sids and in participant_tracks).
         named = [*update.track_sids, *(sid for pt in update.participant_tracks for sid in pt.track_sids)]
@@ -621,13 +625,19 @@ class ParticipantSession:
 
         @channel.on("message")
         def on_message(message: bytes | str) -> None:
-            if isinstance(message, str):
-                return
+            if isinstance(message, str) or self.server_rpcs.take(message):
+                return  # an answer to the server's own RPC (RoomService.PerformRpc) goes no further
             delivery = route(self.data_sender, message, reliable=channel.label == RELIABLE)
             if isinstance(delivery, str):
                 log.debug("data dropped room=%s identity=%s reason=%s", self.room, self.identity, delivery)
                 return
             self.service.deliver(self.room, delivery.payload, delivery.reliable, delivery.destinations, self)
+
+    async def call(self, method: str, payload: str, timeout_ms: int) -> str:
+        """Call an RPC method the participant registered (`register_rpc_method`); RpcError if it fails."""
+        call_id, packet = self.server_rpcs.request(method, payload, timeout_ms)
+        self.send_data(packet, reliable=True)
+        return await self.server_rpcs.result(call_id, timeout_ms)
 
     def send_data(self, payload: bytes, reliable: bool) -> None:
         channel = self._channels[RELIABLE if reliable else LOSSY]

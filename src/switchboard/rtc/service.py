@@ -14,7 +14,7 @@ from livekit.protocol import models, rtc
 from switchboard.auth.grants import Claims, InvalidToken
 from switchboard.auth.tokens import TokenVerifier
 from switchboard.core import ids
-from switchboard.core.errors import CoreError, FailedPrecondition, ResourceExhausted
+from switchboard.core.errors import CoreError, FailedPrecondition, NotFound, ResourceExhausted
 from switchboard.core.events import (
     DisconnectCause,
     DisconnectParticipant,
@@ -219,6 +219,21 @@ class RtcService:
             del room[session.identity]
             if not room:
                 del self.sessions[session.room]
+
+    # What RoomService asks of live participants
+
+    def live(self, room: str, identity: str) -> ParticipantSession:
+        session = self._session(room, identity)
+        if session is None or session.closed:
+            raise NotFound("participant does not exist")
+        return session
+
+    def update_subscriptions(self, room: str, identity: str, update: rtc.UpdateSubscription) -> None:
+        """As if the participant had sent this subscription request itself."""
+        self.live(room, identity).apply_subscription(update)
+
+    async def perform_rpc(self, room: str, identity: str, method: str, payload: str, timeout_ms: int) -> str:
+        return await self.live(room, identity).call(method, payload, timeout_ms)
 
     # Decisions from the engine
 
