@@ -17,6 +17,7 @@ from livekit.protocol import rtc as signal
 
 from tests.agent_workers import eventually
 from tests.conftest import Server, start_server, stop_server
+from tests.node_clients import run_scenario
 
 PING_TIMEOUT = 2
 NO_AUDIO_WINDOW = 1.0
@@ -791,7 +792,9 @@ async def test_room_service_calls_a_participant_rpc_method(server: Server, clien
     assert denied[0] == 403 and denied[1]["code"] == "permission_denied"
 
 
-async def test_room_service_updates_a_participants_subscriptions(clients: Any, lkapi: api.LiveKitAPI) -> None:
+async def test_room_service_updates_a_participants_subscriptions(
+    server: Server, clients: Any, lkapi: api.LiveKitAPI
+) -> None:
     alice = await clients("alice")
     picky = await clients("picky", rtc.RoomOptions(auto_subscribe=False))
     publication = await alice.publish_tone()
@@ -819,3 +822,14 @@ async def test_room_service_updates_a_participants_subscriptions(clients: Any, l
         subscribe.identity = "nobody"
         await lkapi.room.update_subscriptions(subscribe)
     assert missing.value.code == "not_found"
+
+    # The Node server SDK (JSON) does the same.
+    env = {"SCENARIO_ROOM": clients.room, "SCENARIO_IDENTITY": "picky", "SCENARIO_TRACK": publication.sid}
+    heard = len(picky.levels)
+    node = await run_scenario(server, "update-subscriptions", SCENARIO_SUBSCRIBE="1", **env)
+    assert node["result"]["ok"] is True, node
+    assert node["missing"]["ok"] is False and node["missing"]["error"]["code"] == "not_found", node
+    await eventually(
+        lambda: len(picky.levels) > heard + 50 and np.mean(picky.levels[-25:]) > 4000,
+        "picky to receive the track the Node SDK subscribed",
+    )

@@ -49,6 +49,23 @@ const dispatchClient = () => new AgentDispatchClient(url, apiKey, apiSecret);
 const roomClient = () => new RoomServiceClient(url, apiKey, apiSecret);
 
 const scenarios = {
+  /**
+   * updateSubscriptions for SCENARIO_ROOM / SCENARIO_IDENTITY / SCENARIO_TRACK (SCENARIO_SUBSCRIBE "1" or
+   * "0"), then the same for an identity that is not in the room.
+   */
+  async 'update-subscriptions'() {
+    const env = process.env;
+    const subscribe = env.SCENARIO_SUBSCRIBE === '1';
+    const rooms = roomClient();
+    const result = await attempt(() =>
+      rooms.updateSubscriptions(env.SCENARIO_ROOM, env.SCENARIO_IDENTITY, [env.SCENARIO_TRACK], subscribe),
+    );
+    const missing = await attempt(() =>
+      rooms.updateSubscriptions(env.SCENARIO_ROOM, 'nobody', [env.SCENARIO_TRACK], subscribe),
+    );
+    return { result: { ...result, value: result.value ?? null }, missing };
+  },
+
   /** createDispatch for SCENARIO_ROOM / SCENARIO_AGENT / SCENARIO_METADATA, as an application would. */
   async 'create-dispatch'() {
     const env = process.env;
