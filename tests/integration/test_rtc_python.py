@@ -833,3 +833,79 @@ async def test_room_service_updates_a_participants_subscriptions(
         lambda: len(picky.levels) > heard + 50 and np.mean(picky.levels[-25:]) > 4000,
         "picky to receive the track the Node SDK subscribed",
     )
+
+
+async def test_room_service_moves_a_participant_to_another_room(
+    server: Server, clients: Any, lkapi: api.LiveKitAPI
+) -> None:
+    """MoveParticipant: the participant goes, on its own connection and with its track, to another room:
+    the old room sees it leave, the new one sees it join, and audio flows both ways there."""
+    alice, carol = await clients("alice"), await clients("carol")
+    destination = f"{clients.room}-b"
+    await lkapi.room.create_room(api.CreateRoomRequest(name=destination))
+    bob = Client("bob")
+    try:
+        await bob.room.connect(server.ws_url, server.join_token(destination, "bob"))
+        await alice.publish_tone()
+        await bob.publish_tone()
+        await eventually(lambda: len(carol.levels) >= 50, "carol to hear alice before the move")
+        moved: list[str] = []
+        alice.room.on("moved", lambda: moved.append(alice.room.name))
+        alice_sid = alice.room.local_participant.sid
+        heard_from_bob = len(alice.levels)
+
+        move = api.MoveParticipantRequest(room=clients.room, identity="alice", destination_room=destination)
+        await lkapi.room.move_participant(move)
+
+        await eventually(lambda: moved == [destination], "alice's SDK to report the move")
+        await eventually(lambda: carol.saw("participant_disconnected"), "carol to see alice leave")
+        await eventually(lambda: "alice" in bob.room.remote_participants, "bob to see alice arrive")
+        await eventually(
+            lambda: set(alice.room.remote_participants) == {"bob"}, "alice to see bob only, not carol"
+        )
+        assert alice.room.local_participant.sid == alice_sid, "the same participant, moved"
+        await eventually(
+            lambda: len(bob.levels) >= 50 and np.mean(bob.levels[-25:]) > 4000, "bob to hear alice"
+        )
+        await eventually(
+            lambda: len(alice.levels) > heard_from_bob + 50 and np.mean(alice.levels[-25:]) > 4000,
+            "alice to hear bob",
+        )
+        listed = await lkapi.room.list_participants(api.ListParticipantsRequest(room=destination))
+        assert {p.identity for p in listed.participants} == {"alice", "bob"}
+        [moved_info] = [p for p in listed.participants if p.identity == "alice"]
+        assert moved_info.sid == alice_sid and len(moved_info.tracks) == 1
+        listed = await lkapi.room.list_participants(api.ListParticipantsRequest(room=clients.room))
+        assert [p.identity for p in listed.participants] == ["carol"]
+
+        # Refusals, in the Twirp style of the rest.
+        back = api.MoveParticipantRequest(room=destination, identity="alice", destination_room=destination)
+        with pytest.raises(api.TwirpError) as same:
+            await lkapi.room.move_participant(back)
+        assert same.value.code == "invalid_argument"
+        nowhere = api.MoveParticipantRequest(room=destination, identity="alice", destination_room="no-room")
+        with pytest.raises(api.TwirpError) as missing:
+            await lkapi.room.move_participant(nowhere)
+        assert missing.value.code == "not_found"
+        token = server.token(room_admin=True, room=destination)  # no destinationRoom grant
+        status, body = await twirp_json(
+            server,
+            "MoveParticipant",
+            {"room": destination, "identity": "alice", "destination_room": clients.room},
+            token,
+        )
+        assert status == 403 and body["code"] == "permission_denied"
+
+        # And back, with the Node server SDK (JSON): carol sees her again, and hears her.
+        carol_heard = len(carol.levels)
+        env = {"SCENARIO_ROOM": destination, "SCENARIO_DESTINATION": clients.room}
+        node = await run_scenario(server, "move-participant", SCENARIO_IDENTITY="alice", **env)
+        assert node["result"]["ok"] is True, node
+        await eventually(lambda: moved == [destination, clients.room], "alice's SDK to report the way back")
+        await eventually(lambda: set(alice.room.remote_participants) == {"carol"}, "alice to see carol")
+        await eventually(
+            lambda: len(carol.levels) > carol_heard + 50 and np.mean(carol.levels[-25:]) > 4000,
+            "carol to hear alice again",
+        )
+    finally:
+        await bob.close()

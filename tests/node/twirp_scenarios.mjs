@@ -53,6 +53,15 @@ const scenarios = {
    * updateSubscriptions for SCENARIO_ROOM / SCENARIO_IDENTITY / SCENARIO_TRACK (SCENARIO_SUBSCRIBE "1" or
    * "0"), then the same for an identity that is not in the room.
    */
+  /** moveParticipant SCENARIO_IDENTITY from SCENARIO_ROOM to SCENARIO_DESTINATION. */
+  async 'move-participant'() {
+    const env = process.env;
+    const result = await attempt(() =>
+      roomClient().moveParticipant(env.SCENARIO_ROOM, env.SCENARIO_IDENTITY, env.SCENARIO_DESTINATION),
+    );
+    return { result: { ...result, value: result.value ?? null } };
+  },
+
   async 'update-subscriptions'() {
     const env = process.env;
     const subscribe = env.SCENARIO_SUBSCRIBE === '1';

@@ -6,7 +6,13 @@ from livekit.protocol import models, rtc
 from livekit.protocol import room as pb
 
 from switchboard.api.twirp import Method, TwirpError
-from switchboard.auth.grants import Claims, require_room_admin, require_room_create, require_room_list
+from switchboard.auth.grants import (
+    Claims,
+    require_destination_room,
+    require_room_admin,
+    require_room_create,
+    require_room_list,
+)
 from switchboard.core.errors import NotFound
 from switchboard.rtc import rpc as rpc_errors
 from switchboard.runtime import Runtime
@@ -21,6 +27,8 @@ class LiveParticipants(Protocol):
     async def perform_rpc(
         self, room: str, identity: str, method: str, payload: str, timeout_ms: int
     ) -> str: ...
+
+    def move_participant(self, room: str, identity: str, destination: str) -> None: ...
 
 
 # How LiveKit reports a failed RPC (its psrpc codes, as Twirp codes).
@@ -136,6 +144,15 @@ def methods(runtime: Runtime, live: LiveParticipants) -> dict[str, Method]:
             raise TwirpError(_RPC_ERROR_CODES.get(exc.code, "unknown"), str(exc)) from exc
         return pb.PerformRpcResponse(payload=payload)
 
+    def move_participant(claims: Claims, request: pb.MoveParticipantRequest) -> pb.MoveParticipantResponse:
+        require_destination_room(claims, request.room, request.destination_room)
+        if request.room == request.destination_room:
+            raise TwirpError("invalid_argument", "destination room cannot be the same as source room")
+        engine.participant(request.room, request.identity)
+        engine.room(request.destination_room)  # it must exist: moving creates no room
+        live.move_participant(request.room, request.identity, request.destination_room)
+        return pb.MoveParticipantResponse()
+
     return {
         "CreateRoom": Method(pb.CreateRoomRequest, create_room),
         "ListRooms": Method(pb.ListRoomsRequest, list_rooms),
@@ -149,4 +166,5 @@ def methods(runtime: Runtime, live: LiveParticipants) -> dict[str, Method]:
         "SendData": Method(pb.SendDataRequest, send_data),
         "UpdateSubscriptions": Method(pb.UpdateSubscriptionsRequest, update_subscriptions),
         "PerformRpc": Method(pb.PerformRpcRequest, perform_rpc),
+        "MoveParticipant": Method(pb.MoveParticipantRequest, move_participant),
     }

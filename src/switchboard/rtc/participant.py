@@ -229,11 +229,7 @@ class ParticipantSession:
         if self.closed:
             return
         self.closed = True
-        # As LiveKit: the others get the participant's last full info (name, metadata, attributes, kind)
-        # with state DISCONNECTED, so the SDKs' "participant disconnected" events still show them. Its
-        # tracks are closed first there, so the info lists none.
-        last = self.info("DISCONNECTED", self._last)
-        del last.tracks[:]
+        last = self.farewell(reason)
         runtime = self.service.runtime
         for relay in self.relays.values():
             self.service.unpublished(self, relay)
@@ -247,8 +243,6 @@ class ParticipantSession:
             engine.participant_left(self.room, self.identity, runtime.now(), sid=self.sid, lost=lost)
             runtime.flush()
         if not self.hidden and not replaced:
-            last.version = 1 << 30  # after every earlier update of this participant
-            last.disconnect_reason = reason  # type: ignore[assignment]
             self.service.broadcast(self.room, [last], exclude=self)
         self.service.forget(self)
         self.server_rpcs.close()
@@ -260,6 +254,22 @@ class ParticipantSession:
         await self.signal.flushed()
         await self.ws.close()
         log.info("participant left room=%s identity=%s", self.room, self.identity)
+
+    def farewell(self, reason: int) -> models.ParticipantInfo:
+        """What the others are told when this participant leaves their room.
+
+        As LiveKit: its last full info (name, metadata, attributes, kind) with state DISCONNECTED and
+        why, so the SDKs' "participant disconnected" events still show them. Its tracks are closed first
+        there, so the info lists none.
+        """
+        last = self.info("DISCONNECTED", self._last)
+        del last.tracks[:]
+        last.version = 1 << 30  # after every earlier update of this participant
+        last.disconnect_reason = reason  # type: ignore[assignment]
+        return last
+
+    def drop_deferred(self) -> None:
+        self._deferred = []
 
     def disconnect(self, reason: int) -> None:
         """Server-side end of the session: tell the client why, then close."""

@@ -6,13 +6,14 @@ is a plain HTTP error whose text the SDKs show (they fetch `/rtc/validate` for i
 """
 
 import logging
+from dataclasses import replace
 
 import aioice.ice
 from aiohttp import web
 from livekit.protocol import models, rtc
 
 from switchboard.auth.grants import Claims, InvalidToken
-from switchboard.auth.tokens import TokenVerifier
+from switchboard.auth.tokens import TokenVerifier, mint_token
 from switchboard.core import ids
 from switchboard.core.errors import CoreError, FailedPrecondition, NotFound, ResourceExhausted
 from switchboard.core.events import (
@@ -234,6 +235,66 @@ class RtcService:
 
     async def perform_rpc(self, room: str, identity: str, method: str, payload: str, timeout_ms: int) -> str:
         return await self.live(room, identity).call(method, payload, timeout_ms)
+
+    def move_participant(self, room: str, identity: str, destination: str) -> None:
+        """Take a connected participant, with its tracks, into another room on its own connection
+        (RoomService.MoveParticipant). As LiveKit: the old room sees it leave, the new one sees it join,
+        and the participant gets `room_moved` (the new room, a token for it, the others there)."""
+        session = self.live(room, identity)
+        engine, now = self.runtime.engine, self.runtime.now()
+        participant = engine.participant(room, identity)
+        engine.participant_joined(destination, participant, now)  # NotFound, ResourceExhausted: unmoved
+        engine.participant_left(room, identity, now, sid=session.sid)
+        self.runtime.flush()
+
+        before = [s for s in self.sessions.get(room, {}).values() if s is not session and not s.closed]
+        for other in before:
+            for relay in session.relays.values():
+                other.unsubscribe(relay)
+                other.forget_track(relay.track_sid)
+            for relay in other.relays.values():
+                session.unsubscribe(relay)
+                session.forget_track(relay.track_sid)
+        session.drop_deferred()
+        if not session.hidden:
+            self.broadcast(room, [session.farewell(models.PARTICIPANT_REMOVED)], exclude=session)
+        gone = [other.farewell(models.PARTICIPANT_REMOVED) for other in before if not other.hidden]
+        if gone:  # the SDKs drop the old room's participants on this, not on room_moved
+            session.signal.send(rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=gone)))
+
+        self.forget(session)
+        session.room = destination
+        self.sessions.setdefault(destination, {})[identity] = session
+        after = [s for s in self.sessions[destination].values() if s is not session and not s.closed]
+        moved = rtc.RoomMovedResponse(
+            room=room_to_proto(engine.room(destination)),
+            token=self._token_for(session, destination),
+            participant=session.info(),
+            other_participants=[other.info() for other in after if not other.hidden],
+        )
+        session.signal.send(rtc.SignalResponse(room_moved=moved))
+        if not session.hidden:
+            self.broadcast(destination, [session.info()], exclude=session)
+        for other in after:
+            for relay in other.relays.values():
+                session.subscribe(other, relay)
+            for relay in session.relays.values():
+                other.subscribe(session, relay)
+        log.info("participant moved room=%s identity=%s destination=%s", room, identity, destination)
+
+    def _token_for(self, session: ParticipantSession, room: str) -> str:
+        """A token like the participant's own, for `room` (what it reconnects with after a move)."""
+        claims, participant = session.claims, session.participant()
+        return mint_token(
+            claims.api_key,
+            self._verifier.secret(claims.api_key) or "",
+            video=replace(claims.video, room=room, destination_room=""),
+            identity=participant.identity,
+            name=participant.name,
+            kind=claims.kind,
+            metadata=participant.metadata,
+            attributes=participant.attributes,
+        )
 
     # Decisions from the engine
 
