@@ -22,13 +22,21 @@ from tests.node_clients import run_scenario
 PING_TIMEOUT = 2
 NO_AUDIO_WINDOW = 1.0
 SUBSCRIPTION_DEADLINE = 10.0
+MAX_BAD_FRAMES = 5
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     instance = start_server(
         tmp_path_factory.mktemp("server"),
-        {"rtc": {"ice_addresses": ["127.0.0.1"], "ping_interval": 1, "ping_timeout": PING_TIMEOUT}},
+        {
+            "rtc": {
+                "ice_addresses": ["127.0.0.1"],
+                "ping_interval": 1,
+                "ping_timeout": PING_TIMEOUT,
+                "max_bad_frames": MAX_BAD_FRAMES,
+            }
+        },
     )
     yield instance
     stop_server(instance)
@@ -909,3 +917,32 @@ async def test_room_service_moves_a_participant_to_another_room(
         )
     finally:
         await bob.close()
+
+
+async def test_a_client_that_keeps_sending_malformed_frames_is_disconnected(
+    server: Server, clients: Any
+) -> None:
+    alice = await clients("alice")
+    session, ws = await raw_join(server, clients.room, "noisy")
+    try:
+        garbage = b"\xff\xff\xff\xff"
+        for _ in range(MAX_BAD_FRAMES - 1):  # a run that stops short of the limit is forgiven…
+            await ws.send_bytes(garbage)
+        seen = await read_signal_until(ws, lambda r: r.WhichOneof("message") == "pong")
+        assert all(r.WhichOneof("message") != "leave" for r in seen)
+        for _ in range(MAX_BAD_FRAMES):  # …one that reaches it is not
+            await ws.send_bytes(garbage)
+        seen = await read_signal_until(ws, lambda r: r.WhichOneof("message") == "leave")
+        assert seen[-1].leave.reason == models.STATE_MISMATCH
+        closing = await asyncio.wait_for(ws.receive(), 10)
+        while closing.type == aiohttp.WSMsgType.BINARY:
+            closing = await asyncio.wait_for(ws.receive(), 10)
+        assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+    finally:
+        await session.close()
+    await eventually(lambda: alice.saw("participant_disconnected"), "alice to see the noisy client go")
+
+    # The log says it once per run of bad frames, with the count, not once per frame.
+    lines = [line for line in server.log().splitlines() if "identity=noisy" in line and "bad signal" in line]
+    assert len(lines) == 4, lines
+    assert f"count={MAX_BAD_FRAMES - 1}" in lines[1] and f"count={MAX_BAD_FRAMES}" in lines[3], lines

@@ -44,6 +44,10 @@ RELIABLE, LOSSY = "_reliable", "_lossy"
 _MAX_QUEUED_PACKETS = 256
 # A publisher's subscription permission names at most this many subscribers (LiveKit sets no limit).
 _MAX_TRACK_PERMISSIONS = 1024
+# Tracks announced (add_track) whose media has not arrived yet, per participant.
+_MAX_PENDING_TRACKS = 32
+# ICE candidates received before the description they belong to, per connection.
+_MAX_PENDING_CANDIDATES = 256
 _SOURCE_NAMES = {value: name.lower() for name, value in models.TrackSource.items()}
 _SOURCES = frozenset(models.TrackSource.keys())
 
@@ -164,6 +168,7 @@ class ParticipantSession:
                 self.subscribe(other, relay)
         self.request_negotiation()
         reason = models.SIGNAL_CLOSE  # the signal connection closed without a leave request
+        bad_frames: list[str] = []
         try:
             while not self.closed:
                 try:
@@ -183,9 +188,21 @@ class ParticipantSession:
                     )
                     break  # SIGNAL_CLOSE
                 except MalformedMessage as exc:
-                    # One bad frame does not end the session; the client may recover.
-                    log.info("bad signal frame room=%s identity=%s error=%s", self.room, self.identity, exc)
+                    # A bad frame does not end the session (the client may recover); a client that
+                    # keeps sending them does. One log line for the first, then one with the count.
+                    bad_frames.append(str(exc))
+                    if len(bad_frames) == 1:
+                        log.info(
+                            "bad signal frame room=%s identity=%s error=%s", self.room, self.identity, exc
+                        )
+                    if len(bad_frames) >= settings.max_bad_frames:
+                        reason = models.STATE_MISMATCH
+                        self._send_leave(reason)
+                        break
                     continue
+                if bad_frames:
+                    self._log_bad_frames(bad_frames)
+                    bad_frames = []
                 if request is None:
                     break
                 try:
@@ -197,7 +214,20 @@ class ParticipantSession:
                     reason = models.UNKNOWN_REASON
                     break
         finally:
+            if bad_frames:
+                self._log_bad_frames(bad_frames)
             await self.close(reason)
+
+    def _log_bad_frames(self, errors: list[str]) -> None:
+        """One line for a run of malformed signal frames (the first one was logged as it came)."""
+        if len(errors) > 1 or errors[-1] != errors[0]:
+            log.info(
+                "bad signal frames room=%s identity=%s count=%d last_error=%s",
+                self.room,
+                self.identity,
+                len(errors),
+                errors[-1],
+            )
 
     def _announce(self, state: str = "") -> None:
         if not self.hidden:
@@ -273,12 +303,15 @@ class ParticipantSession:
 
     def disconnect(self, reason: int) -> None:
         """Server-side end of the session: tell the client why, then close."""
+        self._send_leave(reason)
+        asyncio.get_running_loop().create_task(self.close(reason))
+
+    def _send_leave(self, reason: int) -> None:
         self.signal.send(
             rtc.SignalResponse(
                 leave=rtc.LeaveRequest(reason=models.DisconnectReason.Name(reason), action="DISCONNECT")
             )
         )
-        asyncio.get_running_loop().create_task(self.close(reason))
 
     # Signalling
 
@@ -352,7 +385,10 @@ class ParticipantSession:
             log.info("bad trickle candidate room=%s identity=%s", self.room, self.identity)
             return
         target = rtc.SUBSCRIBER if trickle.target == rtc.SUBSCRIBER else rtc.PUBLISHER
-        self._pending_candidates[target].append(candidate)
+        pending = self._pending_candidates[target]
+        if len(pending) >= _MAX_PENDING_CANDIDATES:
+            return  # kept until its description is set; a client cannot grow it without bound
+        pending.append(candidate)
         await self._apply_candidates(target)
 
     async def _apply_candidates(self, target: int) -> None:
@@ -400,6 +436,12 @@ class ParticipantSession:
             refusal, reason = (
                 "only audio tracks are relayed by this server",
                 rtc.RequestResponse.UNSUPPORTED_TYPE,
+            )
+        elif len(self._pending_tracks) >= _MAX_PENDING_TRACKS:
+            # Announced tracks whose media never came: a client cannot grow this without bound.
+            refusal, reason = (
+                f"more than {_MAX_PENDING_TRACKS} tracks announced and not sent",
+                rtc.RequestResponse.LIMIT_EXCEEDED,
             )
         if refusal:
             log.info("publish refused room=%s identity=%s reason=%r", self.room, self.identity, refusal)
