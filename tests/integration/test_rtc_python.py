@@ -946,3 +946,18 @@ async def test_a_client_that_keeps_sending_malformed_frames_is_disconnected(
     lines = [line for line in server.log().splitlines() if "identity=noisy" in line and "bad signal" in line]
     assert len(lines) == 4, lines
     assert f"count={MAX_BAD_FRAMES - 1}" in lines[1] and f"count={MAX_BAD_FRAMES}" in lines[3], lines
+
+
+async def test_tracks_announced_but_never_sent_are_bounded(server: Server, clients: Any) -> None:
+    session, ws = await raw_join(server, clients.room, "announcer")
+    try:
+        for n in range(33):
+            request = signal.AddTrackRequest(cid=f"cid-{n}", name="mic", type=models.AUDIO)
+            await ws.send_bytes(signal.SignalRequest(add_track=request).SerializeToString())
+        seen = await read_signal_until(ws, lambda r: r.WhichOneof("message") == "request_response")
+        published = [r.track_published.cid for r in seen if r.WhichOneof("message") == "track_published"]
+        assert published == [f"cid-{n}" for n in range(32)]
+        refusal = seen[-1].request_response
+        assert refusal.reason == signal.RequestResponse.LIMIT_EXCEEDED and refusal.add_track.cid == "cid-32"
+    finally:
+        await session.close()
