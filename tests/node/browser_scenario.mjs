@@ -1,12 +1,13 @@
 // The official browser SDK `livekit-client` (unmodified UMD build) in headless Debian Chromium, driven by
 // playwright-core, against a Switchboard server. Run by tests/integration/test_browser.py:
 //
-//   node browser_scenario.mjs <room|captions|bad-token>
+//   node browser_scenario.mjs <room|watch|captions|bad-token>
 //
 // Environment: PAGE_URL (a page that loads livekit-client.umd.js, served by the test), SWITCHBOARD_WS_URL,
 // BROWSER_TOKEN, PEER_IDENTITY (the Python participant, room scenario), CHROMIUM (default /usr/bin/chromium).
 // The room scenario waits for a line `leave` on stdin before disconnecting, so that the test decides when
-// the browser leaves. The captions scenario listens on lk.transcription until PEER_IDENTITY's first final
+// the browser leaves; so does the watch scenario (a listener that records track permissions, subscriptions
+// and departures, then waits for PEER_IDENTITY to have left). The captions scenario listens on lk.transcription until PEER_IDENTITY's first final
 // caption (at most 45 s). Prints exactly one JSON line of observations on stdout; diagnostics go to stderr.
 
 import readline from 'node:readline';
@@ -206,6 +207,53 @@ async function readCaptions({ url, token, peer, timeoutMs }) {
   return obs;
 }
 
+async function watch({ url, token }) {
+  // A listener: what it is told about the others' tracks (permissions, subscriptions) and departures.
+  const LK = window.LivekitClient;
+  const t0 = performance.now();
+  const ms = () => Math.round(performance.now() - t0);
+  const obs = { permissions: [], subscribed: [], unsubscribed: [], left: [] };
+  window.__obs = obs;
+  const room = new LK.Room();
+  window.__room = room;
+  const E = LK.RoomEvent;
+  room.on(E.TrackSubscriptionPermissionChanged, (pub, status, p) =>
+    obs.permissions.push({ identity: p.identity, sid: pub.trackSid, status, at: ms() }),
+  );
+  room.on(E.TrackSubscribed, (track, pub, p) => obs.subscribed.push({ identity: p.identity, sid: pub.trackSid, at: ms() }));
+  room.on(E.TrackUnsubscribed, (track, pub, p) => obs.unsubscribed.push({ identity: p.identity, sid: pub.trackSid, at: ms() }));
+  room.on(E.ParticipantDisconnected, (p) =>
+    obs.left.push({ identity: p.identity, name: p.name, metadata: p.metadata, attributes: { ...p.attributes }, at: ms() }),
+  );
+  await room.connect(url, token, { autoSubscribe: true });
+  obs.localIdentity = room.localParticipant.identity;
+  // The room drops its events while it connects (emitWhenConnected), so what it was told about the
+  // others' tracks then is read from the publications themselves.
+  const start = performance.now();
+  const statuses = () =>
+    [...room.remoteParticipants.values()].flatMap((p) =>
+      [...p.trackPublications.values()].map((pub) => ({ identity: p.identity, sid: pub.trackSid, status: pub.permissionStatus })),
+    );
+  while (!statuses().some((s) => s.status === 'not_allowed') && performance.now() - start < 3000) {
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  obs.permissionsAfterConnect = statuses();
+  // Tell the others it is connected (and has read that), so that they change permissions only now.
+  await room.localParticipant.publishData(new TextEncoder().encode('watching'), { reliable: true });
+  return obs;
+}
+
+async function stopWatching({ timeoutMs, peer }) {
+  const room = window.__room;
+  const obs = window.__obs;
+  const start = performance.now();
+  while (!obs.left.some((p) => p.identity === peer) && performance.now() - start < timeoutMs) {
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  await room.disconnect();
+  return obs;
+}
+
 // ---- Driver ----
 
 async function main() {
@@ -221,7 +269,7 @@ async function main() {
   });
   result.launchMs = Date.now() - started;
   result.browserVersion = browser.version();
-  const input = scenario === 'room' ? lines() : null;
+  const input = scenario === 'room' || scenario === 'watch' ? lines() : null;
   try {
     const page = await browser.newPage();
     page.setDefaultTimeout(STEP_TIMEOUT_MS);
@@ -265,6 +313,11 @@ async function main() {
       process.stderr.write('browser joined and sent; waiting for `leave` on stdin\n');
       result.leaveSignal = await input.next(45_000);
       result.left = await page.evaluate(waitAndLeave, { timeoutMs: 5000, peer: env.PEER_IDENTITY });
+    } else if (scenario === 'watch') {
+      result.joined = await page.evaluate(watch, { url: env.SWITCHBOARD_WS_URL, token: env.BROWSER_TOKEN });
+      process.stderr.write('browser watching; waiting for `leave` on stdin\n');
+      result.leaveSignal = await input.next(45_000);
+      result.watched = await page.evaluate(stopWatching, { timeoutMs: 5000, peer: env.PEER_IDENTITY });
     } else if (scenario === 'captions') {
       result.read = await page.evaluate(readCaptions, {
         url: env.SWITCHBOARD_WS_URL,
