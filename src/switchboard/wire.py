@@ -83,6 +83,7 @@ def participant_to_proto(
             _PARTICIPANT_KIND.get(participant.kind, models.ParticipantInfo.STANDARD)
         ),
         client_protocol=client_protocol,
+        kind_details=[models.ParticipantInfo.FORWARDED] if participant.forwarded else [],
     )
 
 

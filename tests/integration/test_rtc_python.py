@@ -961,3 +961,64 @@ async def test_tracks_announced_but_never_sent_are_bounded(server: Server, clien
         assert refusal.reason == signal.RequestResponse.LIMIT_EXCEEDED and refusal.add_track.cid == "cid-32"
     finally:
         await session.close()
+
+
+async def test_room_service_forwards_a_participant_into_another_room(
+    server: Server, clients: Any, lkapi: api.LiveKitAPI
+) -> None:
+    """ForwardParticipant: the participant stays in its room and shows in another one too (kind detail
+    FORWARDED), with its tracks; changes to it show there; removing it there, or its leaving, ends it."""
+    alice, carol = await clients("alice"), await clients("carol")
+    destination = f"{clients.room}-b"
+    await lkapi.room.create_room(api.CreateRoomRequest(name=destination))
+    bob = Client("bob")
+    try:
+        await bob.room.connect(server.ws_url, server.join_token(destination, "bob"))
+        publication = await alice.publish_tone()
+        await eventually(lambda: len(carol.levels) >= 50, "carol to hear alice")
+        forward = api.ForwardParticipantRequest(
+            room=clients.room, identity="alice", destination_room=destination
+        )
+        await lkapi.room.forward_participant(forward)
+
+        await eventually(lambda: "alice" in bob.room.remote_participants, "bob to see alice's forward")
+        forwarded = bob.room.remote_participants["alice"]
+        assert forwarded.sid.startswith("PA_") and forwarded.sid != alice.room.local_participant.sid
+        assert [p.sid for p in forwarded.track_publications.values()] == [publication.sid]
+        await eventually(
+            lambda: len(bob.levels) >= 50 and np.mean(bob.levels[-25:]) > 4000, "bob to hear alice"
+        )
+        listed = await lkapi.room.list_participants(api.ListParticipantsRequest(room=destination))
+        infos = {p.identity: p for p in listed.participants}
+        assert set(infos) == {"alice", "bob"} and len(infos["alice"].tracks) == 1
+        assert api.ParticipantInfo.FORWARDED in infos["alice"].kind_details
+        assert "alice" in carol.room.remote_participants, "alice is still in her own room"
+        with pytest.raises(api.TwirpError) as twice:
+            await lkapi.room.forward_participant(forward)
+        assert twice.value.code == "already_exists"
+
+        # Changes to alice show in the other room.
+        await alice.room.local_participant.set_metadata("changed")
+        await eventually(lambda: forwarded.metadata == "changed", "bob to see alice's new metadata")
+
+        # Removed from the destination room: the forward ends there, alice stays where she is.
+        await lkapi.room.remove_participant(api.RoomParticipantIdentity(room=destination, identity="alice"))
+        await eventually(lambda: "alice" not in bob.room.remote_participants, "the forward to end")
+        assert not alice.saw("disconnected") and "alice" in carol.room.remote_participants
+
+        # Forwarded again (with the Node server SDK, JSON), then alice leaves: she leaves both rooms.
+        env = {"SCENARIO_ROOM": clients.room, "SCENARIO_DESTINATION": destination}
+        node = await run_scenario(server, "forward-participant", SCENARIO_IDENTITY="alice", **env)
+        assert node["result"]["ok"] is True, node
+        await eventually(lambda: "alice" in bob.room.remote_participants, "bob to see alice again")
+        await alice.room.disconnect()
+        await eventually(lambda: "alice" not in bob.room.remote_participants, "alice's forward to leave")
+        listed = await lkapi.room.list_participants(api.ListParticipantsRequest(room=destination))
+        assert [p.identity for p in listed.participants] == ["bob"]
+
+        same = api.ForwardParticipantRequest(room=destination, identity="bob", destination_room=destination)
+        with pytest.raises(api.TwirpError) as refused:
+            await lkapi.room.forward_participant(same)
+        assert refused.value.code == "invalid_argument"
+    finally:
+        await bob.close()

@@ -62,6 +62,15 @@ const scenarios = {
     return { result: { ...result, value: result.value ?? null } };
   },
 
+  /** forwardParticipant SCENARIO_IDENTITY from SCENARIO_ROOM to SCENARIO_DESTINATION. */
+  async 'forward-participant'() {
+    const env = process.env;
+    const result = await attempt(() =>
+      roomClient().forwardParticipant(env.SCENARIO_ROOM, env.SCENARIO_IDENTITY, env.SCENARIO_DESTINATION),
+    );
+    return { result: { ...result, value: result.value ?? null } };
+  },
+
   async 'update-subscriptions'() {
     const env = process.env;
     const subscribe = env.SCENARIO_SUBSCRIBE === '1';

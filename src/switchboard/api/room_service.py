@@ -30,6 +30,8 @@ class LiveParticipants(Protocol):
 
     def move_participant(self, room: str, identity: str, destination: str) -> None: ...
 
+    def forward_participant(self, room: str, identity: str, destination: str) -> None: ...
+
 
 # How LiveKit reports a failed RPC (its psrpc codes, as Twirp codes).
 _RPC_ERROR_CODES = {
@@ -153,6 +155,21 @@ def methods(runtime: Runtime, live: LiveParticipants) -> dict[str, Method]:
         live.move_participant(request.room, request.identity, request.destination_room)
         return pb.MoveParticipantResponse()
 
+    def forward_participant(
+        claims: Claims, request: pb.ForwardParticipantRequest
+    ) -> pb.ForwardParticipantResponse:
+        require_destination_room(claims, request.room, request.destination_room)
+        if request.room == request.destination_room:
+            raise TwirpError("invalid_argument", "destination room cannot be the same as source room")
+        engine.participant(request.room, request.identity)
+        destination = engine.room(request.destination_room)  # it must exist: forwarding creates no room
+        if request.identity in destination.participants:
+            raise TwirpError(
+                "already_exists", f"participant '{request.identity}' is already in the destination room"
+            )
+        live.forward_participant(request.room, request.identity, request.destination_room)
+        return pb.ForwardParticipantResponse()
+
     return {
         "CreateRoom": Method(pb.CreateRoomRequest, create_room),
         "ListRooms": Method(pb.ListRoomsRequest, list_rooms),
@@ -167,4 +184,5 @@ def methods(runtime: Runtime, live: LiveParticipants) -> dict[str, Method]:
         "UpdateSubscriptions": Method(pb.UpdateSubscriptionsRequest, update_subscriptions),
         "PerformRpc": Method(pb.PerformRpcRequest, perform_rpc),
         "MoveParticipant": Method(pb.MoveParticipantRequest, move_participant),
+        "ForwardParticipant": Method(pb.ForwardParticipantRequest, forward_participant),
     }

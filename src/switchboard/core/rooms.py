@@ -41,6 +41,8 @@ class Participant:
     has_published: bool = False
     job: tuple[str, int] | None = None
     """(job id, attempt) for an agent that joined with a job token Switchboard minted."""
+    forwarded: bool = False
+    """A copy of a participant of another room, shown here with its tracks (ForwardParticipant)."""
     tracks: dict[str, Track] = field(default_factory=dict)
     version: int = 0
     """Bumped on every change; clients ignore participant updates older than what they have."""

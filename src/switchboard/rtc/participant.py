@@ -11,6 +11,7 @@ import json
 import logging
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -29,12 +30,13 @@ from switchboard.core import ids
 from switchboard.core.errors import CoreError
 from switchboard.core.rooms import Participant, Track
 from switchboard.rtc.data import DataSender, route
-from switchboard.rtc.relay import AudioRelay, OutboundAudio
+from switchboard.rtc.relay import AudioRelay, OutboundAudio, Publisher
 from switchboard.rtc.rpc import ServerRpcCalls
 from switchboard.websocket import ConnectionLost, MalformedMessage, MessageSender, receive
 from switchboard.wire import participant_to_proto, track_to_proto
 
 if TYPE_CHECKING:
+    from switchboard.rtc.forward import Forward
     from switchboard.rtc.service import RtcService
 
 log = logging.getLogger("switchboard.rtc")
@@ -105,7 +107,7 @@ class ParticipantSession:
         self._offering = False
         self._needs_offer = False
         self._negotiation: asyncio.Task[None] | None = None
-        self._deferred: list[tuple[ParticipantSession, AudioRelay]] = []
+        self._deferred: list[tuple[Publisher, AudioRelay]] = []
         """Subscriptions that arrived while an offer was being made or answered (see `subscribe`)."""
         video = claims.video
         self.can_publish = video.can_publish is not False
@@ -148,12 +150,18 @@ class ParticipantSession:
 
     # Lifecycle
 
-    async def run(self, room_info: models.Room, others: list["ParticipantSession"]) -> None:
+    async def run(
+        self,
+        room_info: models.Room,
+        others: list["ParticipantSession"],
+        forwards: Sequence["Forward"] = (),
+    ) -> None:
         settings = self.service.settings
         join = rtc.JoinResponse(
             room=room_info,
             participant=self.info(),
-            other_participants=[o.info() for o in others if not o.hidden],
+            other_participants=[o.info() for o in others if not o.hidden]
+            + [f.info() for f in forwards if not f.hidden],
             subscriber_primary=True,
             ping_interval=settings.ping_interval,
             ping_timeout=settings.ping_timeout,
@@ -163,9 +171,10 @@ class ParticipantSession:
         self.signal.send(rtc.SignalResponse(join=join))
         self._announce()
         self._open_subscriber()
-        for other in others:
-            for relay in other.relays.values():
-                self.subscribe(other, relay)
+        publishers: list[Publisher] = [*others, *forwards]
+        for publisher in publishers:
+            for relay in publisher.relays.values():
+                self.subscribe(publisher, relay)
         self.request_negotiation()
         reason = models.SIGNAL_CLOSE  # the signal connection closed without a leave request
         bad_frames: list[str] = []
@@ -274,6 +283,7 @@ class ParticipantSession:
             runtime.flush()
         if not self.hidden and not replaced:
             self.service.broadcast(self.room, [last], exclude=self)
+        self.service.end_forwards(self, reason)
         self.service.forget(self)
         self.server_rpcs.close()
         if self._negotiation is not None:
@@ -520,7 +530,7 @@ class ParticipantSession:
     def wants(self, track_sid: str) -> bool:
         return self.can_subscribe and self.subscription_overrides.get(track_sid, self.auto_subscribe)
 
-    def subscribe(self, publisher: "ParticipantSession", relay: AudioRelay) -> None:
+    def subscribe(self, publisher: Publisher, relay: AudioRelay) -> None:
         if not self.wants(relay.track_sid) or relay.track_sid in self.subscriptions:
             return
         allowed = publisher.allows(self, relay.track_sid)
@@ -582,7 +592,7 @@ class ParticipantSession:
         all_tracks, track_sids = self._allowed.get(subscriber.identity, (False, set()))
         return all_tracks or track_sid in track_sids
 
-    def recheck_permission(self, publisher: "ParticipantSession", relay: AudioRelay) -> None:
+    def recheck_permission(self, publisher: Publisher, relay: AudioRelay) -> None:
         """The publisher changed who may subscribe: subscribe, or unsubscribe and say why."""
         if publisher.allows(self, relay.track_sid):
             self.subscribe(publisher, relay)
@@ -594,7 +604,7 @@ class ParticipantSession:
         if relay.track_sid in self.subscriptions:
             self.unsubscribe(relay)
 
-    def _tell_permission(self, publisher: "ParticipantSession", track_sid: str, allowed: bool) -> None:
+    def _tell_permission(self, publisher: Publisher, track_sid: str, allowed: bool) -> None:
         """As LiveKit: the first time a wanted track is checked, and each time the answer changes."""
         if self._permitted.get(track_sid) == allowed or self.closed:
             return

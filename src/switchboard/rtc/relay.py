@@ -10,7 +10,8 @@ internals (`RTCRtpReceiver._handle_rtp_packet`, `RTCRtpTransceiver._codecs`), he
 import asyncio
 import fractions
 import logging
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import av
 from aiortc import MediaStreamTrack, RTCRtpTransceiver
@@ -117,3 +118,20 @@ class AudioRelay:
     def close(self) -> None:
         for subscriber_sid in list(self.subscribers):
             self.unsubscribe(subscriber_sid)
+
+
+class Publisher(Protocol):
+    """Whom subscribers receive relayed tracks from: a participant, or its forward in another room."""
+
+    @property
+    def sid(self) -> str: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    @property
+    def relays(self) -> Mapping[str, AudioRelay]: ...
+
+    def allows(self, subscriber: Any, track_sid: str) -> bool: ...
+
+    def track_subscribed(self, relay: AudioRelay) -> None: ...
