@@ -178,8 +178,7 @@ class RtcService:
     def published(self, publisher: ParticipantSession, relay: AudioRelay) -> None:
         """A new track: everyone learns of it before any subscriber offer carrying it."""
         for room, as_seen in self._appearances(publisher):
-            if not publisher.hidden:
-                self.broadcast(room, [as_seen.info()])
+            self.broadcast(room, [as_seen.info()])
             for session in self.sessions.get(room, {}).values():
                 if session is not publisher and not session.closed:
                     session.subscribe(as_seen, relay)
