@@ -658,6 +658,11 @@ async def test_end_to_end_encrypted_data_and_audio_pass_through(clients: Any) ->
     await eventually(lambda: len(bob.levels) >= 50, "bob to receive alice's encrypted audio")
     await eventually(lambda: np.mean(bob.levels[-25:]) > 4000, "bob to decrypt alice's tone")
 
+    # It is really encrypted: a participant with another key receives the track, but not the tone.
+    dave = await clients("dave", encrypted(b"not the key the others share"))
+    await eventually(lambda: len(dave.levels) >= 100, "dave to receive alice's track")
+    assert max(dave.levels[-50:]) < 1000, f"decoded without the key: {dave.levels[-5:]}"
+
 
 async def test_track_subscription_permissions_are_enforced(server: Server, clients: Any) -> None:
     """A publisher chooses who may receive its tracks (`set_track_subscription_permissions`): the others

@@ -2,7 +2,8 @@
 //
 // Usage: node rtc_scenarios.mjs <presence|audio|audio-fanout|unpublish|republish|data|text>
 // Environment: SWITCHBOARD_URL (ws://127.0.0.1:PORT), TOKEN_A, TOKEN_B (and TOKEN_C for `audio-fanout` and
-// `data`): participant tokens for one room, minted by the Python test. HOLD_FOR_STDIN=1 makes `audio` and
+// `data`): participant tokens for one room, minted by the Python test; E2EE_KEY: every participant uses
+// the SDK's end-to-end encryption with this shared key. HOLD_FOR_STDIN=1 makes `audio` and
 // `unpublish` wait, with the participants still connected, for one line on stdin before they leave (the
 // Python test inspects the room through RoomService meanwhile).
 //
@@ -145,6 +146,10 @@ async function join(label) {
     });
   const connectStarted = performance.now();
   const options = { autoSubscribe: true, dynacast: false };
+  if (process.env.E2EE_KEY) {
+    // The SDK's shared-key end-to-end encryption: media and data are encrypted by the sender.
+    options.encryption = { keyProviderOptions: { sharedKey: encoder.encode(process.env.E2EE_KEY) } };
+  }
   await within(room.connect(url, token, options), 20_000, `${label} connect`);
   seen.connectMs = Math.round(performance.now() - connectStarted);
   seen.local = describeParticipant(room.localParticipant);
