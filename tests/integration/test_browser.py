@@ -8,6 +8,7 @@ Python rtc SDK, in this process.
 
 import asyncio
 import contextlib
+import itertools
 import json
 import time
 import uuid
@@ -306,6 +307,57 @@ async def test_browser_is_told_about_track_permissions_and_who_left(server: Serv
     [left] = watched["left"]
     assert (left["identity"], left["name"], left["metadata"]) == ("py", "Py Thon", "py-meta"), left
     assert left["attributes"] == {"role": "host"}, left
+
+
+async def test_browser_hears_a_track_published_again_every_time(server: Server, page_url: str) -> None:
+    """A Python publisher unpublishes and publishes again, three times over: livekit-client receives each
+    new track (its reused transceiver starts receiving again) and decodes audio from it."""
+    toolchain_or_fail()
+    room_name = f"browser-{uuid.uuid4().hex[:8]}"
+    publisher = rtc.Room()
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    publisher.on("data_received", lambda packet: heard.put_nowait(packet.data.decode()))
+    browser = BrowserScenario(
+        server, page_url, "listen", server.join_token(room_name, "browser"), PEER_IDENTITY="py"
+    )
+    sids: list[str] = []
+    try:
+        await publisher.connect(server.ws_url, server.join_token(room_name, "py"))
+        await browser.start()
+        for _ in range(4):
+            source = rtc.AudioSource(48000, 1)
+            track = rtc.LocalAudioTrack.create_audio_track("mic", source)
+            options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+            publication = await publisher.local_participant.publish_track(track, options)
+            sids.append(publication.sid)
+
+            async def play(source: rtc.AudioSource = source) -> None:
+                t = np.arange(480) / 48000
+                for n in itertools.count():
+                    samples = (8000 * np.sin(2 * np.pi * TONE_HZ * (t + n * 0.01))).astype(np.int16)
+                    await source.capture_frame(rtc.AudioFrame(samples.tobytes(), 48000, 1, 480))
+
+            player = asyncio.ensure_future(play())
+            try:
+                said = await asyncio.wait_for(heard.get(), JOIN_TIMEOUT)
+            finally:
+                player.cancel()
+            assert said == f"heard:{publication.sid}"
+            await publisher.local_participant.unpublish_track(publication.sid)
+        browser.tell("leave")
+        result = await browser.result()
+    finally:
+        await browser.kill()
+        with contextlib.suppress(Exception):
+            await publisher.disconnect()
+
+    listened = result["listened"]["heard"]
+    print(f"\nbrowser republish rounds: {listened}")
+    assert [h["sid"] for h in listened] == sids, listened
+    for round_ in listened:  # RTP reached the browser for every new track, and it played the tone from it
+        assert round_["packetsReceived"] >= 100, listened
+        # audioLevel is a fraction of full scale: the tone is 8000 / 32767 ≈ 0.24.
+        assert round_["loudestAudioLevel"] > 0.1, listened
 
 
 async def test_browser_with_a_token_signed_by_another_secret_fails_fast(

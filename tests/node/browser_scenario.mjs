@@ -1,7 +1,7 @@
 // The official browser SDK `livekit-client` (unmodified UMD build) in headless Debian Chromium, driven by
 // playwright-core, against a Switchboard server. Run by tests/integration/test_browser.py:
 //
-//   node browser_scenario.mjs <room|watch|captions|bad-token>
+//   node browser_scenario.mjs <room|watch|listen|captions|bad-token>
 //
 // Environment: PAGE_URL (a page that loads livekit-client.umd.js, served by the test), SWITCHBOARD_WS_URL,
 // BROWSER_TOKEN, PEER_IDENTITY (the Python participant, room scenario), CHROMIUM (default /usr/bin/chromium).
@@ -254,6 +254,50 @@ async function stopWatching({ timeoutMs, peer }) {
   return obs;
 }
 
+async function listen({ url, token, peer, timeoutMs }) {
+  // A listener that plays each track the peer publishes and reports, per track, what its receiver got
+  // (RTP packets, decoded audio energy), then tells the peer with a data packet `heard:<track sid>`.
+  const LK = window.LivekitClient;
+  const obs = { heard: [] };
+  window.__obs = obs;
+  const room = new LK.Room();
+  window.__room = room;
+  room.on(LK.RoomEvent.TrackSubscribed, async (track, pub, p) => {
+    if (p.identity !== peer || track.kind !== 'audio') return;
+    const element = track.attach();
+    element.muted = false;
+    document.body.appendChild(element);
+    const inbound = async () => {
+      let found = null;
+      (await track.receiver.getStats()).forEach((r) => {
+        if (r.type === 'inbound-rtp') found = r;
+      });
+      return found;
+    };
+    // A reused transceiver keeps its counters: count from now, and read the level only once this
+    // track's packets have been arriving for a while.
+    const start = performance.now();
+    const before = (await inbound())?.packetsReceived ?? 0;
+    let packets = 0;
+    let loudest = 0;
+    while (!(packets >= 100 && loudest > 0.1) && performance.now() - start < timeoutMs) {
+      await new Promise((r) => setTimeout(r, 50));
+      const stats = await inbound();
+      packets = (stats?.packetsReceived ?? 0) - before;
+      if (packets >= 50) loudest = Math.max(loudest, stats?.audioLevel ?? 0);
+    }
+    obs.heard.push({ sid: pub.trackSid, packetsReceived: packets, loudestAudioLevel: loudest, ms: Math.round(performance.now() - start) });
+    await room.localParticipant.publishData(new TextEncoder().encode(`heard:${pub.trackSid}`), { reliable: true });
+  });
+  await room.connect(url, token, { autoSubscribe: true });
+  return obs;
+}
+
+async function stopListening() {
+  await window.__room.disconnect();
+  return window.__obs;
+}
+
 // ---- Driver ----
 
 async function main() {
@@ -269,7 +313,7 @@ async function main() {
   });
   result.launchMs = Date.now() - started;
   result.browserVersion = browser.version();
-  const input = scenario === 'room' || scenario === 'watch' ? lines() : null;
+  const input = ['room', 'watch', 'listen'].includes(scenario) ? lines() : null;
   try {
     const page = await browser.newPage();
     page.setDefaultTimeout(STEP_TIMEOUT_MS);
@@ -318,6 +362,16 @@ async function main() {
       process.stderr.write('browser watching; waiting for `leave` on stdin\n');
       result.leaveSignal = await input.next(45_000);
       result.watched = await page.evaluate(stopWatching, { timeoutMs: 5000, peer: env.PEER_IDENTITY });
+    } else if (scenario === 'listen') {
+      result.joined = await page.evaluate(listen, {
+        url: env.SWITCHBOARD_WS_URL,
+        token: env.BROWSER_TOKEN,
+        peer: env.PEER_IDENTITY,
+        timeoutMs: 10_000,
+      });
+      process.stderr.write('browser listening; waiting for `leave` on stdin\n');
+      result.leaveSignal = await input.next(60_000);
+      result.listened = await page.evaluate(stopListening);
     } else if (scenario === 'captions') {
       result.read = await page.evaluate(readCaptions, {
         url: env.SWITCHBOARD_WS_URL,
