@@ -150,7 +150,10 @@ def methods(runtime: Runtime, live: LiveParticipants) -> dict[str, Method]:
         require_destination_room(claims, request.room, request.destination_room)
         if request.room == request.destination_room:
             raise TwirpError("invalid_argument", "destination room cannot be the same as source room")
-        engine.participant(request.room, request.identity)
+        if engine.participant(request.room, request.identity).job is not None:
+            raise TwirpError(
+                "failed_precondition", "an agent runs its job in its own room: it cannot be moved"
+            )
         engine.room(request.destination_room)  # it must exist: moving creates no room
         live.move_participant(request.room, request.identity, request.destination_room)
         return pb.MoveParticipantResponse()
