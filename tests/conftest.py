@@ -40,15 +40,29 @@ class Server:
         return mint_token(self.api_key, self.api_secret, video=VideoGrant(**grants), ttl=ttl)
 
     def join_token(
-        self, room: str, identity: str, *, agents: list[dict[str, str]] | None = None, **grants: Any
+        self,
+        room: str,
+        identity: str,
+        *,
+        agents: list[dict[str, str]] | None = None,
+        profile: dict[str, Any] | None = None,
+        **grants: Any,
     ) -> str:
         """A participant's token for `room`, as `switchboard token create --join` mints it.
 
-        `agents` become roomConfig.agents (e.g. [{"agentName": "x"}]); `grants` add or override video grants.
+        `agents` become roomConfig.agents (e.g. [{"agentName": "x"}]); `profile` sets the token's `name`,
+        `metadata`, `attributes` or `kind`; `grants` add or override video grants.
         """
         video = VideoGrant(**{"room_join": True, "room": room, "can_update_own_metadata": True, **grants})
         config = {"agents": agents} if agents else None
-        return mint_token(self.api_key, self.api_secret, video=video, identity=identity, room_config=config)
+        return mint_token(
+            self.api_key,
+            self.api_secret,
+            video=video,
+            identity=identity,
+            room_config=config,
+            **(profile or {}),
+        )
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -223,6 +223,7 @@ def load_config(
             ping_interval=r.number("rtc.ping_interval", RtcSettings.ping_interval, minimum=1),
             ping_timeout=r.number("rtc.ping_timeout", RtcSettings.ping_timeout, minimum=1),
             ice_addresses=tuple(address_list("rtc.ice_addresses")),
+            max_bad_frames=r.number("rtc.max_bad_frames", RtcSettings.max_bad_frames, minimum=1),
         ),
     }
     directory = r.get("agents_dir")

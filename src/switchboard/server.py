@@ -43,10 +43,6 @@ def build_app(config: Config) -> web.Application:
     verifier = TokenVerifier(config.keys)
     app = web.Application(middlewares=[cors_middleware])
     app[RUNTIME] = runtime
-    twirp = TwirpServer(verifier, config.http, runtime.flush)
-    twirp.add_service("RoomService", room_service.methods(runtime))
-    twirp.add_service("AgentDispatchService", agent_dispatch_service.methods(runtime))
-    twirp.install(app)
     server_info = models.ServerInfo(
         edition=models.ServerInfo.Standard,
         version=LIVEKIT_COMPATIBLE_VERSION,
@@ -57,7 +53,12 @@ def build_app(config: Config) -> web.Application:
     )
     hub = app[HUB] = WorkerHub(runtime, verifier, config.keys, config.workers, server_info)
     app.router.add_get("/agent", hub.handle)
-    RtcService(runtime, verifier, config.rtc, server_info).install(app)
+    rtc = RtcService(runtime, verifier, config.rtc, server_info)
+    rtc.install(app)
+    twirp = TwirpServer(verifier, config.http, runtime.flush)
+    twirp.add_service("RoomService", room_service.methods(runtime, live=rtc))
+    twirp.add_service("AgentDispatchService", agent_dispatch_service.methods(runtime))
+    twirp.install(app)
     app.router.add_get("/", health)
 
     async def start(app: web.Application) -> None:

@@ -56,6 +56,7 @@ def track_to_proto(track: Track) -> models.TrackInfo:
         source=track.source.upper() if track.source.upper() in _TRACK_SOURCES else "UNKNOWN",
         mime_type=track.mime_type,
         mid=track.mid,
+        encryption=track.encryption,  # type: ignore[arg-type]
     )
 
 
@@ -82,6 +83,7 @@ def participant_to_proto(
             _PARTICIPANT_KIND.get(participant.kind, models.ParticipantInfo.STANDARD)
         ),
         client_protocol=client_protocol,
+        kind_details=[models.ParticipantInfo.FORWARDED] if participant.forwarded else [],
     )
 
 

@@ -8,6 +8,7 @@ Python rtc SDK, in this process.
 
 import asyncio
 import contextlib
+import itertools
 import json
 import time
 import uuid
@@ -241,6 +242,122 @@ async def test_browser_and_python_share_a_room(server: Server, page_url: str) ->
         ("disconnected", "CLIENT_INITIATED")
     ], left["events"]
     assert "Traceback" not in server.log(), server.log()
+
+
+async def test_browser_is_told_about_track_permissions_and_who_left(server: Server, page_url: str) -> None:
+    """livekit-client sees a publisher's subscription permissions (not allowed, then allowed with
+    TrackSubscriptionPermissionChanged, and subscribed) and the leaving publisher's name and metadata."""
+    toolchain_or_fail()
+    room_name = f"browser-{uuid.uuid4().hex[:8]}"
+    profile = {"name": "Py Thon", "metadata": "py-meta", "attributes": {"role": "host"}}
+    publisher = rtc.Room()
+    first_subscriber = asyncio.Event()
+    browser_here = asyncio.Event()
+    publisher.on("local_track_subscribed", lambda *_: first_subscriber.set())
+    # The browser says when it is connected (its room relays no events before), with a data packet.
+    publisher.on("data_received", lambda packet: browser_here.set() if packet.data == b"watching" else None)
+    browser = BrowserScenario(
+        server, page_url, "watch", server.join_token(room_name, "browser"), PEER_IDENTITY="py"
+    )
+    tone_task: asyncio.Task[None] | None = None
+    try:
+        await publisher.connect(server.ws_url, server.join_token(room_name, "py", profile=profile))
+        local = publisher.local_participant
+        local.set_track_subscription_permissions(allow_all_participants=False)  # nobody, for now
+        source = rtc.AudioSource(48000, 1)
+        track = rtc.LocalAudioTrack.create_audio_track("mic", source)
+        options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+        publication = await local.publish_track(track, options)
+
+        async def play() -> None:
+            silence = rtc.AudioFrame(bytes(960), 48000, 1, 480)
+            while True:
+                await source.capture_frame(silence)
+
+        tone_task = asyncio.ensure_future(play())
+        await browser.start()
+        await browser.wait_for(browser_here, "the browser to join", JOIN_TIMEOUT)
+        assert not first_subscriber.is_set(), "the browser is not allowed yet"
+        local.set_track_subscription_permissions(
+            allow_all_participants=False,
+            participant_permissions=[
+                rtc.ParticipantTrackPermission(participant_identity="browser", allow_all=True)
+            ],
+        )
+        await browser.wait_for(first_subscriber, "the browser, now allowed, to subscribe")
+        await publisher.disconnect()
+        browser.tell("leave")
+        result = await browser.result()
+    finally:
+        if tone_task is not None:
+            tone_task.cancel()
+        await browser.kill()
+        with contextlib.suppress(Exception):
+            await publisher.disconnect()
+
+    watched = result["watched"]
+    # Not allowed when it joined (livekit-client's room relays no events while it connects, so this is
+    # read from the publication), then allowed (the event), then subscribed.
+    initial = [(p["identity"], p["sid"], p["status"]) for p in result["joined"]["permissionsAfterConnect"]]
+    assert initial == [("py", publication.sid, "not_allowed")], result["joined"]
+    statuses = [(p["identity"], p["sid"], p["status"]) for p in watched["permissions"]]
+    assert statuses[-1:] == [("py", publication.sid, "allowed")], watched
+    assert statuses[:-1] in ([], [("py", publication.sid, "not_allowed")]), watched  # if it was connected
+    assert [(s["identity"], s["sid"]) for s in watched["subscribed"]] == [("py", publication.sid)], watched
+    [left] = watched["left"]
+    assert (left["identity"], left["name"], left["metadata"]) == ("py", "Py Thon", "py-meta"), left
+    assert left["attributes"] == {"role": "host"}, left
+
+
+async def test_browser_hears_a_track_published_again_every_time(server: Server, page_url: str) -> None:
+    """A Python publisher unpublishes and publishes again, three times over: livekit-client receives each
+    new track (its reused transceiver starts receiving again) and decodes audio from it."""
+    toolchain_or_fail()
+    room_name = f"browser-{uuid.uuid4().hex[:8]}"
+    publisher = rtc.Room()
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    publisher.on("data_received", lambda packet: heard.put_nowait(packet.data.decode()))
+    browser = BrowserScenario(
+        server, page_url, "listen", server.join_token(room_name, "browser"), PEER_IDENTITY="py"
+    )
+    sids: list[str] = []
+    try:
+        await publisher.connect(server.ws_url, server.join_token(room_name, "py"))
+        await browser.start()
+        for _ in range(4):
+            source = rtc.AudioSource(48000, 1)
+            track = rtc.LocalAudioTrack.create_audio_track("mic", source)
+            options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+            publication = await publisher.local_participant.publish_track(track, options)
+            sids.append(publication.sid)
+
+            async def play(source: rtc.AudioSource = source) -> None:
+                t = np.arange(480) / 48000
+                for n in itertools.count():
+                    samples = (8000 * np.sin(2 * np.pi * TONE_HZ * (t + n * 0.01))).astype(np.int16)
+                    await source.capture_frame(rtc.AudioFrame(samples.tobytes(), 48000, 1, 480))
+
+            player = asyncio.ensure_future(play())
+            try:
+                said = await asyncio.wait_for(heard.get(), JOIN_TIMEOUT)
+            finally:
+                player.cancel()
+            assert said == f"heard:{publication.sid}"
+            await publisher.local_participant.unpublish_track(publication.sid)
+        browser.tell("leave")
+        result = await browser.result()
+    finally:
+        await browser.kill()
+        with contextlib.suppress(Exception):
+            await publisher.disconnect()
+
+    listened = result["listened"]["heard"]
+    print(f"\nbrowser republish rounds: {listened}")
+    assert [h["sid"] for h in listened] == sids, listened
+    for round_ in listened:  # RTP reached the browser for every new track, and it played the tone from it
+        assert round_["packetsReceived"] >= 100, listened
+        # audioLevel is a fraction of full scale: the tone is 8000 / 32767 ≈ 0.24.
+        assert round_["loudestAudioLevel"] > 0.1, listened
 
 
 async def test_browser_with_a_token_signed_by_another_secret_fails_fast(

@@ -4,6 +4,7 @@ the RoomService methods that act on live participants, and misbehaving clients."
 import asyncio
 import contextlib
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -16,17 +17,26 @@ from livekit.protocol import rtc as signal
 
 from tests.agent_workers import eventually
 from tests.conftest import Server, start_server, stop_server
+from tests.node_clients import run_scenario
 
 PING_TIMEOUT = 2
 NO_AUDIO_WINDOW = 1.0
 SUBSCRIPTION_DEADLINE = 10.0
+MAX_BAD_FRAMES = 5
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     instance = start_server(
         tmp_path_factory.mktemp("server"),
-        {"rtc": {"ice_addresses": ["127.0.0.1"], "ping_interval": 1, "ping_timeout": PING_TIMEOUT}},
+        {
+            "rtc": {
+                "ice_addresses": ["127.0.0.1"],
+                "ping_interval": 1,
+                "ping_timeout": PING_TIMEOUT,
+                "max_bad_frames": MAX_BAD_FRAMES,
+            }
+        },
     )
     yield instance
     stop_server(instance)
@@ -519,3 +529,501 @@ async def test_the_others_learn_why_a_participant_left(clients: Any, lkapi: api.
         "bob": rtc.DisconnectReason.CLIENT_INITIATED,
         "carol": rtc.DisconnectReason.PARTICIPANT_REMOVED,
     }
+
+
+async def read_signal_until(
+    ws: Any, done: Callable[[signal.SignalResponse], bool], deadline: float = 15.0
+) -> list[signal.SignalResponse]:
+    """Read a raw client's signal responses (pinging now and then, so it stays in the room) until `done`
+    holds for one of them."""
+    seen: list[signal.SignalResponse] = []
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline
+    while loop.time() < end:
+        await ws.send_bytes(signal.SignalRequest(ping=1).SerializeToString())
+        pinged = loop.time()
+        while loop.time() < min(end, pinged + 0.5):
+            try:
+                message = await asyncio.wait_for(ws.receive(), pinged + 0.5 - loop.time())
+            except TimeoutError:
+                break
+            if message.type != aiohttp.WSMsgType.BINARY:
+                raise AssertionError(f"signal connection ended: {message}")
+            seen.append(signal.SignalResponse.FromString(message.data))
+            if done(seen[-1]):
+                return seen
+    kinds = Counter(response.WhichOneof("message") for response in seen)
+    raise AssertionError(f"not seen within {deadline}s; saw {dict(kinds)}")
+
+
+async def test_a_leaving_participant_is_announced_with_its_full_info(server: Server, clients: Any) -> None:
+    """The participant-left update carries the last full info, as LiveKit's: the SDKs' "participant
+    disconnected" event still shows the participant's name, metadata, attributes and kind."""
+    alice = await clients("alice")
+    session, ws = await raw_join(server, clients.room, "watcher")
+    profile = {"name": "Bob B.", "metadata": "from-token", "attributes": {"team": "blue"}}
+    bob = await clients("bob", profile=profile)
+    await bob.publish_tone()
+    await bob.room.local_participant.set_metadata("updated")
+    await bob.room.local_participant.set_attributes({"mood": "calm"})
+    await eventually(
+        lambda: alice.room.remote_participants["bob"].metadata == "updated", "alice to see bob's metadata"
+    )
+    await bob.room.disconnect()
+
+    await eventually(lambda: alice.saw("participant_disconnected"), "alice to see bob leave")
+    [(left,)] = alice.saw("participant_disconnected")
+    assert (left.identity, left.name, left.metadata) == ("bob", "Bob B.", "updated")
+    assert left.attributes == {"team": "blue", "mood": "calm"}
+    assert left.kind == rtc.ParticipantKind.PARTICIPANT_KIND_STANDARD
+    assert left.disconnect_reason == rtc.DisconnectReason.CLIENT_INITIATED
+
+    def bob_left(response: signal.SignalResponse) -> bool:
+        updates = response.update.participants if response.WhichOneof("message") == "update" else []
+        return any(p.identity == "bob" and p.state == models.ParticipantInfo.DISCONNECTED for p in updates)
+
+    try:
+        seen = await read_signal_until(ws, bob_left)
+    finally:
+        await session.close()
+    [info] = [p for p in seen[-1].update.participants if p.identity == "bob"]
+    assert (info.sid, info.name, info.metadata) == (bob.room.local_participant.sid, "Bob B.", "updated")
+    assert dict(info.attributes) == {"team": "blue", "mood": "calm"}
+    assert info.kind == models.ParticipantInfo.STANDARD and info.permission.can_publish
+    assert not info.tracks, "as LiveKit, whose tracks are closed before the participant-left update"
+    assert info.disconnect_reason == models.CLIENT_INITIATED
+
+
+async def test_a_track_published_again_is_heard_every_time(clients: Any) -> None:
+    """Unpublish, publish again, mute and unmute, as often as one likes: the subscriber hears every new
+    track (its reused slot on the subscriber connection starts sending again)."""
+    alice = await clients("alice")
+    bob = await clients("bob")
+
+    async def heard(what: str) -> None:
+        start = len(bob.levels)
+        await eventually(lambda: len(bob.levels) >= start + 50, f"bob to hear {what}")
+        await eventually(lambda: np.mean(bob.levels[-25:]) > 4000, f"{what} to be loud enough for bob")
+
+    for cycle in range(3):
+        publication = await alice.publish_tone()
+        await heard(f"alice's track #{cycle + 1}")
+        await alice.room.local_participant.unpublish_track(publication.sid)
+        gone = cycle + 1
+        await eventually(lambda: len(bob.saw("track_unsubscribed")) == gone, "bob to be unsubscribed")  # noqa: B023
+
+    publication = await alice.publish_tone()
+    await heard("alice's fourth track")
+    for cycle in range(3):
+        muted = len(bob.saw("track_muted"))
+        publication.track.mute()
+        await eventually(lambda: len(bob.saw("track_muted")) > muted, "bob to see the mute")  # noqa: B023
+        publication.track.unmute()
+        await heard(f"alice after unmute #{cycle + 1}")
+
+
+def encrypted(key: bytes) -> rtc.RoomOptions:
+    """The SDK's end-to-end encryption with a shared key: media frames and data packets are encrypted
+    by the sender and decrypted by the receivers; the server only relays them."""
+    options = rtc.E2EEOptions(key_provider_options=rtc.KeyProviderOptions(shared_key=key))
+    return rtc.RoomOptions(encryption=options)
+
+
+async def test_end_to_end_encrypted_data_and_audio_pass_through(clients: Any) -> None:
+    key = b"a shared key known to the participants only"
+    alice = await clients("alice", encrypted(key))
+    bob = await clients("bob", encrypted(key))
+    carol = await clients("carol", encrypted(key))
+    await eventually(lambda: len(alice.room.remote_participants) == 2, "alice to see bob and carol")
+
+    # Encrypted data (DataPacket.encrypted_packet): stamped with the sender, destinations honoured.
+    await alice.room.local_participant.publish_data(b"secret for all", reliable=True, topic="t")
+    await eventually(lambda: bob.data and carol.data, "bob and carol to decrypt alice's packet")
+    assert bob.data[0] == carol.data[0] == ("alice", b"secret for all", "KIND_RELIABLE")
+    await alice.room.local_participant.publish_data(
+        b"secret for carol", reliable=True, destination_identities=["carol"]
+    )
+    await eventually(lambda: len(carol.data) == 2, "carol to receive the packet meant for her")
+    assert carol.data[1] == ("alice", b"secret for carol", "KIND_RELIABLE")
+    await bob.room.local_participant.publish_data(b"lossy secret", reliable=False)
+    await eventually(lambda: any(d[1] == b"lossy secret" for d in alice.data), "alice to get bob's packet")
+    assert all(d[1] != b"secret for carol" for d in bob.data), "destinations are honoured"
+
+    # Encrypted audio: relayed untouched, decrypted by a receiver with the key.
+    publication = await alice.publish_tone()
+    assert publication.encryption_type == rtc.EncryptionType.GCM
+    await eventually(lambda: bob.room.remote_participants["alice"].track_publications, "bob to see the track")
+    [remote] = bob.room.remote_participants["alice"].track_publications.values()
+    assert remote.encryption_type == rtc.EncryptionType.GCM, "the track is announced as encrypted"
+    await eventually(lambda: len(bob.levels) >= 50, "bob to receive alice's encrypted audio")
+    await eventually(lambda: np.mean(bob.levels[-25:]) > 4000, "bob to decrypt alice's tone")
+
+    # It is really encrypted: a participant with another key receives the track, but not the tone.
+    dave = await clients("dave", encrypted(b"not the key the others share"))
+    await eventually(lambda: len(dave.levels) >= 100, "dave to receive alice's track")
+    assert max(dave.levels[-50:]) < 1000, f"decoded without the key: {dave.levels[-5:]}"
+
+
+async def test_track_subscription_permissions_are_enforced(server: Server, clients: Any) -> None:
+    """A publisher chooses who may receive its tracks (`set_track_subscription_permissions`): the others
+    are not subscribed, a subscriber who loses permission is unsubscribed, and each is told why with
+    `subscription_permission_update`, as LiveKit does."""
+    alice = await clients("alice")
+    bob, carol = await clients("bob"), await clients("carol")
+    local = alice.room.local_participant
+    local.set_track_subscription_permissions(
+        allow_all_participants=False,
+        participant_permissions=[rtc.ParticipantTrackPermission(participant_identity="bob", allow_all=True)],
+    )
+    publication = await alice.publish_tone()
+    session, ws = await raw_join(server, clients.room, "watcher")  # not allowed: told so, never sent
+    try:
+
+        def told(allowed: bool) -> Callable[[signal.SignalResponse], bool]:
+            def check(response: signal.SignalResponse) -> bool:
+                update = response.subscription_permission_update
+                return response.WhichOneof("message") == "subscription_permission_update" and (
+                    update.track_sid,
+                    update.participant_sid,
+                    update.allowed,
+                ) == (publication.sid, local.sid, allowed)
+
+            return check
+
+        await read_signal_until(ws, told(False))
+
+        await eventually(lambda: len(bob.levels) >= 50, "bob, who is allowed, to receive alice's audio")
+        assert not carol.levels and not carol.saw("track_subscribed"), "carol is not allowed"
+
+        # Alice lets carol in and shuts bob out (by track sid this time): carol receives, bob stops.
+        local.set_track_subscription_permissions(
+            allow_all_participants=False,
+            participant_permissions=[
+                rtc.ParticipantTrackPermission(
+                    participant_identity="carol", allowed_track_sids=[publication.sid]
+                ),
+                rtc.ParticipantTrackPermission(participant_identity="watcher", allow_all=True),
+            ],
+        )
+        await eventually(lambda: len(carol.levels) >= 50, "carol, now allowed, to receive alice's audio")
+        assert np.mean(carol.levels[-25:]) > 4000
+
+        # The Python SDK shows no event for it (it ignores subscription_permission_update): what bob
+        # hears says it. His slot is silenced at once; then nothing loud may reach him.
+        def bob_hears_nothing() -> bool:
+            return bool(bob.levels) and float(np.mean(bob.levels[-5:])) < 100
+
+        async def bob_stopped_hearing() -> bool:
+            before = len(bob.levels)
+            await asyncio.sleep(0.2)
+            return len(bob.levels) == before or bob_hears_nothing()
+
+        await eventually(bob_stopped_hearing, "bob to stop hearing alice")
+        received = len(bob.levels)
+        await asyncio.sleep(NO_AUDIO_WINDOW)  # a window in which nothing audible may arrive
+        assert all(level < 100 for level in bob.levels[received:]), "bob still hears alice"
+        await read_signal_until(ws, told(True))  # the watcher is told it may now receive the track
+
+        # Everyone again.
+        local.set_track_subscription_permissions(allow_all_participants=True)
+        await eventually(
+            lambda: len(bob.levels) > received + 25 and np.mean(bob.levels[-25:]) > 4000,
+            "bob to hear alice again",
+        )
+    finally:
+        await session.close()
+
+
+async def twirp_json(server: Server, method: str, body: dict[str, Any], token: str) -> tuple[int, Any]:
+    """A RoomService call as `curl` makes it (the Python and Node server SDKs have no PerformRpc yet)."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{server.http_url}/twirp/livekit.RoomService/{method}",
+            json=body,
+            headers={"Authorization": f"Bearer {token}"},
+        ) as response,
+    ):
+        assert response.headers["Content-Type"] == "application/json"
+        return response.status, await response.json()
+
+
+async def test_room_service_calls_a_participant_rpc_method(server: Server, clients: Any) -> None:
+    """RoomService.PerformRpc: the server calls a method the participant registered, over the SDK's own
+    RPC protocol, and answers with its response, its error, or a timeout, in LiveKit's words."""
+    alice = await clients("alice")
+    callers: list[str] = []
+
+    @alice.room.local_participant.register_rpc_method("greet")
+    async def greet(data: rtc.RpcInvocationData) -> str:
+        callers.append(data.caller_identity)
+        return f"hello, you sent {data.payload}"
+
+    @alice.room.local_participant.register_rpc_method("refuse")
+    async def refuse(data: rtc.RpcInvocationData) -> str:
+        raise rtc.RpcError(2001, "refused", "on purpose")
+
+    @alice.room.local_participant.register_rpc_method("slow")
+    async def slow(data: rtc.RpcInvocationData) -> str:
+        await asyncio.sleep(5)
+        return "too late"
+
+    admin = server.token(room_admin=True, room=clients.room)
+    call = {"room": clients.room, "destination_identity": "alice", "method": "greet", "payload": "42"}
+    assert await twirp_json(server, "PerformRpc", call, admin) == (200, {"payload": "hello, you sent 42"})
+    assert len(callers) == 1 and callers[0], "the caller is the request's own id, as LiveKit sends it"
+
+    # The same call in protobuf, as the server SDKs send their requests.
+    request = api.PerformRpcRequest(
+        room=clients.room, destination_identity="alice", method="greet", payload="pb"
+    )
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{server.http_url}/twirp/livekit.RoomService/PerformRpc",
+            data=request.SerializeToString(),
+            headers={"Authorization": f"Bearer {admin}", "Content-Type": "application/protobuf"},
+        ) as response,
+    ):
+        assert response.status == 200
+        assert api.PerformRpcResponse.FromString(await response.read()).payload == "hello, you sent pb"
+
+    refused = await twirp_json(server, "PerformRpc", {**call, "method": "refuse"}, admin)
+    assert refused == (500, {"code": "unknown", "msg": "RpcError 2001: refused: on purpose"})
+    missing = await twirp_json(server, "PerformRpc", {**call, "method": "missing"}, admin)
+    assert missing[0] == 400 and missing[1]["code"] == "invalid_argument"
+    assert missing[1]["msg"].startswith("RpcError 1400: "), missing
+    late = await twirp_json(
+        server, "PerformRpc", {**call, "method": "slow", "response_timeout_ms": 1000}, admin
+    )
+    assert late == (408, {"code": "canceled", "msg": "RpcError 1502: Response timeout"})
+
+    nobody = await twirp_json(server, "PerformRpc", {**call, "destination_identity": "nobody"}, admin)
+    assert nobody[0] == 404 and nobody[1]["code"] == "not_found"
+    other_room = server.token(room_admin=True, room="elsewhere")
+    denied = await twirp_json(server, "PerformRpc", call, other_room)
+    assert denied[0] == 403 and denied[1]["code"] == "permission_denied"
+
+
+async def test_room_service_updates_a_participants_subscriptions(
+    server: Server, clients: Any, lkapi: api.LiveKitAPI
+) -> None:
+    alice = await clients("alice")
+    picky = await clients("picky", rtc.RoomOptions(auto_subscribe=False))
+    publication = await alice.publish_tone()
+    await eventually(lambda: picky.room.remote_participants["alice"].track_publications, "picky to see it")
+    assert not picky.levels
+
+    subscribe = api.UpdateSubscriptionsRequest(
+        room=clients.room, identity="picky", track_sids=[publication.sid], subscribe=True
+    )
+    await lkapi.room.update_subscriptions(subscribe)
+    await eventually(lambda: len(picky.levels) >= 50, "picky to receive the track the API subscribed")
+    assert np.mean(picky.levels[-25:]) > 4000
+
+    subscribe.subscribe = False
+    await lkapi.room.update_subscriptions(subscribe)
+
+    async def picky_stopped_hearing() -> bool:
+        before = len(picky.levels)
+        await asyncio.sleep(0.2)
+        return len(picky.levels) == before or float(np.mean(picky.levels[-5:])) < 100
+
+    await eventually(picky_stopped_hearing, "picky to stop receiving once the API unsubscribed it")
+
+    with pytest.raises(api.TwirpError) as missing:
+        subscribe.identity = "nobody"
+        await lkapi.room.update_subscriptions(subscribe)
+    assert missing.value.code == "not_found"
+
+    # The Node server SDK (JSON) does the same.
+    env = {"SCENARIO_ROOM": clients.room, "SCENARIO_IDENTITY": "picky", "SCENARIO_TRACK": publication.sid}
+    heard = len(picky.levels)
+    node = await run_scenario(server, "update-subscriptions", SCENARIO_SUBSCRIBE="1", **env)
+    assert node["result"]["ok"] is True, node
+    assert node["missing"]["ok"] is False and node["missing"]["error"]["code"] == "not_found", node
+    await eventually(
+        lambda: len(picky.levels) > heard + 50 and np.mean(picky.levels[-25:]) > 4000,
+        "picky to receive the track the Node SDK subscribed",
+    )
+
+
+async def test_room_service_moves_a_participant_to_another_room(
+    server: Server, clients: Any, lkapi: api.LiveKitAPI
+) -> None:
+    """MoveParticipant: the participant goes, on its own connection and with its track, to another room:
+    the old room sees it leave, the new one sees it join, and audio flows both ways there."""
+    alice, carol = await clients("alice"), await clients("carol")
+    destination = f"{clients.room}-b"
+    await lkapi.room.create_room(api.CreateRoomRequest(name=destination))
+    bob = Client("bob")
+    try:
+        await bob.room.connect(server.ws_url, server.join_token(destination, "bob"))
+        await alice.publish_tone()
+        await bob.publish_tone()
+        await eventually(lambda: len(carol.levels) >= 50, "carol to hear alice before the move")
+        moved: list[str] = []
+        alice.room.on("moved", lambda: moved.append(alice.room.name))
+        alice_sid = alice.room.local_participant.sid
+        heard_from_bob = len(alice.levels)
+
+        move = api.MoveParticipantRequest(room=clients.room, identity="alice", destination_room=destination)
+        await lkapi.room.move_participant(move)
+
+        await eventually(lambda: moved == [destination], "alice's SDK to report the move")
+        await eventually(lambda: carol.saw("participant_disconnected"), "carol to see alice leave")
+        await eventually(lambda: "alice" in bob.room.remote_participants, "bob to see alice arrive")
+        await eventually(
+            lambda: set(alice.room.remote_participants) == {"bob"}, "alice to see bob only, not carol"
+        )
+        assert alice.room.local_participant.sid == alice_sid, "the same participant, moved"
+        await eventually(
+            lambda: len(bob.levels) >= 50 and np.mean(bob.levels[-25:]) > 4000, "bob to hear alice"
+        )
+        await eventually(
+            lambda: len(alice.levels) > heard_from_bob + 50 and np.mean(alice.levels[-25:]) > 4000,
+            "alice to hear bob",
+        )
+        listed = await lkapi.room.list_participants(api.ListParticipantsRequest(room=destination))
+        assert {p.identity for p in listed.participants} == {"alice", "bob"}
+        [moved_info] = [p for p in listed.participants if p.identity == "alice"]
+        assert moved_info.sid == alice_sid and len(moved_info.tracks) == 1
+        listed = await lkapi.room.list_participants(api.ListParticipantsRequest(room=clients.room))
+        assert [p.identity for p in listed.participants] == ["carol"]
+
+        # Refusals, in the Twirp style of the rest.
+        back = api.MoveParticipantRequest(room=destination, identity="alice", destination_room=destination)
+        with pytest.raises(api.TwirpError) as same:
+            await lkapi.room.move_participant(back)
+        assert same.value.code == "invalid_argument"
+        nowhere = api.MoveParticipantRequest(room=destination, identity="alice", destination_room="no-room")
+        with pytest.raises(api.TwirpError) as missing:
+            await lkapi.room.move_participant(nowhere)
+        assert missing.value.code == "not_found"
+        token = server.token(room_admin=True, room=destination)  # no destinationRoom grant
+        status, body = await twirp_json(
+            server,
+            "MoveParticipant",
+            {"room": destination, "identity": "alice", "destination_room": clients.room},
+            token,
+        )
+        assert status == 403 and body["code"] == "permission_denied"
+
+        # And back, with the Node server SDK (JSON): carol sees her again, and hears her.
+        carol_heard = len(carol.levels)
+        env = {"SCENARIO_ROOM": destination, "SCENARIO_DESTINATION": clients.room}
+        node = await run_scenario(server, "move-participant", SCENARIO_IDENTITY="alice", **env)
+        assert node["result"]["ok"] is True, node
+        await eventually(lambda: moved == [destination, clients.room], "alice's SDK to report the way back")
+        await eventually(lambda: set(alice.room.remote_participants) == {"carol"}, "alice to see carol")
+        await eventually(
+            lambda: len(carol.levels) > carol_heard + 50 and np.mean(carol.levels[-25:]) > 4000,
+            "carol to hear alice again",
+        )
+    finally:
+        await bob.close()
+
+
+async def test_a_client_that_keeps_sending_malformed_frames_is_disconnected(
+    server: Server, clients: Any
+) -> None:
+    alice = await clients("alice")
+    session, ws = await raw_join(server, clients.room, "noisy")
+    try:
+        garbage = b"\xff\xff\xff\xff"
+        for _ in range(MAX_BAD_FRAMES - 1):  # a run that stops short of the limit is forgiven…
+            await ws.send_bytes(garbage)
+        seen = await read_signal_until(ws, lambda r: r.WhichOneof("message") == "pong")
+        assert all(r.WhichOneof("message") != "leave" for r in seen)
+        for _ in range(MAX_BAD_FRAMES):  # …one that reaches it is not
+            await ws.send_bytes(garbage)
+        seen = await read_signal_until(ws, lambda r: r.WhichOneof("message") == "leave")
+        assert seen[-1].leave.reason == models.STATE_MISMATCH
+        closing = await asyncio.wait_for(ws.receive(), 10)
+        while closing.type == aiohttp.WSMsgType.BINARY:
+            closing = await asyncio.wait_for(ws.receive(), 10)
+        assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+    finally:
+        await session.close()
+    await eventually(lambda: alice.saw("participant_disconnected"), "alice to see the noisy client go")
+
+    # The log says it once per run of bad frames, with the count, not once per frame.
+    lines = [line for line in server.log().splitlines() if "identity=noisy" in line and "bad signal" in line]
+    assert len(lines) == 4, lines
+    assert f"count={MAX_BAD_FRAMES - 1}" in lines[1] and f"count={MAX_BAD_FRAMES}" in lines[3], lines
+
+
+async def test_tracks_announced_but_never_sent_are_bounded(server: Server, clients: Any) -> None:
+    session, ws = await raw_join(server, clients.room, "announcer")
+    try:
+        for n in range(33):
+            request = signal.AddTrackRequest(cid=f"cid-{n}", name="mic", type=models.AUDIO)
+            await ws.send_bytes(signal.SignalRequest(add_track=request).SerializeToString())
+        seen = await read_signal_until(ws, lambda r: r.WhichOneof("message") == "request_response")
+        published = [r.track_published.cid for r in seen if r.WhichOneof("message") == "track_published"]
+        assert published == [f"cid-{n}" for n in range(32)]
+        refusal = seen[-1].request_response
+        assert refusal.reason == signal.RequestResponse.LIMIT_EXCEEDED and refusal.add_track.cid == "cid-32"
+    finally:
+        await session.close()
+
+
+async def test_room_service_forwards_a_participant_into_another_room(
+    server: Server, clients: Any, lkapi: api.LiveKitAPI
+) -> None:
+    """ForwardParticipant: the participant stays in its room and shows in another one too (kind detail
+    FORWARDED), with its tracks; changes to it show there; removing it there, or its leaving, ends it."""
+    alice, carol = await clients("alice"), await clients("carol")
+    destination = f"{clients.room}-b"
+    await lkapi.room.create_room(api.CreateRoomRequest(name=destination))
+    bob = Client("bob")
+    try:
+        await bob.room.connect(server.ws_url, server.join_token(destination, "bob"))
+        publication = await alice.publish_tone()
+        await eventually(lambda: len(carol.levels) >= 50, "carol to hear alice")
+        forward = api.ForwardParticipantRequest(
+            room=clients.room, identity="alice", destination_room=destination
+        )
+        await lkapi.room.forward_participant(forward)
+
+        await eventually(lambda: "alice" in bob.room.remote_participants, "bob to see alice's forward")
+        forwarded = bob.room.remote_participants["alice"]
+        assert forwarded.sid.startswith("PA_") and forwarded.sid != alice.room.local_participant.sid
+        assert [p.sid for p in forwarded.track_publications.values()] == [publication.sid]
+        await eventually(
+            lambda: len(bob.levels) >= 50 and np.mean(bob.levels[-25:]) > 4000, "bob to hear alice"
+        )
+        listed = await lkapi.room.list_participants(api.ListParticipantsRequest(room=destination))
+        infos = {p.identity: p for p in listed.participants}
+        assert set(infos) == {"alice", "bob"} and len(infos["alice"].tracks) == 1
+        assert api.ParticipantInfo.FORWARDED in infos["alice"].kind_details
+        assert "alice" in carol.room.remote_participants, "alice is still in her own room"
+        with pytest.raises(api.TwirpError) as twice:
+            await lkapi.room.forward_participant(forward)
+        assert twice.value.code == "already_exists"
+
+        # Changes to alice show in the other room.
+        await alice.room.local_participant.set_metadata("changed")
+        await eventually(lambda: forwarded.metadata == "changed", "bob to see alice's new metadata")
+
+        # Removed from the destination room: the forward ends there, alice stays where she is.
+        await lkapi.room.remove_participant(api.RoomParticipantIdentity(room=destination, identity="alice"))
+        await eventually(lambda: "alice" not in bob.room.remote_participants, "the forward to end")
+        assert not alice.saw("disconnected") and "alice" in carol.room.remote_participants
+
+        # Forwarded again (with the Node server SDK, JSON), then alice leaves: she leaves both rooms.
+        env = {"SCENARIO_ROOM": clients.room, "SCENARIO_DESTINATION": destination}
+        node = await run_scenario(server, "forward-participant", SCENARIO_IDENTITY="alice", **env)
+        assert node["result"]["ok"] is True, node
+        await eventually(lambda: "alice" in bob.room.remote_participants, "bob to see alice again")
+        await alice.room.disconnect()
+        await eventually(lambda: "alice" not in bob.room.remote_participants, "alice's forward to leave")
+        listed = await lkapi.room.list_participants(api.ListParticipantsRequest(room=destination))
+        assert [p.identity for p in listed.participants] == ["bob"]
+
+        same = api.ForwardParticipantRequest(room=destination, identity="bob", destination_room=destination)
+        with pytest.raises(api.TwirpError) as refused:
+            await lkapi.room.forward_participant(same)
+        assert refused.value.code == "invalid_argument"
+    finally:
+        await bob.close()

@@ -215,6 +215,8 @@ ROOM_SCOPED = {
     ROOM + "ListParticipants": {"room": "room-a"},
     ROOM + "GetParticipant": {"room": "room-a", "identity": "u"},
     ROOM + "RemoveParticipant": {"room": "room-a", "identity": "u"},
+    ROOM + "UpdateSubscriptions": {"room": "room-a", "identity": "u", "track_sids": ["TR_x"]},
+    ROOM + "PerformRpc": {"room": "room-a", "destination_identity": "u", "method": "m"},
 }
 SERVER_SCOPED = {
     ROOM + "CreateRoom": ({"name": "room-a"}, "room_create"),

@@ -1,12 +1,13 @@
 // The official browser SDK `livekit-client` (unmodified UMD build) in headless Debian Chromium, driven by
 // playwright-core, against a Switchboard server. Run by tests/integration/test_browser.py:
 //
-//   node browser_scenario.mjs <room|captions|bad-token>
+//   node browser_scenario.mjs <room|watch|listen|captions|bad-token>
 //
 // Environment: PAGE_URL (a page that loads livekit-client.umd.js, served by the test), SWITCHBOARD_WS_URL,
 // BROWSER_TOKEN, PEER_IDENTITY (the Python participant, room scenario), CHROMIUM (default /usr/bin/chromium).
 // The room scenario waits for a line `leave` on stdin before disconnecting, so that the test decides when
-// the browser leaves. The captions scenario listens on lk.transcription until PEER_IDENTITY's first final
+// the browser leaves; so does the watch scenario (a listener that records track permissions, subscriptions
+// and departures, then waits for PEER_IDENTITY to have left). The captions scenario listens on lk.transcription until PEER_IDENTITY's first final
 // caption (at most 45 s). Prints exactly one JSON line of observations on stdout; diagnostics go to stderr.
 
 import readline from 'node:readline';
@@ -206,6 +207,97 @@ async function readCaptions({ url, token, peer, timeoutMs }) {
   return obs;
 }
 
+async function watch({ url, token }) {
+  // A listener: what it is told about the others' tracks (permissions, subscriptions) and departures.
+  const LK = window.LivekitClient;
+  const t0 = performance.now();
+  const ms = () => Math.round(performance.now() - t0);
+  const obs = { permissions: [], subscribed: [], unsubscribed: [], left: [] };
+  window.__obs = obs;
+  const room = new LK.Room();
+  window.__room = room;
+  const E = LK.RoomEvent;
+  room.on(E.TrackSubscriptionPermissionChanged, (pub, status, p) =>
+    obs.permissions.push({ identity: p.identity, sid: pub.trackSid, status, at: ms() }),
+  );
+  room.on(E.TrackSubscribed, (track, pub, p) => obs.subscribed.push({ identity: p.identity, sid: pub.trackSid, at: ms() }));
+  room.on(E.TrackUnsubscribed, (track, pub, p) => obs.unsubscribed.push({ identity: p.identity, sid: pub.trackSid, at: ms() }));
+  room.on(E.ParticipantDisconnected, (p) =>
+    obs.left.push({ identity: p.identity, name: p.name, metadata: p.metadata, attributes: { ...p.attributes }, at: ms() }),
+  );
+  await room.connect(url, token, { autoSubscribe: true });
+  obs.localIdentity = room.localParticipant.identity;
+  // The room drops its events while it connects (emitWhenConnected), so what it was told about the
+  // others' tracks then is read from the publications themselves.
+  const start = performance.now();
+  const statuses = () =>
+    [...room.remoteParticipants.values()].flatMap((p) =>
+      [...p.trackPublications.values()].map((pub) => ({ identity: p.identity, sid: pub.trackSid, status: pub.permissionStatus })),
+    );
+  while (!statuses().some((s) => s.status === 'not_allowed') && performance.now() - start < 3000) {
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  obs.permissionsAfterConnect = statuses();
+  // Tell the others it is connected (and has read that), so that they change permissions only now.
+  await room.localParticipant.publishData(new TextEncoder().encode('watching'), { reliable: true });
+  return obs;
+}
+
+async function stopWatching({ timeoutMs, peer }) {
+  const room = window.__room;
+  const obs = window.__obs;
+  const start = performance.now();
+  while (!obs.left.some((p) => p.identity === peer) && performance.now() - start < timeoutMs) {
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  await room.disconnect();
+  return obs;
+}
+
+async function listen({ url, token, peer, timeoutMs }) {
+  // A listener that plays each track the peer publishes and reports, per track, what its receiver got
+  // (RTP packets, decoded audio energy), then tells the peer with a data packet `heard:<track sid>`.
+  const LK = window.LivekitClient;
+  const obs = { heard: [] };
+  window.__obs = obs;
+  const room = new LK.Room();
+  window.__room = room;
+  room.on(LK.RoomEvent.TrackSubscribed, async (track, pub, p) => {
+    if (p.identity !== peer || track.kind !== 'audio') return;
+    const element = track.attach();
+    element.muted = false;
+    document.body.appendChild(element);
+    const inbound = async () => {
+      let found = null;
+      (await track.receiver.getStats()).forEach((r) => {
+        if (r.type === 'inbound-rtp') found = r;
+      });
+      return found;
+    };
+    // A reused transceiver keeps its counters: count from now, and read the level only once this
+    // track's packets have been arriving for a while.
+    const start = performance.now();
+    const before = (await inbound())?.packetsReceived ?? 0;
+    let packets = 0;
+    let loudest = 0;
+    while (!(packets >= 100 && loudest > 0.1) && performance.now() - start < timeoutMs) {
+      await new Promise((r) => setTimeout(r, 50));
+      const stats = await inbound();
+      packets = (stats?.packetsReceived ?? 0) - before;
+      if (packets >= 50) loudest = Math.max(loudest, stats?.audioLevel ?? 0);
+    }
+    obs.heard.push({ sid: pub.trackSid, packetsReceived: packets, loudestAudioLevel: loudest, ms: Math.round(performance.now() - start) });
+    await room.localParticipant.publishData(new TextEncoder().encode(`heard:${pub.trackSid}`), { reliable: true });
+  });
+  await room.connect(url, token, { autoSubscribe: true });
+  return obs;
+}
+
+async function stopListening() {
+  await window.__room.disconnect();
+  return window.__obs;
+}
+
 // ---- Driver ----
 
 async function main() {
@@ -221,7 +313,7 @@ async function main() {
   });
   result.launchMs = Date.now() - started;
   result.browserVersion = browser.version();
-  const input = scenario === 'room' ? lines() : null;
+  const input = ['room', 'watch', 'listen'].includes(scenario) ? lines() : null;
   try {
     const page = await browser.newPage();
     page.setDefaultTimeout(STEP_TIMEOUT_MS);
@@ -265,6 +357,21 @@ async function main() {
       process.stderr.write('browser joined and sent; waiting for `leave` on stdin\n');
       result.leaveSignal = await input.next(45_000);
       result.left = await page.evaluate(waitAndLeave, { timeoutMs: 5000, peer: env.PEER_IDENTITY });
+    } else if (scenario === 'watch') {
+      result.joined = await page.evaluate(watch, { url: env.SWITCHBOARD_WS_URL, token: env.BROWSER_TOKEN });
+      process.stderr.write('browser watching; waiting for `leave` on stdin\n');
+      result.leaveSignal = await input.next(45_000);
+      result.watched = await page.evaluate(stopWatching, { timeoutMs: 5000, peer: env.PEER_IDENTITY });
+    } else if (scenario === 'listen') {
+      result.joined = await page.evaluate(listen, {
+        url: env.SWITCHBOARD_WS_URL,
+        token: env.BROWSER_TOKEN,
+        peer: env.PEER_IDENTITY,
+        timeoutMs: 10_000,
+      });
+      process.stderr.write('browser listening; waiting for `leave` on stdin\n');
+      result.leaveSignal = await input.next(60_000);
+      result.listened = await page.evaluate(stopListening);
     } else if (scenario === 'captions') {
       result.read = await page.evaluate(readCaptions, {
         url: env.SWITCHBOARD_WS_URL,

@@ -1,8 +1,9 @@
 // Joins rooms of a running Switchboard server with the official, unmodified `@livekit/rtc-node` SDK.
 //
-// Usage: node rtc_scenarios.mjs <presence|audio|audio-fanout|unpublish|data|text>
+// Usage: node rtc_scenarios.mjs <presence|audio|audio-fanout|unpublish|republish|data|text>
 // Environment: SWITCHBOARD_URL (ws://127.0.0.1:PORT), TOKEN_A, TOKEN_B (and TOKEN_C for `audio-fanout` and
-// `data`): participant tokens for one room, minted by the Python test. HOLD_FOR_STDIN=1 makes `audio` and
+// `data`): participant tokens for one room, minted by the Python test; E2EE_KEY: every participant uses
+// the SDK's end-to-end encryption with this shared key. HOLD_FOR_STDIN=1 makes `audio` and
 // `unpublish` wait, with the participants still connected, for one line on stdin before they leave (the
 // Python test inspects the room through RoomService meanwhile).
 //
@@ -111,7 +112,13 @@ async function join(label) {
       seen.connected.push({ ...describeParticipant(p), at: elapsed() }),
     )
     .on(RoomEvent.ParticipantDisconnected, (p) =>
-      seen.disconnected.push({ ...describeParticipant(p), at: elapsed() }),
+      seen.disconnected.push({
+        ...describeParticipant(p),
+        name: p.name ?? null,
+        metadata: p.metadata ?? null,
+        attributes: { ...(p.attributes ?? {}) },
+        at: elapsed(),
+      }),
     )
     .on(RoomEvent.DataReceived, (payload, participant, kind, topic) =>
       seen.data.push({
@@ -139,6 +146,10 @@ async function join(label) {
     });
   const connectStarted = performance.now();
   const options = { autoSubscribe: true, dynacast: false };
+  if (process.env.E2EE_KEY) {
+    // The SDK's shared-key end-to-end encryption: media and data are encrypted by the sender.
+    options.encryption = { keyProviderOptions: { sharedKey: encoder.encode(process.env.E2EE_KEY) } };
+  }
   await within(room.connect(url, token, options), 20_000, `${label} connect`);
   seen.connectMs = Math.round(performance.now() - connectStarted);
   seen.local = describeParticipant(room.localParticipant);
@@ -452,6 +463,40 @@ const scenarios = {
       cAudio,
       toneError: tone.error,
     };
+  },
+
+  /**
+   * A publishes a tone, B hears it; A unpublishes and publishes a new track, three times over: B should
+   * hear every one of them (each round reports what B measured on the new track).
+   */
+  async republish() {
+    const a = await join('A');
+    const b = await join('B');
+    Object.assign(partial, { a: a.seen, b: b.seen });
+    await waitUntilAllSeeEachOther([a, b]);
+    const rounds = [];
+    partial.rounds = rounds;
+    for (let round = 0; round < 4; round++) {
+      const { publication, close } = await publishTone(a);
+      const subscribed = await waitFor(
+        () => b.seen.subscribed.find((s) => s.sid === publication.sid),
+        10_000,
+        `B to subscribe to A's track #${round + 1}`,
+      );
+      const audio = await measureAudio(subscribed.track, 50, 10_000);
+      rounds.push({ trackSid: publication.sid, audibleFrames: audio.audibleFrames, rms: audio.rms });
+      await within(a.room.localParticipant.unpublishTrack(publication.sid), 10_000, 'A unpublishTrack');
+      await close();
+      await waitFor(
+        () => b.seen.unsubscribed.find((u) => u.sid === publication.sid),
+        10_000,
+        `B to be unsubscribed from A's track #${round + 1}`,
+      );
+    }
+    for (const client of [a, b]) {
+      await within(client.room.disconnect(), 10_000, `${client.label} disconnect`);
+    }
+    return { rounds };
   },
 
   /**

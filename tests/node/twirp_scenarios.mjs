@@ -49,6 +49,41 @@ const dispatchClient = () => new AgentDispatchClient(url, apiKey, apiSecret);
 const roomClient = () => new RoomServiceClient(url, apiKey, apiSecret);
 
 const scenarios = {
+  /**
+   * updateSubscriptions for SCENARIO_ROOM / SCENARIO_IDENTITY / SCENARIO_TRACK (SCENARIO_SUBSCRIBE "1" or
+   * "0"), then the same for an identity that is not in the room.
+   */
+  /** moveParticipant SCENARIO_IDENTITY from SCENARIO_ROOM to SCENARIO_DESTINATION. */
+  async 'move-participant'() {
+    const env = process.env;
+    const result = await attempt(() =>
+      roomClient().moveParticipant(env.SCENARIO_ROOM, env.SCENARIO_IDENTITY, env.SCENARIO_DESTINATION),
+    );
+    return { result: { ...result, value: result.value ?? null } };
+  },
+
+  /** forwardParticipant SCENARIO_IDENTITY from SCENARIO_ROOM to SCENARIO_DESTINATION. */
+  async 'forward-participant'() {
+    const env = process.env;
+    const result = await attempt(() =>
+      roomClient().forwardParticipant(env.SCENARIO_ROOM, env.SCENARIO_IDENTITY, env.SCENARIO_DESTINATION),
+    );
+    return { result: { ...result, value: result.value ?? null } };
+  },
+
+  async 'update-subscriptions'() {
+    const env = process.env;
+    const subscribe = env.SCENARIO_SUBSCRIBE === '1';
+    const rooms = roomClient();
+    const result = await attempt(() =>
+      rooms.updateSubscriptions(env.SCENARIO_ROOM, env.SCENARIO_IDENTITY, [env.SCENARIO_TRACK], subscribe),
+    );
+    const missing = await attempt(() =>
+      rooms.updateSubscriptions(env.SCENARIO_ROOM, 'nobody', [env.SCENARIO_TRACK], subscribe),
+    );
+    return { result: { ...result, value: result.value ?? null }, missing };
+  },
+
   /** createDispatch for SCENARIO_ROOM / SCENARIO_AGENT / SCENARIO_METADATA, as an application would. */
   async 'create-dispatch'() {
     const env = process.env;

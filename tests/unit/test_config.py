@@ -177,3 +177,12 @@ def test_missing_file_is_an_error(tmp_path: Path) -> None:
 def test_bad_livekit_keys_env() -> None:
     with pytest.raises(ConfigError, match="LIVEKIT_KEYS"):
         load_config(env={"LIVEKIT_KEYS": "just-a-key"})
+
+
+def test_rtc_settings_are_read_and_checked(tmp_path: Path) -> None:
+    path = write(tmp_path, KEYS + "rtc:\n  ping_interval: 2\n  ping_timeout: 4\n  max_bad_frames: 3\n")
+    rtc = load_config(path, env={}).rtc
+    assert (rtc.ping_interval, rtc.ping_timeout, rtc.max_bad_frames) == (2, 4, 3)
+    assert load_config(write(tmp_path, KEYS), env={}).rtc.max_bad_frames == 20
+    with pytest.raises(ConfigError, match=r"rtc\.max_bad_frames"):
+        load_config(write(tmp_path, KEYS + "rtc:\n  max_bad_frames: 0\n"), env={})

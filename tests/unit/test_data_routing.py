@@ -44,6 +44,18 @@ def test_repeated_nonce_is_dropped_and_sequence_is_kept() -> None:
     assert route(s, packet, reliable=True) == "repeated user packet"
 
 
+def test_encrypted_packets_are_stamped_and_routed_untouched() -> None:
+    sealed = models.EncryptedPacket(encrypted_value=b"\x01\x02ciphertext", iv=b"iv" * 6, key_index=3)
+    packet = models.DataPacket(
+        participant_identity="mallory", destination_identities=["bob"], encrypted_packet=sealed, sequence=4
+    )
+    result = route(sender(), packet.SerializeToString(), reliable=True)
+    out = delivered(result)
+    assert isinstance(result, Delivery) and result.destinations == {"bob"} and result.reliable
+    assert (out.participant_identity, out.participant_sid, out.sequence) == ("alice", "PA_alice", 4)
+    assert out.encrypted_packet == sealed
+
+
 def metrics_packet() -> models.DataPacket:
     packet = models.DataPacket()
     packet.metrics.SetInParent()

@@ -8,9 +8,10 @@ parse, not a JSON parse. A refused request whose body was not read closes its co
 """
 
 import asyncio
+import inspect
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,7 +76,8 @@ class TwirpError(Exception):
         )
 
 
-Handler = Callable[[Claims, Any], Message]
+Handler = Callable[[Claims, Any], Message | Awaitable[Message]]
+"""A method's handler; one that waits on a participant (PerformRpc) is a coroutine."""
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,10 @@ class TwirpServer:
             raise TwirpError("invalid_argument", str(exc)) from exc
         try:
             reply = method.handler(claims, message)
+            if inspect.isawaitable(reply):
+                reply = await reply
+        except TwirpError:
+            raise
         except PermissionDenied as exc:
             raise TwirpError("permission_denied", str(exc)) from exc
         except CoreError as exc:

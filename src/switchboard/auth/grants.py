@@ -31,6 +31,8 @@ class VideoGrant:
     room_admin: bool = False
     room_join: bool = False
     room: str = ""
+    destination_room: str = ""
+    """The room MoveParticipant and ForwardParticipant may take a participant to."""
     can_publish: bool | None = None
     can_subscribe: bool | None = None
     can_publish_data: bool | None = None
@@ -52,9 +54,9 @@ class VideoGrant:
             raw = claim.get(_camel(f.name))
             if raw is None:
                 continue
-            if f.name == "room":
+            if f.name in ("room", "destination_room"):
                 if not isinstance(raw, str):
-                    raise InvalidToken("invalid token: video.room must be a string")
+                    raise InvalidToken(f"invalid token: video.{_camel(f.name)} must be a string")
                 values[f.name] = raw
             elif f.name == "can_publish_sources":
                 if not isinstance(raw, list) or not all(isinstance(s, str) for s in raw):
@@ -150,6 +152,17 @@ def require_room_admin(claims: Claims, room: str) -> None:
     if claims.video.room != room:
         raise PermissionDenied(
             f"permissions denied: the token's room grant is '{claims.video.room}', not '{room}'"
+        )
+
+
+def require_destination_room(claims: Claims, room: str, destination: str) -> None:
+    """Taking a participant to another room (MoveParticipant): `roomAdmin` on its room, and the
+    `destinationRoom` grant naming the other (as LiveKit)."""
+    require_room_admin(claims, room)
+    if claims.video.destination_room != destination:
+        raise PermissionDenied(
+            f"permissions denied: the token's destinationRoom grant is "
+            f"'{claims.video.destination_room}', not '{destination}'"
         )
 
 

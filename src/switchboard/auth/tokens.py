@@ -34,6 +34,10 @@ class TokenVerifier:
         self._keys = dict(keys)
         self._leeway = leeway
 
+    def secret(self, api_key: str) -> str | None:
+        """The secret of a configured key (to mint a token signed like one the server verified)."""
+        return self._keys.get(api_key)
+
     def verify(self, token: str) -> Claims:
         try:
             unverified_token = jwt.api_jwt.decode_complete(token, options={"verify_signature": False})

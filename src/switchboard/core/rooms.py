@@ -21,6 +21,8 @@ class Track:
     muted: bool = False
     mime_type: str = ""
     mid: str = ""
+    encryption: int = 0
+    """The publisher's end-to-end encryption (LiveKit's Encryption.Type: 0 none, 1 GCM, 2 custom)."""
 
 
 @dataclass
@@ -39,6 +41,8 @@ class Participant:
     has_published: bool = False
     job: tuple[str, int] | None = None
     """(job id, attempt) for an agent that joined with a job token Switchboard minted."""
+    forwarded: bool = False
+    """A copy of a participant of another room, shown here with its tracks (ForwardParticipant)."""
     tracks: dict[str, Track] = field(default_factory=dict)
     version: int = 0
     """Bumped on every change; clients ignore participant updates older than what they have."""

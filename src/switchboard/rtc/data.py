@@ -2,8 +2,9 @@
 
 LiveKit's rules: the server stamps the sender's identity and sid, honours destination identities,
 keeps each sender's order, forwards transcriptions only from agents, never forwards metrics, and drops
-repeated user packets. Text streams are forwarded without being read, except that only an agent may
-publish a transcription (`lk.transcription`) of another participant's track.
+repeated user packets. End-to-end-encrypted packets are forwarded as they are, stamped and routed the
+same. Text streams are forwarded without being read, except that only an agent may publish a
+transcription (`lk.transcription`) of another participant's track.
 """
 
 from collections import deque
@@ -50,8 +51,10 @@ def route(sender: DataSender, raw: bytes, reliable: bool) -> Delivery | str:
     except DecodeError:
         return "malformed DataPacket"
     value = packet.WhichOneof("value")
-    if value is None or value in ("metrics", "encrypted_packet"):
+    if value is None or value == "metrics":
         return f"{value or 'empty'} packets are not forwarded"
+    # `encrypted_packet` (the SDKs' end-to-end-encrypted user packets, streams and RPC) is opaque here: it
+    # is stamped and routed by its DataPacket's destination identities, as LiveKit does.
     if value == "transcription":
         if not sender.is_agent:
             return "only agents may publish transcriptions"

@@ -11,6 +11,7 @@ import json
 import logging
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -29,11 +30,13 @@ from switchboard.core import ids
 from switchboard.core.errors import CoreError
 from switchboard.core.rooms import Participant, Track
 from switchboard.rtc.data import DataSender, route
-from switchboard.rtc.relay import AudioRelay
+from switchboard.rtc.relay import AudioRelay, OutboundAudio, Publisher
+from switchboard.rtc.rpc import ServerRpcCalls
 from switchboard.websocket import ConnectionLost, MalformedMessage, MessageSender, receive
 from switchboard.wire import participant_to_proto, track_to_proto
 
 if TYPE_CHECKING:
+    from switchboard.rtc.forward import Forward
     from switchboard.rtc.service import RtcService
 
 log = logging.getLogger("switchboard.rtc")
@@ -41,6 +44,12 @@ log = logging.getLogger("switchboard.rtc")
 RELIABLE, LOSSY = "_reliable", "_lossy"
 # Reliable packets for a participant whose data channel is not open yet wait here (then are dropped).
 _MAX_QUEUED_PACKETS = 256
+# A publisher's subscription permission names at most this many subscribers (LiveKit sets no limit).
+_MAX_TRACK_PERMISSIONS = 1024
+# Tracks announced (add_track) whose media has not arrived yet, per participant.
+_MAX_PENDING_TRACKS = 32
+# ICE candidates received before the description they belong to, per connection.
+_MAX_PENDING_CANDIDATES = 256
 _SOURCE_NAMES = {value: name.lower() for name, value in models.TrackSource.items()}
 _SOURCES = frozenset(models.TrackSource.keys())
 
@@ -62,6 +71,9 @@ class ParticipantSession:
         self.room = room
         self.identity = participant.identity
         self.sid = participant.sid
+        self._last = participant
+        """The engine's record of this participant (the engine changes it in place): what the others
+        are told when it leaves, even once the engine has let it go."""
         self.claims = claims
         self.client_protocol = client_protocol
         self.auto_subscribe = auto_subscribe
@@ -75,10 +87,19 @@ class ParticipantSession:
         """Tracks this participant publishes."""
         self.subscriptions: dict[str, RTCRtpTransceiver] = {}
         """Tracks this participant receives, by track sid."""
+        self._slots: dict[RTCRtpTransceiver, OutboundAudio] = {}
+        """Every audio sender of the subscriber connection, with the slot it sends from."""
         self.subscription_overrides: dict[str, bool] = {}
         """Tracks the participant asked for (True) or turned down (False), overriding auto_subscribe."""
         self._pending_tracks: dict[str, Track] = {}
+        self._allowed: dict[str, tuple[bool, set[str]]] | None = None
+        """Who may subscribe to this participant's tracks (`subscription_permission`), by subscriber
+        identity: (all tracks, else these track sids); None while everyone may."""
+        self._permitted: dict[str, bool] = {}
+        """Whether this participant may receive each track, as it was last told (by track sid)."""
         self._channels: dict[str, RTCDataChannel] = {}
+        self.server_rpcs = ServerRpcCalls()
+        """RPCs the server made to this participant (RoomService.PerformRpc), waiting for its answer."""
         self._queued: deque[bytes] = deque(maxlen=_MAX_QUEUED_PACKETS)
         self._pending_candidates: dict[int, list[Any]] = {0: [], 1: []}
         self._offer_id = 0
@@ -86,7 +107,7 @@ class ParticipantSession:
         self._offering = False
         self._needs_offer = False
         self._negotiation: asyncio.Task[None] | None = None
-        self._deferred: list[tuple[ParticipantSession, AudioRelay]] = []
+        self._deferred: list[tuple[Publisher, AudioRelay]] = []
         """Subscriptions that arrived while an offer was being made or answered (see `subscribe`)."""
         video = claims.video
         self.can_publish = video.can_publish is not False
@@ -108,7 +129,7 @@ class ParticipantSession:
     def participant(self) -> Participant:
         return self.service.runtime.engine.participant(self.room, self.identity)
 
-    def info(self, state: str = "") -> models.ParticipantInfo:
+    def info(self, state: str = "", participant: Participant | None = None) -> models.ParticipantInfo:
         video = self.claims.video
         permission = models.ParticipantPermission(
             can_subscribe=self.can_subscribe,
@@ -121,7 +142,7 @@ class ParticipantSession:
             agent=video.agent,
         )
         return participant_to_proto(
-            self.participant(),
+            participant or self.participant(),
             state=state,
             permission=permission,
             client_protocol=self.client_protocol,
@@ -129,12 +150,18 @@ class ParticipantSession:
 
     # Lifecycle
 
-    async def run(self, room_info: models.Room, others: list["ParticipantSession"]) -> None:
+    async def run(
+        self,
+        room_info: models.Room,
+        others: list["ParticipantSession"],
+        forwards: Sequence["Forward"] = (),
+    ) -> None:
         settings = self.service.settings
         join = rtc.JoinResponse(
             room=room_info,
             participant=self.info(),
-            other_participants=[o.info() for o in others if not o.hidden],
+            other_participants=[o.info() for o in others if not o.hidden]
+            + [f.info() for f in forwards if not f.hidden],
             subscriber_primary=True,
             ping_interval=settings.ping_interval,
             ping_timeout=settings.ping_timeout,
@@ -144,11 +171,13 @@ class ParticipantSession:
         self.signal.send(rtc.SignalResponse(join=join))
         self._announce()
         self._open_subscriber()
-        for other in others:
-            for relay in other.relays.values():
-                self.subscribe(other, relay)
+        publishers: list[Publisher] = [*others, *forwards]
+        for publisher in publishers:
+            for relay in publisher.relays.values():
+                self.subscribe(publisher, relay)
         self.request_negotiation()
         reason = models.SIGNAL_CLOSE  # the signal connection closed without a leave request
+        bad_frames: list[str] = []
         try:
             while not self.closed:
                 try:
@@ -168,9 +197,21 @@ class ParticipantSession:
                     )
                     break  # SIGNAL_CLOSE
                 except MalformedMessage as exc:
-                    # One bad frame does not end the session; the client may recover.
-                    log.info("bad signal frame room=%s identity=%s error=%s", self.room, self.identity, exc)
+                    # A bad frame does not end the session (the client may recover); a client that
+                    # keeps sending them does. One log line for the first, then one with the count.
+                    bad_frames.append(str(exc))
+                    if len(bad_frames) == 1:
+                        log.info(
+                            "bad signal frame room=%s identity=%s error=%s", self.room, self.identity, exc
+                        )
+                    if len(bad_frames) >= settings.max_bad_frames:
+                        reason = models.STATE_MISMATCH
+                        self._send_leave(reason)
+                        break
                     continue
+                if bad_frames:
+                    self._log_bad_frames(bad_frames)
+                    bad_frames = []
                 if request is None:
                     break
                 try:
@@ -182,7 +223,20 @@ class ParticipantSession:
                     reason = models.UNKNOWN_REASON
                     break
         finally:
+            if bad_frames:
+                self._log_bad_frames(bad_frames)
             await self.close(reason)
+
+    def _log_bad_frames(self, errors: list[str]) -> None:
+        """One line for a run of malformed signal frames (the first one was logged as it came)."""
+        if len(errors) > 1 or errors[-1] != errors[0]:
+            log.info(
+                "bad signal frames room=%s identity=%s count=%d last_error=%s",
+                self.room,
+                self.identity,
+                len(errors),
+                errors[-1],
+            )
 
     def _announce(self, state: str = "") -> None:
         if not self.hidden:
@@ -214,6 +268,7 @@ class ParticipantSession:
         if self.closed:
             return
         self.closed = True
+        last = self.farewell(reason)
         runtime = self.service.runtime
         for relay in self.relays.values():
             self.service.unpublished(self, relay)
@@ -227,11 +282,10 @@ class ParticipantSession:
             engine.participant_left(self.room, self.identity, runtime.now(), sid=self.sid, lost=lost)
             runtime.flush()
         if not self.hidden and not replaced:
-            info = participant_to_proto(Participant(self.identity, self.sid, 0), state="DISCONNECTED")
-            info.version = 1 << 30  # after every earlier update of this participant
-            info.disconnect_reason = reason  # type: ignore[assignment]
-            self.service.broadcast(self.room, [info], exclude=self)
+            self.service.broadcast(self.room, [last], exclude=self)
+        self.service.end_forwards(self, reason)
         self.service.forget(self)
+        self.server_rpcs.close()
         if self._negotiation is not None:
             self._negotiation.cancel()
         for pc in (self.pub_pc, self.sub_pc):
@@ -241,14 +295,33 @@ class ParticipantSession:
         await self.ws.close()
         log.info("participant left room=%s identity=%s", self.room, self.identity)
 
+    def farewell(self, reason: int) -> models.ParticipantInfo:
+        """What the others are told when this participant leaves their room.
+
+        As LiveKit: its last full info (name, metadata, attributes, kind) with state DISCONNECTED and
+        why, so the SDKs' "participant disconnected" events still show them. Its tracks are closed first
+        there, so the info lists none.
+        """
+        last = self.info("DISCONNECTED", self._last)
+        del last.tracks[:]
+        last.version = 1 << 30  # after every earlier update of this participant
+        last.disconnect_reason = reason  # type: ignore[assignment]
+        return last
+
+    def drop_deferred(self) -> None:
+        self._deferred = []
+
     def disconnect(self, reason: int) -> None:
         """Server-side end of the session: tell the client why, then close."""
+        self._send_leave(reason)
+        asyncio.get_running_loop().create_task(self.close(reason))
+
+    def _send_leave(self, reason: int) -> None:
         self.signal.send(
             rtc.SignalResponse(
                 leave=rtc.LeaveRequest(reason=models.DisconnectReason.Name(reason), action="DISCONNECT")
             )
         )
-        asyncio.get_running_loop().create_task(self.close(reason))
 
     # Signalling
 
@@ -265,7 +338,9 @@ class ParticipantSession:
         elif kind == "mute":
             self._on_mute(request.mute)
         elif kind == "subscription":
-            self._on_subscription(request.subscription)
+            self.apply_subscription(request.subscription)
+        elif kind == "subscription_permission":
+            self._on_subscription_permission(request.subscription_permission)
         elif kind == "update_metadata":
             self._on_update_metadata(request.update_metadata)
         elif kind == "ping_req":
@@ -276,8 +351,7 @@ class ParticipantSession:
         elif kind == "leave":
             await self.close(models.CLIENT_INITIATED)
         else:
-            # subscription_permission, track_setting, update_layers, sync_state …: not needed for audio
-            # rooms; accepted and ignored.
+            # track_setting, update_layers, sync_state …: not needed for audio rooms; accepted and ignored.
             log.debug("ignored signal request room=%s identity=%s kind=%s", self.room, self.identity, kind)
 
     async def _on_publisher_offer(self, offer: rtc.SessionDescription) -> None:
@@ -321,7 +395,10 @@ class ParticipantSession:
             log.info("bad trickle candidate room=%s identity=%s", self.room, self.identity)
             return
         target = rtc.SUBSCRIBER if trickle.target == rtc.SUBSCRIBER else rtc.PUBLISHER
-        self._pending_candidates[target].append(candidate)
+        pending = self._pending_candidates[target]
+        if len(pending) >= _MAX_PENDING_CANDIDATES:
+            return  # kept until its description is set; a client cannot grow it without bound
+        pending.append(candidate)
         await self._apply_candidates(target)
 
     async def _apply_candidates(self, target: int) -> None:
@@ -370,13 +447,24 @@ class ParticipantSession:
                 "only audio tracks are relayed by this server",
                 rtc.RequestResponse.UNSUPPORTED_TYPE,
             )
+        elif len(self._pending_tracks) >= _MAX_PENDING_TRACKS:
+            # Announced tracks whose media never came: a client cannot grow this without bound.
+            refusal, reason = (
+                f"more than {_MAX_PENDING_TRACKS} tracks announced and not sent",
+                rtc.RequestResponse.LIMIT_EXCEEDED,
+            )
         if refusal:
             log.info("publish refused room=%s identity=%s reason=%r", self.room, self.identity, refusal)
             response = rtc.RequestResponse(reason=reason, message=refusal, add_track=request)
             self.signal.send(rtc.SignalResponse(request_response=response))
             return
         track = Track(
-            sid=ids.new_id(ids.TRACK), kind="audio", name=request.name, source=source, muted=request.muted
+            sid=ids.new_id(ids.TRACK),
+            kind="audio",
+            name=request.name,
+            source=source,
+            muted=request.muted,
+            encryption=request.encryption,
         )
         self._pending_tracks[request.cid] = track
         info = track_to_proto(track)
@@ -420,7 +508,7 @@ class ParticipantSession:
                 runtime.flush()
                 self.service.unpublished(self, relay)
 
-    def _on_subscription(self, update: rtc.UpdateSubscription) -> None:
+    def apply_subscription(self, update: rtc.UpdateSubscription) -> None:
         """The client subscribes or unsubscribes by hand (how `autoSubscribe: false` clients receive)."""
         # livekit-client names each track twice (in track_sids and in participant_tracks).
         named = [*update.track_sids, *(sid for pt in update.participant_tracks for sid in pt.track_sids)]
@@ -439,9 +527,15 @@ class ParticipantSession:
             else:
                 self.unsubscribe(found[1])
 
-    def subscribe(self, publisher: "ParticipantSession", relay: AudioRelay) -> None:
-        wanted = self.subscription_overrides.get(relay.track_sid, self.auto_subscribe)
-        if not (self.can_subscribe and wanted) or relay.track_sid in self.subscriptions:
+    def wants(self, track_sid: str) -> bool:
+        return self.can_subscribe and self.subscription_overrides.get(track_sid, self.auto_subscribe)
+
+    def subscribe(self, publisher: Publisher, relay: AudioRelay) -> None:
+        if not self.wants(relay.track_sid) or relay.track_sid in self.subscriptions:
+            return
+        allowed = publisher.allows(self, relay.track_sid)
+        self._tell_permission(publisher, relay.track_sid, allowed)
+        if not allowed:
             return
         if any(relay is waiting for _, waiting in self._deferred):
             return
@@ -450,20 +544,80 @@ class ParticipantSession:
             # answer then leaves unused: the track would stay silent. Add it once the answer is in.
             self._deferred.append((publisher, relay))
             return
-        track = relay.subscribe(self.sid)
-        transceiver = next(
-            (t for t in self.sub_pc.getTransceivers() if t.kind == "audio" and t.sender.track is None), None
-        )
+        # A free slot (its track unpublished or unsubscribed) is used again, as LiveKit reuses its
+        # transceivers: the offer does not grow with every track the room ever had.
+        in_use = set(map(id, self.subscriptions.values()))
+        transceiver = next((t for t in self._slots if id(t) not in in_use), None)
         if transceiver is None:
-            transceiver = self.sub_pc.addTransceiver(track, direction="sendonly")
+            slot = OutboundAudio()
+            transceiver = self.sub_pc.addTransceiver(slot, direction="sendonly")
+            self._slots[transceiver] = slot
         else:
-            transceiver.sender.replaceTrack(track)
             transceiver.direction = "sendonly"
+        relay.subscribe(self.sid, self._slots[transceiver])
         # The client reads the publisher and track sids from the msid: "<PA_…>|<TR_…> <TR_…>".
         transceiver.sender._stream_id = f"{publisher.sid}|{relay.track_sid}"
         transceiver.sender._track_id = relay.track_sid
         self.subscriptions[relay.track_sid] = transceiver
         self.request_negotiation()
+
+    # Subscription permissions
+
+    def _on_subscription_permission(self, request: rtc.SubscriptionPermission) -> None:
+        """Who may receive this participant's tracks (the SDKs' `set_track_subscription_permissions`)."""
+        if len(request.track_permissions) > _MAX_TRACK_PERMISSIONS:
+            log.info(
+                "subscription permission refused room=%s identity=%s entries=%d",
+                self.room,
+                self.identity,
+                len(request.track_permissions),
+            )
+            return
+        if request.all_participants:
+            self._allowed = None
+        else:
+            sessions = self.service.sessions.get(self.room, {}).values()
+            by_sid = {session.sid: session.identity for session in sessions}
+            self._allowed = {}
+            for permission in request.track_permissions:
+                # As LiveKit: the identity names the subscriber, else its sid (of someone here now).
+                identity = permission.participant_identity or by_sid.get(permission.participant_sid, "")
+                if identity:
+                    self._allowed[identity] = (permission.all_tracks, set(permission.track_sids))
+        self.service.permissions_changed(self)
+
+    def allows(self, subscriber: "ParticipantSession", track_sid: str) -> bool:
+        if self._allowed is None:
+            return True
+        all_tracks, track_sids = self._allowed.get(subscriber.identity, (False, set()))
+        return all_tracks or track_sid in track_sids
+
+    def recheck_permission(self, publisher: Publisher, relay: AudioRelay) -> None:
+        """The publisher changed who may subscribe: subscribe, or unsubscribe and say why."""
+        if publisher.allows(self, relay.track_sid):
+            self.subscribe(publisher, relay)
+            return
+        if not self.wants(relay.track_sid):
+            return
+        self._tell_permission(publisher, relay.track_sid, False)
+        self._deferred = [(p, r) for p, r in self._deferred if r is not relay]
+        if relay.track_sid in self.subscriptions:
+            self.unsubscribe(relay)
+
+    def _tell_permission(self, publisher: Publisher, track_sid: str, allowed: bool) -> None:
+        """As LiveKit: the first time a wanted track is checked, and each time the answer changes."""
+        if self._permitted.get(track_sid) == allowed or self.closed:
+            return
+        self._permitted[track_sid] = allowed
+        update = rtc.SubscriptionPermissionUpdate(
+            participant_sid=publisher.sid, track_sid=track_sid, allowed=allowed
+        )
+        self.signal.send(rtc.SignalResponse(subscription_permission_update=update))
+
+    def forget_track(self, track_sid: str) -> None:
+        """A track was unpublished: what this participant chose or was told about it goes too."""
+        self.subscription_overrides.pop(track_sid, None)
+        self._permitted.pop(track_sid, None)
 
     def _report_subscriptions(self) -> None:
         """Tell each publisher whose track now reaches this participant, the first time it reaches anyone.
@@ -492,9 +646,8 @@ class ParticipantSession:
 
     def unsubscribe(self, relay: AudioRelay) -> None:
         transceiver = self.subscriptions.pop(relay.track_sid, None)
-        relay.unsubscribe(self.sid)
+        relay.unsubscribe(self.sid)  # the slot stays on its sender, silent until it is used again
         if transceiver is not None and not self.closed:
-            transceiver.sender.replaceTrack(None)
             transceiver.direction = "inactive"
             self.request_negotiation()
 
@@ -534,13 +687,19 @@ class ParticipantSession:
 
         @channel.on("message")
         def on_message(message: bytes | str) -> None:
-            if isinstance(message, str):
-                return
+            if isinstance(message, str) or self.server_rpcs.take(message):
+                return  # an answer to the server's own RPC (RoomService.PerformRpc) goes no further
             delivery = route(self.data_sender, message, reliable=channel.label == RELIABLE)
             if isinstance(delivery, str):
                 log.debug("data dropped room=%s identity=%s reason=%s", self.room, self.identity, delivery)
                 return
             self.service.deliver(self.room, delivery.payload, delivery.reliable, delivery.destinations, self)
+
+    async def call(self, method: str, payload: str, timeout_ms: int) -> str:
+        """Call an RPC method the participant registered (`register_rpc_method`); RpcError if it fails."""
+        call_id, packet = self.server_rpcs.request(method, payload, timeout_ms)
+        self.send_data(packet, reliable=True)
+        return await self.server_rpcs.result(call_id, timeout_ms)
 
     def send_data(self, payload: bytes, reliable: bool) -> None:
         channel = self._channels[RELIABLE if reliable else LOSSY]

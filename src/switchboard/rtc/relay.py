@@ -2,15 +2,16 @@
 
 aiortc has no public API to forward RTP: its receiver always depayloads, jitter-buffers (≈80 ms) and
 decodes. We replace the receiver's packet handler of a published audio track (so nothing is buffered or
-decoded) and hand each Opus payload to one `RelayTrack` per subscriber; aiortc's sender re-packetizes a
-pre-encoded `av.Packet` with its own SSRC and sequence numbers. This relies on aiortc internals
-(`RTCRtpReceiver._handle_rtp_packet`, `RTCRtpTransceiver._codecs`), hence the pinned aiortc version.
+decoded) and hand each Opus payload to the `OutboundAudio` slot of each subscriber; aiortc's sender
+re-packetizes a pre-encoded `av.Packet` with its own SSRC and sequence numbers. This relies on aiortc
+internals (`RTCRtpReceiver._handle_rtp_packet`, `RTCRtpTransceiver._codecs`), hence the pinned aiortc version.
 """
 
 import asyncio
 import fractions
 import logging
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import av
 from aiortc import MediaStreamTrack, RTCRtpTransceiver
@@ -22,23 +23,47 @@ OPUS_CLOCK = 48000
 _TIME_BASE = fractions.Fraction(1, OPUS_CLOCK)
 # A subscriber that cannot keep up loses the oldest audio, not the newest: about one second of 20 ms frames.
 _QUEUE_FRAMES = 50
+_FRAME_SAMPLES = 960  # 20 ms at 48 kHz: the usual Opus frame, the gap left when a slot changes source
 
 
-class RelayTrack(MediaStreamTrack):
-    """What one subscriber receives of one published track: encoded Opus packets, never decoded."""
+class OutboundAudio(MediaStreamTrack):
+    """One audio sender slot of a subscriber connection: encoded Opus packets, never decoded.
+
+    It lives as long as its transceiver and carries whichever published track is subscribed through it
+    (`attach`), or nothing between two. aiortc's sender has one task that reads its track; a track that
+    ends kills that task for good, so a slot reused for another track (a republished one, a re-subscribe)
+    would stay silent. Timestamps continue across tracks, as one RTP stream.
+    """
 
     kind = "audio"
 
-    def __init__(self, track_sid: str) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self._id = track_sid  # becomes the msid track id the client sees
         self._queue: asyncio.Queue[Any] = asyncio.Queue(_QUEUE_FRAMES)  # av.Packet, or None to end
+        self.source: str | None = None
+        """The track sid relayed through this slot now; None while it is free."""
+        self._shift: int | None = None
+        self._next_pts = 0
+
+    def attach(self, track_sid: str) -> None:
+        self.source = track_sid
+        self._shift = None
+
+    def detach(self) -> None:
+        """Nothing more is sent until the next `attach`; what was queued is dropped."""
+        self.source = None
+        while not self._queue.empty():
+            self._queue.get_nowait()
 
     def push(self, payload: bytes, pts: int) -> None:
+        if self._shift is None:  # a new source: carry on from where the previous one stopped
+            self._shift = self._next_pts - pts
+        out = pts + self._shift
+        self._next_pts = out + _FRAME_SAMPLES
         if self._queue.full():
             self._queue.get_nowait()
         packet = av.Packet(payload)
-        packet.pts = pts
+        packet.pts = out % (1 << 32)
         packet.time_base = _TIME_BASE
         self._queue.put_nowait(packet)
 
@@ -51,7 +76,8 @@ class RelayTrack(MediaStreamTrack):
         return packet
 
     def stop(self) -> None:
-        if self.readyState == "live" and not self._queue.full():
+        if self.readyState == "live":
+            self.detach()
             self._queue.put_nowait(None)
         super().stop()
 
@@ -61,7 +87,7 @@ class AudioRelay:
 
     def __init__(self, track_sid: str, transceiver: RTCRtpTransceiver) -> None:
         self.track_sid = track_sid
-        self.subscribers: dict[str, RelayTrack] = {}
+        self.subscribers: dict[str, OutboundAudio] = {}
         self.ever_subscribed = False
         """Whether the publisher was told that a subscriber receives this track (`track_subscribed`)."""
         self._origin: int | None = None
@@ -79,17 +105,33 @@ class AudioRelay:
         for track in self.subscribers.values():
             track.push(packet.payload, pts)
 
-    def subscribe(self, subscriber_sid: str) -> RelayTrack:
-        track = RelayTrack(self.track_sid)
-        self.subscribers[subscriber_sid] = track
-        return track
+    def subscribe(self, subscriber_sid: str, slot: OutboundAudio) -> None:
+        slot.attach(self.track_sid)
+        self.subscribers[subscriber_sid] = slot
 
-    def unsubscribe(self, subscriber_sid: str) -> RelayTrack | None:
-        track = self.subscribers.pop(subscriber_sid, None)
-        if track is not None:
-            track.stop()
-        return track
+    def unsubscribe(self, subscriber_sid: str) -> OutboundAudio | None:
+        slot = self.subscribers.pop(subscriber_sid, None)
+        if slot is not None and slot.source == self.track_sid:
+            slot.detach()
+        return slot
 
     def close(self) -> None:
         for subscriber_sid in list(self.subscribers):
             self.unsubscribe(subscriber_sid)
+
+
+class Publisher(Protocol):
+    """Whom subscribers receive relayed tracks from: a participant, or its forward in another room."""
+
+    @property
+    def sid(self) -> str: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    @property
+    def relays(self) -> Mapping[str, AudioRelay]: ...
+
+    def allows(self, subscriber: Any, track_sid: str) -> bool: ...
+
+    def track_subscribed(self, relay: AudioRelay) -> None: ...

@@ -5,16 +5,18 @@ browser SDK fetches) makes them fall back to `/rtc`. Tokens are checked before t
 is a plain HTTP error whose text the SDKs show (they fetch `/rtc/validate` for it).
 """
 
+import contextlib
 import logging
+from dataclasses import replace
 
 import aioice.ice
 from aiohttp import web
 from livekit.protocol import models, rtc
 
 from switchboard.auth.grants import Claims, InvalidToken
-from switchboard.auth.tokens import TokenVerifier
+from switchboard.auth.tokens import TokenVerifier, mint_token
 from switchboard.core import ids
-from switchboard.core.errors import CoreError, FailedPrecondition, ResourceExhausted
+from switchboard.core.errors import CoreError, FailedPrecondition, NotFound, ResourceExhausted
 from switchboard.core.events import (
     DisconnectCause,
     DisconnectParticipant,
@@ -23,8 +25,9 @@ from switchboard.core.events import (
     TrackMuted,
 )
 from switchboard.core.rooms import AGENT, STANDARD, Participant
+from switchboard.rtc.forward import Forward
 from switchboard.rtc.participant import ParticipantSession
-from switchboard.rtc.relay import AudioRelay
+from switchboard.rtc.relay import AudioRelay, Publisher
 from switchboard.rtc.settings import RtcSettings
 from switchboard.runtime import Runtime
 from switchboard.wire import room_spec_from_token, room_to_proto
@@ -50,6 +53,8 @@ class RtcService:
         self.server_info = server_info
         self.sessions: dict[str, dict[str, ParticipantSession]] = {}
         """Connected participants, by room and identity."""
+        self.forwards: dict[str, dict[str, Forward]] = {}
+        """Participants forwarded into rooms (ForwardParticipant), by destination room and identity."""
         self._verifier = verifier
         if settings.ice_addresses:
             restrict_ice_addresses(settings.ice_addresses)
@@ -157,7 +162,7 @@ class RtcService:
             participant.kind,
             query.get("sdk", ""),
         )
-        await session.run(room_to_proto(room), others)
+        await session.run(room_to_proto(room), others, list(self.forwards.get(room_name, {}).values()))
         return ws
 
     # Room-wide operations, used by the sessions
@@ -172,24 +177,102 @@ class RtcService:
 
     def published(self, publisher: ParticipantSession, relay: AudioRelay) -> None:
         """A new track: everyone learns of it before any subscriber offer carrying it."""
-        self.broadcast(publisher.room, [publisher.info()])
-        for session in self.sessions.get(publisher.room, {}).values():
-            if session is not publisher and not session.closed:
-                session.subscribe(publisher, relay)
+        for room, as_seen in self._appearances(publisher):
+            self.broadcast(room, [as_seen.info()])
+            for session in self.sessions.get(room, {}).values():
+                if session is not publisher and not session.closed:
+                    session.subscribe(as_seen, relay)
 
-    def published_track(self, room: str, track_sid: str) -> tuple[ParticipantSession, AudioRelay] | None:
-        for session in self.sessions.get(room, {}).values():
-            relay = session.relays.get(track_sid)
-            if relay is not None and not session.closed:
-                return session, relay
+    def published_track(self, room: str, track_sid: str) -> tuple[Publisher, AudioRelay] | None:
+        publishers: list[Publisher] = [*self.sessions.get(room, {}).values()]
+        publishers += self.forwards.get(room, {}).values()
+        for publisher in publishers:
+            relay = publisher.relays.get(track_sid)
+            if relay is not None and not publisher.closed:
+                return publisher, relay
         return None
 
     def unpublished(self, publisher: ParticipantSession, relay: AudioRelay) -> None:
-        for session in self.sessions.get(publisher.room, {}).values():
-            if session is not publisher:
-                session.unsubscribe(relay)
-                session.subscription_overrides.pop(relay.track_sid, None)  # track sids are never reused
+        for room, _ in self._appearances(publisher):
+            for session in self.sessions.get(room, {}).values():
+                if session is not publisher:
+                    session.unsubscribe(relay)
+                    session.forget_track(relay.track_sid)  # track sids are never reused
         relay.close()
+
+    def permissions_changed(self, publisher: ParticipantSession) -> None:
+        """The publisher changed who may receive its tracks: each other participant gains or loses them."""
+        for room, as_seen in self._appearances(publisher):
+            for session in list(self.sessions.get(room, {}).values()):
+                if session is not publisher and not session.closed:
+                    for relay in list(publisher.relays.values()):
+                        session.recheck_permission(as_seen, relay)
+
+    def _forwards_of(self, session: ParticipantSession) -> list[Forward]:
+        return [f for room in self.forwards.values() for f in room.values() if f.source is session]
+
+    def _appearances(self, session: ParticipantSession) -> list[tuple[str, ParticipantSession | Forward]]:
+        """The rooms the participant's tracks are in, and as whom: its own, and those it is forwarded to."""
+        return [(session.room, session), *((f.room, f) for f in self._forwards_of(session))]
+
+    # Forwarded participants
+
+    def forward_participant(self, room: str, identity: str, destination: str) -> None:
+        """Show a connected participant, with its tracks, in another room too (ForwardParticipant)."""
+        session = self.live(room, identity)
+        engine, now = self.runtime.engine, self.runtime.now()
+        source = engine.participant(room, identity)
+        copy = Participant(
+            identity=identity,
+            sid=ids.new_id(ids.PARTICIPANT),
+            joined_at=now,
+            name=source.name,
+            kind=source.kind,
+            metadata=source.metadata,
+            attributes=dict(source.attributes),
+            tracks=source.tracks,  # the same tracks, kept in step
+            active=source.active,
+            forwarded=True,
+        )
+        engine.participant_joined(destination, copy, now)
+        self.runtime.flush()
+        forward = Forward(session, destination, copy.sid)
+        self.forwards.setdefault(destination, {})[identity] = forward
+        if not forward.hidden:
+            self.broadcast(destination, [forward.info()])
+        for other in list(self.sessions.get(destination, {}).values()):
+            if not other.closed:
+                for relay in list(forward.relays.values()):
+                    other.subscribe(forward, relay)
+        log.info("participant forwarded room=%s identity=%s destination=%s", room, identity, destination)
+
+    def end_forwards(self, session: ParticipantSession, reason: int) -> None:
+        """The source left (or moved): its forwards leave their rooms too."""
+        for forward in self._forwards_of(session):
+            self._end_forward(forward, reason, in_engine=True)
+
+    def _end_forward(self, forward: Forward, reason: int, *, in_engine: bool) -> None:
+        if forward.ended:
+            return
+        forward.ended = True
+        room = self.forwards.get(forward.room, {})
+        if room.get(forward.identity) is forward:
+            del room[forward.identity]
+            if not room:
+                del self.forwards[forward.room]
+        for other in list(self.sessions.get(forward.room, {}).values()):
+            for relay in list(forward.source.relays.values()):
+                other.unsubscribe(relay)
+                other.forget_track(relay.track_sid)
+        if not forward.hidden:
+            self.broadcast(forward.room, [forward.farewell(reason)])
+        if in_engine:
+            with contextlib.suppress(NotFound):
+                self.runtime.engine.participant_left(
+                    forward.room, forward.identity, self.runtime.now(), sid=forward.sid
+                )
+            self.runtime.flush()
+        log.info("forward ended room=%s identity=%s", forward.room, forward.identity)
 
     def deliver(
         self,
@@ -213,6 +296,82 @@ class RtcService:
             if not room:
                 del self.sessions[session.room]
 
+    # What RoomService asks of live participants
+
+    def live(self, room: str, identity: str) -> ParticipantSession:
+        session = self._session(room, identity)
+        if session is None or session.closed:
+            raise NotFound("participant does not exist")
+        return session
+
+    def update_subscriptions(self, room: str, identity: str, update: rtc.UpdateSubscription) -> None:
+        """As if the participant had sent this subscription request itself."""
+        self.live(room, identity).apply_subscription(update)
+
+    async def perform_rpc(self, room: str, identity: str, method: str, payload: str, timeout_ms: int) -> str:
+        return await self.live(room, identity).call(method, payload, timeout_ms)
+
+    def move_participant(self, room: str, identity: str, destination: str) -> None:
+        """Take a connected participant, with its tracks, into another room on its own connection
+        (RoomService.MoveParticipant). As LiveKit: the old room sees it leave, the new one sees it join,
+        and the participant gets `room_moved` (the new room, a token for it, the others there)."""
+        session = self.live(room, identity)
+        engine, now = self.runtime.engine, self.runtime.now()
+        participant = engine.participant(room, identity)
+        engine.participant_joined(destination, participant, now)  # NotFound, ResourceExhausted: unmoved
+        self.end_forwards(session, models.PARTICIPANT_REMOVED)
+        engine.participant_left(room, identity, now, sid=session.sid)
+        self.runtime.flush()
+
+        before = [s for s in self.sessions.get(room, {}).values() if s is not session and not s.closed]
+        for other in before:
+            for relay in session.relays.values():
+                other.unsubscribe(relay)
+                other.forget_track(relay.track_sid)
+            for relay in other.relays.values():
+                session.unsubscribe(relay)
+                session.forget_track(relay.track_sid)
+        session.drop_deferred()
+        if not session.hidden:
+            self.broadcast(room, [session.farewell(models.PARTICIPANT_REMOVED)], exclude=session)
+        gone = [other.farewell(models.PARTICIPANT_REMOVED) for other in before if not other.hidden]
+        if gone:  # the SDKs drop the old room's participants on this, not on room_moved
+            session.signal.send(rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=gone)))
+
+        self.forget(session)
+        session.room = destination
+        self.sessions.setdefault(destination, {})[identity] = session
+        after = [s for s in self.sessions[destination].values() if s is not session and not s.closed]
+        moved = rtc.RoomMovedResponse(
+            room=room_to_proto(engine.room(destination)),
+            token=self._token_for(session, destination),
+            participant=session.info(),
+            other_participants=[other.info() for other in after if not other.hidden],
+        )
+        session.signal.send(rtc.SignalResponse(room_moved=moved))
+        if not session.hidden:
+            self.broadcast(destination, [session.info()], exclude=session)
+        for other in after:
+            for relay in other.relays.values():
+                session.subscribe(other, relay)
+            for relay in session.relays.values():
+                other.subscribe(session, relay)
+        log.info("participant moved room=%s identity=%s destination=%s", room, identity, destination)
+
+    def _token_for(self, session: ParticipantSession, room: str) -> str:
+        """A token like the participant's own, for `room` (what it reconnects with after a move)."""
+        claims, participant = session.claims, session.participant()
+        return mint_token(
+            claims.api_key,
+            self._verifier.secret(claims.api_key) or "",
+            video=replace(claims.video, room=room, destination_room=""),
+            identity=participant.identity,
+            name=participant.name,
+            kind=claims.kind,
+            metadata=participant.metadata,
+            attributes=participant.attributes,
+        )
+
     # Decisions from the engine
 
     def _session(self, room: str, identity: str) -> ParticipantSession | None:
@@ -222,11 +381,27 @@ class RtcService:
         session = self._session(decision.room, decision.identity)
         if session is not None and session.sid == decision.sid and not session.closed:
             session.disconnect(_DISCONNECT_REASONS[decision.cause])
+        forward = self.forwards.get(decision.room, {}).get(decision.identity)
+        if forward is not None and forward.sid == decision.sid:  # removed from the destination room
+            self._end_forward(forward, _DISCONNECT_REASONS[decision.cause], in_engine=False)
 
     def _on_participant_updated(self, decision: ParticipantUpdated) -> None:
         session = self._session(decision.room, decision.identity)
         if session is not None and not session.hidden:
             self.broadcast(decision.room, [session.info()])
+        if session is not None:
+            self._update_forwards(session)
+
+    def _update_forwards(self, session: ParticipantSession) -> None:
+        """Changes to the source show in the rooms it is forwarded to (and in their RoomService views)."""
+        source = session.participant()
+        for forward in self._forwards_of(session):
+            with contextlib.suppress(NotFound):
+                copy = self.runtime.engine.participant(forward.room, forward.identity)
+                copy.name, copy.metadata = source.name, source.metadata
+                copy.attributes = dict(source.attributes)
+            if not forward.hidden:
+                self.broadcast(forward.room, [forward.info()])
 
     def _on_track_muted(self, decision: TrackMuted) -> None:
         session = self._session(decision.room, decision.identity)
@@ -237,6 +412,7 @@ class RtcService:
         )
         if not session.hidden:
             self.broadcast(decision.room, [session.info()])
+        self._update_forwards(session)
 
     def _on_send_data(self, decision: SendData) -> None:
         self.deliver(decision.room, decision.packet, decision.reliable, decision.destinations)

@@ -10,5 +10,7 @@ class RtcSettings:
     ping_timeout: int = 15
     """Seconds of silence after which a participant is considered gone (both sides)."""
     max_message_size: int = 1024 * 1024
+    max_bad_frames: int = 20
+    """Malformed signal frames in a row after which a participant is disconnected."""
     ice_addresses: tuple[str, ...] = ()
     """Local addresses offered as ICE host candidates; empty = every interface's (aioice's default)."""
