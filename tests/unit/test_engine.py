@@ -5,7 +5,15 @@ import pytest
 from switchboard.core.dispatch import DispatchSpec, RestartPolicy
 from switchboard.core.engine import Engine, EngineSettings, RoomSpec
 from switchboard.core.errors import InvalidArgument, NotFound, ResourceExhausted
-from switchboard.core.events import DisconnectCause, DisconnectParticipant, JobEnded, RoomClosed, RoomStarted
+from switchboard.core.events import (
+    DisconnectCause,
+    DisconnectParticipant,
+    JobEnded,
+    ParticipantJoined,
+    ParticipantLeft,
+    RoomClosed,
+    RoomStarted,
+)
 from switchboard.core.jobs import JobStatus, JobType
 from switchboard.core.limits import Limits
 from switchboard.core.rooms import AGENT, Participant
@@ -160,13 +168,15 @@ def test_max_participants_refuses_the_extra_participant_but_not_agents() -> None
 def test_same_identity_replaces_the_old_connection() -> None:
     e = engine()
     e.create_room(RoomSpec(name="r"), now=0.0)
-    e.participant_joined("r", person("a"), 0.0)
+    first = person("a")
+    e.participant_joined("r", first, 0.0)
     e.take_decisions()
-    e.participant_joined("r", person("a", 1.0), 1.0)
+    second = person("a", 1.0)
+    e.participant_joined("r", second, 1.0)
     replaced = DisconnectParticipant(
         "r", "a", "replaced by a new connection", DisconnectCause.DUPLICATE_IDENTITY, "PA_a"
     )
-    assert e.take_decisions() == [replaced]
+    assert e.take_decisions() == [replaced, ParticipantLeft("r", first), ParticipantJoined("r", second)]
 
 
 def test_remove_participant() -> None:
@@ -175,9 +185,12 @@ def test_remove_participant() -> None:
     e.participant_joined("r", person("a"), 0.0)
     assert e.participant("r", "a").identity == "a"
     e.take_decisions()
-    e.remove_participant("r", "a", 2.0)
+    removed = e.remove_participant("r", "a", 2.0)
     cause = DisconnectCause.REMOVED
-    assert e.take_decisions() == [DisconnectParticipant("r", "a", "removed by API request", cause, "PA_a")]
+    assert e.take_decisions() == [
+        ParticipantLeft("r", removed),
+        DisconnectParticipant("r", "a", "removed by API request", cause, "PA_a"),
+    ]
     with pytest.raises(NotFound, match="participant does not exist"):
         e.remove_participant("r", "a", 3.0)
     with pytest.raises(NotFound):

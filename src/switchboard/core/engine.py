@@ -27,13 +27,18 @@ from switchboard.core.events import (
     DisconnectCause,
     DisconnectParticipant,
     JobEnded,
+    JobStarted,
     OfferJob,
+    ParticipantJoined,
+    ParticipantLeft,
     ParticipantUpdated,
     RoomClosed,
     RoomStarted,
     SendData,
     TerminateJob,
     TrackMuted,
+    TrackPublished,
+    TrackUnpublished,
 )
 from switchboard.core.history import ClosedRoom, RoomHistory
 from switchboard.core.jobs import Job, JobStatus, JobType
@@ -175,6 +180,7 @@ class Engine:
                     room.name, participant.identity, f"room closed: {reason}", cause, participant.sid
                 )
             )
+            self._decisions.append(ParticipantLeft(room.name, participant))
         room.participants.clear()
         for dispatch in room.dispatches.values():
             self._terminate_dispatch_jobs(dispatch, f"terminated: room closed ({reason})", now)
@@ -251,6 +257,7 @@ class Engine:
                     replaced.sid,
                 )
             )
+            self._decisions.append(ParticipantLeft(room.name, replaced))
         elif (
             not participant.dependent
             and room.max_participants
@@ -258,6 +265,7 @@ class Engine:
         ):
             raise ResourceExhausted("room is full")
         room.participants[participant.identity] = participant
+        self._decisions.append(ParticipantJoined(room.name, participant))
         if participant.job is not None:
             self._agent_joined(self.jobs[participant.job[0]], participant.job[1], now)
         if not participant.dependent:
@@ -272,6 +280,7 @@ class Engine:
             self._revive(job, worker, now)
         elif job.status is JobStatus.ASSIGNED:
             job.start(now)
+            self._decisions.append(JobStarted(job))
 
     def update_participant(
         self,
@@ -308,6 +317,7 @@ class Engine:
         participant = self.participant(room_name, identity)
         participant.tracks[track.sid] = track
         participant.changed()
+        self._decisions.append(TrackPublished(room_name, participant, track))
         if participant.has_published or participant.dependent:
             return
         participant.has_published = True
@@ -321,6 +331,7 @@ class Engine:
             raise NotFound("track does not exist")
         participant.changed()
         self._decisions.append(ParticipantUpdated(room_name, identity))
+        self._decisions.append(TrackUnpublished(room_name, participant, track))
         return track
 
     def mute_track(self, room_name: str, identity: str, track_sid: str, muted: bool) -> Track:
@@ -349,6 +360,7 @@ class Engine:
             raise NotFound("participant does not exist")
         del room.participants[identity]
         room.last_departure_at = now
+        self._decisions.append(ParticipantLeft(room.name, participant))
         if participant.job is not None:
             self._agent_left(participant, lost, now)
         return participant
@@ -687,6 +699,7 @@ class Engine:
         if update is JobUpdate.RUNNING:
             if job.status is JobStatus.ASSIGNED:
                 job.start(now)
+                self._decisions.append(JobStarted(job))
         elif update is JobUpdate.SUCCESS:
             self._end_job(job, True, error, now)
         else:
