@@ -22,6 +22,7 @@ from switchboard.core import ids
 from switchboard.core.engine import Engine
 from switchboard.rtc.service import RtcService
 from switchboard.runtime import Runtime
+from switchboard.webhooks import Webhooks
 from switchboard.workers.hub import WorkerHub
 
 log = logging.getLogger("switchboard.server")
@@ -59,12 +60,20 @@ def build_app(config: Config) -> web.Application:
     app.router.add_get("/agent", hub.handle)
     RtcService(runtime, verifier, config.rtc, server_info).install(app)
     app.router.add_get("/", health)
+    webhooks = None
+    if config.webhook.urls:
+        webhooks = Webhooks(config.webhook, config.keys[config.webhook.api_key], runtime)
+        webhooks.install()
 
     async def start(app: web.Application) -> None:
         await app[RUNTIME].start()
+        if webhooks is not None:
+            await webhooks.start()
 
     async def stop(app: web.Application) -> None:
         await app[RUNTIME].stop()
+        if webhooks is not None:
+            await webhooks.stop()  # after the last decisions (rooms closed at shutdown)
 
     async def close_workers(app: web.Application) -> None:
         await app[HUB].close_all()
