@@ -44,6 +44,8 @@ class Config:
     agents: SupervisorSettings = field(default_factory=SupervisorSettings)
     """The agent-*.yaml files run next to the server (`agents_dir`, `--agents`)."""
     webhook: WebhookSettings = field(default_factory=WebhookSettings)
+    prometheus_port: int = 0
+    """Where Prometheus metrics are served (on the bind addresses); 0 = not served."""
     development: bool = False
     warnings: tuple[str, ...] = ()
     """Things worth telling the operator at startup (unknown keys, a dev secret served to the network)."""
@@ -211,6 +213,7 @@ def load_config(
     h = HttpLimits
     values: dict[str, Any] = {
         "port": r.number("port", Config.port, minimum=0),
+        "prometheus_port": r.number("prometheus_port", Config.prometheus_port, minimum=0),
         "http": HttpLimits(
             max_body_size=r.number("limit.max_api_request_body_size", h.max_body_size, minimum=1),
             max_header_size=r.number("limit.max_request_header_size", h.max_header_size, minimum=1024),
@@ -240,8 +243,9 @@ def load_config(
         raise r.fail(
             "rtc.ping_interval", "must be shorter than rtc.ping_timeout (clients ping every interval)"
         )
-    if values["port"] > 65535:
-        raise r.fail("port", f"must be at most 65535, got {values['port']}")
+    for key in ("port", "prometheus_port"):
+        if values[key] > 65535:
+            raise r.fail(key, f"must be at most 65535, got {values[key]}")
 
     webhook = _webhook(r, seconds)
     notes = [f"{source}: unknown key '{key}' ignored" for key in r.unknown_keys()]

@@ -205,3 +205,10 @@ def test_webhook_section_as_livekit_yaml_writes_it(tmp_path: Path) -> None:
 def test_bad_webhook_section(tmp_path: Path, webhook: str, message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(write(tmp_path, f"keys:\n  k1: s1\nwebhook: {webhook}\n"), env={}, dev=True)
+
+
+def test_prometheus_port(tmp_path: Path) -> None:
+    assert load_config(env={}, dev=True).prometheus_port == 0
+    assert load_config(write(tmp_path, "prometheus_port: 6789\n"), env={}, dev=True).prometheus_port == 6789
+    with pytest.raises(ConfigError, match="prometheus_port: must be at most 65535"):
+        load_config(write(tmp_path, "prometheus_port: 70000\n"), env={}, dev=True)

@@ -8,6 +8,7 @@ from switchboard.core.errors import InvalidArgument, NotFound, ResourceExhausted
 from switchboard.core.events import (
     DisconnectCause,
     DisconnectParticipant,
+    DispatchCreated,
     JobEnded,
     ParticipantJoined,
     ParticipantLeft,
@@ -36,7 +37,7 @@ def test_new_room_gets_sid_defaults_and_the_implicit_automatic_dispatch() -> Non
     assert dispatch.agent_name == "" and dispatch.id.startswith("AD_")
     [job] = dispatch.jobs
     assert job.type is JobType.ROOM and job.status is JobStatus.PENDING and job.id.startswith("AJ_")
-    assert e.take_decisions() == [RoomStarted("r", room.sid)]
+    assert e.take_decisions() == [RoomStarted("r", room.sid), DispatchCreated("r", dispatch.id, "")]
 
 
 def test_room_with_agents_has_no_implicit_dispatch_and_keeps_request_values() -> None:

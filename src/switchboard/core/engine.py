@@ -26,6 +26,7 @@ from switchboard.core.events import (
     Decision,
     DisconnectCause,
     DisconnectParticipant,
+    DispatchCreated,
     JobEnded,
     JobStarted,
     OfferJob,
@@ -439,6 +440,7 @@ class Engine:
     def _add_dispatch(self, room: Room, spec: DispatchSpec, now: float) -> Dispatch:
         dispatch = Dispatch(id=ids.new_id(ids.DISPATCH), room=room.name, spec=spec, created_at=now)
         room.dispatches[dispatch.id] = dispatch
+        self._decisions.append(DispatchCreated(room.name, dispatch.id, spec.agent_name))
         self._launch(dispatch, JobType.ROOM, now)
         for participant in room.participants.values():
             if not participant.dependent:

@@ -21,6 +21,15 @@ class RoomClosed:
 
 
 @dataclass(frozen=True)
+class DispatchCreated:
+    """A dispatch was added to a room (API, room creation, or a participant's token)."""
+
+    room: str
+    dispatch_id: str
+    agent_name: str
+
+
+@dataclass(frozen=True)
 class JobEnded:
     job: Job
 
@@ -147,6 +156,7 @@ class TerminateJob:
 Decision = (
     RoomStarted
     | RoomClosed
+    | DispatchCreated
     | JobEnded
     | JobStarted
     | ParticipantJoined
