@@ -289,3 +289,24 @@ async def test_an_unreachable_receiver_does_not_slow_dispatches(tmp_path: Path) 
     assert len(dispatches) == 51  # the 50, and the room's implicit automatic dispatch
     # Fifty posts would take 25 minutes at 30 s each; the API calls took what API calls take.
     assert elapsed < 10, f"50 CreateDispatch calls took {elapsed:.1f}s with a receiver that never answers"
+
+
+async def test_rooms_closed_by_a_shutdown_are_told_before_the_server_exits(tmp_path: Path) -> None:
+    receiver = Receiver()
+    await receiver.start()
+    server = webhook_server(tmp_path / "server", receiver.url)
+    try:
+        room = unique("last")
+        async with api.LiveKitAPI(server.http_url, server.api_key, server.api_secret) as lk:
+            await lk.room.create_room(api.CreateRoomRequest(name=room))
+        await wait_for_events(receiver, server, room, 1)
+        server.process.terminate()
+        code = await asyncio.to_thread(server.process.wait, 15)
+        assert code == 0, server.log()
+        events = receiver.of_room(server, room)
+    finally:
+        stop_server(server)
+        await receiver.stop()
+    assert [e.event for e in events] == ["room_started", "agent_job_ended", "room_finished"]
+    assert events[2].room_end_reason == models.ROOM_END_SERVER_SHUTDOWN
+    assert events[1].job.state.error.startswith("terminated: server shutting down")

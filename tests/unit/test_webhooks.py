@@ -95,6 +95,12 @@ async def test_events_go_out_in_order_signed_as_livekit_signs_them() -> None:
         assert headers["Content-Type"] == "application/webhook+json"
         received = verify.receive(text, headers["Authorization"])
         assert received.id == posted["id"] and received.event == "room_started"
+        with pytest.raises(Exception, match="hash mismatch"):
+            verify.receive(text.replace("room_started", "room_finished"), headers["Authorization"])
+    with pytest.raises(Exception, match="Signature verification failed"):
+        api.WebhookReceiver(api.TokenVerifier(KEY, "another-secret-that-is-long-enough!!")).receive(
+            receiver.bodies[0], receiver.posts[0][1]["Authorization"]
+        )
     assert sleeps.delays == []
 
 
