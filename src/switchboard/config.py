@@ -5,7 +5,7 @@ Every error names the key (and the file) so that a bad config stops startup with
 
 import ipaddress
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from switchboard.api.http import HttpLimits
 from switchboard.core.engine import EngineSettings
 from switchboard.core.limits import Limits
 from switchboard.rtc.settings import RtcSettings
+from switchboard.webhooks import WebhookSettings
 from switchboard.workers.session import WorkerSettings
 
 DEV_KEYS = {"devkey": "secret"}
@@ -42,6 +43,9 @@ class Config:
     rtc: RtcSettings = field(default_factory=RtcSettings)
     agents: SupervisorSettings = field(default_factory=SupervisorSettings)
     """The agent-*.yaml files run next to the server (`agents_dir`, `--agents`)."""
+    webhook: WebhookSettings = field(default_factory=WebhookSettings)
+    prometheus_port: int = 0
+    """Where Prometheus metrics are served (on the bind addresses); 0 = not served."""
     development: bool = False
     warnings: tuple[str, ...] = ()
     """Things worth telling the operator at startup (unknown keys, a dev secret served to the network)."""
@@ -209,6 +213,7 @@ def load_config(
     h = HttpLimits
     values: dict[str, Any] = {
         "port": r.number("port", Config.port, minimum=0),
+        "prometheus_port": r.number("prometheus_port", Config.prometheus_port, minimum=0),
         "http": HttpLimits(
             max_body_size=r.number("limit.max_api_request_body_size", h.max_body_size, minimum=1),
             max_header_size=r.number("limit.max_request_header_size", h.max_header_size, minimum=1024),
@@ -239,9 +244,11 @@ def load_config(
         raise r.fail(
             "rtc.ping_interval", "must be shorter than rtc.ping_timeout (clients ping every interval)"
         )
-    if values["port"] > 65535:
-        raise r.fail("port", f"must be at most 65535, got {values['port']}")
+    for key in ("port", "prometheus_port"):
+        if values[key] > 65535:
+            raise r.fail(key, f"must be at most 65535, got {values[key]}")
 
+    webhook = _webhook(r, seconds)
     notes = [f"{source}: unknown key '{key}' ignored" for key in r.unknown_keys()]
     if env.get("LIVEKIT_KEYS"):
         config_keys = parse_keys(env["LIVEKIT_KEYS"], "LIVEKIT_KEYS")
@@ -261,6 +268,12 @@ def load_config(
             f"the secret of API key {short[0]!r} is shorter than {MIN_SECRET_LENGTH} characters: "
             "use a long random secret (e.g. `openssl rand -base64 32`), or --dev for local development"
         )
+    if webhook.urls and webhook.api_key not in config_keys:
+        raise ConfigError(
+            f"{source}: webhook.api_key: {webhook.api_key!r} is not one of the configured API keys "
+            "(webhooks are signed with its secret)"
+        )
+    values["webhook"] = webhook
     if port is not None:
         values["port"] = port
     addresses = tuple(bind or bind_value or (("127.0.0.1",) if dev else Config.bind_addresses))
@@ -283,4 +296,29 @@ def load_config(
         development=dev,
         warnings=tuple(notes),
         **values,
+    )
+
+
+def _webhook(r: _Reader, seconds: Callable[[str, float, float], float]) -> WebhookSettings:
+    """The `webhook` section, as livekit.yaml writes it (`api_key`, `urls`), and delivery settings."""
+    d = WebhookSettings
+    urls = r.get("webhook.urls")
+    if urls is None:
+        urls = []
+    if not isinstance(urls, list) or not all(
+        isinstance(url, str) and url.startswith(("http://", "https://")) for url in urls
+    ):
+        raise r.fail("webhook.urls", f"expected a list of http(s) URLs, got {urls!r}")
+    api_key = r.get("webhook.api_key")
+    if urls and (not isinstance(api_key, str) or not api_key):
+        raise r.fail("webhook.api_key", "required with webhook.urls: the API key whose secret signs them")
+    return WebhookSettings(
+        api_key=api_key if isinstance(api_key, str) else "",
+        urls=tuple(urls),
+        queue_size=r.number("webhook.queue_size", d.queue_size, minimum=1),
+        timeout=seconds("webhook.timeout", d.timeout, 0.1),
+        retry_delay=seconds("webhook.retry_delay", d.retry_delay, 0.01),
+        retry_delay_max=seconds("webhook.retry_delay_max", d.retry_delay_max, 0.01),
+        max_attempts=r.number("webhook.max_attempts", d.max_attempts, minimum=1),
+        shutdown_grace=seconds("webhook.shutdown_grace", d.shutdown_grace, 0),
     )

@@ -20,14 +20,17 @@ from switchboard.auth.tokens import TokenVerifier
 from switchboard.config import DEV_KEYS, Config
 from switchboard.core import ids
 from switchboard.core.engine import Engine
+from switchboard.metrics import Metrics
 from switchboard.rtc.service import RtcService
 from switchboard.runtime import Runtime
+from switchboard.webhooks import Webhooks
 from switchboard.workers.hub import WorkerHub
 
 log = logging.getLogger("switchboard.server")
 
 RUNTIME = web.AppKey("runtime", Runtime)
 HUB = web.AppKey("hub", WorkerHub)
+METRICS = web.AppKey("metrics", Metrics)
 DRAIN_POLL_INTERVAL = 0.1
 KILL_GRACE = 2.0
 """After the second signal killed them, how long the agents' exits are waited for."""
@@ -43,6 +46,11 @@ def build_app(config: Config) -> web.Application:
     verifier = TokenVerifier(config.keys)
     app = web.Application(middlewares=[cors_middleware])
     app[RUNTIME] = runtime
+    observe = None
+    if config.prometheus_port:
+        metrics = app[METRICS] = Metrics(runtime)
+        metrics.install()
+        observe = metrics.twirp_request
     server_info = models.ServerInfo(
         edition=models.ServerInfo.Standard,
         version=LIVEKIT_COMPATIBLE_VERSION,
@@ -55,17 +63,25 @@ def build_app(config: Config) -> web.Application:
     app.router.add_get("/agent", hub.handle)
     rtc = RtcService(runtime, verifier, config.rtc, server_info)
     rtc.install(app)
-    twirp = TwirpServer(verifier, config.http, runtime.flush)
+    twirp = TwirpServer(verifier, config.http, runtime.flush, observe)
     twirp.add_service("RoomService", room_service.methods(runtime, live=rtc))
     twirp.add_service("AgentDispatchService", agent_dispatch_service.methods(runtime))
     twirp.install(app)
     app.router.add_get("/", health)
+    webhooks = None
+    if config.webhook.urls:
+        webhooks = Webhooks(config.webhook, config.keys[config.webhook.api_key], runtime)
+        webhooks.install()
 
     async def start(app: web.Application) -> None:
         await app[RUNTIME].start()
+        if webhooks is not None:
+            await webhooks.start()
 
     async def stop(app: web.Application) -> None:
         await app[RUNTIME].stop()
+        if webhooks is not None:
+            await webhooks.stop()  # after the last decisions (rooms closed at shutdown)
 
     async def close_workers(app: web.Application) -> None:
         await app[HUB].close_all()
@@ -144,10 +160,18 @@ async def run(config: Config) -> None:
     app = build_app(config)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, **config.http.handler_options())
     await runner.setup()
+    metrics_runner = None
     try:
         for host in config.bind_addresses:
             await listen(runner, host, config.port)
+        if config.prometheus_port:
+            metrics_runner = web.AppRunner(app[METRICS].app(), access_log=None, handle_signals=False)
+            await metrics_runner.setup()
+            for host in config.bind_addresses:
+                await listen(metrics_runner, host, config.prometheus_port)
     except ListenError:
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
         await runner.cleanup()
         raise
     mode = ""
@@ -155,6 +179,8 @@ async def run(config: Config) -> None:
         dev_keys = dict(config.keys) == DEV_KEYS
         mode = " (dev mode: API key 'devkey' with the built-in dev secret)" if dev_keys else " (dev mode)"
     addresses = ", ".join(f"{host}:{config.port}" for host in config.bind_addresses)
+    if config.prometheus_port:
+        addresses += f" (metrics on port {config.prometheus_port})"
     log.info(
         "switchboard %s (LiveKit %s compatible) listening on %s%s",
         __version__,
@@ -192,6 +218,8 @@ async def run(config: Config) -> None:
     finally:
         supervisor.kill()  # whatever ended the server (an error too): no agent outlives it
     await runner.cleanup()
+    if metrics_runner is not None:
+        await metrics_runner.cleanup()
 
 
 def agent_environment(config: Config) -> dict[str, str]:

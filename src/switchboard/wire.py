@@ -118,6 +118,18 @@ def job_to_proto(
     )
 
 
+def job_end_reason(job: Job) -> agent.JobStateReason:
+    """The class of an ended job's reason, as LiveKit's JobStateReason names it (unspecified for the rest:
+    the worker's own report, a failure after restarts, a server shutdown)."""
+    if job.error.startswith("terminated: dispatch deleted"):
+        return agent.JSR_DISPATCH_DELETED
+    if job.error.startswith("terminated: room closed"):
+        return agent.JSR_ROOM_CLOSED
+    if job.error.startswith(("no worker ", "not offered within ")):
+        return agent.JSR_NO_CAPACITY
+    return agent.JSR_UNSPECIFIED
+
+
 def attempt_to_proto(
     job: Job, attempt: Attempt, spec: DispatchSpec, room: models.Room | None = None
 ) -> agent.Job:

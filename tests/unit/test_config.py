@@ -1,5 +1,6 @@
 """Configuration: livekit.yaml keys, environment, flags, and errors that name the key."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -186,3 +187,37 @@ def test_rtc_settings_are_read_and_checked(tmp_path: Path) -> None:
     assert load_config(write(tmp_path, KEYS), env={}).rtc.max_bad_frames == 20
     with pytest.raises(ConfigError, match=r"rtc\.max_bad_frames"):
         load_config(write(tmp_path, KEYS + "rtc:\n  max_bad_frames: 0\n"), env={})
+
+
+def test_webhook_section_as_livekit_yaml_writes_it(tmp_path: Path) -> None:
+    text = "keys:\n  k1: s1\nwebhook:\n  api_key: k1\n  urls: ['http://127.0.0.1:9/a', 'https://hooks.example/b']\n"
+    config = load_config(write(tmp_path, text), env={}, dev=True)
+    assert config.webhook.api_key == "k1"
+    assert config.webhook.urls == ("http://127.0.0.1:9/a", "https://hooks.example/b")
+    assert config.warnings == ()
+    assert load_config(env={}, dev=True).webhook.urls == ()
+
+
+@pytest.mark.parametrize(
+    ("webhook", "message"),
+    [
+        (
+            "{api_key: other, urls: ['http://x/']}",
+            "webhook.api_key: 'other' is not one of the configured API keys",
+        ),
+        ("{urls: ['http://x/']}", "webhook.api_key: required with webhook.urls"),
+        ("{api_key: k1, urls: 'http://x/'}", "webhook.urls: expected a list of http(s) URLs"),
+        ("{api_key: k1, urls: ['ftp://x/']}", "webhook.urls: expected a list of http(s) URLs"),
+        ("{api_key: k1, urls: ['http://x/'], max_attempts: 0}", "webhook.max_attempts: must be at least 1"),
+    ],
+)
+def test_bad_webhook_section(tmp_path: Path, webhook: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(write(tmp_path, f"keys:\n  k1: s1\nwebhook: {webhook}\n"), env={}, dev=True)
+
+
+def test_prometheus_port(tmp_path: Path) -> None:
+    assert load_config(env={}, dev=True).prometheus_port == 0
+    assert load_config(write(tmp_path, "prometheus_port: 6789\n"), env={}, dev=True).prometheus_port == 6789
+    with pytest.raises(ConfigError, match="prometheus_port: must be at most 65535"):
+        load_config(write(tmp_path, "prometheus_port: 70000\n"), env={}, dev=True)

@@ -15,7 +15,10 @@ from switchboard.core.events import (
     DisconnectCause,
     DisconnectParticipant,
     JobEnded,
+    JobStarted,
     OfferJob,
+    ParticipantJoined,
+    ParticipantLeft,
     TerminateJob,
 )
 from switchboard.core.jobs import Job, JobStatus, JobType
@@ -196,7 +199,7 @@ def test_offer_accept_assign_running_success() -> None:
     assert (job.status, job.started_at) == (JobStatus.RUNNING, 3.0)
     assert e.job_update(w, job.id, JobUpdate.SUCCESS, "", 9.0)
     assert (job.status, job.error, job.ended_at) == (JobStatus.SUCCEEDED, "", 9.0)
-    assert e.take_decisions() == [JobEnded(job)]
+    assert e.take_decisions() == [JobStarted(job), JobEnded(job)]
     assert e.jobs == {} and e.workers[w].jobs == set()
     assert not e.job_update(w, job.id, JobUpdate.RUNNING, "", 10.0)  # ended: no longer its job
 
@@ -917,8 +920,10 @@ def agent_of(job: Job, attempt: int | None = None, identity: str = "") -> Partic
 def test_a_job_runs_once_its_agent_joins_without_a_report() -> None:
     e = make(start_timeout=10.0)
     _, job = assigned(e)
-    e.participant_joined(job.room, agent_of(job), 4.0)
+    agent = agent_of(job)
+    e.participant_joined(job.room, agent, 4.0)
     assert (job.status, job.started_at, job.agent_identity) == (JobStatus.RUNNING, 4.0, f"agent-{job.id}")
+    assert e.take_decisions() == [ParticipantJoined(job.room, agent), JobStarted(job)]
     # The start timeout no longer applies: it is running, whatever the framework reports.
     e.tick(100.0)
     assert job.status is JobStatus.RUNNING and e.take_decisions() == []
@@ -936,11 +941,17 @@ def test_a_silent_frameworks_job_succeeds_when_its_agent_leaves_the_room() -> No
 def test_a_silent_frameworks_job_whose_agent_lost_its_connection_is_restarted() -> None:
     e = make(restart_backoff=2.0)
     w, job = assigned(e)
-    e.participant_joined(job.room, agent_of(job), 1.0)
+    agent = agent_of(job)
+    e.participant_joined(job.room, agent, 1.0)
     e.participant_left(job.room, f"agent-{job.id}", 9.0, lost=True)
     assert (job.status, job.attempt, job.retry_at) == (JobStatus.PENDING, 2, 11.0)
     assert job.attempts[0].error == f"agent participant 'agent-{job.id}' lost its connection"
-    assert e.take_decisions() == []  # backing off
+    # Only what was observed; nothing to carry out while it backs off.
+    assert e.take_decisions() == [
+        ParticipantJoined(job.room, agent),
+        JobStarted(job),
+        ParticipantLeft(job.room, agent),
+    ]
     e.tick(11.0)
     assert offers(e) == [OfferJob(w, job, resuming=True)]
 

@@ -5,7 +5,16 @@ import pytest
 from switchboard.core.dispatch import DispatchSpec, RestartPolicy
 from switchboard.core.engine import Engine, EngineSettings, RoomSpec
 from switchboard.core.errors import InvalidArgument, NotFound, ResourceExhausted
-from switchboard.core.events import DisconnectCause, DisconnectParticipant, JobEnded, RoomClosed, RoomStarted
+from switchboard.core.events import (
+    DisconnectCause,
+    DisconnectParticipant,
+    DispatchCreated,
+    JobEnded,
+    ParticipantJoined,
+    ParticipantLeft,
+    RoomClosed,
+    RoomStarted,
+)
 from switchboard.core.jobs import JobStatus, JobType
 from switchboard.core.limits import Limits
 from switchboard.core.rooms import AGENT, Participant
@@ -28,7 +37,7 @@ def test_new_room_gets_sid_defaults_and_the_implicit_automatic_dispatch() -> Non
     assert dispatch.agent_name == "" and dispatch.id.startswith("AD_")
     [job] = dispatch.jobs
     assert job.type is JobType.ROOM and job.status is JobStatus.PENDING and job.id.startswith("AJ_")
-    assert e.take_decisions() == [RoomStarted("r", room.sid)]
+    assert e.take_decisions() == [RoomStarted("r", room.sid), DispatchCreated("r", dispatch.id, "")]
 
 
 def test_room_with_agents_has_no_implicit_dispatch_and_keeps_request_values() -> None:
@@ -160,13 +169,15 @@ def test_max_participants_refuses_the_extra_participant_but_not_agents() -> None
 def test_same_identity_replaces_the_old_connection() -> None:
     e = engine()
     e.create_room(RoomSpec(name="r"), now=0.0)
-    e.participant_joined("r", person("a"), 0.0)
+    first = person("a")
+    e.participant_joined("r", first, 0.0)
     e.take_decisions()
-    e.participant_joined("r", person("a", 1.0), 1.0)
+    second = person("a", 1.0)
+    e.participant_joined("r", second, 1.0)
     replaced = DisconnectParticipant(
         "r", "a", "replaced by a new connection", DisconnectCause.DUPLICATE_IDENTITY, "PA_a"
     )
-    assert e.take_decisions() == [replaced]
+    assert e.take_decisions() == [replaced, ParticipantLeft("r", first), ParticipantJoined("r", second)]
 
 
 def test_remove_participant() -> None:
@@ -175,9 +186,12 @@ def test_remove_participant() -> None:
     e.participant_joined("r", person("a"), 0.0)
     assert e.participant("r", "a").identity == "a"
     e.take_decisions()
-    e.remove_participant("r", "a", 2.0)
+    removed = e.remove_participant("r", "a", 2.0)
     cause = DisconnectCause.REMOVED
-    assert e.take_decisions() == [DisconnectParticipant("r", "a", "removed by API request", cause, "PA_a")]
+    assert e.take_decisions() == [
+        ParticipantLeft("r", removed),
+        DisconnectParticipant("r", "a", "removed by API request", cause, "PA_a"),
+    ]
     with pytest.raises(NotFound, match="participant does not exist"):
         e.remove_participant("r", "a", 3.0)
     with pytest.raises(NotFound):

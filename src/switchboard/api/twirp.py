@@ -11,6 +11,7 @@ import asyncio
 import inspect
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -87,9 +88,17 @@ class Method:
 
 
 class TwirpServer:
-    def __init__(self, verifier: TokenVerifier, limits: HttpLimits, after_call: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        verifier: TokenVerifier,
+        limits: HttpLimits,
+        after_call: Callable[[], None],
+        observe: Callable[[str, str, float], None] | None = None,
+    ) -> None:
         self._verifier = verifier
         self._after_call = after_call
+        self._observe = observe
+        """Told of every request: method ("Service.Method", or "unknown"), Twirp code ("ok"), seconds."""
         self._limits = limits
         self._methods: dict[str, Method] = {}
 
@@ -101,11 +110,23 @@ class TwirpServer:
         app.router.add_route("*", "/twirp/{path:.*}", self.handle, expect_handler=self._expect)
 
     async def handle(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        code = "internal"
         try:
-            return await self._handle(request)
+            response = await self._handle(request)
+            code = "ok"
+            return response
         except TwirpError as exc:
+            code = exc.code
             log.info("twirp error path=%s code=%s msg=%s", request.path, exc.code, exc.msg)
             return self._refusal(request, exc)
+        finally:
+            if self._observe is not None:
+                known = request.path in self._methods
+                method = (
+                    request.path.removeprefix("/twirp/livekit.").replace("/", ".") if known else "unknown"
+                )
+                self._observe(method, code, time.perf_counter() - started)
 
     async def _expect(self, request: web.Request) -> web.Response | None:
         """`Expect: 100-continue`: the client waits for a go-ahead before it sends the body; a request

@@ -26,14 +26,20 @@ from switchboard.core.events import (
     Decision,
     DisconnectCause,
     DisconnectParticipant,
+    DispatchCreated,
     JobEnded,
+    JobStarted,
     OfferJob,
+    ParticipantJoined,
+    ParticipantLeft,
     ParticipantUpdated,
     RoomClosed,
     RoomStarted,
     SendData,
     TerminateJob,
     TrackMuted,
+    TrackPublished,
+    TrackUnpublished,
 )
 from switchboard.core.history import ClosedRoom, RoomHistory
 from switchboard.core.jobs import Job, JobStatus, JobType
@@ -175,6 +181,7 @@ class Engine:
                     room.name, participant.identity, f"room closed: {reason}", cause, participant.sid
                 )
             )
+            self._decisions.append(ParticipantLeft(room.name, participant))
         room.participants.clear()
         for dispatch in room.dispatches.values():
             self._terminate_dispatch_jobs(dispatch, f"terminated: room closed ({reason})", now)
@@ -251,6 +258,7 @@ class Engine:
                     replaced.sid,
                 )
             )
+            self._decisions.append(ParticipantLeft(room.name, replaced))
         elif (
             not participant.dependent
             and room.max_participants
@@ -258,6 +266,7 @@ class Engine:
         ):
             raise ResourceExhausted("room is full")
         room.participants[participant.identity] = participant
+        self._decisions.append(ParticipantJoined(room.name, participant))
         if participant.job is not None:
             self._agent_joined(self.jobs[participant.job[0]], participant.job[1], now)
         if not participant.dependent:
@@ -272,6 +281,7 @@ class Engine:
             self._revive(job, worker, now)
         elif job.status is JobStatus.ASSIGNED:
             job.start(now)
+            self._decisions.append(JobStarted(job))
 
     def update_participant(
         self,
@@ -308,6 +318,7 @@ class Engine:
         participant = self.participant(room_name, identity)
         participant.tracks[track.sid] = track
         participant.changed()
+        self._decisions.append(TrackPublished(room_name, participant, track))
         if participant.has_published or participant.dependent:
             return
         participant.has_published = True
@@ -321,6 +332,7 @@ class Engine:
             raise NotFound("track does not exist")
         participant.changed()
         self._decisions.append(ParticipantUpdated(room_name, identity))
+        self._decisions.append(TrackUnpublished(room_name, participant, track))
         return track
 
     def mute_track(self, room_name: str, identity: str, track_sid: str, muted: bool) -> Track:
@@ -349,6 +361,7 @@ class Engine:
             raise NotFound("participant does not exist")
         del room.participants[identity]
         room.last_departure_at = now
+        self._decisions.append(ParticipantLeft(room.name, participant))
         if participant.job is not None:
             self._agent_left(participant, lost, now)
         return participant
@@ -427,6 +440,7 @@ class Engine:
     def _add_dispatch(self, room: Room, spec: DispatchSpec, now: float) -> Dispatch:
         dispatch = Dispatch(id=ids.new_id(ids.DISPATCH), room=room.name, spec=spec, created_at=now)
         room.dispatches[dispatch.id] = dispatch
+        self._decisions.append(DispatchCreated(room.name, dispatch.id, spec.agent_name))
         self._launch(dispatch, JobType.ROOM, now)
         for participant in room.participants.values():
             if not participant.dependent:
@@ -687,6 +701,7 @@ class Engine:
         if update is JobUpdate.RUNNING:
             if job.status is JobStatus.ASSIGNED:
                 job.start(now)
+                self._decisions.append(JobStarted(job))
         elif update is JobUpdate.SUCCESS:
             self._end_job(job, True, error, now)
         else:

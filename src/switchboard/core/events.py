@@ -4,6 +4,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from switchboard.core.jobs import Job
+from switchboard.core.rooms import Participant, Track
 
 
 @dataclass(frozen=True)
@@ -20,8 +21,54 @@ class RoomClosed:
 
 
 @dataclass(frozen=True)
+class DispatchCreated:
+    """A dispatch was added to a room (API, room creation, or a participant's token)."""
+
+    room: str
+    dispatch_id: str
+    agent_name: str
+
+
+@dataclass(frozen=True)
 class JobEnded:
     job: Job
+
+
+@dataclass(frozen=True)
+class JobStarted:
+    """The job runs: its worker said so, or its agent joined the room."""
+
+    job: Job
+
+
+@dataclass(frozen=True)
+class ParticipantJoined:
+    """Observed, not acted upon: webhooks and metrics follow who is in which room."""
+
+    room: str
+    participant: Participant
+
+
+@dataclass(frozen=True)
+class ParticipantLeft:
+    """The participant is no longer in the room (left, lost, removed, replaced, or the room closed)."""
+
+    room: str
+    participant: Participant
+
+
+@dataclass(frozen=True)
+class TrackPublished:
+    room: str
+    participant: Participant
+    track: Track
+
+
+@dataclass(frozen=True)
+class TrackUnpublished:
+    room: str
+    participant: Participant
+    track: Track
 
 
 class DisconnectCause(Enum):
@@ -109,7 +156,13 @@ class TerminateJob:
 Decision = (
     RoomStarted
     | RoomClosed
+    | DispatchCreated
     | JobEnded
+    | JobStarted
+    | ParticipantJoined
+    | ParticipantLeft
+    | TrackPublished
+    | TrackUnpublished
     | DisconnectParticipant
     | ParticipantUpdated
     | TrackMuted

@@ -1,0 +1,193 @@
+"""Prometheus metrics on `prometheus_port` (LiveKit's key; 0 = off), with prometheus-client.
+
+Counters and histograms follow the engine's decisions (dispatches, jobs) and the Twirp server's requests;
+gauges (rooms, participants, tracks, jobs, workers) are read from the engine's state at each scrape, so
+they can never drift from it. Every name starts with `switchboard_`; the README lists them.
+"""
+
+import logging
+from collections import Counter as Tally
+from collections.abc import Iterator
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from switchboard.core.events import AssignJob, DispatchCreated, JobEnded, JobStarted, OfferJob
+from switchboard.core.jobs import Job, JobStatus
+from switchboard.core.workers import WorkerStatus
+from switchboard.runtime import Runtime
+
+log = logging.getLogger("switchboard.metrics")
+
+WAIT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+# Why a job ended, in a few classes (a label's values must stay few): the first match wins.
+_REASON_CLASSES = (
+    ("terminated: dispatch deleted", "dispatch_deleted"),
+    ("terminated: room closed", "room_closed"),
+    ("terminated: server", "server_shutdown"),
+    ("no worker registered", "no_worker"),
+    ("no worker took the job", "no_capacity"),
+    ("not offered within", "server_draining"),
+    ("job failed on worker", "worker_failed"),
+    ("declined the job", "worker_declined"),
+    ("did not start the job", "start_timeout"),
+    ("disconnected", "worker_lost"),
+    ("lost its connection", "agent_lost"),
+    ("left the room", "agent_left"),
+)
+
+
+def reason_class(job: Job) -> str:
+    """The class of an ended job's reason: `completed` for a success its worker reported without one."""
+    for marker, name in _REASON_CLASSES:
+        if marker in job.error:
+            return name
+    return "completed" if not job.error and job.status is JobStatus.SUCCEEDED else "other"
+
+
+class Metrics:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.dispatches = Counter(
+            "switchboard_dispatches_created",
+            "Dispatches added to rooms (API, room creation, tokens)",
+            registry=r,
+        )
+        self.jobs_ended = Counter(
+            "switchboard_jobs_ended",
+            "Jobs that ended, by final status and reason class",
+            ["status", "reason"],
+            registry=r,
+        )
+        self.redispatches = Counter(
+            "switchboard_job_redispatches",
+            "Job attempts offered again after an earlier attempt failed (restart policy)",
+            registry=r,
+        )
+        self.to_assignment = Histogram(
+            "switchboard_job_assignment_seconds",
+            "Time from a job's creation (its dispatch) to its assignment to a worker (first attempt)",
+            buckets=WAIT_BUCKETS,
+            registry=r,
+        )
+        self.to_running = Histogram(
+            "switchboard_job_running_seconds",
+            "Time from a job's creation (its dispatch) to its running (first attempt)",
+            buckets=WAIT_BUCKETS,
+            registry=r,
+        )
+        self.twirp_requests = Counter(
+            "switchboard_twirp_requests",
+            "Twirp API requests, by method and code",
+            ["method", "code"],
+            registry=r,
+        )
+        self.twirp_latency = Histogram(
+            "switchboard_twirp_request_seconds",
+            "Twirp API request latency, by method",
+            ["method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        r.register(_EngineCollector(runtime))
+        self._offered_attempt: dict[str, int] = {}
+        """The last attempt of each live job that was offered: a re-dispatch is counted once per attempt."""
+
+    def install(self) -> None:
+        on = self.runtime.on
+        on(DispatchCreated, lambda _: self.dispatches.inc())
+        on(OfferJob, self._offered)
+        on(AssignJob, self._assigned)
+        on(JobStarted, self._started)
+        on(JobEnded, self._ended)
+
+    def twirp_request(self, method: str, code: str, seconds: float) -> None:
+        self.twirp_requests.labels(method, code).inc()
+        self.twirp_latency.labels(method).observe(seconds)
+
+    def _offered(self, decision: OfferJob) -> None:
+        job = decision.job
+        if job.attempt > 1 and self._offered_attempt.get(job.id) != job.attempt:
+            self.redispatches.inc()
+        self._offered_attempt[job.id] = job.attempt
+
+    def _assigned(self, decision: AssignJob) -> None:
+        if decision.job.attempt == 1:
+            self.to_assignment.observe(max(self.runtime.now() - decision.job.created_at, 0.0))
+
+    def _started(self, decision: JobStarted) -> None:
+        if decision.job.attempt == 1:
+            self.to_running.observe(max(self.runtime.now() - decision.job.created_at, 0.0))
+
+    def _ended(self, decision: JobEnded) -> None:
+        job = decision.job
+        self._offered_attempt.pop(job.id, None)
+        self.jobs_ended.labels(job.status.value, reason_class(job)).inc()
+
+    async def handle(self, _: web.Request) -> web.Response:
+        body = generate_latest(self.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/metrics", self.handle)
+        app.router.add_get("/", self.handle)
+        return app
+
+
+class _EngineCollector(Collector):
+    """What the engine holds now, read at each scrape."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.engine = runtime.engine
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        engine = self.engine
+        rooms = list(engine.rooms.values())
+        yield GaugeMetricFamily("switchboard_rooms", "Rooms open now", value=len(rooms))
+        participants = GaugeMetricFamily(
+            "switchboard_participants", "Participants in rooms now, by kind", labels=["kind"]
+        )
+        kinds = Tally(p.kind for room in rooms for p in room.participants.values())
+        for kind, count in sorted(kinds.items()):
+            participants.add_metric([kind], count)
+        yield participants
+        tracks = sum(len(p.tracks) for room in rooms for p in room.participants.values())
+        yield GaugeMetricFamily("switchboard_tracks", "Tracks published now", value=tracks)
+        statuses = Tally(job.status.value for job in engine.jobs.values())
+        jobs = GaugeMetricFamily("switchboard_jobs", "Jobs that have not ended, by status", labels=["status"])
+        for status in (JobStatus.PENDING, JobStatus.OFFERED, JobStatus.ASSIGNED, JobStatus.RUNNING):
+            jobs.add_metric([status.value], statuses[status.value])
+        yield jobs
+        waiting = statuses[JobStatus.PENDING.value] + statuses[JobStatus.OFFERED.value]
+        yield GaugeMetricFamily(
+            "switchboard_jobs_pending", "Jobs waiting for a worker now (pending or offered)", value=waiting
+        )
+        workers = GaugeMetricFamily(
+            "switchboard_workers",
+            "Connected workers, by agent name and status",
+            labels=["agent_name", "status"],
+        )
+        load = GaugeMetricFamily(
+            "switchboard_worker_load",
+            "Sum of the load the workers reported, by agent name",
+            labels=["agent_name"],
+        )
+        by_status: Tally[tuple[str, str]] = Tally()
+        loads: dict[str, float] = {}
+        for worker in engine.workers.values():
+            name = worker.spec.agent_name
+            by_status[(name, "full" if worker.status is WorkerStatus.FULL else "available")] += 1
+            loads[name] = loads.get(name, 0.0) + worker.load
+        for (name, state), count in sorted(by_status.items()):
+            workers.add_metric([name, state], count)
+        for name, total in sorted(loads.items()):
+            load.add_metric([name], total)
+        yield workers
+        yield load

@@ -1,0 +1,180 @@
+"""Webhook delivery without a network: one URL's queue, its order, retries, backoff and drop counting, with
+the post and the clock's sleep injected; and the signature, checked by the official Python receiver."""
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+
+import pytest
+from livekit import api
+from livekit.protocol.webhook import WebhookEvent
+
+from switchboard.core.jobs import Job, JobStatus, JobType
+from switchboard.webhooks import UrlSender, WebhookSettings, encode, sign
+from switchboard.wire import job_end_reason
+
+KEY, SECRET = "hookkey", "a-webhook-secret-that-is-long-enough"
+URL = "http://receiver.invalid/hook"
+
+
+class Receiver:
+    """The injected post: records what was posted; `answers` says how each call ends, in turn (an int
+    is an HTTP status, an exception is raised); `gate`, when set, holds every post until it is opened."""
+
+    def __init__(self, answers: list[int | Exception] | None = None) -> None:
+        self.answers = list(answers or [])
+        self.posts: list[tuple[dict[str, object], dict[str, str]]] = []
+        self.bodies: list[str] = []
+        self.gate: asyncio.Event | None = None
+
+    async def __call__(self, url: str, body: bytes, headers: dict[str, str]) -> int:
+        assert url == URL
+        if self.gate is not None:
+            await self.gate.wait()
+        self.posts.append((json.loads(body), headers))
+        self.bodies.append(body.decode())
+        answer = self.answers.pop(0) if self.answers else 200
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def delivered(self) -> list[tuple[str, int]]:
+        """(event id, numDropped) of every post, in order."""
+        return [(str(body["id"]), int(str(body.get("numDropped", 0)))) for body, _ in self.posts]
+
+
+class Sleeps:
+    """The injected sleep: records each delay and returns at once."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, delay: float) -> None:
+        self.delays.append(delay)
+        await asyncio.sleep(0)
+
+
+def event(n: int) -> WebhookEvent:
+    return WebhookEvent(event="room_started", id=f"EV_{n}", created_at=1000 + n)
+
+
+async def settle(done: Callable[[], bool]) -> None:
+    """Let the sender's task run until `done` (it never waits on real time here)."""
+    for _ in range(10_000):
+        if done():
+            return
+        await asyncio.sleep(0)
+    pytest.fail("the sender did not get there")
+
+
+async def run_sender(
+    receiver: Receiver, sleeps: Sleeps, body: Callable[[UrlSender], Awaitable[None]], **settings: float
+) -> UrlSender:
+    config = WebhookSettings(api_key=KEY, urls=(URL,), **settings)  # type: ignore[arg-type]
+    sender = UrlSender(URL, config, lambda b: sign(KEY, SECRET, b), receiver, sleeps)
+    task = asyncio.create_task(sender.run())
+    try:
+        await body(sender)
+    finally:
+        task.cancel()
+    return sender
+
+
+async def test_events_go_out_in_order_signed_as_livekit_signs_them() -> None:
+    receiver, sleeps = Receiver(), Sleeps()
+
+    async def body(sender: UrlSender) -> None:
+        for n in range(5):
+            sender.put(event(n))
+        await settle(lambda: len(receiver.posts) == 5)
+
+    await run_sender(receiver, sleeps, body)
+    assert receiver.delivered() == [(f"EV_{n}", 0) for n in range(5)]
+    verify = api.WebhookReceiver(api.TokenVerifier(KEY, SECRET))
+    for (posted, headers), text in zip(receiver.posts, receiver.bodies, strict=True):
+        assert headers["Content-Type"] == "application/webhook+json"
+        received = verify.receive(text, headers["Authorization"])
+        assert received.id == posted["id"] and received.event == "room_started"
+        with pytest.raises(Exception, match="hash mismatch"):
+            verify.receive(text.replace("room_started", "room_finished"), headers["Authorization"])
+    with pytest.raises(Exception, match="Signature verification failed"):
+        api.WebhookReceiver(api.TokenVerifier(KEY, "another-secret-that-is-long-enough!!")).receive(
+            receiver.bodies[0], receiver.posts[0][1]["Authorization"]
+        )
+    assert sleeps.delays == []
+
+
+async def test_a_failed_post_is_retried_with_doubling_backoff_and_later_events_wait() -> None:
+    receiver = Receiver([503, ConnectionResetError("reset"), TimeoutError(), 500, 200])
+    sleeps = Sleeps()
+
+    async def body(sender: UrlSender) -> None:
+        sender.put(event(1))
+        sender.put(event(2))
+        await settle(lambda: len(receiver.posts) == 6)
+
+    await run_sender(receiver, sleeps, body, retry_delay=0.5, retry_delay_max=3.0)
+    assert [i for i, _ in receiver.delivered()] == ["EV_1"] * 5 + ["EV_2"]
+    assert sleeps.delays == [0.5, 1.0, 2.0, 3.0]
+
+
+async def test_a_full_queue_drops_new_events_and_the_next_delivered_event_counts_them() -> None:
+    receiver, sleeps = Receiver([500]), Sleeps()
+    receiver.gate = asyncio.Event()
+
+    async def body(sender: UrlSender) -> None:
+        for n in range(6):  # 1 and 2 queued (1 being posted), 3..6 dropped
+            sender.put(event(n + 1))
+        assert sender.dropped == 4
+        receiver.gate.set()  # type: ignore[union-attr]
+        await settle(lambda: len(receiver.posts) == 3)
+        sender.put(event(7))
+        await settle(lambda: len(receiver.posts) == 4)
+
+    sender = await run_sender(receiver, sleeps, body, queue_size=2)
+    # EV_1's failed post and its retry both report the 4 drops; once delivered, they are not reported again.
+    assert receiver.delivered() == [("EV_1", 4), ("EV_1", 4), ("EV_2", 0), ("EV_7", 0)]
+    assert sender.dropped == 0 and sender.delivered == 3
+
+
+async def test_an_event_given_up_after_its_attempts_is_counted_in_the_next_one() -> None:
+    receiver, sleeps = Receiver([500, 500, 500]), Sleeps()
+
+    async def body(sender: UrlSender) -> None:
+        sender.put(event(1))
+        sender.put(event(2))
+        await settle(lambda: len(receiver.posts) == 4)
+
+    await run_sender(receiver, sleeps, body, max_attempts=3, retry_delay=0.1)
+    assert receiver.delivered() == [("EV_1", 0)] * 3 + [("EV_2", 1)]
+    assert sleeps.delays == [0.1, 0.2]
+
+
+def test_the_body_is_protojson_as_livekit_writes_it() -> None:
+    message = WebhookEvent(event="participant_left", id="EV_x", created_at=1234, num_dropped=2)
+    message.room.name = "r"
+    assert json.loads(encode(message)) == {
+        "event": "participant_left",
+        "id": "EV_x",
+        "createdAt": "1234",
+        "numDropped": 2,
+        "room": {"name": "r"},
+    }
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        ("terminated: dispatch deleted", "JSR_DISPATCH_DELETED"),
+        ("terminated: room closed (deleted by API request)", "JSR_ROOM_CLOSED"),
+        ("no worker registered for agent 'x' within 1s", "JSR_NO_CAPACITY"),
+        ("no worker took the job for agent 'x' within 1s: AW_1 declined it", "JSR_NO_CAPACITY"),
+        ("job failed on worker AW_1: boom", "JSR_UNSPECIFIED"),
+    ],
+)
+def test_job_end_reasons(error: str, reason: str) -> None:
+    from livekit.protocol import agent
+
+    job = Job(id="AJ_1", dispatch_id="AD_1", room="r", type=JobType.ROOM, agent_name="x", created_at=0.0)
+    job.status, job.error = JobStatus.FAILED, error
+    assert agent.JobStateReason.Name(job_end_reason(job)) == reason
