@@ -262,14 +262,13 @@ async def flood(ws: aiohttp.ClientWebSocketResponse, tally: AbuseTally, budget: 
     return sent
 
 
-async def agent_garbage(target: Target, tally: AbuseTally) -> None:
-    token = mint_token(target.server.api_key, target.server.api_secret, video=VideoGrant(agent=True))
+async def keep_flooding(target: Target, tally: AbuseTally, url: str, headers: dict[str, str]) -> None:
+    """Connect to the WebSocket at `url` and flood it (`flood`), again whenever the server closes it, until
+    this client's frame budget is spent."""
     budget = target.frames
     while True:
         try:
-            ws = await target.session.ws_connect(
-                f"{target.server.url}/agent", headers={"Authorization": f"Bearer {token}"}
-            )
+            ws = await target.session.ws_connect(url, headers=headers)
         except aiohttp.ClientError as exc:
             tally.errors[type(exc).__name__] += 1
             continue
@@ -279,26 +278,18 @@ async def agent_garbage(target: Target, tally: AbuseTally) -> None:
             budget -= await flood(ws, tally, budget)
         finally:
             tally.open -= 1
+
+
+async def agent_garbage(target: Target, tally: AbuseTally) -> None:
+    token = mint_token(target.server.api_key, target.server.api_secret, video=VideoGrant(agent=True))
+    await keep_flooding(target, tally, f"{target.server.url}/agent", {"Authorization": f"Bearer {token}"})
 
 
 async def rtc_garbage(target: Target, tally: AbuseTally) -> None:
     identity = f"garbage-{uuid.uuid4().hex[:8]}"
     video = VideoGrant(room_join=True, room="abuse-rtc")
     token = mint_token(target.server.api_key, target.server.api_secret, video=video, identity=identity)
-    budget = target.frames
-    while True:
-        try:
-            ws = await target.session.ws_connect(f"{target.server.url}/rtc?access_token={token}&protocol=15")
-        except aiohttp.ClientError as exc:
-            tally.errors[type(exc).__name__] += 1
-            continue
-        tally.opened += 1
-        tally.open += 1
-
-        try:
-            budget -= await flood(ws, tally, budget)
-        finally:
-            tally.open -= 1
+    await keep_flooding(target, tally, f"{target.server.url}/rtc?access_token={token}&protocol=15", {})
 
 
 @dataclass(frozen=True)
