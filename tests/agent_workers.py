@@ -12,6 +12,7 @@ from typing import Any
 
 from tests.conftest import Server
 from tests.polling import eventually  # also imported from here by the tests that used its copy
+from tests.protocol_worker import Endpoint
 
 WORKER_SCRIPT = Path(__file__).resolve().parent / "agents" / "worker.py"
 
@@ -21,7 +22,7 @@ class AgentWorker:
 
     def __init__(
         self,
-        server: Server,
+        server: Endpoint,
         directory: Path,
         agent_name: str,
         behaviour: str,
