@@ -1,23 +1,20 @@
-"""Real livekit-agents worker processes (`tests/agents/worker.py`) for the integration tests, and polling."""
+"""Real livekit-agents worker processes (`tests/agents/worker.py`) for the integration tests, and a count
+of their registrations read from the server's log (a process server has no other view)."""
 
-import asyncio
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.conftest import Server
+from tests.polling import eventually  # also imported from here by the tests that used its copy
+from tests.protocol_worker import Endpoint
 
 WORKER_SCRIPT = Path(__file__).resolve().parent / "agents" / "worker.py"
-DEADLINE = 30.0  # generous: a `start` worker forks its job process pool before registering
-POLL = 0.05
 
 
 class AgentWorker:
@@ -25,7 +22,7 @@ class AgentWorker:
 
     def __init__(
         self,
-        server: Server,
+        server: Endpoint,
         directory: Path,
         agent_name: str,
         behaviour: str,
@@ -82,19 +79,6 @@ class AgentWorker:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
-
-
-async def eventually(check: Any, what: str, deadline: float = DEADLINE) -> Any:
-    """Poll `check()` until it returns something truthy; fail with `what` after the deadline."""
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        await asyncio.sleep(POLL)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 def registrations(server: Server, agent_name: str) -> int:

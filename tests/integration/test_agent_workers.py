@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from livekit import api
 
-from tests.agent_workers import eventually, registered, registrations
+from tests.agent_workers import eventually, registered
 from tests.conftest import Server, start_server, stop_server
 from tests.node_clients import run_scenario
 
@@ -223,10 +223,3 @@ async def test_entrypoint_that_raises_ends_the_job(
     # livekit-agents reports an entrypoint exception as a clean exit (JS_SUCCESS); the job must not hang.
     job = await eventually(lambda: job_status(lkapi, room, dispatch.id, api.JS_SUCCESS), "job ended")
     assert job.state.ended_at > 0
-
-
-async def test_worker_with_a_bad_secret_is_refused_before_the_upgrade(server: Server, workers: Any) -> None:
-    worker = workers("intruder", "shutdown", secret="not-the-right-secret-not-the-right-secret")
-    await eventually(lambda: "401" in worker.log(), "the worker to report the 401 refusal")
-    assert registrations(server, "intruder") == 0
-    assert worker.process.poll() is None, "a refused worker backs off and retries; it was not crashed"

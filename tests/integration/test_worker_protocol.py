@@ -1,17 +1,15 @@
-"""The `/agent` worker protocol driven by hand over a raw WebSocket, as a livekit-agents worker speaks it:
-auth at the upgrade, framing (binary and protojson text), the job exchange, protocol violations,
-workers lost while holding jobs, migration, and connection churn."""
+"""The `/agent` worker protocol driven by hand over a raw WebSocket against a server process, as a
+livekit-agents worker speaks it: auth at the upgrade, framing (binary and protojson text), the job exchange,
+workers lost while holding jobs, migration. Protocol violations, heartbeat loss and connection churn are
+tested in process, on the engine's state (tests/inprocess/test_worker_sessions.py)."""
 
 import asyncio
-import contextlib
 import json
 import os
 import sys
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import aiohttp
 import jwt
@@ -24,20 +22,26 @@ from switchboard import __version__
 from switchboard.auth.grants import VideoGrant
 from switchboard.auth.tokens import mint_token
 from tests.conftest import Server, start_server, stop_server
+from tests.protocol_worker import (
+    AVAILABLE,
+    DEADLINE,
+    Client,
+    Worker,
+    answer,
+    describe,
+    job_update,
+    ping,
+    register_message,
+    unique,
+)
 
-T = TypeVar("T")
-
-DEADLINE = 5.0
-PING_INTERVAL = 5  # agents.ping_interval: a peer that answers no ping is dropped after 1.5 of these
+PING_INTERVAL = 5  # agents.ping_interval
 REGISTER_TIMEOUT = 1.0
 VIOLATION_CLOSE_DELAY = 0.2
 AVAILABILITY_TIMEOUT = 1.0
 RECONNECT_GRACE = 0.5
 TICK = 1.0  # the server's deadline loop wakes at least this often
 SLACK = 0.05  # client-side timing measured after the server started its clock
-DISPATCH = "/twirp/livekit.AgentDispatchService/"
-POLICY_VIOLATION = 1008
-MESSAGE_TOO_BIG = 1009
 
 
 @pytest.fixture(scope="module")
@@ -60,156 +64,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     stop_server(instance)
 
 
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def register_message(agent_name: str, version: str = "test") -> agent.WorkerMessage:
-    return agent.WorkerMessage(register=agent.RegisterWorkerRequest(agent_name=agent_name, version=version))
-
-
-AVAILABLE = agent.WorkerMessage(update_worker=agent.UpdateWorkerStatus(status=agent.WS_AVAILABLE))
-
-
-def answer(job_id: str, available: bool = True, identity: str = "") -> agent.WorkerMessage:
-    response = agent.AvailabilityResponse(job_id=job_id, available=available, participant_identity=identity)
-    return agent.WorkerMessage(availability=response)
-
-
-def job_update(job_id: str, status: int, error: str = "") -> agent.WorkerMessage:
-    return agent.WorkerMessage(update_job=agent.UpdateJobStatus(job_id=job_id, status=status, error=error))
-
-
-def ping(timestamp: int) -> agent.WorkerMessage:
-    return agent.WorkerMessage(ping=agent.WorkerPing(timestamp=timestamp))
-
-
-def describe(frame: aiohttp.WSMessage) -> str:
-    if frame.type is WSMsgType.BINARY:
-        return f"ServerMessage {agent.ServerMessage.FromString(frame.data)}"
-    return f"{frame.type.name} {frame.data!r}"
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[T]], accept: Callable[[T], bool], within: float = DEADLINE
-) -> T:
-    """Poll `probe` until `accept` holds for its value; fail with the last value at the deadline."""
-    deadline = time.monotonic() + within
-    while True:
-        value = await probe()
-        if accept(value):
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {within}s; last value: {value!r}")
-        await asyncio.sleep(0.02)
-
-
-class Worker:
-    """One hand-driven `/agent` connection."""
-
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self.ws = ws
-        self.id = ""
-
-    async def send(self, message: agent.WorkerMessage) -> None:
-        await self.ws.send_bytes(message.SerializeToString())
-
-    async def receive(self, within: float = DEADLINE) -> agent.ServerMessage:
-        frame = await self.ws.receive(timeout=within)
-        assert frame.type is WSMsgType.BINARY, f"expected a binary ServerMessage, got {describe(frame)}"
-        return agent.ServerMessage.FromString(frame.data)
-
-    async def expect(self, kind: str, within: float = DEADLINE) -> Any:
-        message = await self.receive(within)
-        assert message.WhichOneof("message") == kind, f"expected {kind}, got {message}"
-        return getattr(message, kind)
-
-    async def register(self, agent_name: str) -> "Worker":
-        await self.send(register_message(agent_name))
-        response = await self.expect("register")
-        self.id = response.worker_id
-        await self.send(AVAILABLE)
-        return self
-
-    async def expect_silence(self, seconds: float) -> None:
-        try:
-            frame = await self.ws.receive(timeout=seconds)
-        except TimeoutError:
-            return
-        pytest.fail(f"expected nothing for {seconds}s, got {describe(frame)}")
-
-    async def until_closed(self, within: float = DEADLINE) -> tuple[int | None, list[str]]:
-        """Read until the server closes: its close code, and the frames received before the close."""
-        seen: list[str] = []
-        deadline = time.monotonic() + within
-        while True:
-            frame = await self.ws.receive(timeout=max(deadline - time.monotonic(), 0.01))
-            if frame.type is WSMsgType.CLOSE:
-                return frame.data, seen
-            if frame.type in (WSMsgType.CLOSED, WSMsgType.CLOSING, WSMsgType.ERROR):
-                return self.ws.close_code, seen
-            seen.append(describe(frame))
-
-
-class Client:
-    """An HTTP session against the server: worker sockets and the dispatch API."""
-
-    def __init__(self, server: Server, session: aiohttp.ClientSession) -> None:
-        self.server = server
-        self.session = session
-        self.sockets: list[aiohttp.ClientWebSocketResponse] = []
-
-    async def connect(self) -> aiohttp.ClientWebSocketResponse:
-        headers = {"Authorization": f"Bearer {self.server.token(agent=True)}"}
-        ws = await self.session.ws_connect(f"{self.server.ws_url}/agent", headers=headers)
-        self.sockets.append(ws)
-        return ws
-
-    async def open(self) -> Worker:
-        return Worker(await self.connect())
-
-    async def worker(self, agent_name: str) -> Worker:
-        """A registered worker reporting itself available, as the Python SDK does right after registering."""
-        return await (await self.open()).register(agent_name)
-
-    async def twirp(self, method: str, room: str, body: dict[str, Any]) -> dict[str, Any]:
-        token = self.server.token(room_admin=True, room=room)
-        async with self.session.post(
-            self.server.http_url + DISPATCH + method, json=body, headers={"Authorization": f"Bearer {token}"}
-        ) as response:
-            text = await response.text()
-            assert response.status == 200, f"{method}: {response.status} {text}"
-            result: dict[str, Any] = json.loads(text)
-            return result
-
-    async def create_dispatch(self, room: str, agent_name: str, metadata: str = "") -> dict[str, Any]:
-        body = {"room": room, "agent_name": agent_name, "metadata": metadata}
-        return await self.twirp("CreateDispatch", room, body)
-
-    async def job(self, room: str, job_id: str) -> dict[str, Any]:
-        listed = await self.twirp("ListDispatch", room, {"room": room})
-        jobs = [job for d in listed["agent_dispatches"] for job in d["state"]["jobs"] if job["id"] == job_id]
-        assert jobs, f"job {job_id} in {listed}"
-        return jobs[-1]  # its current attempt: earlier ones are listed before it
-
-    async def job_status(self, room: str, job_id: str, status: str) -> dict[str, Any]:
-        """The job as ListDispatch shows it, once its status is `status`."""
-        return await eventually(lambda: self.job(room, job_id), lambda j: j["state"]["status"] == status)
-
-    async def run_job(self, worker: Worker, agent_name: str) -> tuple[str, str]:
-        """Dispatch a job to `worker`, accept it and report it running: (room, job id)."""
-        room = unique("room")
-        await self.create_dispatch(room, agent_name)
-        offer = await worker.expect("availability")
-        await worker.send(answer(offer.job.id, identity=f"agent-{offer.job.id}"))
-        assignment = await worker.expect("assignment")
-        assert assignment.job.id == offer.job.id
-        await worker.send(job_update(offer.job.id, agent.JS_RUNNING))
-        running = await self.job_status(room, offer.job.id, "JS_RUNNING")
-        assert running["state"]["worker_id"] == worker.id
-        return room, offer.job.id
-
-
 @pytest.fixture
 async def client(server: Server) -> AsyncIterator[Client]:
     async with aiohttp.ClientSession() as session:
@@ -217,11 +71,6 @@ async def client(server: Server) -> AsyncIterator[Client]:
         yield instance
         for ws in instance.sockets:
             await ws.close()
-
-
-def only_job(dispatch: dict[str, Any]) -> dict[str, Any]:
-    [job] = dispatch["state"]["jobs"]
-    return job  # type: ignore[no-any-return]
 
 
 # Authentication happens before the upgrade: a refused upgrade makes the worker back off.
@@ -371,88 +220,6 @@ async def test_ping_gets_a_pong_echoing_the_timestamp(client: Client) -> None:
         assert before - 1000 <= pong.timestamp <= int(time.time() * 1000) + 1000, "server time in ms"
 
 
-# Protocol violations close only the offending connection, with 1008, after the configured delay.
-
-
-@dataclass(frozen=True)
-class Violation:
-    registers_first: bool
-    code: int
-    min_delay: float
-    act: Callable[[Worker, str], Awaitable[None]]
-
-
-async def _send_update_worker(bad: Worker, agent_name: str) -> None:
-    await bad.send(AVAILABLE)
-
-
-async def _send_register(bad: Worker, agent_name: str) -> None:
-    await bad.send(register_message(agent_name))
-
-
-async def _send_garbage(bad: Worker, agent_name: str) -> None:
-    await bad.ws.send_bytes(b"\xff\xff\xff\xff")
-
-
-async def _send_bad_json(bad: Worker, agent_name: str) -> None:
-    await bad.ws.send_str('{"update_worker": {"status": ')
-
-
-async def _send_empty(bad: Worker, agent_name: str) -> None:
-    await bad.ws.send_bytes(agent.WorkerMessage().SerializeToString())
-
-
-async def _send_nothing(bad: Worker, agent_name: str) -> None:
-    return
-
-
-async def _send_oversized_register(bad: Worker, agent_name: str) -> None:
-    # The server may close as soon as it reads the frame's length, before all of it was written.
-    with contextlib.suppress(ConnectionError):
-        await bad.send(register_message(agent_name, version="v" * (3 * 1024 * 1024)))
-
-
-VIOLATIONS = {
-    "first-message-not-register": Violation(
-        False, POLICY_VIOLATION, VIOLATION_CLOSE_DELAY, _send_update_worker
-    ),
-    "second-register": Violation(True, POLICY_VIOLATION, VIOLATION_CLOSE_DELAY, _send_register),
-    "garbage-binary": Violation(True, POLICY_VIOLATION, VIOLATION_CLOSE_DELAY, _send_garbage),
-    "malformed-json": Violation(True, POLICY_VIOLATION, VIOLATION_CLOSE_DELAY, _send_bad_json),
-    "empty-worker-message": Violation(True, POLICY_VIOLATION, VIOLATION_CLOSE_DELAY, _send_empty),
-    "no-register-in-time": Violation(
-        False, POLICY_VIOLATION, REGISTER_TIMEOUT + VIOLATION_CLOSE_DELAY, _send_nothing
-    ),
-    "oversized-frame": Violation(False, MESSAGE_TOO_BIG, 0.0, _send_oversized_register),
-}
-
-
-@pytest.mark.parametrize("case", VIOLATIONS.values(), ids=VIOLATIONS.keys())
-async def test_violation_closes_only_the_offending_connection(client: Client, case: Violation) -> None:
-    name = unique("violation")
-    good = await client.worker(name)
-    bad = await client.open()
-    if case.registers_first:
-        await bad.register(name)
-    started = time.monotonic()
-    await case.act(bad, name)
-    code, seen = await bad.until_closed(within=case.min_delay + DEADLINE)
-    elapsed = time.monotonic() - started
-    assert code == case.code
-    assert elapsed >= case.min_delay - SLACK, f"closed after {elapsed:.3f}s, before the configured delay"
-    assert seen == [], f"the violating worker got {seen} before the close"
-    assert bad.ws.closed
-
-    # The well-behaved worker, connected before the violation, still gets (all of) the work.
-    room = unique("room")
-    dispatch = await client.create_dispatch(room, name)
-    assert only_job(dispatch)["state"]["worker_id"] == good.id, "offered at once to the remaining worker"
-    offer = await good.expect("availability")
-    assert offer.job.dispatch_id == dispatch["id"]
-    await good.send(ping(7))
-    assert (await good.expect("pong")).last_timestamp == 7
-
-
 # Workers lost while holding jobs
 
 
@@ -515,43 +282,6 @@ async def test_reconnected_worker_claims_its_running_job_with_migrate_job(client
 # Robustness
 
 
-async def test_a_thousand_connect_register_close_cycles(client: Client, server: Server) -> None:
-    name = unique("churn")
-    token = server.token(agent=True)
-    headers = {"Authorization": f"Bearer {token}"}
-    log_before = len(server.log())
-    slots = asyncio.Semaphore(20)
-    registered = 0
-
-    async def cycle(i: int) -> None:
-        nonlocal registered
-        async with slots:
-            ws = await client.session.ws_connect(f"{server.ws_url}/agent", headers=headers)
-            try:
-                await ws.send_bytes(register_message(name).SerializeToString())
-                if i % 2 == 0:  # half wait for the answer; half close while the server registers them
-                    response = await Worker(ws).expect("register")
-                    assert response.worker_id.startswith("AW_")
-                    registered += 1
-            finally:
-                await ws.close()
-
-    started = time.monotonic()
-    await asyncio.gather(*(cycle(i) for i in range(1000)))
-    assert time.monotonic() - started < 20
-    assert registered == 500
-
-    # None of the closed workers lingers: a new one of the same agent gets the next job at once.
-    normal = await client.worker(name)
-    room = unique("room")
-    dispatch = await client.create_dispatch(room, name)
-    assert only_job(dispatch)["state"]["worker_id"] == normal.id
-    assert (await normal.expect("availability")).job.dispatch_id == dispatch["id"]
-    async with client.session.get(server.http_url + "/") as response:
-        assert response.status == 200 and await response.text() == "OK"
-    assert "Traceback" not in server.log()[log_before:]
-
-
 async def test_late_and_unknown_answers_and_updates_are_ignored(client: Client) -> None:
     name = unique("late")
     first = await client.worker(name)
@@ -586,24 +316,6 @@ async def test_late_and_unknown_answers_and_updates_are_ignored(client: Client) 
     job = await client.job_status(room, job_id, "JS_RUNNING")
     assert job["state"]["worker_id"] == second.id and job["state"]["participant_identity"] == "second"
     await first.expect_silence(0.1)
-
-
-async def test_a_worker_that_stops_answering_pings_is_logged_as_a_lost_connection(
-    client: Client, server: Server
-) -> None:
-    """The server's heartbeat (agents.ping_interval) drops a silent peer: a lost connection, not a
-    protocol violation (no 1008 close, no violation delay)."""
-    headers = {"Authorization": f"Bearer {server.token(agent=True)}"}
-    ws = await client.session.ws_connect(f"{server.ws_url}/agent", headers=headers, autoping=False)
-    client.sockets.append(ws)
-    silent = Worker(ws)
-    await silent.register(unique("silent"))
-    # Nothing is read from now on, so no ping is answered.
-    deadline = time.monotonic() + PING_INTERVAL * 2 + DEADLINE
-    while f"worker connection lost worker={silent.id}" not in server.log():
-        assert time.monotonic() < deadline, "the silent worker was never dropped"
-        await asyncio.sleep(0.1)
-    assert f"protocol violation worker={silent.id}" not in server.log()
 
 
 async def test_dispatch_get_lists_each_attempt_of_a_restarted_job(client: Client, server: Server) -> None:
