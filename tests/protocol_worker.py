@@ -9,6 +9,7 @@ from typing import Any, Protocol
 import aiohttp
 import pytest
 from aiohttp import WSMsgType
+from livekit import api
 from livekit.protocol import agent
 
 from tests.polling import eventually
@@ -180,3 +181,22 @@ class Client:
 def only_job(dispatch: dict[str, Any]) -> dict[str, Any]:
     [job] = dispatch["state"]["jobs"]
     return job  # type: ignore[no-any-return]
+
+
+async def worker_running_a_new_rooms_job(
+    session: aiohttp.ClientSession, server: Any, lk: api.LiveKitAPI, room: str, agent_name: str
+) -> tuple["Worker", str]:
+    """A worker for `agent_name` that accepted and reported running the job of `room`, created now with
+    that agent (CreateRoom through the Python server SDK `lk`): the worker and the job id."""
+    headers = {"Authorization": f"Bearer {server.token(agent=True)}"}
+    worker = await Worker(await session.ws_connect(f"{server.ws_url}/agent", headers=headers)).register(
+        agent_name
+    )
+    await lk.room.create_room(
+        api.CreateRoomRequest(name=room, agents=[api.RoomAgentDispatch(agent_name=agent_name)])
+    )
+    offer = await worker.expect("availability")
+    await worker.send(answer(offer.job.id, identity=f"{agent_name}-agent"))
+    await worker.expect("assignment")
+    await worker.send(job_update(offer.job.id, agent.JS_RUNNING))
+    return worker, offer.job.id

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.agent_workers import eventually
 from tests.conftest import Server, free_port, start_server, stop_server
-from tests.integration.test_worker_protocol import Worker, answer, job_update
+from tests.protocol_worker import answer, job_update, worker_running_a_new_rooms_job
 
 Sample = tuple[str, tuple[tuple[str, str], ...]]
 
@@ -67,17 +67,7 @@ async def test_counters_move_by_exactly_what_happened(metrics_server: tuple[Serv
         aiohttp.ClientSession() as session,
         api.LiveKitAPI(server.http_url, server.api_key, server.api_secret) as lk,
     ):
-        headers = {"Authorization": f"Bearer {server.token(agent=True)}"}
-        worker = await Worker(await session.ws_connect(f"{server.ws_url}/agent", headers=headers)).register(
-            "runner"
-        )
-        await lk.room.create_room(
-            api.CreateRoomRequest(name=room, agents=[api.RoomAgentDispatch(agent_name="runner")])
-        )
-        offer = await worker.expect("availability")
-        await worker.send(answer(offer.job.id, identity="runner-agent"))
-        await worker.expect("assignment")
-        await worker.send(job_update(offer.job.id, agent.JS_RUNNING))
+        worker, job_id = await worker_running_a_new_rooms_job(session, server, lk, room, "runner")
         await eventually(
             lambda: scrape_value(url, "switchboard_jobs", status="running"), "the job running", 10.0
         )
@@ -101,13 +91,13 @@ async def test_counters_move_by_exactly_what_happened(metrics_server: tuple[Serv
         await eventually(nobody_failed, "the unserved job to fail", 10.0)
 
         # The running job fails on its worker: it is dispatched again (restart policy), then succeeds.
-        await worker.send(job_update(offer.job.id, agent.JS_FAILED, "boom"))
+        await worker.send(job_update(job_id, agent.JS_FAILED, "boom"))
         again = await worker.expect("availability")
-        assert again.job.id == offer.job.id and again.resuming
-        await worker.send(answer(offer.job.id, identity="runner-agent"))
+        assert again.job.id == job_id and again.resuming
+        await worker.send(answer(job_id, identity="runner-agent"))
         await worker.expect("assignment")
-        await worker.send(job_update(offer.job.id, agent.JS_RUNNING))
-        await worker.send(job_update(offer.job.id, agent.JS_SUCCESS))
+        await worker.send(job_update(job_id, agent.JS_RUNNING))
+        await worker.send(job_update(job_id, agent.JS_SUCCESS))
 
         async def succeeded() -> bool:
             samples = await scrape(url)

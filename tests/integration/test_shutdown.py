@@ -185,16 +185,25 @@ async def test_first_signal_ends_jobs_of_empty_rooms_at_once_and_drains_the_othe
             stop_server(server)
 
 
+async def alice_with_the_agent(
+    server: Server, lkapi: api.LiveKitAPI
+) -> tuple[rtc.Room, set[tuple[int, str]]]:
+    """Alice in room "attended" with the captions agent dispatched to it: her room and the agent's
+    processes (its worker and its job process at least)."""
+    await registered(server, "captions")
+    alice = rtc.Room()
+    await alice.connect(server.ws_url, server.join_token("attended", "alice"))
+    await dispatch_and_wait_for_the_agent(lkapi, "attended")
+    agents = agent_processes(server)
+    assert len(agents) >= 2, "the agent and its job process"
+    return alice, agents
+
+
 async def test_a_second_signal_stops_server_and_agents_at_once(tmp_path: Path) -> None:
     server = serve_captions(tmp_path, 60)
     try:
         async with api.LiveKitAPI(server.http_url, server.api_key, server.api_secret) as lkapi:
-            await registered(server, "captions")
-            alice = rtc.Room()
-            await alice.connect(server.ws_url, server.join_token("attended", "alice"))
-            await dispatch_and_wait_for_the_agent(lkapi, "attended")
-            agents = agent_processes(server)
-            assert len(agents) >= 2, "the agent and its job process"
+            alice, agents = await alice_with_the_agent(server, lkapi)
 
             server.process.send_signal(signal.SIGINT)
             await eventually(lambda: "draining jobs=1" in server.log(), "the drain to begin")
@@ -216,12 +225,7 @@ async def test_no_agent_or_job_process_outlives_a_server_killed_with_sigkill(tmp
     server = serve_captions(tmp_path, 60)
     try:
         async with api.LiveKitAPI(server.http_url, server.api_key, server.api_secret) as lkapi:
-            await registered(server, "captions")
-            alice = rtc.Room()
-            await alice.connect(server.ws_url, server.join_token("attended", "alice"))
-            await dispatch_and_wait_for_the_agent(lkapi, "attended")
-            agents = agent_processes(server)
-            assert len(agents) >= 2, "the agent and its job process"
+            alice, agents = await alice_with_the_agent(server, lkapi)
             table = process_table()
             groups = {table[process][1] for process in agents if process in table}
             print(f"{len(agents)} agent processes in process groups {groups}")

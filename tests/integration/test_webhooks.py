@@ -20,8 +20,8 @@ from livekit.protocol import agent, models
 
 from tests.agent_workers import eventually
 from tests.conftest import Server, free_port, start_server, stop_server
-from tests.integration.test_worker_protocol import Worker, answer, job_update
 from tests.node_clients import NODE_DIR, run_node
+from tests.protocol_worker import worker_running_a_new_rooms_job
 
 PENDING_TIMEOUT = 1.0
 FAST_RETRIES = {"retry_delay": 0.05, "retry_delay_max": 0.3, "max_attempts": 1000, "timeout": 2}
@@ -146,17 +146,7 @@ async def test_a_rooms_life_is_told_in_order_to_both_sdks_receivers(
         aiohttp.ClientSession() as session,
         api.LiveKitAPI(server.http_url, server.api_key, server.api_secret) as lk,
     ):
-        headers = {"Authorization": f"Bearer {server.token(agent=True)}"}
-        worker = await Worker(await session.ws_connect(f"{server.ws_url}/agent", headers=headers)).register(
-            "runner"
-        )
-        await lk.room.create_room(
-            api.CreateRoomRequest(name=room, agents=[api.RoomAgentDispatch(agent_name="runner")])
-        )
-        offer = await worker.expect("availability")
-        await worker.send(answer(offer.job.id, identity="runner-agent"))
-        await worker.expect("assignment")
-        await worker.send(job_update(offer.job.id, agent.JS_RUNNING))
+        worker, job_id = await worker_running_a_new_rooms_job(session, server, lk, room, "runner")
         await wait_for_events(receiver, server, room, 2)
 
         alice = rtc.Room()
@@ -197,7 +187,7 @@ async def test_a_rooms_life_is_told_in_order_to_both_sdks_receivers(
     assert started.room.sid.startswith("RM_") and finished.room.sid == started.room.sid
     assert all(e.id.startswith("EV_") and abs(e.created_at - time.time()) < 60 for e in events)
     assert len({e.id for e in events}) == len(events)
-    assert (ran.job.id, ran.job.agent_name, ran.job.state.worker_id) == (offer.job.id, "runner", worker.id)
+    assert (ran.job.id, ran.job.agent_name, ran.job.state.worker_id) == (job_id, "runner", worker.id)
     assert ran.job.state.status == agent.JS_RUNNING and ran.job.state.participant_identity == "runner-agent"
     assert (events[2].participant.identity, events[6].participant.identity) == ("alice", "alice")
     assert events[3].track.sid == publication.sid == events[4].track.sid
@@ -208,7 +198,7 @@ async def test_a_rooms_life_is_told_in_order_to_both_sdks_receivers(
     assert failed.job.state.reason == agent.JSR_NO_CAPACITY
     ended = events[7].job
     assert (ended.id, ended.state.status, ended.state.reason) == (
-        offer.job.id,
+        job_id,
         agent.JS_SUCCESS,
         agent.JSR_ROOM_CLOSED,
     )
