@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Sequence
@@ -31,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from common import Server, machine, own_server, percentile
+from common import Server, agents_server, machine, percentile
 
 # The speech helpers are the tests' own, so that the benchmark speaks exactly as the tests do.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -259,19 +258,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.getLogger("livekit").setLevel(logging.ERROR)
     info = machine()
-    with tempfile.TemporaryDirectory(prefix="switchboard-captions-") as directory:
-        Path(directory, "agent-captions.yaml").write_text(AGENT)
-        extra = {
-            "rtc": {"ice_addresses": ["127.0.0.1"]},
-            "agents_dir": directory,
-            "agents": {"drain_timeout": 1},
-        }
-        try:
-            with own_server(None, extra) as server:
-                results = asyncio.run(run(server, args.utterances))
-        except (RuntimeError, OSError) as exc:
-            print(f"bench: {exc}", file=sys.stderr)
-            return 1
+    try:
+        with agents_server({"agent-captions.yaml": AGENT}) as server:
+            results = asyncio.run(run(server, args.utterances))
+    except (RuntimeError, OSError) as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps({"machine": info, **results}, indent=2))
     else:

@@ -196,6 +196,22 @@ def own_server(cpu: int | None, extra_config: Mapping[str, Any] | None = None) -
             stop(process)
 
 
+@contextmanager
+def agents_server(agent_files: Mapping[str, str]) -> Iterator[Server]:
+    """A fresh server, not pinned (its agents need the CPU too), that runs these agent-NAME.yaml files
+    (name → text) from a directory of its own, with media on loopback."""
+    with tempfile.TemporaryDirectory(prefix="switchboard-agents-") as directory:
+        for name, text in agent_files.items():
+            Path(directory, name).write_text(text)
+        extra = {
+            "rtc": {"ice_addresses": ["127.0.0.1"]},
+            "agents_dir": directory,
+            "agents": {"drain_timeout": 1},
+        }
+        with own_server(None, extra) as server:
+            yield server
+
+
 def choose_cpus() -> tuple[int, int | None]:
     """One CPU for the server and another for the load generator, when there are two to choose from."""
     cpus = sorted(os.sched_getaffinity(0))

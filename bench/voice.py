@@ -36,7 +36,6 @@ import itertools
 import json
 import logging
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Sequence
@@ -51,9 +50,9 @@ from captions import agents_cpu_seconds, descendants, speech_span
 from common import (
     NOISY_OTHER_CPU,
     Server,
+    agents_server,
     machine,
     machine_busy_seconds,
-    own_server,
     percentile,
     process_cpu_seconds,
 )
@@ -363,19 +362,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.getLogger("livekit").setLevel(logging.ERROR)
     info = machine()
-    with tempfile.TemporaryDirectory(prefix="switchboard-voice-") as directory:
-        Path(directory, f"agent-{AGENT}.yaml").write_text(SAMPLE.read_text())
-        extra = {
-            "rtc": {"ice_addresses": ["127.0.0.1"]},
-            "agents_dir": directory,
-            "agents": {"drain_timeout": 1},
-        }
-        try:
-            with own_server(None, extra) as server:
-                results = asyncio.run(run(server, args))
-        except (RuntimeError, OSError) as exc:
-            print(f"bench: {exc}", file=sys.stderr)
-            return 1
+    try:
+        with agents_server({f"agent-{AGENT}.yaml": SAMPLE.read_text()}) as server:
+            results = asyncio.run(run(server, args))
+    except (RuntimeError, OSError) as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps({"machine": info, **results}, indent=2))
     else:
