@@ -9,7 +9,7 @@ worker was lost and the restart policy says not to retry), terminated, or nobody
 """
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from switchboard.core import ids
 from switchboard.core.dispatch import Dispatch, DispatchSpec, RestartPolicy
@@ -546,7 +546,7 @@ class Engine:
             self._decisions.append(
                 TerminateJob(previous.worker_id, job.id, f"attempt {previous.number} was replaced")
             )
-        job.attempts[-1] = replace(previous, copy_may_live=False)
+        job.earlier_copy_gone()
 
     def _disconnect_agents(self, job: Job, stale: Callable[[int], bool]) -> None:
         """Remove from the room the job's agents whose attempt is `stale`: no copy outlives its job."""
@@ -687,7 +687,7 @@ class Engine:
                 self._revive(job, worker, now)
                 job.reported = True
                 return True
-            job.attempts[-1] = replace(job.attempts[-1], copy_may_live=False)  # that copy has ended
+            job.earlier_copy_gone()  # it reported that copy's end
             return False
         if job is None or worker is None or not self._holds(worker, job):
             if update is JobUpdate.RUNNING:

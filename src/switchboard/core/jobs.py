@@ -18,7 +18,7 @@ While its worker's connection is gone, an assigned or running job is "orphaned" 
 keeps its state for a grace period in which the reconnecting worker may claim it back.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum, IntEnum
 
 
@@ -154,6 +154,11 @@ class Job:
         self.pending_since = now if retry_at is None else retry_at
         self.tried_workers.clear()
         self.rejected_by.clear()
+
+    def earlier_copy_gone(self) -> None:
+        """The previous attempt's copy is known to have ended, or has been told to: it is not taken back."""
+        if self.attempts:
+            self.attempts[-1] = replace(self.attempts[-1], copy_may_live=False)
 
     @property
     def revivable(self) -> bool:
