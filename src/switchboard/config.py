@@ -17,6 +17,7 @@ from switchboard.api.http import HttpLimits
 from switchboard.core.engine import EngineSettings
 from switchboard.core.limits import Limits
 from switchboard.rtc.settings import RtcSettings
+from switchboard.rtc.speakers import AudioSettings
 from switchboard.webhooks import WebhookSettings
 from switchboard.workers.session import WorkerSettings
 
@@ -229,6 +230,7 @@ def load_config(
             ping_timeout=r.number("rtc.ping_timeout", RtcSettings.ping_timeout, minimum=1),
             ice_addresses=tuple(address_list("rtc.ice_addresses")),
             max_bad_frames=r.number("rtc.max_bad_frames", RtcSettings.max_bad_frames, minimum=1),
+            audio=_audio(r),
         ),
     }
     directory = r.get("agents_dir")
@@ -297,6 +299,22 @@ def load_config(
         warnings=tuple(notes),
         **values,
     )
+
+
+def _audio(r: _Reader) -> AudioSettings:
+    """livekit.yaml's `audio` section: how active speakers are told apart from noise and silence."""
+    a = AudioSettings
+    audio = AudioSettings(
+        active_level=r.number("audio.active_level", a.active_level),
+        min_percentile=r.number("audio.min_percentile", a.min_percentile),
+        # A window shorter than an Opus packet (20 ms) would never hold one.
+        update_interval=r.number("audio.update_interval", a.update_interval, minimum=20),
+        smooth_intervals=r.number("audio.smooth_intervals", a.smooth_intervals),
+    )
+    for key, highest in (("active_level", 127), ("min_percentile", 100)):
+        if getattr(audio, key) > highest:
+            raise r.fail(f"audio.{key}", f"must be at most {highest}, got {getattr(audio, key)}")
+    return audio
 
 
 def _webhook(r: _Reader, seconds: Callable[[str, float, float], float]) -> WebhookSettings:

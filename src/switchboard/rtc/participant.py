@@ -485,7 +485,7 @@ class ParticipantSession:
             return
         track.mid = transceiver.mid or ""
         track.mime_type = "audio/opus"
-        relay = AudioRelay(track.sid, transceiver)
+        relay = AudioRelay(track.sid, transceiver, self.service.speakers.track_level(track.source))
         self.relays[track.sid] = relay
         runtime = self.service.runtime
         runtime.engine.track_published(self.room, self.identity, track, runtime.now())

@@ -10,12 +10,15 @@ internals (`RTCRtpReceiver._handle_rtp_packet`, `RTCRtpTransceiver._codecs`), he
 import asyncio
 import fractions
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any, Protocol
 
 import av
 from aiortc import MediaStreamTrack, RTCRtpTransceiver
 from aiortc.mediastreams import MediaStreamError
+
+from switchboard.rtc.speakers import TrackLevel
 
 log = logging.getLogger("switchboard.rtc")
 
@@ -85,8 +88,12 @@ class OutboundAudio(MediaStreamTrack):
 class AudioRelay:
     """One published audio track and the subscribers it is relayed to."""
 
-    def __init__(self, track_sid: str, transceiver: RTCRtpTransceiver) -> None:
+    def __init__(
+        self, track_sid: str, transceiver: RTCRtpTransceiver, level: TrackLevel | None = None
+    ) -> None:
         self.track_sid = track_sid
+        self.level = level
+        """How loud the publisher speaks (active speakers), from the packets; None: not measured."""
         self.subscribers: dict[str, OutboundAudio] = {}
         self.ever_subscribed = False
         """Whether the publisher was told that a subscriber receives this track (`track_subscribed`)."""
@@ -101,6 +108,9 @@ class AudioRelay:
             return
         if self._origin is None:
             self._origin = packet.timestamp
+        audio_level = packet.extensions.audio_level  # (voice activity, -dBov) when the client sends it
+        if audio_level is not None and self.level is not None:
+            self.level.observe_packet(audio_level[1], packet.timestamp, time.monotonic())
         pts = (packet.timestamp - self._origin) % (1 << 32)
         for track in self.subscribers.values():
             track.push(packet.payload, pts)

@@ -29,6 +29,7 @@ from switchboard.rtc.forward import Forward
 from switchboard.rtc.participant import ParticipantSession
 from switchboard.rtc.relay import AudioRelay, Publisher
 from switchboard.rtc.settings import RtcSettings
+from switchboard.rtc.speakers import ActiveSpeakers
 from switchboard.runtime import Runtime
 from switchboard.wire import room_spec_from_token, room_to_proto
 
@@ -55,6 +56,7 @@ class RtcService:
         """Connected participants, by room and identity."""
         self.forwards: dict[str, dict[str, Forward]] = {}
         """Participants forwarded into rooms (ForwardParticipant), by destination room and identity."""
+        self.speakers = ActiveSpeakers(settings.audio, self)
         self._verifier = verifier
         if settings.ice_addresses:
             restrict_ice_addresses(settings.ice_addresses)
@@ -154,6 +156,7 @@ class RtcService:
             reports_subscriptions=not (query.get("sdk") == "rust" and _int(query.get("protocol")) < 10),
         )
         self.sessions.setdefault(room_name, {})[participant.identity] = session
+        self.speakers.watch(room_name)
         log.info(
             "participant joined room=%s identity=%s sid=%s kind=%s sdk=%s",
             room_name,
@@ -341,6 +344,7 @@ class RtcService:
         self.forget(session)
         session.room = destination
         self.sessions.setdefault(destination, {})[identity] = session
+        self.speakers.watch(destination)
         after = [s for s in self.sessions[destination].values() if s is not session and not s.closed]
         moved = rtc.RoomMovedResponse(
             room=room_to_proto(engine.room(destination)),

@@ -1,6 +1,8 @@
 """Settings of `/rtc`, apart from the service so that loading the config does not import aiortc."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from switchboard.rtc.speakers import AudioSettings
 
 
 @dataclass(frozen=True)
@@ -14,3 +16,5 @@ class RtcSettings:
     """Malformed signal frames in a row after which a participant is disconnected."""
     ice_addresses: tuple[str, ...] = ()
     """Local addresses offered as ICE host candidates; empty = every interface's (aioice's default)."""
+    audio: AudioSettings = field(default_factory=AudioSettings)
+    """Active speaker detection (livekit.yaml's `audio` section)."""
