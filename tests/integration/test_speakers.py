@@ -6,31 +6,21 @@ clients' WebRTC stacks (libwebrtc, Chromium) write; nothing is decoded."""
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 from livekit import rtc
 
-from tests.conftest import Server, start_server, stop_server
+from tests.browser import JOIN_TIMEOUT, BrowserScenario, served_page
+from tests.conftest import Server
 from tests.polling import eventually
 from tests.speech import SENTENCES, frames, silence, speak
 
-UPDATE_INTERVAL_MS = 200
-# Bounds for what must happen, not expected durations: speech is told within a few windows.
+# A bound for what must happen, not an expected duration: with LiveKit's settings (the server's defaults)
+# a speaker is told within a few 400 ms windows.
 TOLD_DEADLINE = 10.0
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    # LiveKit's detection settings except a shorter window, so that the tests wait less.
-    instance = start_server(
-        tmp_path_factory.mktemp("server"),
-        {"rtc": {"ice_addresses": ["127.0.0.1"]}, "audio": {"update_interval": UPDATE_INTERVAL_MS}},
-    )
-    yield instance
-    stop_server(instance)
 
 
 @dataclass
@@ -67,6 +57,12 @@ class Participant:
         for frame in frames(pcm):
             await self.source.capture_frame(frame)
         await self.source.wait_for_playout()
+
+    def publishes(self, identity: str) -> bool:
+        """Whether this participant sees `identity` publishing a track."""
+        return any(
+            p.track_publications for p in self.room.remote_participants.values() if p.identity == identity
+        )
 
     def named(self, identity: str, since: float = 0.0) -> list[Told]:
         return [t for t in self.told if t.at >= since and identity in t.speakers]
@@ -119,3 +115,41 @@ async def test_a_speaker_is_named_while_it_speaks_and_dropped_when_silent(join: 
     assert alice.told[-1].speakers == [], alice.told
     # As LiveKit: a participant hears of the speakers it subscribes to (and of itself) only.
     assert not deaf.told, deaf.told
+
+
+async def test_the_browser_sdk_sees_speakers_and_chromium_is_seen_speaking(server: Server, join: Any) -> None:
+    alice = await join("alice")
+    await alice.publish_microphone()
+    subscribed = asyncio.Event()
+    alice.room.on("local_track_subscribed", lambda *_: subscribed.set())
+    async with served_page() as page_url:
+        browser = BrowserScenario(server, page_url, "speakers", server.join_token(join.room, "browser"))
+        await browser.start()
+        try:
+            # Each hears of the other once subscribed to its microphone (LiveKit scopes updates so).
+            await browser.wait_for(subscribed, "the browser to subscribe to alice", JOIN_TIMEOUT)
+            await eventually(lambda: alice.publishes("browser"), "alice to see the browser's microphone")
+            await alice.play(speak(SENTENCES[1]) + silence(2.0))
+
+            # Chromium writes the audio-level extension too: its tone makes it a speaker, silence ends it.
+            browser.tell("tone")
+            named = await eventually(
+                lambda: alice.named("browser"), "alice told the browser speaks", TOLD_DEADLINE
+            )
+            browser.tell("quiet")
+            await eventually(
+                lambda: alice.told[-1].at > named[0].at and alice.told[-1].speakers == [],
+                f"alice told that the browser stopped: {alice.told}",
+                TOLD_DEADLINE,
+            )
+            browser.tell("leave")
+            told = (await browser.result())["told"]
+        finally:
+            await browser.kill()
+
+    named_alice = [i for i, event in enumerate(told) if "alice" in event["speakers"]]
+    assert named_alice, told
+    # After the last time alice was named, the browser was told she stopped.
+    assert any("alice" not in event["speakers"] for event in told[named_alice[-1] + 1 :]), told
+    # Its own microphone: livekit-client names its local participant too.
+    assert any("browser" in event["speakers"] for event in told), told

@@ -1,14 +1,16 @@
 // The official browser SDK `livekit-client` (unmodified UMD build) in headless Debian Chromium, driven by
 // playwright-core, against a Switchboard server. Run by tests/integration/test_browser.py:
 //
-//   node browser_scenario.mjs <room|watch|listen|captions|bad-token>
+//   node browser_scenario.mjs <room|watch|listen|captions|bad-token|speakers>
 //
 // Environment: PAGE_URL (a page that loads livekit-client.umd.js, served by the test), SWITCHBOARD_WS_URL,
 // BROWSER_TOKEN, PEER_IDENTITY (the Python participant, room scenario), CHROMIUM (default /usr/bin/chromium).
 // The room scenario waits for a line `leave` on stdin before disconnecting, so that the test decides when
 // the browser leaves; so does the watch scenario (a listener that records track permissions, subscriptions
 // and departures, then waits for PEER_IDENTITY to have left). The captions scenario listens on lk.transcription until PEER_IDENTITY's first final
-// caption (at most 45 s). Prints exactly one JSON line of observations on stdout; diagnostics go to stderr.
+// caption (at most 45 s). The speakers scenario records ActiveSpeakersChanged and publishes a microphone
+// that plays a tone between the stdin lines `tone` and `quiet`, until `leave`.
+// Prints exactly one JSON line of observations on stdout; diagnostics go to stderr.
 
 import readline from 'node:readline';
 import { chromium } from 'playwright-core';
@@ -298,6 +300,35 @@ async function stopListening() {
   return window.__obs;
 }
 
+async function speakers({ url, token }) {
+  // Who the room says is speaking, and a microphone (a WebAudio tone, silent until `window.__tone(true)`).
+  const LK = window.LivekitClient;
+  const t0 = performance.now();
+  const obs = { told: [] };
+  window.__obs = obs;
+  const room = new LK.Room();
+  window.__room = room;
+  room.on(LK.RoomEvent.ActiveSpeakersChanged, (speakers) =>
+    obs.told.push({ speakers: speakers.map((p) => p.identity), at: Math.round(performance.now() - t0) }),
+  );
+  await room.connect(url, token, { autoSubscribe: true });
+  obs.localIdentity = room.localParticipant.identity;
+  const ctx = new AudioContext({ sampleRate: 48000 });
+  await ctx.resume();
+  const osc = new OscillatorNode(ctx, { type: 'sine', frequency: 440 });
+  const gain = new GainNode(ctx, { gain: 0 });
+  const dest = ctx.createMediaStreamDestination();
+  osc.connect(gain).connect(dest);
+  osc.start();
+  window.__tone = (on) => gain.gain.setValueAtTime(on ? 0.25 : 0, ctx.currentTime);
+  const publication = await room.localParticipant.publishTrack(dest.stream.getAudioTracks()[0], {
+    source: LK.Track.Source.Microphone,
+    dtx: false,
+  });
+  obs.published = publication.trackSid;
+  return obs;
+}
+
 // ---- Driver ----
 
 async function main() {
@@ -313,7 +344,7 @@ async function main() {
   });
   result.launchMs = Date.now() - started;
   result.browserVersion = browser.version();
-  const input = ['room', 'watch', 'listen'].includes(scenario) ? lines() : null;
+  const input = ['room', 'watch', 'listen', 'speakers'].includes(scenario) ? lines() : null;
   try {
     const page = await browser.newPage();
     page.setDefaultTimeout(STEP_TIMEOUT_MS);
@@ -378,6 +409,16 @@ async function main() {
         token: env.BROWSER_TOKEN,
         peer: env.PEER_IDENTITY,
         timeoutMs: 45_000,
+      });
+    } else if (scenario === 'speakers') {
+      result.joined = await page.evaluate(speakers, { url: env.SWITCHBOARD_WS_URL, token: env.BROWSER_TOKEN });
+      process.stderr.write('browser in the room; `tone`, `quiet` or `leave` on stdin\n');
+      for (let line = await input.next(60_000); ['tone', 'quiet'].includes(line); line = await input.next(60_000)) {
+        await page.evaluate((on) => window.__tone(on), line === 'tone');
+      }
+      result.told = await page.evaluate(async () => {
+        await window.__room.disconnect();
+        return window.__obs.told;
       });
     } else if (scenario === 'bad-token') {
       result.attempt = await page.evaluate(badConnect, { url: env.SWITCHBOARD_WS_URL, token: env.BROWSER_TOKEN });
