@@ -149,6 +149,8 @@ async def test_the_browser_sdk_sees_speakers_and_chromium_is_seen_speaking(serve
 
     named_alice = [i for i, event in enumerate(told) if "alice" in event["speakers"]]
     assert named_alice, told
+    for event in told:  # the SDK's participants say so too, with the level the server sent
+        assert all(event["speaking"]) and all(0 < level <= 1 for level in event["levels"]), event
     # After the last time alice was named, the browser was told she stopped.
     assert any("alice" not in event["speakers"] for event in told[named_alice[-1] + 1 :]), told
     # Its own microphone: livekit-client names its local participant too.

@@ -309,7 +309,12 @@ async function speakers({ url, token }) {
   const room = new LK.Room();
   window.__room = room;
   room.on(LK.RoomEvent.ActiveSpeakersChanged, (speakers) =>
-    obs.told.push({ speakers: speakers.map((p) => p.identity), at: Math.round(performance.now() - t0) }),
+    obs.told.push({
+      speakers: speakers.map((p) => p.identity),
+      speaking: speakers.map((p) => p.isSpeaking),
+      levels: speakers.map((p) => p.audioLevel),
+      at: Math.round(performance.now() - t0),
+    }),
   );
   await room.connect(url, token, { autoSubscribe: true });
   obs.localIdentity = room.localParticipant.identity;
