@@ -189,17 +189,17 @@ def test_each_participant_hears_of_itself_and_of_whom_it_subscribes_to() -> None
     assert [c.sid for c in heard_by(bob, changes, members)] == ["PA_bob"]
 
 
-def test_only_microphones_are_measured() -> None:
-    speakers = ActiveSpeakers(SETTINGS, rooms=None)  # type: ignore[arg-type]
-    assert isinstance(speakers.track_level("microphone"), TrackLevel)
-    assert speakers.track_level("screen_share_audio") is None
-    assert speakers.track_level("unknown") is None
-
-
 @dataclass
 class Rooms:
     sessions: dict[str, dict[str, Member]] = field(default_factory=dict)
     forwards: dict[str, dict[str, Member]] = field(default_factory=dict)
+
+
+def test_only_microphones_are_measured() -> None:
+    speakers = ActiveSpeakers(SETTINGS, Rooms())
+    assert isinstance(speakers.track_level("microphone"), TrackLevel)
+    assert speakers.track_level("screen_share_audio") is None
+    assert speakers.track_level("unknown") is None
 
 
 async def test_each_room_sends_speakers_changed_until_it_empties() -> None:
@@ -230,10 +230,10 @@ async def test_each_room_sends_speakers_changed_until_it_empties() -> None:
     await eventually(lambda: ("PA_alice", False) in entries(bob), "bob told that alice stopped")
     assert ("PA_alice", True) in entries(alice)
     assert {sid for sid, _ in entries(alice)} == {"PA_alice"}  # alice subscribes to no one
-    assert len(speakers._tasks) == 1
+    assert speakers.watched == {"r"}
 
     rooms.sessions["r"] = {}
-    await eventually(lambda: not speakers._tasks, "the task of the emptied room ended")
+    await eventually(lambda: not speakers.watched, "the task of the emptied room ended")
 
 
 def write(tmp_path: Path, text: str) -> str:

@@ -154,13 +154,12 @@ class Listener(Speaker, Protocol):
 
 def speaker_level(speaker: Speaker, now: float) -> float | None:
     """The level of a participant's loudest speaking track; None while none speaks."""
-    levels = [
-        level
-        for relay in speaker.relays.values()
-        if relay.level is not None
-        for level, speaking in (relay.level.current(now),)
-        if speaking
-    ]
+    levels = []
+    for relay in speaker.relays.values():
+        if relay.level is not None:
+            level, speaking = relay.level.current(now)
+            if speaking:
+                levels.append(level)
     return max(levels) if levels else None
 
 
@@ -221,6 +220,11 @@ class ActiveSpeakers:
         self.settings = settings
         self._rooms = rooms
         self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    @property
+    def watched(self) -> frozenset[str]:
+        """The rooms whose speakers are being told now."""
+        return frozenset(self._tasks)
 
     def track_level(self, source: str) -> TrackLevel | None:
         """What measures a newly published track: as LiveKit, only microphones make speakers."""
