@@ -18,7 +18,6 @@ from switchboard.rtc.speakers import (
     AudioSettings,
     RoomSpeakers,
     TrackLevel,
-    heard_by,
     linear,
 )
 from tests.polling import eventually
@@ -143,50 +142,67 @@ class Member:
         return [[(s.sid, s.level, s.active) for s in m.speakers_changed.speakers] for m in self.signal.sent]
 
 
+def news_for(
+    room: RoomSpeakers, listener: Member, members: list[Member], now: float
+) -> list[tuple[str, float, bool]]:
+    """What `listener` is told at `now` (one SpeakersChanged, or nothing)."""
+    return [
+        (c.sid, c.level, c.active) for _, changes in room.updates([listener], members, now) for c in changes
+    ]
+
+
 def test_a_room_tells_what_changed_loudest_first() -> None:
     room = RoomSpeakers()
     quiet = Member("PA_quiet").speaking_at(30, 1.0)
     loud = Member("PA_loud").speaking_at(5, 1.0)
     silent = Member("PA_silent", relays={"TR_s": Relay(TrackLevel(SETTINGS))})
-    changes = room.changes([quiet, silent, loud], 1.0)
-    assert [(c.sid, c.active) for c in changes] == [("PA_loud", True), ("PA_quiet", True)]
+    listener = Member("PA_listener", subscriptions={"TR_PA_quiet": 1, "TR_PA_loud": 1, "TR_s": 1})
+    members = [quiet, silent, loud, listener]
     # Levels are linear, in eighths (rounded up), as LiveKit sends them.
-    assert changes[0].level == math.ceil(linear(5) * 2 / 3 * 8) / 8
-    assert changes[1].level == 0.125
-    assert room.changes([quiet, silent, loud], 1.0) == []  # nothing moved: nothing to tell
+    loud_level = math.ceil(linear(5) * 2 / 3 * 8) / 8
+    assert news_for(room, listener, members, 1.0) == [
+        ("PA_loud", loud_level, True),
+        ("PA_quiet", 0.125, True),
+    ]
+    assert news_for(room, listener, members, 1.0) == []  # nothing moved: nothing to tell
 
-    loud.relays.clear()  # stopped (here: unpublished)
-    changes = room.changes([quiet, silent, loud], 1.0)
-    assert [(c.sid, c.level, c.active) for c in changes] == [("PA_loud", 0, False)]
-    assert room.changes([quiet, silent, loud], 1.0) == []
+    loud.relays["TR_PA_loud"] = Relay(TrackLevel(SETTINGS))  # fell silent
+    assert news_for(room, listener, members, 1.0) == [("PA_loud", 0, False)]
+    assert news_for(room, listener, members, 1.0) == []
 
 
 def test_a_level_that_moves_is_told_again() -> None:
     room = RoomSpeakers()
     member = Member("PA_a").speaking_at(30, 1.0)
-    assert len(room.changes([member], 1.0)) == 1
+    assert news_for(room, member, [member], 1.0) == [("PA_a", 0.125, True)]
     member.speaking_at(3, 2.0)
-    changes = room.changes([member], 2.0)
-    assert [(c.sid, c.active) for c in changes] == [("PA_a", True)]
-    assert changes[0].level > 0.125
+    [(sid, level, active)] = news_for(room, member, [member], 2.0)
+    assert (sid, active) == ("PA_a", True)
+    assert level > 0.125
 
 
 def test_hidden_closed_and_unmeasured_participants_are_no_speakers() -> None:
-    room = RoomSpeakers()
     hidden = Member("PA_h", hidden=True).speaking_at(5, 1.0)
     gone = Member("PA_g", closed=True).speaking_at(5, 1.0)
     screen = Member("PA_s", relays={"TR_screen": Relay(None)})  # not a microphone
-    assert room.changes([hidden, gone, screen], 1.0) == []
+    listener = Member("PA_l", subscriptions={"TR_PA_h": 1, "TR_PA_g": 1, "TR_screen": 1})
+    assert news_for(RoomSpeakers(), listener, [hidden, gone, screen, listener], 1.0) == []
 
 
 def test_each_participant_hears_of_itself_and_of_whom_it_subscribes_to() -> None:
+    room = RoomSpeakers()
     alice = Member("PA_alice").speaking_at(5, 1.0)
     bob = Member("PA_bob").speaking_at(5, 1.0)
-    listener = Member("PA_listener", subscriptions={"TR_PA_alice": object()})
+    listener = Member("PA_listener", subscriptions={"TR_PA_alice": 1})
     members = [alice, bob, listener]
-    changes = RoomSpeakers().changes(members, 1.0)
-    assert [c.sid for c in heard_by(listener, changes, members)] == ["PA_alice"]
-    assert [c.sid for c in heard_by(bob, changes, members)] == ["PA_bob"]
+    updates = {to.sid: [c.sid for c in changes] for to, changes in room.updates(members, members, 1.0)}
+    assert updates == {"PA_alice": ["PA_alice"], "PA_bob": ["PA_bob"], "PA_listener": ["PA_alice"]}
+    # A new subscriber learns who already speaks; one that unsubscribes is told the speaker is gone.
+    listener.subscriptions = {"TR_PA_bob": 1}
+    updates = {
+        to.sid: [(c.sid, c.active) for c in changes] for to, changes in room.updates(members, members, 1.0)
+    }
+    assert updates == {"PA_listener": [("PA_bob", True), ("PA_alice", False)]}
 
 
 @dataclass

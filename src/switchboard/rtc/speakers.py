@@ -7,7 +7,8 @@ window counts as speech when at least `min_percentile` % of it was at `active_le
 level is then the loudest one, lowered by how little of the window was speech, smoothed over
 `smooth_intervals` windows. Every `update_interval` a room sends `speakers_changed` with what changed
 since the last one (speakers that became active or whose level moved, loudest first; a last inactive entry
-for each who stopped), and each participant hears of itself and of those it subscribes to.
+for each who stopped). Each participant hears of itself and of those it subscribes to, and is told what
+changed for it: a new subscriber learns who already speaks, as LiveKit tells it on subscription.
 
 Pure logic apart from `ActiveSpeakers`, the rooms' periodic tasks; no aiortc here, so that the settings
 load without it.
@@ -17,7 +18,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -164,14 +165,17 @@ def speaker_level(speaker: Speaker, now: float) -> float | None:
 
 
 class RoomSpeakers:
-    """What a room last said about its speakers, and so what changed since."""
+    """What a room last told each participant about its speakers, and so what changed since."""
 
     def __init__(self) -> None:
-        self.active: dict[str, float] = {}
-        """Speaking participants as last told, with their levels, by sid."""
+        self.told: dict[str, dict[str, float]] = {}
+        """By listener sid: the speakers it was last told are active, with their levels."""
 
-    def changes(self, speakers: Iterable[Speaker], now: float) -> list[models.SpeakerInfo]:
-        """The speakers that started or whose level moved, loudest first; then those that stopped."""
+    def updates(
+        self, listeners: Iterable[Listener], speakers: Sequence[Speaker], now: float
+    ) -> list[tuple[Listener, list[models.SpeakerInfo]]]:
+        """For each listener with news: the speakers it hears of that started or whose level moved,
+        loudest first, then those that stopped (or that it no longer hears of)."""
         active: dict[str, float] = {}
         for speaker in speakers:
             if speaker.closed or speaker.hidden:
@@ -180,27 +184,31 @@ class RoomSpeakers:
             if level is not None:
                 active[speaker.sid] = math.ceil(level * _LEVEL_STEPS) / _LEVEL_STEPS
         loudest_first = sorted(active.items(), key=lambda item: item[1], reverse=True)
-        changed = [
-            models.SpeakerInfo(sid=sid, level=level, active=True)
-            for sid, level in loudest_first
-            if self.active.get(sid) != level
-        ]
-        changed += [
-            models.SpeakerInfo(sid=sid, level=0, active=False) for sid in self.active if sid not in active
-        ]
-        self.active = active
-        return changed
-
-
-def heard_by(
-    listener: Listener, changes: list[models.SpeakerInfo], speakers: Iterable[Speaker]
-) -> list[models.SpeakerInfo]:
-    """The changes that concern `listener`: its own, and those of participants it subscribes to (as
-    LiveKit scopes them; a participant that left is no longer subscribed to, clients drop it on leaving)."""
-    subscribed = {
-        speaker.sid for speaker in speakers if any(sid in listener.subscriptions for sid in speaker.relays)
-    }
-    return [change for change in changes if change.sid == listener.sid or change.sid in subscribed]
+        told: dict[str, dict[str, float]] = {}
+        updates = []
+        for listener in listeners:
+            # As LiveKit: a participant hears of itself and of those it subscribes to. Telling each what
+            # changed for it also tells a new subscriber who already speaks, and clears one unsubscribed.
+            subscribed = {
+                speaker.sid
+                for speaker in speakers
+                if any(track_sid in listener.subscriptions for track_sid in speaker.relays)
+            }
+            heard = {sid: level for sid, level in loudest_first if sid == listener.sid or sid in subscribed}
+            before = self.told.get(listener.sid, {})
+            changes = [
+                models.SpeakerInfo(sid=sid, level=level, active=True)
+                for sid, level in heard.items()
+                if before.get(sid) != level
+            ]
+            changes += [
+                models.SpeakerInfo(sid=sid, level=0, active=False) for sid in before if sid not in heard
+            ]
+            told[listener.sid] = heard
+            if changes:
+                updates.append((listener, changes))
+        self.told = told
+        return updates
 
 
 class Rooms(Protocol):
@@ -244,14 +252,9 @@ class ActiveSpeakers:
                 if not listeners:
                     return
                 speakers = [*listeners, *self._rooms.forwards.get(room, {}).values()]
-                changes = told.changes(speakers, time.monotonic())
-                if not changes:
-                    continue
-                for listener in listeners:
-                    heard = heard_by(listener, changes, speakers)
-                    if heard:
-                        update = rtc.SpeakersChanged(speakers=heard)
-                        listener.signal.send(rtc.SignalResponse(speakers_changed=update))
+                for listener, changes in told.updates(listeners, speakers, time.monotonic()):
+                    update = rtc.SpeakersChanged(speakers=changes)
+                    listener.signal.send(rtc.SignalResponse(speakers_changed=update))
         except Exception:  # a bug here must not go unnoticed, nor take the room's media down
             log.exception("speaker updates failed room=%s", room)
         finally:
