@@ -100,12 +100,24 @@ def test_packets_stand_for_the_time_since_the_previous_one() -> None:
     assert track.current(now) == (pytest.approx(linear(20) * 2 / 3), True)
 
 
-def test_a_gap_before_a_packet_counts_as_one_packet_at_most() -> None:
+def test_silence_sent_with_dtx_ends_speech_at_the_next_packet() -> None:
+    track = TrackLevel(SETTINGS)
+    track.observe_packet(20, 0, 0.0)
+    for n in range(1, 21):  # 400 ms of speech
+        track.observe_packet(20, n * FRAME_TICKS, n * FRAME_MS / 1000)
+    assert track.current(0.4)[1]
+    # DTX: one silence packet 400 ms later stands for the 400 ms of silence before it.
+    track.observe_packet(SILENCE, 20 * FRAME_TICKS + 400 * 48, 0.8)
+    assert track.current(0.8) == (0.0, False)
+
+
+def test_a_long_gap_counts_for_one_window_at_most() -> None:
     track = TrackLevel(SETTINGS)
     track.observe_packet(SILENCE, 0, 0.0)
-    # Ten seconds without packets (DTX, a mute), then one loud packet: not a window of speech.
+    # Ten seconds without packets (a mute), then one loud packet: one window of speech, not a level
+    # lifted by ten seconds' worth of it.
     track.observe_packet(10, 10 * 48000, 10.0)
-    assert track.current(10.0) == (0.0, False)
+    assert track.current(10.0) == (pytest.approx(linear(10) * 2 / 3), True)
 
 
 @dataclass

@@ -29,9 +29,6 @@ log = logging.getLogger("switchboard.rtc")
 SILENCE = 127
 """The audio-level extension's value for silence (-127 dBov)."""
 _RTP_CLOCK = 48000  # Opus, the only audio relayed
-# One packet stands for the audio since the previous one, but never for more than an Opus packet can
-# carry: a gap (DTX, a mute, lost packets) is not as loud as the packet after it.
-_MAX_PACKET_MS = 120
 # Levels are sent in eighths, as LiveKit quantizes them: a small move is not worth an update.
 _LEVEL_STEPS = 8
 
@@ -83,7 +80,10 @@ class TrackLevel:
             return  # an older packet, reordered: its time was counted already
         self._last_timestamp = rtp_timestamp
         if elapsed:
-            self.observe(level, min(elapsed * 1000 / _RTP_CLOCK, _MAX_PACKET_MS), now)
+            # As LiveKit, a packet after a gap (DTX sends one every 400 ms of silence) stands for the whole
+            # gap, but for one window at most: longer would lift its level above full scale (the window's
+            # share of speech weighs it) after a long pause.
+            self.observe(level, min(elapsed * 1000 / _RTP_CLOCK, self._window_ms), now)
 
     def observe(self, level: int, duration_ms: float, now: float) -> None:
         """`duration_ms` of audio at `level` (-dBov), seen at `now` (seconds, monotonic)."""
