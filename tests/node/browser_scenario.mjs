@@ -326,9 +326,9 @@ async function speakers({ url, token }) {
   osc.connect(gain).connect(dest);
   osc.start();
   window.__tone = (on) => gain.gain.setValueAtTime(on ? 0.25 : 0, ctx.currentTime);
+  // The SDK's defaults (DTX on): its silence is a packet every 400 ms, as a real microphone's.
   const publication = await room.localParticipant.publishTrack(dest.stream.getAudioTracks()[0], {
     source: LK.Track.Source.Microphone,
-    dtx: false,
   });
   obs.published = publication.trackSid;
   return obs;
