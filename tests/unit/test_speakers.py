@@ -111,6 +111,13 @@ def test_silence_sent_with_dtx_ends_speech_at_the_next_packet() -> None:
     assert track.current(0.8) == (0.0, False)
 
 
+def test_a_level_is_never_above_full_scale() -> None:
+    track = TrackLevel(AudioSettings(smooth_intervals=0))
+    track.observe(0, 390, 0.39)
+    track.observe(0, 30, 0.42)  # the window ends 20 ms late, all of it at 0 dBov: 105 % speech
+    assert track.current(0.42) == (1.0, True)
+
+
 def test_a_long_gap_counts_for_one_window_at_most() -> None:
     track = TrackLevel(SETTINGS)
     track.observe_packet(SILENCE, 0, 0.0)

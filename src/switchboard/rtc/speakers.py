@@ -81,8 +81,8 @@ class TrackLevel:
         self._last_timestamp = rtp_timestamp
         if elapsed:
             # As LiveKit, a packet after a gap (DTX sends one every 400 ms of silence) stands for the whole
-            # gap, but for one window at most: longer would lift its level above full scale (the window's
-            # share of speech weighs it) after a long pause.
+            # gap; but for one window at most, or the first word after a long mute would count as seconds
+            # of speech and be weighed far above its level.
             self.observe(level, min(elapsed * 1000 / _RTP_CLOCK, self._window_ms), now)
 
     def observe(self, level: int, duration_ms: float, now: float) -> None:
@@ -97,9 +97,9 @@ class TrackLevel:
         level_now = 0.0
         if self._speech_ms and self._speech_ms >= self._min_speech_ms:
             # The loudest level, lowered by 20·log10 of the share of the window that was speech: a short
-            # shout ranks below steady talk at the same level.
+            # shout ranks below steady talk at the same level. Never above full scale.
             adjusted = self._loudest - 20 * math.log10(self._speech_ms / self._window_ms)
-            level_now = self._level + (linear(adjusted) - self._level) * self._smoothing
+            level_now = self._level + (min(linear(adjusted), 1.0) - self._level) * self._smoothing
         self._start_window(level_now)
 
     def current(self, now: float) -> tuple[float, bool]:
