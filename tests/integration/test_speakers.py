@@ -58,10 +58,13 @@ class Participant:
             await self.source.capture_frame(frame)
         await self.source.wait_for_playout()
 
-    def publishes(self, identity: str) -> bool:
-        """Whether this participant sees `identity` publishing a track."""
+    def receives(self, identity: str) -> bool:
+        """Whether this participant is subscribed to a track of `identity`'s."""
         return any(
-            p.track_publications for p in self.room.remote_participants.values() if p.identity == identity
+            publication.subscribed
+            for p in self.room.remote_participants.values()
+            if p.identity == identity
+            for publication in p.track_publications.values()
         )
 
     def named(self, identity: str, since: float = 0.0) -> list[Told]:
@@ -94,6 +97,7 @@ async def test_a_speaker_is_named_while_it_speaks_and_dropped_when_silent(join: 
     await alice.publish_microphone()
 
     # Silence first: a published microphone that says nothing is no speaker.
+    await eventually(lambda: bob.receives("alice"), "bob to receive alice", TOLD_DEADLINE)
     await alice.play(silence(1.0))
     assert not bob.named("alice"), bob.told
 
@@ -128,10 +132,11 @@ async def test_the_browser_sdk_sees_speakers_and_chromium_is_seen_speaking(serve
         try:
             # Each hears of the other once subscribed to its microphone (LiveKit scopes updates so).
             await browser.wait_for(subscribed, "the browser to subscribe to alice", JOIN_TIMEOUT)
-            await eventually(lambda: alice.publishes("browser"), "alice to see the browser's microphone")
+            await eventually(lambda: alice.receives("browser"), "alice to receive the browser", JOIN_TIMEOUT)
             await alice.play(speak(SENTENCES[1]) + silence(2.0))
 
             # Chromium writes the audio-level extension too: its tone makes it a speaker, silence ends it.
+            assert not alice.named("browser"), f"the silent browser was named: {alice.told}"
             browser.tell("tone")
             named = await eventually(
                 lambda: alice.named("browser"), "alice told the browser speaks", TOLD_DEADLINE
