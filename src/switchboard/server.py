@@ -13,7 +13,7 @@ from livekit.protocol import models
 
 from switchboard import LIVEKIT_COMPATIBLE_VERSION, LIVEKIT_PROTOCOL, __version__, logs
 from switchboard.agents.supervisor import AgentSupervisor
-from switchboard.api import agent_dispatch_service, room_service
+from switchboard.api import agent_dispatch_service, room_service, worker_service
 from switchboard.api.cors import cors_middleware
 from switchboard.api.twirp import TwirpServer
 from switchboard.auth.tokens import TokenVerifier
@@ -66,6 +66,10 @@ def build_app(config: Config) -> web.Application:
     twirp = TwirpServer(verifier, config.http, runtime.flush, observe)
     twirp.add_service("RoomService", room_service.methods(runtime, live=rtc))
     twirp.add_service("AgentDispatchService", agent_dispatch_service.methods(runtime))
+    twirp.add_service(
+        "WorkerService", worker_service.worker_methods(runtime, server_info.node_id), "switchboard"
+    )
+    twirp.add_service("DispatchService", worker_service.dispatch_methods(runtime), "switchboard")
     twirp.install(app)
     app.router.add_get("/", health)
     webhooks = None
