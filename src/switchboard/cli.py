@@ -504,6 +504,7 @@ def cmd_agent_check(args: argparse.Namespace) -> None:
         "source": config.source,
         "enabled": config.enabled,
         "dispatch": "automatic" if config.automatic else "manual",
+        "singleton": config.singleton,
         "registers_as": config.registration_name,
         "load_threshold": config.load_threshold,
         "services": {

@@ -195,6 +195,9 @@ async def run(config: Config) -> None:
     supervisor = AgentSupervisor(config.agents, agent_environment(config), config.drain_timeout)
     if config.agents.directory:
         supervisor.start()
+        # `singleton: true` in an agent's config: the server holds to it for the agents it runs.
+        singletons = {a.config.registration_name for a in supervisor.agents.values() if a.config.singleton}
+        app[RUNTIME].engine.singleton_agents |= singletons
 
     signals: asyncio.Queue[int] = asyncio.Queue()
     loop = asyncio.get_running_loop()

@@ -81,6 +81,8 @@ class EngineSettings:
     """How long a closed room's dispatches and jobs stay readable (ListDispatch); 0 keeps none."""
     history_max_rooms: int = 1000
     """At most this many closed rooms are kept; the oldest closure is forgotten first."""
+    singleton_agents: frozenset[str] = frozenset()
+    """Agent names of which a room gets at most one live dispatch: asking again adds a reference to it."""
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,8 @@ class Engine:
         self.jobs: dict[str, Job] = {}
         """Jobs that have not ended, by id."""
         self.draining = False
+        self.singleton_agents = set(self.settings.singleton_agents)
+        """Also the agents the server runs whose config says `singleton: true`, added once they are read."""
         self.history = RoomHistory(self.settings.history_ttl, self.settings.history_max_rooms)
         """Closed rooms' dispatches, for a while."""
         self._workers_by_key: dict[WorkerKey, dict[str, Worker]] = {}
@@ -407,10 +411,16 @@ class Engine:
         return self._add_dispatch(room, spec, now)
 
     def delete_dispatch(self, room_name: str, dispatch_id: str, now: float) -> Dispatch:
+        """Delete the dispatch, ending its jobs; a singleton's shared dispatch loses one reference, and
+        goes only with the last one."""
         room = self.rooms.get(room_name)
-        dispatch = room.dispatches.pop(dispatch_id, None) if room else None
-        if dispatch is None:
+        dispatch = room.dispatches.get(dispatch_id) if room else None
+        if room is None or dispatch is None:
             raise NotFound("dispatch ID not found")
+        if dispatch.references > 1:
+            dispatch.references -= 1
+            return dispatch
+        del room.dispatches[dispatch_id]
         dispatch.deleted_at = now
         self._terminate_dispatch_jobs(dispatch, "terminated: dispatch deleted", now)
         return dispatch
@@ -435,6 +445,13 @@ class Engine:
         return room
 
     def _add_dispatch(self, room: Room, spec: DispatchSpec, now: float) -> Dispatch:
+        """Add the dispatch and launch its jobs; for a singleton agent that the room already has a live
+        dispatch of, count one more reference to that one instead."""
+        if spec.agent_name in self.singleton_agents:
+            for existing in room.dispatches.values():
+                if existing.agent_name == spec.agent_name and existing.live:
+                    existing.references += 1
+                    return existing
         dispatch = Dispatch(id=ids.new_id(ids.DISPATCH), room=room.name, spec=spec, created_at=now)
         room.dispatches[dispatch.id] = dispatch
         self._decisions.append(DispatchCreated(room.name, dispatch.id, spec.agent_name))
