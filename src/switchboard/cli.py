@@ -225,9 +225,8 @@ def _print_explanation(job: Any) -> None:
     head = f"{job.dispatch_id}  {job.agent_name or '(automatic)'}  {job.job_id or '(no job)'}  {job.state}"
     if job.since:
         head += f"  since {_ago(job.since)}"
-    if job.until:
-        ends = "fails" if job.state == "pending" and "back-off" not in job.summary else "moves on"
-        head += f"; {ends} at {_when(job.until / 1e9)}"
+    if job.until:  # the state's own deadline: a wait fails, an offer moves on, a back-off ends
+        head += f"; until {_when(job.until / 1e9)}"
     print(head)
     print(f"  {job.summary}")
     for verdict in job.workers:
