@@ -15,6 +15,7 @@ from switchboard import LIVEKIT_COMPATIBLE_VERSION, LIVEKIT_PROTOCOL, __version_
 from switchboard.agents.supervisor import AgentSupervisor
 from switchboard.api import agent_dispatch_service, room_service, worker_service
 from switchboard.api.cors import cors_middleware
+from switchboard.api.dashboard import Dashboard
 from switchboard.api.twirp import TwirpServer
 from switchboard.auth.tokens import TokenVerifier
 from switchboard.config import DEV_KEYS, Config
@@ -71,6 +72,7 @@ def build_app(config: Config) -> web.Application:
     )
     twirp.add_service("DispatchService", worker_service.dispatch_methods(runtime), "switchboard")
     twirp.install(app)
+    Dashboard(config.keys).install(app)
     app.router.add_get("/", health)
     webhooks = None
     if config.webhook.urls:

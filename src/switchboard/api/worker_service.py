@@ -3,14 +3,15 @@ undrain the connected workers) and `switchboard.DispatchService` (why a dispatch
 
 Grants: listing workers needs `roomList` (their jobs name every room), or `roomAdmin` with no room
 restriction; draining and undraining need `roomAdmin` with no room restriction (a worker serves every
-room); explaining a room's dispatches needs `roomAdmin` on that room, as ListDispatch does.
+room); explaining a room's dispatches needs `roomAdmin` on that room, as ListDispatch does, or roomAdmin with
+no room restriction.
 """
 
 from typing import Any
 
 from switchboard.api import switchboard_proto as pb
 from switchboard.api.twirp import Method
-from switchboard.auth.grants import Claims, require_room_admin, require_server_admin, require_server_view
+from switchboard.auth.grants import Claims, require_admin_of, require_server_admin, require_server_view
 from switchboard.core.errors import InvalidArgument
 from switchboard.core.explain import Explanation
 from switchboard.core.workers import Worker
@@ -101,7 +102,7 @@ def dispatch_methods(runtime: Runtime) -> dict[str, Method]:
     engine = runtime.engine
 
     def explain(claims: Claims, request: Any) -> Any:
-        require_room_admin(claims, _required(request.room, "room"))
+        require_admin_of(claims, _required(request.room, "room"))
         explanations = engine.explain(request.room, request.dispatch_id, runtime.now())
         return pb.ExplainDispatchResponse(
             room=request.room, jobs=[explanation_to_proto(e) for e in explanations]

@@ -192,3 +192,11 @@ def require_server_view(claims: Claims) -> None:
         raise PermissionDenied(
             "permissions denied: the roomList grant (or roomAdmin without a room restriction) is required"
         )
+
+
+def require_admin_of(claims: Claims, room: str) -> None:
+    """Switchboard's own per-room calls: `roomAdmin` on that room, or with no room restriction at all (an
+    admin of every room, as the dashboard's session is)."""
+    if claims.video.room_admin and not claims.video.room:
+        return
+    require_room_admin(claims, room)
