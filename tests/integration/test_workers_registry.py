@@ -1,6 +1,7 @@
 """The worker registry and "why?" with real livekit-agents workers: list, drain and undrain workers through
 the CLI and `switchboard.WorkerService`, and `switchboard.DispatchService.ExplainDispatch` naming, for a
-job that waits or failed, what was tried and why it did not work.
+job that waits or failed, what was tried and why it did not work. A worker that never answers an offer is
+played by a hand-driven `/agent` connection (livekit-agents workers always answer).
 
 Switchboard's own services are called with livekit-api's Twirp client (protobuf), as the CLI calls them,
 and with plain JSON posts where the JSON form or an error path is the point.
@@ -21,6 +22,7 @@ from switchboard.api import switchboard_proto as pb
 from tests.agent_workers import eventually, registered
 from tests.conftest import Server, start_server, stop_server
 from tests.integration.test_cli import run as cli
+from tests.protocol_worker import AVAILABLE, Client, answer
 
 
 @pytest.fixture(scope="module")
@@ -282,3 +284,36 @@ async def test_grants_and_bad_requests_get_twirp_errors(server: Server) -> None:
         404,
         {"code": "not_found", "msg": "requested room does not exist"},
     )
+
+
+async def test_a_silent_worker_is_named_and_draining_takes_back_its_open_offer(
+    server: Server, lkapi: api.LiveKitAPI
+) -> None:
+    # A hand-driven worker stands for a stuck one: it gets offers and never answers in time.
+    async with aiohttp.ClientSession() as session:
+        silent = await Client(server, session).worker("silent-bot")
+        room, dispatch_id = await dispatch(lkapi, "silent-bot")
+        first = await silent.expect("availability")
+
+        async def unanswered() -> list[Any]:
+            return [v.reason for v in (await explain(server, room, dispatch_id))[0].workers]
+
+        reasons = await eventually(unanswered, "the offer timing out", accept=lambda r: r != [])
+        assert reasons == ["did not answer within 3s"]
+
+        await silent.send(AVAILABLE)  # a status report: it may be asked again
+        again = await silent.expect("availability")
+        assert again.job.id == first.job.id
+        [offered] = await explain(server, room, dispatch_id)
+        assert (
+            offered.state == "offered"
+            and offered.summary == f"offered to {silent.id}, waiting for its answer"
+        )
+        await steer(server, "DrainWorker", silent.id)
+        [withdrawn] = await explain(server, room, dispatch_id)
+        assert withdrawn.state == "pending"
+        assert [(v.worker_id, v.reason) for v in withdrawn.workers] == [
+            (silent.id, "was drained by an operator")
+        ]
+        await silent.send(answer(again.job.id))  # too late: the offer was taken back
+        await silent.expect_silence(1.0)
