@@ -1,6 +1,7 @@
 """A singleton agent (`agents.singleton`) with the Python server SDK and a real livekit-agents worker: three
 CreateDispatch calls, sent at once, give one dispatch and one agent in the room; it leaves after the third
-DeleteDispatch. An agent run by the server from `agents_dir` is singleton when its config says so."""
+DeleteDispatch; the Node server SDK gets the shared dispatch as well. An agent run by the server from
+`agents_dir` is singleton when its config says so."""
 
 import asyncio
 import json
@@ -14,6 +15,7 @@ from livekit import api
 from tests.agent_workers import eventually, registered
 from tests.conftest import Server, start_server, stop_server
 from tests.integration.test_cli import run as cli
+from tests.node_clients import run_scenario
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +76,16 @@ async def test_an_agent_config_that_says_singleton_makes_it_one_per_room(tmp_pat
             ).id
     finally:
         stop_server(instance)
+
+
+async def test_the_node_sdk_gets_the_shared_dispatch_too(server: Server, lkapi: api.LiveKitAPI) -> None:
+    request = api.CreateAgentDispatchRequest(agent_name="solo-bot", room="node-singleton", metadata="first")
+    first = await lkapi.agent_dispatch.create_dispatch(request)
+    result = await run_scenario(
+        server,
+        "create-dispatch",
+        SCENARIO_ROOM="node-singleton",
+        SCENARIO_AGENT="solo-bot",
+        SCENARIO_METADATA="second",
+    )
+    assert (result["created"]["id"], result["created"]["metadata"]) == (first.id, "first")
