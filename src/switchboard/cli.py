@@ -13,8 +13,10 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from google.protobuf.message import Message
 from livekit import api
+from livekit.api.twirp_client import TwirpClient
 
 from switchboard import LIVEKIT_COMPATIBLE_VERSION, LIVEKIT_PROTOCOL, __version__
+from switchboard.api import switchboard_proto as pb
 from switchboard.auth.grants import VideoGrant
 from switchboard.auth.tokens import mint_token
 from switchboard.config import DEV_KEYS, ConfigError, load_config
@@ -189,6 +191,50 @@ async def _call(args: argparse.Namespace, action: Callable[[api.LiveKitAPI], Awa
         await action(lkapi)
 
 
+async def _call_switchboard(
+    args: argparse.Namespace,
+    service: str,
+    method: str,
+    request: Message,
+    reply: type[Message],
+    video: VideoGrant,
+) -> Any:
+    """Call one of Switchboard's own services (package `switchboard`) with the livekit-api Twirp client,
+    under a short-lived token carrying the grants that method needs."""
+    key, secret = _credentials(args)
+    token = mint_token(key, secret, video=video, ttl=60)
+    async with aiohttp.ClientSession() as session:
+        client = TwirpClient(session, _url(args), "switchboard", failover=False)
+        return await client.request(service, method, request, {"Authorization": f"Bearer {token}"}, reply)
+
+
+def _explain(args: argparse.Namespace, room: str, dispatch_id: str = "") -> Any:
+    request = pb.ExplainDispatchRequest(room=room, dispatch_id=dispatch_id)
+    video = VideoGrant(room_admin=True, room=room)
+    return _call_switchboard(
+        args, "DispatchService", "ExplainDispatch", request, pb.ExplainDispatchResponse, video
+    )
+
+
+def _ago(nanoseconds: int) -> str:
+    return f"{_when(nanoseconds / 1e9)} ({max(time.time() - nanoseconds / 1e9, 0):.0f}s ago)"
+
+
+def _print_explanation(job: Any) -> None:
+    """One job: where it is and since when, why, and what each worker of its agent did."""
+    head = f"{job.dispatch_id}  {job.agent_name or '(automatic)'}  {job.job_id or '(no job)'}  {job.state}"
+    if job.since:
+        head += f"  since {_ago(job.since)}"
+    if job.until:  # the state's own deadline: a wait fails, an offer moves on, a back-off ends
+        head += f"; until {_when(job.until / 1e9)}"
+    print(head)
+    print(f"  {job.summary}")
+    for verdict in job.workers:
+        print(f"  - {verdict.worker_id}: {verdict.reason} (load {verdict.load:.2f})")
+    for attempt in job.earlier_attempts:
+        print(f"  earlier {attempt}")
+
+
 # Commands
 
 
@@ -264,9 +310,16 @@ def cmd_dispatch_list(args: argparse.Namespace) -> None:
     async def run(lkapi: api.LiveKitAPI) -> None:
         dispatches = await lkapi.agent_dispatch.list_dispatch(args.room)
         _emit(args, dispatches, lambda: _print_dispatches(dispatches))
-        if not args.json and dispatches and all(d.state.deleted_at for d in dispatches):
+        if args.json:
+            return
+        if dispatches and all(d.state.deleted_at for d in dispatches):
             # Only a closed room's dispatches (kept for room.history_ttl) are all deleted.
             print(f"room {args.room!r} has closed: its dispatches as they ended", file=sys.stderr)
+        elif any(_status(job) == "pending" for d in dispatches for job in d.state.jobs):
+            waiting = [j for j in (await _explain(args, args.room)).jobs if j.state in ("pending", "offered")]
+            print()
+            for job in waiting:
+                print(f"{job.job_id} waits: {job.summary}")
 
     asyncio.run(_call(args, run))
 
@@ -294,6 +347,74 @@ def cmd_dispatch_delete(args: argparse.Namespace) -> None:
         _emit(args, dispatch, lambda: print(f"deleted dispatch {dispatch.id} from room {dispatch.room}"))
 
     asyncio.run(_call(args, run))
+
+
+def cmd_dispatch_explain(args: argparse.Namespace) -> None:
+    async def run() -> None:
+        response = await _explain(args, args.room, args.id or "")
+
+        def explain() -> None:
+            for job in response.jobs:
+                _print_explanation(job)
+
+        _emit(args, response, explain)
+
+    asyncio.run(run())
+
+
+def _worker_state(worker: Any) -> str:
+    reported = api.WorkerStatus.Name(worker.status).removeprefix("WS_").lower()
+    return f"draining ({reported})" if worker.draining else reported
+
+
+def cmd_worker_list(args: argparse.Namespace) -> None:
+    async def run() -> None:
+        request = pb.ListWorkersRequest(agent_names=args.agent_name)
+        response = await _call_switchboard(
+            args, "WorkerService", "ListWorkers", request, pb.ListWorkersResponse, VideoGrant(room_list=True)
+        )
+        workers = list(response.workers)
+        _emit(
+            args,
+            workers,
+            lambda: print_table(
+                ["ID", "AGENT", "TYPE", "VERSION", "STATUS", "LOAD", "JOBS", "NODE"],
+                [
+                    (
+                        w.id,
+                        w.agent_name or "(automatic)",
+                        api.JobType.Name(w.job_type).removeprefix("JT_").lower(),
+                        w.version or "-",
+                        _worker_state(w),
+                        f"{w.load:.2f}",
+                        ", ".join(f"{j.id} ({j.room}, {j.state})" for j in w.jobs) or "-",
+                        w.node_id,
+                    )
+                    for w in workers
+                ],
+            ),
+        )
+
+    asyncio.run(run())
+
+
+def _steer_worker(args: argparse.Namespace, method: str, request_type: Any, done: str) -> None:
+    async def run() -> None:
+        request = request_type(worker_id=args.worker_id)
+        video = VideoGrant(room_admin=True)  # no room: a worker serves every room
+        worker = await _call_switchboard(args, "WorkerService", method, request, pb.Worker, video)
+        running = len(worker.jobs)
+        _emit(args, worker, lambda: print(f"worker {worker.id} {done} ({running} job(s) it holds go on)"))
+
+    asyncio.run(run())
+
+
+def cmd_worker_drain(args: argparse.Namespace) -> None:
+    _steer_worker(args, "DrainWorker", pb.DrainWorkerRequest, "drained: it gets no new job")
+
+
+def cmd_worker_undrain(args: argparse.Namespace) -> None:
+    _steer_worker(args, "UndrainWorker", pb.UndrainWorkerRequest, "undrained: it gets jobs again")
 
 
 def cmd_room_create(args: argparse.Namespace) -> None:
@@ -382,6 +503,7 @@ def cmd_agent_check(args: argparse.Namespace) -> None:
         "source": config.source,
         "enabled": config.enabled,
         "dispatch": "automatic" if config.automatic else "manual",
+        "singleton": config.singleton,
         "registers_as": config.registration_name,
         "load_threshold": config.load_threshold,
         "services": {
@@ -488,6 +610,29 @@ def build_parser() -> argparse.ArgumentParser:
     d_delete.add_argument("--room", required=True)
     d_delete.add_argument("--id", required=True)
     d_delete.set_defaults(func=cmd_dispatch_delete)
+    d_explain = dispatch.add_parser(
+        "explain", parents=[connection], help="say why a room's jobs are where they are (pending, failed)"
+    )
+    d_explain.add_argument("--room", required=True)
+    d_explain.add_argument("--id", help="only this dispatch")
+    d_explain.set_defaults(func=cmd_dispatch_explain)
+
+    worker = commands.add_parser("worker", help="connected agent workers").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    w_list = worker.add_parser("list", parents=[connection], help="list the connected workers and their jobs")
+    w_list.add_argument("--agent-name", action="append", default=[], help="only this agent's (repeatable)")
+    w_list.set_defaults(func=cmd_worker_list)
+    w_drain = worker.add_parser(
+        "drain", parents=[connection], help="give a worker no new job; its jobs go on"
+    )
+    w_drain.add_argument("worker_id", metavar="WORKER_ID")
+    w_drain.set_defaults(func=cmd_worker_drain)
+    w_undrain = worker.add_parser(
+        "undrain", parents=[connection], help="let a drained worker take jobs again"
+    )
+    w_undrain.add_argument("worker_id", metavar="WORKER_ID")
+    w_undrain.set_defaults(func=cmd_worker_undrain)
 
     room = commands.add_parser("room", help="rooms").add_subparsers(
         dest="action", required=True, metavar="ACTION"

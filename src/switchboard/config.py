@@ -204,6 +204,7 @@ def load_config(
         restart_backoff=seconds("agents.restart_backoff", e.restart_backoff),
         restart_backoff_max=seconds("agents.restart_backoff_max", e.restart_backoff_max),
         load_threshold=seconds("agents.load_threshold", e.load_threshold, 0.01),
+        singleton_agents=_singleton_agents(r),
     )
     workers = WorkerSettings(
         register_timeout=seconds("agents.register_timeout", w.register_timeout, 0.1),
@@ -315,6 +316,14 @@ def _audio(r: _Reader) -> AudioSettings:
         if getattr(audio, key) > highest:
             raise r.fail(f"audio.{key}", f"must be at most {highest}, got {getattr(audio, key)}")
     return audio
+
+
+def _singleton_agents(r: _Reader) -> frozenset[str]:
+    """`agents.singleton`: the agent names of which a room gets at most one dispatch."""
+    names = r.get("agents.singleton")
+    if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
+        raise r.fail("agents.singleton", "expected a list of agent names, like ['my-agent']")
+    return frozenset(names or ())
 
 
 def _webhook(r: _Reader, seconds: Callable[[str, float, float], float]) -> WebhookSettings:

@@ -16,7 +16,7 @@ from prometheus_client.registry import Collector
 
 from switchboard.core.events import AssignJob, DispatchCreated, JobEnded, JobStarted, OfferJob
 from switchboard.core.jobs import Job, JobStatus
-from switchboard.core.workers import WorkerStatus
+from switchboard.core.workers import Worker, WorkerStatus
 from switchboard.runtime import Runtime
 
 log = logging.getLogger("switchboard.metrics")
@@ -47,6 +47,13 @@ def reason_class(job: Job) -> str:
         if marker in job.error:
             return name
     return "completed" if not job.error and job.status is JobStatus.SUCCEEDED else "other"
+
+
+def worker_state(worker: Worker) -> str:
+    """`draining` (an operator drained it) whatever it reports, else what it reports."""
+    if worker.drained:
+        return "draining"
+    return "full" if worker.status is WorkerStatus.FULL else "available"
 
 
 class Metrics:
@@ -171,7 +178,7 @@ class _EngineCollector(Collector):
         )
         workers = GaugeMetricFamily(
             "switchboard_workers",
-            "Connected workers, by agent name and status",
+            "Connected workers, by agent name and status (available, full, draining)",
             labels=["agent_name", "status"],
         )
         load = GaugeMetricFamily(
@@ -183,7 +190,7 @@ class _EngineCollector(Collector):
         loads: dict[str, float] = {}
         for worker in engine.workers.values():
             name = worker.spec.agent_name
-            by_status[(name, "full" if worker.status is WorkerStatus.FULL else "available")] += 1
+            by_status[(name, worker_state(worker))] += 1
             loads[name] = loads.get(name, 0.0) + worker.load
         for (name, state), count in sorted(by_status.items()):
             workers.add_metric([name, state], count)

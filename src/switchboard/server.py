@@ -13,8 +13,9 @@ from livekit.protocol import models
 
 from switchboard import LIVEKIT_COMPATIBLE_VERSION, LIVEKIT_PROTOCOL, __version__, logs
 from switchboard.agents.supervisor import AgentSupervisor
-from switchboard.api import agent_dispatch_service, room_service
+from switchboard.api import agent_dispatch_service, room_service, worker_service
 from switchboard.api.cors import cors_middleware
+from switchboard.api.dashboard import Dashboard
 from switchboard.api.twirp import TwirpServer
 from switchboard.auth.tokens import TokenVerifier
 from switchboard.config import DEV_KEYS, Config
@@ -66,7 +67,12 @@ def build_app(config: Config) -> web.Application:
     twirp = TwirpServer(verifier, config.http, runtime.flush, observe)
     twirp.add_service("RoomService", room_service.methods(runtime, live=rtc))
     twirp.add_service("AgentDispatchService", agent_dispatch_service.methods(runtime))
+    twirp.add_service(
+        "WorkerService", worker_service.worker_methods(runtime, server_info.node_id), "switchboard"
+    )
+    twirp.add_service("DispatchService", worker_service.dispatch_methods(runtime), "switchboard")
     twirp.install(app)
+    Dashboard(config.keys).install(app)
     app.router.add_get("/", health)
     webhooks = None
     if config.webhook.urls:
@@ -191,6 +197,9 @@ async def run(config: Config) -> None:
     supervisor = AgentSupervisor(config.agents, agent_environment(config), config.drain_timeout)
     if config.agents.directory:
         supervisor.start()
+        # `singleton: true` in an agent's config: the server holds to it for the agents it runs.
+        singletons = {a.config.registration_name for a in supervisor.agents.values() if a.config.singleton}
+        app[RUNTIME].engine.singleton_agents |= singletons
 
     signals: asyncio.Queue[int] = asyncio.Queue()
     loop = asyncio.get_running_loop()

@@ -272,8 +272,11 @@ class Webhooks:
         self._emit("participant_joined", room=self._room(decision.room), participant=participant)
 
     def _participant_left(self, decision: ParticipantLeft) -> None:
+        # As LiveKit: one whose media never connected (it joined, ICE did not complete) left by an
+        # aborted connection attempt, not as a participant who was there.
+        event = "participant_left" if decision.participant.active else "participant_connection_aborted"
         participant = participant_to_proto(decision.participant, state="DISCONNECTED")
-        self._emit("participant_left", room=self._room(decision.room), participant=participant)
+        self._emit(event, room=self._room(decision.room), participant=participant)
 
     def _track_published(self, decision: TrackPublished) -> None:
         self._emit(

@@ -38,6 +38,11 @@ def test_manual_agent_registers_with_its_name(tmp_path: Path) -> None:
     )
 
 
+def test_singleton_is_read_and_off_by_default(tmp_path: Path) -> None:
+    assert not load_agent_config(write(tmp_path, "agent-a.yaml", MANUAL)).singleton
+    assert load_agent_config(write(tmp_path, "agent-b.yaml", MANUAL + "singleton: true\n")).singleton
+
+
 def test_any_automatic_service_makes_the_agent_automatic(tmp_path: Path) -> None:
     text = MANUAL.replace("manual", "automatic") + "load_threshold: 0.5\nlog_level: DEBUG\n"
     config = load_agent_config(write(tmp_path, "agent-captions.yml", text))
@@ -63,6 +68,7 @@ def test_unknown_keys_are_warnings(tmp_path: Path) -> None:
             "live_captions.provider: expected one of",
         ),
         (MANUAL + "enabled: yes-please\n", "enabled: expected true or false"),
+        (MANUAL + "singleton: 1\n", "singleton: expected true or false"),
         (MANUAL + "load_threshold: 2\n", "load_threshold: expected a number between 0 and 1"),
         (MANUAL + "load_threshold: high\n", "load_threshold: expected a number between 0 and 1"),
         (MANUAL + "log_level: loud\n", "log_level: expected one of"),

@@ -152,6 +152,7 @@ def test_keys_and_secrets_are_the_text_written(tmp_path: Path, secret: str, dev:
         (KEYS + "agents:\n  pending_timeout: x\n", "agents.pending_timeout: expected a number"),
         (KEYS + "agents_dir: [a]\n", "agents_dir: expected a directory path"),
         (KEYS + "agents:\n  restart_delay: 0\n", "agents.restart_delay: must be at least 0.01"),
+        (KEYS + "agents:\n  singleton: solo\n", "agents.singleton: expected a list of agent names"),
         ("keys: [a, b]\n", "keys: expected a mapping of API key to secret"),
         ("keys:\n  k: ''\n", "each API key needs a non-empty secret"),
         ("- just\n- a list\n", "the config must be a mapping"),
@@ -221,3 +222,9 @@ def test_prometheus_port(tmp_path: Path) -> None:
     assert load_config(write(tmp_path, "prometheus_port: 6789\n"), env={}, dev=True).prometheus_port == 6789
     with pytest.raises(ConfigError, match="prometheus_port: must be at most 65535"):
         load_config(write(tmp_path, "prometheus_port: 70000\n"), env={}, dev=True)
+
+
+def test_singleton_agents_are_read(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, KEYS + "agents:\n  singleton: [solo, ''] \n"), env={})
+    assert config.engine.singleton_agents == frozenset({"solo", ""})
+    assert load_config(write(tmp_path, KEYS), env={}).engine.singleton_agents == frozenset()

@@ -164,7 +164,7 @@ def test_a_pending_job_fails_after_pending_timeout_when_no_worker_registered() -
     assert job.status is JobStatus.PENDING
     e.tick(60.0)
     assert job.status is JobStatus.FAILED and job.ended_at == 60.0
-    assert job.error == "no worker registered for agent 'x' within 60s"
+    assert job.error == "no worker registered for agent 'x' within 60s (no worker is registered at all)"
     assert e.take_decisions() == [JobEnded(job)] and e.jobs == {}
 
 

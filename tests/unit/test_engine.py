@@ -207,8 +207,9 @@ def test_pending_job_fails_with_a_reason_after_the_pending_timeout() -> None:
     assert d.jobs[0].status is JobStatus.PENDING
     e.tick(60.0)
     assert d.jobs[0].status is JobStatus.FAILED
-    assert d.jobs[0].error == "no worker registered for agent 'bot' within 60s"
-    assert automatic.jobs[0].error == "no worker registered for automatic agents within 60s"
+    nobody = "(no worker is registered at all)"
+    assert d.jobs[0].error == f"no worker registered for agent 'bot' within 60s {nobody}"
+    assert automatic.jobs[0].error == f"no worker registered for automatic agents within 60s {nobody}"
     assert e.next_deadline() == 300.0  # only the room's empty timeout is left
 
 

@@ -39,6 +39,7 @@ SETTINGS = EngineSettings(
     load_threshold=0.8,
     empty_timeout=60,
     departure_timeout=10,
+    singleton_agents=frozenset({""}),  # the automatic agent: requests for it share a room's one dispatch
 )
 # Few keys, so that workers and jobs meet often; still enough to catch an offer across keys.
 AGENTS = ("", "a", "a")
@@ -162,6 +163,7 @@ class EngineMachine(RuleBasedStateMachine):
                     busy = [j for j, (w, _) in self.open_offers.items() if w == worker_id and j not in ending]
                     assert not busy, f"{worker_id} asked about {job.id} while its offer of {busy} is open"
                     assert resuming == (job.restarts > 0)
+                    assert not self.e.workers[worker_id].drained, f"{job.id} offered to drained {worker_id}"
                     self.open_offers[job.id] = (worker_id, self.now)
                     fake.inbox.append(job.id)
                 case AssignJob(worker_id, job, participant):
@@ -418,9 +420,26 @@ class EngineMachine(RuleBasedStateMachine):
         pairs = [(room.name, d) for room in self.e.rooms.values() for d in room.dispatches]
         if pairs:
             room, dispatch_id = data.draw(st.sampled_from(pairs), label="dispatch")
+            references = self.e.rooms[room].dispatches[dispatch_id].references
             dispatch = self.e.delete_dispatch(room, dispatch_id, self.now)
             self.apply()
-            assert all(job.ended for job in dispatch.jobs)
+            if references > 1:  # a shared singleton dispatch: one reference less, nothing else
+                assert dispatch.references == references - 1 and dispatch.deleted_at is None
+            else:
+                assert all(job.ended for job in dispatch.jobs)
+
+    def drain_worker(self, data: st.DataObject) -> None:
+        worker_id = data.draw(st.sampled_from(list(self.live)), label="worker")
+        withdrawn = self.e.workers[worker_id].offered_job
+        self.e.drain_worker(worker_id, self.now)
+        if withdrawn:
+            del self.open_offers[withdrawn]  # taken back; the worker cannot know (it stays in its inbox)
+        self.apply()
+
+    def undrain_worker(self, data: st.DataObject) -> None:
+        drained = [w.id for w in self.e.workers.values() if w.drained]
+        self.e.undrain_worker(data.draw(st.sampled_from(drained), label="worker"), self.now)
+        self.apply()
 
     def delete_room(self, data: st.DataObject) -> None:
         if self.e.rooms:
@@ -578,6 +597,13 @@ class EngineMachine(RuleBasedStateMachine):
         assert {j: w for j, w in runs.items() if j not in kept} == engine_runs
 
     @invariant()
+    def a_singleton_agent_has_at_most_one_live_dispatch_per_room(self) -> None:
+        for room in self.e.rooms.values():
+            for name in SETTINGS.singleton_agents:
+                live = [d.id for d in room.dispatches.values() if d.agent_name == name and d.live]
+                assert len(live) <= 1, f"{room.name} has live dispatches {live} of singleton '{name}'"
+
+    @invariant()
     def nothing_waits_for_nothing(self) -> None:
         e = self.e
         for job in e.jobs.values():
@@ -612,6 +638,8 @@ EVENTS: dict[str, tuple[int, Callable[[EngineMachine], bool]]] = {
     "participant_leaves": (1, lambda m: any(room.participants for room in m.e.rooms.values())),
     "report_on_a_job_not_held": (1, lambda m: bool(m.live)),
     "process_dies": (1, lambda m: bool(m.gone)),
+    "drain_worker": (1, lambda m: bool(m.live)),
+    "undrain_worker": (1, lambda m: any(w.drained for w in m.e.workers.values())),
     "drain": (1, lambda m: m.steps > 25 and not m.e.draining),
     "shut_down": (1, lambda m: m.steps > 30),
     "end_unattended": (1, lambda m: m.e.draining),

@@ -3,7 +3,8 @@
 import pytest
 
 from switchboard.core.jobs import Job, JobStatus, JobType
-from switchboard.metrics import reason_class
+from switchboard.core.workers import Worker, WorkerSpec, WorkerStatus
+from switchboard.metrics import reason_class, worker_state
 
 
 @pytest.mark.parametrize(
@@ -37,3 +38,19 @@ def test_reason_classes(status: JobStatus, error: str, expected: str) -> None:
     job = Job(id="AJ_1", dispatch_id="AD_1", room="r", type=JobType.ROOM, agent_name="a", created_at=0.0)
     job.status, job.error = status, error
     assert reason_class(job) == expected
+
+
+@pytest.mark.parametrize(
+    ("status", "drained", "expected"),
+    [
+        (WorkerStatus.AVAILABLE, False, "available"),
+        (WorkerStatus.FULL, False, "full"),
+        (WorkerStatus.AVAILABLE, True, "draining"),
+        (WorkerStatus.FULL, True, "draining"),
+    ],
+)
+def test_worker_states(status: WorkerStatus, drained: bool, expected: str) -> None:
+    worker = Worker(
+        id="AW_1", spec=WorkerSpec(agent_name="a"), registered_at=0.0, status=status, drained=drained
+    )
+    assert worker_state(worker) == expected

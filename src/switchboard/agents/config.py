@@ -21,7 +21,16 @@ NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 FILE_NAME = re.compile(r"^agent-([A-Za-z0-9_-]+)\.ya?ml$")
 PROCESSING = ("automatic", "manual")
 LOG_LEVELS = ("debug", "info", "warn", "warning", "error", "critical")  # OpenVidu's files say CRITICAL too
-COMMON_KEYS = ("agent_name", "enabled", "load_threshold", "log_level", "ws_url", "api_key", "api_secret")
+COMMON_KEYS = (
+    "agent_name",
+    "enabled",
+    "singleton",
+    "load_threshold",
+    "log_level",
+    "ws_url",
+    "api_key",
+    "api_secret",
+)
 
 # AI services and the STT providers each accepts. `pocketsphinx` is built in (no network, no download);
 # the others are livekit-agents plugins, installed as extras.
@@ -69,6 +78,8 @@ class AgentConfig:
     name: str
     source: str
     enabled: bool = True
+    singleton: bool = False
+    """At most one dispatch of this agent per room (when the server runs it, from agents_dir)."""
     load_threshold: float = 0.7
     log_level: str = "info"
     ws_url: str = ""
@@ -132,6 +143,7 @@ def parse_agent_config(
         return value
 
     enabled = typed("enabled", bool, True, "true or false")
+    singleton = typed("singleton", bool, False, "true or false")
     threshold = float(typed("load_threshold", (int, float), 0.7, "a number between 0 and 1"))
     if not 0 < threshold <= 1:
         raise fail("load_threshold", f"expected a number between 0 and 1, got {threshold!r}")
@@ -162,6 +174,7 @@ def parse_agent_config(
         name=name,
         source=source,
         enabled=enabled,
+        singleton=singleton,
         load_threshold=threshold,
         log_level=log_level,
         services=services,

@@ -102,9 +102,9 @@ class TwirpServer:
         self._limits = limits
         self._methods: dict[str, Method] = {}
 
-    def add_service(self, service: str, methods: dict[str, Method]) -> None:
+    def add_service(self, service: str, methods: dict[str, Method], package: str = "livekit") -> None:
         for name, method in methods.items():
-            self._methods[f"/twirp/livekit.{service}/{name}"] = method
+            self._methods[f"/twirp/{package}.{service}/{name}"] = method
 
     def install(self, app: web.Application) -> None:
         app.router.add_route("*", "/twirp/{path:.*}", self.handle, expect_handler=self._expect)
@@ -123,9 +123,8 @@ class TwirpServer:
         finally:
             if self._observe is not None:
                 known = request.path in self._methods
-                method = (
-                    request.path.removeprefix("/twirp/livekit.").replace("/", ".") if known else "unknown"
-                )
+                # "/twirp/livekit.RoomService/CreateRoom" -> "RoomService.CreateRoom", whatever the package
+                method = request.path.split(".", 1)[1].replace("/", ".") if known else "unknown"
                 self._observe(method, code, time.perf_counter() - started)
 
     async def _expect(self, request: web.Request) -> web.Response | None:

@@ -174,3 +174,29 @@ def require_room_create(claims: Claims) -> None:
 def require_room_list(claims: Claims) -> None:
     if not claims.video.room_list:
         raise PermissionDenied("permissions denied: the roomList grant is required")
+
+
+def require_server_admin(claims: Claims) -> None:
+    """Calls that act on the whole server (draining a worker touches every room it serves) need
+    `roomAdmin` with no `room` restriction."""
+    if not claims.video.room_admin or claims.video.room:
+        raise PermissionDenied(
+            "permissions denied: the roomAdmin grant without a room restriction is required"
+        )
+
+
+def require_server_view(claims: Claims) -> None:
+    """Listing what serves every room (workers and the rooms of their jobs) needs `roomList`, or
+    `roomAdmin` with no `room` restriction."""
+    if not claims.video.room_list and not (claims.video.room_admin and not claims.video.room):
+        raise PermissionDenied(
+            "permissions denied: the roomList grant (or roomAdmin without a room restriction) is required"
+        )
+
+
+def require_admin_of(claims: Claims, room: str) -> None:
+    """Switchboard's own per-room calls: `roomAdmin` on that room, or with no room restriction at all (an
+    admin of every room, as the dashboard's session is)."""
+    if claims.video.room_admin and not claims.video.room:
+        return
+    require_room_admin(claims, room)

@@ -39,6 +39,13 @@ class Dispatch:
     created_at: float
     jobs: list[Job] = field(default_factory=list)
     deleted_at: float | None = None
+    references: int = 1
+    """For a singleton agent: how many requests share this dispatch (DeleteDispatch removes one)."""
+
+    @property
+    def live(self) -> bool:
+        """It still has an agent coming or present: a job that has not ended, or none launched yet."""
+        return not self.jobs or any(not job.ended for job in self.jobs)
 
     @property
     def agent_name(self) -> str:

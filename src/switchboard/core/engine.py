@@ -41,6 +41,7 @@ from switchboard.core.events import (
     TrackPublished,
     TrackUnpublished,
 )
+from switchboard.core.explain import Explanation, WorkerVerdict, registered_keys, who, worker_verdict
 from switchboard.core.history import ClosedRoom, RoomHistory
 from switchboard.core.jobs import Job, JobStatus, JobType
 from switchboard.core.limits import Limits, check_attributes, check_deployment, check_metadata, check_name
@@ -80,6 +81,8 @@ class EngineSettings:
     """How long a closed room's dispatches and jobs stay readable (ListDispatch); 0 keeps none."""
     history_max_rooms: int = 1000
     """At most this many closed rooms are kept; the oldest closure is forgotten first."""
+    singleton_agents: frozenset[str] = frozenset()
+    """Agent names of which a room gets at most one live dispatch: asking again adds a reference to it."""
 
 
 @dataclass(frozen=True)
@@ -97,10 +100,6 @@ class RoomSpec:
 UNATTENDED_AT_SHUTDOWN = "terminated: server shutting down, and no participant is left in the room"
 
 
-def _who(agent_name: str) -> str:
-    return f"agent '{agent_name}'" if agent_name else "automatic agents"
-
-
 class Engine:
     def __init__(self, settings: EngineSettings | None = None) -> None:
         self.settings = settings or EngineSettings()
@@ -109,6 +108,8 @@ class Engine:
         self.jobs: dict[str, Job] = {}
         """Jobs that have not ended, by id."""
         self.draining = False
+        self.singleton_agents = set(self.settings.singleton_agents)
+        """Also the agents the server runs whose config says `singleton: true`, added once they are read."""
         self.history = RoomHistory(self.settings.history_ttl, self.settings.history_max_rooms)
         """Closed rooms' dispatches, for a while."""
         self._workers_by_key: dict[WorkerKey, dict[str, Worker]] = {}
@@ -410,10 +411,16 @@ class Engine:
         return self._add_dispatch(room, spec, now)
 
     def delete_dispatch(self, room_name: str, dispatch_id: str, now: float) -> Dispatch:
+        """Delete the dispatch, ending its jobs; a singleton's shared dispatch loses one reference, and
+        goes only with the last one."""
         room = self.rooms.get(room_name)
-        dispatch = room.dispatches.pop(dispatch_id, None) if room else None
-        if dispatch is None:
+        dispatch = room.dispatches.get(dispatch_id) if room else None
+        if room is None or dispatch is None:
             raise NotFound("dispatch ID not found")
+        if dispatch.references > 1:
+            dispatch.references -= 1
+            return dispatch
+        del room.dispatches[dispatch_id]
         dispatch.deleted_at = now
         self._terminate_dispatch_jobs(dispatch, "terminated: dispatch deleted", now)
         return dispatch
@@ -438,6 +445,13 @@ class Engine:
         return room
 
     def _add_dispatch(self, room: Room, spec: DispatchSpec, now: float) -> Dispatch:
+        """Add the dispatch and launch its jobs; for a singleton agent that the room already has a live
+        dispatch of, count one more reference to that one instead."""
+        if spec.agent_name in self.singleton_agents:
+            for existing in room.dispatches.values():
+                if existing.agent_name == spec.agent_name and existing.live:
+                    existing.references += 1
+                    return existing
         dispatch = Dispatch(id=ids.new_id(ids.DISPATCH), room=room.name, spec=spec, created_at=now)
         room.dispatches[dispatch.id] = dispatch
         self._decisions.append(DispatchCreated(room.name, dispatch.id, spec.agent_name))
@@ -594,11 +608,11 @@ class Engine:
             self._decisions.append(TerminateJob(job.worker_id, job.id, reason))
         self._end_job(job, False, reason, now)
 
-    def _back_to_pending(self, job: Job, now: float) -> None:
+    def _back_to_pending(self, job: Job, now: float, *, answered: bool = True) -> None:
         """The offered worker said no or did not answer: the next worker may take it; that one is asked
         again after its next status report (its capacity may have changed)."""
         self._release(job, now)
-        job.reject(now)
+        job.reject(now, answered=answered)
         self._queue(job, now)
 
     # Workers
@@ -641,7 +655,7 @@ class Engine:
         for job_id in list(worker.jobs):
             job = self.jobs[job_id]
             if job.status is JobStatus.OFFERED:
-                self._back_to_pending(job, now)
+                self._back_to_pending(job, now, answered=False)
             else:
                 job.orphan(now)
 
@@ -762,6 +776,87 @@ class Engine:
         if offered_to is not None and rematch:
             self._match(offered_to.key, now)
 
+    # Operators
+
+    def worker(self, worker_id: str) -> Worker:
+        worker = self.workers.get(worker_id)
+        if worker is None:
+            raise NotFound(f"worker {worker_id} is not connected")
+        return worker
+
+    def drain_worker(self, worker_id: str, now: float) -> Worker:
+        """No new job goes to the worker; the jobs it holds go on. An offer it has not answered yet is
+        taken back and goes to another worker (its late answer is ignored)."""
+        worker = self.worker(worker_id)
+        worker.drained = True
+        offered = self.jobs.get(worker.offered_job)
+        if offered is not None:
+            self._release(offered, now)
+            offered.withdraw(now)
+            self._queue(offered, now)
+        return worker
+
+    def undrain_worker(self, worker_id: str, now: float) -> Worker:
+        """The worker may get jobs again, the pending ones of its agent at once."""
+        worker = self.worker(worker_id)
+        worker.drained = False
+        if worker.accepting:
+            self._match(worker.key, now)
+        return worker
+
+    def explain(self, room_name: str, dispatch_id: str, now: float) -> list[Explanation]:
+        """Where each job of the room's dispatches (or of one) is, and why; a closed room's as they ended."""
+        if self.find_room(room_name, now) is None:
+            raise NotFound("requested room does not exist")
+        dispatches = self.list_dispatches(room_name, dispatch_id, now)
+        if dispatch_id and not dispatches:
+            raise NotFound("dispatch ID not found")
+        return [
+            explanation
+            for dispatch in dispatches
+            for explanation in (
+                [self._explain_job(dispatch, job) for job in dispatch.jobs]
+                or [self._explain_no_job(dispatch)]
+            )
+        ]
+
+    @staticmethod
+    def _explain_no_job(dispatch: Dispatch) -> Explanation:
+        summary = (
+            f"no job was launched: when the dispatch was created, the workers of {who(dispatch.agent_name)} "
+            "took only publisher or participant jobs, which start when a participant publishes or joins"
+        )
+        return Explanation(dispatch.id, dispatch.agent_name, "", None, summary, since=dispatch.created_at)
+
+    def _explain_job(self, dispatch: Dispatch, job: Job) -> Explanation:
+        workers: tuple[WorkerVerdict, ...] = ()
+        if job.ended:
+            summary, since = job.error or f"{job.status.value} without a reason given", job.ended_at
+        elif job.orphaned_at is not None:
+            summary = f"its worker {job.worker_id} disconnected: the job waits for it to reconnect"
+            since = job.orphaned_at
+        elif job.status is JobStatus.PENDING and job.retry_at is not None:
+            summary, since = f"attempt {job.attempt} waits out its restart back-off", job.updated_at
+        elif job.status is JobStatus.PENDING:
+            summary, since, workers = self._why_pending(job, "yet"), job.pending_since, self._verdicts(job)
+        elif job.status is JobStatus.OFFERED:
+            summary, since = f"offered to {job.worker_id}, waiting for its answer", job.offered_at
+        elif job.status is JobStatus.ASSIGNED:
+            summary, since = f"assigned to {job.worker_id}, waiting for it to start", job.updated_at
+        else:
+            summary, since = f"running on {job.worker_id}", job.started_at
+        return Explanation(
+            dispatch.id,
+            dispatch.agent_name,
+            job.id,
+            job.status,
+            summary,
+            workers,
+            since,
+            self._job_deadline(job),
+            tuple(f"attempt {a.number} on {a.worker_id or '-'}: {a.error}" for a in job.attempts),
+        )
+
     # Server lifecycle
 
     def drain(self) -> None:
@@ -844,7 +939,7 @@ class Engine:
         elif job.status is JobStatus.PENDING:
             self._end_job(job, False, self._pending_failure(job), now)
         elif job.status is JobStatus.OFFERED:
-            self._back_to_pending(job, now)
+            self._back_to_pending(job, now, answered=False)
         else:
             # Neither reported running nor joined. The framework may still be waiting for a process to
             # run it in: that copy is not stopped now, but taken back if it starts before another copy
@@ -855,23 +950,21 @@ class Engine:
 
     def _pending_failure(self, job: Job) -> str:
         """Why nobody took the job: each worker of its agent, with what it reported and answered."""
-        timeout = f"{self.settings.pending_timeout:g}s"
+        return self._why_pending(job, f"within {self.settings.pending_timeout:g}s")
+
+    def _why_pending(self, job: Job, when: str) -> str:
+        """Why the pending job was not taken `when` ("yet", "within 60s"): no worker of its agent (and
+        what the connected ones serve), the server draining, or each worker's own cause."""
         workers = self._workers_by_key.get(self._key(job), {})
         if not workers:
-            return f"no worker registered for {_who(job.agent_name)} within {timeout}"
+            others = registered_keys(self._workers_by_key)
+            return f"no worker registered for {who(job.agent_name)} {when} ({others})"
         if self.draining:
-            return f"not offered within {timeout}: the server is draining"
-        states = []
-        for worker in workers.values():
-            if worker.id in job.excluded_workers:
-                state = "did not start it in time before"
-            elif declined := job.rejected_by.get(worker.id, 0):
-                state = "declined it" if declined == 1 else f"declined it {declined} times"
-            elif worker.status is WorkerStatus.FULL:
-                state = "reported itself full"
-            elif worker.load >= self.settings.load_threshold:
-                state = f"was over the load threshold {self.settings.load_threshold:g}"
-            else:
-                state = "was busy with other offers"
-            states.append(f"{worker.id} {state} (load {worker.load:.2f})")
-        return f"no worker took the job for {_who(job.agent_name)} within {timeout}: " + ", ".join(states)
+            return f"not offered {when}: the server is draining"
+        verdicts = ", ".join(str(verdict) for verdict in self._verdicts(job))
+        return f"no worker took the job for {who(job.agent_name)} {when}: {verdicts}"
+
+    def _verdicts(self, job: Job) -> tuple[WorkerVerdict, ...]:
+        s = self.settings
+        workers = self._workers_by_key.get(self._key(job), {}).values()
+        return tuple(worker_verdict(job, w, s.load_threshold, s.availability_timeout) for w in workers)

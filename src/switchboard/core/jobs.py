@@ -4,7 +4,7 @@ A job is never dropped: it is pending until a worker takes it, and it ends only 
 
     PENDING ──offer──▶ OFFERED ──assign──▶ ASSIGNED ──start──▶ RUNNING
        ▲                  │                    │                  │
-       └──── reject ──────┘                    │                  │
+       └─ reject, withdraw┘                    │                  │
        └──────────── requeue (worker lost, restart policy) ───────┘
     PENDING, OFFERED, ASSIGNED, RUNNING ──reattach (worker reconnected with it)──▶ RUNNING
     PENDING, OFFERED ──revive (the previous attempt's copy runs after all)──▶ RUNNING
@@ -93,7 +93,9 @@ class Job:
     tried_workers: set[str] = field(default_factory=set)
     """Workers not to offer this job again until they report their status anew."""
     rejected_by: dict[str, int] = field(default_factory=dict)
-    """Workers that said no (or did not answer) during this attempt, and how often: the failure reason."""
+    """Workers that said no during this attempt, and how often: part of the failure reason."""
+    unanswered_by: dict[str, int] = field(default_factory=dict)
+    """Workers that did not answer the offer in time during this attempt, and how often."""
     excluded_workers: set[str] = field(default_factory=set)
     """Workers never offered this job again: they accepted it once and did not start it in time."""
 
@@ -121,10 +123,19 @@ class Job:
         self.offered_at = now
         self.tried_workers.add(worker_id)
 
-    def reject(self, now: float) -> None:
-        """The offered worker said no (or did not answer in time): back to pending, same deadline."""
+    def reject(self, now: float, *, answered: bool = True) -> None:
+        """The offered worker said no (or, not `answered`, did not answer in time): back to pending, same
+        deadline."""
         self._move({JobStatus.OFFERED}, JobStatus.PENDING, now)
-        self.rejected_by[self.worker_id] = self.rejected_by.get(self.worker_id, 0) + 1
+        refusals = self.rejected_by if answered else self.unanswered_by
+        refusals[self.worker_id] = refusals.get(self.worker_id, 0) + 1
+        self.worker_id = ""
+
+    def withdraw(self, now: float) -> None:
+        """The offer is taken back before its worker answered (the worker was drained): back to pending,
+        same deadline, the worker neither counted as refusing nor as tried."""
+        self._move({JobStatus.OFFERED}, JobStatus.PENDING, now)
+        self.tried_workers.discard(self.worker_id)
         self.worker_id = ""
 
     def assign(self, agent_identity: str, now: float) -> None:
@@ -154,6 +165,7 @@ class Job:
         self.pending_since = now if retry_at is None else retry_at
         self.tried_workers.clear()
         self.rejected_by.clear()
+        self.unanswered_by.clear()
 
     def earlier_copy_gone(self) -> None:
         """The previous attempt's copy is known to have ended, or has been told to: it is not taken back."""

@@ -65,6 +65,9 @@ class Worker:
     offered_job: str = ""
     """The job this worker is being asked about. One question at a time: a livekit-agents worker counts
     the jobs it has accepted but not yet launched against its load, and would refuse a burst."""
+    drained: bool = False
+    """An operator drained it: it gets no new job, and the ones it holds go on. Switchboard's own state:
+    the worker protocol has no message that tells a worker to drain."""
 
     @property
     def key(self) -> WorkerKey:
@@ -72,7 +75,7 @@ class Worker:
 
     @property
     def accepting(self) -> bool:
-        return self.status is WorkerStatus.AVAILABLE and not self.offered_job
+        return self.status is WorkerStatus.AVAILABLE and not self.offered_job and not self.drained
 
     def effective_load(self) -> float:
         """Reported load plus an estimate for the jobs assigned since that report."""

@@ -1,0 +1,117 @@
+"""The dashboard in headless Chromium (playwright-core, `tests/node/dashboard_scenario.mjs`): a wrong
+secret is refused; after logging in, a room created then appears without a reload, with its running
+agent and a failed job's reason; a worker is drained from the page (and is, for the server); the secret
+is not on the page nor stored. A screenshot is saved with the test's files."""
+
+import asyncio
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jwt
+import pytest
+from livekit import api
+
+from tests.agent_workers import eventually
+from tests.browser import NODE_DIR, PROXY_VARIABLES, SCENARIO_TIMEOUT, toolchain_or_fail
+from tests.conftest import Server, start_server, stop_server
+from tests.integration.test_workers_registry import connected, list_workers
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    instance = start_server(tmp_path_factory.mktemp("server"), {"agents": {"pending_timeout": 2}})
+    yield instance
+    stop_server(instance)
+
+
+async def test_log_in_watch_a_room_live_and_drain_a_worker(
+    server: Server, workers: Any, lkapi: api.LiveKitAPI, tmp_path: Path
+) -> None:
+    workers("dash-bot", "stay")
+    [worker] = await connected(server, "dash-bot", 1)
+    node, chromium = toolchain_or_fail()
+    screenshot = tmp_path / "dashboard.png"
+    env = {k: v for k, v in os.environ.items() if k not in PROXY_VARIABLES} | {
+        "DASHBOARD_URL": f"{server.http_url}/dashboard",
+        "API_KEY": server.api_key,
+        "API_SECRET": server.api_secret,
+        "ROOM": "dashboard-room",
+        "AGENT": "dash-bot",
+        "FAILED_AGENT": "nobody-bot",
+        "WORKER_ID": worker.id,
+        "SCREENSHOT": str(screenshot),
+        "CHROMIUM": chromium,
+    }
+    browser = await asyncio.create_subprocess_exec(
+        node,
+        str(NODE_DIR / "dashboard_scenario.mjs"),
+        "dashboard",
+        cwd=NODE_DIR,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        await eventually(lambda: "dashboard login peer=" in server.log(), "the page logging in")
+        for agent_name in ("dash-bot", "nobody-bot"):
+            request = api.CreateAgentDispatchRequest(agent_name=agent_name, room="dashboard-room")
+            await lkapi.agent_dispatch.create_dispatch(request)
+        stdout, stderr = await asyncio.wait_for(browser.communicate(), SCENARIO_TIMEOUT)
+    finally:
+        if browser.returncode is None:
+            browser.kill()
+            await browser.wait()
+    lines = stdout.decode().strip().splitlines()
+    assert browser.returncode == 0 and len(lines) == 1, stderr.decode()
+    result = json.loads(lines[0])
+    assert "unexpectedError" not in result, f"{result}\n{server.log()}"
+    assert result["refused"] == "unknown API key or wrong secret"
+    assert result["roomShownAtLogin"] is False
+    assert result["agentJob"] == f"running on {worker.id}"
+    assert result["failedReason"].startswith("no worker registered for agent 'nobody-bot' within 2s")
+    assert result["workerStatus"] == "draining (available)"
+    assert result["secretOnPage"] is False and result["stored"] == 0
+    # The browser logs the refused login's answer; nothing else went wrong on the page.
+    assert result["consoleErrors"] == [
+        "Failed to load resource: the server responded with a status of 401 (Unauthorized)"
+    ]
+    [drained] = await list_workers(server, "dash-bot")
+    assert drained.draining
+    assert screenshot.stat().st_size > 0
+
+
+async def test_login_refuses_bad_requests_and_wrong_credentials_and_its_token_is_a_session(
+    server: Server,
+) -> None:
+    async def login(body: bytes) -> tuple[int, dict[str, Any]]:
+        headers = {"Content-Type": "application/json"}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"{server.http_url}/dashboard/login", data=body, headers=headers) as response,
+        ):
+            return response.status, await response.json()
+
+    assert await login(b"{") == (400, {"error": "send JSON with api_key and api_secret"})
+    assert await login(b'{"api_key": "testkey"}') == (400, {"error": "send JSON with api_key and api_secret"})
+    assert await login(b'{"api_key": 1, "api_secret": 2}') == (
+        400,
+        {"error": "api_key and api_secret must be strings"},
+    )
+    wrong = {"error": "unknown API key or wrong secret"}
+    assert await login(json.dumps({"api_key": "nobody", "api_secret": server.api_secret}).encode()) == (
+        401,
+        wrong,
+    )
+    assert await login(json.dumps({"api_key": server.api_key, "api_secret": "x"}).encode()) == (401, wrong)
+    assert (await login(b"x" * 5000))[0] == 400
+
+    status, session = await login(
+        json.dumps({"api_key": server.api_key, "api_secret": server.api_secret}).encode()
+    )
+    assert status == 200 and session["expires_in"] == 3600
+    claims = jwt.decode(session["token"], server.api_secret, algorithms=["HS256"])
+    assert claims["video"] == {"roomList": True, "roomAdmin": True} and claims["exp"] - claims["nbf"] <= 3600

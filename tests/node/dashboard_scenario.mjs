@@ -1,0 +1,68 @@
+// The dashboard (/dashboard) in headless Debian Chromium, driven by playwright-core. Run by
+// tests/integration/test_dashboard.py:
+//
+//   node dashboard_scenario.mjs dashboard
+//
+// Environment: DASHBOARD_URL, API_KEY, API_SECRET, ROOM (created by the test after the login),
+// AGENT (the agent that runs there), FAILED_AGENT (an agent nobody serves, whose job fails),
+// WORKER_ID (the worker to drain from the page), SCREENSHOT (where to save the page), CHROMIUM.
+// Prints exactly one JSON line of observations on stdout; diagnostics go to stderr.
+
+import { chromium } from 'playwright-core';
+
+const env = process.env;
+const STEP_TIMEOUT_MS = 20_000;
+const CHROMIUM_ARGS = ['--disable-gpu', '--no-first-run', '--disable-background-networking', '--no-proxy-server'];
+
+const result = { scenario: process.argv[2] };
+const browser = await chromium.launch({
+  executablePath: env.CHROMIUM || '/usr/bin/chromium',
+  headless: true,
+  args: CHROMIUM_ARGS,
+  timeout: STEP_TIMEOUT_MS,
+});
+try {
+  const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
+  page.setDefaultTimeout(STEP_TIMEOUT_MS);
+  result.consoleErrors = [];
+  page.on('console', (message) => message.type() === 'error' && result.consoleErrors.push(message.text()));
+  await page.goto(`${env.DASHBOARD_URL}?poll_ms=250`);
+
+  await page.fill('#api-key', env.API_KEY);
+  await page.fill('#api-secret', 'not-the-secret');
+  await page.click('#login-button');
+  await page.waitForFunction(() => document.getElementById('error').textContent !== '');
+  result.refused = await page.textContent('#error');
+
+  await page.fill('#api-secret', env.API_SECRET);
+  await page.click('#login-button');
+  await page.waitForSelector('#updated:not(:empty)');
+  result.roomShownAtLogin = (await page.$(`tr[data-room="${env.ROOM}"]`)) !== null;
+
+  // The test creates the room and its dispatches now: they appear without a reload.
+  await page.waitForSelector(`tr[data-room="${env.ROOM}"]`);
+  const agentRow = page.locator(`#jobs tr[data-agent="${env.AGENT}"]`);
+  await agentRow.locator('.state-running').waitFor();
+  result.agentJob = await agentRow.locator('.why').innerText();
+  const failedRow = page.locator(`#jobs tr[data-agent="${env.FAILED_AGENT}"]`);
+  await failedRow.locator('.state-failed').waitFor();
+  result.failedReason = await failedRow.locator('.why').innerText();
+
+  const worker = page.locator(`tr[data-worker="${env.WORKER_ID}"]`);
+  await worker.locator('button.steer').click();
+  await page.waitForFunction(
+    (id) => document.querySelector(`tr[data-worker="${id}"] .status`)?.textContent.startsWith('draining'),
+    env.WORKER_ID,
+  );
+  result.workerStatus = await worker.locator('.status').innerText();
+
+  await page.screenshot({ path: env.SCREENSHOT, fullPage: true });
+  result.secretOnPage = (await page.content()).includes(env.API_SECRET);
+  result.stored = await page.evaluate(() => localStorage.length + sessionStorage.length + document.cookie.length);
+} catch (error) {
+  result.unexpectedError = String(error);
+  result.stack = error.stack;
+} finally {
+  await browser.close();
+}
+console.log(JSON.stringify(result));
