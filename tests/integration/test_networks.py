@@ -210,3 +210,39 @@ async def test_clients_forced_to_relay_talk_through_turn(tmp_path: Path, coturn:
             assert start <= int(line.split()[5]) <= start + 7, line
     assert python_pairs and all(t == stats_pb2.IceCandidateType.RELAY for t in python_pairs), python_pairs
     assert "Traceback" not in log, log
+
+
+async def test_host_candidates_carry_the_advertised_address(tmp_path: Path) -> None:
+    """`rtc.node_ip`: the server's candidates offer it instead of the bound address (here 127.0.0.2 for
+    a socket on 127.0.0.1, as a 1:1 NAT would map it). The browser's checks to 127.0.0.2 cannot reach
+    that socket on loopback, so the pair that connects is the one learnt from the server's own checks
+    (peer-reflexive): what is shown is the offer, not a NAT."""
+    toolchain_or_fail()
+    room = f"node-ip-{uuid.uuid4().hex[:8]}"
+    with switchboard(tmp_path, {"node_ip": "127.0.0.2"}) as server:
+        async with served_page() as page:
+            python = await join(server, room, "py")
+            token = server.join_token(room, "browser")
+            browser = BrowserScenario(server, page, "relay", token, PEER_IDENTITY="py", ICE_POLICY="all")
+            try:
+                await python.publish_tone()
+                await browser.start()
+                await eventually(
+                    lambda: [level for level in python.levels if level > 1000],
+                    "the browser's tone at the Python participant",
+                    JOIN_TIMEOUT,
+                    accept=lambda loud: len(loud) >= 2 * MIN_FRAMES,
+                )
+                browser.tell("leave")
+                result = await browser.result()
+            finally:
+                await browser.kill()
+                await python.close()
+    assert result["joined"]["heard"]["packetsReceived"] >= 100, result["joined"]
+    connections = result["connections"]
+    assert len(connections) == 2, connections
+    for connection in connections:
+        assert connection["iceServers"] == []  # none configured: none handed out
+        hosts = {line.split()[4] for line in connection["serverCandidates"]}
+        assert hosts == {"127.0.0.2"}, connection["serverCandidates"]
+        assert connection["selected"]["remote"]["type"] == "prflx", connection["selected"]
