@@ -3,11 +3,15 @@ the address it advertises in them (`rtc.node_ip`), and TURN (a real coturn start
 forced to relay, over UDP and over TCP.
 """
 
+import asyncio
 import contextlib
+import json
+import os
 import random
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,16 +21,18 @@ from typing import Any
 
 import pytest
 from livekit import rtc
-from livekit.rtc._proto import room_pb2, stats_pb2
+from livekit.rtc._proto import room_pb2
 
-from tests.browser import JOIN_TIMEOUT, BrowserScenario, served_page, toolchain_or_fail
+from tests.browser import JOIN_TIMEOUT, PROXY_VARIABLES, BrowserScenario, served_page, toolchain_or_fail
 from tests.conftest import Server, free_port, start_server, stop_server
 from tests.integration.test_browser import MIN_FRAMES
 from tests.integration.test_rtc_python import Client
+from tests.isolated_participant import selected_local_candidates
 from tests.polling import eventually
 
 TURN_USER, TURN_PASSWORD, TURN_REALM = "switchboard", "relay-password", "switchboard.test"
 TURN_STARTUP = 10.0
+REPOSITORY = Path(__file__).resolve().parents[2]
 
 # A refused join must be told, not left to the client's ICE timeout (15 s in the SDKs).
 REFUSAL_BOUND = 5.0
@@ -99,18 +105,18 @@ class Turn:
         return self.log_path.read_text(errors="replace")
 
 
-@pytest.fixture(scope="module")
-def coturn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Turn]:
-    """Debian's coturn on loopback, UDP and TCP on one free port, with one static long-term user.
-    Loopback peers (the server's candidates here) are refused by default, so they are allowed."""
+@contextlib.contextmanager
+def running_coturn(directory: Path, *listening: str) -> Iterator[Turn]:
+    """Debian's coturn, UDP and TCP on one free port of these addresses, with one static long-term user.
+    It relays from 127.0.0.1, where the server's candidates are: loopback peers, refused by default,
+    are allowed."""
     binary = shutil.which("turnserver")
     if binary is None:
-        pytest.fail(
-            "coturn is not installed: `apt-get install -y coturn` (`.ci/run` installs it when missing)"
-        )
-    directory = tmp_path_factory.mktemp("coturn")
+        pytest.fail("coturn is missing: `apt-get install -y coturn` (`.ci/run` installs it when missing)")
+    directory.mkdir(parents=True, exist_ok=True)
     turn = Turn(free_port(), directory / "turnserver.log")
-    args = [binary, "-n", "--listening-ip", "127.0.0.1", "--listening-port", str(turn.port)]
+    args = [binary, "-n", "--listening-port", str(turn.port)]
+    args += [arg for address in listening for arg in ("--listening-ip", address)]
     args += ["--relay-ip", "127.0.0.1", "--allow-loopback-peers", "--lt-cred-mech"]
     args += ["--user", f"{TURN_USER}:{TURN_PASSWORD}", "--realm", TURN_REALM]
     args += ["--no-tls", "--no-dtls", "--no-cli", "--no-software-attribute", "--log-file", "stdout"]
@@ -129,21 +135,20 @@ def coturn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Turn]:
         process.wait(timeout=10)
 
 
+@pytest.fixture(scope="module")
+def coturn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Turn]:
+    with running_coturn(tmp_path_factory.mktemp("coturn"), "127.0.0.1") as turn:
+        yield turn
+
+
+def turn_servers(turn: Turn, host: str, protocol: str) -> list[dict[str, Any]]:
+    """`rtc.turn_servers` naming this coturn, with its user."""
+    server = {"host": host, "port": turn.port, "protocol": protocol}
+    return [server | {"username": TURN_USER, "credential": TURN_PASSWORD}]
+
+
 def relay_only() -> rtc.RoomOptions:
     return rtc.RoomOptions(rtc_config=rtc.RtcConfiguration(ice_transport_type=room_pb2.TRANSPORT_RELAY))
-
-
-async def selected_local_candidates(client: Client) -> list[int]:
-    """The type of the local candidate of each connection's selected pair (IceCandidateType values)."""
-    stats = await client.room.get_rtc_stats()
-    types = []
-    for report in (stats.publisher_stats, stats.subscriber_stats):
-        by_id = {s.WhichOneof("stats") and getattr(s, s.WhichOneof("stats")).rtc.id: s for s in report}
-        for s in report:
-            if s.WhichOneof("stats") == "transport" and s.transport.transport.selected_candidate_pair_id:
-                pair = by_id[s.transport.transport.selected_candidate_pair_id].candidate_pair.candidate_pair
-                types.append(by_id[pair.local_candidate_id].local_candidate.candidate.candidate_type)
-    return types
 
 
 @pytest.mark.parametrize("protocol", ["udp", "tcp"])
@@ -157,10 +162,7 @@ async def test_clients_forced_to_relay_talk_through_turn(tmp_path: Path, coturn:
     config = {
         "port_range_start": start,
         "port_range_end": start + 7,
-        "turn_servers": [
-            {"host": "127.0.0.1", "port": coturn.port, "protocol": protocol}
-            | {"username": TURN_USER, "credential": TURN_PASSWORD}
-        ],
+        "turn_servers": turn_servers(coturn, "127.0.0.1", protocol),
     }
     with switchboard(tmp_path, config) as server:
         async with served_page() as page:
@@ -182,7 +184,7 @@ async def test_clients_forced_to_relay_talk_through_turn(tmp_path: Path, coturn:
                     JOIN_TIMEOUT,
                     accept=lambda loud: len(loud) >= 2 * MIN_FRAMES,
                 )
-                python_pairs = await selected_local_candidates(python)
+                python_pairs = await selected_local_candidates(python.room)
                 browser.tell("leave")
                 result = await browser.result()
             finally:
@@ -208,7 +210,7 @@ async def test_clients_forced_to_relay_talk_through_turn(tmp_path: Path, coturn:
         assert start <= selected["remote"]["port"] <= start + 7, selected
         for line in connection["serverCandidates"]:
             assert start <= int(line.split()[5]) <= start + 7, line
-    assert python_pairs and all(t == stats_pb2.IceCandidateType.RELAY for t in python_pairs), python_pairs
+    assert python_pairs == ["RELAY", "RELAY"], python_pairs
     assert "Traceback" not in log, log
 
 
@@ -246,3 +248,103 @@ async def test_host_candidates_carry_the_advertised_address(tmp_path: Path) -> N
         hosts = {line.split()[4] for line in connection["serverCandidates"]}
         assert hosts == {"127.0.0.2"}, connection["serverCandidates"]
         assert connection["selected"]["remote"]["type"] == "prflx", connection["selected"]
+
+
+@dataclass
+class IsolatedNetwork:
+    namespace: str
+    host_address: str
+    """The one address of this machine that the namespace reaches."""
+
+
+@pytest.fixture
+def isolated_network() -> Iterator[IsolatedNetwork]:
+    """A network namespace joined to this machine by one veth pair on a /30 of its own: from inside, only
+    the host's end of the pair answers. Nothing else of the machine (127.0.0.1 included) is reachable."""
+    if shutil.which("ip") is None:
+        pytest.fail("`ip` (iproute2) is missing: the network namespace tests need it, and root")
+    tag = f"{os.getpid() % 10000}{random.randrange(100)}"
+    namespace, host_end, inner_end = f"sbnet{tag}", f"sbh{tag}", f"sbc{tag}"
+    subnet = random.randrange(256)
+    host_address, inner_address = f"10.231.{subnet}.1", f"10.231.{subnet}.2"
+
+    def ip(*args: str, inside: bool = False) -> None:
+        command = ["ip", "netns", "exec", namespace, "ip", *args] if inside else ["ip", *args]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            pytest.fail(f"`{' '.join(command)}` failed (network namespaces need root): {done.stderr}")
+
+    ip("netns", "add", namespace)
+    try:
+        ip("link", "add", host_end, "type", "veth", "peer", "name", inner_end)
+        ip("link", "set", inner_end, "netns", namespace)
+        ip("addr", "add", f"{host_address}/30", "dev", host_end)
+        ip("link", "set", host_end, "up")
+        ip("addr", "add", f"{inner_address}/30", "dev", inner_end, inside=True)
+        ip("link", "set", inner_end, "up", inside=True)
+        ip("link", "set", "lo", "up", inside=True)
+        yield IsolatedNetwork(namespace, host_address)
+    finally:
+        subprocess.run(["ip", "link", "del", host_end], capture_output=True, check=False)
+        subprocess.run(["ip", "netns", "del", namespace], capture_output=True, check=False)
+
+
+async def test_a_participant_that_reaches_only_the_turn_server_joins_through_it(
+    tmp_path: Path, isolated_network: IsolatedNetwork
+) -> None:
+    """A Python SDK participant in its own network namespace reaches this machine at one address, where
+    signalling and coturn listen; the server's media candidates (127.0.0.1) are out of its reach, as
+    behind a firewall. It is not told to relay: its ICE finds that only the TURN server of the
+    JoinResponse works, and it hears and is heard by a participant on the host."""
+    outside = isolated_network.host_address
+    room = f"isolated-{uuid.uuid4().hex[:8]}"
+    with running_coturn(tmp_path / "coturn", outside) as turn:
+        config = {"turn_servers": turn_servers(turn, outside, "udp")}
+        server = start_server(
+            tmp_path / "server",
+            {"bind_addresses": ["127.0.0.1", outside], "rtc": {"ice_addresses": ["127.0.0.1"], **config}},
+        )
+        isolated: asyncio.subprocess.Process | None = None
+        host = await join(server, room, "host")
+        try:
+            await host.publish_tone()
+            env = {k: v for k, v in os.environ.items() if k not in PROXY_VARIABLES}
+            env |= {
+                "SWITCHBOARD_WS_URL": server.ws_url.replace("127.0.0.1", outside),
+                "PARTICIPANT_TOKEN": server.join_token(room, "isolated"),
+                "PEER_IDENTITY": "host",
+                "HEAR_TIMEOUT": str(JOIN_TIMEOUT),
+            }
+            isolated = await asyncio.create_subprocess_exec(
+                *("ip", "netns", "exec", isolated_network.namespace, sys.executable),
+                *("-m", "tests.isolated_participant"),
+                cwd=REPOSITORY,
+                env=env,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            assert isolated.stdout is not None and isolated.stdin is not None
+            line = await asyncio.wait_for(isolated.stdout.readline(), JOIN_TIMEOUT + 10)
+            if not line:
+                stderr = await isolated.stderr.read() if isolated.stderr else b""
+                pytest.fail(f"the isolated participant ended:\n{stderr.decode(errors='replace')}")
+            report = json.loads(line)
+            heard = await eventually(
+                lambda: [level for level in host.levels if level > 1000],
+                "the isolated participant's tone on the host",
+                JOIN_TIMEOUT,
+                accept=lambda loud: len(loud) >= 2 * MIN_FRAMES,
+            )
+            isolated.stdin.close()
+            await asyncio.wait_for(isolated.wait(), 10)
+        finally:
+            if isolated is not None and isolated.returncode is None:
+                isolated.kill()
+                await isolated.wait()
+            await host.close()
+            stop_server(server)
+    print(f"\nisolated participant: {report}; host heard {len(heard)} loud frames")
+    assert report["loudFrames"] >= 100, report
+    assert report["selected"] == ["RELAY", "RELAY"], report
+    assert "Traceback" not in server.log(), server.log()

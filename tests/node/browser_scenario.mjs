@@ -504,14 +504,9 @@ async function main() {
         return window.__obs.told;
       });
     } else if (scenario === 'relay') {
-      result.joined = await page.evaluate(relayJoin, {
-        url: env.SWITCHBOARD_WS_URL,
-        token: env.BROWSER_TOKEN,
-        peer: env.PEER_IDENTITY,
-        policy: env.ICE_POLICY,
-        timeoutMs: 15_000,
-      });
-      process.stderr.write('browser joined through the relay; waiting for `leave` on stdin\n');
+      const where = { url: env.SWITCHBOARD_WS_URL, token: env.BROWSER_TOKEN, peer: env.PEER_IDENTITY };
+      result.joined = await page.evaluate(relayJoin, { ...where, policy: env.ICE_POLICY, timeoutMs: 15_000 });
+      process.stderr.write(`browser joined (ICE policy ${env.ICE_POLICY}); waiting for \`leave\` on stdin\n`);
       result.leaveSignal = await input.next(60_000);
       result.connections = await page.evaluate(relayReport);
     } else if (scenario === 'bad-token') {
