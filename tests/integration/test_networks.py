@@ -96,6 +96,28 @@ async def test_a_full_port_range_refuses_the_join_at_once(tmp_path: Path) -> Non
     assert "Traceback" not in log, log
 
 
+async def test_publishing_when_no_port_is_left_ends_the_session_with_a_reason(tmp_path: Path) -> None:
+    """Two ports, each taken by a participant's subscriber connection: the publisher connection one of
+    them opens next cannot be bound, so that participant is told to leave (JOIN_FAILURE) instead of
+    waiting for an answer that cannot work. The other stays, though the offer that brings it the new
+    track has no port for its new media section (bundled on the existing one once answered)."""
+    start = free_udp_range(2)
+    room = f"ports-{uuid.uuid4().hex[:8]}"
+    with switchboard(tmp_path, {"port_range_start": start, "port_range_end": start + 1}) as server:
+        stays, publisher = await join(server, room, "stays"), await join(server, room, "publisher")
+        try:
+            with contextlib.suppress(Exception):  # the SDK may fail the publish or see the leave first
+                await asyncio.wait_for(publisher.publish_tone(), JOIN_TIMEOUT)
+            [(reason,)] = await eventually(lambda: publisher.saw("disconnected"), "the publisher's leave")
+            assert stays.room.connection_state == rtc.ConnectionState.CONN_CONNECTED
+        finally:
+            await publisher.close()
+            await stays.close()
+        log = server.log()
+    assert reason == rtc.DisconnectReason.JOIN_FAILURE, reason
+    assert f"no ICE candidate could be gathered (every UDP port of rtc.port_range_start-end ({start}-" in log
+
+
 @dataclass
 class Turn:
     port: int

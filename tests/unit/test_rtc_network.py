@@ -2,13 +2,22 @@
 port range and the advertised address."""
 
 import socket
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from aioice.candidate import Candidate
+from aiortc import RTCConfiguration, RTCPeerConnection
 
 from switchboard.config import ConfigError, load_config
-from switchboard.rtc.network import UdpPortRange, _advertise, ice_servers
+from switchboard.rtc.network import (
+    NoIceCandidates,
+    UdpPortRange,
+    _advertise,
+    configure_ice,
+    ice_servers,
+    require_candidates,
+)
 from switchboard.rtc.settings import RtcSettings, TurnServer
 
 KEYS = f"keys: {{k: {'s' * 40}}}\n"
@@ -116,3 +125,59 @@ def test_the_advertised_address_replaces_host_candidates_of_its_version() -> Non
     _advertise(candidates, "203.0.113.7")
     assert [(c.host, c.port) for c in candidates] == [("203.0.113.7", 40000), ("fd00::5", 40001)]
     assert candidates[0].foundation != "1"  # a different address is a different foundation
+
+
+@pytest.fixture
+def aioice_as_configured() -> Iterator[Callable[..., UdpPortRange | None]]:
+    """configure_ice for this test only: aioice is back as it comes afterwards."""
+    yield lambda **settings: configure_ice(RtcSettings(ice_addresses=("127.0.0.1",), **settings))
+    configure_ice(RtcSettings())
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def offer() -> str:
+    """An aiortc offer (a data channel's), as the server makes them: its SDP."""
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        pc.createDataChannel("probe")
+        await pc.setLocalDescription(await pc.createOffer())
+        return str(pc.localDescription.sdp)
+    finally:
+        await pc.close()
+
+
+def host_candidates(sdp: str) -> list[tuple[str, int]]:
+    lines = [line.split() for line in sdp.splitlines() if "typ host" in line]
+    return [(bits[4], int(bits[5])) for bits in lines]
+
+
+async def test_aiortc_offers_candidates_in_the_port_range_with_the_advertised_address(
+    aioice_as_configured: Callable[..., UdpPortRange | None],
+) -> None:
+    port = free_udp_port()
+    ports = aioice_as_configured(port_range_start=port, port_range_end=port + 1, node_ip="192.0.2.10")
+    sdp = await offer()
+    require_candidates(sdp, ports)
+    [(address, bound)] = host_candidates(sdp)
+    assert address == "192.0.2.10" and port <= bound <= port + 1, sdp
+
+
+async def test_an_offer_without_candidates_is_refused_when_the_port_range_is_taken(
+    aioice_as_configured: Callable[..., UdpPortRange | None],
+) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as holder:
+        holder.bind(("127.0.0.1", 0))
+        taken = holder.getsockname()[1]
+        ports = aioice_as_configured(port_range_start=taken, port_range_end=taken)
+        assert ports is not None and not ports.available()
+        sdp = await offer()
+        assert host_candidates(sdp) == []
+        with pytest.raises(NoIceCandidates, match=f"every UDP port of .* \\({taken}-{taken}\\) is taken"):
+            require_candidates(sdp, ports)
+    assert ports.available()
+    assert [port for _, port in host_candidates(await offer())] == [taken]

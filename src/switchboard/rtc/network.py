@@ -25,8 +25,8 @@ log = logging.getLogger("switchboard.rtc")
 
 
 class NoIceCandidates(Exception):
-    """A connection gathered no candidate to offer: every port of `rtc.port_range_*` is taken (taken
-    since the join was admitted: see `UdpPortRange.available`)."""
+    """A peer connection has no candidate to offer: every port of `rtc.port_range_*` is taken (taken
+    since the join was admitted, see `UdpPortRange.available`, or by the time it publishes)."""
 
 
 def ice_servers(settings: RtcSettings) -> list[rtc.ICEServer]:
@@ -65,7 +65,7 @@ def configure_ice(settings: RtcSettings) -> "UdpPortRange | None":
     # local_addr=(address, 0))`, with no way to choose the port. The loop cannot be patched (uvloop's
     # is a C type), so the `asyncio` that aioice.ice sees hands out a loop that binds in the range.
     setattr(aioice.ice, "asyncio", _AsyncioBindingIn(ports) if ports else asyncio)  # noqa: B010
-    aioice.ice.Connection.gather_candidates = _gathering(settings.node_ip, ports)  # type: ignore[method-assign]
+    aioice.ice.Connection.gather_candidates = _gathering(settings.node_ip)  # type: ignore[method-assign]
     return ports
 
 
@@ -114,7 +114,8 @@ class UdpPortRange:
             sock.setblocking(False)
             self._next = port + 1 if port < self.end else self.start
             return sock
-        # An OSError, as a failed bind: aioice skips the address and gathering goes on without it.
+        # An OSError, as a failed bind: aioice skips the address and gathering goes on without it
+        # (see require_candidates).
         raise OSError(errno.EADDRINUSE, f"no free UDP port in {self.start}-{self.end} on {address}")
 
 
@@ -146,19 +147,23 @@ class _LoopBindingIn:
         return await self._loop.create_datagram_endpoint(factory, sock=sock, **kwargs)
 
 
-def _gathering(node_ip: str, ports: UdpPortRange | None) -> Any:
-    """aioice's `Connection.gather_candidates`, then: a connection left without any candidate fails
-    (the client would otherwise wait for its ICE timeout), and host candidates carry `node_ip`."""
+def _gathering(node_ip: str) -> Any:
+    """aioice's `Connection.gather_candidates`, then host candidates carry `node_ip`."""
 
     async def gather_candidates(connection: aioice.ice.Connection) -> None:
         await _AIOICE_GATHER(connection)
-        candidates: list[Candidate] = connection._local_candidates
-        if not candidates:
-            raise NoIceCandidates(f"no ICE candidate could be gathered{f' ({ports})' if ports else ''}")
         if node_ip:
-            _advertise(candidates, node_ip)
+            _advertise(connection._local_candidates, node_ip)
 
     return gather_candidates
+
+
+def require_candidates(description: str, ports: UdpPortRange | None) -> None:
+    """Fail a local description (SDP) that offers no candidate at all: the client would wait for its ICE
+    timeout. A renegotiation is not failed when only its new media sections got none (their ports are
+    taken): once answered, they are bundled on the first section's transport, which has its port."""
+    if "a=candidate:" not in description:
+        raise NoIceCandidates(f"no ICE candidate could be gathered{f' ({ports})' if ports else ''}")
 
 
 def _advertise(candidates: list[Candidate], node_ip: str) -> None:

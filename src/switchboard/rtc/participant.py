@@ -30,7 +30,7 @@ from switchboard.core import ids
 from switchboard.core.errors import CoreError
 from switchboard.core.rooms import Participant, Track
 from switchboard.rtc.data import DataSender, route
-from switchboard.rtc.network import NoIceCandidates, ice_servers
+from switchboard.rtc.network import NoIceCandidates, ice_servers, require_candidates
 from switchboard.rtc.relay import AudioRelay, OutboundAudio, Publisher
 from switchboard.rtc.rpc import ServerRpcCalls
 from switchboard.websocket import ConnectionLost, MalformedMessage, MessageSender, receive
@@ -374,6 +374,7 @@ class ParticipantSession:
         await self._apply_candidates(rtc.PUBLISHER)
         answer = await self.pub_pc.createAnswer()
         await self.pub_pc.setLocalDescription(answer)
+        require_candidates(self.pub_pc.localDescription.sdp, self.service.ports)
         description = rtc.SessionDescription(type="answer", sdp=self.pub_pc.localDescription.sdp, id=offer.id)
         self.signal.send(rtc.SignalResponse(answer=description))
 
@@ -433,6 +434,7 @@ class ParticipantSession:
             try:
                 offer = await self.sub_pc.createOffer()
                 await self.sub_pc.setLocalDescription(offer)
+                require_candidates(self.sub_pc.localDescription.sdp, self.service.ports)
             except NoIceCandidates as exc:
                 self._no_candidates(exc)
                 return

@@ -58,7 +58,8 @@ class RtcService:
         """Participants forwarded into rooms (ForwardParticipant), by destination room and identity."""
         self.speakers = ActiveSpeakers(settings.audio, self)
         self._verifier = verifier
-        self._ports = configure_ice(settings)
+        self.ports = configure_ice(settings)
+        """The UDP ports media may use (rtc.port_range_*); None: any."""
         runtime.on(DisconnectParticipant, self._on_disconnect)
         runtime.on(ParticipantUpdated, self._on_participant_updated)
         runtime.on(TrackMuted, self._on_track_muted)
@@ -86,8 +87,8 @@ class RtcService:
             raise web.HTTPBadRequest(text="the token grants no room to join\n")
         if not claims.identity:
             raise web.HTTPBadRequest(text="identity cannot be empty\n")
-        if self._ports is not None and not self._ports.available():
-            raise web.HTTPServiceUnavailable(text=f"cannot join: {self._ports}\n")
+        if self.ports is not None and not self.ports.available():
+            raise web.HTTPServiceUnavailable(text=f"cannot join: {self.ports}\n")
         return claims, room
 
     async def validate(self, request: web.Request) -> web.Response:
