@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import errno
 import ipaddress
-import logging
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -20,8 +19,6 @@ from aioice.candidate import Candidate, candidate_foundation
 from livekit.protocol import rtc
 
 from switchboard.rtc.settings import RtcSettings
-
-log = logging.getLogger("switchboard.rtc")
 
 
 class NoIceCandidates(Exception):
