@@ -1,6 +1,7 @@
 """Rooms across networks, with the official clients: the UDP port range of the server's ICE candidates,
 the address it advertises in them (`rtc.node_ip`), and TURN (a real coturn started here) for clients
-forced to relay, over UDP and over TCP.
+forced to relay, over UDP and over TCP, and for a client in a network namespace that reaches nothing
+else of this machine.
 """
 
 import asyncio
@@ -59,8 +60,10 @@ def free_udp_range(size: int) -> int:
 
 
 @contextlib.contextmanager
-def switchboard(tmp_path: Path, rtc_config: dict[str, Any]) -> Iterator[Server]:
-    server = start_server(tmp_path / "server", {"rtc": {"ice_addresses": ["127.0.0.1"], **rtc_config}})
+def switchboard(tmp_path: Path, rtc_config: dict[str, Any], *also_bound: str) -> Iterator[Server]:
+    """A server whose media is on 127.0.0.1, as the test fixtures' is; signalling also on `also_bound`."""
+    media = {"ice_addresses": ["127.0.0.1"], **rtc_config}
+    server = start_server(tmp_path / "server", {"bind_addresses": ["127.0.0.1", *also_bound], "rtc": media})
     try:
         yield server
     finally:
@@ -320,12 +323,10 @@ async def test_a_participant_that_reaches_only_the_turn_server_joins_through_it(
     JoinResponse works, and it hears and is heard by a participant on the host."""
     outside = isolated_network.host_address
     room = f"isolated-{uuid.uuid4().hex[:8]}"
-    with running_coturn(tmp_path / "coturn", outside) as turn:
-        config = {"turn_servers": turn_servers(turn, outside, "udp")}
-        server = start_server(
-            tmp_path / "server",
-            {"bind_addresses": ["127.0.0.1", outside], "rtc": {"ice_addresses": ["127.0.0.1"], **config}},
-        )
+    with (
+        running_coturn(tmp_path / "coturn", outside) as turn,
+        switchboard(tmp_path, {"turn_servers": turn_servers(turn, outside, "udp")}, outside) as server,
+    ):
         isolated: asyncio.subprocess.Process | None = None
         host = await join(server, room, "host")
         try:
@@ -365,8 +366,8 @@ async def test_a_participant_that_reaches_only_the_turn_server_joins_through_it(
                 isolated.kill()
                 await isolated.wait()
             await host.close()
-            stop_server(server)
+        log = server.log()
     print(f"\nisolated participant: {report}; host heard {len(heard)} loud frames")
     assert report["loudFrames"] >= 100, report
     assert report["selected"] == ["RELAY", "RELAY"], report
-    assert "Traceback" not in server.log(), server.log()
+    assert "Traceback" not in log, log
