@@ -349,12 +349,13 @@ def _rtc_network(r: _Reader) -> tuple[dict[str, Any], list[str]]:
     turn = r.get("rtc.turn_servers") or []
     if not isinstance(turn, list):
         raise r.fail("rtc.turn_servers", f"expected a list of servers, got {turn!r}")
-    notes = []
-    if r.number("rtc.tcp_port", 0):
-        notes.append(
-            f"{r.source}: rtc.tcp_port ignored: ICE over TCP is not supported; clients that cannot use UDP "
-            "need a TURN server over TCP or TLS (rtc.turn_servers)"
-        )
+    unsupported = {
+        "rtc.tcp_port": "ICE over TCP is not supported; clients that cannot use UDP need a TURN server "
+        "over TCP or TLS (rtc.turn_servers)",
+        "rtc.udp_port": "a single-port UDP mux is not supported (each connection binds a port of its "
+        "own); open rtc.port_range_start-end instead",
+    }
+    notes = [f"{r.source}: {key} ignored: {why}" for key, why in unsupported.items() if r.number(key, 0)]
     settings = {
         "port_range_start": start,
         "port_range_end": end,

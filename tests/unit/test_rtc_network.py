@@ -54,9 +54,11 @@ def test_network_keys_as_livekit_yaml_writes_them(tmp_path: Path) -> None:
     assert warnings == ()
 
 
-def test_tcp_port_is_ignored_with_a_warning(tmp_path: Path) -> None:
-    _, warnings = rtc_config(tmp_path, "  tcp_port: 7881\n")
-    assert len(warnings) == 1 and "rtc.tcp_port ignored: ICE over TCP is not supported" in warnings[0]
+def test_tcp_port_and_udp_port_are_ignored_with_a_warning(tmp_path: Path) -> None:
+    _, warnings = rtc_config(tmp_path, "  tcp_port: 7881\n  udp_port: 7882\n")
+    assert len(warnings) == 2, warnings
+    assert "rtc.tcp_port ignored: ICE over TCP is not supported" in warnings[0]
+    assert "rtc.udp_port ignored: a single-port UDP mux is not supported" in warnings[1]
 
 
 @pytest.mark.parametrize(
