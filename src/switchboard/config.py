@@ -16,7 +16,7 @@ from switchboard.agents.supervisor import SupervisorSettings
 from switchboard.api.http import HttpLimits
 from switchboard.core.engine import EngineSettings
 from switchboard.core.limits import Limits
-from switchboard.rtc.settings import RtcSettings
+from switchboard.rtc.settings import TURN_PROTOCOLS, RtcSettings, TurnServer
 from switchboard.rtc.speakers import AudioSettings
 from switchboard.webhooks import WebhookSettings
 from switchboard.workers.session import WorkerSettings
@@ -213,6 +213,7 @@ def load_config(
         violation_close_delay=seconds("agents.violation_close_delay", w.violation_close_delay),
     )
     h = HttpLimits
+    network, network_notes = _rtc_network(r)
     values: dict[str, Any] = {
         "port": r.number("port", Config.port, minimum=0),
         "prometheus_port": r.number("prometheus_port", Config.prometheus_port, minimum=0),
@@ -232,6 +233,7 @@ def load_config(
             ice_addresses=tuple(address_list("rtc.ice_addresses")),
             max_bad_frames=r.number("rtc.max_bad_frames", RtcSettings.max_bad_frames, minimum=1),
             audio=_audio(r),
+            **network,
         ),
     }
     directory = r.get("agents_dir")
@@ -252,7 +254,7 @@ def load_config(
             raise r.fail(key, f"must be at most 65535, got {values[key]}")
 
     webhook = _webhook(r, seconds)
-    notes = [f"{source}: unknown key '{key}' ignored" for key in r.unknown_keys()]
+    notes = [f"{source}: unknown key '{key}' ignored" for key in r.unknown_keys()] + network_notes
     if env.get("LIVEKIT_KEYS"):
         config_keys = parse_keys(env["LIVEKIT_KEYS"], "LIVEKIT_KEYS")
     if keys:
@@ -324,6 +326,79 @@ def _singleton_agents(r: _Reader) -> frozenset[str]:
     if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
         raise r.fail("agents.singleton", "expected a list of agent names, like ['my-agent']")
     return frozenset(names or ())
+
+
+def _rtc_network(r: _Reader) -> tuple[dict[str, Any], list[str]]:
+    """The `rtc` keys that say how media meets the network (ports, advertised address, TURN/STUN), as
+    RtcSettings arguments, and what to warn about."""
+    start = r.number("rtc.port_range_start", 0)
+    end = r.number("rtc.port_range_end", 0)
+    for key, port in (("rtc.port_range_start", start), ("rtc.port_range_end", end)):
+        if port > 65535:
+            raise r.fail(key, f"must be at most 65535, got {port}")
+    if bool(start) != bool(end):
+        raise r.fail("rtc.port_range_start", "set both it and rtc.port_range_end, or neither")
+    if start > end:
+        raise r.fail("rtc.port_range_end", f"must not be below rtc.port_range_start ({start}), got {end}")
+    node_ip = r.get("rtc.node_ip") or ""
+    try:
+        if node_ip:
+            ipaddress.ip_address(node_ip if isinstance(node_ip, str) else "")
+    except ValueError as exc:
+        raise r.fail("rtc.node_ip", f"expected an IP address, got {node_ip!r}") from exc
+    if r.get("rtc.use_external_ip") not in (None, False):
+        raise r.fail(
+            "rtc.use_external_ip",
+            "not supported (discovering the address needs a STUN server on the internet): "
+            "set rtc.node_ip to the address clients reach this server at",
+        )
+    stun = r.get("rtc.stun_servers") or []
+    if not isinstance(stun, list) or not all(isinstance(s, str) and _host_port(s) for s in stun):
+        raise r.fail("rtc.stun_servers", f"expected a list of 'host:port', got {stun!r}")
+    turn = r.get("rtc.turn_servers") or []
+    if not isinstance(turn, list):
+        raise r.fail("rtc.turn_servers", f"expected a list of servers, got {turn!r}")
+    unsupported = {
+        "rtc.tcp_port": "ICE over TCP is not supported; clients that cannot use UDP need a TURN server "
+        "over TCP or TLS (rtc.turn_servers)",
+        "rtc.udp_port": "a single-port UDP mux is not supported (each connection binds a port of its "
+        "own); open rtc.port_range_start-end instead",
+    }
+    notes = [f"{r.source}: {key} ignored: {why}" for key, why in unsupported.items() if r.number(key, 0)]
+    settings = {
+        "port_range_start": start,
+        "port_range_end": end,
+        "node_ip": node_ip,
+        "stun_servers": tuple(stun),
+        "turn_servers": tuple(_turn_server(r, f"rtc.turn_servers[{i}]", t) for i, t in enumerate(turn)),
+    }
+    return settings, notes
+
+
+def _host_port(value: str) -> bool:
+    host, _, port = value.rpartition(":")
+    return bool(host) and port.isdigit() and 0 < int(port) <= 65535
+
+
+def _turn_server(r: _Reader, key: str, entry: Any) -> TurnServer:
+    fields = ("host", "port", "protocol", "username", "credential")
+    if not isinstance(entry, Mapping):
+        raise r.fail(key, f"expected a mapping with {', '.join(fields)}, got {entry!r}")
+    unknown = sorted(set(entry) - set(fields))
+    if unknown:
+        raise r.fail(f"{key}.{unknown[0]}", f"not supported (a TURN server has {', '.join(fields)})")
+    host, port, protocol = entry.get("host"), entry.get("port"), entry.get("protocol")
+    if not isinstance(host, str) or not host:
+        raise r.fail(f"{key}.host", f"expected a host name or address, got {host!r}")
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port <= 65535:
+        raise r.fail(f"{key}.port", f"expected a port number, got {port!r}")
+    if protocol not in TURN_PROTOCOLS:
+        raise r.fail(f"{key}.protocol", f"expected one of {', '.join(TURN_PROTOCOLS)}, got {protocol!r}")
+    credentials = {name: entry.get(name, "") for name in ("username", "credential")}
+    for name, value in credentials.items():
+        if not isinstance(value, str):
+            raise r.fail(f"{key}.{name}", f"expected a string, got {value!r}")
+    return TurnServer(host=host, port=port, protocol=protocol, **credentials)
 
 
 def _webhook(r: _Reader, seconds: Callable[[str, float, float], float]) -> WebhookSettings:

@@ -1,7 +1,7 @@
 // The official browser SDK `livekit-client` (unmodified UMD build) in headless Debian Chromium, driven by
 // playwright-core, against a Switchboard server. Run by tests/integration/test_browser.py:
 //
-//   node browser_scenario.mjs <room|watch|listen|captions|bad-token|speakers>
+//   node browser_scenario.mjs <room|watch|listen|captions|bad-token|speakers|relay>
 //
 // Environment: PAGE_URL (a page that loads livekit-client.umd.js, served by the test), SWITCHBOARD_WS_URL,
 // BROWSER_TOKEN, PEER_IDENTITY (the Python participant, room scenario), CHROMIUM (default /usr/bin/chromium).
@@ -10,6 +10,9 @@
 // and departures, then waits for PEER_IDENTITY to have left). The captions scenario listens on lk.transcription until PEER_IDENTITY's first final
 // caption (at most 45 s). The speakers scenario records ActiveSpeakersChanged and publishes a microphone
 // that plays a tone between the stdin lines `tone` and `quiet`, until `leave`.
+// The relay scenario connects with `rtcConfig.iceTransportPolicy` ICE_POLICY (e.g. relay: only through the
+// TURN servers of the JoinResponse), publishes a tone, waits to hear PEER_IDENTITY's, then on `leave`
+// reports each peer connection's ICE servers, the server's candidates and the selected candidate pair.
 // Prints exactly one JSON line of observations on stdout; diagnostics go to stderr.
 
 import readline from 'node:readline';
@@ -334,6 +337,80 @@ async function speakers({ url, token }) {
   return obs;
 }
 
+function recordPeerConnections() {
+  // Runs in the page before the SDK: every RTCPeerConnection it creates is kept for relayReport.
+  window.__pcs = [];
+  const Native = window.RTCPeerConnection;
+  window.RTCPeerConnection = class extends Native {
+    constructor(...args) {
+      super(...args);
+      window.__pcs.push(this);
+    }
+  };
+}
+
+async function relayJoin({ url, token, peer, policy, timeoutMs }) {
+  const LK = window.LivekitClient;
+  const obs = {};
+  const room = new LK.Room();
+  window.__room = room;
+  const subscribed = new Promise((resolve) =>
+    room.on(LK.RoomEvent.TrackSubscribed, (track, pub, p) => p.identity === peer && resolve(track)),
+  );
+  await room.connect(url, token, { autoSubscribe: true, rtcConfig: { iceTransportPolicy: policy } });
+  obs.state = room.state;
+  const ctx = new AudioContext({ sampleRate: 48000 });
+  await ctx.resume();
+  const dest = ctx.createMediaStreamDestination();
+  const osc = new OscillatorNode(ctx, { frequency: 440 });
+  osc.connect(new GainNode(ctx, { gain: 0.25 })).connect(dest);
+  osc.start();
+  const publication = await room.localParticipant.publishTrack(dest.stream.getAudioTracks()[0], {
+    source: LK.Track.Source.Microphone,
+    dtx: false,
+  });
+  obs.published = publication.trackSid;
+  const track = await Promise.race([subscribed, new Promise((r) => setTimeout(() => r(null), timeoutMs))]);
+  if (!track) return obs;
+  track.attach();
+  const start = performance.now();
+  let inbound = null;
+  while (!(inbound?.packetsReceived >= 100 && inbound?.audioLevel > 0.1) && performance.now() - start < timeoutMs) {
+    await new Promise((r) => setTimeout(r, 50));
+    (await track.receiver.getStats()).forEach((r) => r.type === 'inbound-rtp' && (inbound = r));
+  }
+  obs.heard = { packetsReceived: inbound?.packetsReceived ?? 0, audioLevel: inbound?.audioLevel ?? 0 };
+  return obs;
+}
+
+async function relayReport() {
+  const connections = [];
+  // Only those that negotiated with the server: the SDK also makes short-lived ones to probe codecs.
+  for (const pc of window.__pcs.filter((pc) => pc.remoteDescription)) {
+    const stats = await pc.getStats();
+    let selected = null;
+    stats.forEach((r) => {
+      if (r.type !== 'transport' || !r.selectedCandidatePairId) return;
+      const pair = stats.get(r.selectedCandidatePairId);
+      const end = (id) => {
+        const c = stats.get(id);
+        return { type: c.candidateType, protocol: c.protocol, relayProtocol: c.relayProtocol ?? null, address: c.address, port: c.port };
+      };
+      selected = { state: pair.state, local: end(pair.localCandidateId), remote: end(pair.remoteCandidateId) };
+    });
+    const config = pc.getConfiguration();
+    connections.push({
+      state: pc.connectionState,
+      iceTransportPolicy: config.iceTransportPolicy,
+      iceServers: config.iceServers.map((s) => ({ urls: [].concat(s.urls), username: s.username ?? null, credential: s.credential ?? null })),
+      serverCandidates: (pc.remoteDescription?.sdp ?? '').split('\r\n').filter((l) => l.startsWith('a=candidate:')),
+      selected,
+    });
+  }
+  await window.__room.disconnect();
+  return connections;
+}
+
 // ---- Driver ----
 
 async function main() {
@@ -349,7 +426,7 @@ async function main() {
   });
   result.launchMs = Date.now() - started;
   result.browserVersion = browser.version();
-  const input = ['room', 'watch', 'listen', 'speakers'].includes(scenario) ? lines() : null;
+  const input = ['room', 'watch', 'listen', 'speakers', 'relay'].includes(scenario) ? lines() : null;
   try {
     const page = await browser.newPage();
     page.setDefaultTimeout(STEP_TIMEOUT_MS);
@@ -378,6 +455,7 @@ async function main() {
       }
     });
     page.on('pageerror', (e) => note(`pageerror: ${e.message}`));
+    if (scenario === 'relay') await page.addInitScript(recordPeerConnections);
     const loading = Date.now();
     await page.goto(env.PAGE_URL);
     result.pageLoadMs = Date.now() - loading;
@@ -425,6 +503,12 @@ async function main() {
         await window.__room.disconnect();
         return window.__obs.told;
       });
+    } else if (scenario === 'relay') {
+      const where = { url: env.SWITCHBOARD_WS_URL, token: env.BROWSER_TOKEN, peer: env.PEER_IDENTITY };
+      result.joined = await page.evaluate(relayJoin, { ...where, policy: env.ICE_POLICY, timeoutMs: 15_000 });
+      process.stderr.write(`browser joined (ICE policy ${env.ICE_POLICY}); waiting for \`leave\` on stdin\n`);
+      result.leaveSignal = await input.next(60_000);
+      result.connections = await page.evaluate(relayReport);
     } else if (scenario === 'bad-token') {
       result.attempt = await page.evaluate(badConnect, { url: env.SWITCHBOARD_WS_URL, token: env.BROWSER_TOKEN });
     } else {

@@ -95,7 +95,7 @@ def test_dev_keeps_configured_keys(tmp_path: Path) -> None:
 
 
 def test_unknown_keys_are_warnings(tmp_path: Path) -> None:
-    path = write(tmp_path, KEYS + "rtc:\n  udp_port: 7882\nroom:\n  empty_timeout: 5\n  colour: red\n")
+    path = write(tmp_path, KEYS + "rtc:\n  use_ice_lite: true\nroom:\n  empty_timeout: 5\n  colour: red\n")
     warnings = load_config(path, env={}).warnings
     assert any("unknown key 'rtc'" in w for w in warnings)
     assert any("unknown key 'room.colour'" in w for w in warnings)

@@ -30,6 +30,7 @@ from switchboard.core import ids
 from switchboard.core.errors import CoreError
 from switchboard.core.rooms import Participant, Track
 from switchboard.rtc.data import DataSender, route
+from switchboard.rtc.network import NoIceCandidates, ice_servers, require_candidates
 from switchboard.rtc.relay import AudioRelay, OutboundAudio, Publisher
 from switchboard.rtc.rpc import ServerRpcCalls
 from switchboard.websocket import ConnectionLost, MalformedMessage, MessageSender, receive
@@ -167,6 +168,7 @@ class ParticipantSession:
             ping_timeout=settings.ping_timeout,
             server_version=self.service.server_info.version,
             server_info=self.service.server_info,
+            ice_servers=ice_servers(settings),
         )
         self.signal.send(rtc.SignalResponse(join=join))
         self._announce()
@@ -316,6 +318,11 @@ class ParticipantSession:
         self._send_leave(reason)
         asyncio.get_running_loop().create_task(self.close(reason))
 
+    def _no_candidates(self, exc: NoIceCandidates) -> None:
+        """No port left for this participant's media: it is told at once, not after its ICE timeout."""
+        log.warning("participant refused room=%s identity=%s: %s", self.room, self.identity, exc)
+        self.disconnect(models.JOIN_FAILURE)
+
     def _send_leave(self, reason: int) -> None:
         self.signal.send(
             rtc.SignalResponse(
@@ -328,7 +335,10 @@ class ParticipantSession:
     async def _handle(self, request: rtc.SignalRequest) -> None:
         kind = request.WhichOneof("message")
         if kind == "offer":
-            await self._on_publisher_offer(request.offer)
+            try:
+                await self._on_publisher_offer(request.offer)
+            except NoIceCandidates as exc:
+                self._no_candidates(exc)
         elif kind == "answer":
             await self._on_subscriber_answer(request.answer)
         elif kind == "trickle":
@@ -364,6 +374,7 @@ class ParticipantSession:
         await self._apply_candidates(rtc.PUBLISHER)
         answer = await self.pub_pc.createAnswer()
         await self.pub_pc.setLocalDescription(answer)
+        require_candidates(self.pub_pc.localDescription.sdp, self.service.ports)
         description = rtc.SessionDescription(type="answer", sdp=self.pub_pc.localDescription.sdp, id=offer.id)
         self.signal.send(rtc.SignalResponse(answer=description))
 
@@ -423,6 +434,10 @@ class ParticipantSession:
             try:
                 offer = await self.sub_pc.createOffer()
                 await self.sub_pc.setLocalDescription(offer)
+                require_candidates(self.sub_pc.localDescription.sdp, self.service.ports)
+            except NoIceCandidates as exc:
+                self._no_candidates(exc)
+                return
             finally:
                 self._offering = False
             self._awaiting_answer = True

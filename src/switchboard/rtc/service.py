@@ -9,7 +9,6 @@ import contextlib
 import logging
 from dataclasses import replace
 
-import aioice.ice
 from aiohttp import web
 from livekit.protocol import models, rtc
 
@@ -26,6 +25,7 @@ from switchboard.core.events import (
 )
 from switchboard.core.rooms import AGENT, STANDARD, Participant
 from switchboard.rtc.forward import Forward
+from switchboard.rtc.network import configure_ice
 from switchboard.rtc.participant import ParticipantSession
 from switchboard.rtc.relay import AudioRelay, Publisher
 from switchboard.rtc.settings import RtcSettings
@@ -58,8 +58,8 @@ class RtcService:
         """Participants forwarded into rooms (ForwardParticipant), by destination room and identity."""
         self.speakers = ActiveSpeakers(settings.audio, self)
         self._verifier = verifier
-        if settings.ice_addresses:
-            restrict_ice_addresses(settings.ice_addresses)
+        self.ports = configure_ice(settings)
+        """The UDP ports media may use (rtc.port_range_*); None: any."""
         runtime.on(DisconnectParticipant, self._on_disconnect)
         runtime.on(ParticipantUpdated, self._on_participant_updated)
         runtime.on(TrackMuted, self._on_track_muted)
@@ -87,6 +87,8 @@ class RtcService:
             raise web.HTTPBadRequest(text="the token grants no room to join\n")
         if not claims.identity:
             raise web.HTTPBadRequest(text="identity cannot be empty\n")
+        if self.ports is not None and not self.ports.available():
+            raise web.HTTPServiceUnavailable(text=f"cannot join: {self.ports}\n")
         return claims, room
 
     async def validate(self, request: web.Request) -> web.Response:
@@ -420,17 +422,6 @@ class RtcService:
 
     def _on_send_data(self, decision: SendData) -> None:
         self.deliver(decision.room, decision.packet, decision.reliable, decision.destinations)
-
-
-def restrict_ice_addresses(addresses: tuple[str, ...]) -> None:
-    """Offer only these host candidates. aioice has no option for it (and always leaves out 127.0.0.1),
-    so its address lookup is replaced, for the whole process: one server per process."""
-    chosen = list(addresses)
-
-    def host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
-        return [a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
-
-    aioice.ice.get_host_addresses = host_addresses
 
 
 def _int(value: str | None) -> int:
