@@ -11,7 +11,6 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -30,14 +29,15 @@ from switchboard.core import ids
 from switchboard.core.errors import CoreError
 from switchboard.core.rooms import Participant, Track
 from switchboard.rtc.data import DataSender, route
+from switchboard.rtc.negotiation import SubscriberNegotiation
 from switchboard.rtc.relay import AudioRelay, OutboundAudio, Publisher
+from switchboard.rtc.room import Room
 from switchboard.rtc.rpc import ServerRpcCalls
 from switchboard.websocket import ConnectionLost, MalformedMessage, MessageSender, receive
 from switchboard.wire import participant_to_proto, track_to_proto
 
 if TYPE_CHECKING:
     from switchboard.rtc.forward import Forward
-    from switchboard.rtc.service import RtcService
 
 log = logging.getLogger("switchboard.rtc")
 
@@ -57,18 +57,17 @@ _SOURCES = frozenset(models.TrackSource.keys())
 class ParticipantSession:
     def __init__(
         self,
-        service: "RtcService",
+        room: Room,
         ws: web.WebSocketResponse,
-        room: str,
         participant: Participant,
         claims: Claims,
         client_protocol: int,
         auto_subscribe: bool,
         reports_subscriptions: bool = True,
     ) -> None:
-        self.service = service
         self.ws = ws
         self.room = room
+        """The room the participant is in (it changes when RoomService moves the participant)."""
         self.identity = participant.identity
         self.sid = participant.sid
         self._last = participant
@@ -102,11 +101,10 @@ class ParticipantSession:
         """RPCs the server made to this participant (RoomService.PerformRpc), waiting for its answer."""
         self._queued: deque[bytes] = deque(maxlen=_MAX_QUEUED_PACKETS)
         self._pending_candidates: dict[int, list[Any]] = {0: [], 1: []}
-        self._offer_id = 0
-        self._awaiting_answer = False
-        self._offering = False
-        self._needs_offer = False
-        self._negotiation: asyncio.Task[None] | None = None
+        self.negotiation = SubscriberNegotiation()
+        self._negotiating: asyncio.Task[None] | None = None
+        self.forwards: list[Forward] = []
+        """Where this participant is forwarded to (ForwardParticipant): other rooms show it and its tracks."""
         self._deferred: list[tuple[Publisher, AudioRelay]] = []
         """Subscriptions that arrived while an offer was being made or answered (see `subscribe`)."""
         video = claims.video
@@ -127,7 +125,7 @@ class ParticipantSession:
     # What others see
 
     def participant(self) -> Participant:
-        return self.service.runtime.engine.participant(self.room, self.identity)
+        return self.room.runtime.engine.participant(self.room.name, self.identity)
 
     def info(self, state: str = "", participant: Participant | None = None) -> models.ParticipantInfo:
         video = self.claims.video
@@ -150,31 +148,25 @@ class ParticipantSession:
 
     # Lifecycle
 
-    async def run(
-        self,
-        room_info: models.Room,
-        others: list["ParticipantSession"],
-        forwards: Sequence["Forward"] = (),
-    ) -> None:
-        settings = self.service.settings
+    async def run(self, room_info: models.Room) -> None:
+        settings, room = self.room.settings, self.room
         join = rtc.JoinResponse(
             room=room_info,
             participant=self.info(),
-            other_participants=[o.info() for o in others if not o.hidden]
-            + [f.info() for f in forwards if not f.hidden],
+            other_participants=room.visible(self),
             subscriber_primary=True,
             ping_interval=settings.ping_interval,
             ping_timeout=settings.ping_timeout,
-            server_version=self.service.server_info.version,
-            server_info=self.service.server_info,
+            server_version=room.server_info.version,
+            server_info=room.server_info,
         )
         self.signal.send(rtc.SignalResponse(join=join))
         self._announce()
         self._open_subscriber()
-        publishers: list[Publisher] = [*others, *forwards]
-        for publisher in publishers:
-            for relay in publisher.relays.values():
-                self.subscribe(publisher, relay)
+        for publisher in room.publishers():
+            if publisher is not self:
+                for relay in publisher.relays.values():
+                    self.subscribe(publisher, relay)
         self.request_negotiation()
         reason = models.SIGNAL_CLOSE  # the signal connection closed without a leave request
         bad_frames: list[str] = []
@@ -185,13 +177,13 @@ class ParticipantSession:
                         receive(self.ws, self.signal, rtc.SignalRequest), settings.ping_timeout
                     )
                 except TimeoutError:
-                    log.info("participant timed out room=%s identity=%s", self.room, self.identity)
+                    log.info("participant timed out room=%s identity=%s", self.room.name, self.identity)
                     reason = models.CONNECTION_TIMEOUT
                     break
                 except ConnectionLost as exc:
                     log.info(
                         "participant connection lost room=%s identity=%s reason=%s",
-                        self.room,
+                        self.room.name,
                         self.identity,
                         exc,
                     )
@@ -202,7 +194,10 @@ class ParticipantSession:
                     bad_frames.append(str(exc))
                     if len(bad_frames) == 1:
                         log.info(
-                            "bad signal frame room=%s identity=%s error=%s", self.room, self.identity, exc
+                            "bad signal frame room=%s identity=%s error=%s",
+                            self.room.name,
+                            self.identity,
+                            exc,
                         )
                     if len(bad_frames) >= settings.max_bad_frames:
                         reason = models.STATE_MISMATCH
@@ -219,7 +214,7 @@ class ParticipantSession:
                 except (
                     Exception
                 ):  # e.g. an SDP aiortc cannot use: this participant's session ends, no one else's
-                    log.exception("signal request failed room=%s identity=%s", self.room, self.identity)
+                    log.exception("signal request failed room=%s identity=%s", self.room.name, self.identity)
                     reason = models.UNKNOWN_REASON
                     break
         finally:
@@ -232,7 +227,7 @@ class ParticipantSession:
         if len(errors) > 1 or errors[-1] != errors[0]:
             log.info(
                 "bad signal frames room=%s identity=%s count=%d last_error=%s",
-                self.room,
+                self.room.name,
                 self.identity,
                 len(errors),
                 errors[-1],
@@ -240,7 +235,7 @@ class ParticipantSession:
 
     def _announce(self, state: str = "") -> None:
         if not self.hidden:
-            self.service.broadcast(self.room, [self.info(state)], exclude=self)
+            self.room.announce([self.info(state)], exclude=self)
 
     def _open_subscriber(self) -> None:
         pc = self.sub_pc
@@ -259,7 +254,7 @@ class ParticipantSession:
             if pc.connectionState == "connected" and not participant.active:
                 participant.active = True
                 participant.changed()
-                self.service.broadcast(self.room, [self.info()])
+                self.room.announce([self.info()])
             self._report_subscriptions()
 
     async def close(self, reason: int = models.UNKNOWN_REASON) -> None:
@@ -269,31 +264,31 @@ class ParticipantSession:
             return
         self.closed = True
         last = self.farewell(reason)
-        runtime = self.service.runtime
+        runtime = self.room.runtime
         for relay in self.relays.values():
-            self.service.unpublished(self, relay)
+            self.unpublished(relay)
         engine = runtime.engine
-        room = engine.rooms.get(self.room)
+        room = engine.rooms.get(self.room.name)
         current = room.participants.get(self.identity) if room else None
         replaced = current is not None and current.sid != self.sid  # a newer connection took the identity
         if current is not None and not replaced:
             # Without a leave request the connection was lost: for an agent, its job may have crashed.
             lost = reason != models.CLIENT_INITIATED
-            engine.participant_left(self.room, self.identity, runtime.now(), sid=self.sid, lost=lost)
+            engine.participant_left(self.room.name, self.identity, runtime.now(), sid=self.sid, lost=lost)
             runtime.flush()
         if not self.hidden and not replaced:
-            self.service.broadcast(self.room, [last], exclude=self)
-        self.service.end_forwards(self, reason)
-        self.service.forget(self)
+            self.room.announce([last], exclude=self)
+        self.end_forwards(reason)
+        self.room.remove(self)
         self.server_rpcs.close()
-        if self._negotiation is not None:
-            self._negotiation.cancel()
+        if self._negotiating is not None:
+            self._negotiating.cancel()
         for pc in (self.pub_pc, self.sub_pc):
             if pc is not None:
                 await pc.close()
         await self.signal.flushed()
         await self.ws.close()
-        log.info("participant left room=%s identity=%s", self.room, self.identity)
+        log.info("participant left room=%s identity=%s", self.room.name, self.identity)
 
     def farewell(self, reason: int) -> models.ParticipantInfo:
         """What the others are told when this participant leaves their room.
@@ -307,6 +302,21 @@ class ParticipantSession:
         last.version = 1 << 30  # after every earlier update of this participant
         last.disconnect_reason = reason  # type: ignore[assignment]
         return last
+
+    def appearances(self) -> list[tuple[Room, "ParticipantSession | Forward"]]:
+        """The rooms this participant's tracks are in, and as whom: its own, and those it is forwarded to."""
+        return [(self.room, self), *((f.room, f) for f in self.forwards if not f.ended)]
+
+    def unpublished(self, relay: AudioRelay) -> None:
+        for room, _ in self.appearances():
+            room.track_unpublished(relay)
+        relay.close()
+
+    def end_forwards(self, reason: int) -> None:
+        """This participant left (or moved): its forwards leave their rooms too."""
+        forwards, self.forwards = self.forwards, []
+        for forward in forwards:
+            forward.room.end_forward(forward, reason, in_engine=True)
 
     def drop_deferred(self) -> None:
         self._deferred = []
@@ -352,7 +362,9 @@ class ParticipantSession:
             await self.close(models.CLIENT_INITIATED)
         else:
             # track_setting, update_layers, sync_state …: not needed for audio rooms; accepted and ignored.
-            log.debug("ignored signal request room=%s identity=%s kind=%s", self.room, self.identity, kind)
+            log.debug(
+                "ignored signal request room=%s identity=%s kind=%s", self.room.name, self.identity, kind
+            )
 
     async def _on_publisher_offer(self, offer: rtc.SessionDescription) -> None:
         if self.pub_pc is None:
@@ -368,19 +380,25 @@ class ParticipantSession:
         self.signal.send(rtc.SignalResponse(answer=description))
 
     async def _on_subscriber_answer(self, answer: rtc.SessionDescription) -> None:
-        if not self._awaiting_answer:
-            log.info("unexpected subscriber answer room=%s identity=%s", self.room, self.identity)
+        if not self.negotiation.expects(answer.id):
+            log.info(
+                "unexpected subscriber answer room=%s identity=%s id=%d",
+                self.room.name,
+                self.identity,
+                answer.id,
+            )
             return
         await self.sub_pc.setRemoteDescription(RTCSessionDescription(sdp=answer.sdp, type="answer"))
-        self._awaiting_answer = False
+        offer_again = self.negotiation.answered()
         await self._apply_candidates(rtc.SUBSCRIBER)
         self._report_subscriptions()
+        # The subscriptions that waited for this answer are added to the offer made below (or to a new one).
         deferred, self._deferred = self._deferred, []
         for publisher, relay in deferred:
             if not publisher.closed and relay.track_sid in publisher.relays:
                 self.subscribe(publisher, relay)
-        if self._needs_offer:
-            self.request_negotiation()
+        if offer_again:
+            self._start_offer()
 
     async def _on_trickle(self, trickle: rtc.TrickleRequest) -> None:
         try:
@@ -392,7 +410,7 @@ class ParticipantSession:
             candidate.sdpMid = init.get("sdpMid")
             candidate.sdpMLineIndex = init.get("sdpMLineIndex")
         except (ValueError, AssertionError, AttributeError, IndexError):
-            log.info("bad trickle candidate room=%s identity=%s", self.room, self.identity)
+            log.info("bad trickle candidate room=%s identity=%s", self.room.name, self.identity)
             return
         target = rtc.SUBSCRIBER if trickle.target == rtc.SUBSCRIBER else rtc.PUBLISHER
         pending = self._pending_candidates[target]
@@ -412,25 +430,24 @@ class ParticipantSession:
 
     def request_negotiation(self) -> None:
         """Offer the subscriber connection again; one offer in flight at a time."""
-        self._needs_offer = True
-        if not self._awaiting_answer and (self._negotiation is None or self._negotiation.done()):
-            self._negotiation = asyncio.get_running_loop().create_task(self._negotiate())
+        if self.negotiation.request():
+            self._start_offer()
 
-    async def _negotiate(self) -> None:
-        while self._needs_offer and not self._awaiting_answer and not self.closed:
-            self._needs_offer = False
-            self._offering = True
-            try:
-                offer = await self.sub_pc.createOffer()
-                await self.sub_pc.setLocalDescription(offer)
-            finally:
-                self._offering = False
-            self._awaiting_answer = True
-            self._offer_id += 1
-            description = rtc.SessionDescription(
-                type="offer", sdp=self.sub_pc.localDescription.sdp, id=self._offer_id
-            )
-            self.signal.send(rtc.SignalResponse(offer=description))
+    def _start_offer(self) -> None:
+        self._negotiating = asyncio.get_running_loop().create_task(self._offer())
+
+    async def _offer(self) -> None:
+        if self.closed:
+            return
+        try:
+            offer = await self.sub_pc.createOffer()
+            await self.sub_pc.setLocalDescription(offer)
+        except BaseException:
+            self.negotiation.offer_failed()
+            raise
+        offer_id = self.negotiation.offer_made()
+        description = rtc.SessionDescription(type="offer", sdp=self.sub_pc.localDescription.sdp, id=offer_id)
+        self.signal.send(rtc.SignalResponse(offer=description))
 
     # Tracks
 
@@ -454,7 +471,7 @@ class ParticipantSession:
                 rtc.RequestResponse.LIMIT_EXCEEDED,
             )
         if refusal:
-            log.info("publish refused room=%s identity=%s reason=%r", self.room, self.identity, refusal)
+            log.info("publish refused room=%s identity=%s reason=%r", self.room.name, self.identity, refusal)
             response = rtc.RequestResponse(reason=reason, message=refusal, add_track=request)
             self.signal.send(rtc.SignalResponse(request_response=response))
             return
@@ -480,17 +497,21 @@ class ParticipantSession:
             track = self._pending_tracks.pop(cid) if cid is not None else None
         if transceiver is None or track is None or media.kind != "audio":
             log.info(
-                "unannounced media ignored room=%s identity=%s kind=%s", self.room, self.identity, media.kind
+                "unannounced media ignored room=%s identity=%s kind=%s",
+                self.room.name,
+                self.identity,
+                media.kind,
             )
             return
         track.mid = transceiver.mid or ""
         track.mime_type = "audio/opus"
         relay = AudioRelay(track.sid, transceiver)
         self.relays[track.sid] = relay
-        runtime = self.service.runtime
-        runtime.engine.track_published(self.room, self.identity, track, runtime.now())
+        runtime = self.room.runtime
+        runtime.engine.track_published(self.room.name, self.identity, track, runtime.now())
         runtime.flush()
-        self.service.published(self, relay)
+        for room, as_seen in self.appearances():
+            room.track_published(as_seen, relay, as_seen.info())
 
     def _withdraw_unsent_tracks(self, sdp: str) -> None:
         """A re-offer whose m-line for a published track no longer sends means the client unpublished it."""
@@ -499,21 +520,21 @@ class ParticipantSession:
             for media in SessionDescription.parse(sdp).media
             if media.port != 0 and media.direction in ("sendonly", "sendrecv")
         }
-        runtime = self.service.runtime
+        runtime = self.room.runtime
         for track_sid, relay in list(self.relays.items()):
             track = self.participant().tracks.get(track_sid)
             if track is not None and track.mid and track.mid not in sending:
                 del self.relays[track_sid]
-                runtime.engine.track_unpublished(self.room, self.identity, track_sid)
+                runtime.engine.track_unpublished(self.room.name, self.identity, track_sid)
                 runtime.flush()
-                self.service.unpublished(self, relay)
+                self.unpublished(relay)
 
     def apply_subscription(self, update: rtc.UpdateSubscription) -> None:
         """The client subscribes or unsubscribes by hand (how `autoSubscribe: false` clients receive)."""
         # livekit-client names each track twice (in track_sids and in participant_tracks).
         named = [*update.track_sids, *(sid for pt in update.participant_tracks for sid in pt.track_sids)]
         for track_sid in dict.fromkeys(named):
-            found = self.service.published_track(self.room, track_sid)
+            found = self.room.published_track(track_sid)
             if found is not None and found[0] is self:
                 continue  # one's own track is never sent back
             if found is not None:  # kept for tracks that exist only: a client cannot grow it at will
@@ -539,7 +560,7 @@ class ParticipantSession:
             return
         if any(relay is waiting for _, waiting in self._deferred):
             return
-        if self._awaiting_answer or self._offering:
+        if self.negotiation.busy:
             # A transceiver added while an offer is out gets a transport of its own in aiortc, which the
             # answer then leaves unused: the track would stay silent. Add it once the answer is in.
             self._deferred.append((publisher, relay))
@@ -568,7 +589,7 @@ class ParticipantSession:
         if len(request.track_permissions) > _MAX_TRACK_PERMISSIONS:
             log.info(
                 "subscription permission refused room=%s identity=%s entries=%d",
-                self.room,
+                self.room.name,
                 self.identity,
                 len(request.track_permissions),
             )
@@ -576,15 +597,15 @@ class ParticipantSession:
         if request.all_participants:
             self._allowed = None
         else:
-            sessions = self.service.sessions.get(self.room, {}).values()
-            by_sid = {session.sid: session.identity for session in sessions}
+            by_sid = {session.sid: session.identity for session in self.room.sessions.values()}
             self._allowed = {}
             for permission in request.track_permissions:
                 # As LiveKit: the identity names the subscriber, else its sid (of someone here now).
                 identity = permission.participant_identity or by_sid.get(permission.participant_sid, "")
                 if identity:
                     self._allowed[identity] = (permission.all_tracks, set(permission.track_sids))
-        self.service.permissions_changed(self)
+        for room, as_seen in self.appearances():
+            room.recheck_permissions(as_seen, self)
 
     def allows(self, subscriber: "ParticipantSession", track_sid: str) -> bool:
         if self._allowed is None:
@@ -631,7 +652,7 @@ class ParticipantSession:
         for track_sid, transceiver in self.subscriptions.items():
             if transceiver.currentDirection not in ("sendonly", "sendrecv"):
                 continue  # added since the last offer: not negotiated yet
-            found = self.service.published_track(self.room, track_sid)
+            found = self.room.published_track(track_sid)
             if found is not None:
                 found[0].track_subscribed(found[1])
 
@@ -652,9 +673,9 @@ class ParticipantSession:
             self.request_negotiation()
 
     def _on_mute(self, request: rtc.MuteTrackRequest) -> None:
-        runtime = self.service.runtime
+        runtime = self.room.runtime
         with contextlib.suppress(CoreError):
-            runtime.engine.mute_track(self.room, self.identity, request.sid, request.muted)
+            runtime.engine.mute_track(self.room.name, self.identity, request.sid, request.muted)
         runtime.flush()
 
     def _on_update_metadata(self, request: rtc.UpdateParticipantMetadata) -> None:
@@ -662,10 +683,10 @@ class ParticipantSession:
         if not self.claims.video.can_update_own_metadata:
             reason, message = rtc.RequestResponse.NOT_ALLOWED, "the token does not allow updating metadata"
         else:
-            runtime = self.service.runtime
+            runtime = self.room.runtime
             try:
                 runtime.engine.update_participant(
-                    self.room,
+                    self.room.name,
                     self.identity,
                     name=request.name or None,
                     metadata=request.metadata or None,
@@ -691,9 +712,11 @@ class ParticipantSession:
                 return  # an answer to the server's own RPC (RoomService.PerformRpc) goes no further
             delivery = route(self.data_sender, message, reliable=channel.label == RELIABLE)
             if isinstance(delivery, str):
-                log.debug("data dropped room=%s identity=%s reason=%s", self.room, self.identity, delivery)
+                log.debug(
+                    "data dropped room=%s identity=%s reason=%s", self.room.name, self.identity, delivery
+                )
                 return
-            self.service.deliver(self.room, delivery.payload, delivery.reliable, delivery.destinations, self)
+            self.room.deliver(delivery.payload, delivery.reliable, delivery.destinations, self)
 
     async def call(self, method: str, payload: str, timeout_ms: int) -> str:
         """Call an RPC method the participant registered (`register_rpc_method`); RpcError if it fails."""

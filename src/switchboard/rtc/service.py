@@ -27,7 +27,7 @@ from switchboard.core.events import (
 from switchboard.core.rooms import AGENT, STANDARD, Participant
 from switchboard.rtc.forward import Forward
 from switchboard.rtc.participant import ParticipantSession
-from switchboard.rtc.relay import AudioRelay, Publisher
+from switchboard.rtc.room import Room
 from switchboard.rtc.settings import RtcSettings
 from switchboard.runtime import Runtime
 from switchboard.wire import room_spec_from_token, room_to_proto
@@ -45,16 +45,16 @@ _V1_MISSING = "this server speaks signalling protocol v0 at /rtc\n"
 
 
 class RtcService:
+    """The `/rtc` entry point, and the carrier of the engine's decisions about connected participants."""
+
     def __init__(
         self, runtime: Runtime, verifier: TokenVerifier, settings: RtcSettings, server_info: models.ServerInfo
     ) -> None:
         self.runtime = runtime
         self.settings = settings
         self.server_info = server_info
-        self.sessions: dict[str, dict[str, ParticipantSession]] = {}
-        """Connected participants, by room and identity."""
-        self.forwards: dict[str, dict[str, Forward]] = {}
-        """Participants forwarded into rooms (ForwardParticipant), by destination room and identity."""
+        self.rooms: dict[str, Room] = {}
+        """Rooms with connected or forwarded participants, by name."""
         self._verifier = verifier
         if settings.ice_addresses:
             restrict_ice_addresses(settings.ice_addresses)
@@ -127,7 +127,7 @@ class RtcService:
         )
         engine = self.runtime.engine
         try:
-            room = engine.join(room_spec_from_token(room_name, claims.room_config), participant, now)
+            room_state = engine.join(room_spec_from_token(room_name, claims.room_config), participant, now)
         except (ResourceExhausted, FailedPrecondition) as exc:
             self.runtime.flush()
             raise web.HTTPForbidden(text=f"{exc}\n") from exc
@@ -135,17 +135,16 @@ class RtcService:
             self.runtime.flush()
             raise web.HTTPBadRequest(text=f"{exc}\n") from exc
         self.runtime.flush()  # closes a previous connection of the same identity, launches jobs
-        others = [s for s in self.sessions.get(room_name, {}).values() if not s.closed]
         try:
             await ws.prepare(request)
         except Exception:
             engine.participant_left(room_name, participant.identity, self.runtime.now(), sid=participant.sid)
             self.runtime.flush()
             raise
+        room = self._room(room_name)
         session = ParticipantSession(
-            self,
+            room,
             ws,
-            room_name,
             participant,
             claims,
             client_protocol=_int(query.get("client_protocol")),
@@ -153,7 +152,7 @@ class RtcService:
             # LiveKit's rule: Rust SDKs before protocol 10 cannot decode `track_subscribed`.
             reports_subscriptions=not (query.get("sdk") == "rust" and _int(query.get("protocol")) < 10),
         )
-        self.sessions.setdefault(room_name, {})[participant.identity] = session
+        room.add(session)
         log.info(
             "participant joined room=%s identity=%s sid=%s kind=%s sdk=%s",
             room_name,
@@ -162,60 +161,37 @@ class RtcService:
             participant.kind,
             query.get("sdk", ""),
         )
-        await session.run(room_to_proto(room), others, list(self.forwards.get(room_name, {}).values()))
+        await session.run(room_to_proto(room_state))
         return ws
 
-    # Room-wide operations, used by the sessions
+    def _room(self, name: str) -> Room:
+        room = self.rooms.get(name)
+        if room is None:
+            room = self.rooms[name] = Room(name, self.runtime, self.settings, self.server_info, self._forget)
+        return room
 
-    def broadcast(
-        self, room: str, participants: list[models.ParticipantInfo], exclude: ParticipantSession | None = None
-    ) -> None:
-        update = rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=participants))
-        for session in self.sessions.get(room, {}).values():
-            if session is not exclude and not session.closed:
-                session.signal.send(update)
+    def _forget(self, room: Room) -> None:
+        if self.rooms.get(room.name) is room:
+            del self.rooms[room.name]
 
-    def published(self, publisher: ParticipantSession, relay: AudioRelay) -> None:
-        """A new track: everyone learns of it before any subscriber offer carrying it."""
-        for room, as_seen in self._appearances(publisher):
-            self.broadcast(room, [as_seen.info()])
-            for session in self.sessions.get(room, {}).values():
-                if session is not publisher and not session.closed:
-                    session.subscribe(as_seen, relay)
+    def _session(self, room: str, identity: str) -> ParticipantSession | None:
+        found = self.rooms.get(room)
+        return found.session(identity) if found is not None else None
 
-    def published_track(self, room: str, track_sid: str) -> tuple[Publisher, AudioRelay] | None:
-        publishers: list[Publisher] = [*self.sessions.get(room, {}).values()]
-        publishers += self.forwards.get(room, {}).values()
-        for publisher in publishers:
-            relay = publisher.relays.get(track_sid)
-            if relay is not None and not publisher.closed:
-                return publisher, relay
-        return None
+    # What RoomService asks of live participants
 
-    def unpublished(self, publisher: ParticipantSession, relay: AudioRelay) -> None:
-        for room, _ in self._appearances(publisher):
-            for session in self.sessions.get(room, {}).values():
-                if session is not publisher:
-                    session.unsubscribe(relay)
-                    session.forget_track(relay.track_sid)  # track sids are never reused
-        relay.close()
+    def live(self, room: str, identity: str) -> ParticipantSession:
+        found = self.rooms.get(room)
+        if found is None:
+            raise NotFound("participant does not exist")
+        return found.live(identity)
 
-    def permissions_changed(self, publisher: ParticipantSession) -> None:
-        """The publisher changed who may receive its tracks: each other participant gains or loses them."""
-        for room, as_seen in self._appearances(publisher):
-            for session in list(self.sessions.get(room, {}).values()):
-                if session is not publisher and not session.closed:
-                    for relay in list(publisher.relays.values()):
-                        session.recheck_permission(as_seen, relay)
+    def update_subscriptions(self, room: str, identity: str, update: rtc.UpdateSubscription) -> None:
+        """As if the participant had sent this subscription request itself."""
+        self.live(room, identity).apply_subscription(update)
 
-    def _forwards_of(self, session: ParticipantSession) -> list[Forward]:
-        return [f for room in self.forwards.values() for f in room.values() if f.source is session]
-
-    def _appearances(self, session: ParticipantSession) -> list[tuple[str, ParticipantSession | Forward]]:
-        """The rooms the participant's tracks are in, and as whom: its own, and those it is forwarded to."""
-        return [(session.room, session), *((f.room, f) for f in self._forwards_of(session))]
-
-    # Forwarded participants
+    async def perform_rpc(self, room: str, identity: str, method: str, payload: str, timeout_ms: int) -> str:
+        return await self.live(room, identity).call(method, payload, timeout_ms)
 
     def forward_participant(self, room: str, identity: str, destination: str) -> None:
         """Show a connected participant, with its tracks, in another room too (ForwardParticipant)."""
@@ -236,80 +212,10 @@ class RtcService:
         )
         engine.participant_joined(destination, copy, now)
         self.runtime.flush()
-        forward = Forward(session, destination, copy.sid)
-        self.forwards.setdefault(destination, {})[identity] = forward
-        if not forward.hidden:
-            self.broadcast(destination, [forward.info()])
-        for other in list(self.sessions.get(destination, {}).values()):
-            if not other.closed:
-                for relay in list(forward.relays.values()):
-                    other.subscribe(forward, relay)
+        forward = Forward(session, self._room(destination), copy.sid)
+        session.forwards.append(forward)
+        forward.room.add_forward(forward)
         log.info("participant forwarded room=%s identity=%s destination=%s", room, identity, destination)
-
-    def end_forwards(self, session: ParticipantSession, reason: int) -> None:
-        """The source left (or moved): its forwards leave their rooms too."""
-        for forward in self._forwards_of(session):
-            self._end_forward(forward, reason, in_engine=True)
-
-    def _end_forward(self, forward: Forward, reason: int, *, in_engine: bool) -> None:
-        if forward.ended:
-            return
-        forward.ended = True
-        room = self.forwards.get(forward.room, {})
-        if room.get(forward.identity) is forward:
-            del room[forward.identity]
-            if not room:
-                del self.forwards[forward.room]
-        for other in list(self.sessions.get(forward.room, {}).values()):
-            for relay in list(forward.source.relays.values()):
-                other.unsubscribe(relay)
-                other.forget_track(relay.track_sid)
-        if not forward.hidden:
-            self.broadcast(forward.room, [forward.farewell(reason)])
-        if in_engine:
-            with contextlib.suppress(NotFound):
-                self.runtime.engine.participant_left(
-                    forward.room, forward.identity, self.runtime.now(), sid=forward.sid
-                )
-            self.runtime.flush()
-        log.info("forward ended room=%s identity=%s", forward.room, forward.identity)
-
-    def deliver(
-        self,
-        room: str,
-        payload: bytes,
-        reliable: bool,
-        destinations: frozenset[str],
-        sender: ParticipantSession | None = None,
-    ) -> None:
-        for session in self.sessions.get(room, {}).values():
-            if session is sender or session.closed:
-                continue
-            if destinations and session.identity not in destinations:
-                continue
-            session.send_data(payload, reliable)
-
-    def forget(self, session: ParticipantSession) -> None:
-        room = self.sessions.get(session.room, {})
-        if room.get(session.identity) is session:
-            del room[session.identity]
-            if not room:
-                del self.sessions[session.room]
-
-    # What RoomService asks of live participants
-
-    def live(self, room: str, identity: str) -> ParticipantSession:
-        session = self._session(room, identity)
-        if session is None or session.closed:
-            raise NotFound("participant does not exist")
-        return session
-
-    def update_subscriptions(self, room: str, identity: str, update: rtc.UpdateSubscription) -> None:
-        """As if the participant had sent this subscription request itself."""
-        self.live(room, identity).apply_subscription(update)
-
-    async def perform_rpc(self, room: str, identity: str, method: str, payload: str, timeout_ms: int) -> str:
-        return await self.live(room, identity).call(method, payload, timeout_ms)
 
     def move_participant(self, room: str, identity: str, destination: str) -> None:
         """Take a connected participant, with its tracks, into another room on its own connection
@@ -319,11 +225,12 @@ class RtcService:
         engine, now = self.runtime.engine, self.runtime.now()
         participant = engine.participant(room, identity)
         engine.participant_joined(destination, participant, now)  # NotFound, ResourceExhausted: unmoved
-        self.end_forwards(session, models.PARTICIPANT_REMOVED)
+        session.end_forwards(models.PARTICIPANT_REMOVED)
         engine.participant_left(room, identity, now, sid=session.sid)
         self.runtime.flush()
 
-        before = [s for s in self.sessions.get(room, {}).values() if s is not session and not s.closed]
+        old = session.room
+        before = old.others(session)
         for other in before:
             for relay in session.relays.values():
                 other.unsubscribe(relay)
@@ -333,15 +240,16 @@ class RtcService:
                 session.forget_track(relay.track_sid)
         session.drop_deferred()
         if not session.hidden:
-            self.broadcast(room, [session.farewell(models.PARTICIPANT_REMOVED)], exclude=session)
+            old.announce([session.farewell(models.PARTICIPANT_REMOVED)], exclude=session)
         gone = [other.farewell(models.PARTICIPANT_REMOVED) for other in before if not other.hidden]
         if gone:  # the SDKs drop the old room's participants on this, not on room_moved
             session.signal.send(rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=gone)))
 
-        self.forget(session)
-        session.room = destination
-        self.sessions.setdefault(destination, {})[identity] = session
-        after = [s for s in self.sessions[destination].values() if s is not session and not s.closed]
+        new = self._room(destination)
+        old.remove(session)
+        session.room = new
+        new.add(session)
+        after = new.others(session)
         moved = rtc.RoomMovedResponse(
             room=room_to_proto(engine.room(destination)),
             token=self._token_for(session, destination),
@@ -350,12 +258,11 @@ class RtcService:
         )
         session.signal.send(rtc.SignalResponse(room_moved=moved))
         if not session.hidden:
-            self.broadcast(destination, [session.info()], exclude=session)
+            new.announce([session.info()], exclude=session)
         for other in after:
             for relay in other.relays.values():
                 session.subscribe(other, relay)
-            for relay in session.relays.values():
-                other.subscribe(session, relay)
+        new.subscribe_all(session)
         log.info("participant moved room=%s identity=%s destination=%s", room, identity, destination)
 
     def _token_for(self, session: ParticipantSession, room: str) -> str:
@@ -374,34 +281,37 @@ class RtcService:
 
     # Decisions from the engine
 
-    def _session(self, room: str, identity: str) -> ParticipantSession | None:
-        return self.sessions.get(room, {}).get(identity)
-
     def _on_disconnect(self, decision: DisconnectParticipant) -> None:
-        session = self._session(decision.room, decision.identity)
+        room = self.rooms.get(decision.room)
+        if room is None:
+            return
+        session = room.session(decision.identity)
         if session is not None and session.sid == decision.sid and not session.closed:
             session.disconnect(_DISCONNECT_REASONS[decision.cause])
-        forward = self.forwards.get(decision.room, {}).get(decision.identity)
+        forward = room.forwards.get(decision.identity)
         if forward is not None and forward.sid == decision.sid:  # removed from the destination room
-            self._end_forward(forward, _DISCONNECT_REASONS[decision.cause], in_engine=False)
+            room.end_forward(forward, _DISCONNECT_REASONS[decision.cause], in_engine=False)
 
     def _on_participant_updated(self, decision: ParticipantUpdated) -> None:
         session = self._session(decision.room, decision.identity)
-        if session is not None and not session.hidden:
-            self.broadcast(decision.room, [session.info()])
-        if session is not None:
-            self._update_forwards(session)
+        if session is None:
+            return
+        if not session.hidden:
+            session.room.announce([session.info()])
+        self._update_forwards(session)
 
     def _update_forwards(self, session: ParticipantSession) -> None:
         """Changes to the source show in the rooms it is forwarded to (and in their RoomService views)."""
         source = session.participant()
-        for forward in self._forwards_of(session):
+        for forward in session.forwards:
+            if forward.ended:
+                continue
             with contextlib.suppress(NotFound):
-                copy = self.runtime.engine.participant(forward.room, forward.identity)
+                copy = self.runtime.engine.participant(forward.room.name, forward.identity)
                 copy.name, copy.metadata = source.name, source.metadata
                 copy.attributes = dict(source.attributes)
             if not forward.hidden:
-                self.broadcast(forward.room, [forward.info()])
+                forward.room.announce([forward.info()])
 
     def _on_track_muted(self, decision: TrackMuted) -> None:
         session = self._session(decision.room, decision.identity)
@@ -411,11 +321,13 @@ class RtcService:
             rtc.SignalResponse(mute=rtc.MuteTrackRequest(sid=decision.track_sid, muted=decision.muted))
         )
         if not session.hidden:
-            self.broadcast(decision.room, [session.info()])
+            session.room.announce([session.info()])
         self._update_forwards(session)
 
     def _on_send_data(self, decision: SendData) -> None:
-        self.deliver(decision.room, decision.packet, decision.reliable, decision.destinations)
+        room = self.rooms.get(decision.room)
+        if room is not None:
+            room.deliver(decision.packet, decision.reliable, decision.destinations)
 
 
 def restrict_ice_addresses(addresses: tuple[str, ...]) -> None:
