@@ -34,7 +34,7 @@ from switchboard.rtc.relay import AudioRelay, OutboundAudio, Publisher
 from switchboard.rtc.room import Room
 from switchboard.rtc.rpc import ServerRpcCalls
 from switchboard.websocket import ConnectionLost, MalformedMessage, MessageSender, receive
-from switchboard.wire import participant_to_proto, track_to_proto
+from switchboard.wire import participant_to_proto, room_to_proto, track_to_proto
 
 if TYPE_CHECKING:
     from switchboard.rtc.forward import Forward
@@ -52,6 +52,8 @@ _MAX_PENDING_TRACKS = 32
 _MAX_PENDING_CANDIDATES = 256
 _SOURCE_NAMES = {value: name.lower() for name, value in models.TrackSource.items()}
 _SOURCES = frozenset(models.TrackSource.keys())
+# Signal connections that ended this way (no leave request, no error) may be resumed.
+_RESUMABLE = frozenset({models.SIGNAL_CLOSE, models.CONNECTION_TIMEOUT})
 
 
 class ParticipantSession:
@@ -103,6 +105,9 @@ class ParticipantSession:
         self._pending_candidates: dict[int, list[Any]] = {0: [], 1: []}
         self.negotiation = SubscriberNegotiation()
         self._negotiating: asyncio.Task[None] | None = None
+        self._resume_window: asyncio.Task[None] | None = None
+        self._adding_candidates: set[asyncio.Task[None]] = set()
+        """Running while the signal connection is lost and the client may still resume."""
         self.forwards: list[Forward] = []
         """Where this participant is forwarded to (ForwardParticipant): other rooms show it and its tracks."""
         self._deferred: list[tuple[Publisher, AudioRelay]] = []
@@ -168,13 +173,19 @@ class ParticipantSession:
                 for relay in publisher.relays.values():
                     self.subscribe(publisher, relay)
         self.request_negotiation()
+        await self._serve(self.ws)
+
+    async def _serve(self, ws: web.WebSocketResponse) -> None:
+        """Handle the client's requests on this signal connection until it ends. Without a leave request
+        the session outlives it, for a resume (see `_await_resume`)."""
+        settings, signal = self.room.settings, self.signal
         reason = models.SIGNAL_CLOSE  # the signal connection closed without a leave request
         bad_frames: list[str] = []
         try:
-            while not self.closed:
+            while not self.closed and ws is self.ws:
                 try:
                     request = await asyncio.wait_for(
-                        receive(self.ws, self.signal, rtc.SignalRequest), settings.ping_timeout
+                        receive(ws, signal, rtc.SignalRequest), settings.ping_timeout
                     )
                 except TimeoutError:
                     log.info("participant timed out room=%s identity=%s", self.room.name, self.identity)
@@ -220,7 +231,60 @@ class ParticipantSession:
         finally:
             if bad_frames:
                 self._log_bad_frames(bad_frames)
+            if ws is not self.ws:
+                pass  # replaced by a resumed connection, which carries on
+            elif reason in _RESUMABLE and self.sub_pc.connectionState == "connected" and not self.closed:
+                await self._await_resume(reason)
+            else:
+                await self.close(reason)
+
+    async def _await_resume(self, reason: int) -> None:
+        """The signal connection is gone but the media is not: as LiveKit, the participant stays (sid,
+        tracks, subscriptions) for the room's departure timeout, in which the client may resume."""
+        window = self.room.runtime.engine.room(self.room.name).departure_timeout
+        log.info(
+            "participant signal lost room=%s identity=%s reason=%s resume_window=%ss",
+            self.room.name,
+            self.identity,
+            models.DisconnectReason.Name(reason),
+            window,
+        )
+        await self.ws.close()
+
+        async def expire() -> None:
+            await asyncio.sleep(window)
+            log.info("participant did not resume room=%s identity=%s", self.room.name, self.identity)
             await self.close(reason)
+
+        self._resume_window = asyncio.get_running_loop().create_task(expire())
+
+    async def resume(self, ws: web.WebSocketResponse, reconnect_reason: str) -> None:
+        """The client reconnected its signal connection (`reconnect=1`): answer as LiveKit does (a
+        ReconnectResponse, everyone's current info, the room), offer the subscriber connection again
+        (LiveKit's ICE restart) and carry on with this connection."""
+        if self._resume_window is not None:
+            self._resume_window.cancel()
+            self._resume_window = None
+        old, self.ws, self.signal = self.ws, ws, MessageSender(ws)
+        await old.close()  # if the server had not noticed it was gone: its reader stops (`_serve`)
+        log.info(
+            "participant resumed room=%s identity=%s sid=%s reason=%s",
+            self.room.name,
+            self.identity,
+            self.sid,
+            reconnect_reason,
+        )
+        reconnect = rtc.ReconnectResponse(
+            client_configuration=models.ClientConfiguration(), server_info=self.room.server_info
+        )
+        self.signal.send(rtc.SignalResponse(reconnect=reconnect))
+        everyone = [self.info(), *self.room.visible(self)]
+        self.signal.send(rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=everyone)))
+        room = room_to_proto(self.room.runtime.engine.room(self.room.name))
+        self.signal.send(rtc.SignalResponse(room_update=rtc.RoomUpdate(room=room)))
+        if self.negotiation.restart():
+            self._start_offer()
+        await self._serve(ws)
 
     def _log_bad_frames(self, errors: list[str]) -> None:
         """One line for a run of malformed signal frames (the first one was logged as it came)."""
@@ -281,8 +345,9 @@ class ParticipantSession:
         self.end_forwards(reason)
         self.room.remove(self)
         self.server_rpcs.close()
-        if self._negotiating is not None:
-            self._negotiating.cancel()
+        for task in (self._negotiating, self._resume_window, *self._adding_candidates):
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
         for pc in (self.pub_pc, self.sub_pc):
             if pc is not None:
                 await pc.close()
@@ -372,8 +437,9 @@ class ParticipantSession:
             pc.on("track", lambda track: self._on_published_media(pc, track))
             pc.on("datachannel", self._on_client_channel)
         await self.pub_pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
+        _follow_ice_restart(self.pub_pc, offer.sdp)
         self._withdraw_unsent_tracks(offer.sdp)
-        await self._apply_candidates(rtc.PUBLISHER)
+        self._apply_candidates(rtc.PUBLISHER)
         answer = await self.pub_pc.createAnswer()
         await self.pub_pc.setLocalDescription(answer)
         description = rtc.SessionDescription(type="answer", sdp=self.pub_pc.localDescription.sdp, id=offer.id)
@@ -390,7 +456,7 @@ class ParticipantSession:
             return
         await self.sub_pc.setRemoteDescription(RTCSessionDescription(sdp=answer.sdp, type="answer"))
         offer_again = self.negotiation.answered()
-        await self._apply_candidates(rtc.SUBSCRIBER)
+        self._apply_candidates(rtc.SUBSCRIBER)
         self._report_subscriptions()
         # The subscriptions that waited for this answer are added to the offer made below (or to a new one).
         deferred, self._deferred = self._deferred, []
@@ -417,16 +483,20 @@ class ParticipantSession:
         if len(pending) >= _MAX_PENDING_CANDIDATES:
             return  # kept until its description is set; a client cannot grow it without bound
         pending.append(candidate)
-        await self._apply_candidates(target)
+        self._apply_candidates(target)
 
-    async def _apply_candidates(self, target: int) -> None:
+    def _apply_candidates(self, target: int) -> None:
         pc = self.sub_pc if target == rtc.SUBSCRIBER else self.pub_pc
         if pc is None or pc.remoteDescription is None:
             return  # kept until the description they belong to is set
         pending, self._pending_candidates[target] = self._pending_candidates[target], []
-        for candidate in pending:
-            with contextlib.suppress(Exception):  # aioice ignores what it cannot use (e.g. TCP)
-                await pc.addIceCandidate(candidate)
+        if pending:
+            # Not awaited here: aioice resolves an mDNS candidate (`….local`, which libwebrtc sends
+            # e.g. after an ICE restart) for seconds, and the signal requests behind it (pings
+            # among them) would wait as long; the client would give up on the connection.
+            task = asyncio.get_running_loop().create_task(_add_candidates(pc, pending))
+            self._adding_candidates.add(task)
+            task.add_done_callback(self._adding_candidates.discard)
 
     def request_negotiation(self) -> None:
         """Offer the subscriber connection again; one offer in flight at a time."""
@@ -737,3 +807,30 @@ class ParticipantSession:
         channel = self._channels[RELIABLE]
         while self._queued and channel.readyState == "open":
             channel.send(self._queued.popleft())
+
+
+async def _add_candidates(pc: RTCPeerConnection, candidates: list[Any]) -> None:
+    for candidate in candidates:
+        with contextlib.suppress(Exception):  # aioice ignores what it cannot use (e.g. TCP)
+            await pc.addIceCandidate(candidate)
+
+
+def _follow_ice_restart(pc: RTCPeerConnection, sdp: str) -> None:
+    """A re-offer with new ICE credentials is the client restarting ICE (as the SDKs do on resume).
+
+    aiortc ignores the new credentials once its ICE transport has started, so the client's checks
+    under the new ones would be refused and its connection would fail. aioice cannot renew its own
+    credentials either: the connection takes the client's new ones and keeps its own, which the
+    client accepts (an answerer that does not restart its side).
+    """
+    ice = next((m.ice for m in SessionDescription.parse(sdp).media if m.ice and m.ice.usernameFragment), None)
+    if ice is None:
+        return
+    transports = {t.receiver.transport.transport for t in pc.getTransceivers()}
+    if pc.sctp is not None:
+        transports.add(pc.sctp.transport.transport)
+    for transport in transports:
+        connection = transport._connection  # aiortc keeps the aioice connection private
+        if connection.remote_username not in (None, ice.usernameFragment):
+            connection.remote_username = ice.usernameFragment
+            connection.remote_password = ice.password

@@ -104,14 +104,7 @@ class RtcService:
         claims, room_name = self._authorize(request)
         query = request.query
         if query.get("reconnect") in ("1", "true"):
-            # Resuming a lost session is not supported: ask the client for a full rejoin.
-            await ws.prepare(request)
-            leave = rtc.LeaveRequest(
-                can_reconnect=True, action=rtc.LeaveRequest.RECONNECT, reason=models.STATE_MISMATCH
-            )
-            await ws.send_bytes(rtc.SignalResponse(leave=leave).SerializeToString())
-            await ws.close()
-            return ws
+            return await self._resume(request, ws, claims, room_name)
         now = self.runtime.now()
         participant = Participant(
             identity=claims.identity,
@@ -162,6 +155,26 @@ class RtcService:
             query.get("sdk", ""),
         )
         await session.run(room_to_proto(room_state))
+        return ws
+
+    async def _resume(
+        self, request: web.Request, ws: web.WebSocketResponse, claims: Claims, room_name: str
+    ) -> web.WebSocketResponse:
+        """A client resuming its session after its signal connection dropped (`reconnect=1&sid=PA_…`)."""
+        session = self._session(room_name, claims.identity)
+        sid = request.query.get("sid", "")
+        await ws.prepare(request)
+        if session is None or session.closed or sid != session.sid:
+            # As LiveKit: the session is gone (the window passed, or another connection took the
+            # identity), so the client is asked to join again; the SDKs then do a full reconnect.
+            log.info("resume refused room=%s identity=%s sid=%s", room_name, claims.identity, sid)
+            leave = rtc.LeaveRequest(
+                can_reconnect=True, action=rtc.LeaveRequest.RECONNECT, reason=models.STATE_MISMATCH
+            )
+            await ws.send_bytes(rtc.SignalResponse(leave=leave).SerializeToString())
+            await ws.close()
+            return ws
+        await session.resume(ws, request.query.get("reconnect_reason", ""))
         return ws
 
     def _room(self, name: str) -> Room:

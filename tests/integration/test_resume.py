@@ -1,0 +1,274 @@
+"""Resuming a dropped signal connection (`reconnect=1`), with each official SDK's own reconnection path.
+
+The signalling of the resuming participant goes through a TCP proxy that the test cuts, as a network
+blip would: the SDK sees its WebSocket drop and resumes, while its media (UDP, straight to the server)
+carries on. After the resume the participant keeps its sid and its track sids, and audio flows both
+ways, after the ICE restart the SDK asks for. A full reconnect (the session gone) is audible too.
+"""
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pytest
+from livekit import api, rtc
+from livekit.protocol import rtc as signal
+
+from tests.conftest import Server, free_port, start_server, stop_server
+from tests.polling import eventually
+
+RESUME_WINDOW = 20  # room.departure_timeout: how long a participant whose signal dropped may resume
+LOUD = 4000  # RMS of the relayed 440 Hz tone of amplitude 8000 is ≈5660
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    instance = start_server(
+        tmp_path_factory.mktemp("server"),
+        {
+            "room": {"empty_timeout": 300, "departure_timeout": RESUME_WINDOW},
+            "rtc": {"ice_addresses": ["127.0.0.1"]},
+            "logging": {"level": "debug"},
+        },
+    )
+    yield instance
+    stop_server(instance)
+
+
+class SignalProxy:
+    """A TCP proxy in front of the server. `cut()` drops every connection through it, as a network
+    blip drops a client's signal connection; while `refusing`, new connections are closed at once."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.port = free_port()
+        self.refusing = False
+        self.connections = 0
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+
+    async def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        if self.refusing:
+            client_writer.close()
+            return
+        self.connections += 1
+        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        self._writers |= {client_writer, upstream_writer}
+        await asyncio.gather(
+            self._pipe(client_reader, upstream_writer),
+            self._pipe(upstream_reader, client_writer),
+            return_exceptions=True,
+        )
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        finally:
+            writer.close()
+            self._writers.discard(writer)
+
+    def cut(self) -> None:
+        for writer in list(self._writers):
+            writer.transport.abort()  # no close handshake: the connection is simply gone
+        self._writers.clear()
+
+    async def close(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+@pytest.fixture
+async def proxy(server: Server) -> AsyncIterator[SignalProxy]:
+    port = int(server.http_url.rsplit(":", 1)[1])
+    instance = SignalProxy(port)
+    await instance.start()
+    yield instance
+    await instance.close()
+
+
+class Participant:
+    """A Python rtc participant that publishes a tone and measures what it hears."""
+
+    def __init__(self, identity: str) -> None:
+        self.identity = identity
+        self.room = rtc.Room()
+        self.levels: list[float] = []
+        self.events: list[str] = []
+        self._tasks: set[asyncio.Future[None]] = set()
+
+        @self.room.on("track_subscribed")
+        def on_track(track: rtc.Track, *_: Any) -> None:
+            self._spawn(self._measure(track))
+
+        for event in ("reconnecting", "reconnected", "disconnected", "participant_disconnected"):
+            self.room.on(event, self._recorder(event))
+
+    def _recorder(self, event: str) -> Callable[..., None]:
+        return lambda *_: self.events.append(event)
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _measure(self, track: rtc.Track) -> None:
+        async for event in rtc.AudioStream(track, sample_rate=48000, num_channels=1):
+            samples = np.frombuffer(event.frame.data, dtype=np.int16).astype(np.float64)
+            self.levels.append(float(np.sqrt(np.mean(samples**2))))
+
+    async def hears_the_tone_again(self, what: str, frames: int = 100) -> None:
+        """`frames` more 10 ms frames, loud: audio flows now, not just before."""
+        start = len(self.levels)
+        await eventually(lambda: len(self.levels) >= start + frames, what, 15)
+        recent = self.levels[start : start + frames]
+        assert np.mean(recent[-frames // 2 :]) > LOUD, f"{what}: too quiet {recent[-5:]}"
+
+    async def publish_tone(self) -> rtc.LocalTrackPublication:
+        source = rtc.AudioSource(48000, 1)
+        track = rtc.LocalAudioTrack.create_audio_track("microphone", source)
+        options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+        publication = await self.room.local_participant.publish_track(track, options)
+
+        async def play() -> None:
+            offset = 0
+            while True:
+                t = np.arange(480) + offset
+                samples = (8000 * np.sin(2 * np.pi * 440 * t / 48000)).astype(np.int16)
+                offset += 480
+                await source.capture_frame(rtc.AudioFrame(samples.tobytes(), 48000, 1, 480))
+
+        self._spawn(play())
+        return publication
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await self.room.disconnect()
+
+
+@pytest.fixture
+async def pair(server: Server, proxy: SignalProxy) -> AsyncIterator[tuple[Participant, Participant, str]]:
+    """alice signals through the proxy, bob straight to the server; both publish a tone and hear the other."""
+    room = f"resume-{uuid.uuid4().hex[:8]}"
+    alice, bob = Participant("alice"), Participant("bob")
+    try:
+        await alice.room.connect(proxy.url, server.join_token(room, "alice"))
+        await bob.room.connect(server.ws_url, server.join_token(room, "bob"))
+        await alice.publish_tone()
+        await bob.publish_tone()
+        await alice.hears_the_tone_again("alice to hear bob")
+        await bob.hears_the_tone_again("bob to hear alice")
+        yield alice, bob, room
+    finally:
+        await alice.close()
+        await bob.close()
+
+
+def tracks_of(room: rtc.Room) -> list[str]:
+    return sorted(room.local_participant.track_publications)
+
+
+async def listed(lkapi: api.LiveKitAPI, room: str) -> dict[str, api.ParticipantInfo]:
+    response = await lkapi.room.list_participants(api.ListParticipantsRequest(room=room))
+    return {p.identity: p for p in response.participants}
+
+
+async def test_python_sdk_resumes_keeping_its_sid_tracks_and_audio(
+    server: Server, proxy: SignalProxy, pair: tuple[Participant, Participant, str], lkapi: api.LiveKitAPI
+) -> None:
+    alice, bob, room = pair
+    sid, tracks = alice.room.local_participant.sid, tracks_of(alice.room)
+    before, connections = await listed(lkapi, room), proxy.connections
+
+    cut_at = time.monotonic()
+    proxy.cut()
+    await eventually(lambda: "reconnected" in alice.events, "alice's SDK to resume")
+    print(f"\npython resume: reconnected {time.monotonic() - cut_at:.2f} s after the cut")
+    assert alice.events.count("reconnecting") == 1 and "disconnected" not in alice.events
+    assert alice.room.local_participant.sid == sid, "a resume keeps the participant sid"
+    assert tracks_of(alice.room) == tracks, "a resume keeps the published tracks"
+    assert proxy.connections == connections + 1, "one resume, at the first attempt"
+    assert f"participant resumed room={room} identity=alice sid={sid}" in server.log()
+    await alice.hears_the_tone_again("alice to hear bob after the resume")
+    await bob.hears_the_tone_again("bob to hear alice after the resume")
+    assert "participant_disconnected" not in bob.events, "the others never see a resumed participant leave"
+    after = await listed(lkapi, room)
+    assert after["alice"].sid == before["alice"].sid and after["alice"].state == api.ParticipantInfo.ACTIVE
+    assert [t.sid for t in after["alice"].tracks] == [t.sid for t in before["alice"].tracks]
+
+
+async def test_python_sdk_reconnects_fully_once_its_session_is_gone(
+    server: Server, proxy: SignalProxy, lkapi: api.LiveKitAPI
+) -> None:
+    room = f"resume-gone-{uuid.uuid4().hex[:8]}"
+    await lkapi.room.create_room(api.CreateRoomRequest(name=room, departure_timeout=1, empty_timeout=60))
+    alice, bob = Participant("alice"), Participant("bob")
+    try:
+        await alice.room.connect(proxy.url, server.join_token(room, "alice"))
+        await bob.room.connect(server.ws_url, server.join_token(room, "bob"))
+        old_tracks = [(await alice.publish_tone()).sid]
+        await bob.publish_tone()
+        await bob.hears_the_tone_again("bob to hear alice")
+        old_sid = alice.room.local_participant.sid
+
+        proxy.refusing = True  # the network stays down longer than the room's departure timeout
+        proxy.cut()
+        await eventually(lambda: "participant_disconnected" in bob.events, "alice's session to end")
+        assert f"participant did not resume room={room} identity=alice" in server.log()
+        proxy.refusing = False
+        await eventually(lambda: "reconnected" in alice.events, "alice's SDK to reconnect", 40)
+        assert alice.room.local_participant.sid != old_sid, "a full reconnect is a new session"
+        new_tracks = tracks_of(alice.room)
+        assert len(new_tracks) == 1 and new_tracks != old_tracks, "its track is published again"
+        await bob.hears_the_tone_again("bob to hear alice after the full reconnect")
+        await alice.hears_the_tone_again("alice to hear bob after the full reconnect")
+    finally:
+        await alice.close()
+        await bob.close()
+
+
+async def resume_request(server: Server, room: str, identity: str, sid: str) -> signal.SignalResponse:
+    """What the server answers a resume (`reconnect=1`) with: its first signal message."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(
+            f"{server.ws_url}/rtc?protocol=16&reconnect=1&sid={sid}",
+            headers={"Authorization": f"Bearer {server.join_token(room, identity)}"},
+        ) as ws,
+    ):
+        return signal.SignalResponse.FromString((await ws.receive()).data)
+
+
+async def test_a_resume_of_a_session_that_is_not_there_asks_for_a_full_reconnect(
+    server: Server, pair: tuple[Participant, Participant, str]
+) -> None:
+    alice, _, room = pair
+    # As LiveKit: the SDKs turn this LeaveRequest into a full reconnect (a new join).
+    for identity, sid in [
+        ("carol", "PA_neverjoined1"),  # nobody of that identity here
+        ("alice", "PA_notalicessid"),  # someone else's (or an earlier) session
+        ("alice", ""),  # no sid at all
+    ]:
+        answer = await resume_request(server, room, identity, sid)
+        assert answer.WhichOneof("message") == "leave", answer
+        assert answer.leave.action == signal.LeaveRequest.RECONNECT and answer.leave.can_reconnect
+    # None of those touched alice's live session.
+    assert alice.room.connection_state == rtc.ConnectionState.CONN_CONNECTED
+    await alice.hears_the_tone_again("alice to keep hearing bob")
