@@ -19,8 +19,11 @@ import pytest
 from livekit import api, rtc
 from livekit.protocol import rtc as signal
 
-from tests.conftest import Server, free_port, start_server, stop_server
+from tests.browser import BrowserScenario, served_page
+from tests.conftest import Server, start_server, stop_server
+from tests.integration.test_rtc_node import run_rtc_scenario, unique_room
 from tests.polling import eventually
+from tests.signal_proxy import SignalProxy
 
 RESUME_WINDOW = 20  # room.departure_timeout: how long a participant whose signal dropped may resume
 LOUD = 4000  # RMS of the relayed 440 Hz tone of amplitude 8000 is ≈5660
@@ -40,66 +43,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     stop_server(instance)
 
 
-class SignalProxy:
-    """A TCP proxy in front of the server. `cut()` drops every connection through it, as a network
-    blip drops a client's signal connection; while `refusing`, new connections are closed at once."""
-
-    def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
-        self.port = free_port()
-        self.refusing = False
-        self.connections = 0
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._server: asyncio.Server | None = None
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
-
-    async def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
-        if self.refusing:
-            client_writer.close()
-            return
-        self.connections += 1
-        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-        self._writers |= {client_writer, upstream_writer}
-        await asyncio.gather(
-            self._pipe(client_reader, upstream_writer),
-            self._pipe(upstream_reader, client_writer),
-            return_exceptions=True,
-        )
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        finally:
-            writer.close()
-            self._writers.discard(writer)
-
-    def cut(self) -> None:
-        for writer in list(self._writers):
-            writer.transport.abort()  # no close handshake: the connection is simply gone
-        self._writers.clear()
-
-    async def close(self) -> None:
-        self.cut()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-
-
 @pytest.fixture
 async def proxy(server: Server) -> AsyncIterator[SignalProxy]:
-    port = int(server.http_url.rsplit(":", 1)[1])
-    instance = SignalProxy(port)
-    await instance.start()
-    yield instance
-    await instance.close()
+    async with SignalProxy.to(server) as instance:
+        yield instance
 
 
 class Participant:
@@ -110,11 +57,16 @@ class Participant:
         self.room = rtc.Room()
         self.levels: list[float] = []
         self.events: list[str] = []
+        self.data: list[str] = []
         self._tasks: set[asyncio.Future[None]] = set()
 
         @self.room.on("track_subscribed")
         def on_track(track: rtc.Track, *_: Any) -> None:
             self._spawn(self._measure(track))
+
+        @self.room.on("data_received")
+        def on_data(packet: rtc.DataPacket) -> None:
+            self.data.append(packet.data.decode(errors="replace"))
 
         for event in ("reconnecting", "reconnected", "disconnected", "participant_disconnected"):
             self.room.on(event, self._recorder(event))
@@ -133,11 +85,9 @@ class Participant:
             self.levels.append(float(np.sqrt(np.mean(samples**2))))
 
     async def hears_the_tone_again(self, what: str, frames: int = 100) -> None:
-        """`frames` more 10 ms frames, loud: audio flows now, not just before."""
+        """`frames` more loud 10 ms frames of the tone: audio flows now, not just before."""
         start = len(self.levels)
-        await eventually(lambda: len(self.levels) >= start + frames, what, 15)
-        recent = self.levels[start : start + frames]
-        assert np.mean(recent[-frames // 2 :]) > LOUD, f"{what}: too quiet {recent[-5:]}"
+        await eventually(lambda: sum(level > LOUD for level in self.levels[start:]) >= frames, what, 15)
 
     async def publish_tone(self) -> rtc.LocalTrackPublication:
         source = rtc.AudioSource(48000, 1)
@@ -272,3 +222,97 @@ async def test_a_resume_of_a_session_that_is_not_there_asks_for_a_full_reconnect
     # None of those touched alice's live session.
     assert alice.room.connection_state == rtc.ConnectionState.CONN_CONNECTED
     await alice.hears_the_tone_again("alice to keep hearing bob")
+
+
+async def test_node_sdk_resumes_keeping_its_sid_tracks_and_audio(
+    server: Server, proxy: SignalProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    room = unique_room("resume")
+    monkeypatch.setenv("URL_A", proxy.url)  # alice (rtc-node) signals through the proxy
+    bob = Participant("bob")  # the Python SDK, straight to the server
+    await bob.room.connect(server.ws_url, server.join_token(room, "bob"))
+    await bob.publish_tone()
+
+    async def cut_once_they_hear_each_other() -> None:
+        await eventually(lambda: "ready" in bob.data, "alice (node) to hear bob")
+        await bob.hears_the_tone_again("bob to hear alice (node)")
+        proxy.cut()
+        await eventually(lambda: "resumed" in bob.data, "alice (node) to resume and hear bob again")
+        await bob.hears_the_tone_again("bob to hear alice (node) after her resume")
+        assert "participant_disconnected" not in bob.events, "bob never sees a resumed participant leave"
+
+    try:
+        result = await run_rtc_scenario(
+            server, "resume", room, "A", while_connected=cut_once_they_hear_each_other
+        )
+    finally:
+        await bob.close()
+    before, after = result["before"], result["after"]
+    resumed_in = result["a"]["reconnectedAt"] - result["a"]["reconnectingAt"]
+    print(f"\nnode resume: Reconnecting to Reconnected in {resumed_in} ms")
+    assert result["a"]["reconnecting"] == 1 and result["a"]["disconnectedReason"] is None
+    assert after["sid"] == before["sid"] and after["tracks"] == before["tracks"]
+    assert after["heard"]["audibleFrames"] >= 50 and after["heard"]["rms"] > LOUD, after["heard"]
+    assert f"participant resumed room={room} identity=alice sid={before['sid']}" in server.log()
+
+
+@pytest.mark.parametrize("how", ["signal-reconnect", "resume-reconnect", "full-reconnect"])
+async def test_browser_sdk_reconnects_by_its_own_scenarios_and_stays_audible(
+    server: Server, how: str
+) -> None:
+    """livekit-client's `simulateScenario`: `signal-reconnect` closes its signal connection and resumes
+    (same sid, same track); `full-reconnect` joins again (new sid, track published again), and so does
+    `resume-reconnect` (a resume the client makes fail after the server's answer). Either way each side
+    hears the other afterwards."""
+    room = f"resume-browser-{uuid.uuid4().hex[:8]}"
+    bob = Participant("bob")
+    async with served_page() as page:
+        token = server.join_token(room, "browser")
+        browser = BrowserScenario(server, page, "reconnect", token, PEER_IDENTITY="bob")
+        try:
+            await bob.room.connect(server.ws_url, server.join_token(room, "bob"))
+            await bob.publish_tone()
+            await browser.start()
+            await bob.hears_the_tone_again("bob to hear the browser", frames=50)
+            browser.tell(how)
+            await eventually(lambda: f"reconnected:{how}" in bob.data, f"the browser to {how}", 30)
+            await bob.hears_the_tone_again(f"bob to hear the browser after {how}", frames=50)
+            browser.tell("leave")
+            result = await browser.result()
+        finally:
+            await browser.kill()
+            await bob.close()
+
+    [report] = result["reconnects"]
+    print(f"\nbrowser {how}: reconnected in {report['reconnectedMs']} ms, events {report['events']}")
+    assert report["state"] == "connected" and "Reconnected" in [e["event"] for e in report["events"]]
+    before, after = report["before"], report["after"]
+    if how == "signal-reconnect":
+        assert after == before, "a resume keeps the sid and the track"
+        assert f"participant resumed room={room} identity=browser sid={before['sid']}" in server.log()
+    else:
+        assert after["sid"] != before["sid"], "a full reconnect is a new session"
+        assert len(after["tracks"]) == 1 and after["tracks"] != before["tracks"], (
+            "its track is published again"
+        )
+    heard = report["heard"]
+    assert heard["packetsReceived"] >= 100 and heard["loudestAudioLevel"] > 0.1, heard
+
+
+async def test_a_resume_takes_over_a_signal_connection_the_server_still_holds(
+    server: Server, pair: tuple[Participant, Participant, str]
+) -> None:
+    """A client may see its connection drop before the server does (a half-open TCP connection): its
+    resume replaces the old connection at once, without waiting for it to close."""
+    alice, bob, room = pair
+    sid = alice.room.local_participant.sid
+    started = time.monotonic()
+    answer = await resume_request(server, room, "alice", sid)
+    assert answer.WhichOneof("message") == "reconnect", answer
+    assert time.monotonic() - started < 2, "the answer must not wait for the old connection to close"
+    # The SDK's own connection was the one replaced: it resumes in turn, and keeps its sid.
+    await eventually(lambda: "reconnected" in alice.events, "alice's SDK to resume")
+    assert alice.room.local_participant.sid == sid
+    await bob.hears_the_tone_again("bob to hear alice after both resumes")
+    await alice.hears_the_tone_again("alice to hear bob after both resumes")
+    assert "participant_disconnected" not in bob.events

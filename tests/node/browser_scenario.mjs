@@ -1,14 +1,16 @@
 // The official browser SDK `livekit-client` (unmodified UMD build) in headless Debian Chromium, driven by
 // playwright-core, against a Switchboard server. Run by tests/integration/test_browser.py:
 //
-//   node browser_scenario.mjs <room|watch|listen|captions|bad-token>
+//   node browser_scenario.mjs <room|watch|listen|captions|bad-token|reconnect>
 //
 // Environment: PAGE_URL (a page that loads livekit-client.umd.js, served by the test), SWITCHBOARD_WS_URL,
 // BROWSER_TOKEN, PEER_IDENTITY (the Python participant, room scenario), CHROMIUM (default /usr/bin/chromium).
 // The room scenario waits for a line `leave` on stdin before disconnecting, so that the test decides when
 // the browser leaves; so does the watch scenario (a listener that records track permissions, subscriptions
 // and departures, then waits for PEER_IDENTITY to have left). The captions scenario listens on lk.transcription until PEER_IDENTITY's first final
-// caption (at most 45 s). Prints exactly one JSON line of observations on stdout; diagnostics go to stderr.
+// caption (at most 45 s). The reconnect scenario joins as the room scenario does, then reconnects by each
+// `simulateScenario` named on stdin (e.g. `signal-reconnect`, `full-reconnect`) until `leave`.
+// Prints exactly one JSON line of observations on stdout; diagnostics go to stderr.
 
 import readline from 'node:readline';
 import { chromium } from 'playwright-core';
@@ -298,6 +300,54 @@ async function stopListening() {
   return window.__obs;
 }
 
+async function reconnectAndReport({ how, peer, timeoutMs }) {
+  // The SDK's own reconnection (`simulateScenario`), then: who it is now, and whether the peer's audio
+  // plays again. The peer is told with a data packet `reconnected:<how>`, to check its side.
+  const LK = window.LivekitClient;
+  const room = window.__room;
+  const t0 = performance.now();
+  const ms = () => Math.round(performance.now() - t0);
+  const identity = () => ({ sid: room.localParticipant.sid, tracks: [...room.localParticipant.trackPublications.keys()] });
+  const report = { how, before: identity(), events: [] };
+  const E = LK.RoomEvent;
+  const record = (event) => () => report.events.push({ event, at: ms() });
+  for (const event of ['SignalReconnecting', 'Reconnecting', 'Reconnected', 'Disconnected']) room.on(E[event], record(event));
+  const reconnected = new Promise((resolve) => room.once(E.Reconnected, resolve));
+  await room.simulateScenario(how);
+  await Promise.race([reconnected, new Promise((r) => setTimeout(r, timeoutMs))]);
+  report.reconnectedMs = ms();
+  report.state = room.state;
+  report.after = identity();
+  const peerTrack = () =>
+    [...(room.remoteParticipants.get(peer)?.trackPublications.values() ?? [])].find((p) => p.track?.kind === 'audio');
+  while (!peerTrack() && ms() < timeoutMs) await new Promise((r) => setTimeout(r, 20));
+  const pub = peerTrack();
+  if (pub) {
+    const element = pub.track.attach();
+    document.body.appendChild(element);
+    const inbound = async () => {
+      let found = null;
+      (await pub.track.receiver.getStats()).forEach((r) => {
+        if (r.type === 'inbound-rtp') found = r;
+      });
+      return found;
+    };
+    const start = performance.now();
+    const before = (await inbound())?.packetsReceived ?? 0;
+    let packets = 0;
+    let loudest = 0;
+    while (!(packets >= 100 && loudest > 0.1) && performance.now() - start < timeoutMs) {
+      await new Promise((r) => setTimeout(r, 50));
+      const stats = await inbound();
+      packets = (stats?.packetsReceived ?? 0) - before;
+      if (packets >= 50) loudest = Math.max(loudest, stats?.audioLevel ?? 0);
+    }
+    report.heard = { sid: pub.trackSid, packetsReceived: packets, loudestAudioLevel: loudest };
+  }
+  await room.localParticipant.publishData(new TextEncoder().encode(`reconnected:${how}`), { reliable: true });
+  return report;
+}
+
 // ---- Driver ----
 
 async function main() {
@@ -313,7 +363,7 @@ async function main() {
   });
   result.launchMs = Date.now() - started;
   result.browserVersion = browser.version();
-  const input = ['room', 'watch', 'listen'].includes(scenario) ? lines() : null;
+  const input = ['room', 'watch', 'listen', 'reconnect'].includes(scenario) ? lines() : null;
   try {
     const page = await browser.newPage();
     page.setDefaultTimeout(STEP_TIMEOUT_MS);
@@ -379,6 +429,20 @@ async function main() {
         peer: env.PEER_IDENTITY,
         timeoutMs: 45_000,
       });
+    } else if (scenario === 'reconnect') {
+      result.joined = await page.evaluate(joinAndSend, {
+        url: env.SWITCHBOARD_WS_URL,
+        token: env.BROWSER_TOKEN,
+        timeoutMs: 5000,
+      });
+      result.reconnects = [];
+      for (;;) {
+        process.stderr.write('browser joined; waiting for a simulateScenario name or `leave` on stdin\n');
+        const how = await input.next(45_000);
+        if (how === 'leave' || how === null || how === 'timeout') break;
+        result.reconnects.push(await page.evaluate(reconnectAndReport, { how, peer: env.PEER_IDENTITY, timeoutMs: 20_000 }));
+      }
+      result.left = await page.evaluate(stopListening);
     } else if (scenario === 'bad-token') {
       result.attempt = await page.evaluate(badConnect, { url: env.SWITCHBOARD_WS_URL, token: env.BROWSER_TOKEN });
     } else {

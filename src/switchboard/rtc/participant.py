@@ -11,6 +11,7 @@ import json
 import logging
 import time
 from collections import deque
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -106,7 +107,8 @@ class ParticipantSession:
         self.negotiation = SubscriberNegotiation()
         self._negotiating: asyncio.Task[None] | None = None
         self._resume_window: asyncio.Task[None] | None = None
-        self._adding_candidates: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[Any]] = set()
+        """Work the signal loop must not wait for (see `_in_background`)."""
         """Running while the signal connection is lost and the client may still resume."""
         self.forwards: list[Forward] = []
         """Where this participant is forwarded to (ForwardParticipant): other rooms show it and its tracks."""
@@ -234,11 +236,11 @@ class ParticipantSession:
             if ws is not self.ws:
                 pass  # replaced by a resumed connection, which carries on
             elif reason in _RESUMABLE and self.sub_pc.connectionState == "connected" and not self.closed:
-                await self._await_resume(reason)
+                self._await_resume(reason)
             else:
                 await self.close(reason)
 
-    async def _await_resume(self, reason: int) -> None:
+    def _await_resume(self, reason: int) -> None:
         """The signal connection is gone but the media is not: as LiveKit, the participant stays (sid,
         tracks, subscriptions) for the room's departure timeout, in which the client may resume."""
         window = self.room.runtime.engine.room(self.room.name).departure_timeout
@@ -249,7 +251,6 @@ class ParticipantSession:
             models.DisconnectReason.Name(reason),
             window,
         )
-        await self.ws.close()
 
         async def expire() -> None:
             await asyncio.sleep(window)
@@ -257,6 +258,8 @@ class ParticipantSession:
             await self.close(reason)
 
         self._resume_window = asyncio.get_running_loop().create_task(expire())
+        # A connection that timed out may still be open: closing it waits for the client's close frame.
+        self._in_background(self.ws.close())
 
     async def resume(self, ws: web.WebSocketResponse, reconnect_reason: str) -> None:
         """The client reconnected its signal connection (`reconnect=1`): answer as LiveKit does (a
@@ -266,7 +269,9 @@ class ParticipantSession:
             self._resume_window.cancel()
             self._resume_window = None
         old, self.ws, self.signal = self.ws, ws, MessageSender(ws)
-        await old.close()  # if the server had not noticed it was gone: its reader stops (`_serve`)
+        # If the server had not noticed that it was gone: its reader stops (`_serve`). Not awaited: a
+        # half-open connection never answers the close, and the client waits for its ReconnectResponse.
+        self._in_background(old.close())
         log.info(
             "participant resumed room=%s identity=%s sid=%s reason=%s",
             self.room.name,
@@ -345,7 +350,7 @@ class ParticipantSession:
         self.end_forwards(reason)
         self.room.remove(self)
         self.server_rpcs.close()
-        for task in (self._negotiating, self._resume_window, *self._adding_candidates):
+        for task in (self._negotiating, self._resume_window, *self._background):
             if task is not None and task is not asyncio.current_task():
                 task.cancel()
         for pc in (self.pub_pc, self.sub_pc):
@@ -494,9 +499,12 @@ class ParticipantSession:
             # Not awaited here: aioice resolves an mDNS candidate (`….local`, which libwebrtc sends
             # e.g. after an ICE restart) for seconds, and the signal requests behind it (pings
             # among them) would wait as long; the client would give up on the connection.
-            task = asyncio.get_running_loop().create_task(_add_candidates(pc, pending))
-            self._adding_candidates.add(task)
-            task.add_done_callback(self._adding_candidates.discard)
+            self._in_background(_add_candidates(pc, pending))
+
+    def _in_background(self, work: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def request_negotiation(self) -> None:
         """Offer the subscriber connection again; one offer in flight at a time."""
