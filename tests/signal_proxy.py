@@ -9,7 +9,8 @@ from tests.conftest import Server, free_port
 
 class SignalProxy:
     """A TCP proxy in front of the server. `cut()` drops every connection through it, as a network
-    blip drops a client's signal connection; while `refusing`, new connections are closed at once."""
+    blip drops a client's signal connection; while `refusing`, new connections are closed at once; while
+    `stalled` (`stall()` … `release()`), they are held, unanswered, as on a network still recovering."""
 
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
@@ -18,6 +19,8 @@ class SignalProxy:
         self.connections = 0
         self._writers: set[asyncio.StreamWriter] = set()
         self._server: asyncio.Server | None = None
+        self._flowing = asyncio.Event()
+        self._flowing.set()
 
     @property
     def url(self) -> str:
@@ -30,6 +33,7 @@ class SignalProxy:
         if self.refusing:
             client_writer.close()
             return
+        await self._flowing.wait()
         self.connections += 1
         upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
         self._writers |= {client_writer, upstream_writer}
@@ -48,12 +52,19 @@ class SignalProxy:
             writer.close()
             self._writers.discard(writer)
 
+    def stall(self) -> None:
+        self._flowing.clear()
+
+    def release(self) -> None:
+        self._flowing.set()
+
     def cut(self) -> None:
         for writer in list(self._writers):
             writer.transport.abort()  # no close handshake: the connection is simply gone
         self._writers.clear()
 
     async def close(self) -> None:
+        self.release()
         self.cut()
         if self._server is not None:
             self._server.close()

@@ -62,6 +62,34 @@ function lines() {
 
 // ---- In the page (serialised by playwright: no closures over this module) ----
 
+async function playAndMeasure(track, timeoutMs) {
+  // Plays a remote audio track and reports what its receiver got from now on (RTP packets, decoded
+  // audio energy): until 100 packets and a loud level, or `timeoutMs`. Installed as window.playAndMeasure.
+  const element = track.attach();
+  element.muted = false;
+  document.body.appendChild(element);
+  const inbound = async () => {
+    let found = null;
+    (await track.receiver.getStats()).forEach((r) => {
+      if (r.type === 'inbound-rtp') found = r;
+    });
+    return found;
+  };
+  // A reused transceiver keeps its counters: count from now, and read the level only once this
+  // track's packets have been arriving for a while.
+  const start = performance.now();
+  const before = (await inbound())?.packetsReceived ?? 0;
+  let packets = 0;
+  let loudest = 0;
+  while (!(packets >= 100 && loudest > 0.1) && performance.now() - start < timeoutMs) {
+    await new Promise((r) => setTimeout(r, 50));
+    const stats = await inbound();
+    packets = (stats?.packetsReceived ?? 0) - before;
+    if (packets >= 50) loudest = Math.max(loudest, stats?.audioLevel ?? 0);
+  }
+  return { packetsReceived: packets, loudestAudioLevel: loudest, ms: Math.round(performance.now() - start) };
+}
+
 async function joinAndSend({ url, token, timeoutMs }) {
   const LK = window.LivekitClient;
   const t0 = performance.now();
@@ -266,29 +294,7 @@ async function listen({ url, token, peer, timeoutMs }) {
   window.__room = room;
   room.on(LK.RoomEvent.TrackSubscribed, async (track, pub, p) => {
     if (p.identity !== peer || track.kind !== 'audio') return;
-    const element = track.attach();
-    element.muted = false;
-    document.body.appendChild(element);
-    const inbound = async () => {
-      let found = null;
-      (await track.receiver.getStats()).forEach((r) => {
-        if (r.type === 'inbound-rtp') found = r;
-      });
-      return found;
-    };
-    // A reused transceiver keeps its counters: count from now, and read the level only once this
-    // track's packets have been arriving for a while.
-    const start = performance.now();
-    const before = (await inbound())?.packetsReceived ?? 0;
-    let packets = 0;
-    let loudest = 0;
-    while (!(packets >= 100 && loudest > 0.1) && performance.now() - start < timeoutMs) {
-      await new Promise((r) => setTimeout(r, 50));
-      const stats = await inbound();
-      packets = (stats?.packetsReceived ?? 0) - before;
-      if (packets >= 50) loudest = Math.max(loudest, stats?.audioLevel ?? 0);
-    }
-    obs.heard.push({ sid: pub.trackSid, packetsReceived: packets, loudestAudioLevel: loudest, ms: Math.round(performance.now() - start) });
+    obs.heard.push({ sid: pub.trackSid, ...(await window.playAndMeasure(track, timeoutMs)) });
     await room.localParticipant.publishData(new TextEncoder().encode(`heard:${pub.trackSid}`), { reliable: true });
   });
   await room.connect(url, token, { autoSubscribe: true });
@@ -322,28 +328,7 @@ async function reconnectAndReport({ how, peer, timeoutMs }) {
     [...(room.remoteParticipants.get(peer)?.trackPublications.values() ?? [])].find((p) => p.track?.kind === 'audio');
   while (!peerTrack() && ms() < timeoutMs) await new Promise((r) => setTimeout(r, 20));
   const pub = peerTrack();
-  if (pub) {
-    const element = pub.track.attach();
-    document.body.appendChild(element);
-    const inbound = async () => {
-      let found = null;
-      (await pub.track.receiver.getStats()).forEach((r) => {
-        if (r.type === 'inbound-rtp') found = r;
-      });
-      return found;
-    };
-    const start = performance.now();
-    const before = (await inbound())?.packetsReceived ?? 0;
-    let packets = 0;
-    let loudest = 0;
-    while (!(packets >= 100 && loudest > 0.1) && performance.now() - start < timeoutMs) {
-      await new Promise((r) => setTimeout(r, 50));
-      const stats = await inbound();
-      packets = (stats?.packetsReceived ?? 0) - before;
-      if (packets >= 50) loudest = Math.max(loudest, stats?.audioLevel ?? 0);
-    }
-    report.heard = { sid: pub.trackSid, packetsReceived: packets, loudestAudioLevel: loudest };
-  }
+  if (pub) report.heard = { sid: pub.trackSid, ...(await window.playAndMeasure(pub.track, timeoutMs)) };
   await room.localParticipant.publishData(new TextEncoder().encode(`reconnected:${how}`), { reliable: true });
   return report;
 }
@@ -397,6 +382,7 @@ async function main() {
     result.pageLoadMs = Date.now() - loading;
     result.sdkLoaded = await page.evaluate(() => typeof window.LivekitClient?.Room === 'function');
     if (!result.sdkLoaded) throw new Error('livekit-client UMD build did not define window.LivekitClient');
+    await page.addScriptTag({ content: `window.playAndMeasure = ${playAndMeasure.toString()};` });
 
     if (scenario === 'room') {
       result.joined = await page.evaluate(joinAndSend, {

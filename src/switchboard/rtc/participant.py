@@ -107,9 +107,9 @@ class ParticipantSession:
         self.negotiation = SubscriberNegotiation()
         self._negotiating: asyncio.Task[None] | None = None
         self._resume_window: asyncio.Task[None] | None = None
+        """Running while the signal connection is lost and the client may still resume."""
         self._background: set[asyncio.Task[Any]] = set()
         """Work the signal loop must not wait for (see `_in_background`)."""
-        """Running while the signal connection is lost and the client may still resume."""
         self.forwards: list[Forward] = []
         """Where this participant is forwarded to (ForwardParticipant): other rooms show it and its tracks."""
         self._deferred: list[tuple[Publisher, AudioRelay]] = []
