@@ -28,22 +28,30 @@ def test_requests_while_an_offer_is_out_make_one_more_offer_after_the_answer() -
     assert not negotiation.request()
     assert not negotiation.request()
     assert negotiation.state is State.AWAITING_ANSWER and negotiation.pending
-    assert negotiation.answered()  # offer again, once, for both changes
-    assert negotiation.state is State.OFFERING
-    assert negotiation.offer_made() == 2 and not negotiation.pending
+    assert negotiation.answered(), "a change came meanwhile"
+    assert negotiation.state is State.IDLE and not negotiation.pending
+    assert negotiation.request()  # one more offer, for both changes
+    assert negotiation.offer_made() == 2
     assert not negotiation.answered()
     assert negotiation.state is State.IDLE
 
 
-def test_a_request_while_the_offer_is_being_made_is_carried_by_the_next_offer_not_this_one() -> None:
+def test_a_request_while_the_offer_is_being_made_waits_for_the_next_offer() -> None:
     negotiation = SubscriberNegotiation()
     negotiation.request()
     assert not negotiation.request()
-    assert negotiation.pending
-    # The change may or may not be in the SDP being made: offer_made() counts it as carried. Callers that
-    # change the connection while busy defer the change to after the answer instead (see `busy`).
+    # The offer being made may have read the connection before this change: it is not counted as carried.
     negotiation.offer_made()
-    assert not negotiation.pending
+    assert negotiation.pending
+    assert negotiation.answered()
+
+
+def test_an_offer_starts_with_nothing_pending() -> None:
+    negotiation = offered()
+    negotiation.request()
+    negotiation.answered()
+    negotiation.request()
+    assert negotiation.state is State.OFFERING and not negotiation.pending
 
 
 def test_only_the_answer_to_the_offer_in_flight_is_expected() -> None:
@@ -83,6 +91,9 @@ def test_restart_when_idle_offers_and_while_offering_offers_once_more_after() ->
     making.request()
     assert not making.restart()
     assert making.pending and making.state is State.OFFERING
+    waiting = offered()
+    waiting.request()
+    assert waiting.restart() and not waiting.pending, "the new offer reads the connection as it is now"
 
 
 @pytest.mark.parametrize(

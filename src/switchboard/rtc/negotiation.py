@@ -5,13 +5,15 @@ a change asked for while an offer is being made or answered (a new subscription,
 remembered and offered once the answer is in, as LiveKit does.
 
     IDLE ──request──▶ OFFERING ──offer_made──▶ AWAITING_ANSWER ──answered──▶ IDLE
-                         │                             │
-                         └──offer_failed──▶ IDLE        └──answered, with a request pending──▶ OFFERING
-    AWAITING_ANSWER ──restart (the answer cannot come: the signal connection was replaced)──▶ OFFERING
+                         │
+                         └──offer_failed──▶ IDLE
+    AWAITING_ANSWER, IDLE ──restart (the signal connection was replaced: an answer cannot come)──▶ OFFERING
 
-A `request` in OFFERING or AWAITING_ANSWER only marks a renegotiation pending (`pending`). While
-`busy`, a new sender must not be added to the connection: aiortc would give it a transport of its own
-that the coming answer leaves unused, and its track would stay silent.
+A `request` in OFFERING or AWAITING_ANSWER only marks a renegotiation pending (`pending`): the offer
+being made may already have read the connection, so the change waits for the next one. `answered`
+says whether one is pending; the caller then asks again. While `busy`, a new sender must not be added
+to the connection: aiortc would give it a transport of its own that the coming answer leaves unused,
+and its track would stay silent.
 """
 
 from enum import Enum
@@ -43,15 +45,18 @@ class SubscriberNegotiation:
     def request(self) -> bool:
         """Something changed that the client must be offered. True: make the offer now (OFFERING)."""
         if self.state is State.IDLE:
-            self.state = State.OFFERING
+            self._start()
             return True
         self.pending = True
         return False
 
+    def _start(self) -> None:
+        self.state = State.OFFERING
+        self.pending = False  # the offer about to be made reads the connection as it is now
+
     def offer_made(self) -> int:
         """The offer is the local description: send it with the returned id and wait for the answer."""
         self._expect(State.OFFERING, "offer_made")
-        self.pending = False  # this offer carries every change asked for until now
         self.offer_id += 1
         self.state = State.AWAITING_ANSWER
         return self.offer_id
@@ -61,13 +66,11 @@ class SubscriberNegotiation:
         self.state = State.IDLE
 
     def answered(self) -> bool:
-        """The client's answer is set. True: a change came meanwhile, make the next offer (OFFERING)."""
+        """The client's answer is set (IDLE). True: a change came meanwhile, to be offered next."""
         self._expect(State.AWAITING_ANSWER, "answered")
-        if self.pending:
-            self.state = State.OFFERING
-            return True
         self.state = State.IDLE
-        return False
+        pending, self.pending = self.pending, False
+        return pending
 
     def expects(self, answer_id: int) -> bool:
         """Whether an answer with this id answers the offer in flight (0: a client that sends no id).
@@ -80,7 +83,7 @@ class SubscriberNegotiation:
         if self.state is State.OFFERING:
             self.pending = True  # the offer being made goes out on the new connection; then one more
             return False
-        self.state = State.OFFERING
+        self._start()
         return True
 
     def _expect(self, state: State, move: str) -> None:

@@ -460,16 +460,15 @@ class ParticipantSession:
             )
             return
         await self.sub_pc.setRemoteDescription(RTCSessionDescription(sdp=answer.sdp, type="answer"))
-        offer_again = self.negotiation.answered()
+        changed_meanwhile = self.negotiation.answered()
         self._apply_candidates(rtc.SUBSCRIBER)
         self._report_subscriptions()
-        # The subscriptions that waited for this answer are added to the offer made below (or to a new one).
         deferred, self._deferred = self._deferred, []
-        for publisher, relay in deferred:
+        for publisher, relay in deferred:  # the subscriptions that waited for this answer
             if not publisher.closed and relay.track_sid in publisher.relays:
                 self.subscribe(publisher, relay)
-        if offer_again:
-            self._start_offer()
+        if changed_meanwhile and not self.negotiation.busy:  # else the offer just started carries it
+            self.request_negotiation()
 
     async def _on_trickle(self, trickle: rtc.TrickleRequest) -> None:
         try:
