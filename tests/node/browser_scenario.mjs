@@ -1,7 +1,7 @@
 // The official browser SDK `livekit-client` (unmodified UMD build) in headless Debian Chromium, driven by
 // playwright-core, against a Switchboard server. Run by tests/integration/test_browser.py:
 //
-//   node browser_scenario.mjs <room|watch|listen|captions|bad-token|speakers|relay>
+//   node browser_scenario.mjs <room|watch|listen|captions|bad-token|speakers|relay|reconnect>
 //
 // Environment: PAGE_URL (a page that loads livekit-client.umd.js, served by the test), SWITCHBOARD_WS_URL,
 // BROWSER_TOKEN, PEER_IDENTITY (the Python participant, room scenario), CHROMIUM (default /usr/bin/chromium).
@@ -13,6 +13,8 @@
 // The relay scenario connects with `rtcConfig.iceTransportPolicy` ICE_POLICY (e.g. relay: only through the
 // TURN servers of the JoinResponse), publishes a tone, waits to hear PEER_IDENTITY's, then on `leave`
 // reports each peer connection's ICE servers, the server's candidates and the selected candidate pair.
+// The reconnect scenario joins as the room scenario does, then reconnects by each
+// `simulateScenario` named on stdin (e.g. `signal-reconnect`, `full-reconnect`) until `leave`.
 // Prints exactly one JSON line of observations on stdout; diagnostics go to stderr.
 
 import readline from 'node:readline';
@@ -64,6 +66,34 @@ function lines() {
 }
 
 // ---- In the page (serialised by playwright: no closures over this module) ----
+
+async function playAndMeasure(track, timeoutMs) {
+  // Plays a remote audio track and reports what its receiver got from now on (RTP packets, decoded
+  // audio energy): until 100 packets and a loud level, or `timeoutMs`. Installed as window.playAndMeasure.
+  const element = track.attach();
+  element.muted = false;
+  document.body.appendChild(element);
+  const inbound = async () => {
+    let found = null;
+    (await track.receiver.getStats()).forEach((r) => {
+      if (r.type === 'inbound-rtp') found = r;
+    });
+    return found;
+  };
+  // A reused transceiver keeps its counters: count from now, and read the level only once this
+  // track's packets have been arriving for a while.
+  const start = performance.now();
+  const before = (await inbound())?.packetsReceived ?? 0;
+  let packets = 0;
+  let loudest = 0;
+  while (!(packets >= 100 && loudest > 0.1) && performance.now() - start < timeoutMs) {
+    await new Promise((r) => setTimeout(r, 50));
+    const stats = await inbound();
+    packets = (stats?.packetsReceived ?? 0) - before;
+    if (packets >= 50) loudest = Math.max(loudest, stats?.audioLevel ?? 0);
+  }
+  return { packetsReceived: packets, loudestAudioLevel: loudest, ms: Math.round(performance.now() - start) };
+}
 
 async function joinAndSend({ url, token, timeoutMs }) {
   const LK = window.LivekitClient;
@@ -269,29 +299,7 @@ async function listen({ url, token, peer, timeoutMs }) {
   window.__room = room;
   room.on(LK.RoomEvent.TrackSubscribed, async (track, pub, p) => {
     if (p.identity !== peer || track.kind !== 'audio') return;
-    const element = track.attach();
-    element.muted = false;
-    document.body.appendChild(element);
-    const inbound = async () => {
-      let found = null;
-      (await track.receiver.getStats()).forEach((r) => {
-        if (r.type === 'inbound-rtp') found = r;
-      });
-      return found;
-    };
-    // A reused transceiver keeps its counters: count from now, and read the level only once this
-    // track's packets have been arriving for a while.
-    const start = performance.now();
-    const before = (await inbound())?.packetsReceived ?? 0;
-    let packets = 0;
-    let loudest = 0;
-    while (!(packets >= 100 && loudest > 0.1) && performance.now() - start < timeoutMs) {
-      await new Promise((r) => setTimeout(r, 50));
-      const stats = await inbound();
-      packets = (stats?.packetsReceived ?? 0) - before;
-      if (packets >= 50) loudest = Math.max(loudest, stats?.audioLevel ?? 0);
-    }
-    obs.heard.push({ sid: pub.trackSid, packetsReceived: packets, loudestAudioLevel: loudest, ms: Math.round(performance.now() - start) });
+    obs.heard.push({ sid: pub.trackSid, ...(await window.playAndMeasure(track, timeoutMs)) });
     await room.localParticipant.publishData(new TextEncoder().encode(`heard:${pub.trackSid}`), { reliable: true });
   });
   await room.connect(url, token, { autoSubscribe: true });
@@ -411,6 +419,33 @@ async function relayReport() {
   return connections;
 }
 
+async function reconnectAndReport({ how, peer, timeoutMs }) {
+  // The SDK's own reconnection (`simulateScenario`), then: who it is now, and whether the peer's audio
+  // plays again. The peer is told with a data packet `reconnected:<how>`, to check its side.
+  const LK = window.LivekitClient;
+  const room = window.__room;
+  const t0 = performance.now();
+  const ms = () => Math.round(performance.now() - t0);
+  const identity = () => ({ sid: room.localParticipant.sid, tracks: [...room.localParticipant.trackPublications.keys()] });
+  const report = { how, before: identity(), events: [] };
+  const E = LK.RoomEvent;
+  const record = (event) => () => report.events.push({ event, at: ms() });
+  for (const event of ['SignalReconnecting', 'Reconnecting', 'Reconnected', 'Disconnected']) room.on(E[event], record(event));
+  const reconnected = new Promise((resolve) => room.once(E.Reconnected, resolve));
+  await room.simulateScenario(how);
+  await Promise.race([reconnected, new Promise((r) => setTimeout(r, timeoutMs))]);
+  report.reconnectedMs = ms();
+  report.state = room.state;
+  report.after = identity();
+  const peerTrack = () =>
+    [...(room.remoteParticipants.get(peer)?.trackPublications.values() ?? [])].find((p) => p.track?.kind === 'audio');
+  while (!peerTrack() && ms() < timeoutMs) await new Promise((r) => setTimeout(r, 20));
+  const pub = peerTrack();
+  if (pub) report.heard = { sid: pub.trackSid, ...(await window.playAndMeasure(pub.track, timeoutMs)) };
+  await room.localParticipant.publishData(new TextEncoder().encode(`reconnected:${how}`), { reliable: true });
+  return report;
+}
+
 // ---- Driver ----
 
 async function main() {
@@ -426,7 +461,7 @@ async function main() {
   });
   result.launchMs = Date.now() - started;
   result.browserVersion = browser.version();
-  const input = ['room', 'watch', 'listen', 'speakers', 'relay'].includes(scenario) ? lines() : null;
+  const input = ['room', 'watch', 'listen', 'speakers', 'relay', 'reconnect'].includes(scenario) ? lines() : null;
   try {
     const page = await browser.newPage();
     page.setDefaultTimeout(STEP_TIMEOUT_MS);
@@ -461,6 +496,7 @@ async function main() {
     result.pageLoadMs = Date.now() - loading;
     result.sdkLoaded = await page.evaluate(() => typeof window.LivekitClient?.Room === 'function');
     if (!result.sdkLoaded) throw new Error('livekit-client UMD build did not define window.LivekitClient');
+    await page.addScriptTag({ content: `window.playAndMeasure = ${playAndMeasure.toString()};` });
 
     if (scenario === 'room') {
       result.joined = await page.evaluate(joinAndSend, {
@@ -509,6 +545,20 @@ async function main() {
       process.stderr.write(`browser joined (ICE policy ${env.ICE_POLICY}); waiting for \`leave\` on stdin\n`);
       result.leaveSignal = await input.next(60_000);
       result.connections = await page.evaluate(relayReport);
+    } else if (scenario === 'reconnect') {
+      result.joined = await page.evaluate(joinAndSend, {
+        url: env.SWITCHBOARD_WS_URL,
+        token: env.BROWSER_TOKEN,
+        timeoutMs: 5000,
+      });
+      result.reconnects = [];
+      for (;;) {
+        process.stderr.write('browser joined; waiting for a simulateScenario name or `leave` on stdin\n');
+        const how = await input.next(45_000);
+        if (how === 'leave' || how === null || how === 'timeout') break;
+        result.reconnects.push(await page.evaluate(reconnectAndReport, { how, peer: env.PEER_IDENTITY, timeoutMs: 20_000 }));
+      }
+      result.left = await page.evaluate(stopListening);
     } else if (scenario === 'bad-token') {
       result.attempt = await page.evaluate(badConnect, { url: env.SWITCHBOARD_WS_URL, token: env.BROWSER_TOKEN });
     } else {

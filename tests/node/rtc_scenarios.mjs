@@ -1,6 +1,6 @@
 // Joins rooms of a running Switchboard server with the official, unmodified `@livekit/rtc-node` SDK.
 //
-// Usage: node rtc_scenarios.mjs <presence|audio|audio-fanout|unpublish|republish|data|text>
+// Usage: node rtc_scenarios.mjs <presence|audio|audio-fanout|unpublish|republish|data|text|resume>
 // Environment: SWITCHBOARD_URL (ws://127.0.0.1:PORT), TOKEN_A, TOKEN_B (and TOKEN_C for `audio-fanout` and
 // `data`): participant tokens for one room, minted by the Python test; E2EE_KEY: every participant uses
 // the SDK's end-to-end encryption with this shared key. HOLD_FOR_STDIN=1 makes `audio` and
@@ -150,7 +150,8 @@ async function join(label) {
     // The SDK's shared-key end-to-end encryption: media and data are encrypted by the sender.
     options.encryption = { keyProviderOptions: { sharedKey: encoder.encode(process.env.E2EE_KEY) } };
   }
-  await within(room.connect(url, token, options), 20_000, `${label} connect`);
+  const joinUrl = process.env[`URL_${label}`] ?? url; // e.g. through the resume test's cuttable proxy
+  await within(room.connect(joinUrl, token, options), 20_000, `${label} connect`);
   seen.connectMs = Math.round(performance.now() - connectStarted);
   seen.local = describeParticipant(room.localParticipant);
   seen.remotesAtConnect = [...room.remoteParticipants.values()].map(describeParticipant);
@@ -350,6 +351,41 @@ async function subscription(subscriber, publisher) {
 // Scenarios
 
 const scenarios = {
+  /**
+   * A signals through URL_A (the test's cuttable proxy) and meets the test's own participant (a Python
+   * SDK one, straight to the server): each publishes a tone and hears the other. A says `ready` (a data
+   * packet) once it hears the peer; the test then cuts A's signal connection, and A's SDK resumes on its
+   * own. A must hear the peer again, keeping its sid and track sid; it says `resumed`, and leaves once
+   * the test, having checked its side, says `go` on stdin.
+   */
+  async resume() {
+    const a = await join('A');
+    partial.a = a.seen;
+    a.seen.reconnecting = 0;
+    a.room
+      .on(RoomEvent.Reconnecting, () => {
+        a.seen.reconnecting += 1;
+        a.seen.reconnectingAt = elapsed();
+      })
+      .on(RoomEvent.Reconnected, () => (a.seen.reconnectedAt = elapsed()));
+    const tone = await publishTone(a);
+    const peerTrack = await waitFor(() => a.seen.subscribed[0], 10_000, 'A to subscribe to the peer');
+    const hearing = async () => ({
+      sid: a.room.localParticipant.sid,
+      tracks: [...a.room.localParticipant.trackPublications.keys()],
+      heard: await measureAudio(peerTrack.track, 50, 8_000),
+    });
+    const before = await hearing();
+    partial.before = before;
+    await a.room.localParticipant.publishData(encoder.encode('ready'), { reliable: true });
+    await waitFor(() => a.seen.reconnectedAt, 20_000, 'A to resume (RoomEvent.Reconnected)');
+    const after = await hearing();
+    await a.room.localParticipant.publishData(encoder.encode('resumed'), { reliable: true });
+    await stdinLine(30_000);
+    await tone.close();
+    return { a: report(a.seen), before, after };
+  },
+
   /** A joins, B joins; each sees the other; A leaves and B is told. */
   async presence() {
     const a = await join('A');

@@ -225,13 +225,13 @@ def test_each_participant_hears_of_itself_and_of_whom_it_subscribes_to() -> None
 
 
 @dataclass
-class Rooms:
-    sessions: dict[str, dict[str, Member]] = field(default_factory=dict)
-    forwards: dict[str, dict[str, Member]] = field(default_factory=dict)
+class Room:
+    sessions: dict[str, Member] = field(default_factory=dict)
+    forwards: dict[str, Member] = field(default_factory=dict)
 
 
 def test_only_microphones_are_measured() -> None:
-    speakers = ActiveSpeakers(SETTINGS, Rooms())
+    speakers = ActiveSpeakers(SETTINGS, {})
     assert isinstance(speakers.track_level("microphone"), TrackLevel)
     assert speakers.track_level("screen_share_audio") is None
     assert speakers.track_level("unknown") is None
@@ -243,7 +243,7 @@ async def test_each_room_sends_speakers_changed_until_it_empties() -> None:
     alice = Member("PA_alice", relays={"TR_alice": Relay(track)})
     forwarded = Member("PA_fwd", relays={"TR_fwd": Relay(TrackLevel(settings))})
     bob = Member("PA_bob", subscriptions={"TR_alice": object(), "TR_fwd": object()})
-    rooms = Rooms({"r": {"alice": alice, "bob": bob}}, {"r": {"fwd": forwarded}})
+    rooms = {"r": Room({"alice": alice, "bob": bob}, {"fwd": forwarded})}
     speakers = ActiveSpeakers(settings, rooms)
     speakers.watch("r")
     speakers.watch("r")  # one task per room, however often asked
@@ -267,7 +267,7 @@ async def test_each_room_sends_speakers_changed_until_it_empties() -> None:
     assert {sid for sid, _ in entries(alice)} == {"PA_alice"}  # alice subscribes to no one
     assert speakers.watched == {"r"}
 
-    rooms.sessions["r"] = {}
+    rooms["r"].sessions.clear()
     await eventually(lambda: not speakers.watched, "the task of the emptied room ended")
 
 

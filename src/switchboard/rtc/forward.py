@@ -15,10 +15,11 @@ from switchboard.rtc.relay import AudioRelay
 
 if TYPE_CHECKING:
     from switchboard.rtc.participant import ParticipantSession
+    from switchboard.rtc.room import Room
 
 
 class Forward:
-    def __init__(self, source: "ParticipantSession", room: str, sid: str) -> None:
+    def __init__(self, source: "ParticipantSession", room: "Room", sid: str) -> None:
         self.source = source
         self.room = room
         self.sid = sid

@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -30,15 +30,16 @@ from switchboard.core import ids
 from switchboard.core.errors import CoreError
 from switchboard.core.rooms import Participant, Track
 from switchboard.rtc.data import DataSender, route
+from switchboard.rtc.negotiation import SubscriberNegotiation
 from switchboard.rtc.network import NoIceCandidates, ice_servers, require_candidates
 from switchboard.rtc.relay import AudioRelay, OutboundAudio, Publisher
+from switchboard.rtc.room import Room
 from switchboard.rtc.rpc import ServerRpcCalls
 from switchboard.websocket import ConnectionLost, MalformedMessage, MessageSender, receive
-from switchboard.wire import participant_to_proto, track_to_proto
+from switchboard.wire import participant_to_proto, room_to_proto, track_to_proto
 
 if TYPE_CHECKING:
     from switchboard.rtc.forward import Forward
-    from switchboard.rtc.service import RtcService
 
 log = logging.getLogger("switchboard.rtc")
 
@@ -53,23 +54,24 @@ _MAX_PENDING_TRACKS = 32
 _MAX_PENDING_CANDIDATES = 256
 _SOURCE_NAMES = {value: name.lower() for name, value in models.TrackSource.items()}
 _SOURCES = frozenset(models.TrackSource.keys())
+# Signal connections that ended this way (no leave request, no error) may be resumed.
+_RESUMABLE = frozenset({models.SIGNAL_CLOSE, models.CONNECTION_TIMEOUT})
 
 
 class ParticipantSession:
     def __init__(
         self,
-        service: "RtcService",
+        room: Room,
         ws: web.WebSocketResponse,
-        room: str,
         participant: Participant,
         claims: Claims,
         client_protocol: int,
         auto_subscribe: bool,
         reports_subscriptions: bool = True,
     ) -> None:
-        self.service = service
         self.ws = ws
         self.room = room
+        """The room the participant is in (it changes when RoomService moves the participant)."""
         self.identity = participant.identity
         self.sid = participant.sid
         self._last = participant
@@ -103,11 +105,14 @@ class ParticipantSession:
         """RPCs the server made to this participant (RoomService.PerformRpc), waiting for its answer."""
         self._queued: deque[bytes] = deque(maxlen=_MAX_QUEUED_PACKETS)
         self._pending_candidates: dict[int, list[Any]] = {0: [], 1: []}
-        self._offer_id = 0
-        self._awaiting_answer = False
-        self._offering = False
-        self._needs_offer = False
-        self._negotiation: asyncio.Task[None] | None = None
+        self.negotiation = SubscriberNegotiation()
+        self._negotiating: asyncio.Task[None] | None = None
+        self._resume_window: asyncio.Task[None] | None = None
+        """Running while the signal connection is lost and the client may still resume."""
+        self._background: set[asyncio.Task[Any]] = set()
+        """Work the signal loop must not wait for (see `_in_background`)."""
+        self.forwards: list[Forward] = []
+        """Where this participant is forwarded to (ForwardParticipant): other rooms show it and its tracks."""
         self._deferred: list[tuple[Publisher, AudioRelay]] = []
         """Subscriptions that arrived while an offer was being made or answered (see `subscribe`)."""
         video = claims.video
@@ -128,7 +133,7 @@ class ParticipantSession:
     # What others see
 
     def participant(self) -> Participant:
-        return self.service.runtime.engine.participant(self.room, self.identity)
+        return self.room.runtime.engine.participant(self.room.name, self.identity)
 
     def info(self, state: str = "", participant: Participant | None = None) -> models.ParticipantInfo:
         video = self.claims.video
@@ -151,49 +156,49 @@ class ParticipantSession:
 
     # Lifecycle
 
-    async def run(
-        self,
-        room_info: models.Room,
-        others: list["ParticipantSession"],
-        forwards: Sequence["Forward"] = (),
-    ) -> None:
-        settings = self.service.settings
+    async def run(self, room_info: models.Room) -> None:
+        settings, room = self.room.settings, self.room
         join = rtc.JoinResponse(
             room=room_info,
             participant=self.info(),
-            other_participants=[o.info() for o in others if not o.hidden]
-            + [f.info() for f in forwards if not f.hidden],
+            other_participants=room.visible(self),
             subscriber_primary=True,
             ping_interval=settings.ping_interval,
             ping_timeout=settings.ping_timeout,
-            server_version=self.service.server_info.version,
-            server_info=self.service.server_info,
+            server_version=room.server_info.version,
+            server_info=room.server_info,
             ice_servers=ice_servers(settings),
         )
         self.signal.send(rtc.SignalResponse(join=join))
         self._announce()
         self._open_subscriber()
-        publishers: list[Publisher] = [*others, *forwards]
-        for publisher in publishers:
-            for relay in publisher.relays.values():
-                self.subscribe(publisher, relay)
+        for publisher in room.publishers():
+            if publisher is not self:
+                for relay in publisher.relays.values():
+                    self.subscribe(publisher, relay)
         self.request_negotiation()
+        await self._serve(self.ws)
+
+    async def _serve(self, ws: web.WebSocketResponse) -> None:
+        """Handle the client's requests on this signal connection until it ends. Without a leave request
+        the session outlives it, for a resume (see `_await_resume`)."""
+        settings, signal = self.room.settings, self.signal
         reason = models.SIGNAL_CLOSE  # the signal connection closed without a leave request
         bad_frames: list[str] = []
         try:
-            while not self.closed:
+            while not self.closed and ws is self.ws:
                 try:
                     request = await asyncio.wait_for(
-                        receive(self.ws, self.signal, rtc.SignalRequest), settings.ping_timeout
+                        receive(ws, signal, rtc.SignalRequest), settings.ping_timeout
                     )
                 except TimeoutError:
-                    log.info("participant timed out room=%s identity=%s", self.room, self.identity)
+                    log.info("participant timed out room=%s identity=%s", self.room.name, self.identity)
                     reason = models.CONNECTION_TIMEOUT
                     break
                 except ConnectionLost as exc:
                     log.info(
                         "participant connection lost room=%s identity=%s reason=%s",
-                        self.room,
+                        self.room.name,
                         self.identity,
                         exc,
                     )
@@ -204,7 +209,10 @@ class ParticipantSession:
                     bad_frames.append(str(exc))
                     if len(bad_frames) == 1:
                         log.info(
-                            "bad signal frame room=%s identity=%s error=%s", self.room, self.identity, exc
+                            "bad signal frame room=%s identity=%s error=%s",
+                            self.room.name,
+                            self.identity,
+                            exc,
                         )
                     if len(bad_frames) >= settings.max_bad_frames:
                         reason = models.STATE_MISMATCH
@@ -221,20 +229,78 @@ class ParticipantSession:
                 except (
                     Exception
                 ):  # e.g. an SDP aiortc cannot use: this participant's session ends, no one else's
-                    log.exception("signal request failed room=%s identity=%s", self.room, self.identity)
+                    log.exception("signal request failed room=%s identity=%s", self.room.name, self.identity)
                     reason = models.UNKNOWN_REASON
                     break
         finally:
             if bad_frames:
                 self._log_bad_frames(bad_frames)
+            if ws is not self.ws:
+                pass  # replaced by a resumed connection, which carries on
+            elif reason in _RESUMABLE and self.sub_pc.connectionState == "connected" and not self.closed:
+                self._await_resume(reason)
+            else:
+                await self.close(reason)
+
+    def _await_resume(self, reason: int) -> None:
+        """The signal connection is gone but the media is not: as LiveKit, the participant stays (sid,
+        tracks, subscriptions) for the room's departure timeout, in which the client may resume."""
+        window = self.room.runtime.engine.room(self.room.name).departure_timeout
+        log.info(
+            "participant signal lost room=%s identity=%s reason=%s resume_window=%ss",
+            self.room.name,
+            self.identity,
+            models.DisconnectReason.Name(reason),
+            window,
+        )
+
+        async def expire() -> None:
+            await asyncio.sleep(window)
+            log.info("participant did not resume room=%s identity=%s", self.room.name, self.identity)
             await self.close(reason)
+
+        self._resume_window = asyncio.get_running_loop().create_task(expire())
+        # A connection that timed out may still be open: closing it waits for the client's close frame.
+        self._in_background(self.ws.close())
+
+    async def resume(self, ws: web.WebSocketResponse, reconnect_reason: str) -> None:
+        """The client reconnected its signal connection (`reconnect=1`): answer as LiveKit does (a
+        ReconnectResponse, everyone's current info, the room), offer the subscriber connection again
+        (LiveKit's ICE restart) and carry on with this connection."""
+        if self._resume_window is not None:
+            self._resume_window.cancel()
+            self._resume_window = None
+        old, self.ws, self.signal = self.ws, ws, MessageSender(ws)
+        # If the server had not noticed that it was gone: its reader stops (`_serve`). Not awaited: a
+        # half-open connection never answers the close, and the client waits for its ReconnectResponse.
+        self._in_background(old.close())
+        log.info(
+            "participant resumed room=%s identity=%s sid=%s reason=%s",
+            self.room.name,
+            self.identity,
+            self.sid,
+            reconnect_reason,
+        )
+        reconnect = rtc.ReconnectResponse(
+            ice_servers=ice_servers(self.room.settings),
+            client_configuration=models.ClientConfiguration(),
+            server_info=self.room.server_info,
+        )
+        self.signal.send(rtc.SignalResponse(reconnect=reconnect))
+        everyone = [self.info(), *self.room.visible(self)]
+        self.signal.send(rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=everyone)))
+        room = room_to_proto(self.room.runtime.engine.room(self.room.name))
+        self.signal.send(rtc.SignalResponse(room_update=rtc.RoomUpdate(room=room)))
+        if self.negotiation.restart():
+            self._start_offer()
+        await self._serve(ws)
 
     def _log_bad_frames(self, errors: list[str]) -> None:
         """One line for a run of malformed signal frames (the first one was logged as it came)."""
         if len(errors) > 1 or errors[-1] != errors[0]:
             log.info(
                 "bad signal frames room=%s identity=%s count=%d last_error=%s",
-                self.room,
+                self.room.name,
                 self.identity,
                 len(errors),
                 errors[-1],
@@ -242,7 +308,7 @@ class ParticipantSession:
 
     def _announce(self, state: str = "") -> None:
         if not self.hidden:
-            self.service.broadcast(self.room, [self.info(state)], exclude=self)
+            self.room.announce([self.info(state)], exclude=self)
 
     def _open_subscriber(self) -> None:
         pc = self.sub_pc
@@ -261,7 +327,7 @@ class ParticipantSession:
             if pc.connectionState == "connected" and not participant.active:
                 participant.active = True
                 participant.changed()
-                self.service.broadcast(self.room, [self.info()])
+                self.room.announce([self.info()])
             self._report_subscriptions()
 
     async def close(self, reason: int = models.UNKNOWN_REASON) -> None:
@@ -271,31 +337,32 @@ class ParticipantSession:
             return
         self.closed = True
         last = self.farewell(reason)
-        runtime = self.service.runtime
+        runtime = self.room.runtime
         for relay in self.relays.values():
-            self.service.unpublished(self, relay)
+            self.unpublished(relay)
         engine = runtime.engine
-        room = engine.rooms.get(self.room)
+        room = engine.rooms.get(self.room.name)
         current = room.participants.get(self.identity) if room else None
         replaced = current is not None and current.sid != self.sid  # a newer connection took the identity
         if current is not None and not replaced:
             # Without a leave request the connection was lost: for an agent, its job may have crashed.
             lost = reason != models.CLIENT_INITIATED
-            engine.participant_left(self.room, self.identity, runtime.now(), sid=self.sid, lost=lost)
+            engine.participant_left(self.room.name, self.identity, runtime.now(), sid=self.sid, lost=lost)
             runtime.flush()
         if not self.hidden and not replaced:
-            self.service.broadcast(self.room, [last], exclude=self)
-        self.service.end_forwards(self, reason)
-        self.service.forget(self)
+            self.room.announce([last], exclude=self)
+        self.end_forwards(reason)
+        self.room.remove(self)
         self.server_rpcs.close()
-        if self._negotiation is not None:
-            self._negotiation.cancel()
+        for task in (self._negotiating, self._resume_window, *self._background):
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
         for pc in (self.pub_pc, self.sub_pc):
             if pc is not None:
                 await pc.close()
         await self.signal.flushed()
         await self.ws.close()
-        log.info("participant left room=%s identity=%s", self.room, self.identity)
+        log.info("participant left room=%s identity=%s", self.room.name, self.identity)
 
     def farewell(self, reason: int) -> models.ParticipantInfo:
         """What the others are told when this participant leaves their room.
@@ -310,6 +377,21 @@ class ParticipantSession:
         last.disconnect_reason = reason  # type: ignore[assignment]
         return last
 
+    def appearances(self) -> list[tuple[Room, "ParticipantSession | Forward"]]:
+        """The rooms this participant's tracks are in, and as whom: its own, and those it is forwarded to."""
+        return [(self.room, self), *((f.room, f) for f in self.forwards if not f.ended)]
+
+    def unpublished(self, relay: AudioRelay) -> None:
+        for room, _ in self.appearances():
+            room.track_unpublished(relay)
+        relay.close()
+
+    def end_forwards(self, reason: int) -> None:
+        """This participant left (or moved): its forwards leave their rooms too."""
+        forwards, self.forwards = self.forwards, []
+        for forward in forwards:
+            forward.room.end_forward(forward, reason, in_engine=True)
+
     def drop_deferred(self) -> None:
         self._deferred = []
 
@@ -320,7 +402,7 @@ class ParticipantSession:
 
     def _no_candidates(self, exc: NoIceCandidates) -> None:
         """No port left for this participant's media: it is told at once, not after its ICE timeout."""
-        log.warning("participant refused room=%s identity=%s: %s", self.room, self.identity, exc)
+        log.warning("participant refused room=%s identity=%s: %s", self.room.name, self.identity, exc)
         self.disconnect(models.JOIN_FAILURE)
 
     def _send_leave(self, reason: int) -> None:
@@ -362,7 +444,9 @@ class ParticipantSession:
             await self.close(models.CLIENT_INITIATED)
         else:
             # track_setting, update_layers, sync_state …: not needed for audio rooms; accepted and ignored.
-            log.debug("ignored signal request room=%s identity=%s kind=%s", self.room, self.identity, kind)
+            log.debug(
+                "ignored signal request room=%s identity=%s kind=%s", self.room.name, self.identity, kind
+            )
 
     async def _on_publisher_offer(self, offer: rtc.SessionDescription) -> None:
         if self.pub_pc is None:
@@ -370,27 +454,33 @@ class ParticipantSession:
             pc.on("track", lambda track: self._on_published_media(pc, track))
             pc.on("datachannel", self._on_client_channel)
         await self.pub_pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
+        _follow_ice_restart(self.pub_pc, offer.sdp)
         self._withdraw_unsent_tracks(offer.sdp)
-        await self._apply_candidates(rtc.PUBLISHER)
+        self._apply_candidates(rtc.PUBLISHER)
         answer = await self.pub_pc.createAnswer()
         await self.pub_pc.setLocalDescription(answer)
-        require_candidates(self.pub_pc.localDescription.sdp, self.service.ports)
+        require_candidates(self.pub_pc.localDescription.sdp, self.room.ports)
         description = rtc.SessionDescription(type="answer", sdp=self.pub_pc.localDescription.sdp, id=offer.id)
         self.signal.send(rtc.SignalResponse(answer=description))
 
     async def _on_subscriber_answer(self, answer: rtc.SessionDescription) -> None:
-        if not self._awaiting_answer:
-            log.info("unexpected subscriber answer room=%s identity=%s", self.room, self.identity)
+        if not self.negotiation.expects(answer.id):
+            log.info(
+                "unexpected subscriber answer room=%s identity=%s id=%d",
+                self.room.name,
+                self.identity,
+                answer.id,
+            )
             return
         await self.sub_pc.setRemoteDescription(RTCSessionDescription(sdp=answer.sdp, type="answer"))
-        self._awaiting_answer = False
-        await self._apply_candidates(rtc.SUBSCRIBER)
+        changed_meanwhile = self.negotiation.answered()
+        self._apply_candidates(rtc.SUBSCRIBER)
         self._report_subscriptions()
         deferred, self._deferred = self._deferred, []
-        for publisher, relay in deferred:
+        for publisher, relay in deferred:  # the subscriptions that waited for this answer
             if not publisher.closed and relay.track_sid in publisher.relays:
                 self.subscribe(publisher, relay)
-        if self._needs_offer:
+        if changed_meanwhile and not self.negotiation.busy:  # else the offer just started carries it
             self.request_negotiation()
 
     async def _on_trickle(self, trickle: rtc.TrickleRequest) -> None:
@@ -403,49 +493,56 @@ class ParticipantSession:
             candidate.sdpMid = init.get("sdpMid")
             candidate.sdpMLineIndex = init.get("sdpMLineIndex")
         except (ValueError, AssertionError, AttributeError, IndexError):
-            log.info("bad trickle candidate room=%s identity=%s", self.room, self.identity)
+            log.info("bad trickle candidate room=%s identity=%s", self.room.name, self.identity)
             return
         target = rtc.SUBSCRIBER if trickle.target == rtc.SUBSCRIBER else rtc.PUBLISHER
         pending = self._pending_candidates[target]
         if len(pending) >= _MAX_PENDING_CANDIDATES:
             return  # kept until its description is set; a client cannot grow it without bound
         pending.append(candidate)
-        await self._apply_candidates(target)
+        self._apply_candidates(target)
 
-    async def _apply_candidates(self, target: int) -> None:
+    def _apply_candidates(self, target: int) -> None:
         pc = self.sub_pc if target == rtc.SUBSCRIBER else self.pub_pc
         if pc is None or pc.remoteDescription is None:
             return  # kept until the description they belong to is set
         pending, self._pending_candidates[target] = self._pending_candidates[target], []
-        for candidate in pending:
-            with contextlib.suppress(Exception):  # aioice ignores what it cannot use (e.g. TCP)
-                await pc.addIceCandidate(candidate)
+        if pending:
+            # Not awaited here: aioice resolves an mDNS candidate (`….local`, which libwebrtc sends
+            # e.g. after an ICE restart) for seconds, and the signal requests behind it (pings
+            # among them) would wait as long; the client would give up on the connection.
+            self._in_background(_add_candidates(pc, pending))
+
+    def _in_background(self, work: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def request_negotiation(self) -> None:
         """Offer the subscriber connection again; one offer in flight at a time."""
-        self._needs_offer = True
-        if not self._awaiting_answer and (self._negotiation is None or self._negotiation.done()):
-            self._negotiation = asyncio.get_running_loop().create_task(self._negotiate())
+        if self.negotiation.request():
+            self._start_offer()
 
-    async def _negotiate(self) -> None:
-        while self._needs_offer and not self._awaiting_answer and not self.closed:
-            self._needs_offer = False
-            self._offering = True
-            try:
-                offer = await self.sub_pc.createOffer()
-                await self.sub_pc.setLocalDescription(offer)
-                require_candidates(self.sub_pc.localDescription.sdp, self.service.ports)
-            except NoIceCandidates as exc:
-                self._no_candidates(exc)
-                return
-            finally:
-                self._offering = False
-            self._awaiting_answer = True
-            self._offer_id += 1
-            description = rtc.SessionDescription(
-                type="offer", sdp=self.sub_pc.localDescription.sdp, id=self._offer_id
-            )
-            self.signal.send(rtc.SignalResponse(offer=description))
+    def _start_offer(self) -> None:
+        self._negotiating = asyncio.get_running_loop().create_task(self._offer())
+
+    async def _offer(self) -> None:
+        if self.closed:
+            return
+        try:
+            offer = await self.sub_pc.createOffer()
+            await self.sub_pc.setLocalDescription(offer)
+            require_candidates(self.sub_pc.localDescription.sdp, self.room.ports)
+        except NoIceCandidates as exc:
+            self.negotiation.offer_failed()
+            self._no_candidates(exc)
+            return
+        except BaseException:
+            self.negotiation.offer_failed()
+            raise
+        offer_id = self.negotiation.offer_made()
+        description = rtc.SessionDescription(type="offer", sdp=self.sub_pc.localDescription.sdp, id=offer_id)
+        self.signal.send(rtc.SignalResponse(offer=description))
 
     # Tracks
 
@@ -469,7 +566,7 @@ class ParticipantSession:
                 rtc.RequestResponse.LIMIT_EXCEEDED,
             )
         if refusal:
-            log.info("publish refused room=%s identity=%s reason=%r", self.room, self.identity, refusal)
+            log.info("publish refused room=%s identity=%s reason=%r", self.room.name, self.identity, refusal)
             response = rtc.RequestResponse(reason=reason, message=refusal, add_track=request)
             self.signal.send(rtc.SignalResponse(request_response=response))
             return
@@ -495,17 +592,21 @@ class ParticipantSession:
             track = self._pending_tracks.pop(cid) if cid is not None else None
         if transceiver is None or track is None or media.kind != "audio":
             log.info(
-                "unannounced media ignored room=%s identity=%s kind=%s", self.room, self.identity, media.kind
+                "unannounced media ignored room=%s identity=%s kind=%s",
+                self.room.name,
+                self.identity,
+                media.kind,
             )
             return
         track.mid = transceiver.mid or ""
         track.mime_type = "audio/opus"
-        relay = AudioRelay(track.sid, transceiver, self.service.speakers.track_level(track.source))
+        relay = AudioRelay(track.sid, transceiver, self.room.speakers.track_level(track.source))
         self.relays[track.sid] = relay
-        runtime = self.service.runtime
-        runtime.engine.track_published(self.room, self.identity, track, runtime.now())
+        runtime = self.room.runtime
+        runtime.engine.track_published(self.room.name, self.identity, track, runtime.now())
         runtime.flush()
-        self.service.published(self, relay)
+        for room, as_seen in self.appearances():
+            room.track_published(as_seen, relay, as_seen.info())
 
     def _withdraw_unsent_tracks(self, sdp: str) -> None:
         """A re-offer whose m-line for a published track no longer sends means the client unpublished it."""
@@ -514,21 +615,21 @@ class ParticipantSession:
             for media in SessionDescription.parse(sdp).media
             if media.port != 0 and media.direction in ("sendonly", "sendrecv")
         }
-        runtime = self.service.runtime
+        runtime = self.room.runtime
         for track_sid, relay in list(self.relays.items()):
             track = self.participant().tracks.get(track_sid)
             if track is not None and track.mid and track.mid not in sending:
                 del self.relays[track_sid]
-                runtime.engine.track_unpublished(self.room, self.identity, track_sid)
+                runtime.engine.track_unpublished(self.room.name, self.identity, track_sid)
                 runtime.flush()
-                self.service.unpublished(self, relay)
+                self.unpublished(relay)
 
     def apply_subscription(self, update: rtc.UpdateSubscription) -> None:
         """The client subscribes or unsubscribes by hand (how `autoSubscribe: false` clients receive)."""
         # livekit-client names each track twice (in track_sids and in participant_tracks).
         named = [*update.track_sids, *(sid for pt in update.participant_tracks for sid in pt.track_sids)]
         for track_sid in dict.fromkeys(named):
-            found = self.service.published_track(self.room, track_sid)
+            found = self.room.published_track(track_sid)
             if found is not None and found[0] is self:
                 continue  # one's own track is never sent back
             if found is not None:  # kept for tracks that exist only: a client cannot grow it at will
@@ -554,7 +655,7 @@ class ParticipantSession:
             return
         if any(relay is waiting for _, waiting in self._deferred):
             return
-        if self._awaiting_answer or self._offering:
+        if self.negotiation.busy:
             # A transceiver added while an offer is out gets a transport of its own in aiortc, which the
             # answer then leaves unused: the track would stay silent. Add it once the answer is in.
             self._deferred.append((publisher, relay))
@@ -583,7 +684,7 @@ class ParticipantSession:
         if len(request.track_permissions) > _MAX_TRACK_PERMISSIONS:
             log.info(
                 "subscription permission refused room=%s identity=%s entries=%d",
-                self.room,
+                self.room.name,
                 self.identity,
                 len(request.track_permissions),
             )
@@ -591,15 +692,15 @@ class ParticipantSession:
         if request.all_participants:
             self._allowed = None
         else:
-            sessions = self.service.sessions.get(self.room, {}).values()
-            by_sid = {session.sid: session.identity for session in sessions}
+            by_sid = {session.sid: session.identity for session in self.room.sessions.values()}
             self._allowed = {}
             for permission in request.track_permissions:
                 # As LiveKit: the identity names the subscriber, else its sid (of someone here now).
                 identity = permission.participant_identity or by_sid.get(permission.participant_sid, "")
                 if identity:
                     self._allowed[identity] = (permission.all_tracks, set(permission.track_sids))
-        self.service.permissions_changed(self)
+        for room, as_seen in self.appearances():
+            room.recheck_permissions(as_seen, self)
 
     def allows(self, subscriber: "ParticipantSession", track_sid: str) -> bool:
         if self._allowed is None:
@@ -646,7 +747,7 @@ class ParticipantSession:
         for track_sid, transceiver in self.subscriptions.items():
             if transceiver.currentDirection not in ("sendonly", "sendrecv"):
                 continue  # added since the last offer: not negotiated yet
-            found = self.service.published_track(self.room, track_sid)
+            found = self.room.published_track(track_sid)
             if found is not None:
                 found[0].track_subscribed(found[1])
 
@@ -667,9 +768,9 @@ class ParticipantSession:
             self.request_negotiation()
 
     def _on_mute(self, request: rtc.MuteTrackRequest) -> None:
-        runtime = self.service.runtime
+        runtime = self.room.runtime
         with contextlib.suppress(CoreError):
-            runtime.engine.mute_track(self.room, self.identity, request.sid, request.muted)
+            runtime.engine.mute_track(self.room.name, self.identity, request.sid, request.muted)
         runtime.flush()
 
     def _on_update_metadata(self, request: rtc.UpdateParticipantMetadata) -> None:
@@ -677,10 +778,10 @@ class ParticipantSession:
         if not self.claims.video.can_update_own_metadata:
             reason, message = rtc.RequestResponse.NOT_ALLOWED, "the token does not allow updating metadata"
         else:
-            runtime = self.service.runtime
+            runtime = self.room.runtime
             try:
                 runtime.engine.update_participant(
-                    self.room,
+                    self.room.name,
                     self.identity,
                     name=request.name or None,
                     metadata=request.metadata or None,
@@ -706,9 +807,11 @@ class ParticipantSession:
                 return  # an answer to the server's own RPC (RoomService.PerformRpc) goes no further
             delivery = route(self.data_sender, message, reliable=channel.label == RELIABLE)
             if isinstance(delivery, str):
-                log.debug("data dropped room=%s identity=%s reason=%s", self.room, self.identity, delivery)
+                log.debug(
+                    "data dropped room=%s identity=%s reason=%s", self.room.name, self.identity, delivery
+                )
                 return
-            self.service.deliver(self.room, delivery.payload, delivery.reliable, delivery.destinations, self)
+            self.room.deliver(delivery.payload, delivery.reliable, delivery.destinations, self)
 
     async def call(self, method: str, payload: str, timeout_ms: int) -> str:
         """Call an RPC method the participant registered (`register_rpc_method`); RpcError if it fails."""
@@ -729,3 +832,30 @@ class ParticipantSession:
         channel = self._channels[RELIABLE]
         while self._queued and channel.readyState == "open":
             channel.send(self._queued.popleft())
+
+
+async def _add_candidates(pc: RTCPeerConnection, candidates: list[Any]) -> None:
+    for candidate in candidates:
+        with contextlib.suppress(Exception):  # aioice ignores what it cannot use (e.g. TCP)
+            await pc.addIceCandidate(candidate)
+
+
+def _follow_ice_restart(pc: RTCPeerConnection, sdp: str) -> None:
+    """A re-offer with new ICE credentials is the client restarting ICE (as the SDKs do on resume).
+
+    aiortc ignores the new credentials once its ICE transport has started, so the client's checks
+    under the new ones would be refused and its connection would fail. aioice cannot renew its own
+    credentials either: the connection takes the client's new ones and keeps its own, which the
+    client accepts (an answerer that does not restart its side).
+    """
+    ice = next((m.ice for m in SessionDescription.parse(sdp).media if m.ice and m.ice.usernameFragment), None)
+    if ice is None:
+        return
+    transports = {t.receiver.transport.transport for t in pc.getTransceivers()}
+    if pc.sctp is not None:
+        transports.add(pc.sctp.transport.transport)
+    for transport in transports:
+        connection = transport._connection  # aiortc keeps the aioice connection private
+        if connection.remote_username not in (None, ice.usernameFragment):
+            connection.remote_username = ice.usernameFragment
+            connection.remote_password = ice.password

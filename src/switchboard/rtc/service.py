@@ -27,7 +27,7 @@ from switchboard.core.rooms import AGENT, STANDARD, Participant
 from switchboard.rtc.forward import Forward
 from switchboard.rtc.network import configure_ice
 from switchboard.rtc.participant import ParticipantSession
-from switchboard.rtc.relay import AudioRelay, Publisher
+from switchboard.rtc.room import Room
 from switchboard.rtc.settings import RtcSettings
 from switchboard.rtc.speakers import ActiveSpeakers
 from switchboard.runtime import Runtime
@@ -46,17 +46,17 @@ _V1_MISSING = "this server speaks signalling protocol v0 at /rtc\n"
 
 
 class RtcService:
+    """The `/rtc` entry point, and the carrier of the engine's decisions about connected participants."""
+
     def __init__(
         self, runtime: Runtime, verifier: TokenVerifier, settings: RtcSettings, server_info: models.ServerInfo
     ) -> None:
         self.runtime = runtime
         self.settings = settings
         self.server_info = server_info
-        self.sessions: dict[str, dict[str, ParticipantSession]] = {}
-        """Connected participants, by room and identity."""
-        self.forwards: dict[str, dict[str, Forward]] = {}
-        """Participants forwarded into rooms (ForwardParticipant), by destination room and identity."""
-        self.speakers = ActiveSpeakers(settings.audio, self)
+        self.rooms: dict[str, Room] = {}
+        """Rooms with connected or forwarded participants, by name."""
+        self.speakers = ActiveSpeakers(settings.audio, self.rooms)
         self._verifier = verifier
         self.ports = configure_ice(settings)
         """The UDP ports media may use (rtc.port_range_*); None: any."""
@@ -108,14 +108,7 @@ class RtcService:
         claims, room_name = self._authorize(request)
         query = request.query
         if query.get("reconnect") in ("1", "true"):
-            # Resuming a lost session is not supported: ask the client for a full rejoin.
-            await ws.prepare(request)
-            leave = rtc.LeaveRequest(
-                can_reconnect=True, action=rtc.LeaveRequest.RECONNECT, reason=models.STATE_MISMATCH
-            )
-            await ws.send_bytes(rtc.SignalResponse(leave=leave).SerializeToString())
-            await ws.close()
-            return ws
+            return await self._resume(request, ws, claims, room_name)
         now = self.runtime.now()
         participant = Participant(
             identity=claims.identity,
@@ -131,7 +124,7 @@ class RtcService:
         )
         engine = self.runtime.engine
         try:
-            room = engine.join(room_spec_from_token(room_name, claims.room_config), participant, now)
+            room_state = engine.join(room_spec_from_token(room_name, claims.room_config), participant, now)
         except (ResourceExhausted, FailedPrecondition) as exc:
             self.runtime.flush()
             raise web.HTTPForbidden(text=f"{exc}\n") from exc
@@ -139,17 +132,16 @@ class RtcService:
             self.runtime.flush()
             raise web.HTTPBadRequest(text=f"{exc}\n") from exc
         self.runtime.flush()  # closes a previous connection of the same identity, launches jobs
-        others = [s for s in self.sessions.get(room_name, {}).values() if not s.closed]
         try:
             await ws.prepare(request)
         except Exception:
             engine.participant_left(room_name, participant.identity, self.runtime.now(), sid=participant.sid)
             self.runtime.flush()
             raise
+        room = self._room(room_name)
         session = ParticipantSession(
-            self,
+            room,
             ws,
-            room_name,
             participant,
             claims,
             client_protocol=_int(query.get("client_protocol")),
@@ -157,8 +149,7 @@ class RtcService:
             # LiveKit's rule: Rust SDKs before protocol 10 cannot decode `track_subscribed`.
             reports_subscriptions=not (query.get("sdk") == "rust" and _int(query.get("protocol")) < 10),
         )
-        self.sessions.setdefault(room_name, {})[participant.identity] = session
-        self.speakers.watch(room_name)
+        room.add(session)
         log.info(
             "participant joined room=%s identity=%s sid=%s kind=%s sdk=%s",
             room_name,
@@ -167,60 +158,59 @@ class RtcService:
             participant.kind,
             query.get("sdk", ""),
         )
-        await session.run(room_to_proto(room), others, list(self.forwards.get(room_name, {}).values()))
+        await session.run(room_to_proto(room_state))
         return ws
 
-    # Room-wide operations, used by the sessions
+    async def _resume(
+        self, request: web.Request, ws: web.WebSocketResponse, claims: Claims, room_name: str
+    ) -> web.WebSocketResponse:
+        """A client resuming its session after its signal connection dropped (`reconnect=1&sid=PA_…`)."""
+        session = self._session(room_name, claims.identity)
+        sid = request.query.get("sid", "")
+        await ws.prepare(request)
+        if session is None or session.closed or sid != session.sid:
+            # As LiveKit: the session is gone (the window passed, or another connection took the
+            # identity), so the client is asked to join again; the SDKs then do a full reconnect.
+            log.info("resume refused room=%s identity=%s sid=%s", room_name, claims.identity, sid)
+            leave = rtc.LeaveRequest(
+                can_reconnect=True, action=rtc.LeaveRequest.RECONNECT, reason=models.STATE_MISMATCH
+            )
+            await ws.send_bytes(rtc.SignalResponse(leave=leave).SerializeToString())
+            await ws.close()
+            return ws
+        await session.resume(ws, request.query.get("reconnect_reason", ""))
+        return ws
 
-    def broadcast(
-        self, room: str, participants: list[models.ParticipantInfo], exclude: ParticipantSession | None = None
-    ) -> None:
-        update = rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=participants))
-        for session in self.sessions.get(room, {}).values():
-            if session is not exclude and not session.closed:
-                session.signal.send(update)
+    def _room(self, name: str) -> Room:
+        room = self.rooms.get(name)
+        if room is None:
+            room = self.rooms[name] = Room(
+                name, self.runtime, self.settings, self.server_info, self._forget, self.speakers, self.ports
+            )
+        return room
 
-    def published(self, publisher: ParticipantSession, relay: AudioRelay) -> None:
-        """A new track: everyone learns of it before any subscriber offer carrying it."""
-        for room, as_seen in self._appearances(publisher):
-            self.broadcast(room, [as_seen.info()])
-            for session in self.sessions.get(room, {}).values():
-                if session is not publisher and not session.closed:
-                    session.subscribe(as_seen, relay)
+    def _forget(self, room: Room) -> None:
+        if self.rooms.get(room.name) is room:
+            del self.rooms[room.name]
 
-    def published_track(self, room: str, track_sid: str) -> tuple[Publisher, AudioRelay] | None:
-        publishers: list[Publisher] = [*self.sessions.get(room, {}).values()]
-        publishers += self.forwards.get(room, {}).values()
-        for publisher in publishers:
-            relay = publisher.relays.get(track_sid)
-            if relay is not None and not publisher.closed:
-                return publisher, relay
-        return None
+    def _session(self, room: str, identity: str) -> ParticipantSession | None:
+        found = self.rooms.get(room)
+        return found.session(identity) if found is not None else None
 
-    def unpublished(self, publisher: ParticipantSession, relay: AudioRelay) -> None:
-        for room, _ in self._appearances(publisher):
-            for session in self.sessions.get(room, {}).values():
-                if session is not publisher:
-                    session.unsubscribe(relay)
-                    session.forget_track(relay.track_sid)  # track sids are never reused
-        relay.close()
+    # What RoomService asks of live participants
 
-    def permissions_changed(self, publisher: ParticipantSession) -> None:
-        """The publisher changed who may receive its tracks: each other participant gains or loses them."""
-        for room, as_seen in self._appearances(publisher):
-            for session in list(self.sessions.get(room, {}).values()):
-                if session is not publisher and not session.closed:
-                    for relay in list(publisher.relays.values()):
-                        session.recheck_permission(as_seen, relay)
+    def live(self, room: str, identity: str) -> ParticipantSession:
+        found = self.rooms.get(room)
+        if found is None:
+            raise NotFound("participant does not exist")
+        return found.live(identity)
 
-    def _forwards_of(self, session: ParticipantSession) -> list[Forward]:
-        return [f for room in self.forwards.values() for f in room.values() if f.source is session]
+    def update_subscriptions(self, room: str, identity: str, update: rtc.UpdateSubscription) -> None:
+        """As if the participant had sent this subscription request itself."""
+        self.live(room, identity).apply_subscription(update)
 
-    def _appearances(self, session: ParticipantSession) -> list[tuple[str, ParticipantSession | Forward]]:
-        """The rooms the participant's tracks are in, and as whom: its own, and those it is forwarded to."""
-        return [(session.room, session), *((f.room, f) for f in self._forwards_of(session))]
-
-    # Forwarded participants
+    async def perform_rpc(self, room: str, identity: str, method: str, payload: str, timeout_ms: int) -> str:
+        return await self.live(room, identity).call(method, payload, timeout_ms)
 
     def forward_participant(self, room: str, identity: str, destination: str) -> None:
         """Show a connected participant, with its tracks, in another room too (ForwardParticipant)."""
@@ -241,80 +231,10 @@ class RtcService:
         )
         engine.participant_joined(destination, copy, now)
         self.runtime.flush()
-        forward = Forward(session, destination, copy.sid)
-        self.forwards.setdefault(destination, {})[identity] = forward
-        if not forward.hidden:
-            self.broadcast(destination, [forward.info()])
-        for other in list(self.sessions.get(destination, {}).values()):
-            if not other.closed:
-                for relay in list(forward.relays.values()):
-                    other.subscribe(forward, relay)
+        forward = Forward(session, self._room(destination), copy.sid)
+        session.forwards.append(forward)
+        forward.room.add_forward(forward)
         log.info("participant forwarded room=%s identity=%s destination=%s", room, identity, destination)
-
-    def end_forwards(self, session: ParticipantSession, reason: int) -> None:
-        """The source left (or moved): its forwards leave their rooms too."""
-        for forward in self._forwards_of(session):
-            self._end_forward(forward, reason, in_engine=True)
-
-    def _end_forward(self, forward: Forward, reason: int, *, in_engine: bool) -> None:
-        if forward.ended:
-            return
-        forward.ended = True
-        room = self.forwards.get(forward.room, {})
-        if room.get(forward.identity) is forward:
-            del room[forward.identity]
-            if not room:
-                del self.forwards[forward.room]
-        for other in list(self.sessions.get(forward.room, {}).values()):
-            for relay in list(forward.source.relays.values()):
-                other.unsubscribe(relay)
-                other.forget_track(relay.track_sid)
-        if not forward.hidden:
-            self.broadcast(forward.room, [forward.farewell(reason)])
-        if in_engine:
-            with contextlib.suppress(NotFound):
-                self.runtime.engine.participant_left(
-                    forward.room, forward.identity, self.runtime.now(), sid=forward.sid
-                )
-            self.runtime.flush()
-        log.info("forward ended room=%s identity=%s", forward.room, forward.identity)
-
-    def deliver(
-        self,
-        room: str,
-        payload: bytes,
-        reliable: bool,
-        destinations: frozenset[str],
-        sender: ParticipantSession | None = None,
-    ) -> None:
-        for session in self.sessions.get(room, {}).values():
-            if session is sender or session.closed:
-                continue
-            if destinations and session.identity not in destinations:
-                continue
-            session.send_data(payload, reliable)
-
-    def forget(self, session: ParticipantSession) -> None:
-        room = self.sessions.get(session.room, {})
-        if room.get(session.identity) is session:
-            del room[session.identity]
-            if not room:
-                del self.sessions[session.room]
-
-    # What RoomService asks of live participants
-
-    def live(self, room: str, identity: str) -> ParticipantSession:
-        session = self._session(room, identity)
-        if session is None or session.closed:
-            raise NotFound("participant does not exist")
-        return session
-
-    def update_subscriptions(self, room: str, identity: str, update: rtc.UpdateSubscription) -> None:
-        """As if the participant had sent this subscription request itself."""
-        self.live(room, identity).apply_subscription(update)
-
-    async def perform_rpc(self, room: str, identity: str, method: str, payload: str, timeout_ms: int) -> str:
-        return await self.live(room, identity).call(method, payload, timeout_ms)
 
     def move_participant(self, room: str, identity: str, destination: str) -> None:
         """Take a connected participant, with its tracks, into another room on its own connection
@@ -324,11 +244,12 @@ class RtcService:
         engine, now = self.runtime.engine, self.runtime.now()
         participant = engine.participant(room, identity)
         engine.participant_joined(destination, participant, now)  # NotFound, ResourceExhausted: unmoved
-        self.end_forwards(session, models.PARTICIPANT_REMOVED)
+        session.end_forwards(models.PARTICIPANT_REMOVED)
         engine.participant_left(room, identity, now, sid=session.sid)
         self.runtime.flush()
 
-        before = [s for s in self.sessions.get(room, {}).values() if s is not session and not s.closed]
+        old = session.room
+        before = old.others(session)
         for other in before:
             for relay in session.relays.values():
                 other.unsubscribe(relay)
@@ -338,16 +259,16 @@ class RtcService:
                 session.forget_track(relay.track_sid)
         session.drop_deferred()
         if not session.hidden:
-            self.broadcast(room, [session.farewell(models.PARTICIPANT_REMOVED)], exclude=session)
+            old.announce([session.farewell(models.PARTICIPANT_REMOVED)], exclude=session)
         gone = [other.farewell(models.PARTICIPANT_REMOVED) for other in before if not other.hidden]
         if gone:  # the SDKs drop the old room's participants on this, not on room_moved
             session.signal.send(rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=gone)))
 
-        self.forget(session)
-        session.room = destination
-        self.sessions.setdefault(destination, {})[identity] = session
-        self.speakers.watch(destination)
-        after = [s for s in self.sessions[destination].values() if s is not session and not s.closed]
+        new = self._room(destination)
+        old.remove(session)
+        session.room = new
+        new.add(session)
+        after = new.others(session)
         moved = rtc.RoomMovedResponse(
             room=room_to_proto(engine.room(destination)),
             token=self._token_for(session, destination),
@@ -356,12 +277,11 @@ class RtcService:
         )
         session.signal.send(rtc.SignalResponse(room_moved=moved))
         if not session.hidden:
-            self.broadcast(destination, [session.info()], exclude=session)
+            new.announce([session.info()], exclude=session)
         for other in after:
             for relay in other.relays.values():
                 session.subscribe(other, relay)
-            for relay in session.relays.values():
-                other.subscribe(session, relay)
+        new.subscribe_all(session)
         log.info("participant moved room=%s identity=%s destination=%s", room, identity, destination)
 
     def _token_for(self, session: ParticipantSession, room: str) -> str:
@@ -380,34 +300,37 @@ class RtcService:
 
     # Decisions from the engine
 
-    def _session(self, room: str, identity: str) -> ParticipantSession | None:
-        return self.sessions.get(room, {}).get(identity)
-
     def _on_disconnect(self, decision: DisconnectParticipant) -> None:
-        session = self._session(decision.room, decision.identity)
+        room = self.rooms.get(decision.room)
+        if room is None:
+            return
+        session = room.session(decision.identity)
         if session is not None and session.sid == decision.sid and not session.closed:
             session.disconnect(_DISCONNECT_REASONS[decision.cause])
-        forward = self.forwards.get(decision.room, {}).get(decision.identity)
+        forward = room.forwards.get(decision.identity)
         if forward is not None and forward.sid == decision.sid:  # removed from the destination room
-            self._end_forward(forward, _DISCONNECT_REASONS[decision.cause], in_engine=False)
+            room.end_forward(forward, _DISCONNECT_REASONS[decision.cause], in_engine=False)
 
     def _on_participant_updated(self, decision: ParticipantUpdated) -> None:
         session = self._session(decision.room, decision.identity)
-        if session is not None and not session.hidden:
-            self.broadcast(decision.room, [session.info()])
-        if session is not None:
-            self._update_forwards(session)
+        if session is None:
+            return
+        if not session.hidden:
+            session.room.announce([session.info()])
+        self._update_forwards(session)
 
     def _update_forwards(self, session: ParticipantSession) -> None:
         """Changes to the source show in the rooms it is forwarded to (and in their RoomService views)."""
         source = session.participant()
-        for forward in self._forwards_of(session):
+        for forward in session.forwards:
+            if forward.ended:
+                continue
             with contextlib.suppress(NotFound):
-                copy = self.runtime.engine.participant(forward.room, forward.identity)
+                copy = self.runtime.engine.participant(forward.room.name, forward.identity)
                 copy.name, copy.metadata = source.name, source.metadata
                 copy.attributes = dict(source.attributes)
             if not forward.hidden:
-                self.broadcast(forward.room, [forward.info()])
+                forward.room.announce([forward.info()])
 
     def _on_track_muted(self, decision: TrackMuted) -> None:
         session = self._session(decision.room, decision.identity)
@@ -417,11 +340,13 @@ class RtcService:
             rtc.SignalResponse(mute=rtc.MuteTrackRequest(sid=decision.track_sid, muted=decision.muted))
         )
         if not session.hidden:
-            self.broadcast(decision.room, [session.info()])
+            session.room.announce([session.info()])
         self._update_forwards(session)
 
     def _on_send_data(self, decision: SendData) -> None:
-        self.deliver(decision.room, decision.packet, decision.reliable, decision.destinations)
+        room = self.rooms.get(decision.room)
+        if room is not None:
+            room.deliver(decision.packet, decision.reliable, decision.destinations)
 
 
 def _int(value: str | None) -> int:

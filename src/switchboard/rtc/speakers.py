@@ -211,20 +211,20 @@ class RoomSpeakers:
         return updates
 
 
-class Rooms(Protocol):
-    """Who is in each room: connected participants, and participants forwarded into it."""
+class RoomView(Protocol):
+    """Who is in a room: connected participants, and participants forwarded into it, by identity."""
 
     @property
-    def sessions(self) -> Mapping[str, Mapping[str, Listener]]: ...
+    def sessions(self) -> Mapping[str, Listener]: ...
 
     @property
-    def forwards(self) -> Mapping[str, Mapping[str, Speaker]]: ...
+    def forwards(self) -> Mapping[str, Speaker]: ...
 
 
 class ActiveSpeakers:
     """The rooms' speaker updates: a task per room with participants, which ends when the room empties."""
 
-    def __init__(self, settings: AudioSettings, rooms: Rooms) -> None:
+    def __init__(self, settings: AudioSettings, rooms: Mapping[str, RoomView]) -> None:
         self.settings = settings
         self._rooms = rooms
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -248,10 +248,11 @@ class ActiveSpeakers:
         try:
             while True:
                 await asyncio.sleep(self.settings.update_interval / 1000)
-                listeners = [s for s in self._rooms.sessions.get(room, {}).values() if not s.closed]
-                if not listeners:
+                present = self._rooms.get(room)
+                listeners = [s for s in present.sessions.values() if not s.closed] if present else []
+                if present is None or not listeners:
                     return
-                speakers = [*listeners, *self._rooms.forwards.get(room, {}).values()]
+                speakers = [*listeners, *present.forwards.values()]
                 for listener, changes in told.updates(listeners, speakers, time.monotonic()):
                     update = rtc.SpeakersChanged(speakers=changes)
                     listener.signal.send(rtc.SignalResponse(speakers_changed=update))

@@ -1,0 +1,82 @@
+"""A TCP proxy that a test puts between a client SDK and the server, and cuts as a network blip would."""
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from tests.conftest import Server, free_port
+
+
+class SignalProxy:
+    """A TCP proxy in front of the server. `cut()` drops every connection through it, as a network
+    blip drops a client's signal connection; while `refusing`, new connections are closed at once; while
+    `stalled` (`stall()` … `release()`), they are held, unanswered, as on a network still recovering."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.port = free_port()
+        self.refusing = False
+        self.connections = 0
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._server: asyncio.Server | None = None
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+
+    async def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        if self.refusing:
+            client_writer.close()
+            return
+        await self._flowing.wait()
+        self.connections += 1
+        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        self._writers |= {client_writer, upstream_writer}
+        await asyncio.gather(
+            self._pipe(client_reader, upstream_writer),
+            self._pipe(upstream_reader, client_writer),
+            return_exceptions=True,
+        )
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        finally:
+            writer.close()
+            self._writers.discard(writer)
+
+    def stall(self) -> None:
+        self._flowing.clear()
+
+    def release(self) -> None:
+        self._flowing.set()
+
+    def cut(self) -> None:
+        for writer in list(self._writers):
+            writer.transport.abort()  # no close handshake: the connection is simply gone
+        self._writers.clear()
+
+    async def close(self) -> None:
+        self.release()
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def to(cls, server: Server) -> AsyncIterator["SignalProxy"]:
+        """A proxy to `server`'s port, for as long as the context lasts."""
+        proxy = cls(int(server.http_url.rsplit(":", 1)[1]))
+        await proxy.start()
+        try:
+            yield proxy
+        finally:
+            await proxy.close()
