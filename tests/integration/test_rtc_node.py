@@ -348,3 +348,20 @@ async def test_text_streams(server: Server) -> None:
     streamed = result["streamed"]  # streamText: a header, a chunk per write, a trailer
     assert (streamed["from"], streamed["topic"], streamed["error"]) == ("alice", "lk.chat", None)
     assert streamed["text"] == streamed["sent"] == "part one, part two"
+
+
+async def test_rpc_between_participants_both_ways(server: Server) -> None:
+    """performRpc / registerRpcMethod: answers, the handler's own errors, unknown methods, timeouts and a
+    destination that is not there, as rtc-node reports them. (A callee that leaves mid-call is left to the
+    Python test: rtc-node 1.1.0's Rust core does not fail such a call when the callee leaves.)"""
+    result = await run_rtc_scenario(server, "rpc", unique_room("rpc"))
+    outcomes = {(c["caller"], c["method"]): {k: v for k, v in c.items() if k in ("payload", "error")}
+                for c in result["calls"]}  # fmt: skip
+    for caller, callee in (("bob", "alice"), ("alice", "bob")):
+        assert outcomes[caller, "greet"] == {"payload": f"hello {caller}, you sent 42"}, outcomes
+        refused = {"code": 2001, "message": "refused", "data": "on purpose"}
+        assert outcomes[caller, "refuse"] == {"error": refused}, outcomes
+        assert outcomes[caller, "missing"]["error"]["code"] == 1400, outcomes  # UNSUPPORTED_METHOD
+        assert outcomes[caller, "slow"]["error"]["code"] == 1502, outcomes  # RESPONSE_TIMEOUT
+        assert result["invoked"][callee] == ["greet", "refuse", "slow"], result["invoked"]
+    assert result["toNobody"]["error"]["code"] == 1501, result["toNobody"]  # CONNECTION_TIMEOUT

@@ -1,6 +1,6 @@
 // Joins rooms of a running Switchboard server with the official, unmodified `@livekit/rtc-node` SDK.
 //
-// Usage: node rtc_scenarios.mjs <presence|audio|audio-fanout|unpublish|republish|data|text>
+// Usage: node rtc_scenarios.mjs <presence|audio|audio-fanout|unpublish|republish|data|text|rpc>
 // Environment: SWITCHBOARD_URL (ws://127.0.0.1:PORT), TOKEN_A, TOKEN_B (and TOKEN_C for `audio-fanout` and
 // `data`): participant tokens for one room, minted by the Python test; E2EE_KEY: every participant uses
 // the SDK's end-to-end encryption with this shared key. HOLD_FOR_STDIN=1 makes `audio` and
@@ -23,6 +23,7 @@ import {
   LocalAudioTrack,
   Room,
   RoomEvent,
+  RpcError,
   TrackKind,
   TrackPublishOptions,
   TrackSource,
@@ -347,6 +348,43 @@ async function subscription(subscriber, publisher) {
   );
 }
 
+// RPC
+
+const RPC_TIMEOUT_MS = 1000;
+const SLOW_RPC_MS = 3000;
+
+/**
+ * Registers the methods the RPC scenario calls: `greet` answers, `refuse` fails on purpose, `slow`
+ * answers late. Returns the list of methods invoked so far.
+ */
+function registerRpcMethods(client) {
+  const invoked = [];
+  const participant = client.room.localParticipant;
+  participant.registerRpcMethod('greet', async (data) => {
+    invoked.push('greet');
+    return `hello ${data.callerIdentity}, you sent ${data.payload}`;
+  });
+  participant.registerRpcMethod('refuse', async () => {
+    invoked.push('refuse');
+    throw new RpcError(2001, 'refused', 'on purpose');
+  });
+  participant.registerRpcMethod('slow', async () => {
+    invoked.push('slow');
+    await sleep(SLOW_RPC_MS);
+    return 'too late';
+  });
+  return invoked;
+}
+
+/** performRpc's answer as {payload} or {error: {code, message, data}}. */
+async function rpcOutcome(caller, params) {
+  try {
+    return { payload: await caller.room.localParticipant.performRpc({ payload: '42', ...params }) };
+  } catch (e) {
+    return { error: { code: e?.code ?? null, message: e?.message ?? String(e), data: e?.data ?? null } };
+  }
+}
+
 // Scenarios
 
 const scenarios = {
@@ -602,6 +640,40 @@ const scenarios = {
       b: report(b.seen),
       c: report(c.seen),
     };
+  },
+
+  /**
+   * RPC both ways between A and B: an answer, the handler's own error, an unknown method and a response
+   * timeout; and a call to nobody (no acknowledgement: a connection timeout).
+   */
+  async rpc() {
+    const a = await join('A');
+    const b = await join('B');
+    Object.assign(partial, { a: a.seen, b: b.seen });
+    const invoked = { [a.identity]: registerRpcMethods(a), [b.identity]: registerRpcMethods(b) };
+    await waitUntilAllSeeEachOther([a, b]);
+    // Unacknowledged, it fails after the SDK's round-trip allowance (7 s, not settable here): meanwhile…
+    const toNobody = rpcOutcome(b, { destinationIdentity: 'nobody', method: 'greet' });
+    const calls = [];
+    partial.calls = calls;
+    for (const [caller, callee] of [
+      [b, a],
+      [a, b],
+    ]) {
+      const destinationIdentity = callee.identity;
+      for (const [method, responseTimeout] of [
+        ['greet', undefined],
+        ['refuse', undefined],
+        ['missing', undefined],
+        ['slow', RPC_TIMEOUT_MS],
+      ]) {
+        const outcome = await rpcOutcome(caller, { destinationIdentity, method, responseTimeout });
+        calls.push({ caller: caller.identity, callee: callee.identity, method, ...outcome });
+      }
+    }
+    const result = { calls, invoked, toNobody: await within(toNobody, 15_000, 'nobody') };
+    for (const client of [a, b]) await within(client.room.disconnect(), 10_000, `${client.label} disconnect`);
+    return result;
   },
 
   /** Text streams on topic lk.chat from A to B: sendText (short and long) and streamText in chunks. */
