@@ -21,6 +21,7 @@ from livekit import api, rtc
 
 from tests.browser import JOIN_TIMEOUT, BrowserScenario, served_page, toolchain_or_fail
 from tests.conftest import Server
+from tests.rpc_methods import REFUSAL, RESPONSE_TIMEOUT, SLOW_SECONDS, greeting, register_rpc_methods
 
 TONE_HZ = 440
 # A sine at WebAudio gain 0.25 is 0.25 * 32767 / sqrt(2) ≈ 5790 RMS in int16; Opus keeps it within a few %.
@@ -358,6 +359,59 @@ async def test_browser_hears_a_track_published_again_every_time(server: Server, 
         assert round_["packetsReceived"] >= 100, listened
         # audioLevel is a fraction of full scale: the tone is 8000 / 32767 ≈ 0.24.
         assert round_["loudestAudioLevel"] > 0.1, listened
+
+
+async def test_rpc_between_the_browser_and_python_both_ways(server: Server, page_url: str) -> None:
+    """livekit-client's performRpc / registerRpcMethod against the Python SDK's, each calling the other:
+    answers, the handler's own errors, unknown methods and response timeouts, as each SDK reports them."""
+    toolchain_or_fail()
+    room_name = f"browser-{uuid.uuid4().hex[:8]}"
+    python = rtc.Room()
+    ready = asyncio.Event()
+    python.on("data_received", lambda packet: ready.set() if packet.data == b"rpc-ready" else None)
+    browser = BrowserScenario(
+        server,
+        page_url,
+        "rpc",
+        server.join_token(room_name, "browser"),
+        PEER_IDENTITY="py",
+        RPC_RESPONSE_TIMEOUT_MS=str(int(RESPONSE_TIMEOUT * 1000)),
+        RPC_SLOW_MS=str(int(SLOW_SECONDS * 1000)),
+    )
+    outcomes: dict[str, Any] = {}
+    try:
+        await python.connect(server.ws_url, server.join_token(room_name, "py"))
+        invoked = register_rpc_methods(python.local_participant)
+        await browser.start()
+        await browser.wait_for(ready, "the browser to join and register its methods", JOIN_TIMEOUT)
+        for method in ("greet", "refuse", "missing", "slow"):
+            timeout = RESPONSE_TIMEOUT if method == "slow" else None
+            try:
+                outcomes[method] = await python.local_participant.perform_rpc(
+                    destination_identity="browser", method=method, payload="42", response_timeout=timeout
+                )
+            except rtc.RpcError as error:
+                outcomes[method] = (error.code, error.message, error.data)
+        browser.tell("leave")
+        result = await browser.result()
+    finally:
+        await browser.kill()
+        with contextlib.suppress(Exception):
+            await python.disconnect()
+
+    # Python called the browser.
+    assert outcomes["greet"] == greeting("py", "42"), outcomes
+    assert outcomes["refuse"] == REFUSAL, outcomes
+    assert outcomes["missing"][0] == rtc.RpcError.ErrorCode.UNSUPPORTED_METHOD, outcomes
+    assert outcomes["slow"][0] == rtc.RpcError.ErrorCode.RESPONSE_TIMEOUT, outcomes
+    # The browser called Python.
+    called = {c["method"]: c for c in result["called"]["calls"]}
+    assert called["greet"]["payload"] == greeting("browser", "42"), called
+    code, message, data = REFUSAL
+    assert called["refuse"]["error"] == {"code": code, "message": message, "data": data}, called
+    assert called["missing"]["error"]["code"] == rtc.RpcError.ErrorCode.UNSUPPORTED_METHOD, called
+    assert called["slow"]["error"]["code"] == rtc.RpcError.ErrorCode.RESPONSE_TIMEOUT, called
+    assert invoked == ["greet", "refuse", "slow"], "unknown methods reach no handler"
 
 
 async def test_browser_with_a_token_signed_by_another_secret_fails_fast(

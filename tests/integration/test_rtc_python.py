@@ -19,13 +19,12 @@ from livekit.protocol import rtc as signal
 from tests.agent_workers import eventually
 from tests.conftest import Server, start_server, stop_server
 from tests.node_clients import run_scenario
+from tests.rpc_methods import REFUSAL, RESPONSE_TIMEOUT, greeting, register_rpc_methods
 
 PING_TIMEOUT = 2
 NO_AUDIO_WINDOW = 1.0
 SUBSCRIPTION_DEADLINE = 10.0
 MAX_BAD_FRAMES = 5
-RPC_TIMEOUT = 1.0
-SLOW_RPC_SECONDS = 3.0
 
 
 @pytest.fixture(scope="module")
@@ -493,30 +492,6 @@ async def test_the_server_advertises_a_livekit_version(server: Server, clients: 
         assert await response.text() == "OK" and response.headers["Server"].startswith("switchboard/")
 
 
-def register_rpc_methods(participant: rtc.LocalParticipant) -> list[str]:
-    """The methods the RPC tests call: `greet` answers, `refuse` fails on purpose, `slow` answers late.
-    Returns the list of methods invoked so far."""
-    invoked: list[str] = []
-
-    @participant.register_rpc_method("greet")
-    async def greet(data: rtc.RpcInvocationData) -> str:
-        invoked.append("greet")
-        return f"hello {data.caller_identity}, you sent {data.payload}"
-
-    @participant.register_rpc_method("refuse")
-    async def refuse(data: rtc.RpcInvocationData) -> str:
-        invoked.append("refuse")
-        raise rtc.RpcError(2001, "refused", "on purpose")
-
-    @participant.register_rpc_method("slow")
-    async def slow(data: rtc.RpcInvocationData) -> str:
-        invoked.append("slow")
-        await asyncio.sleep(SLOW_RPC_SECONDS)
-        return "too late"
-
-    return invoked
-
-
 async def test_rpc_between_participants_both_ways(clients: Any) -> None:
     """perform_rpc / register_rpc_method (refused by the Rust-based SDKs below server 1.8.0, see above):
     answers, the handler's own errors, unknown methods, response and connection timeouts, and a recipient
@@ -534,26 +509,22 @@ async def test_rpc_between_participants_both_ways(clients: Any) -> None:
                 destination_identity=callee, method=method, payload="42", **options
             )
 
-        assert await call("greet") == f"hello {caller.identity}, you sent 42"
+        assert await call("greet") == greeting(caller.identity, "42")
         with pytest.raises(rtc.RpcError) as refused:
             await call("refuse")
-        assert (refused.value.code, refused.value.message, refused.value.data) == (
-            2001,
-            "refused",
-            "on purpose",
-        )
+        assert (refused.value.code, refused.value.message, refused.value.data) == REFUSAL
         with pytest.raises(rtc.RpcError) as unknown:
             await call("missing")
         assert unknown.value.code == rtc.RpcError.ErrorCode.UNSUPPORTED_METHOD
         with pytest.raises(rtc.RpcError) as late:
-            await call("slow", response_timeout=RPC_TIMEOUT)
+            await call("slow", response_timeout=RESPONSE_TIMEOUT)
         assert late.value.code == rtc.RpcError.ErrorCode.RESPONSE_TIMEOUT
         assert invoked[callee.identity] == ["greet", "refuse", "slow"], "unknown methods reach no handler"
 
     # Nobody acknowledges a call to a participant who is not there: the server must not answer for it.
     with pytest.raises(rtc.RpcError) as nobody:
         await bob.room.local_participant.perform_rpc(
-            destination_identity="nobody", method="greet", payload="", max_round_trip_latency=RPC_TIMEOUT
+            destination_identity="nobody", method="greet", payload="", max_round_trip_latency=RESPONSE_TIMEOUT
         )
     assert nobody.value.code == rtc.RpcError.ErrorCode.CONNECTION_TIMEOUT
 

@@ -1,13 +1,14 @@
 // The official browser SDK `livekit-client` (unmodified UMD build) in headless Debian Chromium, driven by
 // playwright-core, against a Switchboard server. Run by tests/integration/test_browser.py:
 //
-//   node browser_scenario.mjs <room|watch|listen|captions|bad-token>
+//   node browser_scenario.mjs <room|watch|listen|rpc|captions|bad-token>
 //
 // Environment: PAGE_URL (a page that loads livekit-client.umd.js, served by the test), SWITCHBOARD_WS_URL,
 // BROWSER_TOKEN, PEER_IDENTITY (the Python participant, room scenario), CHROMIUM (default /usr/bin/chromium).
 // The room scenario waits for a line `leave` on stdin before disconnecting, so that the test decides when
 // the browser leaves; so does the watch scenario (a listener that records track permissions, subscriptions
-// and departures, then waits for PEER_IDENTITY to have left). The captions scenario listens on lk.transcription until PEER_IDENTITY's first final
+// and departures, then waits for PEER_IDENTITY to have left), the listen scenario and the rpc scenario
+// (RPC both ways with PEER_IDENTITY: see tests/rpc_methods.py for the methods). The captions scenario listens on lk.transcription until PEER_IDENTITY's first final
 // caption (at most 45 s). Prints exactly one JSON line of observations on stdout; diagnostics go to stderr.
 
 import readline from 'node:readline';
@@ -293,7 +294,38 @@ async function listen({ url, token, peer, timeoutMs }) {
   return obs;
 }
 
-async function stopListening() {
+async function rpc({ url, token, peer, responseTimeout, slowMs }) {
+  // The same three methods as tests/rpc_methods.py, registered before connecting; once connected it
+  // tells the peer (a data packet `rpc-ready`) and calls the peer's: greet, refuse, missing, slow.
+  const LK = window.LivekitClient;
+  const obs = { calls: [] };
+  window.__obs = obs;
+  const room = new LK.Room();
+  window.__room = room;
+  room.registerRpcMethod('greet', async (data) => `hello ${data.callerIdentity}, you sent ${data.payload}`);
+  room.registerRpcMethod('refuse', async () => {
+    throw new LK.RpcError(2001, 'refused', 'on purpose');
+  });
+  room.registerRpcMethod('slow', async () => {
+    await new Promise((r) => setTimeout(r, slowMs));
+    return 'too late';
+  });
+  await room.connect(url, token, { autoSubscribe: true });
+  obs.serverVersion = room.serverInfo?.version ?? null;
+  await room.localParticipant.publishData(new TextEncoder().encode('rpc-ready'), { reliable: true });
+  for (const [method, timeout] of [['greet'], ['refuse'], ['missing'], ['slow', responseTimeout]]) {
+    const params = { destinationIdentity: peer, method, payload: '42' };
+    if (timeout !== undefined) params.responseTimeout = timeout;
+    try {
+      obs.calls.push({ method, payload: await room.localParticipant.performRpc(params) });
+    } catch (e) {
+      obs.calls.push({ method, error: { code: e?.code ?? null, message: e?.message ?? String(e), data: e?.data ?? null } });
+    }
+  }
+  return obs;
+}
+
+async function disconnectRoom() {
   await window.__room.disconnect();
   return window.__obs;
 }
@@ -313,7 +345,7 @@ async function main() {
   });
   result.launchMs = Date.now() - started;
   result.browserVersion = browser.version();
-  const input = ['room', 'watch', 'listen'].includes(scenario) ? lines() : null;
+  const input = ['room', 'watch', 'listen', 'rpc'].includes(scenario) ? lines() : null;
   try {
     const page = await browser.newPage();
     page.setDefaultTimeout(STEP_TIMEOUT_MS);
@@ -371,7 +403,18 @@ async function main() {
       });
       process.stderr.write('browser listening; waiting for `leave` on stdin\n');
       result.leaveSignal = await input.next(60_000);
-      result.listened = await page.evaluate(stopListening);
+      result.listened = await page.evaluate(disconnectRoom);
+    } else if (scenario === 'rpc') {
+      result.called = await page.evaluate(rpc, {
+        url: env.SWITCHBOARD_WS_URL,
+        token: env.BROWSER_TOKEN,
+        peer: env.PEER_IDENTITY,
+        responseTimeout: Number(env.RPC_RESPONSE_TIMEOUT_MS),
+        slowMs: Number(env.RPC_SLOW_MS),
+      });
+      process.stderr.write('browser made its calls; waiting for `leave` on stdin\n');
+      result.leaveSignal = await input.next(45_000);
+      await page.evaluate(disconnectRoom);
     } else if (scenario === 'captions') {
       result.read = await page.evaluate(readCaptions, {
         url: env.SWITCHBOARD_WS_URL,
