@@ -247,7 +247,8 @@ async def test_browser_and_python_share_a_room(server: Server, page_url: str) ->
 
 async def test_browser_is_told_about_track_permissions_and_who_left(server: Server, page_url: str) -> None:
     """livekit-client sees a publisher's subscription permissions (not allowed, then allowed with
-    TrackSubscriptionPermissionChanged, and subscribed) and the leaving publisher's name and metadata."""
+    TrackSubscriptionPermissionChanged, and subscribed; then not allowed again, and unsubscribed) and the
+    leaving publisher's name and metadata."""
     toolchain_or_fail()
     room_name = f"browser-{uuid.uuid4().hex[:8]}"
     profile = {"name": "Py Thon", "metadata": "py-meta", "attributes": {"role": "host"}}
@@ -255,8 +256,16 @@ async def test_browser_is_told_about_track_permissions_and_who_left(server: Serv
     first_subscriber = asyncio.Event()
     browser_here = asyncio.Event()
     publisher.on("local_track_subscribed", lambda *_: first_subscriber.set())
-    # The browser says when it is connected (its room relays no events before), with a data packet.
-    publisher.on("data_received", lambda packet: browser_here.set() if packet.data == b"watching" else None)
+    # The browser says with data packets when it is connected (its room relays no events before) and when
+    # it has been unsubscribed.
+    browser_unsubscribed = asyncio.Event()
+    signals = {b"watching": browser_here}
+
+    @publisher.on("data_received")
+    def on_data(packet: rtc.DataPacket) -> None:
+        if (signal := signals.get(packet.data)) is not None:
+            signal.set()
+
     browser = BrowserScenario(
         server, page_url, "watch", server.join_token(room_name, "browser"), PEER_IDENTITY="py"
     )
@@ -276,6 +285,7 @@ async def test_browser_is_told_about_track_permissions_and_who_left(server: Serv
                 await source.capture_frame(silence)
 
         tone_task = asyncio.ensure_future(play())
+        signals[f"unsubscribed:{publication.sid}".encode()] = browser_unsubscribed
         await browser.start()
         await browser.wait_for(browser_here, "the browser to join", JOIN_TIMEOUT)
         assert not first_subscriber.is_set(), "the browser is not allowed yet"
@@ -286,6 +296,8 @@ async def test_browser_is_told_about_track_permissions_and_who_left(server: Serv
             ],
         )
         await browser.wait_for(first_subscriber, "the browser, now allowed, to subscribe")
+        local.set_track_subscription_permissions(allow_all_participants=False)  # nobody again
+        await browser.wait_for(browser_unsubscribed, "the browser, no longer allowed, to be unsubscribed")
         await publisher.disconnect()
         browser.tell("leave")
         result = await browser.result()
@@ -302,9 +314,11 @@ async def test_browser_is_told_about_track_permissions_and_who_left(server: Serv
     initial = [(p["identity"], p["sid"], p["status"]) for p in result["joined"]["permissionsAfterConnect"]]
     assert initial == [("py", publication.sid, "not_allowed")], result["joined"]
     statuses = [(p["identity"], p["sid"], p["status"]) for p in watched["permissions"]]
-    assert statuses[-1:] == [("py", publication.sid, "allowed")], watched
-    assert statuses[:-1] in ([], [("py", publication.sid, "not_allowed")]), watched  # if it was connected
+    allowed, revoked = ("py", publication.sid, "allowed"), ("py", publication.sid, "not_allowed")
+    assert statuses[-2:] == [allowed, revoked], watched
+    assert statuses[:-2] in ([], [revoked]), watched  # if it was connected
     assert [(s["identity"], s["sid"]) for s in watched["subscribed"]] == [("py", publication.sid)], watched
+    assert [(s["identity"], s["sid"]) for s in watched["unsubscribed"]] == [("py", publication.sid)], watched
     [left] = watched["left"]
     assert (left["identity"], left["name"], left["metadata"]) == ("py", "Py Thon", "py-meta"), left
     assert left["attributes"] == {"role": "host"}, left

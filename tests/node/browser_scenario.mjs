@@ -222,7 +222,11 @@ async function watch({ url, token }) {
     obs.permissions.push({ identity: p.identity, sid: pub.trackSid, status, at: ms() }),
   );
   room.on(E.TrackSubscribed, (track, pub, p) => obs.subscribed.push({ identity: p.identity, sid: pub.trackSid, at: ms() }));
-  room.on(E.TrackUnsubscribed, (track, pub, p) => obs.unsubscribed.push({ identity: p.identity, sid: pub.trackSid, at: ms() }));
+  room.on(E.TrackUnsubscribed, (track, pub, p) => {
+    obs.unsubscribed.push({ identity: p.identity, sid: pub.trackSid, at: ms() });
+    // Tell the publisher, which waits for it before it does anything else.
+    room.localParticipant.publishData(new TextEncoder().encode(`unsubscribed:${pub.trackSid}`), { reliable: true });
+  });
   room.on(E.ParticipantDisconnected, (p) =>
     obs.left.push({ identity: p.identity, name: p.name, metadata: p.metadata, attributes: { ...p.attributes }, at: ms() }),
   );
