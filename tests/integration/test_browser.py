@@ -324,6 +324,22 @@ async def test_browser_is_told_about_track_permissions_and_who_left(server: Serv
     assert left["attributes"] == {"role": "host"}, left
 
 
+async def publish_tone(room: rtc.Room) -> tuple[rtc.LocalTrackPublication, asyncio.Task[None]]:
+    """Publish a microphone track playing a 440 Hz tone (amplitude 8000); cancel the task to stop it."""
+    source = rtc.AudioSource(48000, 1)
+    track = rtc.LocalAudioTrack.create_audio_track("mic", source)
+    options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+    publication = await room.local_participant.publish_track(track, options)
+
+    async def play() -> None:
+        t = np.arange(480) / 48000
+        for n in itertools.count():
+            samples = (8000 * np.sin(2 * np.pi * TONE_HZ * (t + n * 0.01))).astype(np.int16)
+            await source.capture_frame(rtc.AudioFrame(samples.tobytes(), 48000, 1, 480))
+
+    return publication, asyncio.ensure_future(play())
+
+
 async def test_browser_hears_a_track_published_again_every_time(server: Server, page_url: str) -> None:
     """A Python publisher unpublishes and publishes again, three times over: livekit-client receives each
     new track (its reused transceiver starts receiving again) and decodes audio from it."""
@@ -340,19 +356,8 @@ async def test_browser_hears_a_track_published_again_every_time(server: Server, 
         await publisher.connect(server.ws_url, server.join_token(room_name, "py"))
         await browser.start()
         for _ in range(4):
-            source = rtc.AudioSource(48000, 1)
-            track = rtc.LocalAudioTrack.create_audio_track("mic", source)
-            options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
-            publication = await publisher.local_participant.publish_track(track, options)
+            publication, player = await publish_tone(publisher)
             sids.append(publication.sid)
-
-            async def play(source: rtc.AudioSource = source) -> None:
-                t = np.arange(480) / 48000
-                for n in itertools.count():
-                    samples = (8000 * np.sin(2 * np.pi * TONE_HZ * (t + n * 0.01))).astype(np.int16)
-                    await source.capture_frame(rtc.AudioFrame(samples.tobytes(), 48000, 1, 480))
-
-            player = asyncio.ensure_future(play())
             try:
                 said = await asyncio.wait_for(heard.get(), JOIN_TIMEOUT)
             finally:
@@ -426,6 +431,56 @@ async def test_rpc_between_the_browser_and_python_both_ways(server: Server, page
     assert called["missing"]["error"]["code"] == rtc.RpcError.ErrorCode.UNSUPPORTED_METHOD, called
     assert called["slow"]["error"]["code"] == rtc.RpcError.ErrorCode.RESPONSE_TIMEOUT, called
     assert invoked == ["greet", "refuse", "slow"], "unknown methods reach no handler"
+
+
+async def test_end_to_end_encryption_between_the_browser_and_python(server: Server, page_url: str) -> None:
+    """livekit-client's shared-key E2EE (ExternalE2EEKeyProvider and its e2ee worker) and the Python
+    SDK's (KeyProviderOptions.shared_key) on the two ends: audio and data, each way, are encrypted by the
+    sender, passed through untouched, and decrypted by the receiver."""
+    toolchain_or_fail()
+    room_name = f"browser-{uuid.uuid4().hex[:8]}"
+    key = "a passphrase only the participants know"
+    peer = PythonPeer("browser")
+    e2ee = rtc.E2EEOptions(key_provider_options=rtc.KeyProviderOptions(shared_key=key.encode()))
+    browser = BrowserScenario(
+        server, page_url, "e2ee", server.join_token(room_name, "browser"), PEER_IDENTITY="py", E2EE_KEY=key
+    )
+    player: asyncio.Task[None] | None = None
+    try:
+        await peer.room.connect(
+            server.ws_url, server.join_token(room_name, "py"), rtc.RoomOptions(encryption=e2ee)
+        )
+        publication, player = await publish_tone(peer.room)
+        await browser.start()
+        await browser.wait_for(peer.got_data, "the browser's encrypted data packet", JOIN_TIMEOUT)
+        await peer.room.local_participant.publish_data(b"secret from python", reliable=True, topic="secret")
+        await browser.wait_for(peer.enough_audio, f"{2 * MIN_FRAMES} audio frames from the browser")
+        rms, peak = tone(peer.frames)
+        remote = peer.room.remote_participants["browser"].track_publications[peer.subscribed["sid"]]
+        browser.tell("leave")
+        result = await browser.result()
+    finally:
+        if player is not None:
+            player.cancel()
+        await browser.kill()
+        await peer.close()
+
+    joined = result["joined"]
+    assert joined["supported"] and joined["e2eeEnabled"], joined
+    assert joined["errors"] == [], joined
+    # Browser → Python: announced as encrypted, and decrypted to the oscillator's tone and the packet.
+    assert joined["published"] == {"sid": peer.subscribed["sid"], "encrypted": True}, joined
+    assert remote.encryption_type == rtc.EncryptionType.GCM
+    assert 0.6 * EXPECTED_RMS < rms < 1.4 * EXPECTED_RMS, f"RMS {rms:.0f}, expected ≈{EXPECTED_RMS:.0f}"
+    assert abs(peak - TONE_HZ) <= 10, f"dominant frequency {peak} Hz, expected {TONE_HZ} Hz"
+    [packet] = peer.data
+    assert (packet.data, packet.topic) == (b"secret from the browser", "secret")
+    assert packet.participant is not None and packet.participant.identity == "browser"
+    # Python → browser: the same, the other way (audioLevel is measured on the decoded audio).
+    heard = joined["heard"]
+    assert heard["sid"] == publication.sid and heard["encrypted"] is True, heard
+    assert heard["packetsReceived"] >= 100 and heard["loudestAudioLevel"] > 0.1, heard
+    assert joined["dataReceived"] == [{"text": "secret from python", "from": "py", "topic": "secret"}], joined
 
 
 async def test_browser_with_a_token_signed_by_another_secret_fails_fast(

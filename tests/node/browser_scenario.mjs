@@ -1,14 +1,15 @@
 // The official browser SDK `livekit-client` (unmodified UMD build) in headless Debian Chromium, driven by
 // playwright-core, against a Switchboard server. Run by tests/integration/test_browser.py:
 //
-//   node browser_scenario.mjs <room|watch|listen|rpc|captions|bad-token>
+//   node browser_scenario.mjs <room|watch|listen|rpc|e2ee|captions|bad-token>
 //
 // Environment: PAGE_URL (a page that loads livekit-client.umd.js, served by the test), SWITCHBOARD_WS_URL,
 // BROWSER_TOKEN, PEER_IDENTITY (the Python participant, room scenario), CHROMIUM (default /usr/bin/chromium).
 // The room scenario waits for a line `leave` on stdin before disconnecting, so that the test decides when
 // the browser leaves; so does the watch scenario (a listener that records track permissions, subscriptions
 // and departures, then waits for PEER_IDENTITY to have left), the listen scenario and the rpc scenario
-// (RPC both ways with PEER_IDENTITY: see tests/rpc_methods.py for the methods). The captions scenario listens on lk.transcription until PEER_IDENTITY's first final
+// (RPC both ways with PEER_IDENTITY: see tests/rpc_methods.py for the methods), and the e2ee scenario
+// (media and data encrypted with the shared key E2EE_KEY, to and from PEER_IDENTITY). The captions scenario listens on lk.transcription until PEER_IDENTITY's first final
 // caption (at most 45 s). Prints exactly one JSON line of observations on stdout; diagnostics go to stderr.
 
 import readline from 'node:readline';
@@ -259,16 +260,12 @@ async function stopWatching({ timeoutMs, peer }) {
   return obs;
 }
 
-async function listen({ url, token, peer, timeoutMs }) {
-  // A listener that plays each track the peer publishes and reports, per track, what its receiver got
-  // (RTP packets, decoded audio energy), then tells the peer with a data packet `heard:<track sid>`.
-  const LK = window.LivekitClient;
-  const obs = { heard: [] };
-  window.__obs = obs;
-  const room = new LK.Room();
-  window.__room = room;
-  room.on(LK.RoomEvent.TrackSubscribed, async (track, pub, p) => {
-    if (p.identity !== peer || track.kind !== 'audio') return;
+function installPageHelpers() {
+  // Shared by the page functions below (each is serialised on its own, so they cannot share closures).
+  window.__heard = async (track, pub, timeoutMs) => {
+    // What the receiver of `track` got from now on: RTP packets, and the decoded audio's loudest level
+    // (inbound-rtp audioLevel, 0..1 of full scale, read only once packets have been arriving for a while).
+    // A reused transceiver keeps its counters, hence counting from now.
     const element = track.attach();
     element.muted = false;
     document.body.appendChild(element);
@@ -279,8 +276,6 @@ async function listen({ url, token, peer, timeoutMs }) {
       });
       return found;
     };
-    // A reused transceiver keeps its counters: count from now, and read the level only once this
-    // track's packets have been arriving for a while.
     const start = performance.now();
     const before = (await inbound())?.packetsReceived ?? 0;
     let packets = 0;
@@ -291,10 +286,70 @@ async function listen({ url, token, peer, timeoutMs }) {
       packets = (stats?.packetsReceived ?? 0) - before;
       if (packets >= 50) loudest = Math.max(loudest, stats?.audioLevel ?? 0);
     }
-    obs.heard.push({ sid: pub.trackSid, packetsReceived: packets, loudestAudioLevel: loudest, ms: Math.round(performance.now() - start) });
+    return { sid: pub.trackSid, packetsReceived: packets, loudestAudioLevel: loudest, ms: Math.round(performance.now() - start) };
+  };
+}
+
+async function listen({ url, token, peer, timeoutMs }) {
+  // A listener that plays each track the peer publishes and reports, per track, what its receiver got,
+  // then tells the peer with a data packet `heard:<track sid>`.
+  const LK = window.LivekitClient;
+  const obs = { heard: [] };
+  window.__obs = obs;
+  const room = new LK.Room();
+  window.__room = room;
+  room.on(LK.RoomEvent.TrackSubscribed, async (track, pub, p) => {
+    if (p.identity !== peer || track.kind !== 'audio') return;
+    obs.heard.push(await window.__heard(track, pub, timeoutMs));
     await room.localParticipant.publishData(new TextEncoder().encode(`heard:${pub.trackSid}`), { reliable: true });
   });
   await room.connect(url, token, { autoSubscribe: true });
+  return obs;
+}
+
+async function e2ee({ url, token, peer, key, timeoutMs }) {
+  // livekit-client's shared-key end-to-end encryption (ExternalE2EEKeyProvider and the SDK's e2ee worker,
+  // served beside the page): it publishes a 440 Hz oscillator and a data packet, both encrypted, and
+  // reports the peer's encrypted track (decrypted and decoded) and data packets.
+  const LK = window.LivekitClient;
+  const obs = { supported: LK.isE2EESupported(), dataReceived: [], heard: null, errors: [] };
+  window.__obs = obs;
+  const keyProvider = new LK.ExternalE2EEKeyProvider();
+  await keyProvider.setKey(key);
+  const worker = new Worker('/livekit-client.e2ee.worker.js');
+  const room = new LK.Room({ encryption: { keyProvider, worker } });
+  window.__room = room;
+  room.on(LK.RoomEvent.EncryptionError, (e) => obs.errors.push(String(e?.message ?? e)));
+  room.on(LK.RoomEvent.DataReceived, (payload, participant, kind, topic) =>
+    obs.dataReceived.push({ text: new TextDecoder().decode(payload), from: participant?.identity ?? null, topic: topic ?? null }),
+  );
+  room.on(LK.RoomEvent.TrackSubscribed, async (track, pub, p) => {
+    if (p.identity !== peer || track.kind !== 'audio') return;
+    obs.heard = { ...(await window.__heard(track, pub, timeoutMs)), encrypted: pub.isEncrypted };
+  });
+  await room.setE2EEEnabled(true);
+  await room.connect(url, token, { autoSubscribe: true });
+  obs.e2eeEnabled = room.isE2EEEnabled;
+  const ctx = new AudioContext({ sampleRate: 48000 });
+  await ctx.resume();
+  const osc = new OscillatorNode(ctx, { type: 'sine', frequency: 440 });
+  const dest = ctx.createMediaStreamDestination();
+  osc.connect(new GainNode(ctx, { gain: 0.25 })).connect(dest);
+  osc.start();
+  const publication = await room.localParticipant.publishTrack(dest.stream.getAudioTracks()[0], {
+    source: LK.Track.Source.Microphone,
+    name: 'oscillator',
+    dtx: false,
+  });
+  obs.published = { sid: publication.trackSid, encrypted: publication.isEncrypted };
+  await room.localParticipant.publishData(new TextEncoder().encode('secret from the browser'), {
+    reliable: true,
+    topic: 'secret',
+  });
+  const start = performance.now();
+  while (!(obs.heard && obs.dataReceived.length) && performance.now() - start < timeoutMs) {
+    await new Promise((r) => setTimeout(r, 50));
+  }
   return obs;
 }
 
@@ -349,7 +404,7 @@ async function main() {
   });
   result.launchMs = Date.now() - started;
   result.browserVersion = browser.version();
-  const input = ['room', 'watch', 'listen', 'rpc'].includes(scenario) ? lines() : null;
+  const input = ['room', 'watch', 'listen', 'rpc', 'e2ee'].includes(scenario) ? lines() : null;
   try {
     const page = await browser.newPage();
     page.setDefaultTimeout(STEP_TIMEOUT_MS);
@@ -383,6 +438,7 @@ async function main() {
     result.pageLoadMs = Date.now() - loading;
     result.sdkLoaded = await page.evaluate(() => typeof window.LivekitClient?.Room === 'function');
     if (!result.sdkLoaded) throw new Error('livekit-client UMD build did not define window.LivekitClient');
+    await page.evaluate(installPageHelpers);
 
     if (scenario === 'room') {
       result.joined = await page.evaluate(joinAndSend, {
@@ -417,6 +473,17 @@ async function main() {
         slowMs: Number(env.RPC_SLOW_MS),
       });
       process.stderr.write('browser made its calls; waiting for `leave` on stdin\n');
+      result.leaveSignal = await input.next(45_000);
+      await page.evaluate(disconnectRoom);
+    } else if (scenario === 'e2ee') {
+      result.joined = await page.evaluate(e2ee, {
+        url: env.SWITCHBOARD_WS_URL,
+        token: env.BROWSER_TOKEN,
+        peer: env.PEER_IDENTITY,
+        key: env.E2EE_KEY,
+        timeoutMs: 15_000,
+      });
+      process.stderr.write('browser sent and received encrypted media and data; waiting for `leave` on stdin\n');
       result.leaveSignal = await input.next(45_000);
       await page.evaluate(disconnectRoom);
     } else if (scenario === 'captions') {
