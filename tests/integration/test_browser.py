@@ -8,7 +8,6 @@ Python rtc SDK, in this process.
 
 import asyncio
 import contextlib
-import itertools
 import json
 import time
 import uuid
@@ -22,6 +21,7 @@ from livekit import api, rtc
 from tests.browser import JOIN_TIMEOUT, BrowserScenario, served_page, toolchain_or_fail
 from tests.conftest import Server
 from tests.rpc_methods import REFUSAL, RESPONSE_TIMEOUT, SLOW_SECONDS, greeting, register_rpc_methods
+from tests.tone import publish_tone
 
 TONE_HZ = 440
 # A sine at WebAudio gain 0.25 is 0.25 * 32767 / sqrt(2) ≈ 5790 RMS in int16; Opus keeps it within a few %.
@@ -322,22 +322,6 @@ async def test_browser_is_told_about_track_permissions_and_who_left(server: Serv
     [left] = watched["left"]
     assert (left["identity"], left["name"], left["metadata"]) == ("py", "Py Thon", "py-meta"), left
     assert left["attributes"] == {"role": "host"}, left
-
-
-async def publish_tone(room: rtc.Room) -> tuple[rtc.LocalTrackPublication, asyncio.Task[None]]:
-    """Publish a microphone track playing a 440 Hz tone (amplitude 8000); cancel the task to stop it."""
-    source = rtc.AudioSource(48000, 1)
-    track = rtc.LocalAudioTrack.create_audio_track("mic", source)
-    options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
-    publication = await room.local_participant.publish_track(track, options)
-
-    async def play() -> None:
-        t = np.arange(480) / 48000
-        for n in itertools.count():
-            samples = (8000 * np.sin(2 * np.pi * TONE_HZ * (t + n * 0.01))).astype(np.int16)
-            await source.capture_frame(rtc.AudioFrame(samples.tobytes(), 48000, 1, 480))
-
-    return publication, asyncio.ensure_future(play())
 
 
 async def test_browser_hears_a_track_published_again_every_time(server: Server, page_url: str) -> None:

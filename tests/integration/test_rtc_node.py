@@ -15,10 +15,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from livekit import api
+from livekit import api, rtc
 
 from tests.conftest import Server
 from tests.node_clients import NODE_DIR, node_or_fail, run_node
+from tests.tone import publish_tone
 
 SCRIPT = NODE_DIR / "rtc_scenarios.mjs"
 RTC_SDK_DIR = NODE_DIR / "node_modules" / "@livekit" / "rtc-node"
@@ -365,3 +366,42 @@ async def test_rpc_between_participants_both_ways(server: Server) -> None:
         assert outcomes[caller, "slow"]["error"]["code"] == 1502, outcomes  # RESPONSE_TIMEOUT
         assert result["invoked"][callee] == ["greet", "refuse", "slow"], result["invoked"]
     assert result["toNobody"]["error"]["code"] == 1501, result["toNobody"]  # CONNECTION_TIMEOUT
+
+
+async def test_track_subscription_permissions_are_enforced(server: Server) -> None:
+    """A Python publisher allows only bob, then only carol (rtc-node 1.1.0 has no API to set them): the
+    rtc-node subscribers receive the track exactly while they are allowed. (rtc-node shows no event for
+    the `subscription_permission_update` that tells them why; the Python test checks it on the wire.)"""
+    room = unique_room("permissions")
+    alice = rtc.Room()
+    ready = asyncio.Event()
+    alice.on("data_received", lambda packet: ready.set() if packet.data == b"ready" else None)
+    await alice.connect(server.ws_url, server.join_token(room, "alice"))
+    only = [rtc.ParticipantTrackPermission(participant_identity="bob", allow_all=True)]
+    alice.local_participant.set_track_subscription_permissions(
+        allow_all_participants=False, participant_permissions=only
+    )
+    publication, player = await publish_tone(alice)
+
+    async def let_carol_in_and_bob_out() -> None:
+        await asyncio.wait_for(ready.wait(), CROSS_CHECK_DEADLINE)
+        only = [rtc.ParticipantTrackPermission(participant_identity="carol", allow_all=True)]
+        alice.local_participant.set_track_subscription_permissions(
+            allow_all_participants=False, participant_permissions=only
+        )
+
+    try:
+        result = await run_rtc_scenario(
+            server, "permissions", room, "BC", while_connected=let_carol_in_and_bob_out
+        )
+    finally:
+        player.cancel()
+        await alice.disconnect()
+    assert result["publisher"] == "alice"
+    assert_tone(result["bBefore"], 50)
+    assert result["cSubscribedBefore"] == 0, "carol was not allowed"
+    assert [s["sid"] for s in result["c"]["subscribed"]] == [publication.sid]
+    assert_tone(result["cAfter"], 50)
+    b_after = result["bAfter"]  # one recording of bob's track, from before the change to after it
+    assert b_after["audibleBefore"] >= 50, b_after
+    assert b_after["audibleInWindow"] == 0, f"bob still hears alice: {b_after}"

@@ -20,6 +20,7 @@ from tests.agent_workers import eventually
 from tests.conftest import Server, start_server, stop_server
 from tests.node_clients import run_scenario
 from tests.rpc_methods import REFUSAL, RESPONSE_TIMEOUT, greeting, register_rpc_methods
+from tests.tone import publish_tone
 
 PING_TIMEOUT = 2
 NO_AUDIO_WINDOW = 1.0
@@ -96,21 +97,9 @@ class Client:
             self.levels.append(float(np.sqrt(np.mean(samples**2))))
 
     async def publish_tone(self) -> rtc.LocalTrackPublication:
-        source = rtc.AudioSource(48000, 1)
-        track = rtc.LocalAudioTrack.create_audio_track("microphone", source)
-        options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
-        publication = await self.room.local_participant.publish_track(track, options)
-
-        async def play() -> None:
-            offset = 0
-            while True:
-                samples = (8000 * np.sin(2 * np.pi * 440 * (np.arange(480) + offset) / 48000)).astype(
-                    np.int16
-                )
-                offset += 480
-                await source.capture_frame(rtc.AudioFrame(samples.tobytes(), 48000, 1, 480))
-
-        self._spawn(play())
+        publication, player = await publish_tone(self.room)
+        self._tasks.add(player)
+        player.add_done_callback(self._tasks.discard)
         return publication
 
     async def close(self) -> None:

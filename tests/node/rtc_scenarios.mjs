@@ -1,11 +1,12 @@
 // Joins rooms of a running Switchboard server with the official, unmodified `@livekit/rtc-node` SDK.
 //
-// Usage: node rtc_scenarios.mjs <presence|audio|audio-fanout|unpublish|republish|data|text|rpc>
+// Usage: node rtc_scenarios.mjs <presence|audio|audio-fanout|unpublish|republish|data|text|rpc|permissions>
 // Environment: SWITCHBOARD_URL (ws://127.0.0.1:PORT), TOKEN_A, TOKEN_B (and TOKEN_C for `audio-fanout` and
-// `data`): participant tokens for one room, minted by the Python test; E2EE_KEY: every participant uses
-// the SDK's end-to-end encryption with this shared key. HOLD_FOR_STDIN=1 makes `audio` and
-// `unpublish` wait, with the participants still connected, for one line on stdin before they leave (the
-// Python test inspects the room through RoomService meanwhile).
+// `data`; only TOKEN_B and TOKEN_C for `permissions`): participant tokens for one room, minted by the
+// Python test; E2EE_KEY: every participant uses the SDK's end-to-end encryption with this shared key.
+// HOLD_FOR_STDIN=1 makes `audio` and `unpublish` wait, with the participants still connected, for one
+// line on stdin before they leave (the Python test inspects the room through RoomService meanwhile);
+// `permissions` always waits for one, while the Python publisher changes its permissions.
 //
 // Each scenario prints ONE JSON object on stdout ({"scenario": …, …observations}); the Python tests judge
 // it. An SDK error or a missed deadline is reported as {"scenario", "unexpectedError", "stack", "partial"}
@@ -314,6 +315,48 @@ async function measureAudio(track, wanted, timeoutMs) {
   // concealment.
   result.unsteadyFrames = result.frameRms.slice(ONSET_FRAMES).filter((r) => r < 4500 || r > 6800).length;
   return result;
+}
+
+/** Records the time and RMS of every frame `track` delivers, until `stop()`. */
+function recordLevels(track) {
+  const stream = new AudioStream(track, { sampleRate: SAMPLE_RATE, numChannels: 1, frameSizeMs: FRAME_MS });
+  const reader = stream.getReader();
+  const levels = [];
+  const reading = (async () => {
+    for (;;) {
+      const next = await reader.read();
+      if (next.done) return;
+      levels.push({ at: performance.now(), rms: frameStats(next.value.data) });
+    }
+  })().catch(() => {});
+  const stop = async () => {
+    await reader.cancel().catch(() => {});
+    await reading;
+  };
+  return { levels, stop };
+}
+
+/**
+ * How `levels` (recordLevels) went after `since`: when the last audible frame (RMS ≥ 100) was followed by
+ * 200 ms without one, and how many audible frames arrived in the `windowMs` after that.
+ */
+async function audibleAfterQuiet(levels, since, windowMs, timeoutMs) {
+  const audible = (from, to = Infinity) => levels.filter((l) => l.at > from && l.at <= to && l.rms >= 100);
+  const quietAt = await waitFor(
+    () => {
+      const now = performance.now();
+      return now - since > 200 && audible(now - 200).length === 0 ? now : null;
+    },
+    timeoutMs,
+    'the audio to go quiet',
+  );
+  await sleep(windowMs); // the window in which nothing audible may arrive
+  return {
+    audibleBefore: audible(-Infinity, since).length,
+    quietAfterMs: Math.round(quietAt - since),
+    audibleInWindow: audible(quietAt).length,
+    framesInWindow: levels.filter((l) => l.at > quietAt).length,
+  };
 }
 
 /** A publishes a microphone track named "tone" and starts feeding it; `close` stops and frees it. */
@@ -673,6 +716,49 @@ const scenarios = {
     }
     const result = { calls, invoked, toNobody: await within(toNobody, 15_000, 'nobody') };
     for (const client of [a, b]) await within(client.room.disconnect(), 10_000, `${client.label} disconnect`);
+    return result;
+  },
+
+  /**
+   * B and C listen to a publisher of the Python test (rtc-node cannot set subscription permissions),
+   * which first allows only B: B hears it, C is not subscribed. B then tells it so (a data packet
+   * `ready`) and waits for stdin while the publisher allows only C; then C hears it and B no longer does.
+   */
+  async permissions() {
+    const b = await join('B');
+    const c = await join('C');
+    Object.assign(partial, { b: b.seen, c: c.seen });
+    const publisherOf = (client) =>
+      [...client.room.remoteParticipants.values()].find((p) => p.trackPublications.size > 0);
+    const publisher = await waitFor(() => publisherOf(b) && publisherOf(c), 10_000, "the publisher's track");
+    const publisherClient = { label: 'the publisher', identity: publisher.identity };
+    const bTrack = (await subscription(b, publisherClient)).track;
+    // One recording of B's track throughout: it shows the tone stopping, not a new stream's slow start.
+    const bLevels = recordLevels(bTrack);
+    const bBefore = await measureAudio(bTrack, 50, 8_000);
+    const cSubscribedBefore = c.seen.subscribed.length;
+    await b.room.localParticipant.publishData(encoder.encode('ready'), {
+      reliable: true,
+      destination_identities: [publisher.identity],
+    });
+    await stdinLine(20_000);
+    const allowedC = performance.now();
+    const cTrack = (await subscription(c, publisherClient)).track;
+    const [cAfter, bAfter] = await Promise.all([
+      measureAudio(cTrack, 50, 8_000),
+      audibleAfterQuiet(bLevels.levels, allowedC, 1_000, 8_000),
+    ]);
+    await bLevels.stop();
+    const result = {
+      publisher: publisher.identity,
+      bBefore,
+      cSubscribedBefore,
+      cAfter,
+      bAfter,
+      b: report(b.seen),
+      c: report(c.seen),
+    };
+    for (const client of [b, c]) await within(client.room.disconnect(), 10_000, `${client.label} disconnect`);
     return result;
   },
 
