@@ -245,6 +245,43 @@ async def test_room_service_acts_on_live_participants(clients: Any, lkapi: api.L
     assert alice.saw("disconnected")[0][0] == rtc.DisconnectReason.ROOM_DELETED
 
 
+async def test_room_service_acts_on_live_participants_with_the_node_sdk(clients: Any, server: Server) -> None:
+    """The same methods with the Node `livekit-server-sdk` (Twirp JSON), as the Python SDK's above."""
+    alice, bob, carol = await clients("alice"), await clients("bob"), await clients("carol")
+    publication = await alice.publish_tone()
+    await eventually(lambda: bob.levels, "bob to receive audio")
+    env = {"SCENARIO_ROOM": clients.room, "SCENARIO_IDENTITY": "alice", "SCENARIO_TRACK": publication.sid}
+    node = await run_scenario(server, "live-participants", SCENARIO_LISTENER="bob", **env)
+
+    assert sorted(p["identity"] for p in node["listed"]) == ["alice", "bob", "carol"], node["listed"]
+    got = node["got"]
+    assert (got["identity"], got["sid"], got["state"]) == (
+        "alice",
+        alice.room.local_participant.sid,
+        "ACTIVE",
+    )
+    assert [t["sid"] for t in got["tracks"]] == [publication.sid], got
+    updated = node["updated"]
+    assert (updated["name"], updated["metadata"], updated["attributes"]) == (
+        "Renamed",
+        "by-node",
+        {"role": "host"},
+    )
+    assert (node["muted"]["sid"], node["muted"]["muted"]) == (publication.sid, True), node["muted"]
+    assert node["missing"]["ok"] is False and node["missing"]["error"]["code"] == "not_found", node["missing"]
+    assert sorted(p["identity"] for p in node["listedAfter"]) == ["bob", "carol"], node["listedAfter"]
+
+    # What the participants saw of it.
+    await eventually(lambda: alice.room.local_participant.metadata == "by-node", "alice to see her metadata")
+    assert alice.room.local_participant.name == "Renamed"
+    assert alice.room.local_participant.attributes == {"role": "host"}
+    await eventually(lambda: bob.saw("track_muted"), "bob to see alice's track muted")
+    await eventually(lambda: any(d[1] == b"from node" for d in bob.data), "bob to receive the data")
+    await eventually(lambda: alice.saw("disconnected"), "alice to be removed")
+    assert alice.saw("disconnected")[0][0] == rtc.DisconnectReason.PARTICIPANT_REMOVED
+    assert all(d[1] != b"from node" for d in carol.data), "only its destination receives the data"
+
+
 async def test_publishing_without_the_grant_fails(clients: Any) -> None:
     listener = await clients("listener", can_publish=False)
     with pytest.raises(Exception, match=r"(?i)not allowed|permission|timed? ?out|publish"):
