@@ -242,6 +242,8 @@ async def test_audio_fans_out_to_a_late_joiner(server: Server, encrypted: bool) 
             track_sid,
             "SOURCE_MICROPHONE",
         )
+        # The receivers know it is encrypted (from the track's info the server relays), so they decrypt.
+        assert subscribed["encryptionType"] == ("GCM" if encrypted else "NONE"), subscribed
     assert_tone(result["bAudio"], 50)
     assert_tone(result["cAudio"], 50)
 

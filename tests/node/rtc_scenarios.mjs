@@ -21,6 +21,7 @@ import {
   AudioStream,
   DataPacketKind,
   DisconnectReason,
+  EncryptionType,
   LocalAudioTrack,
   Room,
   RoomEvent,
@@ -86,6 +87,7 @@ function describePublication(pub) {
     source: pub.source === undefined ? null : TrackSource[pub.source],
     mimeType: pub.mimeType ?? null,
     muted: pub.muted ?? null,
+    encryptionType: pub.encryptionType === undefined ? null : EncryptionType[pub.encryptionType],
   };
 }
 
