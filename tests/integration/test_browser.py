@@ -20,6 +20,7 @@ from livekit import api, rtc
 
 from tests.browser import JOIN_TIMEOUT, BrowserScenario, served_page, toolchain_or_fail
 from tests.conftest import Server
+from tests.polling import eventually
 from tests.rpc_methods import REFUSAL, RESPONSE_TIMEOUT, SLOW_SECONDS, greeting, register_rpc_methods
 from tests.tone import publish_tone
 
@@ -28,6 +29,7 @@ TONE_HZ = 440
 EXPECTED_RMS = 0.25 * 32767 / np.sqrt(2)
 SILENCE_RMS = 100.0
 MIN_FRAMES = 50
+NO_AUDIO_WINDOW = 1.0
 
 
 @pytest.fixture
@@ -322,6 +324,54 @@ async def test_browser_is_told_about_track_permissions_and_who_left(server: Serv
     [left] = watched["left"]
     assert (left["identity"], left["name"], left["metadata"]) == ("py", "Py Thon", "py-meta"), left
     assert left["attributes"] == {"role": "host"}, left
+
+
+async def test_a_browser_publisher_chooses_who_receives_its_track(server: Server, page_url: str) -> None:
+    """livekit-client's setTrackSubscriptionPermissions: the browser lets only `first` receive its
+    oscillator, then only `second`; each Python subscriber receives it exactly while it is allowed."""
+    toolchain_or_fail()
+    room_name = f"browser-{uuid.uuid4().hex[:8]}"
+    first, second = PythonPeer("browser"), PythonPeer("browser")
+    browser = BrowserScenario(
+        server,
+        page_url,
+        "guard",
+        server.join_token(room_name, "browser"),
+        PEER_IDENTITY="first",
+        SECOND_PEER_IDENTITY="second",
+    )
+
+    def audible(peer: PythonPeer) -> bool:
+        return len(peer.frames) >= MIN_FRAMES and tone(peer.frames)[0] > 20 * SILENCE_RMS
+
+    async def stopped_hearing(peer: PythonPeer) -> bool:
+        before = len(peer.frames)
+        await asyncio.sleep(0.2)
+        return len(peer.frames) == before or tone(peer.frames[-5:])[0] < SILENCE_RMS
+
+    try:
+        for peer, identity in ((first, "first"), (second, "second")):
+            await peer.room.connect(server.ws_url, server.join_token(room_name, identity))
+        await browser.start()
+        await browser.wait_for(first.enough_audio, "first, who is allowed, to hear the browser", JOIN_TIMEOUT)
+        assert audible(first), tone(first.frames)
+        assert not second.subscribed, "second is not allowed"
+
+        browser.tell("swap")
+        await browser.wait_for(second.enough_audio, "second, now allowed, to hear the browser")
+        assert audible(second), tone(second.frames)
+        await eventually(lambda: stopped_hearing(first), "first to stop hearing the browser")
+        heard = len(first.frames)
+        await asyncio.sleep(NO_AUDIO_WINDOW)  # a window in which nothing audible may arrive
+        late = first.frames[heard:]
+        assert not late or tone(late)[0] < SILENCE_RMS, f"first still hears the browser: {tone(late)}"
+        browser.tell("leave")
+        result = await browser.result()
+    finally:
+        await browser.kill()
+        for peer in (first, second):
+            await peer.close()
+    assert first.subscribed["sid"] == second.subscribed["sid"] == result["published"]["sid"]
 
 
 async def test_browser_hears_a_track_published_again_every_time(server: Server, page_url: str) -> None:

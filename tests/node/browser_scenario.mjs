@@ -1,7 +1,7 @@
 // The official browser SDK `livekit-client` (unmodified UMD build) in headless Debian Chromium, driven by
 // playwright-core, against a Switchboard server. Run by tests/integration/test_browser.py:
 //
-//   node browser_scenario.mjs <room|watch|listen|rpc|e2ee|captions|bad-token>
+//   node browser_scenario.mjs <room|watch|listen|rpc|e2ee|guard|captions|bad-token>
 //
 // Environment: PAGE_URL (a page that loads livekit-client.umd.js, served by the test), SWITCHBOARD_WS_URL,
 // BROWSER_TOKEN, PEER_IDENTITY (the Python participant, room scenario), CHROMIUM (default /usr/bin/chromium).
@@ -9,7 +9,9 @@
 // the browser leaves; so does the watch scenario (a listener that records track permissions, subscriptions
 // and departures, then waits for PEER_IDENTITY to have left), the listen scenario and the rpc scenario
 // (RPC both ways with PEER_IDENTITY: see tests/rpc_methods.py for the methods), and the e2ee scenario
-// (media and data encrypted with the shared key E2EE_KEY, to and from PEER_IDENTITY). The captions scenario listens on lk.transcription until PEER_IDENTITY's first final
+// (media and data encrypted with the shared key E2EE_KEY, to and from PEER_IDENTITY); the guard scenario
+// publishes for PEER_IDENTITY only, and on a line `swap` for SECOND_PEER_IDENTITY only, then waits for
+// `leave`. The captions scenario listens on lk.transcription until PEER_IDENTITY's first final
 // caption (at most 45 s). Prints exactly one JSON line of observations on stdout; diagnostics go to stderr.
 
 import readline from 'node:readline';
@@ -384,6 +386,33 @@ async function rpc({ url, token, peer, responseTimeout, slowMs }) {
   return obs;
 }
 
+async function guard({ url, token, allowed }) {
+  // A publisher that chooses who may receive its oscillator (setTrackSubscriptionPermissions): only
+  // `allowed`, from before it publishes.
+  const LK = window.LivekitClient;
+  const room = new LK.Room();
+  window.__room = room;
+  window.__obs = {};
+  await room.connect(url, token, { autoSubscribe: true });
+  room.localParticipant.setTrackSubscriptionPermissions(false, [{ participantIdentity: allowed, allowAll: true }]);
+  const ctx = new AudioContext({ sampleRate: 48000 });
+  await ctx.resume();
+  const osc = new OscillatorNode(ctx, { type: 'sine', frequency: 440 });
+  const dest = ctx.createMediaStreamDestination();
+  osc.connect(new GainNode(ctx, { gain: 0.25 })).connect(dest);
+  osc.start();
+  const publication = await room.localParticipant.publishTrack(dest.stream.getAudioTracks()[0], {
+    source: LK.Track.Source.Microphone,
+    name: 'oscillator',
+    dtx: false,
+  });
+  return { sid: publication.trackSid };
+}
+
+async function allowOnly({ allowed }) {
+  window.__room.localParticipant.setTrackSubscriptionPermissions(false, [{ participantIdentity: allowed, allowAll: true }]);
+}
+
 async function disconnectRoom() {
   await window.__room.disconnect();
   return window.__obs;
@@ -404,7 +433,7 @@ async function main() {
   });
   result.launchMs = Date.now() - started;
   result.browserVersion = browser.version();
-  const input = ['room', 'watch', 'listen', 'rpc', 'e2ee'].includes(scenario) ? lines() : null;
+  const input = ['room', 'watch', 'listen', 'rpc', 'e2ee', 'guard'].includes(scenario) ? lines() : null;
   try {
     const page = await browser.newPage();
     page.setDefaultTimeout(STEP_TIMEOUT_MS);
@@ -484,6 +513,17 @@ async function main() {
         timeoutMs: 15_000,
       });
       process.stderr.write('browser sent and received encrypted media and data; waiting for `leave` on stdin\n');
+      result.leaveSignal = await input.next(45_000);
+      await page.evaluate(disconnectRoom);
+    } else if (scenario === 'guard') {
+      result.published = await page.evaluate(guard, {
+        url: env.SWITCHBOARD_WS_URL,
+        token: env.BROWSER_TOKEN,
+        allowed: env.PEER_IDENTITY,
+      });
+      process.stderr.write('browser publishing for PEER_IDENTITY only; waiting for `swap` on stdin\n');
+      result.swapSignal = await input.next(45_000);
+      await page.evaluate(allowOnly, { allowed: env.SECOND_PEER_IDENTITY });
       result.leaveSignal = await input.next(45_000);
       await page.evaluate(disconnectRoom);
     } else if (scenario === 'captions') {
