@@ -119,21 +119,8 @@ async function joinAndSend({ url, token, timeoutMs }) {
   while (!room.remoteParticipants.size && ms() < timeoutMs) await new Promise((r) => setTimeout(r, 20));
   obs.remote = [...room.remoteParticipants.values()].map((p) => ({ identity: p.identity, sid: p.sid, kind: p.kind }));
 
-  // A 440 Hz tone at gain 0.25 from WebAudio, published as the microphone: content known to the test.
-  const ctx = new AudioContext({ sampleRate: 48000 });
-  await ctx.resume();
-  const osc = new OscillatorNode(ctx, { type: 'sine', frequency: 440 });
-  const gain = new GainNode(ctx, { gain: 0.25 });
-  const dest = ctx.createMediaStreamDestination();
-  osc.connect(gain).connect(dest);
-  osc.start();
-  obs.audioContextState = ctx.state;
-  const mediaTrack = dest.stream.getAudioTracks()[0];
-  const publication = await room.localParticipant.publishTrack(mediaTrack, {
-    source: LK.Track.Source.Microphone,
-    name: 'oscillator',
-    dtx: false,
-  });
+  const { publication, audioContextState } = await window.__publishOscillator(room);
+  obs.audioContextState = audioContextState;
   obs.published = { sid: publication.trackSid, source: publication.source, kind: publication.kind, at: ms() };
 
   await room.localParticipant.publishData(new TextEncoder().encode('hello from the browser'), {
@@ -263,7 +250,22 @@ async function stopWatching({ timeoutMs, peer }) {
 }
 
 function installPageHelpers() {
-  // Shared by the page functions below (each is serialised on its own, so they cannot share closures).
+  // Shared by the page functions (each is serialised on its own, so they cannot share closures).
+  window.__publishOscillator = async (room) => {
+    // A 440 Hz tone at gain 0.25 from WebAudio, published as the microphone: content known to the test.
+    const ctx = new AudioContext({ sampleRate: 48000 });
+    await ctx.resume();
+    const osc = new OscillatorNode(ctx, { type: 'sine', frequency: 440 });
+    const dest = ctx.createMediaStreamDestination();
+    osc.connect(new GainNode(ctx, { gain: 0.25 })).connect(dest);
+    osc.start();
+    const publication = await room.localParticipant.publishTrack(dest.stream.getAudioTracks()[0], {
+      source: window.LivekitClient.Track.Source.Microphone,
+      name: 'oscillator',
+      dtx: false,
+    });
+    return { publication, audioContextState: ctx.state };
+  };
   window.__heard = async (track, pub, timeoutMs) => {
     // What the receiver of `track` got from now on: RTP packets, and the decoded audio's loudest level
     // (inbound-rtp audioLevel, 0..1 of full scale, read only once packets have been arriving for a while).
@@ -332,17 +334,7 @@ async function e2ee({ url, token, peer, key, timeoutMs }) {
   await room.setE2EEEnabled(true);
   await room.connect(url, token, { autoSubscribe: true });
   obs.e2eeEnabled = room.isE2EEEnabled;
-  const ctx = new AudioContext({ sampleRate: 48000 });
-  await ctx.resume();
-  const osc = new OscillatorNode(ctx, { type: 'sine', frequency: 440 });
-  const dest = ctx.createMediaStreamDestination();
-  osc.connect(new GainNode(ctx, { gain: 0.25 })).connect(dest);
-  osc.start();
-  const publication = await room.localParticipant.publishTrack(dest.stream.getAudioTracks()[0], {
-    source: LK.Track.Source.Microphone,
-    name: 'oscillator',
-    dtx: false,
-  });
+  const { publication } = await window.__publishOscillator(room);
   obs.published = { sid: publication.trackSid, encrypted: publication.isEncrypted };
   await room.localParticipant.publishData(new TextEncoder().encode('secret from the browser'), {
     reliable: true,
@@ -395,17 +387,7 @@ async function guard({ url, token, allowed }) {
   window.__obs = {};
   await room.connect(url, token, { autoSubscribe: true });
   room.localParticipant.setTrackSubscriptionPermissions(false, [{ participantIdentity: allowed, allowAll: true }]);
-  const ctx = new AudioContext({ sampleRate: 48000 });
-  await ctx.resume();
-  const osc = new OscillatorNode(ctx, { type: 'sine', frequency: 440 });
-  const dest = ctx.createMediaStreamDestination();
-  osc.connect(new GainNode(ctx, { gain: 0.25 })).connect(dest);
-  osc.start();
-  const publication = await room.localParticipant.publishTrack(dest.stream.getAudioTracks()[0], {
-    source: LK.Track.Source.Microphone,
-    name: 'oscillator',
-    dtx: false,
-  });
+  const { publication } = await window.__publishOscillator(room);
   return { sid: publication.trackSid };
 }
 
