@@ -1,9 +1,11 @@
-"""The official Node `@livekit/rtc-node` SDK (unmodified) in Switchboard rooms: presence, audio, data, text.
+"""The official Node `@livekit/rtc-node` SDK (unmodified) in Switchboard rooms: presence, audio, data, text,
+RPC and subscription permissions (with a Python publisher).
 
 Each test runs one scenario of `tests/node/rtc_scenarios.mjs` in a fresh room, with participant tokens
 minted here (alice = A, bob = B, carol = C), and judges the one JSON object of observations it prints. The
 audio and unpublish scenarios hold the participants in the room while this module cross-checks it through
-RoomService ListParticipants (livekit-api).
+RoomService ListParticipants (livekit-api); the permissions scenario holds them while the Python publisher
+changes who may receive its track.
 """
 
 import asyncio
@@ -400,10 +402,13 @@ async def test_track_subscription_permissions_are_enforced(server: Server) -> No
         player.cancel()
         await alice.disconnect()
     assert result["publisher"] == "alice"
-    assert_tone(result["bBefore"], 50)
+    # Heard, at the tone's level (≈5657); its steadiness is not the point (and the Python publisher, which
+    # shares a process with this test, may stutter on a loaded machine).
+    for heard in (result["bBefore"], result["cAfter"]):
+        assert heard["audibleFrames"] == 50 and 4000 < heard["rms"] < 7000, heard
+        assert heard["frequencyHz"] == 440, heard
     assert result["cSubscribedBefore"] == 0, "carol was not allowed"
     assert [s["sid"] for s in result["c"]["subscribed"]] == [publication.sid]
-    assert_tone(result["cAfter"], 50)
     b_after = result["bAfter"]  # one recording of bob's track, from before the change to after it
     assert b_after["audibleBefore"] >= 50, b_after
     assert b_after["audibleInWindow"] == 0, f"bob still hears alice: {b_after}"
