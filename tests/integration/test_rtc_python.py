@@ -703,6 +703,12 @@ async def test_end_to_end_encrypted_data_and_audio_pass_through(clients: Any) ->
     await bob.room.local_participant.publish_data(b"lossy secret", reliable=False)
     await eventually(lambda: any(d[1] == b"lossy secret" for d in alice.data), "alice to get bob's packet")
     assert all(d[1] != b"secret for carol" for d in bob.data), "destinations are honoured"
+    # RPC, which rides on the same (encrypted) data packets.
+    register_rpc_methods(carol.room.local_participant)
+    answer = await bob.room.local_participant.perform_rpc(
+        destination_identity="carol", method="greet", payload="s"
+    )
+    assert answer == greeting("bob", "s")
 
     # Encrypted audio: relayed untouched, decrypted by a receiver with the key.
     publication = await alice.publish_tone()
