@@ -333,7 +333,8 @@ async function e2ee({ url, token, peer, key, timeoutMs }) {
   });
   await room.setE2EEEnabled(true);
   await room.connect(url, token, { autoSubscribe: true });
-  obs.e2eeEnabled = room.isE2EEEnabled;
+  // (Room.isE2EEEnabled follows the worker's answer, later; the participant's setting is set at once.)
+  obs.e2eeEnabled = room.localParticipant.isE2EEEnabled;
   const { publication } = await window.__publishOscillator(room);
   obs.published = { sid: publication.trackSid, encrypted: publication.isEncrypted };
   await room.localParticipant.publishData(new TextEncoder().encode('secret from the browser'), {
