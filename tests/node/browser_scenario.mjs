@@ -341,6 +341,7 @@ async function e2ee({ url, token, peer, key, timeoutMs }) {
     reliable: true,
     topic: 'secret',
   });
+  obs.dataSent = true;
   const start = performance.now();
   while (!(obs.heard && obs.dataReceived.length) && performance.now() - start < timeoutMs) {
     await new Promise((r) => setTimeout(r, 50));
