@@ -12,7 +12,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,9 @@ from tests.conftest import Server
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
 SCRIPT = NODE_DIR / "browser_scenario.mjs"
-CLIENT_UMD = NODE_DIR / "node_modules" / "livekit-client" / "dist" / "livekit-client.umd.js"
+CLIENT_DIST = NODE_DIR / "node_modules" / "livekit-client" / "dist"
+CLIENT_UMD = CLIENT_DIST / "livekit-client.umd.js"
+E2EE_WORKER = CLIENT_DIST / "livekit-client.e2ee.worker.js"  # the SDK's end-to-end encryption worker
 PLAYWRIGHT_DIR = NODE_DIR / "node_modules" / "playwright-core"
 # Failure bounds, not expected durations (a run takes 3-6 s, up to ~15 s on a loaded 2-core machine).
 SCENARIO_TIMEOUT = 60.0
@@ -43,7 +45,7 @@ def toolchain_or_fail() -> tuple[str, str]:
     node = shutil.which("node")
     if node is None:
         pytest.fail("`node` is not on PATH: install Node.js 20+ (`.ci/run` does, with apt)")
-    for needed in (CLIENT_UMD, PLAYWRIGHT_DIR):
+    for needed in (CLIENT_UMD, E2EE_WORKER, PLAYWRIGHT_DIR):
         if not needed.exists():
             pytest.fail(f"{needed} is missing: run `make test` (it runs `npm ci` in tests/node)")
     chromium = shutil.which("chromium") or "/usr/bin/chromium"
@@ -57,17 +59,22 @@ def toolchain_or_fail() -> tuple[str, str]:
 
 @contextlib.asynccontextmanager
 async def served_page() -> AsyncIterator[str]:
-    """A page on 127.0.0.1 (a secure context, so WebAudio and WebRTC work) loading the SDK's UMD build."""
+    """A page on 127.0.0.1 (a secure context, so WebAudio, WebRTC and E2EE work) loading the SDK's UMD
+    build; the SDK's e2ee worker is served beside it (workers must come from the page's origin)."""
 
     async def index(_: web.Request) -> web.Response:
         return web.Response(text=PAGE, content_type="text/html")
 
-    async def client(_: web.Request) -> web.FileResponse:
-        return web.FileResponse(CLIENT_UMD, headers={"Content-Type": "text/javascript"})
+    def script(path: Path) -> Callable[[web.Request], Awaitable[web.FileResponse]]:
+        async def serve(_: web.Request) -> web.FileResponse:
+            return web.FileResponse(path, headers={"Content-Type": "text/javascript"})
+
+        return serve
 
     app = web.Application()
     app.router.add_get("/", index)
-    app.router.add_get("/livekit-client.umd.js", client)
+    for path in (CLIENT_UMD, E2EE_WORKER):
+        app.router.add_get(f"/{path.name}", script(path))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -8,7 +8,6 @@ Python rtc SDK, in this process.
 
 import asyncio
 import contextlib
-import itertools
 import json
 import time
 import uuid
@@ -19,14 +18,18 @@ import numpy as np
 import pytest
 from livekit import api, rtc
 
-from tests.browser import JOIN_TIMEOUT, BrowserScenario, served_page, toolchain_or_fail
+from tests.browser import JOIN_TIMEOUT, STEP_TIMEOUT, BrowserScenario, served_page, toolchain_or_fail
 from tests.conftest import Server
+from tests.polling import eventually
+from tests.rpc_methods import REFUSAL, RESPONSE_TIMEOUT, SLOW_SECONDS, greeting, register_rpc_methods
+from tests.tone import publish_tone
 
 TONE_HZ = 440
 # A sine at WebAudio gain 0.25 is 0.25 * 32767 / sqrt(2) ≈ 5790 RMS in int16; Opus keeps it within a few %.
 EXPECTED_RMS = 0.25 * 32767 / np.sqrt(2)
 SILENCE_RMS = 100.0
 MIN_FRAMES = 50
+NO_AUDIO_WINDOW = 1.0
 
 
 @pytest.fixture
@@ -246,7 +249,8 @@ async def test_browser_and_python_share_a_room(server: Server, page_url: str) ->
 
 async def test_browser_is_told_about_track_permissions_and_who_left(server: Server, page_url: str) -> None:
     """livekit-client sees a publisher's subscription permissions (not allowed, then allowed with
-    TrackSubscriptionPermissionChanged, and subscribed) and the leaving publisher's name and metadata."""
+    TrackSubscriptionPermissionChanged, and subscribed; then not allowed again, and unsubscribed) and the
+    leaving publisher's name and metadata."""
     toolchain_or_fail()
     room_name = f"browser-{uuid.uuid4().hex[:8]}"
     profile = {"name": "Py Thon", "metadata": "py-meta", "attributes": {"role": "host"}}
@@ -254,8 +258,16 @@ async def test_browser_is_told_about_track_permissions_and_who_left(server: Serv
     first_subscriber = asyncio.Event()
     browser_here = asyncio.Event()
     publisher.on("local_track_subscribed", lambda *_: first_subscriber.set())
-    # The browser says when it is connected (its room relays no events before), with a data packet.
-    publisher.on("data_received", lambda packet: browser_here.set() if packet.data == b"watching" else None)
+    # The browser says with data packets when it is connected (its room relays no events before) and when
+    # it has been unsubscribed.
+    browser_unsubscribed = asyncio.Event()
+    signals = {b"watching": browser_here}
+
+    @publisher.on("data_received")
+    def on_data(packet: rtc.DataPacket) -> None:
+        if (signal := signals.get(packet.data)) is not None:
+            signal.set()
+
     browser = BrowserScenario(
         server, page_url, "watch", server.join_token(room_name, "browser"), PEER_IDENTITY="py"
     )
@@ -275,6 +287,7 @@ async def test_browser_is_told_about_track_permissions_and_who_left(server: Serv
                 await source.capture_frame(silence)
 
         tone_task = asyncio.ensure_future(play())
+        signals[f"unsubscribed:{publication.sid}".encode()] = browser_unsubscribed
         await browser.start()
         await browser.wait_for(browser_here, "the browser to join", JOIN_TIMEOUT)
         assert not first_subscriber.is_set(), "the browser is not allowed yet"
@@ -285,6 +298,8 @@ async def test_browser_is_told_about_track_permissions_and_who_left(server: Serv
             ],
         )
         await browser.wait_for(first_subscriber, "the browser, now allowed, to subscribe")
+        local.set_track_subscription_permissions(allow_all_participants=False)  # nobody again
+        await browser.wait_for(browser_unsubscribed, "the browser, no longer allowed, to be unsubscribed")
         await publisher.disconnect()
         browser.tell("leave")
         result = await browser.result()
@@ -301,12 +316,62 @@ async def test_browser_is_told_about_track_permissions_and_who_left(server: Serv
     initial = [(p["identity"], p["sid"], p["status"]) for p in result["joined"]["permissionsAfterConnect"]]
     assert initial == [("py", publication.sid, "not_allowed")], result["joined"]
     statuses = [(p["identity"], p["sid"], p["status"]) for p in watched["permissions"]]
-    assert statuses[-1:] == [("py", publication.sid, "allowed")], watched
-    assert statuses[:-1] in ([], [("py", publication.sid, "not_allowed")]), watched  # if it was connected
+    allowed, revoked = ("py", publication.sid, "allowed"), ("py", publication.sid, "not_allowed")
+    assert statuses[-2:] == [allowed, revoked], watched
+    assert statuses[:-2] in ([], [revoked]), watched  # if it was connected
     assert [(s["identity"], s["sid"]) for s in watched["subscribed"]] == [("py", publication.sid)], watched
+    assert [(s["identity"], s["sid"]) for s in watched["unsubscribed"]] == [("py", publication.sid)], watched
     [left] = watched["left"]
     assert (left["identity"], left["name"], left["metadata"]) == ("py", "Py Thon", "py-meta"), left
     assert left["attributes"] == {"role": "host"}, left
+
+
+async def test_a_browser_publisher_chooses_who_receives_its_track(server: Server, page_url: str) -> None:
+    """livekit-client's setTrackSubscriptionPermissions: the browser lets only `first` receive its
+    oscillator, then only `second`; each Python subscriber receives it exactly while it is allowed."""
+    toolchain_or_fail()
+    room_name = f"browser-{uuid.uuid4().hex[:8]}"
+    first, second = PythonPeer("browser"), PythonPeer("browser")
+    browser = BrowserScenario(
+        server,
+        page_url,
+        "guard",
+        server.join_token(room_name, "browser"),
+        PEER_IDENTITY="first",
+        SECOND_PEER_IDENTITY="second",
+    )
+
+    def audible(peer: PythonPeer) -> bool:
+        return len(peer.frames) >= MIN_FRAMES and tone(peer.frames)[0] > 20 * SILENCE_RMS
+
+    async def stopped_hearing(peer: PythonPeer) -> bool:
+        before = len(peer.frames)
+        await asyncio.sleep(0.2)
+        return len(peer.frames) == before or tone(peer.frames[-5:])[0] < SILENCE_RMS
+
+    try:
+        for peer, identity in ((first, "first"), (second, "second")):
+            await peer.room.connect(server.ws_url, server.join_token(room_name, identity))
+        await browser.start()
+        await browser.wait_for(first.enough_audio, "first, who is allowed, to hear the browser", JOIN_TIMEOUT)
+        assert audible(first), tone(first.frames)
+        assert not second.subscribed, "second is not allowed"
+
+        browser.tell("swap")
+        await browser.wait_for(second.enough_audio, "second, now allowed, to hear the browser")
+        assert audible(second), tone(second.frames)
+        await eventually(lambda: stopped_hearing(first), "first to stop hearing the browser")
+        heard = len(first.frames)
+        await asyncio.sleep(NO_AUDIO_WINDOW)  # a window in which nothing audible may arrive
+        late = first.frames[heard:]
+        assert not late or tone(late)[0] < SILENCE_RMS, f"first still hears the browser: {tone(late)}"
+        browser.tell("leave")
+        result = await browser.result()
+    finally:
+        await browser.kill()
+        for peer in (first, second):
+            await peer.close()
+    assert first.subscribed["sid"] == second.subscribed["sid"] == result["published"]["sid"]
 
 
 async def test_browser_hears_a_track_published_again_every_time(server: Server, page_url: str) -> None:
@@ -325,19 +390,8 @@ async def test_browser_hears_a_track_published_again_every_time(server: Server, 
         await publisher.connect(server.ws_url, server.join_token(room_name, "py"))
         await browser.start()
         for _ in range(4):
-            source = rtc.AudioSource(48000, 1)
-            track = rtc.LocalAudioTrack.create_audio_track("mic", source)
-            options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
-            publication = await publisher.local_participant.publish_track(track, options)
+            publication, player = await publish_tone(publisher)
             sids.append(publication.sid)
-
-            async def play(source: rtc.AudioSource = source) -> None:
-                t = np.arange(480) / 48000
-                for n in itertools.count():
-                    samples = (8000 * np.sin(2 * np.pi * TONE_HZ * (t + n * 0.01))).astype(np.int16)
-                    await source.capture_frame(rtc.AudioFrame(samples.tobytes(), 48000, 1, 480))
-
-            player = asyncio.ensure_future(play())
             try:
                 said = await asyncio.wait_for(heard.get(), JOIN_TIMEOUT)
             finally:
@@ -358,6 +412,114 @@ async def test_browser_hears_a_track_published_again_every_time(server: Server, 
         assert round_["packetsReceived"] >= 100, listened
         # audioLevel is a fraction of full scale: the tone is 8000 / 32767 ≈ 0.24.
         assert round_["loudestAudioLevel"] > 0.1, listened
+
+
+async def test_rpc_between_the_browser_and_python_both_ways(server: Server, page_url: str) -> None:
+    """livekit-client's performRpc / registerRpcMethod against the Python SDK's, each calling the other:
+    answers, the handler's own errors, unknown methods and response timeouts, as each SDK reports them."""
+    toolchain_or_fail()
+    room_name = f"browser-{uuid.uuid4().hex[:8]}"
+    python = rtc.Room()
+    ready = asyncio.Event()
+    python.on("data_received", lambda packet: ready.set() if packet.data == b"rpc-ready" else None)
+    browser = BrowserScenario(
+        server,
+        page_url,
+        "rpc",
+        server.join_token(room_name, "browser"),
+        PEER_IDENTITY="py",
+        RPC_RESPONSE_TIMEOUT_MS=str(int(RESPONSE_TIMEOUT * 1000)),
+        RPC_SLOW_MS=str(int(SLOW_SECONDS * 1000)),
+    )
+    outcomes: dict[str, Any] = {}
+    try:
+        await python.connect(server.ws_url, server.join_token(room_name, "py"))
+        invoked = register_rpc_methods(python.local_participant)
+        await browser.start()
+        await browser.wait_for(ready, "the browser to join and register its methods", JOIN_TIMEOUT)
+        for method in ("greet", "refuse", "missing", "slow"):
+            timeout = RESPONSE_TIMEOUT if method == "slow" else None
+            try:
+                outcomes[method] = await python.local_participant.perform_rpc(
+                    destination_identity="browser", method=method, payload="42", response_timeout=timeout
+                )
+            except rtc.RpcError as error:
+                outcomes[method] = (error.code, error.message, error.data)
+        browser.tell("leave")
+        result = await browser.result()
+    finally:
+        await browser.kill()
+        with contextlib.suppress(Exception):
+            await python.disconnect()
+
+    # Python called the browser.
+    assert outcomes["greet"] == greeting("py", "42"), outcomes
+    assert outcomes["refuse"] == REFUSAL, outcomes
+    assert outcomes["missing"][0] == rtc.RpcError.ErrorCode.UNSUPPORTED_METHOD, outcomes
+    assert outcomes["slow"][0] == rtc.RpcError.ErrorCode.RESPONSE_TIMEOUT, outcomes
+    # The browser called Python.
+    called = {c["method"]: c for c in result["called"]["calls"]}
+    assert called["greet"]["payload"] == greeting("browser", "42"), called
+    code, message, data = REFUSAL
+    assert called["refuse"]["error"] == {"code": code, "message": message, "data": data}, called
+    assert called["missing"]["error"]["code"] == rtc.RpcError.ErrorCode.UNSUPPORTED_METHOD, called
+    assert called["slow"]["error"]["code"] == rtc.RpcError.ErrorCode.RESPONSE_TIMEOUT, called
+    assert invoked == ["greet", "refuse", "slow"], "unknown methods reach no handler"
+
+
+async def test_end_to_end_encryption_between_the_browser_and_python(server: Server, page_url: str) -> None:
+    """livekit-client's shared-key E2EE (ExternalE2EEKeyProvider and its e2ee worker) and the Python
+    SDK's (KeyProviderOptions.shared_key) on the two ends: audio and data, each way, are encrypted by the
+    sender, passed through untouched, and decrypted by the receiver."""
+    toolchain_or_fail()
+    room_name = f"browser-{uuid.uuid4().hex[:8]}"
+    key = "a passphrase only the participants know"
+    peer = PythonPeer("browser")
+    e2ee = rtc.E2EEOptions(key_provider_options=rtc.KeyProviderOptions(shared_key=key.encode()))
+    browser = BrowserScenario(
+        server, page_url, "e2ee", server.join_token(room_name, "browser"), PEER_IDENTITY="py", E2EE_KEY=key
+    )
+    player: asyncio.Task[None] | None = None
+    try:
+        await peer.room.connect(
+            server.ws_url, server.join_token(room_name, "py"), rtc.RoomOptions(encryption=e2ee)
+        )
+        publication, player = await publish_tone(peer.room)
+        await browser.start()
+        await browser.wait_for(
+            peer.enough_audio, f"{2 * MIN_FRAMES} audio frames from the browser", JOIN_TIMEOUT
+        )
+        # The browser sends its packet once published; if it does not arrive, what the browser saw says why.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(peer.got_data.wait(), STEP_TIMEOUT)
+        await peer.room.local_participant.publish_data(b"secret from python", reliable=True, topic="secret")
+        rms, peak = tone(peer.frames)
+        remote = peer.room.remote_participants["browser"].track_publications[peer.subscribed["sid"]]
+        browser.tell("leave")
+        result = await browser.result()
+    finally:
+        if player is not None:
+            player.cancel()
+        await browser.kill()
+        await peer.close()
+
+    joined = result["joined"]
+    assert joined["supported"] and joined["e2eeEnabled"], joined
+    assert joined["errors"] == [], joined
+    # Browser → Python: announced as encrypted, and decrypted to the oscillator's tone and the packet.
+    assert joined["published"] == {"sid": peer.subscribed["sid"], "encrypted": True}, joined
+    assert remote.encryption_type == rtc.EncryptionType.GCM
+    assert 0.6 * EXPECTED_RMS < rms < 1.4 * EXPECTED_RMS, f"RMS {rms:.0f}, expected ≈{EXPECTED_RMS:.0f}"
+    assert abs(peak - TONE_HZ) <= 10, f"dominant frequency {peak} Hz, expected {TONE_HZ} Hz"
+    assert len(peer.data) == 1, f"python received {peer.data}; the browser saw {joined}"
+    [packet] = peer.data
+    assert (packet.data, packet.topic) == (b"secret from the browser", "secret")
+    assert packet.participant is not None and packet.participant.identity == "browser"
+    # Python → browser: the same, the other way (audioLevel is measured on the decoded audio).
+    heard = joined["heard"]
+    assert heard["sid"] == publication.sid and heard["encrypted"] is True, heard
+    assert heard["packetsReceived"] >= 100 and heard["loudestAudioLevel"] > 0.1, heard
+    assert joined["dataReceived"] == [{"text": "secret from python", "from": "py", "topic": "secret"}], joined
 
 
 async def test_browser_with_a_token_signed_by_another_secret_fails_fast(

@@ -219,7 +219,7 @@ async def test_clients_forced_to_relay_talk_through_turn(tmp_path: Path, coturn:
     joined, connections = result["joined"], result["connections"]
     print(f"\nrelay over {protocol}: browser heard {joined.get('heard')}; python loud frames {len(heard)}")
     assert joined["state"] == "connected", joined
-    assert joined["heard"]["packetsReceived"] >= 100 and joined["heard"]["audioLevel"] > 0.1, joined
+    assert joined["heard"]["packetsReceived"] >= 100 and joined["heard"]["loudestAudioLevel"] > 0.1, joined
     expected_url = f"turn:127.0.0.1:{coturn.port}?transport={protocol}"
     assert len(connections) == 2, connections  # publisher and subscriber
     for connection in connections:

@@ -1,9 +1,11 @@
-"""The official Node `@livekit/rtc-node` SDK (unmodified) in Switchboard rooms: presence, audio, data, text.
+"""The official Node `@livekit/rtc-node` SDK (unmodified) in Switchboard rooms: presence, audio, data, text,
+RPC and subscription permissions (with a Python publisher).
 
 Each test runs one scenario of `tests/node/rtc_scenarios.mjs` in a fresh room, with participant tokens
 minted here (alice = A, bob = B, carol = C), and judges the one JSON object of observations it prints. The
 audio and unpublish scenarios hold the participants in the room while this module cross-checks it through
-RoomService ListParticipants (livekit-api).
+RoomService ListParticipants (livekit-api); the permissions scenario holds them while the Python publisher
+changes who may receive its track.
 """
 
 import asyncio
@@ -15,10 +17,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from livekit import api
+from livekit import api, rtc
 
 from tests.conftest import Server
 from tests.node_clients import NODE_DIR, node_or_fail, run_node
+from tests.tone import publish_tone
 
 SCRIPT = NODE_DIR / "rtc_scenarios.mjs"
 RTC_SDK_DIR = NODE_DIR / "node_modules" / "@livekit" / "rtc-node"
@@ -241,6 +244,8 @@ async def test_audio_fans_out_to_a_late_joiner(server: Server, encrypted: bool) 
             track_sid,
             "SOURCE_MICROPHONE",
         )
+        # The receivers know it is encrypted (from the track's info the server relays), so they decrypt.
+        assert subscribed["encryptionType"] == ("GCM" if encrypted else "NONE"), subscribed
     assert_tone(result["bAudio"], 50)
     assert_tone(result["cAudio"], 50)
 
@@ -348,3 +353,62 @@ async def test_text_streams(server: Server) -> None:
     streamed = result["streamed"]  # streamText: a header, a chunk per write, a trailer
     assert (streamed["from"], streamed["topic"], streamed["error"]) == ("alice", "lk.chat", None)
     assert streamed["text"] == streamed["sent"] == "part one, part two"
+
+
+async def test_rpc_between_participants_both_ways(server: Server) -> None:
+    """performRpc / registerRpcMethod: answers, the handler's own errors, unknown methods, timeouts and a
+    destination that is not there, as rtc-node reports them. (A callee that leaves mid-call is left to the
+    Python test: rtc-node 1.1.0's Rust core does not fail such a call when the callee leaves.)"""
+    result = await run_rtc_scenario(server, "rpc", unique_room("rpc"))
+    outcomes = {(c["caller"], c["method"]): {k: v for k, v in c.items() if k in ("payload", "error")}
+                for c in result["calls"]}  # fmt: skip
+    for caller, callee in (("bob", "alice"), ("alice", "bob")):
+        assert outcomes[caller, "greet"] == {"payload": f"hello {caller}, you sent 42"}, outcomes
+        refused = {"code": 2001, "message": "refused", "data": "on purpose"}
+        assert outcomes[caller, "refuse"] == {"error": refused}, outcomes
+        assert outcomes[caller, "missing"]["error"]["code"] == 1400, outcomes  # UNSUPPORTED_METHOD
+        assert outcomes[caller, "slow"]["error"]["code"] == 1502, outcomes  # RESPONSE_TIMEOUT
+        assert result["invoked"][callee] == ["greet", "refuse", "slow"], result["invoked"]
+    assert result["toNobody"]["error"]["code"] == 1501, result["toNobody"]  # CONNECTION_TIMEOUT
+
+
+async def test_track_subscription_permissions_are_enforced(server: Server) -> None:
+    """A Python publisher allows only bob, then only carol (rtc-node 1.1.0 has no API to set them): the
+    rtc-node subscribers receive the track exactly while they are allowed. (rtc-node shows no event for
+    the `subscription_permission_update` that tells them why; the Python test checks it on the wire.)"""
+    room = unique_room("permissions")
+    alice = rtc.Room()
+    ready = asyncio.Event()
+    alice.on("data_received", lambda packet: ready.set() if packet.data == b"ready" else None)
+    await alice.connect(server.ws_url, server.join_token(room, "alice"))
+    only = [rtc.ParticipantTrackPermission(participant_identity="bob", allow_all=True)]
+    alice.local_participant.set_track_subscription_permissions(
+        allow_all_participants=False, participant_permissions=only
+    )
+    publication, player = await publish_tone(alice)
+
+    async def let_carol_in_and_bob_out() -> None:
+        await asyncio.wait_for(ready.wait(), CROSS_CHECK_DEADLINE)
+        only = [rtc.ParticipantTrackPermission(participant_identity="carol", allow_all=True)]
+        alice.local_participant.set_track_subscription_permissions(
+            allow_all_participants=False, participant_permissions=only
+        )
+
+    try:
+        result = await run_rtc_scenario(
+            server, "permissions", room, "BC", while_connected=let_carol_in_and_bob_out
+        )
+    finally:
+        player.cancel()
+        await alice.disconnect()
+    assert result["publisher"] == "alice"
+    # Heard, at the tone's level (≈5657); its steadiness is not the point (and the Python publisher, which
+    # shares a process with this test, may stutter on a loaded machine).
+    for heard in (result["bBefore"], result["cAfter"]):
+        assert heard["audibleFrames"] == 50 and 4000 < heard["rms"] < 7000, heard
+        assert heard["frequencyHz"] == 440, heard
+    assert result["cSubscribedBefore"] == 0, "carol was not allowed"
+    assert [s["sid"] for s in result["c"]["subscribed"]] == [publication.sid]
+    b_after = result["bAfter"]  # one recording of bob's track, from before the change to after it
+    assert b_after["audibleBefore"] >= 50, b_after
+    assert b_after["audibleInWindow"] == 0, f"bob still hears alice: {b_after}"

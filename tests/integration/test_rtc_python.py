@@ -3,6 +3,7 @@ the RoomService methods that act on live participants, and misbehaving clients."
 
 import asyncio
 import contextlib
+import re
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -18,6 +19,8 @@ from livekit.protocol import rtc as signal
 from tests.agent_workers import eventually
 from tests.conftest import Server, start_server, stop_server
 from tests.node_clients import run_scenario
+from tests.rpc_methods import REFUSAL, RESPONSE_TIMEOUT, greeting, register_rpc_methods
+from tests.tone import publish_tone
 
 PING_TIMEOUT = 2
 NO_AUDIO_WINDOW = 1.0
@@ -94,21 +97,9 @@ class Client:
             self.levels.append(float(np.sqrt(np.mean(samples**2))))
 
     async def publish_tone(self) -> rtc.LocalTrackPublication:
-        source = rtc.AudioSource(48000, 1)
-        track = rtc.LocalAudioTrack.create_audio_track("microphone", source)
-        options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
-        publication = await self.room.local_participant.publish_track(track, options)
-
-        async def play() -> None:
-            offset = 0
-            while True:
-                samples = (8000 * np.sin(2 * np.pi * 440 * (np.arange(480) + offset) / 48000)).astype(
-                    np.int16
-                )
-                offset += 480
-                await source.capture_frame(rtc.AudioFrame(samples.tobytes(), 48000, 1, 480))
-
-        self._spawn(play())
+        publication, player = await publish_tone(self.room)
+        self._tasks.add(player)
+        player.add_done_callback(self._tasks.discard)
         return publication
 
     async def close(self) -> None:
@@ -252,6 +243,43 @@ async def test_room_service_acts_on_live_participants(clients: Any, lkapi: api.L
     await lkapi.room.delete_room(api.DeleteRoomRequest(room=room))
     await eventually(lambda: alice.saw("disconnected"), "alice to be disconnected by DeleteRoom")
     assert alice.saw("disconnected")[0][0] == rtc.DisconnectReason.ROOM_DELETED
+
+
+async def test_room_service_acts_on_live_participants_with_the_node_sdk(clients: Any, server: Server) -> None:
+    """The same methods with the Node `livekit-server-sdk` (Twirp JSON), as the Python SDK's above."""
+    alice, bob, carol = await clients("alice"), await clients("bob"), await clients("carol")
+    publication = await alice.publish_tone()
+    await eventually(lambda: bob.levels, "bob to receive audio")
+    env = {"SCENARIO_ROOM": clients.room, "SCENARIO_IDENTITY": "alice", "SCENARIO_TRACK": publication.sid}
+    node = await run_scenario(server, "live-participants", SCENARIO_LISTENER="bob", **env)
+
+    assert sorted(p["identity"] for p in node["listed"]) == ["alice", "bob", "carol"], node["listed"]
+    got = node["got"]
+    assert (got["identity"], got["sid"], got["state"]) == (
+        "alice",
+        alice.room.local_participant.sid,
+        "ACTIVE",
+    )
+    assert [t["sid"] for t in got["tracks"]] == [publication.sid], got
+    updated = node["updated"]
+    assert (updated["name"], updated["metadata"], updated["attributes"]) == (
+        "Renamed",
+        "by-node",
+        {"role": "host"},
+    )
+    assert (node["muted"]["sid"], node["muted"]["muted"]) == (publication.sid, True), node["muted"]
+    assert node["missing"]["ok"] is False and node["missing"]["error"]["code"] == "not_found", node["missing"]
+    assert sorted(p["identity"] for p in node["listedAfter"]) == ["bob", "carol"], node["listedAfter"]
+
+    # What the participants saw of it.
+    await eventually(lambda: alice.room.local_participant.metadata == "by-node", "alice to see her metadata")
+    assert alice.room.local_participant.name == "Renamed"
+    assert alice.room.local_participant.attributes == {"role": "host"}
+    await eventually(lambda: bob.saw("track_muted"), "bob to see alice's track muted")
+    await eventually(lambda: any(d[1] == b"from node" for d in bob.data), "bob to receive the data")
+    await eventually(lambda: alice.saw("disconnected"), "alice to be removed")
+    assert alice.saw("disconnected")[0][0] == rtc.DisconnectReason.PARTICIPANT_REMOVED
+    assert all(d[1] != b"from node" for d in carol.data), "only its destination receives the data"
 
 
 async def test_publishing_without_the_grant_fails(clients: Any) -> None:
@@ -473,7 +501,7 @@ async def test_a_publisher_is_told_once_when_its_track_is_first_subscribed(clien
     await eventually(lambda: len(alice.saw("local_track_subscribed")) == 2, "the second track's event")
 
 
-async def test_the_server_advertises_a_livekit_version_with_rpc(server: Server, clients: Any) -> None:
+async def test_the_server_advertises_a_livekit_version(server: Server, clients: Any) -> None:
     async with (
         aiohttp.ClientSession() as session,
         session.ws_connect(
@@ -483,31 +511,58 @@ async def test_the_server_advertises_a_livekit_version_with_rpc(server: Server, 
     ):
         join = signal.SignalResponse.FromString((await ws.receive()).data).join
         await ws.send_bytes(signal.SignalRequest(leave=signal.LeaveRequest()).SerializeToString())
+    # The Rust-based SDKs refuse RPC (1403 "RPC not supported by server") below 1.8.0.
     assert join.server_version == "1.9.0" and join.server_info.version == "1.9.0"
     assert join.server_info.protocol == 16 and join.server_info.debug_info.startswith("switchboard ")
     async with aiohttp.ClientSession() as http, http.get(server.http_url + "/") as response:
         assert await response.text() == "OK" and response.headers["Server"].startswith("switchboard/")
 
-    # The Rust-based SDKs refuse RPC (1403) below 1.8.0: with 1.9.0 it works, errors included.
-    alice = await clients("alice")
-    bob = await clients("bob")
 
-    @alice.room.local_participant.register_rpc_method("greet")
-    async def greet(data: rtc.RpcInvocationData) -> str:
-        if data.payload == "fail":
-            raise rtc.RpcError(1500, "refused", "on purpose")
-        return f"hello {data.caller_identity}, you sent {data.payload}"
-
+async def test_rpc_between_participants_both_ways(clients: Any) -> None:
+    """perform_rpc / register_rpc_method (refused by the Rust-based SDKs below server 1.8.0, see above):
+    answers, the handler's own errors, unknown methods, response and connection timeouts, and a recipient
+    that leaves mid-call, each as the SDK reports it."""
+    alice, bob = await clients("alice"), await clients("bob")
+    invoked = {p.identity: register_rpc_methods(p.room.local_participant) for p in (alice, bob)}
     await eventually(lambda: "alice" in bob.room.remote_participants, "bob to see alice")
-    local = bob.room.local_participant
-    answer = await local.perform_rpc(destination_identity="alice", method="greet", payload="42")
-    assert answer == "hello bob, you sent 42"
-    with pytest.raises(rtc.RpcError) as refused:
-        await local.perform_rpc(destination_identity="alice", method="greet", payload="fail")
-    assert (refused.value.code, refused.value.message, refused.value.data) == (1500, "refused", "on purpose")
-    with pytest.raises(rtc.RpcError) as unknown:
-        await local.perform_rpc(destination_identity="alice", method="missing", payload="")
-    assert unknown.value.code == rtc.RpcError.ErrorCode.UNSUPPORTED_METHOD
+    await eventually(lambda: "bob" in alice.room.remote_participants, "alice to see bob")
+
+    for caller, callee in ((bob, alice), (alice, bob)):
+        local = caller.room.local_participant
+
+        async def call(method: str, callee: str = callee.identity, **options: Any) -> str:
+            return await local.perform_rpc(  # noqa: B023
+                destination_identity=callee, method=method, payload="42", **options
+            )
+
+        assert await call("greet") == greeting(caller.identity, "42")
+        with pytest.raises(rtc.RpcError) as refused:
+            await call("refuse")
+        assert (refused.value.code, refused.value.message, refused.value.data) == REFUSAL
+        with pytest.raises(rtc.RpcError) as unknown:
+            await call("missing")
+        assert unknown.value.code == rtc.RpcError.ErrorCode.UNSUPPORTED_METHOD
+        with pytest.raises(rtc.RpcError) as late:
+            await call("slow", response_timeout=RESPONSE_TIMEOUT)
+        assert late.value.code == rtc.RpcError.ErrorCode.RESPONSE_TIMEOUT
+        assert invoked[callee.identity] == ["greet", "refuse", "slow"], "unknown methods reach no handler"
+
+    # Nobody acknowledges a call to a participant who is not there: the server must not answer for it.
+    with pytest.raises(rtc.RpcError) as nobody:
+        await bob.room.local_participant.perform_rpc(
+            destination_identity="nobody", method="greet", payload="", max_round_trip_latency=RESPONSE_TIMEOUT
+        )
+    assert nobody.value.code == rtc.RpcError.ErrorCode.CONNECTION_TIMEOUT
+
+    # The callee leaves while the call is in flight.
+    pending = asyncio.ensure_future(
+        bob.room.local_participant.perform_rpc(destination_identity="alice", method="slow", payload="")
+    )
+    await eventually(lambda: invoked["alice"].count("slow") == 2, "alice to be running the call")
+    await alice.room.disconnect()
+    with pytest.raises(rtc.RpcError) as gone:
+        await asyncio.wait_for(pending, SUBSCRIPTION_DEADLINE)
+    assert gone.value.code == rtc.RpcError.ErrorCode.RECIPIENT_DISCONNECTED
 
 
 async def test_the_others_learn_why_a_participant_left(clients: Any, lkapi: api.LiveKitAPI) -> None:
@@ -648,6 +703,12 @@ async def test_end_to_end_encrypted_data_and_audio_pass_through(clients: Any) ->
     await bob.room.local_participant.publish_data(b"lossy secret", reliable=False)
     await eventually(lambda: any(d[1] == b"lossy secret" for d in alice.data), "alice to get bob's packet")
     assert all(d[1] != b"secret for carol" for d in bob.data), "destinations are honoured"
+    # RPC, which rides on the same (encrypted) data packets.
+    register_rpc_methods(carol.room.local_participant)
+    answer = await bob.room.local_participant.perform_rpc(
+        destination_identity="carol", method="greet", payload="s"
+    )
+    assert answer == greeting("bob", "s")
 
     # Encrypted audio: relayed untouched, decrypted by a receiver with the key.
     publication = await alice.publish_tone()
@@ -752,26 +813,13 @@ async def test_room_service_calls_a_participant_rpc_method(server: Server, clien
     """RoomService.PerformRpc: the server calls a method the participant registered, over the SDK's own
     RPC protocol, and answers with its response, its error, or a timeout, in LiveKit's words."""
     alice = await clients("alice")
-    callers: list[str] = []
-
-    @alice.room.local_participant.register_rpc_method("greet")
-    async def greet(data: rtc.RpcInvocationData) -> str:
-        callers.append(data.caller_identity)
-        return f"hello, you sent {data.payload}"
-
-    @alice.room.local_participant.register_rpc_method("refuse")
-    async def refuse(data: rtc.RpcInvocationData) -> str:
-        raise rtc.RpcError(2001, "refused", "on purpose")
-
-    @alice.room.local_participant.register_rpc_method("slow")
-    async def slow(data: rtc.RpcInvocationData) -> str:
-        await asyncio.sleep(5)
-        return "too late"
+    invoked = register_rpc_methods(alice.room.local_participant)
 
     admin = server.token(room_admin=True, room=clients.room)
     call = {"room": clients.room, "destination_identity": "alice", "method": "greet", "payload": "42"}
-    assert await twirp_json(server, "PerformRpc", call, admin) == (200, {"payload": "hello, you sent 42"})
-    assert len(callers) == 1 and callers[0], "the caller is the request's own id, as LiveKit sends it"
+    status, answer = await twirp_json(server, "PerformRpc", call, admin)
+    assert status == 200 and re.fullmatch(r"hello [0-9a-f-]{36}, you sent 42", answer["payload"]), answer
+    assert invoked == ["greet"]  # the caller it was told of is the request's own id, as LiveKit sends it
 
     # The same call in protobuf, as the server SDKs send their requests.
     request = api.PerformRpcRequest(
@@ -786,7 +834,7 @@ async def test_room_service_calls_a_participant_rpc_method(server: Server, clien
         ) as response,
     ):
         assert response.status == 200
-        assert api.PerformRpcResponse.FromString(await response.read()).payload == "hello, you sent pb"
+        assert api.PerformRpcResponse.FromString(await response.read()).payload.endswith(", you sent pb")
 
     refused = await twirp_json(server, "PerformRpc", {**call, "method": "refuse"}, admin)
     assert refused == (500, {"code": "unknown", "msg": "RpcError 2001: refused: on purpose"})

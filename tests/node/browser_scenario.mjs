@@ -1,13 +1,17 @@
 // The official browser SDK `livekit-client` (unmodified UMD build) in headless Debian Chromium, driven by
 // playwright-core, against a Switchboard server. Run by tests/integration/test_browser.py:
 //
-//   node browser_scenario.mjs <room|watch|listen|captions|bad-token|speakers|relay|reconnect>
+//   node browser_scenario.mjs <room|watch|listen|rpc|e2ee|guard|captions|bad-token|speakers|relay|reconnect>
 //
 // Environment: PAGE_URL (a page that loads livekit-client.umd.js, served by the test), SWITCHBOARD_WS_URL,
 // BROWSER_TOKEN, PEER_IDENTITY (the Python participant, room scenario), CHROMIUM (default /usr/bin/chromium).
 // The room scenario waits for a line `leave` on stdin before disconnecting, so that the test decides when
 // the browser leaves; so does the watch scenario (a listener that records track permissions, subscriptions
-// and departures, then waits for PEER_IDENTITY to have left). The captions scenario listens on lk.transcription until PEER_IDENTITY's first final
+// and departures, then waits for PEER_IDENTITY to have left), the listen scenario and the rpc scenario
+// (RPC both ways with PEER_IDENTITY: see tests/rpc_methods.py for the methods), and the e2ee scenario
+// (media and data encrypted with the shared key E2EE_KEY, to and from PEER_IDENTITY); the guard scenario
+// publishes for PEER_IDENTITY only, and on a line `swap` for SECOND_PEER_IDENTITY only, then waits for
+// `leave`. The captions scenario listens on lk.transcription until PEER_IDENTITY's first final
 // caption (at most 45 s). The speakers scenario records ActiveSpeakersChanged and publishes a microphone
 // that plays a tone between the stdin lines `tone` and `quiet`, until `leave`.
 // The relay scenario connects with `rtcConfig.iceTransportPolicy` ICE_POLICY (e.g. relay: only through the
@@ -67,34 +71,6 @@ function lines() {
 
 // ---- In the page (serialised by playwright: no closures over this module) ----
 
-async function playAndMeasure(track, timeoutMs) {
-  // Plays a remote audio track and reports what its receiver got from now on (RTP packets, decoded
-  // audio energy): until 100 packets and a loud level, or `timeoutMs`. Installed as window.playAndMeasure.
-  const element = track.attach();
-  element.muted = false;
-  document.body.appendChild(element);
-  const inbound = async () => {
-    let found = null;
-    (await track.receiver.getStats()).forEach((r) => {
-      if (r.type === 'inbound-rtp') found = r;
-    });
-    return found;
-  };
-  // A reused transceiver keeps its counters: count from now, and read the level only once this
-  // track's packets have been arriving for a while.
-  const start = performance.now();
-  const before = (await inbound())?.packetsReceived ?? 0;
-  let packets = 0;
-  let loudest = 0;
-  while (!(packets >= 100 && loudest > 0.1) && performance.now() - start < timeoutMs) {
-    await new Promise((r) => setTimeout(r, 50));
-    const stats = await inbound();
-    packets = (stats?.packetsReceived ?? 0) - before;
-    if (packets >= 50) loudest = Math.max(loudest, stats?.audioLevel ?? 0);
-  }
-  return { packetsReceived: packets, loudestAudioLevel: loudest, ms: Math.round(performance.now() - start) };
-}
-
 async function joinAndSend({ url, token, timeoutMs }) {
   const LK = window.LivekitClient;
   const t0 = performance.now();
@@ -150,21 +126,8 @@ async function joinAndSend({ url, token, timeoutMs }) {
   while (!room.remoteParticipants.size && ms() < timeoutMs) await new Promise((r) => setTimeout(r, 20));
   obs.remote = [...room.remoteParticipants.values()].map((p) => ({ identity: p.identity, sid: p.sid, kind: p.kind }));
 
-  // A 440 Hz tone at gain 0.25 from WebAudio, published as the microphone: content known to the test.
-  const ctx = new AudioContext({ sampleRate: 48000 });
-  await ctx.resume();
-  const osc = new OscillatorNode(ctx, { type: 'sine', frequency: 440 });
-  const gain = new GainNode(ctx, { gain: 0.25 });
-  const dest = ctx.createMediaStreamDestination();
-  osc.connect(gain).connect(dest);
-  osc.start();
-  obs.audioContextState = ctx.state;
-  const mediaTrack = dest.stream.getAudioTracks()[0];
-  const publication = await room.localParticipant.publishTrack(mediaTrack, {
-    source: LK.Track.Source.Microphone,
-    name: 'oscillator',
-    dtx: false,
-  });
+  const { publication, audioContextState } = await window.__publishOscillator(room);
+  obs.audioContextState = audioContextState;
   obs.published = { sid: publication.trackSid, source: publication.source, kind: publication.kind, at: ms() };
 
   await room.localParticipant.publishData(new TextEncoder().encode('hello from the browser'), {
@@ -256,7 +219,11 @@ async function watch({ url, token }) {
     obs.permissions.push({ identity: p.identity, sid: pub.trackSid, status, at: ms() }),
   );
   room.on(E.TrackSubscribed, (track, pub, p) => obs.subscribed.push({ identity: p.identity, sid: pub.trackSid, at: ms() }));
-  room.on(E.TrackUnsubscribed, (track, pub, p) => obs.unsubscribed.push({ identity: p.identity, sid: pub.trackSid, at: ms() }));
+  room.on(E.TrackUnsubscribed, (track, pub, p) => {
+    obs.unsubscribed.push({ identity: p.identity, sid: pub.trackSid, at: ms() });
+    // Tell the publisher, which waits for it before it does anything else.
+    room.localParticipant.publishData(new TextEncoder().encode(`unsubscribed:${pub.trackSid}`), { reliable: true });
+  });
   room.on(E.ParticipantDisconnected, (p) =>
     obs.left.push({ identity: p.identity, name: p.name, metadata: p.metadata, attributes: { ...p.attributes }, at: ms() }),
   );
@@ -289,9 +256,54 @@ async function stopWatching({ timeoutMs, peer }) {
   return obs;
 }
 
+function installPageHelpers() {
+  // Shared by the page functions (each is serialised on its own, so they cannot share closures).
+  window.__publishOscillator = async (room) => {
+    // A 440 Hz tone at gain 0.25 from WebAudio, published as the microphone: content known to the test.
+    const ctx = new AudioContext({ sampleRate: 48000 });
+    await ctx.resume();
+    const osc = new OscillatorNode(ctx, { type: 'sine', frequency: 440 });
+    const dest = ctx.createMediaStreamDestination();
+    osc.connect(new GainNode(ctx, { gain: 0.25 })).connect(dest);
+    osc.start();
+    const publication = await room.localParticipant.publishTrack(dest.stream.getAudioTracks()[0], {
+      source: window.LivekitClient.Track.Source.Microphone,
+      name: 'oscillator',
+      dtx: false,
+    });
+    return { publication, audioContextState: ctx.state };
+  };
+  window.__heard = async (track, pub, timeoutMs) => {
+    // What the receiver of `track` got from now on: RTP packets, and the decoded audio's loudest level
+    // (inbound-rtp audioLevel, 0..1 of full scale, read only once packets have been arriving for a while).
+    // A reused transceiver keeps its counters, hence counting from now.
+    const element = track.attach();
+    element.muted = false;
+    document.body.appendChild(element);
+    const inbound = async () => {
+      let found = null;
+      (await track.receiver.getStats()).forEach((r) => {
+        if (r.type === 'inbound-rtp') found = r;
+      });
+      return found;
+    };
+    const start = performance.now();
+    const before = (await inbound())?.packetsReceived ?? 0;
+    let packets = 0;
+    let loudest = 0;
+    while (!(packets >= 100 && loudest > 0.1) && performance.now() - start < timeoutMs) {
+      await new Promise((r) => setTimeout(r, 50));
+      const stats = await inbound();
+      packets = (stats?.packetsReceived ?? 0) - before;
+      if (packets >= 50) loudest = Math.max(loudest, stats?.audioLevel ?? 0);
+    }
+    return { sid: pub.trackSid, packetsReceived: packets, loudestAudioLevel: loudest, ms: Math.round(performance.now() - start) };
+  };
+}
+
 async function listen({ url, token, peer, timeoutMs }) {
-  // A listener that plays each track the peer publishes and reports, per track, what its receiver got
-  // (RTP packets, decoded audio energy), then tells the peer with a data packet `heard:<track sid>`.
+  // A listener that plays each track the peer publishes and reports, per track, what its receiver got,
+  // then tells the peer with a data packet `heard:<track sid>`.
   const LK = window.LivekitClient;
   const obs = { heard: [] };
   window.__obs = obs;
@@ -299,14 +311,100 @@ async function listen({ url, token, peer, timeoutMs }) {
   window.__room = room;
   room.on(LK.RoomEvent.TrackSubscribed, async (track, pub, p) => {
     if (p.identity !== peer || track.kind !== 'audio') return;
-    obs.heard.push({ sid: pub.trackSid, ...(await window.playAndMeasure(track, timeoutMs)) });
+    obs.heard.push(await window.__heard(track, pub, timeoutMs));
     await room.localParticipant.publishData(new TextEncoder().encode(`heard:${pub.trackSid}`), { reliable: true });
   });
   await room.connect(url, token, { autoSubscribe: true });
   return obs;
 }
 
-async function stopListening() {
+async function e2ee({ url, token, peer, key, timeoutMs }) {
+  // livekit-client's shared-key end-to-end encryption (ExternalE2EEKeyProvider and the SDK's e2ee worker,
+  // served beside the page): it publishes a 440 Hz oscillator and a data packet, both encrypted, and
+  // reports the peer's encrypted track (decrypted and decoded) and data packets.
+  const LK = window.LivekitClient;
+  const obs = { supported: LK.isE2EESupported(), dataReceived: [], heard: null, errors: [] };
+  window.__obs = obs;
+  const keyProvider = new LK.ExternalE2EEKeyProvider();
+  await keyProvider.setKey(key);
+  const worker = new Worker('/livekit-client.e2ee.worker.js');
+  const room = new LK.Room({ encryption: { keyProvider, worker } });
+  window.__room = room;
+  room.on(LK.RoomEvent.EncryptionError, (e) => obs.errors.push(String(e?.message ?? e)));
+  room.on(LK.RoomEvent.DataReceived, (payload, participant, kind, topic) =>
+    obs.dataReceived.push({ text: new TextDecoder().decode(payload), from: participant?.identity ?? null, topic: topic ?? null }),
+  );
+  room.on(LK.RoomEvent.TrackSubscribed, async (track, pub, p) => {
+    if (p.identity !== peer || track.kind !== 'audio') return;
+    obs.heard = { ...(await window.__heard(track, pub, timeoutMs)), encrypted: pub.isEncrypted };
+  });
+  await room.setE2EEEnabled(true);
+  await room.connect(url, token, { autoSubscribe: true });
+  // (Room.isE2EEEnabled follows the worker's answer, later; the participant's setting is set at once.)
+  obs.e2eeEnabled = room.localParticipant.isE2EEEnabled;
+  const { publication } = await window.__publishOscillator(room);
+  obs.published = { sid: publication.trackSid, encrypted: publication.isEncrypted };
+  await room.localParticipant.publishData(new TextEncoder().encode('secret from the browser'), {
+    reliable: true,
+    topic: 'secret',
+  });
+  obs.dataSent = true;
+  const start = performance.now();
+  while (!(obs.heard && obs.dataReceived.length) && performance.now() - start < timeoutMs) {
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return obs;
+}
+
+async function rpc({ url, token, peer, responseTimeout, slowMs }) {
+  // The same three methods as tests/rpc_methods.py, registered before connecting; once connected it
+  // tells the peer (a data packet `rpc-ready`) and calls the peer's: greet, refuse, missing, slow.
+  const LK = window.LivekitClient;
+  const obs = { calls: [] };
+  window.__obs = obs;
+  const room = new LK.Room();
+  window.__room = room;
+  room.registerRpcMethod('greet', async (data) => `hello ${data.callerIdentity}, you sent ${data.payload}`);
+  room.registerRpcMethod('refuse', async () => {
+    throw new LK.RpcError(2001, 'refused', 'on purpose');
+  });
+  room.registerRpcMethod('slow', async () => {
+    await new Promise((r) => setTimeout(r, slowMs));
+    return 'too late';
+  });
+  await room.connect(url, token, { autoSubscribe: true });
+  obs.serverVersion = room.serverInfo?.version ?? null;
+  await room.localParticipant.publishData(new TextEncoder().encode('rpc-ready'), { reliable: true });
+  for (const [method, timeout] of [['greet'], ['refuse'], ['missing'], ['slow', responseTimeout]]) {
+    const params = { destinationIdentity: peer, method, payload: '42' };
+    if (timeout !== undefined) params.responseTimeout = timeout;
+    try {
+      obs.calls.push({ method, payload: await room.localParticipant.performRpc(params) });
+    } catch (e) {
+      obs.calls.push({ method, error: { code: e?.code ?? null, message: e?.message ?? String(e), data: e?.data ?? null } });
+    }
+  }
+  return obs;
+}
+
+async function guard({ url, token, allowed }) {
+  // A publisher that chooses who may receive its oscillator (setTrackSubscriptionPermissions): only
+  // `allowed`, from before it publishes.
+  const LK = window.LivekitClient;
+  const room = new LK.Room();
+  window.__room = room;
+  window.__obs = {};
+  await room.connect(url, token, { autoSubscribe: true });
+  room.localParticipant.setTrackSubscriptionPermissions(false, [{ participantIdentity: allowed, allowAll: true }]);
+  const { publication } = await window.__publishOscillator(room);
+  return { sid: publication.trackSid };
+}
+
+async function allowOnly({ allowed }) {
+  window.__room.localParticipant.setTrackSubscriptionPermissions(false, [{ participantIdentity: allowed, allowAll: true }]);
+}
+
+async function disconnectRoom() {
   await window.__room.disconnect();
   return window.__obs;
 }
@@ -363,31 +461,14 @@ async function relayJoin({ url, token, peer, policy, timeoutMs }) {
   const room = new LK.Room();
   window.__room = room;
   const subscribed = new Promise((resolve) =>
-    room.on(LK.RoomEvent.TrackSubscribed, (track, pub, p) => p.identity === peer && resolve(track)),
+    room.on(LK.RoomEvent.TrackSubscribed, (track, pub, p) => p.identity === peer && resolve({ track, pub })),
   );
   await room.connect(url, token, { autoSubscribe: true, rtcConfig: { iceTransportPolicy: policy } });
   obs.state = room.state;
-  const ctx = new AudioContext({ sampleRate: 48000 });
-  await ctx.resume();
-  const dest = ctx.createMediaStreamDestination();
-  const osc = new OscillatorNode(ctx, { frequency: 440 });
-  osc.connect(new GainNode(ctx, { gain: 0.25 })).connect(dest);
-  osc.start();
-  const publication = await room.localParticipant.publishTrack(dest.stream.getAudioTracks()[0], {
-    source: LK.Track.Source.Microphone,
-    dtx: false,
-  });
+  const { publication } = await window.__publishOscillator(room);
   obs.published = publication.trackSid;
-  const track = await Promise.race([subscribed, new Promise((r) => setTimeout(() => r(null), timeoutMs))]);
-  if (!track) return obs;
-  track.attach();
-  const start = performance.now();
-  let inbound = null;
-  while (!(inbound?.packetsReceived >= 100 && inbound?.audioLevel > 0.1) && performance.now() - start < timeoutMs) {
-    await new Promise((r) => setTimeout(r, 50));
-    (await track.receiver.getStats()).forEach((r) => r.type === 'inbound-rtp' && (inbound = r));
-  }
-  obs.heard = { packetsReceived: inbound?.packetsReceived ?? 0, audioLevel: inbound?.audioLevel ?? 0 };
+  const got = await Promise.race([subscribed, new Promise((r) => setTimeout(() => r(null), timeoutMs))]);
+  if (got) obs.heard = await window.__heard(got.track, got.pub, timeoutMs);
   return obs;
 }
 
@@ -441,7 +522,7 @@ async function reconnectAndReport({ how, peer, timeoutMs }) {
     [...(room.remoteParticipants.get(peer)?.trackPublications.values() ?? [])].find((p) => p.track?.kind === 'audio');
   while (!peerTrack() && ms() < timeoutMs) await new Promise((r) => setTimeout(r, 20));
   const pub = peerTrack();
-  if (pub) report.heard = { sid: pub.trackSid, ...(await window.playAndMeasure(pub.track, timeoutMs)) };
+  if (pub) report.heard = await window.__heard(pub.track, pub, timeoutMs);
   await room.localParticipant.publishData(new TextEncoder().encode(`reconnected:${how}`), { reliable: true });
   return report;
 }
@@ -461,7 +542,7 @@ async function main() {
   });
   result.launchMs = Date.now() - started;
   result.browserVersion = browser.version();
-  const input = ['room', 'watch', 'listen', 'speakers', 'relay', 'reconnect'].includes(scenario) ? lines() : null;
+  const input = ['room', 'watch', 'listen', 'rpc', 'e2ee', 'guard', 'speakers', 'relay', 'reconnect'].includes(scenario) ? lines() : null;
   try {
     const page = await browser.newPage();
     page.setDefaultTimeout(STEP_TIMEOUT_MS);
@@ -496,7 +577,7 @@ async function main() {
     result.pageLoadMs = Date.now() - loading;
     result.sdkLoaded = await page.evaluate(() => typeof window.LivekitClient?.Room === 'function');
     if (!result.sdkLoaded) throw new Error('livekit-client UMD build did not define window.LivekitClient');
-    await page.addScriptTag({ content: `window.playAndMeasure = ${playAndMeasure.toString()};` });
+    await page.evaluate(installPageHelpers);
 
     if (scenario === 'room') {
       result.joined = await page.evaluate(joinAndSend, {
@@ -521,7 +602,40 @@ async function main() {
       });
       process.stderr.write('browser listening; waiting for `leave` on stdin\n');
       result.leaveSignal = await input.next(60_000);
-      result.listened = await page.evaluate(stopListening);
+      result.listened = await page.evaluate(disconnectRoom);
+    } else if (scenario === 'rpc') {
+      result.called = await page.evaluate(rpc, {
+        url: env.SWITCHBOARD_WS_URL,
+        token: env.BROWSER_TOKEN,
+        peer: env.PEER_IDENTITY,
+        responseTimeout: Number(env.RPC_RESPONSE_TIMEOUT_MS),
+        slowMs: Number(env.RPC_SLOW_MS),
+      });
+      process.stderr.write('browser made its calls; waiting for `leave` on stdin\n');
+      result.leaveSignal = await input.next(45_000);
+      await page.evaluate(disconnectRoom);
+    } else if (scenario === 'e2ee') {
+      result.joined = await page.evaluate(e2ee, {
+        url: env.SWITCHBOARD_WS_URL,
+        token: env.BROWSER_TOKEN,
+        peer: env.PEER_IDENTITY,
+        key: env.E2EE_KEY,
+        timeoutMs: 15_000,
+      });
+      process.stderr.write('browser sent and received encrypted media and data; waiting for `leave` on stdin\n');
+      result.leaveSignal = await input.next(45_000);
+      await page.evaluate(disconnectRoom);
+    } else if (scenario === 'guard') {
+      result.published = await page.evaluate(guard, {
+        url: env.SWITCHBOARD_WS_URL,
+        token: env.BROWSER_TOKEN,
+        allowed: env.PEER_IDENTITY,
+      });
+      process.stderr.write('browser publishing for PEER_IDENTITY only; waiting for `swap` on stdin\n');
+      result.swapSignal = await input.next(45_000);
+      await page.evaluate(allowOnly, { allowed: env.SECOND_PEER_IDENTITY });
+      result.leaveSignal = await input.next(45_000);
+      await page.evaluate(disconnectRoom);
     } else if (scenario === 'captions') {
       result.read = await page.evaluate(readCaptions, {
         url: env.SWITCHBOARD_WS_URL,
@@ -558,7 +672,7 @@ async function main() {
         if (how === 'leave' || how === null || how === 'timeout') break;
         result.reconnects.push(await page.evaluate(reconnectAndReport, { how, peer: env.PEER_IDENTITY, timeoutMs: 20_000 }));
       }
-      result.left = await page.evaluate(stopListening);
+      result.left = await page.evaluate(disconnectRoom);
     } else if (scenario === 'bad-token') {
       result.attempt = await page.evaluate(badConnect, { url: env.SWITCHBOARD_WS_URL, token: env.BROWSER_TOKEN });
     } else {

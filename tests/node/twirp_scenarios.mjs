@@ -10,6 +10,7 @@
 
 import {
   AgentDispatchClient,
+  DataPacket_Kind,
   RoomAgentDispatch,
   RoomServiceClient,
   ServerError,
@@ -50,9 +51,27 @@ const roomClient = () => new RoomServiceClient(url, apiKey, apiSecret);
 
 const scenarios = {
   /**
-   * updateSubscriptions for SCENARIO_ROOM / SCENARIO_IDENTITY / SCENARIO_TRACK (SCENARIO_SUBSCRIBE "1" or
-   * "0"), then the same for an identity that is not in the room.
+   * The methods that act on connected participants, in SCENARIO_ROOM where SCENARIO_IDENTITY publishes
+   * SCENARIO_TRACK and SCENARIO_LISTENER listens: list, get, update, mute, send data to the listener only,
+   * get someone who is not there, and remove SCENARIO_IDENTITY.
    */
+  async 'live-participants'() {
+    const { SCENARIO_ROOM: room, SCENARIO_IDENTITY: identity, SCENARIO_TRACK: track } = process.env;
+    const rooms = roomClient();
+    const listed = (await rooms.listParticipants(room)).map(json);
+    const got = json(await rooms.getParticipant(room, identity));
+    const update = { name: 'Renamed', metadata: 'by-node', attributes: { role: 'host' } };
+    const updated = json(await rooms.updateParticipant(room, identity, update));
+    const muted = json(await rooms.mutePublishedTrack(room, identity, track, true));
+    const data = new TextEncoder().encode('from node');
+    const options = { destinationIdentities: [process.env.SCENARIO_LISTENER], topic: 'node' };
+    await rooms.sendData(room, data, DataPacket_Kind.RELIABLE, options);
+    const missing = await attempt(() => rooms.getParticipant(room, 'nobody'));
+    await rooms.removeParticipant(room, identity);
+    const listedAfter = (await rooms.listParticipants(room)).map(json);
+    return { listed, got, updated, muted, missing, listedAfter };
+  },
+
   /** moveParticipant SCENARIO_IDENTITY from SCENARIO_ROOM to SCENARIO_DESTINATION. */
   async 'move-participant'() {
     const env = process.env;
@@ -71,6 +90,10 @@ const scenarios = {
     return { result: { ...result, value: result.value ?? null } };
   },
 
+  /**
+   * updateSubscriptions for SCENARIO_ROOM / SCENARIO_IDENTITY / SCENARIO_TRACK (SCENARIO_SUBSCRIBE "1" or
+   * "0"), then the same for an identity that is not in the room.
+   */
   async 'update-subscriptions'() {
     const env = process.env;
     const subscribe = env.SCENARIO_SUBSCRIBE === '1';
