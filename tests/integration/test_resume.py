@@ -9,12 +9,15 @@ ways, after the ICE restart the SDK asks for. A full reconnect (the session gone
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 import pytest
 from livekit import api, rtc
 from livekit.protocol import rtc as signal
 
+from tests.agent_workers import AgentWorker, registered
 from tests.browser import BrowserScenario, served_page
 from tests.conftest import Server, start_server, stop_server
 from tests.integration.test_rtc_node import run_rtc_scenario, unique_room
@@ -294,3 +297,68 @@ async def test_a_resume_takes_over_a_signal_connection_the_server_still_holds(
     await bob.hears_the_tone_again("bob to hear alice after both resumes")
     await alice.hears_the_tone_again("alice to hear bob after both resumes")
     assert not bob.saw("participant_disconnected")
+
+
+@dataclass(frozen=True)
+class ThroughProxy:
+    """The server as an agent worker reaches it through the proxy: /agent and its jobs' /rtc alike."""
+
+    server: Server
+    proxy: SignalProxy
+
+    @property
+    def http_url(self) -> str:
+        return self.proxy.url.replace("ws://", "http://")
+
+    @property
+    def ws_url(self) -> str:
+        return self.proxy.url
+
+    @property
+    def api_key(self) -> str:
+        return self.server.api_key
+
+    @property
+    def api_secret(self) -> str:
+        return self.server.api_secret
+
+
+async def test_an_agent_whose_connections_drop_resumes_and_keeps_its_job(
+    server: Server, proxy: SignalProxy, lkapi: api.LiveKitAPI, tmp_path: Path
+) -> None:
+    """livekit-agents' own path: a blip cuts both the worker's /agent connection and its agent's /rtc one.
+    The worker reconnects and keeps the job; the agent resumes with the same sid; the job runs on."""
+    name = f"resumer-{uuid.uuid4().hex[:6]}"
+    room = f"resume-agent-{uuid.uuid4().hex[:8]}"
+    worker = AgentWorker(ThroughProxy(server, proxy), tmp_path / "worker", name, "stay")
+    try:
+        await registered(server, name)
+        await lkapi.room.create_room(api.CreateRoomRequest(name=room))
+        await lkapi.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(room=room, agent_name=name))
+        agent = await eventually(
+            lambda: next(iter(worker.jobs().values()), None), "the agent's job to start", 60
+        )
+        identity = f"agent-{agent['job_id']}"
+        joined = await eventually(
+            lambda: lkapi.room.list_participants(api.ListParticipantsRequest(room=room)),
+            "the agent to join, its media connected",
+            accept=lambda listed: any(
+                p.identity == identity and p.state == api.ParticipantInfo.ACTIVE for p in listed.participants
+            ),
+        )
+        [before] = [p for p in joined.participants if p.identity == identity]
+
+        proxy.cut()
+        await eventually(
+            lambda: f"participant resumed room={room} identity={identity} sid={before.sid}" in server.log(),
+            "the agent to resume",
+        )
+        await registered(server, name, 2)  # the worker, reconnected
+        listed = await lkapi.room.list_participants(api.ListParticipantsRequest(room=room))
+        [after] = [p for p in listed.participants if p.identity == identity]
+        assert after.sid == before.sid
+        [dispatch] = [d for d in await lkapi.agent_dispatch.list_dispatch(room) if d.agent_name == name]
+        assert [job.state.status for job in dispatch.state.jobs] == [api.JS_RUNNING]
+        assert f"participant left room={room} identity={identity}" not in server.log()
+    finally:
+        worker.kill()
