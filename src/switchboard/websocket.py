@@ -1,4 +1,10 @@
-"""Protobuf messages over a WebSocket: sent in the order they were decided, as binary or protojson text."""
+"""Protobuf messages over a WebSocket: sent in the order they were decided, as binary or protojson text.
+
+Text frames are read as every JSON body is (switchboard.protojson): unknown fields pass, unknown enum
+values are refused. Binary frames are read as LiveKit reads them, with open enums: a value newer than
+livekit-protocol (a newer SDK's DisconnectReason, say) passes through, and the handler that acts on a
+value checks it.
+"""
 
 import asyncio
 from collections import deque
@@ -7,6 +13,9 @@ from typing import TypeVar
 from aiohttp import WSMsgType, web
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
+
+from switchboard.core.errors import InvalidArgument
+from switchboard.protojson import from_json
 
 M = TypeVar("M", bound=Message)
 
@@ -77,9 +86,12 @@ async def receive(ws: web.WebSocketResponse, sender: MessageSender, message_type
             message.ParseFromString(frame.data)
         elif frame.type is WSMsgType.TEXT:
             sender.text = True
-            json_format.Parse(frame.data, message, ignore_unknown_fields=True)
+            from_json(frame.data, message)
         else:
             raise MalformedMessage(f"unexpected frame type {frame.type.name}")
     except (DecodeError, json_format.ParseError, RecursionError) as exc:
         raise MalformedMessage(f"malformed {message_type.__name__}: {exc}") from exc
+    except InvalidArgument as exc:
+        raise MalformedMessage(f"invalid {message_type.__name__}: {exc}") from exc
     return message
+
