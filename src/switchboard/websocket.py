@@ -7,6 +7,8 @@ value checks it.
 """
 
 import asyncio
+import contextlib
+import struct
 from collections import deque
 from typing import TypeVar
 
@@ -95,3 +97,24 @@ async def receive(ws: web.WebSocketResponse, sender: MessageSender, message_type
         raise MalformedMessage(f"invalid {message_type.__name__}: {exc}") from exc
     return message
 
+
+MAX_CLOSE_REASON = 123
+"""Bytes of reason a Close frame can carry (a control frame's 125, less the 2 of the code)."""
+
+
+async def fail(
+    ws: web.WebSocketResponse, transport: asyncio.BaseTransport | None, code: int, reason: str
+) -> None:
+    """Fail the connection (RFC 6455, 7.1.7): send a Close frame with `code` and `reason`, then close the
+    TCP connection at once, without waiting for the peer's Close.
+
+    `ws.close()` waits for the peer's Close frame, reading and parsing every frame the peer sent before
+    it. After a violation by a peer that floods the connection, that is the megabytes of frames waiting in
+    the kernel's buffers, parsed on the event loop while every other client waits (bench/abuse.py showed
+    70 ms stalls). Closed with them unread, the kernel throws them away (and answers the peer with a reset).
+    """
+    payload = struct.pack("!H", code) + reason.encode()[:MAX_CLOSE_REASON].decode(errors="ignore").encode()
+    with contextlib.suppress(ConnectionError, RuntimeError):
+        await ws.send_frame(payload, WSMsgType.CLOSE)
+    if transport is not None:
+        transport.close()  # what was written (the Close frame) is still sent first
