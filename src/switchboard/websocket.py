@@ -110,8 +110,9 @@ async def fail(
 
     `ws.close()` waits for the peer's Close frame, reading and parsing every frame the peer sent before
     it. After a violation by a peer that floods the connection, that is the megabytes of frames waiting in
-    the kernel's buffers, parsed on the event loop while every other client waits (bench/abuse.py showed
-    70 ms stalls). Closed with them unread, the kernel throws them away (and answers the peer with a reset).
+    the kernel's buffers, parsed on the event loop while every other client waits (bench/abuse.py: their
+    p99 went from a few ms to 74-178 ms). Closed with them unread, the kernel throws them away (and
+    answers the peer with a reset).
     """
     payload = struct.pack("!H", code) + reason.encode()[:MAX_CLOSE_REASON].decode(errors="ignore").encode()
     with contextlib.suppress(ConnectionError, RuntimeError):
