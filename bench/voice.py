@@ -16,7 +16,7 @@ the agent say each back ("You said: …"). Everything is timed where the partici
   first audio    the first sample of the reply louder than a threshold, decoded from the agent's track
 
   voice-to-voice = first audio - speech end (target: p50 <= 800 ms, what LiveKit and Pipecat quote with
-  cloud models), split as STT end of speech (STT final - speech end; floor: the configured 0.5 s of
+  cloud models), split as STT end of speech (STT final - speech end; floor: the configured end_silence of
   silence that ends an utterance), turn and TTS first chunk (speaking - STT final) and transport (first
   audio - speaking). The attribute and the text stream each reach the participant through the server too,
   so each split point carries one signalling hop (a few ms on loopback).
@@ -61,16 +61,19 @@ from common import (
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.speech import SENTENCES, Speaker, speak
 
+from switchboard.agents.config import load_agent_config
+from switchboard.agents.services.pocketsphinx_stt import PocketSphinxSTT
+from switchboard.agents.services.speech_to_text import build_stt
+from switchboard.agents.services.voice_echo import STT_DEFAULTS
 from switchboard.auth.grants import VideoGrant
 from switchboard.auth.tokens import mint_token
 
 AGENT = "voice-echo"
 SAMPLE = Path(__file__).resolve().parents[1] / "agents" / f"agent-{AGENT}.yaml"
 TARGET_P50_S = 0.8
-END_SILENCE_S = 0.5  # the sample's pocketsphinx end_silence: the STT cannot end an utterance sooner
 STATE = "lk.agent.state"
 LOUD_SAMPLE = 500  # |sample| of the received 16-bit audio above which the agent is speaking
-PAUSE = 1.5  # silence published after each sentence (more than the 0.5 s that ends an utterance)
+PAUSE = 1.5  # silence published after each sentence (more than the end_silence that ends an utterance)
 QUIET = 1.0  # seconds with no loud sample after which what the agent says is over
 READY_DEADLINE = 120.0  # agent started, registered, job process joined, greeting heard
 REPLY_DEADLINE = 15.0  # after an utterance, how long its reply (and its end) may take
@@ -287,6 +290,14 @@ def ms(value: float | int | None) -> str:
     return "-" if value is None else f"{value * 1000:.0f} ms"
 
 
+def end_silence() -> float:
+    """The sample's pocketsphinx end_silence, as its STT is built: the STT cannot end an utterance sooner."""
+    config = load_agent_config(SAMPLE)
+    engine = build_stt(config, config.services["voice_echo"], STT_DEFAULTS)
+    assert isinstance(engine, PocketSphinxSTT), "the sample's provider is pocketsphinx"
+    return engine.options.end_silence
+
+
 def print_splits(result: dict[str, Any]) -> None:
     labels = {
         "voice_to_voice": "speech end → first audio of the reply",
@@ -313,7 +324,7 @@ def print_report(info: dict[str, Any], results: dict[str, Any]) -> None:
     p50 = one["splits"].get("voice_to_voice", {}).get("p50")
     verdict = "-" if p50 is None else ("met" if p50 <= TARGET_P50_S else "MISSED")
     print(f"  target: p50 ≤ {ms(TARGET_P50_S)} → {verdict}")
-    print(f"  floor: the STT's end_silence ({ms(END_SILENCE_S)} of silence ends an utterance)")
+    print(f"  floor: the STT's end_silence ({ms(end_silence())} of silence ends an utterance)")
     for row in one["rows"][: len(SENTENCES)]:
         print(f"  said {row['sentence']!r:40} understood {row['understood']!r}")
     states = sorted({s for row in one["rows"] for s in row["states"]})

@@ -20,7 +20,7 @@ from switchboard.api import switchboard_proto as pb
 from switchboard.auth.grants import VideoGrant
 from switchboard.auth.tokens import mint_token
 from switchboard.config import DEV_KEYS, ConfigError, load_config
-from switchboard.wire import to_json
+from switchboard.protojson import to_json
 
 if TYPE_CHECKING:
     from switchboard.agents.config import AgentConfig

@@ -19,6 +19,20 @@ def test_pocketsphinx_is_built_in_and_takes_its_settings() -> None:
     assert isinstance(engine, PocketSphinxSTT) and engine.options.end_silence == 0.8
 
 
+def test_a_service_s_own_defaults_come_under_what_its_file_sets() -> None:
+    defaults = {"pocketsphinx": {"end_silence": 0.3}, "deepgram": {"endpointing_ms": 25}}
+    unset = parse_agent_config(captions("pocketsphinx"), "f.yaml", "agent-a.yaml")
+    engine = build_stt(unset, unset.services["live_captions"], defaults)
+    assert isinstance(engine, PocketSphinxSTT) and engine.options.end_silence == 0.3
+    assert isinstance(plain := build_stt(unset, unset.services["live_captions"]), PocketSphinxSTT)
+    assert plain.options.end_silence == 0.5
+    set_ = parse_agent_config(
+        captions("pocketsphinx", "  pocketsphinx:\n    end_silence: 0.8\n"), "f.yaml", "agent-a.yaml"
+    )
+    engine = build_stt(set_, set_.services["live_captions"], defaults)
+    assert isinstance(engine, PocketSphinxSTT) and engine.options.end_silence == 0.8
+
+
 def test_a_bad_pocketsphinx_setting_names_the_file_and_key() -> None:
     config = parse_agent_config(
         captions("pocketsphinx", "  pocketsphinx:\n    vad_mode: 9\n"), "f.yaml", "agent-a.yaml"

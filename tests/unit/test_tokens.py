@@ -112,6 +112,15 @@ def test_leeway_of_60_seconds_on_exp_and_nbf() -> None:
         (sign(claims(video={"room": 5})), "video.room must be a string"),
         (sign(claims(attributes={"a": 1})), "'attributes' must map strings to strings"),
         (sign(claims(roomConfig={"agents": "x"})), "roomConfig"),
+        (sign(claims(roomConfig=[])), "'roomConfig' must be an object"),
+        (
+            sign(claims(roomConfig={"agents": [{"agentName": "a", "restartPolicy": "JRP_BOGUS"}]})),
+            "roomConfig: unknown agents.restart_policy 'JRP_BOGUS'",
+        ),
+        (
+            sign(claims(roomConfig={"agents": [{"agentName": "a", "restartPolicy": 7}]})),
+            "roomConfig: unknown agents.restart_policy 7",
+        ),
         (sign(claims(sub=5)), "Subject must be a string"),
     ],
 )

@@ -9,7 +9,9 @@ import pytest
 from switchboard.agents.config import AgentConfigError, load_agent_config, parse_agent_config
 from switchboard.agents.services import check_services
 from switchboard.agents.services.espeak_tts import EspeakOptions
-from switchboard.agents.services.voice_echo import GREETING, REPLY, VoiceEchoSettings
+from switchboard.agents.services.pocketsphinx_stt import PocketSphinxSTT
+from switchboard.agents.services.speech_to_text import build_stt
+from switchboard.agents.services.voice_echo import GREETING, REPLY, STT_DEFAULTS, VoiceEchoSettings
 
 SAMPLE = Path(__file__).parents[2] / "agents" / "agent-voice-echo.yaml"
 BASE = "voice_echo:\n  processing: manual\n  provider: pocketsphinx\n"
@@ -39,6 +41,10 @@ def test_the_sample_agent_is_accepted_as_it_ships() -> None:
 
 def test_every_key_is_optional() -> None:
     assert settings("") == VoiceEchoSettings(greeting=GREETING, reply=REPLY, tts=EspeakOptions())
+    # The STT waits less silence than the captions agent's before it ends the user's turn.
+    config = parse_agent_config(BASE, "agent-v.yaml", "agent-v.yaml")
+    engine = build_stt(config, config.services["voice_echo"], STT_DEFAULTS)
+    assert isinstance(engine, PocketSphinxSTT) and engine.options.end_silence == 0.3
     quiet = settings("  greeting: ''\n  reply: 'Heard: {text}.'\n  tts:\n    espeak:\n      voice: en-gb\n")
     assert (quiet.greeting, quiet.reply, quiet.tts.voice) == ("", "Heard: {text}.", "en-gb")
 

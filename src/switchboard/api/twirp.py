@@ -24,7 +24,7 @@ from switchboard.api.http import HttpLimits
 from switchboard.auth.grants import Claims, InvalidToken, PermissionDenied
 from switchboard.auth.tokens import TokenVerifier
 from switchboard.core.errors import CoreError, InvalidArgument, NotFound, ResourceExhausted, Unavailable
-from switchboard.wire import check_enums, from_json, to_json
+from switchboard.protojson import check_enums, from_json, to_json
 
 log = logging.getLogger("switchboard.api")
 

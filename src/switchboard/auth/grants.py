@@ -7,6 +7,9 @@ from typing import Any
 from google.protobuf import json_format
 from livekit.protocol.room import RoomConfiguration
 
+from switchboard.core.errors import InvalidArgument
+from switchboard.protojson import from_dict
+
 
 class InvalidToken(Exception):
     """The token cannot be trusted or read; the message says why and never contains the token."""
@@ -134,15 +137,19 @@ def _job(claim: object) -> tuple[str, int] | None:
 
 
 def _room_config(claim: object) -> RoomConfiguration | None:
-    """Node writes every default and enum names, Python camelCase with defaults omitted: accept both."""
+    """Node writes every default and enum names, Python camelCase with defaults omitted: accept both.
+    An enum value the protocol does not define (`"restartPolicy": "JRP_BOGUS"`, or `99`) makes the token
+    invalid, as in LiveKit, rather than the room's agents silently getting the default."""
     if claim is None:
         return None
     if not isinstance(claim, Mapping):
         raise InvalidToken("invalid token: 'roomConfig' must be an object")
+    config = RoomConfiguration()
     try:
-        return json_format.ParseDict(dict(claim), RoomConfiguration(), ignore_unknown_fields=True)
-    except json_format.ParseError as exc:
+        from_dict(dict(claim), config)
+    except (json_format.ParseError, InvalidArgument) as exc:
         raise InvalidToken(f"invalid token: roomConfig: {exc}") from exc
+    return config
 
 
 def require_room_admin(claims: Claims, room: str) -> None:

@@ -58,7 +58,7 @@ class WorkerHub:
         api_key, peer = claims.api_key, request.remote or ""
         del claims  # not kept for the life of the connection
         await ws.prepare(request)
-        await WorkerSession(self, ws, api_key, peer).run()
+        await WorkerSession(self, ws, request.transport, api_key, peer).run()
         return ws
 
     async def close_all(self) -> None:

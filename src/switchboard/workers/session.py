@@ -13,7 +13,7 @@ from switchboard.auth.grants import VideoGrant
 from switchboard.core.errors import CoreError
 from switchboard.core.jobs import JobType
 from switchboard.core.workers import AvailabilityAnswer, JobUpdate, WorkerSpec, WorkerStatus
-from switchboard.websocket import ConnectionLost, MalformedMessage, MessageSender, receive
+from switchboard.websocket import ConnectionLost, MalformedMessage, MessageSender, fail, receive
 
 if TYPE_CHECKING:
     from switchboard.workers.hub import WorkerHub
@@ -60,9 +60,17 @@ def permissions_of(request: agent.RegisterWorkerRequest) -> VideoGrant:
 
 
 class WorkerSession:
-    def __init__(self, hub: "WorkerHub", ws: web.WebSocketResponse, api_key: str, peer: str) -> None:
+    def __init__(
+        self,
+        hub: "WorkerHub",
+        ws: web.WebSocketResponse,
+        transport: asyncio.BaseTransport | None,
+        api_key: str,
+        peer: str,
+    ) -> None:
         self.hub = hub
         self.ws = ws
+        self._transport = transport
         self.api_key = api_key
         self.peer = peer
         self.worker_id = ""
@@ -196,4 +204,4 @@ class WorkerSession:
             self.worker_id = ""
         if not self.ws.closed:
             await asyncio.sleep(self.hub.settings.violation_close_delay)
-            await self.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=reason[:120].encode())
+            await fail(self.ws, self._transport, WSCloseCode.POLICY_VIOLATION, reason)

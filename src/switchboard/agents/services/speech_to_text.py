@@ -1,6 +1,7 @@
 """The STT engine a service's `provider` names: pocketsphinx built in, the others livekit-agents plugins."""
 
 import importlib
+from collections.abc import Mapping
 from typing import Any
 
 from livekit.agents import stt
@@ -13,12 +14,17 @@ from switchboard.agents.services.pocketsphinx_stt import PocketSphinxOptions, Po
 STREAMING_DEFAULTS: dict[str, dict[str, Any]] = {"openai": {"use_realtime": True}}
 
 
-def build_stt(config: AgentConfig, service: ServiceConfig) -> stt.STT[Any]:
-    """A streaming STT for `service`, or an AgentConfigError naming the file and the key at fault."""
+def build_stt(
+    config: AgentConfig, service: ServiceConfig, defaults: Mapping[str, Mapping[str, Any]] | None = None
+) -> stt.STT[Any]:
+    """A streaming STT for `service`, or an AgentConfigError naming the file and the key at fault.
+
+    `defaults` (provider → settings) are the service's own defaults, under what its file sets."""
     section = f"{config.source}: {service.name}.{service.provider}"
+    own = dict((defaults or {}).get(service.provider, {}))
     if service.provider == "pocketsphinx":
         try:
-            return PocketSphinxSTT(PocketSphinxOptions.from_settings(service.settings))
+            return PocketSphinxSTT(PocketSphinxOptions.from_settings(own | dict(service.settings)))
         except ValueError as exc:
             raise AgentConfigError(f"{section}.{exc}") from exc
     module_name = f"livekit.plugins.{service.provider}"
@@ -30,7 +36,7 @@ def build_stt(config: AgentConfig, service: ServiceConfig) -> stt.STT[Any]:
             f"livekit-plugins-{service.provider} package; install it with "
             f"pip install 'switchboard[{service.provider}]'"
         ) from exc
-    settings = STREAMING_DEFAULTS.get(service.provider, {}) | dict(service.settings)
+    settings = STREAMING_DEFAULTS.get(service.provider, {}) | own | dict(service.settings)
     try:
         engine: stt.STT[Any] = plugin.STT(**settings)
     except Exception as exc:  # unknown keyword, missing credentials, bad value: each plugin has its own
