@@ -1,10 +1,11 @@
-"""A worker that breaks the protocol is failed (RFC 6455 7.1.7), not closed gracefully: the server sends
-its Close frame and drops the connection, without waiting for the worker's Close and without reading what
-the worker sent meanwhile. A graceful close reads, and parses on the event loop, every frame a flooding
-worker queued up before its Close: bench/abuse.py measured 58-105 ms stalls for everyone else.
+"""A worker that breaks the protocol, or a participant that floods `/rtc` with bad frames, is failed
+(RFC 6455 7.1.7), not closed gracefully: the server sends its Close frame and drops the connection,
+without waiting for the client's Close and without reading what the client sent meanwhile. A graceful
+close reads, and parses on the event loop, every frame a flooding client queued up before its Close:
+bench/abuse.py measured 58-105 ms stalls for everyone else.
 
-The worker here is a raw socket that writes WebSocket frames by hand: a WebSocket client library answers
-the server's Close by itself, and this one must not."""
+The clients here are raw sockets that write WebSocket frames by hand: a WebSocket client library answers
+the server's Close by itself, and these must not."""
 
 import asyncio
 import base64
@@ -13,8 +14,10 @@ import os
 import struct
 from urllib.parse import urlsplit
 
-from livekit.protocol import agent
+from livekit.protocol import agent, rtc
 
+from switchboard.auth.grants import VideoGrant
+from switchboard.auth.tokens import mint_token
 from tests.inprocess.conftest import AppServer, StartApp
 from tests.protocol_worker import DEADLINE, register_message, unique
 
@@ -45,15 +48,18 @@ async def server_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     return first & 0x0F, await reader.readexactly(length)
 
 
-async def raw_worker(server: AppServer) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def raw_websocket(
+    server: AppServer, target: str, authorization: str = ""
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """An upgraded connection to `target` (path and query), made by hand."""
     url = urlsplit(server.http_url)
     assert url.hostname is not None and url.port is not None
     reader, writer = await asyncio.open_connection(url.hostname, url.port)
     key = base64.b64encode(os.urandom(16)).decode()
+    auth = f"Authorization: Bearer {authorization}\r\n" if authorization else ""
     writer.write(
-        f"GET /agent HTTP/1.1\r\nHost: {url.netloc}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-        f"Authorization: Bearer {server.token(agent=True)}\r\n\r\n".encode()
+        f"GET {target} HTTP/1.1\r\nHost: {url.netloc}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{auth}\r\n".encode()
     )
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), DEADLINE)
     assert head.startswith(b"HTTP/1.1 101"), head
@@ -77,7 +83,7 @@ async def test_a_flooding_worker_is_dropped_after_its_close_frame_without_waitin
 ) -> None:
     server = await start_app({"agents": {"violation_close_delay": VIOLATION_CLOSE_DELAY}})
     name = unique("flood")
-    reader, writer = await raw_worker(server)
+    reader, writer = await raw_websocket(server, "/agent", server.token(agent=True))
     writer.write(client_frame(register_message(name).SerializeToString()))
     opcode, payload = await asyncio.wait_for(server_frame(reader), DEADLINE)
     assert opcode == BINARY
@@ -99,3 +105,33 @@ async def test_a_flooding_worker_is_dropped_after_its_close_frame_without_waitin
         flooding.cancel()
         writer.close()
     assert server.workers_named(name) == [] and not server.hub.sessions
+
+
+async def test_a_participant_flooding_bad_signal_frames_is_told_to_leave_then_dropped(
+    start_app: StartApp,
+) -> None:
+    server = await start_app({"rtc": {"max_bad_frames": 5}})
+    token = mint_token(
+        server.api_key, server.api_secret, identity="flooder", video=VideoGrant(room_join=True, room="r")
+    )
+    reader, writer = await raw_websocket(server, f"/rtc?access_token={token}&auto_subscribe=1")
+    opcode, payload = await asyncio.wait_for(server_frame(reader), DEADLINE)
+    assert opcode == BINARY and rtc.SignalResponse.FromString(payload).WhichOneof("message") == "join"
+
+    flooding = asyncio.create_task(flood(writer))
+    try:
+        told: list[str | None] = []
+        while True:  # the server's own messages (the subscriber offer…), its leave, then its Close
+            opcode, payload = await asyncio.wait_for(server_frame(reader), DEADLINE)
+            if opcode != BINARY:
+                break
+            told.append(rtc.SignalResponse.FromString(payload).WhichOneof("message"))
+        assert told[-1] == "leave", told
+        code, reason = struct.unpack("!H", payload[:2])[0], payload[2:].decode()
+        assert (opcode, code, reason) == (CLOSE, POLICY_VIOLATION, "too many bad signal frames")
+        with contextlib.suppress(ConnectionError):
+            assert await asyncio.wait_for(reader.read(), DEADLINE) == b""
+        await asyncio.wait_for(flooding, DEADLINE)
+    finally:
+        flooding.cancel()
+        writer.close()

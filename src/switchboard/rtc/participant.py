@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
+from aiohttp import WSCloseCode, web
 from aiortc import (
     RTCConfiguration,
     RTCDataChannel,
@@ -35,7 +35,7 @@ from switchboard.rtc.network import NoIceCandidates, ice_servers, require_candid
 from switchboard.rtc.relay import AudioRelay, OutboundAudio, Publisher
 from switchboard.rtc.room import Room
 from switchboard.rtc.rpc import ServerRpcCalls
-from switchboard.websocket import ConnectionLost, MalformedMessage, MessageSender, receive
+from switchboard.websocket import ConnectionLost, MalformedMessage, MessageSender, fail, receive
 from switchboard.wire import participant_to_proto, room_to_proto, track_to_proto
 
 if TYPE_CHECKING:
@@ -63,6 +63,7 @@ class ParticipantSession:
         self,
         room: Room,
         ws: web.WebSocketResponse,
+        transport: asyncio.BaseTransport | None,
         participant: Participant,
         claims: Claims,
         client_protocol: int,
@@ -70,6 +71,8 @@ class ParticipantSession:
         reports_subscriptions: bool = True,
     ) -> None:
         self.ws = ws
+        self._transport = transport
+        """The signal connection's TCP transport: dropped at once after a flood (see `fail`)."""
         self.room = room
         """The room the participant is in (it changes when RoomService moves the participant)."""
         self.identity = participant.identity
@@ -217,6 +220,10 @@ class ParticipantSession:
                     if len(bad_frames) >= settings.max_bad_frames:
                         reason = models.STATE_MISMATCH
                         self._send_leave(reason)
+                        await signal.flushed()
+                        await fail(
+                            ws, self._transport, WSCloseCode.POLICY_VIOLATION, "too many bad signal frames"
+                        )
                         break
                     continue
                 if bad_frames:
@@ -263,14 +270,16 @@ class ParticipantSession:
         # A connection that timed out may still be open: closing it waits for the client's close frame.
         self._in_background(self.ws.close())
 
-    async def resume(self, ws: web.WebSocketResponse, reconnect_reason: str) -> None:
+    async def resume(
+        self, ws: web.WebSocketResponse, transport: asyncio.BaseTransport | None, reconnect_reason: str
+    ) -> None:
         """The client reconnected its signal connection (`reconnect=1`): answer as LiveKit does (a
         ReconnectResponse, everyone's current info, the room), offer the subscriber connection again
         (LiveKit's ICE restart) and carry on with this connection."""
         if self._resume_window is not None:
             self._resume_window.cancel()
             self._resume_window = None
-        old, self.ws, self.signal = self.ws, ws, MessageSender(ws)
+        old, self.ws, self.signal, self._transport = self.ws, ws, MessageSender(ws), transport
         # If the server had not noticed that it was gone: its reader stops (`_serve`). Not awaited: a
         # half-open connection never answers the close, and the client waits for its ReconnectResponse.
         self._in_background(old.close())

@@ -142,6 +142,7 @@ class RtcService:
         session = ParticipantSession(
             room,
             ws,
+            request.transport,
             participant,
             claims,
             client_protocol=_int(query.get("client_protocol")),
@@ -178,7 +179,7 @@ class RtcService:
             await ws.send_bytes(rtc.SignalResponse(leave=leave).SerializeToString())
             await ws.close()
             return ws
-        await session.resume(ws, request.query.get("reconnect_reason", ""))
+        await session.resume(ws, request.transport, request.query.get("reconnect_reason", ""))
         return ws
 
     def _room(self, name: str) -> Room:
