@@ -1,7 +1,8 @@
 """The dashboard in headless Chromium (playwright-core, `tests/node/dashboard_scenario.mjs`): a wrong
-secret is refused; after logging in, a room created then appears without a reload, with its running
-agent and a failed job's reason; a worker is drained from the page (and is, for the server); the secret
-is not on the page nor stored. A screenshot is saved with the test's files."""
+secret is refused; after logging in, a room created then appears live (its event-to-screen latency is
+printed), with its agent participant, its running agent's job and a failed job's reason; a worker is
+drained, a dispatch deleted and the room closed from the page (and are, for the server); the secret is
+not on the page nor stored. A screenshot is saved with the test's files."""
 
 import asyncio
 import json
@@ -15,7 +16,6 @@ import jwt
 import pytest
 from livekit import api
 
-from tests.agent_workers import eventually
 from tests.browser import NODE_DIR, PROXY_VARIABLES, SCENARIO_TIMEOUT, toolchain_or_fail
 from tests.conftest import Server, start_server, stop_server
 from tests.integration.test_workers_registry import connected, list_workers
@@ -56,7 +56,10 @@ async def test_log_in_watch_a_room_live_and_drain_a_worker(
         stderr=asyncio.subprocess.PIPE,
     )
     try:
-        await eventually(lambda: "dashboard login peer=" in server.log(), "the page logging in")
+        assert browser.stdout is not None
+        # The room is created once the page shows its first state: it must then appear live.
+        shown = await asyncio.wait_for(browser.stdout.readline(), SCENARIO_TIMEOUT)
+        assert shown == b"shown\n", shown.decode()
         for agent_name in ("dash-bot", "nobody-bot"):
             request = api.CreateAgentDispatchRequest(agent_name=agent_name, room="dashboard-room")
             await lkapi.agent_dispatch.create_dispatch(request)
@@ -74,6 +77,14 @@ async def test_log_in_watch_a_room_live_and_drain_a_worker(
     assert result["agentJob"] == f"running on {worker.id}"
     assert result["failedReason"].startswith("no worker registered for agent 'nobody-bot' within 2s")
     assert result["workerStatus"] == "draining (available)"
+    assert result["agentParticipant"] is True
+    latency = result["latencyMs"]
+    print(
+        f"dashboard event-to-screen latency: room started {latency['roomStarted']} ms, "
+        f"agent joined {latency['agentJoined']} ms"
+    )
+    assert 0 <= latency["roomStarted"] < 5000 and 0 <= latency["agentJoined"] < 5000
+    assert result["errorShown"] == ""
     assert result["secretOnPage"] is False and result["stored"] == 0
     # The browser logs the refused login's answer; nothing else went wrong on the page.
     assert result["consoleErrors"] == [
@@ -81,6 +92,8 @@ async def test_log_in_watch_a_room_live_and_drain_a_worker(
     ]
     [drained] = await list_workers(server, "dash-bot")
     assert drained.draining
+    assert result["deletedDispatch"].startswith("AD_")
+    assert (await lkapi.room.list_rooms(api.ListRoomsRequest(names=["dashboard-room"]))).rooms == []
     assert screenshot.stat().st_size > 0
 
 
@@ -115,3 +128,68 @@ async def test_login_refuses_bad_requests_and_wrong_credentials_and_its_token_is
     assert status == 200 and session["expires_in"] == 3600
     claims = jwt.decode(session["token"], server.api_secret, algorithms=["HS256"])
     assert claims["video"] == {"roomList": True, "roomAdmin": True} and claims["exp"] - claims["nbf"] <= 3600
+
+
+async def test_event_stream_and_room_tokens_need_a_session_token(
+    server: Server, lkapi: api.LiveKitAPI
+) -> None:
+    async def session_token(session: aiohttp.ClientSession) -> str:
+        credentials = {"api_key": server.api_key, "api_secret": server.api_secret}
+        async with session.post(f"{server.http_url}/dashboard/login", json=credentials) as response:
+            return str((await response.json())["token"])
+
+    async def refused(method: str, path: str, token: str | None, body: Any = None) -> tuple[int, str]:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        async with session.request(
+            method, f"{server.http_url}{path}", headers=headers, json=body
+        ) as response:
+            return response.status, (await response.json())["error"]
+
+    one_room = api.AccessToken(server.api_key, server.api_secret).with_grants(
+        api.VideoGrants(room_admin=True, room="some-room")
+    )
+    async with aiohttp.ClientSession() as session:
+        token = await session_token(session)
+        missing = "missing access token: send 'Authorization: Bearer <token>'"
+        server_admin = "permissions denied: the roomAdmin grant without a room restriction is required"
+        assert await refused("GET", "/dashboard/events", None) == (401, missing)
+        assert await refused("GET", "/dashboard/events", "x.y.z") == (
+            401,
+            "invalid token: cannot be decoded (Invalid header padding)",
+        )
+        assert await refused("GET", "/dashboard/events", one_room.to_jwt()) == (403, server_admin)
+        assert await refused("POST", "/dashboard/room-token", one_room.to_jwt(), {"room": "r"}) == (
+            403,
+            server_admin,
+        )
+        assert await refused("POST", "/dashboard/room-token", token, {"room": ""}) == (
+            400,
+            "send JSON with the room's name",
+        )
+
+        headers = {"Authorization": f"Bearer {token}"}
+        async with session.post(
+            f"{server.http_url}/dashboard/room-token", headers=headers, json={"room": "stream-room"}
+        ) as response:
+            room_token = (await response.json())["token"]
+        claims = jwt.decode(room_token, server.api_secret, algorithms=["HS256"])
+        assert claims["video"] == {"room": "stream-room", "roomAdmin": True, "roomCreate": True}
+        assert claims["exp"] - claims["nbf"] <= 300
+
+        async with session.get(f"{server.http_url}/dashboard/events", headers=headers) as stream:
+            assert stream.headers["Content-Type"] == "text/event-stream"
+
+            async def next_event() -> dict[str, Any]:
+                while not (line := (await stream.content.readline()).decode()).startswith("data: "):
+                    pass
+                return dict(json.loads(line[len("data: ") :]))
+
+            assert (await asyncio.wait_for(next_event(), 5))["kind"] == "connected"
+            await lkapi.room.create_room(api.CreateRoomRequest(name="stream-room"))
+            await lkapi.room.delete_room(api.DeleteRoomRequest(room="stream-room"))
+            events = [await asyncio.wait_for(next_event(), 5)]
+            while events[-1]["kind"] != "room_finished":
+                events.append(await asyncio.wait_for(next_event(), 5))
+            # Between them, the server's automatic dispatch for the new room.
+            assert events[0]["kind"] == "room_started"
+            assert {event["room"] for event in events} == {"stream-room"}

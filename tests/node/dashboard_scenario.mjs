@@ -6,7 +6,9 @@
 // Environment: DASHBOARD_URL, API_KEY, API_SECRET, ROOM (created by the test after the login),
 // AGENT (the agent that runs there), FAILED_AGENT (an agent nobody serves, whose job fails),
 // WORKER_ID (the worker to drain from the page), SCREENSHOT (where to save the page), CHROMIUM.
-// Prints exactly one JSON line of observations on stdout; diagnostics go to stderr.
+// After draining, the scenario deletes the running agent's dispatch and closes the room from the page.
+// Prints "shown" once the page shows its first state after logging in, then exactly one JSON line of
+// observations on stdout; diagnostics go to stderr.
 
 import { chromium } from 'playwright-core';
 
@@ -24,9 +26,9 @@ const browser = await chromium.launch({
 try {
   const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
   page.setDefaultTimeout(STEP_TIMEOUT_MS);
-  result.consoleErrors = [];
-  page.on('console', (message) => message.type() === 'error' && result.consoleErrors.push(message.text()));
-  await page.goto(`${env.DASHBOARD_URL}?poll_ms=250`);
+  const consoleErrors = [];
+  page.on('console', (message) => message.type() === 'error' && consoleErrors.push(message.text()));
+  await page.goto(env.DASHBOARD_URL);
 
   await page.fill('#api-key', env.API_KEY);
   await page.fill('#api-secret', 'not-the-secret');
@@ -38,9 +40,18 @@ try {
   await page.click('#login-button');
   await page.waitForSelector('#updated:not(:empty)');
   result.roomShownAtLogin = (await page.$(`tr[data-room="${env.ROOM}"]`)) !== null;
+  console.log('shown');
 
   // The test creates the room and its dispatches now: they appear without a reload.
+  // Live: the room appears through the event stream (the page's own clock, minus the event's).
   await page.waitForSelector(`tr[data-room="${env.ROOM}"]`);
+  const agentParticipant = page.locator(`tr[data-room="${env.ROOM}"] li`, { hasText: '(agent)' });
+  await agentParticipant.waitFor();
+  result.agentParticipant = (await agentParticipant.getAttribute('data-identity')) !== null;
+  result.latencyMs = await page.evaluate((room) => ({
+    roomStarted: window.eventToScreen[`room_started:${room}`],
+    agentJoined: window.eventToScreen[`participant_joined:${room}`],
+  }), env.ROOM);
   const agentRow = page.locator(`#jobs tr[data-agent="${env.AGENT}"]`);
   await agentRow.locator('.state-running').waitFor();
   result.agentJob = await agentRow.locator('.why').innerText();
@@ -57,6 +68,17 @@ try {
   result.workerStatus = await worker.locator('.status').innerText();
 
   await page.screenshot({ path: env.SCREENSHOT, fullPage: true });
+
+  result.deletedDispatch = await agentRow.getAttribute('data-dispatch');
+  await agentRow.locator('button.delete').click();
+  await page.locator(`#jobs tr[data-dispatch="${result.deletedDispatch}"]`).waitFor({ state: 'detached' });
+  await agentParticipant.waitFor({ state: 'detached' });
+  // Once the room is closed, a reading already under way may ask about it and get 404, which the browser
+  // logs: the page's own errors are read before, and its error line after.
+  result.consoleErrors = [...consoleErrors];
+  await page.locator(`tr[data-room="${env.ROOM}"] button.close`).click();
+  await page.locator(`tr[data-room="${env.ROOM}"]`).waitFor({ state: 'detached' });
+  result.errorShown = await page.textContent('#error');
   result.secretOnPage = (await page.content()).includes(env.API_SECRET);
   result.stored = await page.evaluate(() => localStorage.length + sessionStorage.length + document.cookie.length);
 } catch (error) {
