@@ -1095,9 +1095,12 @@ def print_report(
                 print(
                     f"  round {number} {label}: dispatch p50 {lat.dispatch.p50_ms:.2f} ms, "
                     f"p99 {lat.dispatch.p99_ms:.2f} ms; {tput.assigned_rate:.0f} dispatches/s assigned, "
-                    f"server CPU {percent(tput.cpu.server)}"
+                    f"server CPU {percent(tput.cpu.server)}, other processes {percent(tput.cpu.other)}"
                 )
-            print(f"    webhooks received {r.webhooks_received}, /metrics scrape {r.metrics_bytes} bytes")
+            print(
+                f"    webhooks received by the end of the run {r.webhooks_received} (delivery goes on "
+                f"after it), /metrics scrape {r.metrics_bytes} bytes"
+            )
     print()
     for check in found:
         print(f"{check['text']}  {verdict(check['pass'])}")

@@ -5,6 +5,7 @@ drained, a dispatch deleted and the room closed from the page (and are, for the 
 not on the page nor stored. A screenshot is saved with the test's files."""
 
 import asyncio
+import itertools
 import json
 import os
 from collections.abc import Iterator
@@ -76,6 +77,9 @@ async def test_log_in_watch_a_room_live_and_drain_a_worker(
     assert result["roomShownAtLogin"] is False
     assert result["agentJob"] == f"running on {worker.id}"
     assert result["failedReason"].startswith("no worker registered for agent 'nobody-bot' within 2s")
+    # The room's implicit automatic dispatch and the two; the automatic one may have failed too by then.
+    charted = result["charted"]
+    assert charted["dispatches"] == 3 and charted["failures"] >= 1 and charted["bars"] == 60
     assert result["workerStatus"] == "draining (available)"
     assert result["agentParticipant"] is True
     latency = result["latencyMs"]
@@ -158,6 +162,7 @@ async def test_event_stream_and_room_tokens_need_a_session_token(
             "invalid token: cannot be decoded (Invalid header padding)",
         )
         assert await refused("GET", "/dashboard/events", one_room.to_jwt()) == (403, server_admin)
+        assert await refused("GET", "/dashboard/activity", None) == (401, missing)
         assert await refused("POST", "/dashboard/room-token", one_room.to_jwt(), {"room": "r"}) == (
             403,
             server_admin,
@@ -185,6 +190,7 @@ async def test_event_stream_and_room_tokens_need_a_session_token(
                 return dict(json.loads(line[len("data: ") :]))
 
             assert (await asyncio.wait_for(next_event(), 5))["kind"] == "connected"
+            dispatched_before = await dispatches_in_last_hour(session, server.http_url, headers)
             await lkapi.room.create_room(api.CreateRoomRequest(name="stream-room"))
             await lkapi.room.delete_room(api.DeleteRoomRequest(room="stream-room"))
             events = [await asyncio.wait_for(next_event(), 5)]
@@ -193,3 +199,11 @@ async def test_event_stream_and_room_tokens_need_a_session_token(
             # Between them, the server's automatic dispatch for the new room.
             assert events[0]["kind"] == "room_started"
             assert {event["room"] for event in events} == {"stream-room"}
+        assert await dispatches_in_last_hour(session, server.http_url, headers) == dispatched_before + 1
+
+
+async def dispatches_in_last_hour(session: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> int:
+    async with session.get(f"{url}/dashboard/activity", headers=headers) as response:
+        minutes = (await response.json())["minutes"]
+    assert len(minutes) == 60 and all(b["start"] - a["start"] == 60 for a, b in itertools.pairwise(minutes))
+    return sum(minute["dispatches"] for minute in minutes)

@@ -58,6 +58,11 @@ try {
   const failedRow = page.locator(`#jobs tr[data-agent="${env.FAILED_AGENT}"]`);
   await failedRow.locator('.state-failed').waitFor();
   result.failedReason = await failedRow.locator('.why').innerText();
+  result.charted = await page.evaluate(() => ({
+    dispatches: Number(document.getElementById('charts').dataset.dispatches),
+    failures: Number(document.getElementById('charts').dataset.failures),
+    bars: document.querySelectorAll('#chart-dispatches rect').length,
+  }));
 
   const worker = page.locator(`tr[data-worker="${env.WORKER_ID}"]`);
   await worker.locator('button.steer').click();

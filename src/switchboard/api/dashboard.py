@@ -11,6 +11,7 @@ back, and the page never stores it. Every call the page makes is an ordinary aut
   AgentDispatchService, which require `roomAdmin` with a `room` grant naming exactly that room (and
   `roomCreate` to delete a room). The page exchanges its session token for such a token, for one room and
   a few minutes, at `POST /dashboard/room-token`; LiveKit's rules stay untouched;
+- the charts of the last hour: `GET /dashboard/activity` (`activity.py`), with the session token;
 - live updates: `GET /dashboard/events`, a server-sent event stream of what the engine decided (rooms,
   participants, tracks, dispatches, jobs). The page reads it with `fetch` so that the token travels in
   the Authorization header, never in a URL; each event makes the page read the state again (coalesced).
@@ -28,6 +29,7 @@ from typing import Any
 import jwt
 from aiohttp import web
 
+from switchboard.api.activity import Activity
 from switchboard.api.dashboard_page import PAGE
 from switchboard.auth.grants import Claims, InvalidToken, PermissionDenied, VideoGrant, require_server_admin
 from switchboard.auth.tokens import TokenVerifier, bearer_token, mint_token
@@ -92,12 +94,15 @@ class Dashboard:
         self._keys = keys
         self._session_ttl = session_ttl
         self._streams: set[asyncio.Queue[dict[str, Any] | None]] = set()
+        self._activity = Activity(runtime)
 
     def install(self, app: web.Application) -> None:
         app.router.add_get("/dashboard", self.page)
         app.router.add_post("/dashboard/login", self.login)
         app.router.add_post("/dashboard/room-token", self.room_token)
         app.router.add_get("/dashboard/events", self.events)
+        app.router.add_get("/dashboard/activity", self.activity)
+        self._activity.install()
         for decision_type, kind in _EVENT_KINDS.items():
             self._runtime.on(decision_type, self._publisher(kind))
         app.on_shutdown.append(self._end_streams)
@@ -185,6 +190,13 @@ class Dashboard:
         video = VideoGrant(room=room, room_admin=True, room_create=True)
         token = mint_token(claims.api_key, secret, video=video, identity="dashboard", ttl=ROOM_TOKEN_TTL)
         return web.json_response({"token": token, "expires_in": ROOM_TOKEN_TTL})
+
+    async def activity(self, request: web.Request) -> web.Response:
+        """The last hour, minute by minute: dispatches, failures, wait to running (average, longest)."""
+        session = self._session(request)
+        if isinstance(session, web.Response):
+            return session
+        return web.json_response({"minutes": self._activity.last_hour()})
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         """Server-sent events, one per engine decision the page shows, until the session expires."""

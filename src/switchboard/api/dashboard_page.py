@@ -15,6 +15,8 @@ ul.participants { margin: 0; padding-left: 1.2em; }
 #error { color: #a00; } #login label { display: block; margin: .4em 0; }
 #updated { color: #666; font-size: .9em; }
 form.inline { display: inline; } form.inline input { width: 12em; }
+#charts { display: flex; gap: 2em; flex-wrap: wrap; } #charts figure { margin: 0; }
+#charts rect { fill: #4a7; } #charts rect.failures { fill: #c54; } #charts figcaption { color: #444; }
 </style></head>
 <body>
 <h1>Switchboard</h1>
@@ -26,6 +28,8 @@ form.inline { display: inline; } form.inline input { width: 12em; }
 <p id="error"></p>
 <div id="board" hidden>
   <p id="updated"></p>
+  <h2>Last hour</h2>
+  <div id="charts"></div>
   <h2>Rooms</h2>
   <table><thead><tr><th>Room</th><th>Participants and tracks</th><th>Created</th><th></th></tr></thead>
   <tbody id="rooms"></tbody></table>
@@ -56,11 +60,15 @@ const roomTokens = new Map();  // room -> {token, expires}: LiveKit's per-room c
 window.eventToScreen = {};
 
 async function post(path, body, bearer) {
-  const response = await fetch(path, {
+  return send(path, bearer, {
     method: "POST",
     headers: {"Content-Type": "application/json", "Authorization": "Bearer " + bearer},
     body: JSON.stringify(body || {}),
   });
+}
+
+async function send(path, bearer, init) {
+  const response = await fetch(path, init);
   const data = await response.json();
   if (!response.ok) {
     if (response.status === 401 && bearer === token) logOut("session ended: log in again");
@@ -126,6 +134,51 @@ function trackText(track) {
   return kind + " " + (track.name || track.sid);
 }
 
+const SVG = "http://www.w3.org/2000/svg";
+
+// One bar per minute, oldest on the left, scaled to the hour's peak; the caption gives total and peak.
+function chart(name, minutes, value, caption) {
+  const width = 4, height = 50, peak = Math.max(...minutes.map(value), 0);
+  const svg = document.createElementNS(SVG, "svg");
+  svg.setAttribute("width", String(width * minutes.length));
+  svg.setAttribute("height", String(height));
+  minutes.forEach((minute, i) => {
+    const bar = document.createElementNS(SVG, "rect");
+    const size = peak ? Math.max(1, Math.round(height * value(minute) / peak)) : 0;
+    bar.setAttribute("x", String(i * width));
+    bar.setAttribute("y", String(height - size));
+    bar.setAttribute("width", String(width - 1));
+    bar.setAttribute("height", String(size));
+    bar.setAttribute("class", name);
+    const title = document.createElementNS(SVG, "title");
+    title.textContent = new Date(minute.start * 1000).toLocaleTimeString() + ": " + value(minute).toFixed(2);
+    bar.append(title);
+    svg.append(bar);
+  });
+  const figure = document.createElement("figure");
+  figure.id = "chart-" + name;
+  const label = document.createElement("figcaption");
+  label.textContent = caption(peak);
+  figure.append(svg, label);
+  return figure;
+}
+
+function renderCharts(minutes) {
+  const sum = (key) => minutes.reduce((total, minute) => total + minute[key], 0);
+  const charts = document.getElementById("charts");
+  charts.dataset.dispatches = String(sum("dispatches"));
+  charts.dataset.failures = String(sum("failures"));
+  charts.replaceChildren(
+    chart("dispatches", minutes, (m) => m.dispatches,
+      (peak) => "dispatches: " + sum("dispatches") + " (peak " + peak + "/min)"),
+    chart("waits", minutes, (m) => m.wait_avg,
+      (peak) => "wait to running, average per minute: peak " + peak.toFixed(2) + " s, longest " +
+        Math.max(...minutes.map((m) => m.wait_max)).toFixed(2) + " s"),
+    chart("failures", minutes, (m) => m.failures,
+      (peak) => "failed jobs: " + sum("failures") + " (peak " + peak + "/min)"),
+  );
+}
+
 function renderParticipants(td, room, participants) {
   const list = document.createElement("ul");
   list.className = "participants";
@@ -143,10 +196,12 @@ function renderParticipants(td, room, participants) {
 }
 
 async function refresh() {
-  const [rooms, workers] = await Promise.all([
+  const [rooms, workers, activity] = await Promise.all([
     call("livekit.RoomService/ListRooms"),
     call("switchboard.WorkerService/ListWorkers"),
+    send("/dashboard/activity", token, {headers: {"Authorization": "Bearer " + token}}),
   ]);
+  renderCharts(activity.minutes);
   const names = rooms.rooms.map((room) => room.name);
   const [explained, participants] = await Promise.all([
     Promise.all(names.map((room) =>
