@@ -77,6 +77,13 @@ async def test_log_in_watch_a_room_live_and_drain_a_worker(
     assert result["roomShownAtLogin"] is False
     assert result["agentJob"] == f"running on {worker.id}"
     assert result["failedReason"].startswith("no worker registered for agent 'nobody-bot' within 2s")
+    assert result["agentTimeline"] == [
+        "dispatch created",
+        f"offered to {worker.id}",
+        f"running on {worker.id}",
+    ]
+    assert result["failedTimeline"][0] == "dispatch created" and len(result["failedTimeline"]) == 2
+    assert result["failedTimeline"][1] == "failed: " + result["failedReason"]
     # The room's implicit automatic dispatch and the two; the automatic one may have failed too by then.
     charted = result["charted"]
     assert charted["dispatches"] == 3 and charted["failures"] >= 1 and charted["bars"] == 60
@@ -163,6 +170,11 @@ async def test_event_stream_and_room_tokens_need_a_session_token(
         )
         assert await refused("GET", "/dashboard/events", one_room.to_jwt()) == (403, server_admin)
         assert await refused("GET", "/dashboard/activity", None) == (401, missing)
+        assert await refused("GET", "/dashboard/timeline", token) == (400, "name the room: ?room=NAME")
+        assert await refused("GET", "/dashboard/timeline?room=nowhere", token) == (
+            404,
+            "requested room does not exist",
+        )
         assert await refused("POST", "/dashboard/room-token", one_room.to_jwt(), {"room": "r"}) == (
             403,
             server_admin,

@@ -23,8 +23,9 @@ const browser = await chromium.launch({
   args: CHROMIUM_ARGS,
   timeout: STEP_TIMEOUT_MS,
 });
+let page;
 try {
-  const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
+  page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
   page.setDefaultTimeout(STEP_TIMEOUT_MS);
   const consoleErrors = [];
   page.on('console', (message) => message.type() === 'error' && consoleErrors.push(message.text()));
@@ -58,6 +59,12 @@ try {
   const failedRow = page.locator(`#jobs tr[data-agent="${env.FAILED_AGENT}"]`);
   await failedRow.locator('.state-failed').waitFor();
   result.failedReason = await failedRow.locator('.why').innerText();
+  // Each step's text without its (local) time of day.
+  const steps = (row) => row.locator('ol.timeline li').evaluateAll(
+    (items) => items.map((item) => item.textContent.replace(/^\S+( [AP]M)? /, '')),
+  );
+  result.agentTimeline = await steps(agentRow);
+  result.failedTimeline = await steps(failedRow);
   result.charted = await page.evaluate(() => ({
     dispatches: Number(document.getElementById('charts').dataset.dispatches),
     failures: Number(document.getElementById('charts').dataset.failures),
@@ -89,6 +96,7 @@ try {
 } catch (error) {
   result.unexpectedError = String(error);
   result.stack = error.stack;
+  result.pageError = await page?.textContent('#error').catch(() => undefined);
 } finally {
   await browser.close();
 }

@@ -11,7 +11,8 @@ back, and the page never stores it. Every call the page makes is an ordinary aut
   AgentDispatchService, which require `roomAdmin` with a `room` grant naming exactly that room (and
   `roomCreate` to delete a room). The page exchanges its session token for such a token, for one room and
   a few minutes, at `POST /dashboard/room-token`; LiveKit's rules stay untouched;
-- the charts of the last hour: `GET /dashboard/activity` (`activity.py`), with the session token;
+- the charts of the last hour: `GET /dashboard/activity` (`activity.py`), and each job's timeline,
+  `GET /dashboard/timeline?room=NAME`, with the session token;
 - live updates: `GET /dashboard/events`, a server-sent event stream of what the engine decided (rooms,
   participants, tracks, dispatches, jobs). The page reads it with `fetch` so that the token travels in
   the Authorization header, never in a URL; each event makes the page read the state again (coalesced).
@@ -33,6 +34,7 @@ from switchboard.api.activity import Activity
 from switchboard.api.dashboard_page import PAGE
 from switchboard.auth.grants import Claims, InvalidToken, PermissionDenied, VideoGrant, require_server_admin
 from switchboard.auth.tokens import TokenVerifier, bearer_token, mint_token
+from switchboard.core.dispatch import Dispatch
 from switchboard.core.events import (
     AssignJob,
     DispatchCreated,
@@ -46,6 +48,7 @@ from switchboard.core.events import (
     TrackPublished,
     TrackUnpublished,
 )
+from switchboard.core.jobs import Job
 from switchboard.runtime import Runtime
 
 log = logging.getLogger("switchboard.api")
@@ -102,6 +105,7 @@ class Dashboard:
         app.router.add_post("/dashboard/room-token", self.room_token)
         app.router.add_get("/dashboard/events", self.events)
         app.router.add_get("/dashboard/activity", self.activity)
+        app.router.add_get("/dashboard/timeline", self.timeline)
         self._activity.install()
         for decision_type, kind in _EVENT_KINDS.items():
             self._runtime.on(decision_type, self._publisher(kind))
@@ -198,6 +202,25 @@ class Dashboard:
             return session
         return web.json_response({"minutes": self._activity.last_hour()})
 
+    async def timeline(self, request: web.Request) -> web.Response:
+        """Each job of the room's dispatches with what happened to it, when (Unix seconds), oldest first."""
+        session = self._session(request)
+        if isinstance(session, web.Response):
+            return session
+        room = request.query.get("room", "")
+        if not room:
+            return _refusal(400, "name the room: ?room=NAME")
+        now = self._runtime.now()
+        if self._runtime.engine.find_room(room, now) is None:
+            return _refusal(404, "requested room does not exist")
+        dispatches = self._runtime.engine.list_dispatches(room, "", now)
+        jobs = [
+            {"dispatch_id": dispatch.id, "job_id": job.id, "events": _timeline(dispatch, job)}
+            for dispatch in dispatches
+            for job in dispatch.jobs
+        ]
+        return web.json_response({"room": room, "jobs": jobs})
+
     async def events(self, request: web.Request) -> web.StreamResponse:
         """Server-sent events, one per engine decision the page shows, until the session expires."""
         session = self._session(request)
@@ -227,6 +250,24 @@ class Dashboard:
         finally:
             self._streams.discard(queue)
         return response
+
+
+def _timeline(dispatch: Dispatch, job: Job) -> list[dict[str, Any]]:
+    """Created, each earlier attempt's start and end (with its reason), then the current attempt: offered,
+    running, ended (with its reason). The job keeps no assignment time, so assignment is not on it."""
+    events: list[tuple[float, str]] = [(dispatch.created_at, "dispatch created")]
+    for attempt in job.attempts:
+        if attempt.started_at is not None:
+            events.append((attempt.started_at, f"attempt {attempt.number} running on {attempt.worker_id}"))
+        events.append((attempt.ended_at, f"attempt {attempt.number} ended: {attempt.error}"))
+    if job.offered_at and job.worker_id:
+        events.append((job.offered_at, f"offered to {job.worker_id}"))
+    if job.started_at is not None:
+        events.append((job.started_at, f"running on {job.worker_id}"))
+    if job.ended_at is not None:
+        ending = job.status.value + (f": {job.error}" if job.error else "")
+        events.append((job.ended_at, ending))
+    return [{"at": at, "what": what} for at, what in sorted(events, key=lambda event: event[0])]
 
 
 def _message(event: dict[str, Any]) -> bytes:

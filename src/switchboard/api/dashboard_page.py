@@ -10,7 +10,7 @@ h1 { font-size: 1.3em; } h2 { font-size: 1.1em; margin-top: 1.5em; }
 table { border-collapse: collapse; width: 100%; }
 th, td { text-align: left; padding: 4px 8px; border-bottom: 1px solid #ddd; vertical-align: top; }
 th { background: #f4f4f4; }
-ul.participants { margin: 0; padding-left: 1.2em; }
+ul.participants, ol.timeline { margin: 0; padding-left: 1.2em; } ol.timeline { color: #444; }
 .state-pending, .state-failed, .state-none { color: #a40; } .state-running, .state-succeeded { color: #060; }
 #error { color: #a00; } #login label { display: block; margin: .4em 0; }
 #updated { color: #666; font-size: .9em; }
@@ -42,7 +42,7 @@ form.inline { display: inline; } form.inline input { width: 12em; }
     <input id="dispatch-agent" placeholder="agent name" required>
     <button type="submit">Dispatch</button>
   </form>
-  <table><thead><tr><th>Room</th><th>Dispatch</th><th>Agent</th><th>Job</th><th>State</th><th>Why</th><th></th>
+  <table><thead><tr><th>Room</th><th>Dispatch</th><th>Agent</th><th>Job</th><th>State</th><th>Why</th><th>Timeline</th><th></th>
   </tr></thead>
   <tbody id="jobs"></tbody></table>
 </div>
@@ -196,19 +196,24 @@ function renderParticipants(td, room, participants) {
 }
 
 async function refresh() {
+  const authorized = {headers: {"Authorization": "Bearer " + token}};
   const [rooms, workers, activity] = await Promise.all([
     call("livekit.RoomService/ListRooms"),
     call("switchboard.WorkerService/ListWorkers"),
-    send("/dashboard/activity", token, {headers: {"Authorization": "Bearer " + token}}),
+    send("/dashboard/activity", token, authorized),
   ]);
   renderCharts(activity.minutes);
   const names = rooms.rooms.map((room) => room.name);
-  const [explained, participants] = await Promise.all([
+  const timelineOf = (room) =>
+    send("/dashboard/timeline?room=" + encodeURIComponent(room), token, authorized);
+  const [explained, timelines, participants] = await Promise.all([
     Promise.all(names.map((room) =>
       call("switchboard.DispatchService/ExplainDispatch", {room}).catch(() => ({jobs: []})))),
+    Promise.all(names.map((room) => timelineOf(room).catch(() => ({jobs: []})))),
     Promise.all(names.map((room) =>
       roomCall(room, "livekit.RoomService/ListParticipants").catch(() => ({participants: []})))),
   ]);
+  const timeline = new Map(timelines.flatMap((answer) => answer.jobs.map((job) => [job.job_id, job.events])));
   fill("rooms", rooms.rooms, (row, room) => {
     row.dataset.room = room.name;
     cell(row, room.name);
@@ -236,6 +241,14 @@ async function refresh() {
     cell(row, room); cell(row, job.dispatch_id); cell(row, job.agent_name || "(automatic)");
     cell(row, job.job_id || "-"); cell(row, job.state, "state-" + job.state);
     cell(row, job.summary, "why");
+    const steps = document.createElement("ol");
+    steps.className = "timeline";
+    for (const step of timeline.get(job.job_id) || []) {
+      const item = document.createElement("li");
+      item.textContent = new Date(step.at * 1000).toLocaleTimeString() + " " + step.what;
+      steps.append(item);
+    }
+    row.insertCell().append(steps);
     button(row.insertCell(), "Delete dispatch", "delete",
       () => roomCall(room, "livekit.AgentDispatchService/DeleteDispatch", {dispatch_id: job.dispatch_id}));
   });
