@@ -1,6 +1,7 @@
 """The dashboard in headless Chromium (playwright-core, `tests/node/dashboard_scenario.mjs`): a wrong
 secret is refused; after logging in, a room created then appears live (its event-to-screen latency is
-printed), with its agent participant, its running agent's job and a failed job's reason; a worker is
+printed), with its agent participant, a participant publishing a tone shown speaking, its running agent's
+job and a failed job's reason and timelines, and the charts' counts; a participant is removed, a worker
 drained, a dispatch deleted and the room closed from the page (and are, for the server); the secret is
 not on the page nor stored. A screenshot is saved with the test's files."""
 
@@ -15,11 +16,13 @@ from typing import Any
 import aiohttp
 import jwt
 import pytest
-from livekit import api
+from livekit import api, rtc
 
 from tests.browser import NODE_DIR, PROXY_VARIABLES, SCENARIO_TIMEOUT, toolchain_or_fail
 from tests.conftest import Server, start_server, stop_server
 from tests.integration.test_workers_registry import connected, list_workers
+from tests.polling import eventually
+from tests.tone import publish_tone
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +44,7 @@ async def test_log_in_watch_a_room_live_and_drain_a_worker(
         "API_KEY": server.api_key,
         "API_SECRET": server.api_secret,
         "ROOM": "dashboard-room",
+        "SPEAKER": "speaker",
         "AGENT": "dash-bot",
         "FAILED_AGENT": "nobody-bot",
         "WORKER_ID": worker.id,
@@ -64,7 +68,20 @@ async def test_log_in_watch_a_room_live_and_drain_a_worker(
         for agent_name in ("dash-bot", "nobody-bot"):
             request = api.CreateAgentDispatchRequest(agent_name=agent_name, room="dashboard-room")
             await lkapi.agent_dispatch.create_dispatch(request)
-        stdout, stderr = await asyncio.wait_for(browser.communicate(), SCENARIO_TIMEOUT)
+        speaker = rtc.Room()
+        grants = api.VideoGrants(room_join=True, room="dashboard-room")
+        token = (
+            api.AccessToken(server.api_key, server.api_secret).with_identity("speaker").with_grants(grants)
+        )
+        await speaker.connect(server.ws_url, token.to_jwt())
+        _, tone = await publish_tone(speaker)
+        try:
+            stdout, stderr = await asyncio.wait_for(browser.communicate(), SCENARIO_TIMEOUT)
+            # Removed from the page: the server disconnected it.
+            await eventually(lambda: not speaker.isconnected(), "the speaker disconnected")
+        finally:
+            tone.cancel()
+            await speaker.disconnect()
     finally:
         if browser.returncode is None:
             browser.kill()
@@ -92,9 +109,9 @@ async def test_log_in_watch_a_room_live_and_drain_a_worker(
     latency = result["latencyMs"]
     print(
         f"dashboard event-to-screen latency: room started {latency['roomStarted']} ms, "
-        f"agent joined {latency['agentJoined']} ms"
+        f"agent joined {latency['agentJoined']} ms, speaker shown {latency['speakerShown']} ms"
     )
-    assert 0 <= latency["roomStarted"] < 5000 and 0 <= latency["agentJoined"] < 5000
+    assert all(0 <= latency[key] < 5000 for key in ("roomStarted", "agentJoined", "speakerShown"))
     assert result["errorShown"] == ""
     assert result["secretOnPage"] is False and result["stored"] == 0
     # The browser logs the refused login's answer; nothing else went wrong on the page.
@@ -170,8 +187,8 @@ async def test_event_stream_and_room_tokens_need_a_session_token(
         )
         assert await refused("GET", "/dashboard/events", one_room.to_jwt()) == (403, server_admin)
         assert await refused("GET", "/dashboard/activity", None) == (401, missing)
-        assert await refused("GET", "/dashboard/timeline", token) == (400, "name the room: ?room=NAME")
-        assert await refused("GET", "/dashboard/timeline?room=nowhere", token) == (
+        assert await refused("GET", "/dashboard/room", token) == (400, "name the room: ?room=NAME")
+        assert await refused("GET", "/dashboard/room?room=nowhere", token) == (
             404,
             "requested room does not exist",
         )

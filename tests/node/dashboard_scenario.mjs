@@ -6,6 +6,7 @@
 // Environment: DASHBOARD_URL, API_KEY, API_SECRET, ROOM (created by the test after the login),
 // AGENT (the agent that runs there), FAILED_AGENT (an agent nobody serves, whose job fails),
 // WORKER_ID (the worker to drain from the page), SCREENSHOT (where to save the page), CHROMIUM.
+// SPEAKER: a participant the test has publishing a tone in ROOM, removed from the page once shown speaking.
 // After draining, the scenario deletes the running agent's dispatch and closes the room from the page.
 // Prints "shown" once the page shows its first state after logging in, then exactly one JSON line of
 // observations on stdout; diagnostics go to stderr.
@@ -30,6 +31,12 @@ try {
   const consoleErrors = [];
   page.on('console', (message) => message.type() === 'error' && consoleErrors.push(message.text()));
   await page.goto(env.DASHBOARD_URL);
+  // What is on screen may come from a reading started before the event arrived: the page records the
+  // event's latency when the reading after it is shown.
+  const shownAfter = async (key) => (
+    await (await page.waitForFunction((k) => (k in window.eventToScreen ? [window.eventToScreen[k]] : null), key))
+      .jsonValue()
+  )[0];
 
   await page.fill('#api-key', env.API_KEY);
   await page.fill('#api-secret', 'not-the-secret');
@@ -49,10 +56,10 @@ try {
   const agentParticipant = page.locator(`tr[data-room="${env.ROOM}"] li`, { hasText: '(agent)' });
   await agentParticipant.waitFor();
   result.agentParticipant = (await agentParticipant.getAttribute('data-identity')) !== null;
-  result.latencyMs = await page.evaluate((room) => ({
-    roomStarted: window.eventToScreen[`room_started:${room}`],
-    agentJoined: window.eventToScreen[`participant_joined:${room}`],
-  }), env.ROOM);
+  result.latencyMs = {
+    roomStarted: await shownAfter(`room_started:${env.ROOM}`),
+    agentJoined: await shownAfter(`participant_joined:${env.ROOM}`),
+  };
   const agentRow = page.locator(`#jobs tr[data-agent="${env.AGENT}"]`);
   await agentRow.locator('.state-running').waitFor();
   result.agentJob = await agentRow.locator('.why').innerText();
@@ -65,6 +72,12 @@ try {
   );
   result.agentTimeline = await steps(agentRow);
   result.failedTimeline = await steps(failedRow);
+  const speaker = page.locator(`tr[data-room="${env.ROOM}"] li.speaking[data-identity="${env.SPEAKER}"]`);
+  await speaker.waitFor();
+  result.latencyMs.speakerShown = await shownAfter(`speakers_changed:${env.ROOM}`);
+  await speaker.locator('button.remove').click();
+  await page.locator(`tr[data-room="${env.ROOM}"] li[data-identity="${env.SPEAKER}"]`).waitFor({ state: 'detached' });
+
   result.charted = await page.evaluate(() => ({
     dispatches: Number(document.getElementById('charts').dataset.dispatches),
     failures: Number(document.getElementById('charts').dataset.failures),

@@ -11,10 +11,12 @@ back, and the page never stores it. Every call the page makes is an ordinary aut
   AgentDispatchService, which require `roomAdmin` with a `room` grant naming exactly that room (and
   `roomCreate` to delete a room). The page exchanges its session token for such a token, for one room and
   a few minutes, at `POST /dashboard/room-token`; LiveKit's rules stay untouched;
-- the charts of the last hour: `GET /dashboard/activity` (`activity.py`), and each job's timeline,
-  `GET /dashboard/timeline?room=NAME`, with the session token;
+- the charts of the last hour: `GET /dashboard/activity` (`activity.py`), and what LiveKit's API does not
+  say of a room, each job's timeline and who is speaking: `GET /dashboard/room?room=NAME`, with the
+  session token;
 - live updates: `GET /dashboard/events`, a server-sent event stream of what the engine decided (rooms,
-  participants, tracks, dispatches, jobs). The page reads it with `fetch` so that the token travels in
+  participants, tracks, dispatches, jobs) and, looked for every half second while a page listens, a
+  change of who is speaking. The page reads it with `fetch` so that the token travels in
   the Authorization header, never in a URL; each event makes the page read the state again (coalesced).
 """
 
@@ -49,6 +51,7 @@ from switchboard.core.events import (
     TrackUnpublished,
 )
 from switchboard.core.jobs import Job
+from switchboard.rtc.speakers import RoomView, speaker_level
 from switchboard.runtime import Runtime
 
 log = logging.getLogger("switchboard.api")
@@ -61,6 +64,8 @@ MAX_LOGIN_BODY = 4096
 STREAM_BACKLOG = 1000
 """Events queued for one slow page before newer ones are dropped: each event only tells the page to read
 the state again, so the events still queued bring it up to date."""
+SPEAKERS_INTERVAL = 0.5
+"""How often, while a page listens, the rooms' speakers are compared with the last look."""
 KEEPALIVE = 15.0
 """A comment on an idle stream, so that proxies and the browser keep it open."""
 
@@ -90,14 +95,18 @@ class Dashboard:
         runtime: Runtime,
         verifier: TokenVerifier,
         keys: Mapping[str, str],
+        rooms: Mapping[str, RoomView],
         session_ttl: float = SESSION_TTL,
     ) -> None:
+        """`rooms`: the media rooms, read only, for who is speaking."""
         self._runtime = runtime
         self._verifier = verifier
         self._keys = keys
         self._session_ttl = session_ttl
         self._streams: set[asyncio.Queue[dict[str, Any] | None]] = set()
         self._activity = Activity(runtime)
+        self._rooms = rooms
+        self._speakers_watch: asyncio.Task[None] | None = None
 
     def install(self, app: web.Application) -> None:
         app.router.add_get("/dashboard", self.page)
@@ -105,7 +114,7 @@ class Dashboard:
         app.router.add_post("/dashboard/room-token", self.room_token)
         app.router.add_get("/dashboard/events", self.events)
         app.router.add_get("/dashboard/activity", self.activity)
-        app.router.add_get("/dashboard/timeline", self.timeline)
+        app.router.add_get("/dashboard/room", self.room)
         self._activity.install()
         for decision_type, kind in _EVENT_KINDS.items():
             self._runtime.on(decision_type, self._publisher(kind))
@@ -113,19 +122,46 @@ class Dashboard:
 
     def _publisher(self, kind: str) -> Callable[[Any], None]:
         def publish(decision: Any) -> None:
-            if not self._streams:
-                return
-            event = {"kind": kind, "room": _room_of(decision), "at": time.time()}
-            for queue in self._streams:
-                with contextlib.suppress(asyncio.QueueFull):
-                    queue.put_nowait(event)
+            if self._streams:
+                self._publish({"kind": kind, "room": _room_of(decision), "at": time.time()})
 
         return publish
 
-    async def _end_streams(self, _: web.Application) -> None:
+    def _publish(self, event: dict[str, Any] | None) -> None:
         for queue in self._streams:
             with contextlib.suppress(asyncio.QueueFull):
-                queue.put_nowait(None)
+                queue.put_nowait(event)
+
+    async def _end_streams(self, _: web.Application) -> None:
+        self._publish(None)
+        if self._speakers_watch is not None:
+            self._speakers_watch.cancel()
+
+    def _speaking(self, room: str) -> dict[str, float]:
+        """The sids of the room's participants speaking now, with their levels."""
+        present = self._rooms.get(room)
+        if present is None:
+            return {}
+        now = time.monotonic()
+        speakers = [*present.sessions.values(), *present.forwards.values()]
+        return {
+            speaker.sid: level
+            for speaker in speakers
+            if not speaker.closed
+            and not speaker.hidden
+            and (level := speaker_level(speaker, now)) is not None
+        }
+
+    async def _watch_speakers(self) -> None:
+        """Who speaks changes without an engine decision: while a page listens, look for it here."""
+        told: dict[str, frozenset[str]] = {}
+        while self._streams:
+            await asyncio.sleep(SPEAKERS_INTERVAL)
+            speaking = {room: frozenset(self._speaking(room)) for room in list(self._rooms)}
+            for room in speaking.keys() | told.keys():
+                if speaking.get(room, frozenset()) != told.get(room, frozenset()):
+                    self._publish({"kind": "speakers_changed", "room": room, "at": time.time()})
+            told = speaking
 
     async def page(self, _: web.Request) -> web.Response:
         return web.Response(
@@ -202,8 +238,9 @@ class Dashboard:
             return session
         return web.json_response({"minutes": self._activity.last_hour()})
 
-    async def timeline(self, request: web.Request) -> web.Response:
-        """Each job of the room's dispatches with what happened to it, when (Unix seconds), oldest first."""
+    async def room(self, request: web.Request) -> web.Response:
+        """Each job of the room's dispatches with what happened to it, when (Unix seconds), oldest first;
+        and the sids of the participants speaking now, with their levels."""
         session = self._session(request)
         if isinstance(session, web.Response):
             return session
@@ -219,7 +256,7 @@ class Dashboard:
             for dispatch in dispatches
             for job in dispatch.jobs
         ]
-        return web.json_response({"room": room, "jobs": jobs})
+        return web.json_response({"room": room, "jobs": jobs, "speaking": self._speaking(room)})
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         """Server-sent events, one per engine decision the page shows, until the session expires."""
@@ -233,6 +270,8 @@ class Dashboard:
         await response.prepare(request)
         queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(STREAM_BACKLOG)
         self._streams.add(queue)
+        if self._speakers_watch is None or self._speakers_watch.done():
+            self._speakers_watch = asyncio.get_running_loop().create_task(self._watch_speakers())
         try:
             # The page reads the state when the stream opens: nothing before it is missed.
             await response.write(_message({"kind": "connected", "room": "", "at": time.time()}))

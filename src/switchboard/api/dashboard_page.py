@@ -11,6 +11,7 @@ table { border-collapse: collapse; width: 100%; }
 th, td { text-align: left; padding: 4px 8px; border-bottom: 1px solid #ddd; vertical-align: top; }
 th { background: #f4f4f4; }
 ul.participants, ol.timeline { margin: 0; padding-left: 1.2em; } ol.timeline { color: #444; }
+li.speaking { font-weight: bold; color: #060; }
 .state-pending, .state-failed, .state-none { color: #a40; } .state-running, .state-succeeded { color: #060; }
 #error { color: #a00; } #login label { display: block; margin: .4em 0; }
 #updated { color: #666; font-size: .9em; }
@@ -179,15 +180,16 @@ function renderCharts(minutes) {
   );
 }
 
-function renderParticipants(td, room, participants) {
+function renderParticipants(td, room, participants, speaking) {
   const list = document.createElement("ul");
   list.className = "participants";
   for (const participant of participants) {
     const item = document.createElement("li");
     item.dataset.identity = participant.identity;
+    if (participant.sid in speaking) item.className = "speaking";
     const tracks = (participant.tracks || []).map(trackText).join(", ");
     item.append(participant.identity + (participant.kind === "AGENT" ? " (agent)" : "") +
-      (tracks ? ": " + tracks : "") + " ");
+      (tracks ? ": " + tracks : "") + (participant.sid in speaking ? " — speaking" : "") + " ");
     button(item, "Remove", "remove", () =>
       roomCall(room, "livekit.RoomService/RemoveParticipant", {identity: participant.identity}));
     list.append(item);
@@ -204,21 +206,21 @@ async function refresh() {
   ]);
   renderCharts(activity.minutes);
   const names = rooms.rooms.map((room) => room.name);
-  const timelineOf = (room) =>
-    send("/dashboard/timeline?room=" + encodeURIComponent(room), token, authorized);
-  const [explained, timelines, participants] = await Promise.all([
+  const detailOf = (room) => send("/dashboard/room?room=" + encodeURIComponent(room), token, authorized);
+  const [explained, details, participants] = await Promise.all([
     Promise.all(names.map((room) =>
       call("switchboard.DispatchService/ExplainDispatch", {room}).catch(() => ({jobs: []})))),
-    Promise.all(names.map((room) => timelineOf(room).catch(() => ({jobs: []})))),
+    Promise.all(names.map((room) => detailOf(room).catch(() => ({jobs: [], speaking: {}})))),
     Promise.all(names.map((room) =>
       roomCall(room, "livekit.RoomService/ListParticipants").catch(() => ({participants: []})))),
   ]);
-  const timeline = new Map(timelines.flatMap((answer) => answer.jobs.map((job) => [job.job_id, job.events])));
+  const timeline = new Map(details.flatMap((answer) => answer.jobs.map((job) => [job.job_id, job.events])));
   fill("rooms", rooms.rooms, (row, room) => {
     row.dataset.room = room.name;
     cell(row, room.name);
-    const present = participants[names.indexOf(room.name)].participants || [];
-    renderParticipants(row.insertCell(), room.name, present);
+    const index = names.indexOf(room.name);
+    const present = participants[index].participants || [];
+    renderParticipants(row.insertCell(), room.name, present, details[index].speaking);
     cell(row, when(room.creation_time));
     button(row.insertCell(), "Close", "close", () => roomCall(room.name, "livekit.RoomService/DeleteRoom"));
   });
