@@ -155,13 +155,16 @@ class Dashboard:
     async def _watch_speakers(self) -> None:
         """Who speaks changes without an engine decision: while a page listens, look for it here."""
         told: dict[str, frozenset[str]] = {}
-        while self._streams:
-            await asyncio.sleep(SPEAKERS_INTERVAL)
-            speaking = {room: frozenset(self._speaking(room)) for room in list(self._rooms)}
-            for room in speaking.keys() | told.keys():
-                if speaking.get(room, frozenset()) != told.get(room, frozenset()):
-                    self._publish({"kind": "speakers_changed", "room": room, "at": time.time()})
-            told = speaking
+        try:
+            while self._streams:
+                await asyncio.sleep(SPEAKERS_INTERVAL)
+                speaking = {room: frozenset(self._speaking(room)) for room in list(self._rooms)}
+                for room in speaking.keys() | told.keys():
+                    if speaking.get(room, frozenset()) != told.get(room, frozenset()):
+                        self._publish({"kind": "speakers_changed", "room": room, "at": time.time()})
+                told = speaking
+        except Exception:  # a bug here must be seen, and must not end the streams
+            log.exception("dashboard speaker watch failed")
 
     async def page(self, _: web.Request) -> web.Response:
         return web.Response(
