@@ -197,30 +197,42 @@ function renderParticipants(td, room, participants, speaking) {
   td.append(list);
 }
 
-async function refresh() {
+// What was last read of each room (explanation, timelines and speakers, participants): an event that
+// names a room has only that room read again, so a reading costs the same with 1 or 100 rooms.
+const roomReadings = new Map();
+
+async function readRoom(room, authorized) {
+  const [explained, detail, participants] = await Promise.all([
+    call("switchboard.DispatchService/ExplainDispatch", {room}).catch(() => ({jobs: []})),
+    send("/dashboard/room?room=" + encodeURIComponent(room), token, authorized)
+      .catch(() => ({jobs: [], speaking: {}})),
+    roomCall(room, "livekit.RoomService/ListParticipants").catch(() => ({participants: []})),
+  ]);
+  return {explained, detail, participants: participants.participants || []};
+}
+
+// `rooms`: the names of the rooms to read again (besides those never read), or null for all of them.
+async function refresh(rooms = null) {
   const authorized = {headers: {"Authorization": "Bearer " + token}};
-  const [rooms, workers, activity] = await Promise.all([
+  const [listed, workers, activity] = await Promise.all([
     call("livekit.RoomService/ListRooms"),
     call("switchboard.WorkerService/ListWorkers"),
     send("/dashboard/activity", token, authorized),
   ]);
   renderCharts(activity.minutes);
-  const names = rooms.rooms.map((room) => room.name);
-  const detailOf = (room) => send("/dashboard/room?room=" + encodeURIComponent(room), token, authorized);
-  const [explained, details, participants] = await Promise.all([
-    Promise.all(names.map((room) =>
-      call("switchboard.DispatchService/ExplainDispatch", {room}).catch(() => ({jobs: []})))),
-    Promise.all(names.map((room) => detailOf(room).catch(() => ({jobs: [], speaking: {}})))),
-    Promise.all(names.map((room) =>
-      roomCall(room, "livekit.RoomService/ListParticipants").catch(() => ({participants: []})))),
-  ]);
-  const timeline = new Map(details.flatMap((answer) => answer.jobs.map((job) => [job.job_id, job.events])));
-  fill("rooms", rooms.rooms, (row, room) => {
+  const names = listed.rooms.map((room) => room.name);
+  for (const room of roomReadings.keys()) if (!names.includes(room)) roomReadings.delete(room);
+  const stale = names.filter((room) => rooms === null || rooms.has(room) || !roomReadings.has(room));
+  const read = await Promise.all(stale.map((room) => readRoom(room, authorized)));
+  stale.forEach((room, i) => roomReadings.set(room, read[i]));
+  const readings = names.map((room) => roomReadings.get(room));
+  const timeline = new Map(
+    readings.flatMap(({detail}) => detail.jobs.map((job) => [job.job_id, job.events])));
+  fill("rooms", listed.rooms, (row, room) => {
     row.dataset.room = room.name;
     cell(row, room.name);
-    const index = names.indexOf(room.name);
-    const present = participants[index].participants || [];
-    renderParticipants(row.insertCell(), room.name, present, details[index].speaking);
+    const {participants, detail} = roomReadings.get(room.name);
+    renderParticipants(row.insertCell(), room.name, participants, detail.speaking);
     cell(row, when(room.creation_time));
     button(row.insertCell(), "Close", "close", () => roomCall(room.name, "livekit.RoomService/DeleteRoom"));
   });
@@ -235,7 +247,7 @@ async function refresh() {
     button(row.insertCell(), worker.draining ? "Undrain" : "Drain", "steer",
       () => call("switchboard.WorkerService/" + method, {worker_id: worker.id}));
   });
-  const jobs = explained.flatMap((answer, i) => answer.jobs.map((job) => ({room: names[i], job})));
+  const jobs = readings.flatMap(({explained}, i) => explained.jobs.map((job) => ({room: names[i], job})));
   fill("jobs", jobs, (row, {room, job}) => {
     row.dataset.job = job.job_id;
     row.dataset.dispatch = job.dispatch_id;
@@ -269,8 +281,10 @@ async function changed(event) {
   while (arrived.length) {
     const events = arrived;
     arrived = [];
+    // A new stream may have missed events: everything is read again then.
+    const rooms = events.some((e) => e.kind === "connected") ? null : new Set(events.map((e) => e.room));
     try {
-      await refresh();
+      await refresh(rooms);
     } catch (error) {
       show(error.message);
     }
