@@ -19,12 +19,17 @@ Three phases, each checked against a target:
   idle        a fresh server with --idle-workers connected and silent (no client heartbeats, server pings
               every 60 s): server RSS per worker (≤ 20 KB) and CPU (< 2 %) over a 10 s window.
 
+A fourth phase, `observed`, prices what watching the server costs: the latency and throughput phases
+(fewer dispatches and seconds: --observed-dispatches, --observed-duration) on a plain server, then on one
+with webhooks to a receiver in this process and Prometheus metrics on, --observed-rounds times in turn;
+target: the observed server ≤ 10 % slower (dispatch p50 and assigned dispatches/s, averaged over rounds).
+
 It starts its own servers pinned to one CPU and drives them from another, like bench/api.py; the exit code
 is 1 when a request failed, a worker lost its connection or a dispatch was lost, else 0 (a MISS is not an
 error).
 
     .venv/bin/python bench/dispatch.py [--workers N] [--idle-workers N] [--dispatches N] [--duration S]
-                                       [--phases latency,throughput,idle] [--json]
+                                       [--phases latency,throughput,idle,queue,observed] [--json]
 """
 
 import argparse
@@ -43,17 +48,20 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 from google.protobuf.message import DecodeError
 from livekit.protocol import agent
 from livekit.protocol import agent_dispatch as pb
 
 from common import (
+    BENCH_API_KEY,
     TIMES,
     Call,
     CpuSample,
     Server,
     choose_cpus,
     diagnose,
+    free_port,
     machine,
     own_server,
     percent,
@@ -69,7 +77,7 @@ from switchboard.auth.grants import VideoGrant
 from switchboard.auth.tokens import mint_token
 
 AGENT_NAME = "bench"
-PHASES = ("latency", "throughput", "idle", "queue")
+PHASES = ("latency", "throughput", "idle", "queue", "observed")
 WORKER_VERSION = "bench"
 STATUS_INTERVAL = 2.5  # livekit-agents sends update_worker this often
 IDLE_PING_INTERVAL = 60.0  # agents.ping_interval for the idle phase, so that server pings do not dominate
@@ -95,6 +103,7 @@ TARGET_P99_MS = 20.0
 TARGET_RATE = 1000.0
 TARGET_IDLE_KB = 20.0
 TARGET_IDLE_CPU = 0.02
+TARGET_OBSERVED_SLOWDOWN = 0.10
 
 
 # ---------------------------------------------------------------------------------------------- messages
@@ -703,12 +712,42 @@ async def queue_phase(server: Server, jobs: int, worker_counts: Sequence[int]) -
     return QueueResult(jobs, runs)
 
 
+@dataclass(frozen=True)
+class ObservedRound:
+    plain_latency: LatencyResult
+    plain_throughput: ThroughputResult
+    observed_latency: LatencyResult
+    observed_throughput: ThroughputResult
+    webhooks_received: int
+    """Webhook deliveries the receiver got during the observed run (each a signed POST)."""
+    metrics_bytes: int
+    """Size of one /metrics scrape at the end of the observed run: the metrics were on."""
+
+
+@dataclass(frozen=True)
+class ObservedResult:
+    rounds: list[ObservedRound]
+
+    @property
+    def latency_ratio(self) -> float:
+        """Observed dispatch p50 over plain, averaged over rounds (> 1: slower)."""
+        ratios = [r.observed_latency.dispatch.p50_ms / r.plain_latency.dispatch.p50_ms for r in self.rounds]
+        return sum(ratios) / len(ratios)
+
+    @property
+    def throughput_ratio(self) -> float:
+        """Plain assigned dispatches/s over observed, averaged over rounds (> 1: slower)."""
+        ratios = [r.plain_throughput.assigned_rate / r.observed_throughput.assigned_rate for r in self.rounds]
+        return sum(ratios) / len(ratios)
+
+
 @dataclass
 class Outcome:
     queue: QueueResult | None = None
     latency: LatencyResult | None = None
     throughput: ThroughputResult | None = None
     idle: IdleResult | None = None
+    observed: ObservedResult | None = None
     samples: list[str] = field(default_factory=list)
     lost_samples: list[str] = field(default_factory=list)
     errors: int = 0
@@ -747,6 +786,84 @@ async def idle_phases(server: Server, args: argparse.Namespace, outcome: Outcome
         outcome.idle, samples = await idle_phase(sockets, server, args.idle_workers)
     outcome.samples += samples
     outcome.errors += outcome.idle.errors
+
+
+async def receive_webhooks(port: int, received: Counter[str]) -> web.AppRunner:
+    """A webhook receiver on this side, answering at once and counting deliveries by event."""
+
+    async def delivery(request: web.Request) -> web.Response:
+        received[json.loads(await request.read()).get("event", "")] += 1
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/", delivery)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner
+
+
+async def observed_run(
+    server: Server, args: argparse.Namespace, receiver_port: int | None, metrics_port: int | None
+) -> tuple[Outcome, int, int]:
+    """The latency and throughput phases, with the webhook receiver up when there is one; the
+    deliveries received and the size of a /metrics scrape (0 without metrics)."""
+    received: Counter[str] = Counter()
+    receiver = None if receiver_port is None else await receive_webhooks(receiver_port, received)
+    outcome = Outcome()
+    phase_args = argparse.Namespace(
+        **{
+            **vars(args),
+            "phases": ["latency", "throughput"],
+            "dispatches": args.observed_dispatches,
+            "duration": args.observed_duration,
+        }
+    )
+    try:
+        await busy_phases(server, phase_args, outcome)
+        scraped = 0
+        if metrics_port is not None:
+            url = f"http://127.0.0.1:{metrics_port}/metrics"
+            async with aiohttp.ClientSession() as session, session.get(url) as response:
+                scraped = len(await response.read())
+    finally:
+        if receiver is not None:
+            await receiver.cleanup()
+    return outcome, received.total(), scraped
+
+
+def observed_phases(
+    server_cpu: int, client_cpu: int | None, args: argparse.Namespace, outcome: Outcome, setup: dict[str, Any]
+) -> None:
+    rounds = []
+    for _ in range(args.observed_rounds):
+        runs = []
+        for observed in (False, True):
+            receiver_port, metrics_port = (free_port(), free_port()) if observed else (None, None)
+            extra: dict[str, Any] = {}
+            if observed:
+                receiver = f"http://127.0.0.1:{receiver_port}/"
+                extra = {
+                    "webhook": {"api_key": BENCH_API_KEY, "urls": [receiver]},
+                    "prometheus_port": metrics_port,
+                }
+            with own_server(server_cpu, extra) as server:
+                if client_cpu is not None:
+                    os.sched_setaffinity(0, {client_cpu})
+                    setup["client"] = f"pinned to CPU {client_cpu}"
+                setup["server"] = server.pinned
+                runs.append(run_async(observed_run(server, args, receiver_port, metrics_port)))
+        (plain, _, _), (watched, received, scraped) = runs
+        for run_outcome in (plain, watched):
+            outcome.samples += run_outcome.samples
+            outcome.errors += run_outcome.errors
+        assert plain.latency and plain.throughput and watched.latency and watched.throughput
+        rounds.append(
+            ObservedRound(
+                plain.latency, plain.throughput, watched.latency, watched.throughput, received, scraped
+            )
+        )
+    outcome.observed = ObservedResult(rounds)
 
 
 def loop_name() -> str:
@@ -791,6 +908,8 @@ def run(args: argparse.Namespace) -> tuple[Outcome, dict[str, Any]]:
             setup["server"] = server.pinned
             outcome.queue = run_async(queue_phase(server, args.queued, args.queue_workers))
             outcome.errors += sum(run.errors for run in outcome.queue.runs)
+    if "observed" in args.phases:
+        observed_phases(server_cpu, client_cpu, args, outcome, setup)
     return outcome, setup
 
 
@@ -850,6 +969,22 @@ def checks(outcome: Outcome) -> list[dict[str, Any]]:
                 f"(target < {TARGET_IDLE_CPU * 100:g}%)",
             },
         ]
+    if (observed := outcome.observed) is not None:
+        for name, ratio, what in (
+            ("observed_latency_ratio", observed.latency_ratio, "dispatch p50"),
+            ("observed_throughput_ratio", observed.throughput_ratio, "throughput"),
+        ):
+            limit = 1 + TARGET_OBSERVED_SLOWDOWN
+            found.append(
+                {
+                    "name": name,
+                    "value": ratio,
+                    "target": limit,
+                    "pass": ratio <= limit,
+                    "text": f"with webhooks and metrics, {what} is {(ratio - 1) * 100:+.1f}% slower "
+                    f"(ratio {ratio:.3f}; target ≤ {TARGET_OBSERVED_SLOWDOWN * 100:g}% slower)",
+                }
+            )
     return found
 
 
@@ -946,6 +1081,26 @@ def print_report(
                 f"{run.round_trip.p50_ms:.2f} ms / {run.workers} "
                 "(the workers' own pace: one question at a time)"
             )
+    if (observed := outcome.observed) is not None:
+        print()
+        print(
+            "observed: the same latency and throughput runs on a plain server, then on one with webhooks "
+            "to a receiver in this process and Prometheus metrics on"
+        )
+        for number, r in enumerate(observed.rounds, 1):
+            for label, lat, tput in (
+                ("plain   ", r.plain_latency, r.plain_throughput),
+                ("observed", r.observed_latency, r.observed_throughput),
+            ):
+                print(
+                    f"  round {number} {label}: dispatch p50 {lat.dispatch.p50_ms:.2f} ms, "
+                    f"p99 {lat.dispatch.p99_ms:.2f} ms; {tput.assigned_rate:.0f} dispatches/s assigned, "
+                    f"server CPU {percent(tput.cpu.server)}, other processes {percent(tput.cpu.other)}"
+                )
+            print(
+                f"    webhooks received by the end of the run {r.webhooks_received} (delivery goes on "
+                f"after it), /metrics scrape {r.metrics_bytes} bytes"
+            )
     print()
     for check in found:
         print(f"{check['text']}  {verdict(check['pass'])}")
@@ -983,6 +1138,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default="1,4",
         help="comma-separated worker counts, one queue drain each (1,4)",
     )
+    parser.add_argument(
+        "--observed-dispatches", type=int, default=200, help="sequential dispatches per observed run (200)"
+    )
+    parser.add_argument(
+        "--observed-duration", type=float, default=10.0, help="throughput seconds per observed run (10)"
+    )
+    parser.add_argument(
+        "--observed-rounds", type=int, default=2, help="plain then observed runs, this many times (2)"
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON instead")
     args = parser.parse_args(argv)
     args.phases = [phase.strip() for phase in args.phases.split(",") if phase.strip()]
@@ -998,6 +1162,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"--phases: unknown {', '.join(unknown) or 'empty list'}; choose from {choices}")
     if min(args.workers, args.idle_workers, args.dispatches, args.concurrency) < 1 or args.duration <= 0:
         parser.error("--workers, --idle-workers, --dispatches, --concurrency and --duration must be positive")
+    if min(args.observed_dispatches, args.observed_rounds) < 1 or args.observed_duration <= 0:
+        parser.error("--observed-dispatches, --observed-rounds and --observed-duration must be positive")
     if args.status_interval < 0:
         parser.error("--status-interval must not be negative")
     needed = (args.idle_workers if "idle" in args.phases else args.workers) + FD_HEADROOM

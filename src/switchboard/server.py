@@ -72,7 +72,7 @@ def build_app(config: Config) -> web.Application:
     )
     twirp.add_service("DispatchService", worker_service.dispatch_methods(runtime), "switchboard")
     twirp.install(app)
-    Dashboard(config.keys).install(app)
+    Dashboard(runtime, verifier, config.keys, rtc.rooms).install(app)
     app.router.add_get("/", health)
     webhooks = None
     if config.webhook.urls:

@@ -1,24 +1,29 @@
 """The dashboard in headless Chromium (playwright-core, `tests/node/dashboard_scenario.mjs`): a wrong
-secret is refused; after logging in, a room created then appears without a reload, with its running
-agent and a failed job's reason; a worker is drained from the page (and is, for the server); the secret
-is not on the page nor stored. A screenshot is saved with the test's files."""
+secret is refused; after logging in, a room created then appears live (its event-to-screen latency is
+printed), with its agent participant, a participant publishing a tone shown speaking, its running agent's
+job and a failed job's reason and timelines, and the charts' counts; a participant is removed, a worker
+drained, a dispatch deleted and the room closed from the page (and are, for the server); the secret is
+not on the page nor stored. A screenshot is saved with the test's files."""
 
 import asyncio
+import contextlib
+import itertools
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import jwt
 import pytest
-from livekit import api
+from livekit import api, rtc
 
-from tests.agent_workers import eventually
 from tests.browser import NODE_DIR, PROXY_VARIABLES, SCENARIO_TIMEOUT, toolchain_or_fail
 from tests.conftest import Server, start_server, stop_server
 from tests.integration.test_workers_registry import connected, list_workers
+from tests.polling import eventually
+from tests.tone import publish_tone
 
 
 @pytest.fixture(scope="module")
@@ -28,52 +33,105 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     stop_server(instance)
 
 
-async def test_log_in_watch_a_room_live_and_drain_a_worker(
-    server: Server, workers: Any, lkapi: api.LiveKitAPI, tmp_path: Path
-) -> None:
-    workers("dash-bot", "stay")
-    [worker] = await connected(server, "dash-bot", 1)
+@contextlib.asynccontextmanager
+async def dashboard_scenario(
+    server: Server, name: str, settings: dict[str, str]
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`dashboard_scenario.mjs NAME` in Chromium, once the page logged in shows its first state."""
     node, chromium = toolchain_or_fail()
-    screenshot = tmp_path / "dashboard.png"
     env = {k: v for k, v in os.environ.items() if k not in PROXY_VARIABLES} | {
         "DASHBOARD_URL": f"{server.http_url}/dashboard",
         "API_KEY": server.api_key,
         "API_SECRET": server.api_secret,
-        "ROOM": "dashboard-room",
-        "AGENT": "dash-bot",
-        "FAILED_AGENT": "nobody-bot",
-        "WORKER_ID": worker.id,
-        "SCREENSHOT": str(screenshot),
         "CHROMIUM": chromium,
+        **settings,
     }
     browser = await asyncio.create_subprocess_exec(
         node,
         str(NODE_DIR / "dashboard_scenario.mjs"),
-        "dashboard",
+        name,
         cwd=NODE_DIR,
         env=env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
     try:
-        await eventually(lambda: "dashboard login peer=" in server.log(), "the page logging in")
-        for agent_name in ("dash-bot", "nobody-bot"):
-            request = api.CreateAgentDispatchRequest(agent_name=agent_name, room="dashboard-room")
-            await lkapi.agent_dispatch.create_dispatch(request)
-        stdout, stderr = await asyncio.wait_for(browser.communicate(), SCENARIO_TIMEOUT)
+        assert browser.stdout is not None
+        shown = await asyncio.wait_for(browser.stdout.readline(), SCENARIO_TIMEOUT)
+        assert shown == b"shown\n", shown.decode()
+        yield browser
     finally:
         if browser.returncode is None:
             browser.kill()
             await browser.wait()
+
+
+async def observations(server: Server, browser: asyncio.subprocess.Process) -> dict[str, Any]:
+    """The scenario's one JSON line, once it ended without an unexpected error."""
+    stdout, stderr = await asyncio.wait_for(browser.communicate(), SCENARIO_TIMEOUT)
     lines = stdout.decode().strip().splitlines()
     assert browser.returncode == 0 and len(lines) == 1, stderr.decode()
-    result = json.loads(lines[0])
+    result: dict[str, Any] = json.loads(lines[0])
     assert "unexpectedError" not in result, f"{result}\n{server.log()}"
+    return result
+
+
+async def test_log_in_watch_a_room_live_and_drain_a_worker(
+    server: Server, workers: Any, lkapi: api.LiveKitAPI, tmp_path: Path
+) -> None:
+    workers("dash-bot", "stay")
+    [worker] = await connected(server, "dash-bot", 1)
+    screenshot = tmp_path / "dashboard.png"
+    settings = {
+        "ROOM": "dashboard-room",
+        "SPEAKER": "speaker",
+        "AGENT": "dash-bot",
+        "FAILED_AGENT": "nobody-bot",
+        "WORKER_ID": worker.id,
+        "SCREENSHOT": str(screenshot),
+    }
+    async with dashboard_scenario(server, "dashboard", settings) as browser:
+        # The room is created once the page shows its first state: it must then appear live.
+        for agent_name in ("dash-bot", "nobody-bot"):
+            request = api.CreateAgentDispatchRequest(agent_name=agent_name, room="dashboard-room")
+            await lkapi.agent_dispatch.create_dispatch(request)
+        speaker = rtc.Room()
+        grants = api.VideoGrants(room_join=True, room="dashboard-room")
+        token = (
+            api.AccessToken(server.api_key, server.api_secret).with_identity("speaker").with_grants(grants)
+        )
+        await speaker.connect(server.ws_url, token.to_jwt())
+        _, tone = await publish_tone(speaker)
+        try:
+            result = await observations(server, browser)
+            # Removed from the page: the server disconnected it.
+            await eventually(lambda: not speaker.isconnected(), "the speaker disconnected")
+        finally:
+            tone.cancel()
+            await speaker.disconnect()
     assert result["refused"] == "unknown API key or wrong secret"
     assert result["roomShownAtLogin"] is False
     assert result["agentJob"] == f"running on {worker.id}"
     assert result["failedReason"].startswith("no worker registered for agent 'nobody-bot' within 2s")
+    assert result["agentTimeline"] == [
+        "dispatch created",
+        f"offered to {worker.id}",
+        f"running on {worker.id}",
+    ]
+    assert result["failedTimeline"][0] == "dispatch created" and len(result["failedTimeline"]) == 2
+    assert result["failedTimeline"][1] == "failed: " + result["failedReason"]
+    # The room's implicit automatic dispatch and the two; the automatic one may have failed too by then.
+    charted = result["charted"]
+    assert charted["dispatches"] == 3 and charted["failures"] >= 1 and charted["bars"] == 60
     assert result["workerStatus"] == "draining (available)"
+    assert result["agentParticipant"] is True
+    latency = result["latencyMs"]
+    print(
+        f"dashboard event-to-screen latency: room started {latency['roomStarted']} ms, "
+        f"agent joined {latency['agentJoined']} ms, speaker shown {latency['speakerShown']} ms"
+    )
+    assert all(0 <= latency[key] < 5000 for key in ("roomStarted", "agentJoined", "speakerShown"))
+    assert result["errorShown"] == ""
     assert result["secretOnPage"] is False and result["stored"] == 0
     # The browser logs the refused login's answer; nothing else went wrong on the page.
     assert result["consoleErrors"] == [
@@ -81,6 +139,8 @@ async def test_log_in_watch_a_room_live_and_drain_a_worker(
     ]
     [drained] = await list_workers(server, "dash-bot")
     assert drained.draining
+    assert result["deletedDispatch"].startswith("AD_")
+    assert (await lkapi.room.list_rooms(api.ListRoomsRequest(names=["dashboard-room"]))).rooms == []
     assert screenshot.stat().st_size > 0
 
 
@@ -115,3 +175,104 @@ async def test_login_refuses_bad_requests_and_wrong_credentials_and_its_token_is
     assert status == 200 and session["expires_in"] == 3600
     claims = jwt.decode(session["token"], server.api_secret, algorithms=["HS256"])
     assert claims["video"] == {"roomList": True, "roomAdmin": True} and claims["exp"] - claims["nbf"] <= 3600
+
+
+async def test_event_stream_and_room_tokens_need_a_session_token(
+    server: Server, lkapi: api.LiveKitAPI
+) -> None:
+    async def session_token(session: aiohttp.ClientSession) -> str:
+        credentials = {"api_key": server.api_key, "api_secret": server.api_secret}
+        async with session.post(f"{server.http_url}/dashboard/login", json=credentials) as response:
+            return str((await response.json())["token"])
+
+    async def refused(method: str, path: str, token: str | None, body: Any = None) -> tuple[int, str]:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        async with session.request(
+            method, f"{server.http_url}{path}", headers=headers, json=body
+        ) as response:
+            return response.status, (await response.json())["error"]
+
+    one_room = api.AccessToken(server.api_key, server.api_secret).with_grants(
+        api.VideoGrants(room_admin=True, room="some-room")
+    )
+    async with aiohttp.ClientSession() as session:
+        token = await session_token(session)
+        missing = "missing access token: send 'Authorization: Bearer <token>'"
+        server_admin = "permissions denied: the roomAdmin grant without a room restriction is required"
+        assert await refused("GET", "/dashboard/events", None) == (401, missing)
+        assert await refused("GET", "/dashboard/events", "x.y.z") == (
+            401,
+            "invalid token: cannot be decoded (Invalid header padding)",
+        )
+        assert await refused("GET", "/dashboard/events", one_room.to_jwt()) == (403, server_admin)
+        assert await refused("GET", "/dashboard/activity", None) == (401, missing)
+        assert await refused("GET", "/dashboard/room", token) == (400, "name the room: ?room=NAME")
+        assert await refused("GET", "/dashboard/room?room=nowhere", token) == (
+            404,
+            "requested room does not exist",
+        )
+        assert await refused("POST", "/dashboard/room-token", one_room.to_jwt(), {"room": "r"}) == (
+            403,
+            server_admin,
+        )
+        assert await refused("POST", "/dashboard/room-token", token, {"room": ""}) == (
+            400,
+            "send JSON with the room's name",
+        )
+
+        headers = {"Authorization": f"Bearer {token}"}
+        async with session.post(
+            f"{server.http_url}/dashboard/room-token", headers=headers, json={"room": "stream-room"}
+        ) as response:
+            room_token = (await response.json())["token"]
+        claims = jwt.decode(room_token, server.api_secret, algorithms=["HS256"])
+        assert claims["video"] == {"room": "stream-room", "roomAdmin": True, "roomCreate": True}
+        assert claims["exp"] - claims["nbf"] <= 300
+
+        async with session.get(f"{server.http_url}/dashboard/events", headers=headers) as stream:
+            assert stream.headers["Content-Type"] == "text/event-stream"
+
+            async def next_event() -> dict[str, Any]:
+                while not (line := (await stream.content.readline()).decode()).startswith("data: "):
+                    pass
+                return dict(json.loads(line[len("data: ") :]))
+
+            assert (await asyncio.wait_for(next_event(), 5))["kind"] == "connected"
+            dispatched_before = await dispatches_in_last_hour(session, server.http_url, headers)
+            await lkapi.room.create_room(api.CreateRoomRequest(name="stream-room"))
+            await lkapi.room.delete_room(api.DeleteRoomRequest(room="stream-room"))
+            events = [await asyncio.wait_for(next_event(), 5)]
+            while events[-1]["kind"] != "room_finished":
+                events.append(await asyncio.wait_for(next_event(), 5))
+            # Between them, the server's automatic dispatch for the new room.
+            assert events[0]["kind"] == "room_started"
+            assert {event["room"] for event in events} == {"stream-room"}
+        assert await dispatches_in_last_hour(session, server.http_url, headers) == dispatched_before + 1
+
+
+async def dispatches_in_last_hour(session: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> int:
+    async with session.get(f"{url}/dashboard/activity", headers=headers) as response:
+        minutes = (await response.json())["minutes"]
+    assert len(minutes) == 60 and all(b["start"] - a["start"] == 60 for a, b in itertools.pairwise(minutes))
+    return sum(minute["dispatches"] for minute in minutes)
+
+
+LIVE_ROOMS = 100
+
+
+async def test_a_room_appears_live_among_a_hundred(server: Server, lkapi: api.LiveKitAPI) -> None:
+    """The issue's measure: event-to-screen latency with 100 rooms live (each reading of the page then
+    asks about every room). Printed; bounded only loosely, as the machine may be loaded."""
+    names = [f"live-{i}" for i in range(LIVE_ROOMS)]
+    for name in names:
+        await lkapi.room.create_room(api.CreateRoomRequest(name=name))
+    try:
+        async with dashboard_scenario(server, "many-rooms", {"ROOM": "one-more"}) as browser:
+            await lkapi.room.create_room(api.CreateRoomRequest(name="one-more"))
+            result = await observations(server, browser)
+    finally:
+        for name in [*names, "one-more"]:
+            await lkapi.room.delete_room(api.DeleteRoomRequest(room=name))
+    latency = result["latencyMs"]["roomStarted"]
+    print(f"dashboard event-to-screen latency with {LIVE_ROOMS} other rooms live: {latency:.0f} ms")
+    assert result["roomsShown"] == LIVE_ROOMS + 1 and 0 <= latency < 20_000

@@ -1,12 +1,16 @@
 // The dashboard (/dashboard) in headless Debian Chromium, driven by playwright-core. Run by
 // tests/integration/test_dashboard.py:
 //
-//   node dashboard_scenario.mjs dashboard
+//   node dashboard_scenario.mjs dashboard    (the whole scenario below)
+//   node dashboard_scenario.mjs many-rooms   (log in, then only the latency of ROOM appearing)
 //
 // Environment: DASHBOARD_URL, API_KEY, API_SECRET, ROOM (created by the test after the login),
 // AGENT (the agent that runs there), FAILED_AGENT (an agent nobody serves, whose job fails),
 // WORKER_ID (the worker to drain from the page), SCREENSHOT (where to save the page), CHROMIUM.
-// Prints exactly one JSON line of observations on stdout; diagnostics go to stderr.
+// SPEAKER: a participant the test has publishing a tone in ROOM, removed from the page once shown speaking.
+// After draining, the scenario deletes the running agent's dispatch and closes the room from the page.
+// Prints "shown" once the page shows its first state after logging in, then exactly one JSON line of
+// observations on stdout; diagnostics go to stderr.
 
 import { chromium } from 'playwright-core';
 
@@ -21,12 +25,19 @@ const browser = await chromium.launch({
   args: CHROMIUM_ARGS,
   timeout: STEP_TIMEOUT_MS,
 });
+let page;
 try {
-  const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
+  page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
   page.setDefaultTimeout(STEP_TIMEOUT_MS);
-  result.consoleErrors = [];
-  page.on('console', (message) => message.type() === 'error' && result.consoleErrors.push(message.text()));
-  await page.goto(`${env.DASHBOARD_URL}?poll_ms=250`);
+  const consoleErrors = [];
+  page.on('console', (message) => message.type() === 'error' && consoleErrors.push(message.text()));
+  await page.goto(env.DASHBOARD_URL);
+  // What is on screen may come from a reading started before the event arrived: the page records the
+  // event's latency when the reading after it is shown.
+  const shownAfter = async (key) => (
+    await (await page.waitForFunction((k) => (k in window.eventToScreen ? [window.eventToScreen[k]] : null), key))
+      .jsonValue()
+  )[0];
 
   await page.fill('#api-key', env.API_KEY);
   await page.fill('#api-secret', 'not-the-secret');
@@ -38,30 +49,74 @@ try {
   await page.click('#login-button');
   await page.waitForSelector('#updated:not(:empty)');
   result.roomShownAtLogin = (await page.$(`tr[data-room="${env.ROOM}"]`)) !== null;
+  console.log('shown');
 
   // The test creates the room and its dispatches now: they appear without a reload.
+  // Live: the room appears through the event stream (the page's own clock, minus the event's).
   await page.waitForSelector(`tr[data-room="${env.ROOM}"]`);
-  const agentRow = page.locator(`#jobs tr[data-agent="${env.AGENT}"]`);
-  await agentRow.locator('.state-running').waitFor();
-  result.agentJob = await agentRow.locator('.why').innerText();
-  const failedRow = page.locator(`#jobs tr[data-agent="${env.FAILED_AGENT}"]`);
-  await failedRow.locator('.state-failed').waitFor();
-  result.failedReason = await failedRow.locator('.why').innerText();
+  if (result.scenario === 'many-rooms') {
+    // The test keeps other rooms live: how long the room takes to show among them.
+    result.latencyMs = { roomStarted: await shownAfter(`room_started:${env.ROOM}`) };
+    result.roomsShown = await page.locator('#rooms > tr').count();
+  } else {
+    const agentParticipant = page.locator(`tr[data-room="${env.ROOM}"] li`, { hasText: '(agent)' });
+    await agentParticipant.waitFor();
+    result.agentParticipant = (await agentParticipant.getAttribute('data-identity')) !== null;
+    result.latencyMs = {
+      roomStarted: await shownAfter(`room_started:${env.ROOM}`),
+      agentJoined: await shownAfter(`participant_joined:${env.ROOM}`),
+    };
+    const agentRow = page.locator(`#jobs tr[data-agent="${env.AGENT}"]`);
+    await agentRow.locator('.state-running').waitFor();
+    result.agentJob = await agentRow.locator('.why').innerText();
+    const failedRow = page.locator(`#jobs tr[data-agent="${env.FAILED_AGENT}"]`);
+    await failedRow.locator('.state-failed').waitFor();
+    result.failedReason = await failedRow.locator('.why').innerText();
+    // Each step's text without its (local) time of day.
+    const steps = (row) => row.locator('ol.timeline li').evaluateAll(
+      (items) => items.map((item) => item.textContent.replace(/^\S+( [AP]M)? /, '')),
+    );
+    result.agentTimeline = await steps(agentRow);
+    result.failedTimeline = await steps(failedRow);
+    const speaker = page.locator(`tr[data-room="${env.ROOM}"] li.speaking[data-identity="${env.SPEAKER}"]`);
+    await speaker.waitFor();
+    result.latencyMs.speakerShown = await shownAfter(`speakers_changed:${env.ROOM}`);
+    await speaker.locator('button.remove').click();
+    await page.locator(`tr[data-room="${env.ROOM}"] li[data-identity="${env.SPEAKER}"]`).waitFor({ state: 'detached' });
 
-  const worker = page.locator(`tr[data-worker="${env.WORKER_ID}"]`);
-  await worker.locator('button.steer').click();
-  await page.waitForFunction(
-    (id) => document.querySelector(`tr[data-worker="${id}"] .status`)?.textContent.startsWith('draining'),
-    env.WORKER_ID,
-  );
-  result.workerStatus = await worker.locator('.status').innerText();
+    result.charted = await page.evaluate(() => ({
+      dispatches: Number(document.getElementById('charts').dataset.dispatches),
+      failures: Number(document.getElementById('charts').dataset.failures),
+      bars: document.querySelectorAll('#chart-dispatches rect').length,
+    }));
 
-  await page.screenshot({ path: env.SCREENSHOT, fullPage: true });
-  result.secretOnPage = (await page.content()).includes(env.API_SECRET);
-  result.stored = await page.evaluate(() => localStorage.length + sessionStorage.length + document.cookie.length);
+    const worker = page.locator(`tr[data-worker="${env.WORKER_ID}"]`);
+    await worker.locator('button.steer').click();
+    await page.waitForFunction(
+      (id) => document.querySelector(`tr[data-worker="${id}"] .status`)?.textContent.startsWith('draining'),
+      env.WORKER_ID,
+    );
+    result.workerStatus = await worker.locator('.status').innerText();
+
+    await page.screenshot({ path: env.SCREENSHOT, fullPage: true });
+
+    result.deletedDispatch = await agentRow.getAttribute('data-dispatch');
+    await agentRow.locator('button.delete').click();
+    await page.locator(`#jobs tr[data-dispatch="${result.deletedDispatch}"]`).waitFor({ state: 'detached' });
+    await agentParticipant.waitFor({ state: 'detached' });
+    // Once the room is closed, a reading already under way may ask about it and get 404, which the browser
+    // logs: the page's own errors are read before, and its error line after.
+    result.consoleErrors = [...consoleErrors];
+    await page.locator(`tr[data-room="${env.ROOM}"] button.close`).click();
+    await page.locator(`tr[data-room="${env.ROOM}"]`).waitFor({ state: 'detached' });
+    result.errorShown = await page.textContent('#error');
+    result.secretOnPage = (await page.content()).includes(env.API_SECRET);
+    result.stored = await page.evaluate(() => localStorage.length + sessionStorage.length + document.cookie.length);
+  }
 } catch (error) {
   result.unexpectedError = String(error);
   result.stack = error.stack;
+  result.pageError = await page?.textContent('#error').catch(() => undefined);
 } finally {
   await browser.close();
 }

@@ -1,37 +1,170 @@
-"""`/dashboard`: one page for operators — rooms, workers (drain, undrain) and every dispatch's jobs with
-where they are and why — kept current by polling the API.
+"""`/dashboard`: one page for operators — rooms with their participants and tracks, workers (drain,
+undrain), every dispatch's jobs with where they are and why, and actions on them — kept current live.
 
-The page is static and ships in this module (no build step, no package data). It logs in once: the API key
-and secret go to `POST /dashboard/login`, which answers with a short-lived token (roomList, and roomAdmin
-with no room restriction) that the page keeps in memory only; the secret is never sent back, and the
-page never stores it. Every call the page makes is an ordinary authenticated API call with that token.
+The page is static and ships in the package (`dashboard_page.py`: no build step). It logs in once: the API
+key and secret go to `POST /dashboard/login`, which answers with a short-lived session token (roomList,
+and roomAdmin with no room restriction) that the page keeps in memory only; the secret is never sent
+back, and the page never stores it. Every call the page makes is an ordinary authenticated API call:
+
+- reading rooms, workers and explanations: LiveKit's and Switchboard's Twirp APIs with the session token;
+- acting on one room (its participants, dispatches, closing it): LiveKit's RoomService and
+  AgentDispatchService, which require `roomAdmin` with a `room` grant naming exactly that room (and
+  `roomCreate` to delete a room). The page exchanges its session token for such a token, for one room and
+  a few minutes, at `POST /dashboard/room-token`; LiveKit's rules stay untouched;
+- the charts of the last hour: `GET /dashboard/activity` (`activity.py`), and what LiveKit's API does not
+  say of a room, each job's timeline and who is speaking: `GET /dashboard/room?room=NAME`, with the
+  session token;
+- live updates: `GET /dashboard/events`, a server-sent event stream of what the engine decided (rooms,
+  participants, tracks, dispatches, jobs) and, looked for every half second while a page listens, a
+  change of who is speaking. The page reads it with `fetch` so that the token travels in
+  the Authorization header, never in a URL; each event makes the page read the state again (coalesced).
 """
 
+import asyncio
+import contextlib
 import hmac
 import json
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
 
+import jwt
 from aiohttp import web
 
-from switchboard.auth.grants import VideoGrant
-from switchboard.auth.tokens import mint_token
+from switchboard.api.activity import Activity
+from switchboard.api.dashboard_page import PAGE
+from switchboard.auth.grants import Claims, InvalidToken, PermissionDenied, VideoGrant, require_server_admin
+from switchboard.auth.tokens import TokenVerifier, bearer_token, mint_token
+from switchboard.core.dispatch import Dispatch
+from switchboard.core.events import (
+    AssignJob,
+    DispatchCreated,
+    JobEnded,
+    JobStarted,
+    OfferJob,
+    ParticipantJoined,
+    ParticipantLeft,
+    RoomClosed,
+    RoomStarted,
+    TrackPublished,
+    TrackUnpublished,
+)
+from switchboard.core.jobs import Job
+from switchboard.rtc.speakers import RoomView, speaker_level
+from switchboard.runtime import Runtime
 
 log = logging.getLogger("switchboard.api")
 
 SESSION_TTL = 3600.0
 """How long a dashboard login lasts; the page asks to log in again after it."""
+ROOM_TOKEN_TTL = 300.0
+"""How long a token for one room's actions lasts; the page asks for a new one before it expires."""
 MAX_LOGIN_BODY = 4096
+STREAM_BACKLOG = 1000
+"""Events queued for one slow page before newer ones are dropped: each event only tells the page to read
+the state again, so the events still queued bring it up to date."""
+SPEAKERS_INTERVAL = 0.5
+"""How often, while a page listens, the rooms' speakers are compared with the last look."""
+KEEPALIVE = 15.0
+"""A comment on an idle stream, so that proxies and the browser keep it open."""
+
+_EVENT_KINDS: dict[type[Any], str] = {
+    RoomStarted: "room_started",
+    RoomClosed: "room_finished",
+    ParticipantJoined: "participant_joined",
+    ParticipantLeft: "participant_left",
+    TrackPublished: "track_published",
+    TrackUnpublished: "track_unpublished",
+    DispatchCreated: "dispatch_created",
+    OfferJob: "job_offered",
+    AssignJob: "job_assigned",
+    JobStarted: "job_started",
+    JobEnded: "job_ended",
+}
+
+
+def _room_of(decision: Any) -> str:
+    job = getattr(decision, "job", None)
+    return job.room if job is not None else str(decision.room)
 
 
 class Dashboard:
-    def __init__(self, keys: Mapping[str, str], session_ttl: float = SESSION_TTL) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        verifier: TokenVerifier,
+        keys: Mapping[str, str],
+        rooms: Mapping[str, RoomView],
+        session_ttl: float = SESSION_TTL,
+    ) -> None:
+        """`rooms`: the media rooms, read only, for who is speaking."""
+        self._runtime = runtime
+        self._verifier = verifier
         self._keys = keys
         self._session_ttl = session_ttl
+        self._streams: set[asyncio.Queue[dict[str, Any] | None]] = set()
+        self._activity = Activity(runtime)
+        self._rooms = rooms
+        self._speakers_watch: asyncio.Task[None] | None = None
 
     def install(self, app: web.Application) -> None:
         app.router.add_get("/dashboard", self.page)
         app.router.add_post("/dashboard/login", self.login)
+        app.router.add_post("/dashboard/room-token", self.room_token)
+        app.router.add_get("/dashboard/events", self.events)
+        app.router.add_get("/dashboard/activity", self.activity)
+        app.router.add_get("/dashboard/room", self.room)
+        self._activity.install()
+        for decision_type, kind in _EVENT_KINDS.items():
+            self._runtime.on(decision_type, self._publisher(kind))
+        app.on_shutdown.append(self._end_streams)
+
+    def _publisher(self, kind: str) -> Callable[[Any], None]:
+        def publish(decision: Any) -> None:
+            if self._streams:
+                self._publish({"kind": kind, "room": _room_of(decision), "at": time.time()})
+
+        return publish
+
+    def _publish(self, event: dict[str, Any] | None) -> None:
+        for queue in self._streams:
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(event)
+
+    async def _end_streams(self, _: web.Application) -> None:
+        self._publish(None)
+        if self._speakers_watch is not None:
+            self._speakers_watch.cancel()
+
+    def _speaking(self, room: str) -> dict[str, float]:
+        """The sids of the room's participants speaking now, with their levels."""
+        present = self._rooms.get(room)
+        if present is None:
+            return {}
+        now = time.monotonic()
+        speakers = [*present.sessions.values(), *present.forwards.values()]
+        return {
+            speaker.sid: level
+            for speaker in speakers
+            if not speaker.closed
+            and not speaker.hidden
+            and (level := speaker_level(speaker, now)) is not None
+        }
+
+    async def _watch_speakers(self) -> None:
+        """Who speaks changes without an engine decision: while a page listens, look for it here."""
+        told: dict[str, frozenset[str]] = {}
+        try:
+            while self._streams:
+                await asyncio.sleep(SPEAKERS_INTERVAL)
+                speaking = {room: frozenset(self._speaking(room)) for room in list(self._rooms)}
+                for room in speaking.keys() | told.keys():
+                    if speaking.get(room, frozenset()) != told.get(room, frozenset()):
+                        self._publish({"kind": "speakers_changed", "room": room, "at": time.time()})
+                told = speaking
+        except Exception:  # a bug here must be seen, and must not end the streams
+            log.exception("dashboard speaker watch failed")
 
     async def page(self, _: web.Request) -> web.Response:
         return web.Response(
@@ -50,12 +183,11 @@ class Dashboard:
 
     async def login(self, request: web.Request) -> web.Response:
         """Exchange an API key and secret for a dashboard session token."""
-        if request.content_length is None or request.content_length > MAX_LOGIN_BODY:
-            return _refusal(400, "send the API key and secret as a small JSON object")
-        try:
-            body = json.loads(await request.read())
-            api_key, api_secret = body["api_key"], body["api_secret"]
-        except (ValueError, KeyError, TypeError):
+        body = await _small_json(request)
+        if body is None:
+            return _refusal(400, "send JSON with api_key and api_secret")
+        api_key, api_secret = body.get("api_key"), body.get("api_secret")
+        if api_key is None or api_secret is None:
             return _refusal(400, "send JSON with api_key and api_secret")
         if not isinstance(api_key, str) or not isinstance(api_secret, str):
             return _refusal(400, "api_key and api_secret must be strings")
@@ -69,168 +201,130 @@ class Dashboard:
         log.info("dashboard login peer=%s api_key=%s", request.remote, api_key)
         return web.json_response({"token": token, "expires_in": self._session_ttl})
 
+    def _session(self, request: web.Request) -> tuple[Claims, float] | web.Response:
+        """The claims of the session token the request carries in its Authorization header, and when it
+        expires, or the refusal to answer. Only a token that may administer every room opens the stream
+        or gets a room's token."""
+        try:
+            token = bearer_token(request.headers, {})
+            if token is None:
+                raise InvalidToken("missing access token: send 'Authorization: Bearer <token>'")
+            claims = self._verifier.verify(token)
+            require_server_admin(claims)
+        except InvalidToken as exc:
+            return _refusal(401, str(exc))
+        except PermissionDenied as exc:
+            return _refusal(403, str(exc))
+        expires_at = float(jwt.decode(token, options={"verify_signature": False})["exp"])
+        return claims, expires_at
+
+    async def room_token(self, request: web.Request) -> web.Response:
+        """A token for LiveKit's per-room calls on one room: roomAdmin and roomCreate, room = that room."""
+        session = self._session(request)
+        if isinstance(session, web.Response):
+            return session
+        claims, _ = session
+        body = await _small_json(request)
+        room = body.get("room") if body is not None else None
+        if not isinstance(room, str) or not room:
+            return _refusal(400, "send JSON with the room's name")
+        secret = self._verifier.secret(claims.api_key)
+        assert secret is not None  # the token verified with it
+        video = VideoGrant(room=room, room_admin=True, room_create=True)
+        token = mint_token(claims.api_key, secret, video=video, identity="dashboard", ttl=ROOM_TOKEN_TTL)
+        return web.json_response({"token": token, "expires_in": ROOM_TOKEN_TTL})
+
+    async def activity(self, request: web.Request) -> web.Response:
+        """The last hour, minute by minute: dispatches, failures, wait to running (average, longest)."""
+        session = self._session(request)
+        if isinstance(session, web.Response):
+            return session
+        return web.json_response({"minutes": self._activity.last_hour()})
+
+    async def room(self, request: web.Request) -> web.Response:
+        """Each job of the room's dispatches with what happened to it, when (Unix seconds), oldest first;
+        and the sids of the participants speaking now, with their levels."""
+        session = self._session(request)
+        if isinstance(session, web.Response):
+            return session
+        room = request.query.get("room", "")
+        if not room:
+            return _refusal(400, "name the room: ?room=NAME")
+        now = self._runtime.now()
+        if self._runtime.engine.find_room(room, now) is None:
+            return _refusal(404, "requested room does not exist")
+        dispatches = self._runtime.engine.list_dispatches(room, "", now)
+        jobs = [
+            {"dispatch_id": dispatch.id, "job_id": job.id, "events": _timeline(dispatch, job)}
+            for dispatch in dispatches
+            for job in dispatch.jobs
+        ]
+        return web.json_response({"room": room, "jobs": jobs, "speaking": self._speaking(room)})
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        """Server-sent events, one per engine decision the page shows, until the session expires."""
+        session = self._session(request)
+        if isinstance(session, web.Response):
+            return session
+        _, expires_at = session
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"}
+        )
+        await response.prepare(request)
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(STREAM_BACKLOG)
+        self._streams.add(queue)
+        if self._speakers_watch is None or self._speakers_watch.done():
+            self._speakers_watch = asyncio.get_running_loop().create_task(self._watch_speakers())
+        try:
+            # The page reads the state when the stream opens: nothing before it is missed.
+            await response.write(_message({"kind": "connected", "room": "", "at": time.time()}))
+            while (left := expires_at - time.time()) > 0:
+                try:
+                    event = await asyncio.wait_for(queue.get(), min(KEEPALIVE, left))
+                except TimeoutError:
+                    await response.write(b": keepalive\n\n")
+                    continue
+                if event is None:
+                    break
+                await response.write(_message(event))
+        except ConnectionResetError:
+            pass  # the page went away
+        finally:
+            self._streams.discard(queue)
+        return response
+
+
+def _timeline(dispatch: Dispatch, job: Job) -> list[dict[str, Any]]:
+    """Created, each earlier attempt's start and end (with its reason), then the current attempt: offered,
+    running, ended (with its reason). The job keeps no assignment time, so assignment is not on it."""
+    events: list[tuple[float, str]] = [(dispatch.created_at, "dispatch created")]
+    for attempt in job.attempts:
+        if attempt.started_at is not None:
+            events.append((attempt.started_at, f"attempt {attempt.number} running on {attempt.worker_id}"))
+        events.append((attempt.ended_at, f"attempt {attempt.number} ended: {attempt.error}"))
+    if job.offered_at and job.worker_id:
+        events.append((job.offered_at, f"offered to {job.worker_id}"))
+    if job.started_at is not None:
+        events.append((job.started_at, f"running on {job.worker_id}"))
+    if job.ended_at is not None:
+        ending = job.status.value + (f": {job.error}" if job.error else "")
+        events.append((job.ended_at, ending))
+    return [{"at": at, "what": what} for at, what in sorted(events, key=lambda event: event[0])]
+
+
+def _message(event: dict[str, Any]) -> bytes:
+    return f"data: {json.dumps(event)}\n\n".encode()
+
+
+async def _small_json(request: web.Request) -> dict[str, Any] | None:
+    if request.content_length is None or request.content_length > MAX_LOGIN_BODY:
+        return None
+    try:
+        body = json.loads(await request.read())
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
 
 def _refusal(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
-
-
-PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Switchboard dashboard</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<style>
-body { font: 14px system-ui, sans-serif; margin: 1.5em; color: #222; }
-h1 { font-size: 1.3em; } h2 { font-size: 1.1em; margin-top: 1.5em; }
-table { border-collapse: collapse; width: 100%; }
-th, td { text-align: left; padding: 4px 8px; border-bottom: 1px solid #ddd; vertical-align: top; }
-th { background: #f4f4f4; }
-.state-pending, .state-failed, .state-none { color: #a40; } .state-running, .state-succeeded { color: #060; }
-#error { color: #a00; } #login label { display: block; margin: .4em 0; }
-#updated { color: #666; font-size: .9em; }
-</style></head>
-<body>
-<h1>Switchboard</h1>
-<form id="login">
-  <label>API key <input id="api-key" autocomplete="username" required></label>
-  <label>API secret <input id="api-secret" type="password" autocomplete="current-password" required></label>
-  <button id="login-button" type="submit">Log in</button>
-</form>
-<p id="error"></p>
-<div id="board" hidden>
-  <p id="updated"></p>
-  <h2>Rooms</h2>
-  <table><thead><tr><th>Room</th><th>Participants</th><th>Created</th></tr></thead>
-  <tbody id="rooms"></tbody></table>
-  <h2>Workers</h2>
-  <table><thead><tr><th>Worker</th><th>Agent</th><th>Status</th><th>Load</th><th>Jobs</th><th></th></tr></thead>
-  <tbody id="workers"></tbody></table>
-  <h2>Dispatches and jobs</h2>
-  <table><thead><tr><th>Room</th><th>Dispatch</th><th>Agent</th><th>Job</th><th>State</th><th>Why</th></tr></thead>
-  <tbody id="jobs"></tbody></table>
-</div>
-<script>
-"use strict";
-const POLL_MS = Number(new URLSearchParams(location.search).get("poll_ms")) || 1000;
-let token = null;  // the session token, in memory only: a reload asks to log in again
-let timer = null;
-
-async function call(path, body) {
-  const response = await fetch("/twirp/" + path, {
-    method: "POST",
-    headers: {"Content-Type": "application/json", "Authorization": "Bearer " + token},
-    body: JSON.stringify(body || {}),
-  });
-  const data = await response.json();
-  if (!response.ok) {
-    if (response.status === 401) logOut("session ended: log in again");
-    throw new Error(data.msg || response.statusText);
-  }
-  return data;
-}
-
-function cell(row, text, className) {
-  const td = row.insertCell();
-  td.textContent = text;  // never HTML: names come from users
-  if (className) td.className = className;
-  return td;
-}
-
-function fill(tbodyId, items, render) {
-  const tbody = document.getElementById(tbodyId);
-  tbody.replaceChildren();
-  for (const item of items) render(tbody.insertRow(), item);
-}
-
-function when(seconds) {
-  return seconds ? new Date(Number(seconds) * 1000).toLocaleString() : "-";
-}
-
-async function steer(method, workerId) {
-  try {
-    await call("switchboard.WorkerService/" + method, {worker_id: workerId});
-    await refresh();
-  } catch (error) {
-    show(error.message);
-  }
-}
-
-function show(message) {
-  document.getElementById("error").textContent = message;
-}
-
-async function refresh() {
-  const [rooms, workers] = await Promise.all([
-    call("livekit.RoomService/ListRooms"),
-    call("switchboard.WorkerService/ListWorkers"),
-  ]);
-  const explained = await Promise.all(rooms.rooms.map(
-    (room) => call("switchboard.DispatchService/ExplainDispatch", {room: room.name}).catch(() => ({jobs: []}))
-  ));
-  fill("rooms", rooms.rooms, (row, room) => {
-    row.dataset.room = room.name;
-    cell(row, room.name); cell(row, String(room.num_participants)); cell(row, when(room.creation_time));
-  });
-  fill("workers", workers.workers, (row, worker) => {
-    row.dataset.worker = worker.id;
-    const status = worker.status.replace("WS_", "").toLowerCase();
-    cell(row, worker.id); cell(row, worker.agent_name || "(automatic)");
-    cell(row, worker.draining ? "draining (" + status + ")" : status, "status");
-    cell(row, worker.load.toFixed(2));
-    cell(row, worker.jobs.map((job) => job.room + ": " + job.state).join(", ") || "-");
-    const button = document.createElement("button");
-    button.textContent = worker.draining ? "Undrain" : "Drain";
-    button.className = "steer";
-    button.onclick = () => steer(worker.draining ? "UndrainWorker" : "DrainWorker", worker.id);
-    row.insertCell().append(button);
-  });
-  const jobs = explained.flatMap((answer, i) => answer.jobs.map((job) => ({room: rooms.rooms[i].name, job})));
-  fill("jobs", jobs, (row, {room, job}) => {
-    row.dataset.job = job.job_id;
-    row.dataset.agent = job.agent_name;
-    cell(row, room); cell(row, job.dispatch_id); cell(row, job.agent_name || "(automatic)");
-    cell(row, job.job_id || "-"); cell(row, job.state, "state-" + job.state);
-    cell(row, job.summary, "why");
-  });
-  document.getElementById("updated").textContent = "updated " + new Date().toLocaleTimeString();
-  show("");
-}
-
-async function poll() {
-  try {
-    await refresh();
-  } catch (error) {
-    show(error.message);
-  }
-  if (token) timer = setTimeout(poll, POLL_MS);
-}
-
-function logOut(message) {
-  token = null;
-  clearTimeout(timer);
-  document.getElementById("board").hidden = true;
-  document.getElementById("login").hidden = false;
-  show(message);
-}
-
-document.getElementById("login").addEventListener("submit", async (event) => {
-  event.preventDefault();
-  const secret = document.getElementById("api-secret");
-  const response = await fetch("/dashboard/login", {
-    method: "POST",
-    headers: {"Content-Type": "application/json"},
-    body: JSON.stringify({api_key: document.getElementById("api-key").value, api_secret: secret.value}),
-  });
-  secret.value = "";  // not kept on the page
-  const data = await response.json();
-  if (!response.ok) {
-    show(data.error);
-    return;
-  }
-  token = data.token;
-  setTimeout(() => logOut("session ended: log in again"), data.expires_in * 1000);
-  document.getElementById("login").hidden = true;
-  document.getElementById("board").hidden = false;
-  poll();
-});
-</script>
-</body></html>
-"""

@@ -1,0 +1,81 @@
+"""The last hour of dispatching, minute by minute, for the dashboard's charts: dispatches created, the
+wait from a job's creation to its running, and jobs failed. A ring of per-minute buckets fed by the
+engine's decisions, so that the charts cost nothing when no page looks and survive no restart."""
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from switchboard.core.events import DispatchCreated, JobEnded, JobStarted
+from switchboard.core.jobs import JobStatus
+from switchboard.runtime import Runtime
+
+MINUTES = 60
+
+
+@dataclass
+class Minute:
+    start: int
+    """Unix time of the minute's first second (wall clock: the page labels the charts with it)."""
+    dispatches: int = 0
+    started: int = 0
+    wait_total: float = 0.0
+    """Seconds from creation to running, summed over the jobs that started in this minute."""
+    wait_max: float = 0.0
+    failures: int = 0
+
+
+class Activity:
+    def __init__(self, runtime: Runtime, clock: Callable[[], float] = time.time) -> None:
+        self._runtime = runtime
+        self._clock = clock
+        self._minutes: deque[Minute] = deque(maxlen=MINUTES)
+
+    def install(self) -> None:
+        on = self._runtime.on
+        on(DispatchCreated, self._dispatched)
+        on(JobStarted, self._started)
+        on(JobEnded, self._ended)
+
+    def _now(self) -> Minute:
+        start = int(self._clock() // 60) * 60
+        if not self._minutes or self._minutes[-1].start != start:
+            self._minutes.append(Minute(start))
+        return self._minutes[-1]
+
+    def _dispatched(self, _: DispatchCreated) -> None:
+        self._now().dispatches += 1
+
+    def _started(self, event: JobStarted) -> None:
+        job = event.job
+        if job.started_at is None:
+            return
+        wait = max(0.0, job.started_at - job.created_at)
+        minute = self._now()
+        minute.started += 1
+        minute.wait_total += wait
+        minute.wait_max = max(minute.wait_max, wait)
+
+    def _ended(self, event: JobEnded) -> None:
+        if event.job.status is JobStatus.FAILED:
+            self._now().failures += 1
+
+    def last_hour(self) -> list[dict[str, Any]]:
+        """Every minute of the last hour, oldest first, the quiet ones as zeros."""
+        current = int(self._clock() // 60) * 60
+        kept = {minute.start: minute for minute in self._minutes}
+        answer = []
+        for start in range(current - (MINUTES - 1) * 60, current + 60, 60):
+            minute = kept.get(start, Minute(start))
+            answer.append(
+                {
+                    "start": start,
+                    "dispatches": minute.dispatches,
+                    "failures": minute.failures,
+                    "wait_avg": minute.wait_total / minute.started if minute.started else 0.0,
+                    "wait_max": minute.wait_max,
+                }
+            )
+        return answer

@@ -1,0 +1,50 @@
+"""The dashboard's per-minute buckets, fed by a real engine's decisions under a hand-moved clock."""
+
+from switchboard.api.activity import MINUTES, Activity
+from switchboard.core.dispatch import DispatchSpec
+from switchboard.core.engine import Engine, EngineSettings, RoomSpec
+from switchboard.core.jobs import JobStatus
+from switchboard.runtime import Runtime
+
+START = 60.0 * 1_000_000  # a minute's first second
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = START
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_dispatches_and_failures_land_in_their_minute_and_age_out_after_an_hour() -> None:
+    clock = Clock()
+    runtime = Runtime(Engine(EngineSettings(pending_timeout=50.0)), clock)
+    activity = Activity(runtime, clock)
+    activity.install()
+    engine = runtime.engine
+
+    engine.create_room(RoomSpec(name="r"), clock.now)  # and its implicit automatic dispatch
+    engine.create_dispatch("r", DispatchSpec(agent_name="bot"), clock.now)
+    runtime.flush()
+    clock.now += 45  # same minute: nothing for `bot` or automatic agents yet
+    engine.tick(clock.now)
+    runtime.flush()
+    clock.now += 30  # next minute: both jobs waited past pending_timeout
+    engine.tick(clock.now)
+    runtime.flush()
+    assert all(job.status is JobStatus.FAILED for job in engine.jobs.values())
+
+    minutes = activity.last_hour()
+    assert len(minutes) == MINUTES and minutes[-1]["start"] == START + 60
+    assert [m["start"] for m in minutes] == [START + 60 * (i - MINUTES + 2) for i in range(MINUTES)]
+    first, second = minutes[-2], minutes[-1]
+    assert (first["dispatches"], first["failures"]) == (2, 0)
+    assert (second["dispatches"], second["failures"]) == (0, 2)
+    assert sum(m["dispatches"] + m["failures"] for m in minutes[:-2]) == 0
+
+    clock.now += 60 * (MINUTES - 1)  # the first minute is now just out of the hour, the second the oldest
+    minutes = activity.last_hour()
+    assert len(minutes) == MINUTES
+    assert (minutes[0]["start"], minutes[0]["failures"]) == (START + 60, 2)
+    assert sum(m["dispatches"] for m in minutes) == 0
