@@ -1,7 +1,7 @@
 // The official browser SDK `livekit-client` (unmodified UMD build) in headless Debian Chromium, driven by
 // playwright-core, against a Switchboard server. Run by tests/integration/test_browser.py:
 //
-//   node browser_scenario.mjs <room|watch|listen|captions|bad-token|speakers|relay|reconnect>
+//   node browser_scenario.mjs <room|watch|listen|captions|bad-token|speakers|relay|reconnect|camera>
 //
 // Environment: PAGE_URL (a page that loads livekit-client.umd.js, served by the test), SWITCHBOARD_WS_URL,
 // BROWSER_TOKEN, PEER_IDENTITY (the Python participant, room scenario), CHROMIUM (default /usr/bin/chromium).
@@ -15,6 +15,9 @@
 // reports each peer connection's ICE servers, the server's candidates and the selected candidate pair.
 // The reconnect scenario joins as the room scenario does, then reconnects by each
 // `simulateScenario` named on stdin (e.g. `signal-reconnect`, `full-reconnect`) until `leave`.
+// The camera scenario publishes Chromium's fake camera (CAMERA_WIDTH x CAMERA_HEIGHT) and its fake screen
+// (a screen share), mutes the camera on `mute`, unmutes it on `unmute`, and on `leave` reports what each
+// video sender encoded and sent.
 // Prints exactly one JSON line of observations on stdout; diagnostics go to stderr.
 
 import readline from 'node:readline';
@@ -37,6 +40,7 @@ const CHROMIUM_ARGS = [
   '--use-fake-ui-for-media-stream',
   '--use-fake-device-for-media-stream',
   '--autoplay-policy=no-user-gesture-required',
+  '--auto-accept-this-tab-capture',
 ];
 
 function lines() {
@@ -446,6 +450,58 @@ async function reconnectAndReport({ how, peer, timeoutMs }) {
   return report;
 }
 
+async function publishCamera({ url, token, width, height }) {
+  const LK = window.LivekitClient;
+  const room = new LK.Room();
+  window.__room = room;
+  await room.connect(url, token);
+  const camera = await room.localParticipant.setCameraEnabled(true, { resolution: { width, height } });
+  const published = { camera: { sid: camera.trackSid, source: camera.source } };
+  try {
+    // Headless Chromium has no screen to pick: it shares this very tab (--auto-accept-this-tab-capture).
+    const screen = await room.localParticipant.setScreenShareEnabled(true, {
+      audio: false,
+      preferCurrentTab: true,
+      selfBrowserSurface: 'include',
+    });
+    published.screen = { sid: screen.trackSid, source: screen.source };
+  } catch (e) {
+    published.screenError = String(e?.message ?? e);
+  }
+  return published;
+}
+
+async function muteCamera(muted) {
+  const publication = window.__room.localParticipant.getTrackPublication(window.LivekitClient.Track.Source.Camera);
+  await (muted ? publication.mute() : publication.unmute());
+  return publication.isMuted;
+}
+
+async function videoSenderReport() {
+  // What the browser's encoder made of each video track: the layers (rids) it sent, their size and frames.
+  const room = window.__room;
+  const report = {};
+  for (const publication of room.localParticipant.videoTrackPublications.values()) {
+    const layers = [];
+    (await publication.track.sender.getStats()).forEach((r) => {
+      if (r.type === 'outbound-rtp') {
+        layers.push({
+          rid: r.rid ?? null,
+          width: r.frameWidth ?? 0,
+          height: r.frameHeight ?? 0,
+          framesSent: r.framesSent ?? 0,
+          keyFrames: r.keyFramesEncoded ?? 0,
+          pli: r.pliCount ?? 0,
+          limitation: r.qualityLimitationReason ?? null,
+        });
+      }
+    });
+    report[publication.source] = layers;
+  }
+  await room.disconnect();
+  return report;
+}
+
 // ---- Driver ----
 
 async function main() {
@@ -461,7 +517,7 @@ async function main() {
   });
   result.launchMs = Date.now() - started;
   result.browserVersion = browser.version();
-  const input = ['room', 'watch', 'listen', 'speakers', 'relay', 'reconnect'].includes(scenario) ? lines() : null;
+  const input = ['room', 'watch', 'listen', 'speakers', 'relay', 'reconnect', 'camera'].includes(scenario) ? lines() : null;
   try {
     const page = await browser.newPage();
     page.setDefaultTimeout(STEP_TIMEOUT_MS);
@@ -559,6 +615,22 @@ async function main() {
         result.reconnects.push(await page.evaluate(reconnectAndReport, { how, peer: env.PEER_IDENTITY, timeoutMs: 20_000 }));
       }
       result.left = await page.evaluate(stopListening);
+    } else if (scenario === 'camera') {
+      result.published = await page.evaluate(publishCamera, {
+        url: env.SWITCHBOARD_WS_URL,
+        token: env.BROWSER_TOKEN,
+        width: Number(env.CAMERA_WIDTH),
+        height: Number(env.CAMERA_HEIGHT),
+      });
+      process.stderr.write(`published ${JSON.stringify(result.published)}\n`);
+      result.muted = [];
+      for (;;) {
+        process.stderr.write('browser publishing video; `mute`, `unmute` or `leave` on stdin\n');
+        const line = await input.next(60_000);
+        if (line !== 'mute' && line !== 'unmute') break;
+        result.muted.push(await page.evaluate(muteCamera, line === 'mute'));
+      }
+      result.sent = await page.evaluate(videoSenderReport);
     } else if (scenario === 'bad-token') {
       result.attempt = await page.evaluate(badConnect, { url: env.SWITCHBOARD_WS_URL, token: env.BROWSER_TOKEN });
     } else {

@@ -1,0 +1,305 @@
+"""Video rooms with the official SDKs: camera and screen tracks relayed without decoding, keyframes for
+late joiners, mute and unmute; publishers in the Python SDK and in the browser's `livekit-client`."""
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+from livekit import api, rtc
+
+from tests.browser import JOIN_TIMEOUT, BrowserScenario, served_page
+from tests.conftest import Server, start_server, stop_server
+from tests.polling import eventually
+
+WIDTH, HEIGHT = 640, 360
+ORANGE = (230, 120, 20)
+FPS = 30
+# Frames go through VP8 twice (the publisher's encoder, the subscriber's decoder): colours move a little.
+COLOUR_TOLERANCE = 24
+BROWSER_WIDTH, BROWSER_HEIGHT = 640, 480
+# "A late joiner sees a picture within a second": measured from its subscription to its first frame.
+FIRST_FRAME_DEADLINE = 1.5
+FRAME_DEADLINE = 10.0
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    instance = start_server(tmp_path_factory.mktemp("server"), {"rtc": {"ice_addresses": ["127.0.0.1"]}})
+    yield instance
+    stop_server(instance)
+
+
+@dataclass
+class Received:
+    """What a subscriber saw of one video track."""
+
+    subscribed_at: float
+    frames: int = 0
+    first_frame_at: float | None = None
+    size: tuple[int, int] = (0, 0)
+    colour: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    source: int = 0
+    sizes: set[tuple[int, int]] = field(default_factory=set)
+
+
+class Viewer:
+    """A Python rtc participant that reads every video track it is sent."""
+
+    def __init__(self, identity: str) -> None:
+        self.identity = identity
+        self.room = rtc.Room()
+        self.tracks: dict[str, Received] = {}
+        self.muted: list[str] = []
+        self.unmuted: list[str] = []
+        self._tasks: set[asyncio.Future[None]] = set()
+
+        @self.room.on("track_subscribed")
+        def on_track(track: rtc.Track, publication: rtc.RemoteTrackPublication, *_: Any) -> None:
+            if track.kind == rtc.TrackKind.KIND_VIDEO:
+                received = Received(subscribed_at=time.monotonic(), source=publication.source)
+                self.tracks[publication.sid] = received
+                self._spawn(self._watch(track, received))
+
+        self.room.on("track_muted", lambda _p, publication: self.muted.append(publication.sid))
+        self.room.on("track_unmuted", lambda _p, publication: self.unmuted.append(publication.sid))
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _watch(self, track: rtc.Track, received: Received) -> None:
+        async for event in rtc.VideoStream(track, format=rtc.VideoBufferType.RGBA):
+            frame = event.frame
+            if received.first_frame_at is None:
+                received.first_frame_at = time.monotonic()
+            pixels = np.frombuffer(frame.data, dtype=np.uint8).reshape(frame.height, frame.width, 4)
+            received.size = (frame.width, frame.height)
+            received.sizes.add(received.size)
+            received.colour = tuple(float(c) for c in pixels[..., :3].reshape(-1, 3).mean(axis=0))  # type: ignore[assignment]
+            received.frames += 1
+
+    def only(self) -> Received:
+        [received] = self.tracks.values()
+        return received
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await self.room.disconnect()
+
+
+class Camera:
+    """A Python rtc participant publishing a plain colour at FPS frames a second."""
+
+    def __init__(self, room: rtc.Room, colour: tuple[int, int, int], width: int, height: int) -> None:
+        self.source = rtc.VideoSource(width, height)
+        self.track = rtc.LocalVideoTrack.create_video_track("camera", self.source)
+        pixels = np.empty((height, width, 4), dtype=np.uint8)
+        pixels[...] = (*colour, 255)
+        self._frame = rtc.VideoFrame(width, height, rtc.VideoBufferType.RGBA, pixels.tobytes())
+        self._room = room
+        self._task: asyncio.Task[None] | None = None
+
+    async def publish(self, **options: Any) -> rtc.LocalTrackPublication:
+        publish_options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA, **options)
+        publication = await self._room.local_participant.publish_track(self.track, publish_options)
+        self._task = asyncio.ensure_future(self._play())
+        return publication
+
+    async def _play(self) -> None:
+        while True:
+            self.source.capture_frame(self._frame, timestamp_us=int(time.monotonic() * 1e6))
+            await asyncio.sleep(1 / FPS)
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+
+@pytest.fixture
+async def room(server: Server) -> AsyncIterator[Callable[..., Any]]:
+    """join(identity) connects a participant to a fresh room; join.camera(...) starts a publisher."""
+    made: list[Any] = []
+    name = f"video-{uuid.uuid4().hex[:8]}"
+
+    async def join(identity: str) -> Viewer:
+        viewer = Viewer(identity)
+        made.append(viewer)
+        await viewer.room.connect(server.ws_url, server.join_token(name, identity))
+        return viewer
+
+    async def camera(
+        identity: str, colour: tuple[int, int, int] = ORANGE, width: int = WIDTH, height: int = HEIGHT
+    ) -> tuple[Viewer, Camera]:
+        viewer = await join(identity)
+        publisher = Camera(viewer.room, colour, width, height)
+        made.append(publisher)
+        return viewer, publisher
+
+    join.camera = camera  # type: ignore[attr-defined]
+    join.name = name  # type: ignore[attr-defined]
+    yield join
+    for item in reversed(made):
+        if isinstance(item, Camera):
+            item.stop()
+        else:
+            await item.close()
+
+
+def close_to(colour: tuple[float, float, float], expected: tuple[int, int, int]) -> bool:
+    return all(abs(c - e) <= COLOUR_TOLERANCE for c, e in zip(colour, expected, strict=True))
+
+
+async def test_camera_frames_reach_a_subscriber_with_their_size_and_colour(
+    room: Any, lkapi: api.LiveKitAPI
+) -> None:
+    viewer = await room("viewer")
+    _, camera = await room.camera("alice")
+    publication = await camera.publish(simulcast=False)
+    assert publication.sid.startswith("TR_")
+
+    received = await eventually(
+        lambda: viewer.tracks.get(publication.sid), "the viewer to subscribe to alice's camera"
+    )
+    await eventually(lambda: received.frames >= 30, "30 frames of alice's camera", FRAME_DEADLINE)
+    assert received.size == (WIDTH, HEIGHT)
+    assert close_to(received.colour, ORANGE), f"relayed colour {received.colour} is not {ORANGE}"
+    assert received.source == rtc.TrackSource.SOURCE_CAMERA
+
+    listed = await lkapi.room.list_participants(api.ListParticipantsRequest(room=room.name))
+    [track] = next(p for p in listed.participants if p.identity == "alice").tracks
+    assert (track.sid, track.type, track.source, track.mime_type) == (
+        publication.sid,
+        api.TrackType.VIDEO,
+        api.TrackSource.CAMERA,
+        "video/VP8",
+    )
+
+
+async def test_a_late_joiner_gets_a_picture_promptly(room: Any) -> None:
+    """The stream has run for a while (no keyframe due soon) when a viewer joins: it asks for one."""
+    early = await room("early")
+    _, camera = await room.camera("alice")
+    publication = await camera.publish(simulcast=False)
+    received = await eventually(lambda: early.tracks.get(publication.sid), "the early viewer's track")
+    await eventually(lambda: received.frames >= 2 * FPS, "two seconds of video for the early viewer")
+
+    late = await room("late")
+    late_received = await eventually(lambda: late.tracks.get(publication.sid), "the late viewer's track")
+    await eventually(
+        lambda: late_received.first_frame_at, "the late viewer's first frame", FIRST_FRAME_DEADLINE
+    )
+    assert late_received.first_frame_at is not None
+    delay = late_received.first_frame_at - late_received.subscribed_at
+    print(f"late joiner: first frame {delay * 1000:.0f} ms after its subscription")
+    await eventually(lambda: late_received.frames >= 10, "ten frames for the late viewer")
+    assert late_received.size == (WIDTH, HEIGHT) and close_to(late_received.colour, ORANGE)
+
+
+async def test_simulcast_offers_are_relayed_as_their_first_full_size_layer(room: Any) -> None:
+    """The Rust SDK offers three layers (rids f, h, q, full size first); the answer declines simulcast,
+    so it sends one stream: its first layer, at the published size, not a scaled-down one."""
+    viewer = await room("viewer")
+    _, camera = await room.camera("alice")
+    publication = await camera.publish(simulcast=True)
+    received = await eventually(lambda: viewer.tracks.get(publication.sid), "the viewer's track")
+    await eventually(lambda: received.frames >= 30, "30 frames of the simulcast camera", FRAME_DEADLINE)
+    assert received.sizes == {(WIDTH, HEIGHT)}
+    assert close_to(received.colour, ORANGE)
+
+
+async def test_mute_stops_the_video_and_unmute_brings_it_back(room: Any) -> None:
+    viewer = await room("viewer")
+    _, camera = await room.camera("alice")
+    publication = await camera.publish(simulcast=False)
+    received = await eventually(lambda: viewer.tracks.get(publication.sid), "the viewer's track")
+    await eventually(lambda: received.frames >= 10, "the first frames")
+
+    camera.track.mute()
+    await eventually(lambda: publication.sid in viewer.muted, "the viewer to see the camera muted")
+    camera.track.unmute()
+    await eventually(lambda: publication.sid in viewer.unmuted, "the viewer to see the camera unmuted")
+    # A muted libwebrtc track sends black frames: the picture is back once the colour is.
+    await eventually(lambda: close_to(received.colour, ORANGE), "the picture after unmute", FRAME_DEADLINE)
+
+
+async def test_two_cameras_and_three_viewers(room: Any) -> None:
+    """Each viewer gets each camera's own picture: two tracks, two colours, no mix-up; the last viewer
+    joins once both publish, and receives both in its first offer."""
+    blue = (20, 60, 220)
+    viewers = [await room(f"viewer-{n}") for n in range(2)]
+    _, orange_camera = await room.camera("orange")
+    _, blue_camera = await room.camera("blue", colour=blue, width=320, height=240)
+    orange = await orange_camera.publish(simulcast=False)
+    blue_publication = await blue_camera.publish(simulcast=False)
+    viewers.append(await room("late-viewer"))
+    for viewer in viewers:
+        for sid in (orange.sid, blue_publication.sid):
+            track = await eventually(lambda v=viewer, s=sid: v.tracks.get(s), f"{viewer.identity} {sid}")
+            await eventually(lambda t=track: t.frames >= 10, f"{viewer.identity} frames of {sid}")
+        assert viewer.tracks[orange.sid].size == (WIDTH, HEIGHT)
+        assert close_to(viewer.tracks[orange.sid].colour, ORANGE)
+        assert viewer.tracks[blue_publication.sid].size == (320, 240)
+        assert close_to(viewer.tracks[blue_publication.sid].colour, blue)
+
+
+async def test_browser_camera_and_screen_share_reach_python(server: Server) -> None:
+    """livekit-client publishes Chromium's fake camera and fake screen (simulcast on, as by default); a
+    Python viewer receives both, at the camera's size; mute and unmute reach it too."""
+    name = f"browser-video-{uuid.uuid4().hex[:8]}"
+    viewer = Viewer("viewer")
+    await viewer.room.connect(server.ws_url, server.join_token(name, "viewer"))
+    async with served_page() as page:
+        browser = BrowserScenario(
+            server,
+            page,
+            "camera",
+            server.join_token(name, "browser"),
+            CAMERA_WIDTH=str(BROWSER_WIDTH),
+            CAMERA_HEIGHT=str(BROWSER_HEIGHT),
+        )
+        try:
+            await browser.start()
+            wanted = (rtc.TrackSource.SOURCE_CAMERA, rtc.TrackSource.SOURCE_SCREENSHARE)
+            await eventually(
+                lambda: {r.source: r.frames for r in viewer.tracks.values()},
+                "ten frames of the browser's camera and screen (frames by source)",
+                JOIN_TIMEOUT,
+                accept=lambda frames: all(frames.get(source, 0) >= 10 for source in wanted),
+            )
+            by_source = {r.source: r for r in viewer.tracks.values()}
+            camera = by_source[rtc.TrackSource.SOURCE_CAMERA]
+            screen = by_source[rtc.TrackSource.SOURCE_SCREENSHARE]
+            print(f"browser camera received at {sorted(camera.sizes)}, screen at {sorted(screen.sizes)}")
+            # livekit-client offers the layers `q;~h` (its full-size layer paused): the relay takes `q`,
+            # which Chromium's encoder sizes as it sees fit, always at the camera's aspect ratio.
+            assert all(
+                w * BROWSER_HEIGHT == h * BROWSER_WIDTH and w <= BROWSER_WIDTH for w, h in camera.sizes
+            ), camera.sizes
+            assert screen.size[0] > 0 and screen.size[1] > 0
+
+            camera_sid = next(sid for sid, r in viewer.tracks.items() if r is camera)
+            browser.tell("mute")
+            await eventually(lambda: camera_sid in viewer.muted, "the viewer to see the camera muted")
+            browser.tell("unmute")
+            await eventually(lambda: camera_sid in viewer.unmuted, "the viewer to see the camera unmuted")
+            frames = camera.frames
+            await eventually(
+                lambda: camera.frames >= frames + 10, "camera frames after unmute", FRAME_DEADLINE
+            )
+            browser.tell("leave")
+            result = await browser.result()
+        finally:
+            await browser.kill()
+            await viewer.close()
+    print(f"browser sent: {result['sent']}")
+    assert result["muted"] == [True, False]
+    assert "screenError" not in result["published"], result["published"]
