@@ -15,6 +15,7 @@ from livekit import api, rtc
 
 from tests.browser import JOIN_TIMEOUT, BrowserScenario, served_page
 from tests.conftest import Server, start_server, stop_server
+from tests.integration.test_rtc_node import run_rtc_scenario, unique_room
 from tests.polling import eventually
 
 WIDTH, HEIGHT = 640, 360
@@ -306,3 +307,15 @@ async def test_browser_camera_and_screen_share_reach_python(server: Server) -> N
     print(f"browser sent: {result['sent']}")
     assert result["muted"] == [True, False]
     assert "screenError" not in result["published"], result["published"]
+
+
+async def test_rtc_node_camera_reaches_node_viewers_and_a_late_joiner(server: Server) -> None:
+    """@livekit/rtc-node publishes a 320x240 camera of one colour (simulcast offered); another rtc-node
+    participant receives it, and so does one that joins while it runs."""
+    result = await run_rtc_scenario(server, "video", unique_room("video"), "ABC")
+    print(f"rtc-node video: {result['received']}")
+    for label in ("B", "C"):
+        received = result["received"][label]
+        assert received["sizes"] == ["320x240"], received
+        assert close_to(tuple(received["colour"]), ORANGE), received
+    assert result["received"]["C"]["firstFrameMs"] < FIRST_FRAME_DEADLINE * 1000
