@@ -1,8 +1,10 @@
 """Video rooms with the official SDKs: camera and screen tracks relayed without decoding, keyframes for
-late joiners, mute and unmute; publishers in the Python SDK and in the browser's `livekit-client`."""
+late joiners, simulcast offers, mute and unmute; publishers in the Python SDK, `@livekit/rtc-node` and
+the browser's `livekit-client`, and a livekit-agents job reading a participant's video."""
 
 import asyncio
 import contextlib
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -319,3 +321,26 @@ async def test_rtc_node_camera_reaches_node_viewers_and_a_late_joiner(server: Se
         assert received["sizes"] == ["320x240"], received
         assert close_to(tuple(received["colour"]), ORANGE), received
     assert result["received"]["C"]["firstFrameMs"] < FIRST_FRAME_DEADLINE * 1000
+
+
+async def test_an_agent_job_reads_a_participants_video(server: Server, workers: Any) -> None:
+    """A livekit-agents worker, dispatched by the participant's token, counts the frames of its camera."""
+    worker = workers("watcher", "watch")
+    name = f"agent-video-{uuid.uuid4().hex[:8]}"
+    viewer = Viewer("alice")
+    await viewer.room.connect(
+        server.ws_url, server.join_token(name, "alice", agents=[{"agentName": "watcher"}])
+    )
+    camera = Camera(viewer.room, ORANGE, WIDTH, HEIGHT)
+    try:
+        publication = await camera.publish(simulcast=False)
+        [watched] = await eventually(
+            lambda: list(worker.records.glob("*.watched")), "the agent to watch 30 frames", FRAME_DEADLINE * 3
+        )
+        record = json.loads(watched.read_text())
+    finally:
+        camera.stop()
+        await viewer.close()
+    assert (record["participant"], record["track_sid"], record["frames"]) == ("alice", publication.sid, 30)
+    assert record["size"] == [WIDTH, HEIGHT]
+    assert close_to(tuple(record["colour"]), ORANGE), record
