@@ -344,3 +344,33 @@ async def test_an_agent_job_reads_a_participants_video(server: Server, workers: 
     assert (record["participant"], record["track_sid"], record["frames"]) == ("alice", publication.sid, 30)
     assert record["size"] == [WIDTH, HEIGHT]
     assert close_to(tuple(record["colour"]), ORANGE), record
+
+
+async def test_browser_views_a_python_camera_and_hides_it_with_adaptive_stream(server: Server) -> None:
+    """livekit-client (adaptive stream on) decodes a Python camera while its <video> element shows it;
+    once the element is gone the SDK asks for no video (`update_track_settings` disabled) and frames stop;
+    shown again, frames come back."""
+    name = f"browser-view-{uuid.uuid4().hex[:8]}"
+    publisher = Viewer("py")
+    await publisher.room.connect(server.ws_url, server.join_token(name, "py"))
+    camera = Camera(publisher.room, ORANGE, WIDTH, HEIGHT)
+    try:
+        await camera.publish(simulcast=False)
+        async with served_page() as page:
+            browser = BrowserScenario(
+                server, page, "view", server.join_token(name, "browser"), PEER_IDENTITY="py"
+            )
+            try:
+                await browser.start()
+                result = await browser.result()
+            finally:
+                await browser.kill()
+    finally:
+        camera.stop()
+        await publisher.close()
+    viewed = result["viewed"]
+    print(f"browser view: {viewed}")
+    assert viewed["subscribed"] and viewed["shown"] is not None, viewed
+    assert (viewed["shown"]["width"], viewed["shown"]["height"]) == (WIDTH, HEIGHT)
+    assert viewed["hidden"] is not None, "frames kept coming to a hidden video"
+    assert viewed["shownAgain"] is not None, "no frames once the video was shown again"

@@ -1,7 +1,7 @@
 // The official browser SDK `livekit-client` (unmodified UMD build) in headless Debian Chromium, driven by
 // playwright-core, against a Switchboard server. Run by tests/integration/test_browser.py:
 //
-//   node browser_scenario.mjs <room|watch|listen|captions|bad-token|speakers|relay|reconnect|camera>
+//   node browser_scenario.mjs <room|watch|listen|captions|bad-token|speakers|relay|reconnect|camera|view>
 //
 // Environment: PAGE_URL (a page that loads livekit-client.umd.js, served by the test), SWITCHBOARD_WS_URL,
 // BROWSER_TOKEN, PEER_IDENTITY (the Python participant, room scenario), CHROMIUM (default /usr/bin/chromium).
@@ -18,6 +18,8 @@
 // The camera scenario publishes Chromium's fake camera (CAMERA_WIDTH x CAMERA_HEIGHT) and its fake screen
 // (a screen share), mutes the camera on `mute`, unmutes it on `unmute`, and on `leave` reports what each
 // video sender encoded and sent.
+// The view scenario joins with adaptive stream on, shows PEER_IDENTITY's camera in a <video> element until
+// 30 frames are decoded, removes the element (the SDK then asks for no video), and shows it again.
 // Prints exactly one JSON line of observations on stdout; diagnostics go to stderr.
 
 import readline from 'node:readline';
@@ -502,6 +504,52 @@ async function videoSenderReport() {
   return report;
 }
 
+async function viewWithAdaptiveStream({ url, token, peer, timeoutMs }) {
+  const LK = window.LivekitClient;
+  const room = new LK.Room({ adaptiveStream: true });
+  window.__room = room;
+  const t0 = performance.now();
+  const subscribed = new Promise((resolve) =>
+    room.on(LK.RoomEvent.TrackSubscribed, (track, _pub, p) => p.identity === peer && track.kind === 'video' && resolve(track)),
+  );
+  await room.connect(url, token);
+  const track = await Promise.race([subscribed, new Promise((r) => setTimeout(() => r(null), timeoutMs))]);
+  if (!track) return { subscribed: false };
+  const inbound = async () => {
+    let found = null;
+    (await track.receiver.getStats()).forEach((r) => r.type === 'inbound-rtp' && (found = r));
+    return { frames: found?.framesDecoded ?? 0, received: found?.packetsReceived ?? 0, width: found?.frameWidth ?? 0, height: found?.frameHeight ?? 0 };
+  };
+  const until = async (condition) => {
+    const start = performance.now();
+    for (let now = await inbound(); performance.now() - start < timeoutMs; now = await inbound()) {
+      if (await condition(now)) return now;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    return null;
+  };
+  const show = () => {
+    const element = track.attach();
+    element.style.width = '640px';
+    element.style.height = '360px';
+    document.body.appendChild(element);
+  };
+  show();
+  const shown = await until((s) => s.frames >= 30);
+  const firstShownMs = Math.round(performance.now() - t0);
+  track.detach().forEach((element) => element.remove());
+  // Hidden: packets stop coming once the server has the SDK's `disabled` setting (no packet for 1 s).
+  const hidden = await until(async (s) => {
+    await new Promise((r) => setTimeout(r, 1000));
+    return (await inbound()).received === s.received;
+  });
+  show();
+  const before = (await inbound()).frames;
+  const shownAgain = await until((s) => s.frames >= before + 30);
+  await room.disconnect();
+  return { subscribed: true, shown, firstShownMs, hidden, shownAgain };
+}
+
 // ---- Driver ----
 
 async function main() {
@@ -631,6 +679,13 @@ async function main() {
         result.muted.push(await page.evaluate(muteCamera, line === 'mute'));
       }
       result.sent = await page.evaluate(videoSenderReport);
+    } else if (scenario === 'view') {
+      result.viewed = await page.evaluate(viewWithAdaptiveStream, {
+        url: env.SWITCHBOARD_WS_URL,
+        token: env.BROWSER_TOKEN,
+        peer: env.PEER_IDENTITY,
+        timeoutMs: 15_000,
+      });
     } else if (scenario === 'bad-token') {
       result.attempt = await page.evaluate(badConnect, { url: env.SWITCHBOARD_WS_URL, token: env.BROWSER_TOKEN });
     } else {
