@@ -14,10 +14,13 @@ from typing import Any
 import numpy as np
 import pytest
 from livekit import api, rtc
+from livekit.protocol import models
+from livekit.protocol import rtc as signal
 
 from tests.browser import JOIN_TIMEOUT, BrowserScenario, served_page
 from tests.conftest import Server, start_server, stop_server
 from tests.integration.test_rtc_node import run_rtc_scenario, unique_room
+from tests.integration.test_rtc_python import raw_join, read_signal_until
 from tests.polling import eventually
 
 WIDTH, HEIGHT = 640, 360
@@ -374,3 +377,21 @@ async def test_browser_views_a_python_camera_and_hides_it_with_adaptive_stream(s
     assert (viewed["shown"]["width"], viewed["shown"]["height"]) == (WIDTH, HEIGHT)
     assert viewed["hidden"] is not None, "frames kept coming to a hidden video"
     assert viewed["shownAgain"] is not None, "no frames once the video was shown again"
+
+
+async def test_video_tracks_are_announced_and_other_track_types_refused(server: Server) -> None:
+    """AddTrack: a video track is published (type VIDEO, a TR_ sid); a type this server does not relay
+    gets LiveKit's refusal, UNSUPPORTED_TYPE, naming the request."""
+    session, ws = await raw_join(server, f"types-{uuid.uuid4().hex[:8]}", "announcer")
+    try:
+        for cid, kind in (("camera", models.VIDEO), ("data", models.DATA)):
+            request = signal.AddTrackRequest(cid=cid, name=cid, type=kind, source=models.CAMERA)
+            await ws.send_bytes(signal.SignalRequest(add_track=request).SerializeToString())
+        seen = await read_signal_until(ws, lambda r: r.WhichOneof("message") == "request_response")
+        [published] = [r.track_published for r in seen if r.WhichOneof("message") == "track_published"]
+        assert (published.cid, published.track.type) == ("camera", models.VIDEO)
+        assert published.track.sid.startswith("TR_")
+        refusal = seen[-1].request_response
+        assert refusal.reason == signal.RequestResponse.UNSUPPORTED_TYPE and refusal.add_track.cid == "data"
+    finally:
+        await session.close()
