@@ -680,12 +680,8 @@ async function main() {
       }
       result.sent = await page.evaluate(videoSenderReport);
     } else if (scenario === 'view') {
-      result.viewed = await page.evaluate(viewWithAdaptiveStream, {
-        url: env.SWITCHBOARD_WS_URL,
-        token: env.BROWSER_TOKEN,
-        peer: env.PEER_IDENTITY,
-        timeoutMs: 15_000,
-      });
+      const where = { url: env.SWITCHBOARD_WS_URL, token: env.BROWSER_TOKEN, peer: env.PEER_IDENTITY };
+      result.viewed = await page.evaluate(viewWithAdaptiveStream, { ...where, timeoutMs: 15_000 });
     } else if (scenario === 'bad-token') {
       result.attempt = await page.evaluate(badConnect, { url: env.SWITCHBOARD_WS_URL, token: env.BROWSER_TOKEN });
     } else {
