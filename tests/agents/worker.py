@@ -1,11 +1,13 @@
 """A real livekit-agents worker for the integration tests, shaped by environment variables.
 
     TEST_AGENT_NAME     agent name to register with (empty: automatic dispatch)
-    TEST_BEHAVIOUR      shutdown | raise | hang | stay | reject | decline | listen
+    TEST_BEHAVIOUR      shutdown | raise | hang | stay | reject | decline | listen | watch
                         shutdown: record the job, then ctx.shutdown()
                         stay:     join the room and stay until the job is terminated
                         listen:   join the room, measure the first participant's audio, answer with a
                                   transcription text stream (topic lk.transcription), then ctx.shutdown()
+                        watch:    join the room, count 30 frames of the first video track it receives,
+                                  record their size and mean colour (<job id>.watched), then ctx.shutdown()
                         raise:    record the job, then raise from the entrypoint
                         hang:     record the job and return; it runs until the server terminates it
                         reject:   answer every offer with reject(terminate=False)
@@ -103,6 +105,8 @@ async def entrypoint(ctx: JobContext) -> None:
         ctx.shutdown("done")
     if BEHAVIOUR == "listen":
         await listen(ctx, job.id)
+    if BEHAVIOUR == "watch":
+        await watch(ctx, job.id)
     if BEHAVIOUR == "stay":
         await ctx.connect()
 
@@ -140,6 +144,36 @@ async def listen(ctx: JobContext, job_id: str) -> None:
         },
     )
     ctx.shutdown("listened")
+
+
+async def watch(ctx: JobContext, job_id: str) -> None:
+    """What a vision agent does first: read a participant's video frames."""
+    await ctx.connect()
+    subscribed: asyncio.Future[tuple[rtc.Track, rtc.RemoteParticipant]] = asyncio.Future()
+
+    def on_track(track: rtc.Track, _: rtc.RemoteTrackPublication, participant: rtc.RemoteParticipant) -> None:
+        if track.kind == rtc.TrackKind.KIND_VIDEO and not subscribed.done():
+            subscribed.set_result((track, participant))
+
+    ctx.room.on("track_subscribed", on_track)
+    track, participant = await subscribed
+    frames = 0
+    async for event in rtc.VideoStream(track, format=rtc.VideoBufferType.RGBA):
+        frames += 1
+        if frames >= 30:
+            frame = event.frame
+            pixels = np.frombuffer(frame.data, dtype=np.uint8).reshape(-1, 4)
+            colour = [round(float(c)) for c in pixels[:, :3].mean(axis=0)]
+            break
+    watched = {
+        "participant": participant.identity,
+        "track_sid": track.sid,
+        "frames": frames,
+        "size": [frame.width, frame.height],
+        "colour": colour,
+    }
+    (RECORD_DIR / f"{job_id}.watched").write_text(json.dumps(watched))
+    ctx.shutdown("watched")
 
 
 if __name__ == "__main__":

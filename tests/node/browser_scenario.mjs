@@ -1,7 +1,7 @@
 // The official browser SDK `livekit-client` (unmodified UMD build) in headless Debian Chromium, driven by
 // playwright-core, against a Switchboard server. Run by tests/integration/test_browser.py:
 //
-//   node browser_scenario.mjs <room|watch|listen|rpc|e2ee|guard|captions|bad-token|speakers|relay|reconnect>
+//   node browser_scenario.mjs <room|watch|listen|rpc|e2ee|guard|captions|bad-token|speakers|relay|reconnect|camera|view>
 //
 // Environment: PAGE_URL (a page that loads livekit-client.umd.js, served by the test), SWITCHBOARD_WS_URL,
 // BROWSER_TOKEN, PEER_IDENTITY (the Python participant, room scenario), CHROMIUM (default /usr/bin/chromium).
@@ -19,6 +19,11 @@
 // reports each peer connection's ICE servers, the server's candidates and the selected candidate pair.
 // The reconnect scenario joins as the room scenario does, then reconnects by each
 // `simulateScenario` named on stdin (e.g. `signal-reconnect`, `full-reconnect`) until `leave`.
+// The camera scenario publishes Chromium's fake camera (CAMERA_WIDTH x CAMERA_HEIGHT) and its fake screen
+// (a screen share), mutes the camera on `mute`, unmutes it on `unmute`, and on `leave` reports what each
+// video sender encoded and sent.
+// The view scenario joins with adaptive stream on, shows PEER_IDENTITY's camera in a <video> element until
+// 30 frames are decoded, removes the element (the SDK then asks for no video), and shows it again.
 // Prints exactly one JSON line of observations on stdout; diagnostics go to stderr.
 
 import readline from 'node:readline';
@@ -41,6 +46,7 @@ const CHROMIUM_ARGS = [
   '--use-fake-ui-for-media-stream',
   '--use-fake-device-for-media-stream',
   '--autoplay-policy=no-user-gesture-required',
+  '--auto-accept-this-tab-capture',
 ];
 
 function lines() {
@@ -527,6 +533,104 @@ async function reconnectAndReport({ how, peer, timeoutMs }) {
   return report;
 }
 
+async function publishCamera({ url, token, width, height }) {
+  const LK = window.LivekitClient;
+  const room = new LK.Room();
+  window.__room = room;
+  await room.connect(url, token);
+  const camera = await room.localParticipant.setCameraEnabled(true, { resolution: { width, height } });
+  const published = { camera: { sid: camera.trackSid, source: camera.source } };
+  try {
+    // Headless Chromium has no screen to pick: it shares this very tab (--auto-accept-this-tab-capture).
+    const screen = await room.localParticipant.setScreenShareEnabled(true, {
+      audio: false,
+      preferCurrentTab: true,
+      selfBrowserSurface: 'include',
+    });
+    published.screen = { sid: screen.trackSid, source: screen.source };
+  } catch (e) {
+    published.screenError = String(e?.message ?? e);
+  }
+  return published;
+}
+
+async function muteCamera(muted) {
+  const publication = window.__room.localParticipant.getTrackPublication(window.LivekitClient.Track.Source.Camera);
+  await (muted ? publication.mute() : publication.unmute());
+  return publication.isMuted;
+}
+
+async function videoSenderReport() {
+  // What the browser's encoder made of each video track: the layers (rids) it sent, their size and frames.
+  const room = window.__room;
+  const report = {};
+  for (const publication of room.localParticipant.videoTrackPublications.values()) {
+    const layers = [];
+    (await publication.track.sender.getStats()).forEach((r) => {
+      if (r.type === 'outbound-rtp') {
+        layers.push({
+          rid: r.rid ?? null,
+          width: r.frameWidth ?? 0,
+          height: r.frameHeight ?? 0,
+          framesSent: r.framesSent ?? 0,
+          keyFrames: r.keyFramesEncoded ?? 0,
+          pli: r.pliCount ?? 0,
+          limitation: r.qualityLimitationReason ?? null,
+        });
+      }
+    });
+    report[publication.source] = layers;
+  }
+  await room.disconnect();
+  return report;
+}
+
+async function viewWithAdaptiveStream({ url, token, peer, timeoutMs }) {
+  const LK = window.LivekitClient;
+  const room = new LK.Room({ adaptiveStream: true });
+  window.__room = room;
+  const t0 = performance.now();
+  const subscribed = new Promise((resolve) =>
+    room.on(LK.RoomEvent.TrackSubscribed, (track, _pub, p) => p.identity === peer && track.kind === 'video' && resolve(track)),
+  );
+  await room.connect(url, token);
+  const track = await Promise.race([subscribed, new Promise((r) => setTimeout(() => r(null), timeoutMs))]);
+  if (!track) return { subscribed: false };
+  const inbound = async () => {
+    let found = null;
+    (await track.receiver.getStats()).forEach((r) => r.type === 'inbound-rtp' && (found = r));
+    return { frames: found?.framesDecoded ?? 0, received: found?.packetsReceived ?? 0, width: found?.frameWidth ?? 0, height: found?.frameHeight ?? 0 };
+  };
+  const until = async (condition) => {
+    const start = performance.now();
+    for (let now = await inbound(); performance.now() - start < timeoutMs; now = await inbound()) {
+      if (await condition(now)) return now;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    return null;
+  };
+  const show = () => {
+    const element = track.attach();
+    element.style.width = '640px';
+    element.style.height = '360px';
+    document.body.appendChild(element);
+  };
+  show();
+  const shown = await until((s) => s.frames >= 30);
+  const firstShownMs = Math.round(performance.now() - t0);
+  track.detach().forEach((element) => element.remove());
+  // Hidden: packets stop coming once the server has the SDK's `disabled` setting (no packet for 1 s).
+  const hidden = await until(async (s) => {
+    await new Promise((r) => setTimeout(r, 1000));
+    return (await inbound()).received === s.received;
+  });
+  show();
+  const before = (await inbound()).frames;
+  const shownAgain = await until((s) => s.frames >= before + 30);
+  await room.disconnect();
+  return { subscribed: true, shown, firstShownMs, hidden, shownAgain };
+}
+
 // ---- Driver ----
 
 async function main() {
@@ -542,7 +646,7 @@ async function main() {
   });
   result.launchMs = Date.now() - started;
   result.browserVersion = browser.version();
-  const input = ['room', 'watch', 'listen', 'rpc', 'e2ee', 'guard', 'speakers', 'relay', 'reconnect'].includes(scenario) ? lines() : null;
+  const input = ['room', 'watch', 'listen', 'rpc', 'e2ee', 'guard', 'speakers', 'relay', 'reconnect', 'camera'].includes(scenario) ? lines() : null;
   try {
     const page = await browser.newPage();
     page.setDefaultTimeout(STEP_TIMEOUT_MS);
@@ -673,6 +777,25 @@ async function main() {
         result.reconnects.push(await page.evaluate(reconnectAndReport, { how, peer: env.PEER_IDENTITY, timeoutMs: 20_000 }));
       }
       result.left = await page.evaluate(disconnectRoom);
+    } else if (scenario === 'camera') {
+      result.published = await page.evaluate(publishCamera, {
+        url: env.SWITCHBOARD_WS_URL,
+        token: env.BROWSER_TOKEN,
+        width: Number(env.CAMERA_WIDTH),
+        height: Number(env.CAMERA_HEIGHT),
+      });
+      process.stderr.write(`published ${JSON.stringify(result.published)}\n`);
+      result.muted = [];
+      for (;;) {
+        process.stderr.write('browser publishing video; `mute`, `unmute` or `leave` on stdin\n');
+        const line = await input.next(60_000);
+        if (line !== 'mute' && line !== 'unmute') break;
+        result.muted.push(await page.evaluate(muteCamera, line === 'mute'));
+      }
+      result.sent = await page.evaluate(videoSenderReport);
+    } else if (scenario === 'view') {
+      const where = { url: env.SWITCHBOARD_WS_URL, token: env.BROWSER_TOKEN, peer: env.PEER_IDENTITY };
+      result.viewed = await page.evaluate(viewWithAdaptiveStream, { ...where, timeoutMs: 15_000 });
     } else if (scenario === 'bad-token') {
       result.attempt = await page.evaluate(badConnect, { url: env.SWITCHBOARD_WS_URL, token: env.BROWSER_TOKEN });
     } else {

@@ -1,6 +1,6 @@
 // Joins rooms of a running Switchboard server with the official, unmodified `@livekit/rtc-node` SDK.
 //
-// Usage: node rtc_scenarios.mjs <presence|audio|audio-fanout|unpublish|republish|data|text|rpc|permissions|resume>
+// Usage: node rtc_scenarios.mjs <presence|audio|audio-fanout|unpublish|republish|data|text|rpc|permissions|resume|video>
 // Environment: SWITCHBOARD_URL (ws://127.0.0.1:PORT), TOKEN_A, TOKEN_B (and TOKEN_C for `audio-fanout` and
 // `data`; only TOKEN_B and TOKEN_C for `permissions`): participant tokens for one room, minted by the
 // Python test; E2EE_KEY: every participant uses the SDK's end-to-end encryption with this shared key.
@@ -23,12 +23,17 @@ import {
   DisconnectReason,
   EncryptionType,
   LocalAudioTrack,
+  LocalVideoTrack,
   Room,
   RoomEvent,
   RpcError,
   TrackKind,
   TrackPublishOptions,
   TrackSource,
+  VideoBufferType,
+  VideoFrame,
+  VideoSource,
+  VideoStream,
   dispose,
 } from '@livekit/rtc-node';
 
@@ -391,6 +396,50 @@ async function publishTone(client) {
   return { publication, publishStarted, publishMs, tone, close };
 }
 
+const VIDEO_WIDTH = 320;
+const VIDEO_HEIGHT = 240;
+const VIDEO_COLOUR = [230, 120, 20];
+
+/** Publishes a camera of one plain colour (VIDEO_COLOUR) at 30 frames a second. */
+async function publishColour(client) {
+  const source = new VideoSource(VIDEO_WIDTH, VIDEO_HEIGHT);
+  const track = LocalVideoTrack.createVideoTrack('camera', source);
+  const options = new TrackPublishOptions();
+  options.source = TrackSource.SOURCE_CAMERA;
+  options.simulcast = true;
+  const publication = await within(
+    client.room.localParticipant.publishTrack(track, options),
+    15_000,
+    `${client.label} publishTrack`,
+  );
+  const pixels = new Uint8Array(VIDEO_WIDTH * VIDEO_HEIGHT * 4);
+  for (let i = 0; i < pixels.length; i += 4) pixels.set([...VIDEO_COLOUR, 255], i);
+  const frame = new VideoFrame(pixels, VIDEO_WIDTH, VIDEO_HEIGHT, VideoBufferType.RGBA);
+  const timer = setInterval(() => source.captureFrame(frame), 1000 / 30);
+  return { publication, stop: () => clearInterval(timer) };
+}
+
+/** Reads `wanted` frames of a remote video track: their size, mean colour, and when the first came. */
+async function measureVideo(track, wanted, timeoutMs) {
+  const started = elapsed();
+  const seen = { frames: 0, sizes: [], colour: null, firstFrameMs: null };
+  const stream = new VideoStream(track);
+  const reading = (async () => {
+    for await (const event of stream) {
+      const frame = event.frame.convert(VideoBufferType.RGBA);
+      if (seen.firstFrameMs === null) seen.firstFrameMs = elapsed() - started;
+      const size = `${frame.width}x${frame.height}`;
+      if (!seen.sizes.includes(size)) seen.sizes.push(size);
+      const sums = [0, 0, 0];
+      for (let i = 0; i < frame.data.length; i += 4) for (let c = 0; c < 3; c++) sums[c] += frame.data[i + c];
+      seen.colour = sums.map((sum) => Math.round(sum / (frame.data.length / 4)));
+      if (++seen.frames >= wanted) break;
+    }
+  })();
+  await within(reading, timeoutMs, `${wanted} video frames`);
+  return seen;
+}
+
 /** Waits until `subscriber` has subscribed to a track of `publisher`; returns that track's record. */
 async function subscription(subscriber, publisher) {
   return await waitFor(
@@ -440,6 +489,24 @@ async function rpcOutcome(caller, params) {
 // Scenarios
 
 const scenarios = {
+  /**
+   * A publishes a camera of one colour (simulcast offered, as by default); B receives it; C joins once
+   * the stream runs and receives it too (a keyframe asked for it). Each reports the frames' sizes,
+   * their mean colour and how long the first took from its subscription.
+   */
+  async video() {
+    const a = await join('A');
+    const b = await join('B');
+    const camera = await publishColour(a);
+    const atB = await subscription(b, a);
+    const received = { B: await measureVideo(atB.track, 60, 15_000) };
+    const c = await join('C');
+    const atC = await subscription(c, a);
+    received.C = await measureVideo(atC.track, 10, 15_000);
+    camera.stop();
+    return { published: camera.publication.sid, received };
+  },
+
   /**
    * A signals through URL_A (the test's cuttable proxy) and meets the test's own participant (a Python
    * SDK one, straight to the server): each publishes a tone and hears the other. A says `ready` (a data

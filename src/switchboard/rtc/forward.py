@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from livekit.protocol import models
 
-from switchboard.rtc.relay import AudioRelay
+from switchboard.rtc.relay import TrackRelay
 
 if TYPE_CHECKING:
     from switchboard.rtc.participant import ParticipantSession
@@ -35,7 +35,7 @@ class Forward:
         return self.source.hidden
 
     @property
-    def relays(self) -> Mapping[str, AudioRelay]:
+    def relays(self) -> Mapping[str, TrackRelay]:
         return self.source.relays
 
     def info(self, state: str = "") -> models.ParticipantInfo:
@@ -53,5 +53,5 @@ class Forward:
     def allows(self, subscriber: Any, track_sid: str) -> bool:
         return self.source.allows(subscriber, track_sid)
 
-    def track_subscribed(self, relay: AudioRelay) -> None:
+    def track_subscribed(self, relay: TrackRelay) -> None:
         self.source.track_subscribed(relay)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSCloseCode, web
 from aiortc import (
+    RTCBundlePolicy,
     RTCConfiguration,
     RTCDataChannel,
     RTCPeerConnection,
@@ -32,9 +33,11 @@ from switchboard.core.rooms import Participant, Track
 from switchboard.rtc.data import DataSender, route
 from switchboard.rtc.negotiation import SubscriberNegotiation
 from switchboard.rtc.network import NoIceCandidates, ice_servers, require_candidates
-from switchboard.rtc.relay import AudioRelay, OutboundAudio, Publisher
+from switchboard.rtc.relay import AudioRelay, OutboundSlot, Publisher, TrackRelay
 from switchboard.rtc.room import Room
 from switchboard.rtc.rpc import ServerRpcCalls
+from switchboard.rtc.simulcast import accept_one_layer, route_by_mid
+from switchboard.rtc.video import OutboundVideo, VideoRelay
 from switchboard.websocket import ConnectionLost, MalformedMessage, MessageSender, fail, receive
 from switchboard.wire import participant_to_proto, room_to_proto, track_to_proto
 
@@ -54,6 +57,7 @@ _MAX_PENDING_TRACKS = 32
 _MAX_PENDING_CANDIDATES = 256
 _SOURCE_NAMES = {value: name.lower() for name, value in models.TrackSource.items()}
 _SOURCES = frozenset(models.TrackSource.keys())
+_TRACK_KINDS = {models.AUDIO: "audio", models.VIDEO: "video"}
 # Signal connections that ended this way (no leave request, no error) may be resumed.
 _RESUMABLE = frozenset({models.SIGNAL_CLOSE, models.CONNECTION_TIMEOUT})
 
@@ -89,12 +93,12 @@ class ParticipantSession:
         self.signal = MessageSender(ws)
         self.pub_pc: RTCPeerConnection | None = None
         self.sub_pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        self.relays: dict[str, AudioRelay] = {}
+        self.relays: dict[str, TrackRelay] = {}
         """Tracks this participant publishes."""
         self.subscriptions: dict[str, RTCRtpTransceiver] = {}
         """Tracks this participant receives, by track sid."""
-        self._slots: dict[RTCRtpTransceiver, OutboundAudio] = {}
-        """Every audio sender of the subscriber connection, with the slot it sends from."""
+        self._slots: dict[RTCRtpTransceiver, OutboundSlot] = {}
+        """Every media sender of the subscriber connection, with the slot it sends from."""
         self.subscription_overrides: dict[str, bool] = {}
         """Tracks the participant asked for (True) or turned down (False), overriding auto_subscribe."""
         self._pending_tracks: dict[str, Track] = {}
@@ -116,7 +120,7 @@ class ParticipantSession:
         """Work the signal loop must not wait for (see `_in_background`)."""
         self.forwards: list[Forward] = []
         """Where this participant is forwarded to (ForwardParticipant): other rooms show it and its tracks."""
-        self._deferred: list[tuple[Publisher, AudioRelay]] = []
+        self._deferred: list[tuple[Publisher, TrackRelay]] = []
         """Subscriptions that arrived while an offer was being made or answered (see `subscribe`)."""
         video = claims.video
         self.can_publish = video.can_publish is not False
@@ -390,7 +394,7 @@ class ParticipantSession:
         """The rooms this participant's tracks are in, and as whom: its own, and those it is forwarded to."""
         return [(self.room, self), *((f.room, f) for f in self.forwards if not f.ended)]
 
-    def unpublished(self, relay: AudioRelay) -> None:
+    def unpublished(self, relay: TrackRelay) -> None:
         for room, _ in self.appearances():
             room.track_unpublished(relay)
         relay.close()
@@ -440,6 +444,8 @@ class ParticipantSession:
             self._on_mute(request.mute)
         elif kind == "subscription":
             self.apply_subscription(request.subscription)
+        elif kind == "track_setting":
+            self._on_track_setting(request.track_setting)
         elif kind == "subscription_permission":
             self._on_subscription_permission(request.subscription_permission)
         elif kind == "update_metadata":
@@ -452,24 +458,27 @@ class ParticipantSession:
         elif kind == "leave":
             await self.close(models.CLIENT_INITIATED)
         else:
-            # track_setting, update_layers, sync_state …: not needed for audio rooms; accepted and ignored.
+            # update_layers (simulcast layers: one is relayed), sync_state …: accepted and ignored.
             log.debug(
                 "ignored signal request room=%s identity=%s kind=%s", self.room.name, self.identity, kind
             )
 
     async def _on_publisher_offer(self, offer: rtc.SessionDescription) -> None:
         if self.pub_pc is None:
-            self.pub_pc = pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+            self.pub_pc = pc = RTCPeerConnection(_publisher_config())
             pc.on("track", lambda track: self._on_published_media(pc, track))
             pc.on("datachannel", self._on_client_channel)
         await self.pub_pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
+        for transceiver in self.pub_pc.getTransceivers():
+            route_by_mid(transceiver.receiver.transport)
         _follow_ice_restart(self.pub_pc, offer.sdp)
         self._withdraw_unsent_tracks(offer.sdp)
         self._apply_candidates(rtc.PUBLISHER)
         answer = await self.pub_pc.createAnswer()
         await self.pub_pc.setLocalDescription(answer)
         require_candidates(self.pub_pc.localDescription.sdp, self.room.ports)
-        description = rtc.SessionDescription(type="answer", sdp=self.pub_pc.localDescription.sdp, id=offer.id)
+        sdp = accept_one_layer(offer.sdp, self.pub_pc.localDescription.sdp)
+        description = rtc.SessionDescription(type="answer", sdp=sdp, id=offer.id)
         self.signal.send(rtc.SignalResponse(answer=description))
 
     async def _on_subscriber_answer(self, answer: rtc.SessionDescription) -> None:
@@ -563,9 +572,9 @@ class ParticipantSession:
             refusal = "the token does not allow publishing"
         elif allowed and source not in allowed:
             refusal = f"the token does not allow publishing from {source}"
-        elif request.type != models.AUDIO:
+        elif request.type not in _TRACK_KINDS:
             refusal, reason = (
-                "only audio tracks are relayed by this server",
+                "only audio and video tracks are relayed by this server",
                 rtc.RequestResponse.UNSUPPORTED_TYPE,
             )
         elif len(self._pending_tracks) >= _MAX_PENDING_TRACKS:
@@ -581,7 +590,7 @@ class ParticipantSession:
             return
         track = Track(
             sid=ids.new_id(ids.TRACK),
-            kind="audio",
+            kind=_TRACK_KINDS[request.type],
             name=request.name,
             source=source,
             muted=request.muted,
@@ -596,10 +605,10 @@ class ParticipantSession:
     def _on_published_media(self, pc: RTCPeerConnection, media: Any) -> None:
         transceiver = next((t for t in pc.getTransceivers() if t.receiver.track is media), None)
         track = self._pending_tracks.pop(media.id, None)
-        if track is None and media.kind == "audio":  # the msid did not carry the cid: first pending audio
-            cid = next((c for c, t in self._pending_tracks.items() if t.kind == "audio"), None)
+        if track is None:  # the msid did not carry the cid: the first pending track of that kind
+            cid = next((c for c, t in self._pending_tracks.items() if t.kind == media.kind), None)
             track = self._pending_tracks.pop(cid) if cid is not None else None
-        if transceiver is None or track is None or media.kind != "audio":
+        if transceiver is None or track is None or track.kind != media.kind:
             log.info(
                 "unannounced media ignored room=%s identity=%s kind=%s",
                 self.room.name,
@@ -608,8 +617,13 @@ class ParticipantSession:
             )
             return
         track.mid = transceiver.mid or ""
-        track.mime_type = "audio/opus"
-        relay = AudioRelay(track.sid, transceiver, self.room.speakers.track_level(track.source))
+        relay: TrackRelay
+        if track.kind == "video":
+            relay = VideoRelay(track.sid, transceiver)
+            track.mime_type = relay.mime_type
+        else:
+            relay = AudioRelay(track.sid, transceiver, self.room.speakers.track_level(track.source))
+            track.mime_type = "audio/opus"
         self.relays[track.sid] = relay
         runtime = self.room.runtime
         runtime.engine.track_published(self.room.name, self.identity, track, runtime.now())
@@ -655,7 +669,7 @@ class ParticipantSession:
     def wants(self, track_sid: str) -> bool:
         return self.can_subscribe and self.subscription_overrides.get(track_sid, self.auto_subscribe)
 
-    def subscribe(self, publisher: Publisher, relay: AudioRelay) -> None:
+    def subscribe(self, publisher: Publisher, relay: TrackRelay) -> None:
         if not self.wants(relay.track_sid) or relay.track_sid in self.subscriptions:
             return
         allowed = publisher.allows(self, relay.track_sid)
@@ -672,10 +686,10 @@ class ParticipantSession:
         # A free slot (its track unpublished or unsubscribed) is used again, as LiveKit reuses its
         # transceivers: the offer does not grow with every track the room ever had.
         in_use = set(map(id, self.subscriptions.values()))
-        transceiver = next((t for t in self._slots if id(t) not in in_use), None)
+        free = (t for t, slot in self._slots.items() if id(t) not in in_use and relay.fits(slot))
+        transceiver = next(free, None)
         if transceiver is None:
-            slot = OutboundAudio()
-            transceiver = self.sub_pc.addTransceiver(slot, direction="sendonly")
+            transceiver, slot = relay.open_slot(self.sub_pc)
             self._slots[transceiver] = slot
         else:
             transceiver.direction = "sendonly"
@@ -717,7 +731,7 @@ class ParticipantSession:
         all_tracks, track_sids = self._allowed.get(subscriber.identity, (False, set()))
         return all_tracks or track_sid in track_sids
 
-    def recheck_permission(self, publisher: Publisher, relay: AudioRelay) -> None:
+    def recheck_permission(self, publisher: Publisher, relay: TrackRelay) -> None:
         """The publisher changed who may subscribe: subscribe, or unsubscribe and say why."""
         if publisher.allows(self, relay.track_sid):
             self.subscribe(publisher, relay)
@@ -760,7 +774,7 @@ class ParticipantSession:
             if found is not None:
                 found[0].track_subscribed(found[1])
 
-    def track_subscribed(self, relay: AudioRelay) -> None:
+    def track_subscribed(self, relay: TrackRelay) -> None:
         """One of this participant's tracks reached a subscriber: say so once per track, as LiveKit does."""
         if relay.ever_subscribed or self.closed:
             return
@@ -769,7 +783,7 @@ class ParticipantSession:
             subscribed = rtc.TrackSubscribed(track_sid=relay.track_sid)
             self.signal.send(rtc.SignalResponse(track_subscribed=subscribed))
 
-    def unsubscribe(self, relay: AudioRelay) -> None:
+    def unsubscribe(self, relay: TrackRelay) -> None:
         transceiver = self.subscriptions.pop(relay.track_sid, None)
         relay.unsubscribe(self.sid)  # the slot stays on its sender, silent until it is used again
         if transceiver is not None and not self.closed:
@@ -781,6 +795,22 @@ class ParticipantSession:
         with contextlib.suppress(CoreError):
             runtime.engine.mute_track(self.room.name, self.identity, request.sid, request.muted)
         runtime.flush()
+        relay = self.relays.get(request.sid)
+        if isinstance(relay, VideoRelay) and not request.muted:
+            # The SDKs stop sending a muted camera; subscribers start again from a fresh picture.
+            relay.request_keyframe()
+
+    def _on_track_setting(self, request: rtc.UpdateTrackSettings) -> None:
+        """Adaptive stream: a subscriber hides a video (`disabled`) or shows it again.
+
+        A disabled video is not sent to that subscriber; once enabled it resumes from a keyframe.
+        The asked size, quality and frame rate are ignored: one layer is relayed (see README, Video).
+        """
+        for track_sid in request.track_sids:
+            transceiver = self.subscriptions.get(track_sid)
+            slot = self._slots.get(transceiver) if transceiver is not None else None
+            if isinstance(slot, OutboundVideo):
+                slot.pause(request.disabled)
 
     def _on_update_metadata(self, request: rtc.UpdateParticipantMetadata) -> None:
         reason, message = rtc.RequestResponse.OK, ""
@@ -841,6 +871,17 @@ class ParticipantSession:
         channel = self._channels[RELIABLE]
         while self._queued and channel.readyState == "open":
             channel.send(self._queued.popleft())
+
+
+def _publisher_config() -> RTCConfiguration:
+    """Every media section of the client's offers on one transport, as the SDKs bundle them.
+
+    aiortc's default (balanced) policy gives the first video section of an offer a transport of its
+    own and the next video sections that same one; BUNDLE then moves the first onto the shared
+    transport and closes its own, leaving the others on a closed transport: their media never arrives.
+    The Rust SDKs offer three receive-only video sections before the first published camera.
+    """
+    return RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
 
 
 async def _add_candidates(pc: RTCPeerConnection, candidates: list[Any]) -> None:

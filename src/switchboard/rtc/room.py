@@ -16,7 +16,7 @@ from livekit.protocol import models, rtc
 from switchboard.core.errors import NotFound
 from switchboard.rtc.forward import Forward
 from switchboard.rtc.network import UdpPortRange
-from switchboard.rtc.relay import AudioRelay, Publisher
+from switchboard.rtc.relay import Publisher, TrackRelay
 from switchboard.rtc.settings import RtcSettings
 from switchboard.rtc.speakers import ActiveSpeakers
 from switchboard.runtime import Runtime
@@ -103,19 +103,19 @@ class Room:
 
     # Publications
 
-    def track_published(self, publisher: Publisher, relay: AudioRelay, info: models.ParticipantInfo) -> None:
+    def track_published(self, publisher: Publisher, relay: TrackRelay, info: models.ParticipantInfo) -> None:
         """A new track: everyone learns of it before any subscriber offer carrying it."""
         self.announce([info])
         for session in self.others():
             if session is not publisher:
                 session.subscribe(publisher, relay)
 
-    def track_unpublished(self, relay: AudioRelay) -> None:
+    def track_unpublished(self, relay: TrackRelay) -> None:
         for session in list(self.sessions.values()):
             session.unsubscribe(relay)
             session.forget_track(relay.track_sid)  # track sids are never reused
 
-    def published_track(self, track_sid: str) -> tuple[Publisher, AudioRelay] | None:
+    def published_track(self, track_sid: str) -> tuple[Publisher, TrackRelay] | None:
         publishers: list[Publisher] = [*self.sessions.values(), *self.forwards.values()]
         for publisher in publishers:
             relay = publisher.relays.get(track_sid)
