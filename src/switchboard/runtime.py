@@ -35,8 +35,8 @@ class Effects:
     def on(self, decision_type: type[D], *effects: Callable[[D], None]) -> None:
         self._by_type.setdefault(decision_type, []).extend(effects)
 
-    def of(self, decision: Decision) -> list[Effect]:
-        return self._by_type.get(type(decision), [])
+    def of(self, decision_type: type[Any]) -> list[Effect]:
+        return self._by_type.get(decision_type, [])
 
 
 class Runtime:
@@ -64,7 +64,7 @@ class Runtime:
             log.error("decisions made outside Runtime.call: %s", [type(d).__name__ for d in decisions])
         for decision in decisions:
             _log_decision(decision)
-            for effect in self.effects.of(decision):
+            for effect in self.effects.of(type(decision)):
                 try:
                     effect(decision)
                 except Exception:

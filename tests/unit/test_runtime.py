@@ -1,14 +1,18 @@
 """The gateway to the engine: a call's decisions reach their effects, in order, whatever happens."""
 
 import logging
+from typing import get_args
 
 import pytest
+import yaml
 
+from switchboard.config import load_config
 from switchboard.core.dispatch import DispatchSpec
 from switchboard.core.engine import Engine, RoomSpec
 from switchboard.core.errors import NotFound
-from switchboard.core.events import Decision, DispatchCreated, RoomClosed, RoomStarted
+from switchboard.core.events import Decision, DispatchCreated, OfferJob, RoomClosed, RoomStarted
 from switchboard.runtime import Runtime
+from switchboard.server import HUB, METRICS, RUNTIME, build_app
 
 
 def recording_runtime() -> tuple[Runtime, list[tuple[str, Decision]]]:
@@ -87,3 +91,16 @@ def test_effects_that_call_the_engine_again_see_their_own_decisions_carried_out(
         ("first", "DispatchCreated", "b"),
         ("first", "DispatchCreated", "a"),
     ]
+
+
+def test_with_webhooks_and_metrics_on_every_decision_type_has_an_effect_and_actors_come_first() -> None:
+    document = {
+        "keys": {"key": "a-secret-long-enough-for-hmac-sha256!"},
+        "webhook": {"api_key": "key", "urls": ["http://127.0.0.1:9/hook"]},
+        "prometheus_port": 9,
+    }
+    app = build_app(load_config(env={"LIVEKIT_CONFIG": yaml.safe_dump(document)}))
+    effects = app[RUNTIME].effects
+    for decision_type in get_args(Decision):
+        assert effects.of(decision_type), f"{decision_type.__name__} is carried out by nobody"
+    assert effects.of(OfferJob) == [app[HUB].offer, app[METRICS].offered]
