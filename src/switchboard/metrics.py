@@ -106,33 +106,30 @@ class Metrics:
         self._offered_attempt: dict[str, int] = {}
         """The last attempt of each live job that was offered: a re-dispatch is counted once per attempt."""
 
-    def install(self) -> None:
-        on = self.runtime.on
-        on(DispatchCreated, lambda _: self.dispatches.inc())
-        on(OfferJob, self._offered)
-        on(AssignJob, self._assigned)
-        on(JobStarted, self._started)
-        on(JobEnded, self._ended)
-
     def twirp_request(self, method: str, code: str, seconds: float) -> None:
         self.twirp_requests.labels(method, code).inc()
         self.twirp_latency.labels(method).observe(seconds)
 
-    def _offered(self, decision: OfferJob) -> None:
+    # The engine's decisions (wired in switchboard.effects)
+
+    def dispatch_created(self, _: DispatchCreated) -> None:
+        self.dispatches.inc()
+
+    def offered(self, decision: OfferJob) -> None:
         job = decision.job
         if job.attempt > 1 and self._offered_attempt.get(job.id) != job.attempt:
             self.redispatches.inc()
         self._offered_attempt[job.id] = job.attempt
 
-    def _assigned(self, decision: AssignJob) -> None:
+    def assigned(self, decision: AssignJob) -> None:
         if decision.job.attempt == 1:
             self.to_assignment.observe(max(self.runtime.now() - decision.job.created_at, 0.0))
 
-    def _started(self, decision: JobStarted) -> None:
+    def started(self, decision: JobStarted) -> None:
         if decision.job.attempt == 1:
             self.to_running.observe(max(self.runtime.now() - decision.job.created_at, 0.0))
 
-    def _ended(self, decision: JobEnded) -> None:
+    def ended(self, decision: JobEnded) -> None:
         job = decision.job
         self._offered_attempt.pop(job.id, None)
         self.jobs_ended.labels(job.status.value, reason_class(job)).inc()

@@ -21,6 +21,7 @@ from switchboard.auth.tokens import TokenVerifier
 from switchboard.config import DEV_KEYS, Config
 from switchboard.core import ids
 from switchboard.core.engine import Engine
+from switchboard.effects import wire_effects
 from switchboard.metrics import Metrics
 from switchboard.rtc.service import RtcService
 from switchboard.runtime import Runtime
@@ -47,11 +48,9 @@ def build_app(config: Config) -> web.Application:
     verifier = TokenVerifier(config.keys)
     app = web.Application(middlewares=[cors_middleware])
     app[RUNTIME] = runtime
-    observe = None
+    metrics = None
     if config.prometheus_port:
         metrics = app[METRICS] = Metrics(runtime)
-        metrics.install()
-        observe = metrics.twirp_request
     server_info = models.ServerInfo(
         edition=models.ServerInfo.Standard,
         version=LIVEKIT_COMPATIBLE_VERSION,
@@ -64,7 +63,7 @@ def build_app(config: Config) -> web.Application:
     app.router.add_get("/agent", hub.handle)
     rtc = RtcService(runtime, verifier, config.rtc, server_info)
     rtc.install(app)
-    twirp = TwirpServer(verifier, config.http, runtime.flush, observe)
+    twirp = TwirpServer(verifier, config.http, metrics.twirp_request if metrics is not None else None)
     twirp.add_service("RoomService", room_service.methods(runtime, live=rtc))
     twirp.add_service("AgentDispatchService", agent_dispatch_service.methods(runtime))
     twirp.add_service(
@@ -72,12 +71,13 @@ def build_app(config: Config) -> web.Application:
     )
     twirp.add_service("DispatchService", worker_service.dispatch_methods(runtime), "switchboard")
     twirp.install(app)
-    Dashboard(runtime, verifier, config.keys, rtc.rooms).install(app)
+    dashboard = Dashboard(runtime, verifier, config.keys, rtc.rooms)
+    dashboard.install(app)
     app.router.add_get("/", health)
     webhooks = None
     if config.webhook.urls:
         webhooks = Webhooks(config.webhook, config.keys[config.webhook.api_key], runtime)
-        webhooks.install()
+    wire_effects(runtime.effects, hub, rtc, dashboard, webhooks, metrics)
 
     async def start(app: web.Application) -> None:
         await app[RUNTIME].start()
@@ -103,24 +103,26 @@ async def drain(runtime: Runtime, grace: float) -> None:
 
     Jobs of rooms where no non-agent participant is left serve nobody: they end at once, also when their
     room empties during the drain."""
-    engine = runtime.engine
-    engine.drain()
-    unattended = engine.end_unattended_jobs(runtime.now())
-    runtime.flush()
-    busy = engine.busy_jobs()
+    runtime.call(lambda engine: engine.drain())
+    unattended = runtime.call(lambda engine: engine.end_unattended_jobs(runtime.now()))
+    busy = runtime.engine.busy_jobs()
     log.info("draining jobs=%d grace=%gs ended_in_empty_rooms=%d", busy, grace, unattended)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + grace
     # Polling: jobs end through many paths (worker reports, crashes, deadlines); a tenth of a second is cheap.
-    while engine.busy_jobs() and loop.time() < deadline:
+    while runtime.engine.busy_jobs() and loop.time() < deadline:
         await asyncio.sleep(DRAIN_POLL_INTERVAL)
-        if engine.end_unattended_jobs(runtime.now()):
-            runtime.flush()
-    remaining = engine.busy_jobs()
-    engine.shut_down(runtime.now())
-    engine.close_all_rooms(runtime.now())
-    runtime.flush()
+        runtime.call(lambda engine: engine.end_unattended_jobs(runtime.now()))
+    remaining = runtime.engine.busy_jobs()
+    runtime.call(lambda engine: _end_everything(engine, runtime.now()))
     log.info("drained jobs_terminated=%d", remaining)
+
+
+def _end_everything(engine: Engine, now: float) -> None:
+    """Every job ends (workers told to stop theirs) and every room closes, its participants told."""
+    engine.drain()
+    engine.shut_down(now)
+    engine.close_all_rooms(now)
 
 
 async def stop_gracefully(runtime: Runtime, supervisor: AgentSupervisor, grace: float) -> None:
@@ -133,10 +135,7 @@ async def stop_gracefully(runtime: Runtime, supervisor: AgentSupervisor, grace: 
 
 def stop_now(runtime: Runtime, supervisor: AgentSupervisor) -> None:
     """The second signal: every job ends now and every agent process is killed, with its job processes."""
-    runtime.engine.drain()
-    runtime.engine.shut_down(runtime.now())
-    runtime.engine.close_all_rooms(runtime.now())
-    runtime.flush()
+    runtime.call(lambda engine: _end_everything(engine, runtime.now()))
     supervisor.kill()
 
 
@@ -199,7 +198,7 @@ async def run(config: Config) -> None:
         supervisor.start()
         # `singleton: true` in an agent's config: the server holds to it for the agents it runs.
         singletons = {a.config.registration_name for a in supervisor.agents.values() if a.config.singleton}
-        app[RUNTIME].engine.singleton_agents |= singletons
+        app[RUNTIME].call(lambda engine: engine.singleton_agents.update(singletons))
 
     signals: asyncio.Queue[int] = asyncio.Queue()
     loop = asyncio.get_running_loop()

@@ -201,17 +201,6 @@ class Webhooks:
         ]
         self._tasks: list[asyncio.Task[None]] = []
 
-    def install(self) -> None:
-        on = self.runtime.on
-        on(RoomStarted, self._room_started)
-        on(RoomClosed, self._room_closed)
-        on(ParticipantJoined, self._participant_joined)
-        on(ParticipantLeft, self._participant_left)
-        on(TrackPublished, self._track_published)
-        on(TrackUnpublished, self._track_unpublished)
-        on(JobStarted, self._job_started)
-        on(JobEnded, self._job_ended)
-
     async def start(self) -> None:
         timeout = aiohttp.ClientTimeout(total=self.settings.timeout)
         self._session = aiohttp.ClientSession(timeout=timeout)
@@ -242,7 +231,7 @@ class Webhooks:
             await response.read()
             return response.status
 
-    # Events
+    # The engine's decisions, as events (wired in switchboard.effects)
 
     def _emit(self, name: str, **fields: Any) -> None:
         event = WebhookEvent(
@@ -257,28 +246,28 @@ class Webhooks:
             return models.Room(name=name, sid=sid)
         return room_to_proto(room)
 
-    def _room_started(self, decision: RoomStarted) -> None:
+    def room_started(self, decision: RoomStarted) -> None:
         self._emit("room_started", room=self._room(decision.room, decision.sid))
 
-    def _room_closed(self, decision: RoomClosed) -> None:
+    def room_closed(self, decision: RoomClosed) -> None:
         self._emit(
             "room_finished",
             room=self._room(decision.room, decision.sid),
             room_end_reason=_room_end_reason(decision.reason),
         )
 
-    def _participant_joined(self, decision: ParticipantJoined) -> None:
+    def participant_joined(self, decision: ParticipantJoined) -> None:
         participant = participant_to_proto(decision.participant)
         self._emit("participant_joined", room=self._room(decision.room), participant=participant)
 
-    def _participant_left(self, decision: ParticipantLeft) -> None:
+    def participant_left(self, decision: ParticipantLeft) -> None:
         # As LiveKit: one whose media never connected (it joined, ICE did not complete) left by an
         # aborted connection attempt, not as a participant who was there.
         event = "participant_left" if decision.participant.active else "participant_connection_aborted"
         participant = participant_to_proto(decision.participant, state="DISCONNECTED")
         self._emit(event, room=self._room(decision.room), participant=participant)
 
-    def _track_published(self, decision: TrackPublished) -> None:
+    def track_published(self, decision: TrackPublished) -> None:
         self._emit(
             "track_published",
             room=self._room(decision.room),
@@ -286,7 +275,7 @@ class Webhooks:
             track=track_to_proto(decision.track),
         )
 
-    def _track_unpublished(self, decision: TrackUnpublished) -> None:
+    def track_unpublished(self, decision: TrackUnpublished) -> None:
         self._emit(
             "track_unpublished",
             room=self._room(decision.room),
@@ -305,11 +294,11 @@ class Webhooks:
             message.state.reason = job_end_reason(job)
         return message
 
-    def _job_started(self, decision: JobStarted) -> None:
+    def job_started(self, decision: JobStarted) -> None:
         job = self._job(decision.job)
         self._emit("agent_job_started", room=job.room, job=job)
 
-    def _job_ended(self, decision: JobEnded) -> None:
+    def job_ended(self, decision: JobEnded) -> None:
         job = self._job(decision.job)
         self._emit("agent_job_ended", room=job.room, job=job)
 

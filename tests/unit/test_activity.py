@@ -3,6 +3,7 @@
 from switchboard.api.activity import MINUTES, Activity
 from switchboard.core.dispatch import DispatchSpec
 from switchboard.core.engine import Engine, EngineSettings, RoomSpec
+from switchboard.core.events import DispatchCreated, JobEnded, JobStarted
 from switchboard.core.jobs import JobStatus
 from switchboard.runtime import Runtime
 
@@ -20,20 +21,20 @@ class Clock:
 def test_dispatches_and_failures_land_in_their_minute_and_age_out_after_an_hour() -> None:
     clock = Clock()
     runtime = Runtime(Engine(EngineSettings(pending_timeout=50.0)), clock)
-    activity = Activity(runtime, clock)
-    activity.install()
-    engine = runtime.engine
+    activity = Activity(clock)
+    runtime.effects.on(DispatchCreated, activity.dispatched)
+    runtime.effects.on(JobStarted, activity.started)
+    runtime.effects.on(JobEnded, activity.ended)
 
-    engine.create_room(RoomSpec(name="r"), clock.now)  # and its implicit automatic dispatch
-    engine.create_dispatch("r", DispatchSpec(agent_name="bot"), clock.now)
-    runtime.flush()
+    runtime.call(
+        lambda engine: engine.create_room(RoomSpec(name="r"), clock.now)
+    )  # with its automatic dispatch
+    runtime.call(lambda engine: engine.create_dispatch("r", DispatchSpec(agent_name="bot"), clock.now))
     clock.now += 45  # same minute: nothing for `bot` or automatic agents yet
-    engine.tick(clock.now)
-    runtime.flush()
+    runtime.call(lambda engine: engine.tick(clock.now))
     clock.now += 30  # next minute: both jobs waited past pending_timeout
-    engine.tick(clock.now)
-    runtime.flush()
-    assert all(job.status is JobStatus.FAILED for job in engine.jobs.values())
+    runtime.call(lambda engine: engine.tick(clock.now))
+    assert all(job.status is JobStatus.FAILED for job in runtime.engine.jobs.values())
 
     minutes = activity.last_hour()
     assert len(minutes) == MINUTES and minutes[-1]["start"] == START + 60

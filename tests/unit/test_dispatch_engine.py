@@ -14,6 +14,7 @@ from switchboard.core.events import (
     Decision,
     DisconnectCause,
     DisconnectParticipant,
+    JobContext,
     JobEnded,
     JobStarted,
     OfferJob,
@@ -22,7 +23,7 @@ from switchboard.core.events import (
     TerminateJob,
 )
 from switchboard.core.jobs import Job, JobStatus, JobType
-from switchboard.core.rooms import AGENT, EGRESS, Participant, Track
+from switchboard.core.rooms import AGENT, EGRESS, Participant, Room, Track
 from switchboard.core.workers import AvailabilityAnswer, JobUpdate, WorkerSpec, WorkerStatus
 
 SETTINGS = EngineSettings(
@@ -51,6 +52,21 @@ def only(kind: type[D], decisions: list[Decision]) -> list[D]:
 
 def offers(e: Engine) -> list[OfferJob]:
     return only(OfferJob, e.take_decisions())
+
+
+# What a worker is told besides the job follows from the job, so decisions compare without it; the
+# contexts themselves are checked by test_offers_and_assignments_carry_what_the_worker_is_told.
+UNCOMPARED = JobContext(
+    Room(name="", sid="", created_at=0.0, empty_timeout=0, departure_timeout=0), DispatchSpec(), None
+)
+
+
+def offer(worker_id: str, job: Job, *, resuming: bool) -> OfferJob:
+    return OfferJob(worker_id, job, resuming=resuming, context=UNCOMPARED)
+
+
+def assign(worker_id: str, job: Job, participant: AgentParticipant) -> AssignJob:
+    return AssignJob(worker_id, job, participant, context=UNCOMPARED)
 
 
 def worker(
@@ -112,7 +128,7 @@ def test_the_implicit_automatic_job_goes_only_to_unnamed_workers() -> None:
     worker(e, "a", 1.0, deployment="prod")
     assert offers(e) == [] and automatic.status is JobStatus.PENDING
     unnamed = worker(e, "", 2.0)
-    assert offers(e) == [OfferJob(unnamed, automatic, resuming=False)]
+    assert offers(e) == [offer(unnamed, automatic, resuming=False)]
 
 
 def test_a_named_job_goes_only_to_workers_of_that_name() -> None:
@@ -123,11 +139,11 @@ def test_a_named_job_goes_only_to_workers_of_that_name() -> None:
     # The room is created with the implicit automatic dispatch as well.
     dispatch = e.create_dispatch("r", DispatchSpec(agent_name="a"), 1.0)
     [named] = dispatch.jobs
-    [offer] = offers(e)
-    assert offer.worker_id == unnamed and offer.job.agent_name == ""
+    [automatic] = offers(e)
+    assert automatic.worker_id == unnamed and automatic.job.agent_name == ""
     assert named.status is JobStatus.PENDING
     a = worker(e, "a", 2.0)
-    assert offers(e) == [OfferJob(a, named, resuming=False)]
+    assert offers(e) == [offer(a, named, resuming=False)]
 
 
 @pytest.mark.parametrize(("dispatched", "registered"), [("prod", ""), ("", "prod"), ("prod", "staging")])
@@ -137,7 +153,7 @@ def test_deployment_must_match_exactly(dispatched: str, registered: str) -> None
     worker(e, "a", deployment=registered)
     assert offers(e) == [] and job.status is JobStatus.PENDING
     matching = worker(e, "a", deployment=dispatched)
-    assert offers(e) == [OfferJob(matching, job, resuming=False)]
+    assert offers(e) == [offer(matching, job, resuming=False)]
 
 
 # Waiting for a worker
@@ -150,7 +166,7 @@ def test_a_job_waits_pending_and_is_offered_when_a_worker_registers_later() -> N
     e.tick(30.0)
     assert job.status is JobStatus.PENDING
     w = worker(e, "a", 31.0)
-    assert offers(e) == [OfferJob(w, job, resuming=False)]
+    assert offers(e) == [offer(w, job, resuming=False)]
     assert (job.status, job.worker_id, job.offered_at) == (JobStatus.OFFERED, w, 31.0)
     assert e.workers[w].jobs == {job.id}
 
@@ -190,9 +206,9 @@ def test_offer_accept_assign_running_success() -> None:
     e = make()
     w = worker(e, "a")
     job = job_for(e, now=1.0)
-    assert offers(e) == [OfferJob(w, job, resuming=False)]
+    assert offers(e) == [offer(w, job, resuming=False)]
     assert e.availability_answer(w, job.id, ACCEPT, 2.0)
-    assert e.take_decisions() == [AssignJob(w, job, AgentParticipant(identity=f"agent-{job.id}"))]
+    assert e.take_decisions() == [assign(w, job, AgentParticipant(identity=f"agent-{job.id}"))]
     assert (job.status, job.agent_identity, job.started_at) == (JobStatus.ASSIGNED, f"agent-{job.id}", None)
     assert e.workers[w].assigned_since_report == 1
     assert e.job_update(w, job.id, JobUpdate.RUNNING, "", 3.0)
@@ -202,6 +218,19 @@ def test_offer_accept_assign_running_success() -> None:
     assert e.take_decisions() == [JobStarted(job), JobEnded(job)]
     assert e.jobs == {} and e.workers[w].jobs == set()
     assert not e.job_update(w, job.id, JobUpdate.RUNNING, "", 10.0)  # ended: no longer its job
+
+
+def test_offers_and_assignments_carry_what_the_worker_is_told() -> None:
+    e = make()
+    w = worker(e, "a", job_type=JobType.PARTICIPANT)
+    e.create_room(RoomSpec("r", agents=(DispatchSpec("a", metadata="m"),)), 0.0)
+    e.join(RoomSpec("r"), Participant(identity="caller", sid="PA_caller", joined_at=1.0), 1.0)
+    [offered] = offers(e)
+    room = e.room("r")
+    assert offered.context == JobContext(room, DispatchSpec("a", metadata="m"), room.participants["caller"])
+    assert e.availability_answer(w, offered.job.id, ACCEPT, 2.0)
+    [assigned] = only(AssignJob, e.take_decisions())
+    assert assigned.context == offered.context
 
 
 def test_the_answer_chooses_how_the_agent_appears() -> None:
@@ -238,16 +267,16 @@ def test_a_rejected_job_goes_to_the_next_worker_and_fails_at_its_deadline_when_a
     w1 = worker(e, "x", 0.0)
     w2 = worker(e, "x", 1.0)
     job = job_for(e, "x", now=2.0)
-    assert offers(e) == [OfferJob(w1, job, resuming=False)]
+    assert offers(e) == [offer(w1, job, resuming=False)]
     assert e.availability_answer(w1, job.id, REJECT, 3.0)
-    assert offers(e) == [OfferJob(w2, job, resuming=False)]
+    assert offers(e) == [offer(w2, job, resuming=False)]
     assert e.workers[w1].jobs == set() and e.workers[w2].jobs == {job.id}
     assert e.availability_answer(w2, job.id, REJECT, 4.0)
     # A rejection means "not now": the job waits, and is not offered again to the workers that said no...
     assert job.status is JobStatus.PENDING and offers(e) == []
     assert e.workers[w2].jobs == set() and job.rejected_by == {w1: 1, w2: 1}
     e.worker_status(w2, WorkerStatus.AVAILABLE, 0.2, 1, 5.0)
-    assert offers(e) == [OfferJob(w2, job, resuming=False)]
+    assert offers(e) == [offer(w2, job, resuming=False)]
     assert e.availability_answer(w2, job.id, REJECT, 6.0)
     e.tick(61.9)
     assert job.status is JobStatus.PENDING
@@ -264,13 +293,13 @@ def test_a_worker_that_rejected_is_asked_again_after_its_next_status_report() ->
     e = make()
     w = worker(e, "x")
     job = job_for(e, "x", now=1.0)
-    assert offers(e) == [OfferJob(w, job, resuming=False)]
+    assert offers(e) == [offer(w, job, resuming=False)]
     e.availability_answer(w, job.id, REJECT, 2.0)
     assert offers(e) == [] and job.status is JobStatus.PENDING
     e.tick(30.0)  # nor after its availability deadline
     assert offers(e) == [] and job.status is JobStatus.PENDING
     e.worker_status(w, WorkerStatus.AVAILABLE, 0.1, 0, 3.0)
-    assert offers(e) == [OfferJob(w, job, resuming=False)]
+    assert offers(e) == [offer(w, job, resuming=False)]
 
 
 def test_rejected_by_the_only_automatic_worker() -> None:
@@ -301,12 +330,12 @@ def test_no_answer_within_availability_timeout_moves_the_job_to_the_next_worker(
     w1 = worker(e, "a", 0.0)
     w2 = worker(e, "a", 0.0)
     job = job_for(e, now=10.0)
-    assert offers(e) == [OfferJob(w1, job, resuming=False)]
+    assert offers(e) == [offer(w1, job, resuming=False)]
     assert e.next_deadline() == 15.0
     e.tick(14.9)
     assert offers(e) == []
     e.tick(15.0)
-    assert offers(e) == [OfferJob(w2, job, resuming=False)]
+    assert offers(e) == [offer(w2, job, resuming=False)]
     assert not e.availability_answer(w1, job.id, ACCEPT, 15.5)  # too late
     assert job.worker_id == w2 and job.status is JobStatus.OFFERED
 
@@ -334,7 +363,7 @@ def test_full_workers_and_workers_at_the_load_threshold_get_no_offers() -> None:
     assert offers(e) == [] and job.status is JobStatus.PENDING
     under = worker(e, "a", 1.0)
     e.worker_status(under, WorkerStatus.AVAILABLE, 0.74, 3, 1.0)
-    assert offers(e) == [OfferJob(under, job, resuming=False)]
+    assert offers(e) == [offer(under, job, resuming=False)]
 
 
 def test_a_burst_of_jobs_is_spread_over_idle_workers_one_offer_at_a_time() -> None:
@@ -425,9 +454,9 @@ def test_a_status_report_with_ws_available_offers_the_pending_jobs() -> None:
     e.worker_status(w, None, 0.0, 0, 1.0)  # no status: still full
     assert offers(e) == []
     e.worker_status(w, WorkerStatus.AVAILABLE, 0.0, 0, 2.0)
-    assert offers(e) == [OfferJob(w, first, resuming=False)]  # one question at a time
+    assert offers(e) == [offer(w, first, resuming=False)]  # one question at a time
     e.availability_answer(w, first.id, ACCEPT, 3.0)
-    assert offers(e) == [OfferJob(w, second, resuming=False)]
+    assert offers(e) == [offer(w, second, resuming=False)]
 
 
 # Lost workers
@@ -440,7 +469,7 @@ def test_an_offered_job_moves_to_another_worker_when_its_worker_disconnects() ->
     assert job.worker_id == w1
     offers(e)
     e.worker_disconnected(w1, 2.0)
-    assert offers(e) == [OfferJob(w2, job, resuming=False)]
+    assert offers(e) == [offer(w2, job, resuming=False)]
     assert w1 not in e.workers
 
 
@@ -454,7 +483,7 @@ def test_a_running_job_of_a_lost_worker_is_orphaned_then_resumed_on_another_work
     e.tick(6.9)
     assert job.orphaned_at == 2.0 and e.take_decisions() == []
     e.tick(7.0)
-    assert e.take_decisions() == [OfferJob(w2, job, resuming=True)]
+    assert e.take_decisions() == [offer(w2, job, resuming=True)]
     assert (job.status, job.restarts, job.orphaned_at) == (JobStatus.OFFERED, 1, None)
     # The new attempt carries no error of its own; the first one's end is kept with its worker.
     assert job.error == "" and job.attempt == 2
@@ -496,7 +525,7 @@ def test_a_failed_job_is_restarted_on_failure_policy() -> None:
     e = make()
     w, job = running(e)
     assert e.job_update(w, job.id, JobUpdate.FAILED, "boom", 5.0)
-    assert e.take_decisions() == [OfferJob(w, job, resuming=True)]
+    assert e.take_decisions() == [offer(w, job, resuming=True)]
     assert (job.restarts, job.error, job.started_at) == (1, "", None)
     assert job.attempts[0].error == f"job failed on worker {w}: boom"
     assert job.pending_since == 5.0
@@ -569,7 +598,7 @@ def test_migrate_after_the_job_went_to_another_worker_stops_the_migrating_copy()
     w3 = worker(e, "a", 1.0)
     e.worker_disconnected(w1, 2.0)
     e.tick(7.0)
-    assert offers(e) == [OfferJob(w3, job, resuming=True)]
+    assert offers(e) == [offer(w3, job, resuming=True)]
     assert e.availability_answer(w3, job.id, ACCEPT, 7.5)
     e.take_decisions()
     w2 = worker(e, "a", 8.0)
@@ -586,7 +615,7 @@ def test_migrate_before_the_restarted_job_was_assigned_takes_the_copy_back() -> 
     w3 = worker(e, "a", 1.0)
     e.worker_disconnected(w1, 2.0)
     e.tick(7.0)
-    assert offers(e) == [OfferJob(w3, job, resuming=True)]
+    assert offers(e) == [offer(w3, job, resuming=True)]
     w2 = worker(e, "a", 8.0)
     e.migrate_jobs(w2, [job.id], 8.0)
     assert e.take_decisions() == []
@@ -619,7 +648,7 @@ def test_migrate_of_a_job_offered_to_the_migrating_worker_itself_does_not_run_it
     e.tick(7.0)
     assert job.status is JobStatus.PENDING and job.restarts == 1
     w2 = worker(e, "a", 8.0)  # the same worker process, reconnected
-    assert offers(e) == [OfferJob(w2, job, resuming=True)]
+    assert offers(e) == [offer(w2, job, resuming=True)]
     e.migrate_jobs(w2, [job.id], 8.0)
     assert e.take_decisions() == []
     assert (job.status, job.worker_id) == (JobStatus.RUNNING, w2), f"job left {job.status.value}"
@@ -645,10 +674,10 @@ def test_migrate_of_several_requeued_jobs_offers_none_of_them_on_the_way() -> No
     other = job_for(e, room="r3", now=7.5)
     e.take_decisions()
     w2 = worker(e, "a", 8.0)  # the same worker process, reconnected
-    assert offers(e) == [OfferJob(w2, first, resuming=True)]
+    assert offers(e) == [offer(w2, first, resuming=True)]
     e.migrate_jobs(w2, [first.id, second.id], 8.0)
     # Both re-attached; only then is the worker, free again, asked about the job that is not its own.
-    assert e.take_decisions() == [OfferJob(w2, other, resuming=False)]
+    assert e.take_decisions() == [offer(w2, other, resuming=False)]
     for job in (first, second):
         assert (job.status, job.worker_id) == (JobStatus.RUNNING, w2)
     assert e.workers[w2].jobs == {first.id, second.id, other.id} and e.workers[w2].offered_job == other.id
@@ -670,7 +699,7 @@ def test_an_assigned_job_not_started_in_time_is_stopped_and_restarted() -> None:
     assert e.take_decisions() == []
     e.tick(11.0)
     # w1 may still be waiting for a process to run it in: its copy is stopped only once another exists.
-    assert e.take_decisions() == [OfferJob(w2, job, resuming=True)]
+    assert e.take_decisions() == [offer(w2, job, resuming=True)]
     assert job.attempts[0].error == f"worker {w1} did not start the job within 10s" and job.restarts == 1
     assert e.workers[w1].jobs == set()
     assert e.availability_answer(w2, job.id, ACCEPT, 12.0)
@@ -760,7 +789,7 @@ def test_deleting_the_dispatch_of_offered_and_assigned_jobs() -> None:
     e.take_decisions()
     e.delete_dispatch("r2", offered.dispatch_id, 2.0)
     # An offer needs no termination, and the worker is free for the next question.
-    assert e.take_decisions() == [OfferJob(w, waiting, resuming=False), JobEnded(offered)]
+    assert e.take_decisions() == [offer(w, waiting, resuming=False), JobEnded(offered)]
     e.delete_dispatch("r1", assigned.dispatch_id, 2.0)
     assert e.take_decisions() == [
         TerminateJob(w, assigned.id, "terminated: dispatch deleted"),
@@ -783,7 +812,7 @@ def test_a_participant_worker_gets_a_job_per_joining_participant() -> None:
     e.participant_joined("r", person("alice"), 1.0)
     [job] = dispatch.jobs
     assert (job.type, job.target_identity, job.worker_id) == (JobType.PARTICIPANT, "alice", w)
-    assert offers(e) == [OfferJob(w, job, resuming=False)]
+    assert offers(e) == [offer(w, job, resuming=False)]
     e.participant_joined("r", person("bot", kind=AGENT), 2.0)
     e.participant_joined("r", person("rec", kind=EGRESS), 2.0)
     assert len(dispatch.jobs) == 1 and offers(e) == []
@@ -867,7 +896,7 @@ def test_a_worker_running_a_job_it_does_not_hold_is_told_to_stop_it() -> None:
     e.worker_disconnected(w1, 2.0)
     w2 = worker(e, "a", 3.0)  # another worker takes the job after the grace
     e.tick(7.0)
-    assert only(OfferJob, e.take_decisions()) == [OfferJob(w2, job, resuming=True)]
+    assert only(OfferJob, e.take_decisions()) == [offer(w2, job, resuming=True)]
     e.availability_answer(w2, job.id, ACCEPT, 7.0)
     e.take_decisions()
     w1_again = worker(e, "a", 8.0)
@@ -953,7 +982,7 @@ def test_a_silent_frameworks_job_whose_agent_lost_its_connection_is_restarted() 
         ParticipantLeft(job.room, agent),
     ]
     e.tick(11.0)
-    assert offers(e) == [OfferJob(w, job, resuming=True)]
+    assert offers(e) == [offer(w, job, resuming=True)]
 
 
 def test_a_reporting_frameworks_job_is_ended_by_its_report_not_by_its_agent_leaving() -> None:
@@ -1052,7 +1081,7 @@ def test_restarts_back_off_doubling_up_to_the_maximum() -> None:
         assert offers(e) == []
         now += delay
         e.tick(now)
-        assert offers(e) == [OfferJob(w, job, resuming=True)]
+        assert offers(e) == [offer(w, job, resuming=True)]
         e.availability_answer(w, job.id, ACCEPT, now)
         e.job_update(w, job.id, JobUpdate.RUNNING, "", now)
     assert job.pending_since == now  # the pending deadline counts from the end of the back-off

@@ -124,9 +124,22 @@ def test_leeway_of_60_seconds_on_exp_and_nbf() -> None:
         (sign(claims(sub=5)), "Subject must be a string"),
     ],
 )
-def test_refused_tokens_say_why(token: str, message: str) -> None:
+@pytest.mark.parametrize(
+    "keys", [{KEY: SECRET}, {"first": "another-secret-long-enough-for-hs256", KEY: SECRET}]
+)
+def test_refused_tokens_say_why(token: str, message: str, keys: dict[str, str]) -> None:
+    # One configured key takes a shorter path (the token is parsed once); the reasons are the same.
     with pytest.raises(InvalidToken, match=message):
-        verifier.verify(token)
+        TokenVerifier(keys).verify(token)
+
+
+def test_with_several_keys_each_verifies_its_own_tokens() -> None:
+    keys = {"first": "another-secret-long-enough-for-hs256", KEY: SECRET}
+    several = TokenVerifier(keys)
+    for key, secret in keys.items():
+        assert several.verify(sign(claims(iss=key, sub=key), secret=secret)).identity == key
+    with pytest.raises(InvalidToken, match="signature verification failed"):
+        several.verify(sign(claims(iss="first")))
 
 
 def test_bearer_token_from_header_or_query() -> None:

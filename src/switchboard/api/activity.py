@@ -10,7 +10,6 @@ from typing import Any
 
 from switchboard.core.events import DispatchCreated, JobEnded, JobStarted
 from switchboard.core.jobs import JobStatus
-from switchboard.runtime import Runtime
 
 MINUTES = 60
 
@@ -28,16 +27,9 @@ class Minute:
 
 
 class Activity:
-    def __init__(self, runtime: Runtime, clock: Callable[[], float] = time.time) -> None:
-        self._runtime = runtime
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._minutes: deque[Minute] = deque(maxlen=MINUTES)
-
-    def install(self) -> None:
-        on = self._runtime.on
-        on(DispatchCreated, self._dispatched)
-        on(JobStarted, self._started)
-        on(JobEnded, self._ended)
 
     def _now(self) -> Minute:
         start = int(self._clock() // 60) * 60
@@ -45,10 +37,10 @@ class Activity:
             self._minutes.append(Minute(start))
         return self._minutes[-1]
 
-    def _dispatched(self, _: DispatchCreated) -> None:
+    def dispatched(self, _: DispatchCreated) -> None:
         self._now().dispatches += 1
 
-    def _started(self, event: JobStarted) -> None:
+    def started(self, event: JobStarted) -> None:
         job = event.job
         if job.started_at is None:
             return
@@ -58,7 +50,7 @@ class Activity:
         minute.wait_total += wait
         minute.wait_max = max(minute.wait_max, wait)
 
-    def _ended(self, event: JobEnded) -> None:
+    def ended(self, event: JobEnded) -> None:
         if event.job.status is JobStatus.FAILED:
             self._now().failures += 1
 

@@ -9,16 +9,20 @@ from switchboard.wire import dispatch_spec, dispatch_to_proto, room_to_proto
 
 
 def methods(runtime: Runtime) -> dict[str, Method]:
-    engine = runtime.engine
+    engine = runtime.engine  # for reading; changes go through runtime.call
 
     def create(claims: Claims, request: pb.CreateAgentDispatchRequest) -> pb.AgentDispatch:
         require_room_admin(claims, request.room)
-        dispatch = engine.create_dispatch(request.room, dispatch_spec(request), runtime.now())
+        spec = dispatch_spec(request)
+        dispatch = runtime.call(lambda engine: engine.create_dispatch(request.room, spec, runtime.now()))
         return dispatch_to_proto(dispatch, room_to_proto(engine.room(request.room)))
 
     def delete(claims: Claims, request: pb.DeleteAgentDispatchRequest) -> pb.AgentDispatch:
         require_room_admin(claims, request.room)
-        return dispatch_to_proto(engine.delete_dispatch(request.room, request.dispatch_id, runtime.now()))
+        dispatch = runtime.call(
+            lambda engine: engine.delete_dispatch(request.room, request.dispatch_id, runtime.now())
+        )
+        return dispatch_to_proto(dispatch)
 
     def list_(claims: Claims, request: pb.ListAgentDispatchRequest) -> pb.ListAgentDispatchResponse:
         require_room_admin(claims, request.room)

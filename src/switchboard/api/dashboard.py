@@ -26,7 +26,7 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import jwt
@@ -69,7 +69,7 @@ SPEAKERS_INTERVAL = 0.5
 KEEPALIVE = 15.0
 """A comment on an idle stream, so that proxies and the browser keep it open."""
 
-_EVENT_KINDS: dict[type[Any], str] = {
+EVENT_KINDS: dict[type[Any], str] = {
     RoomStarted: "room_started",
     RoomClosed: "room_finished",
     ParticipantJoined: "participant_joined",
@@ -104,7 +104,8 @@ class Dashboard:
         self._keys = keys
         self._session_ttl = session_ttl
         self._streams: set[asyncio.Queue[dict[str, Any] | None]] = set()
-        self._activity = Activity(runtime)
+        self.minutes = Activity()
+        """The last hour's dispatches, waits and failures (fed by `effects.py`)."""
         self._rooms = rooms
         self._speakers_watch: asyncio.Task[None] | None = None
 
@@ -115,17 +116,13 @@ class Dashboard:
         app.router.add_get("/dashboard/events", self.events)
         app.router.add_get("/dashboard/activity", self.activity)
         app.router.add_get("/dashboard/room", self.room)
-        self._activity.install()
-        for decision_type, kind in _EVENT_KINDS.items():
-            self._runtime.on(decision_type, self._publisher(kind))
         app.on_shutdown.append(self._end_streams)
 
-    def _publisher(self, kind: str) -> Callable[[Any], None]:
-        def publish(decision: Any) -> None:
-            if self._streams:
-                self._publish({"kind": kind, "room": _room_of(decision), "at": time.time()})
-
-        return publish
+    def publish(self, decision: Any) -> None:
+        """An engine decision the pages show (`EVENT_KINDS`): sent to every open event stream."""
+        if self._streams:
+            kind = EVENT_KINDS[type(decision)]
+            self._publish({"kind": kind, "room": _room_of(decision), "at": time.time()})
 
     def _publish(self, event: dict[str, Any] | None) -> None:
         for queue in self._streams:
@@ -239,7 +236,7 @@ class Dashboard:
         session = self._session(request)
         if isinstance(session, web.Response):
             return session
-        return web.json_response({"minutes": self._activity.last_hour()})
+        return web.json_response({"minutes": self.minutes.last_hour()})
 
     async def room(self, request: web.Request) -> web.Response:
         """Each job of the room's dispatches with what happened to it, when (Unix seconds), oldest first;

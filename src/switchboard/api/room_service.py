@@ -50,11 +50,12 @@ _RPC_ERROR_CODES = {
 
 
 def methods(runtime: Runtime, live: LiveParticipants) -> dict[str, Method]:
-    engine = runtime.engine
+    engine = runtime.engine  # for reading; changes go through runtime.call
 
     def create_room(claims: Claims, request: pb.CreateRoomRequest) -> models.Room:
         require_room_create(claims)
-        return room_to_proto(engine.create_room(room_spec(request), runtime.now()))
+        spec = room_spec(request)
+        return room_to_proto(runtime.call(lambda engine: engine.create_room(spec, runtime.now())))
 
     def list_rooms(claims: Claims, request: pb.ListRoomsRequest) -> pb.ListRoomsResponse:
         require_room_list(claims)
@@ -62,12 +63,13 @@ def methods(runtime: Runtime, live: LiveParticipants) -> dict[str, Method]:
 
     def delete_room(claims: Claims, request: pb.DeleteRoomRequest) -> pb.DeleteRoomResponse:
         require_room_create(claims)
-        engine.delete_room(request.room, runtime.now())
+        runtime.call(lambda engine: engine.delete_room(request.room, runtime.now()))
         return pb.DeleteRoomResponse()
 
     def update_room_metadata(claims: Claims, request: pb.UpdateRoomMetadataRequest) -> models.Room:
         require_room_admin(claims, request.room)
-        return room_to_proto(engine.update_room_metadata(request.room, request.metadata))
+        room = runtime.call(lambda engine: engine.update_room_metadata(request.room, request.metadata))
+        return room_to_proto(room)
 
     def list_participants(claims: Claims, request: pb.ListParticipantsRequest) -> pb.ListParticipantsResponse:
         require_room_admin(claims, request.room)
@@ -85,22 +87,26 @@ def methods(runtime: Runtime, live: LiveParticipants) -> dict[str, Method]:
         claims: Claims, request: pb.RoomParticipantIdentity
     ) -> pb.RemoveParticipantResponse:
         require_room_admin(claims, request.room)
-        engine.remove_participant(request.room, request.identity, runtime.now())
+        runtime.call(lambda engine: engine.remove_participant(request.room, request.identity, runtime.now()))
         return pb.RemoveParticipantResponse()
 
     def mute_published_track(claims: Claims, request: pb.MuteRoomTrackRequest) -> pb.MuteRoomTrackResponse:
         require_room_admin(claims, request.room)
-        track = engine.mute_track(request.room, request.identity, request.track_sid, request.muted)
+        track = runtime.call(
+            lambda engine: engine.mute_track(request.room, request.identity, request.track_sid, request.muted)
+        )
         return pb.MuteRoomTrackResponse(track=track_to_proto(track))
 
     def update_participant(claims: Claims, request: pb.UpdateParticipantRequest) -> models.ParticipantInfo:
         require_room_admin(claims, request.room)
-        participant = engine.update_participant(
-            request.room,
-            request.identity,
-            name=request.name or None,
-            metadata=request.metadata or None,
-            attributes=dict(request.attributes),
+        participant = runtime.call(
+            lambda engine: engine.update_participant(
+                request.room,
+                request.identity,
+                name=request.name or None,
+                metadata=request.metadata or None,
+                attributes=dict(request.attributes),
+            )
         )
         return participant_to_proto(participant)
 
@@ -116,7 +122,8 @@ def methods(runtime: Runtime, live: LiveParticipants) -> dict[str, Method]:
         )
         kind = models.DataPacket.RELIABLE if reliable else models.DataPacket.LOSSY
         packet = models.DataPacket(kind=kind, user=user, destination_identities=destinations)
-        engine.send_data(request.room, packet.SerializeToString(), reliable, destinations)
+        body = packet.SerializeToString()
+        runtime.call(lambda engine: engine.send_data(request.room, body, reliable, destinations))
         return pb.SendDataResponse()
 
     def update_subscriptions(

@@ -92,11 +92,9 @@ class TwirpServer:
         self,
         verifier: TokenVerifier,
         limits: HttpLimits,
-        after_call: Callable[[], None],
         observe: Callable[[str, str, float], None] | None = None,
     ) -> None:
         self._verifier = verifier
-        self._after_call = after_call
         self._observe = observe
         """Told of every request: method ("Service.Method", or "unknown"), Twirp code ("ok"), seconds."""
         self._limits = limits
@@ -191,9 +189,6 @@ class TwirpServer:
             raise TwirpError("permission_denied", str(exc)) from exc
         except CoreError as exc:
             raise TwirpError(_CORE_CODES.get(type(exc), "internal"), str(exc)) from exc
-        finally:
-            # Whatever the handler changed, its decisions are carried out before the reply leaves.
-            self._after_call()
         if content_type == JSON:
             return web.Response(
                 body=json.dumps(to_json(reply), separators=(",", ":")).encode(),

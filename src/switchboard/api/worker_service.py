@@ -81,15 +81,15 @@ def worker_methods(runtime: Runtime, node_id: str) -> dict[str, Method]:
 
     def drain(claims: Claims, request: Any) -> Any:
         require_server_admin(claims)
-        return worker_to_proto(
-            runtime, engine.drain_worker(_required(request.worker_id, "worker_id"), runtime.now()), node_id
-        )
+        worker_id = _required(request.worker_id, "worker_id")
+        worker = runtime.call(lambda engine: engine.drain_worker(worker_id, runtime.now()))
+        return worker_to_proto(runtime, worker, node_id)
 
     def undrain(claims: Claims, request: Any) -> Any:
         require_server_admin(claims)
-        return worker_to_proto(
-            runtime, engine.undrain_worker(_required(request.worker_id, "worker_id"), runtime.now()), node_id
-        )
+        worker_id = _required(request.worker_id, "worker_id")
+        worker = runtime.call(lambda engine: engine.undrain_worker(worker_id, runtime.now()))
+        return worker_to_proto(runtime, worker, node_id)
 
     return {
         "ListWorkers": Method(pb.ListWorkersRequest, list_),

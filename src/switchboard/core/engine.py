@@ -27,6 +27,7 @@ from switchboard.core.events import (
     DisconnectCause,
     DisconnectParticipant,
     DispatchCreated,
+    JobContext,
     JobEnded,
     JobStarted,
     OfferJob,
@@ -463,6 +464,12 @@ class Engine:
                     self._launch(dispatch, JobType.PUBLISHER, now, participant.identity)
         return dispatch
 
+    def _job_context(self, job: Job) -> JobContext:
+        """What the worker is told with the job; only a live job of a live room is offered or assigned."""
+        room = self.rooms[job.room]
+        target = room.participants.get(job.target_identity) if job.target_identity else None
+        return JobContext(room, room.dispatches[job.dispatch_id].spec, target)
+
     def _dispatch_of(self, job: Job) -> Dispatch | None:
         room = self.rooms.get(job.room)
         return room.dispatches.get(job.dispatch_id) if room else None
@@ -521,7 +528,9 @@ class Engine:
         job.offer(worker.id, now)
         worker.jobs.add(job.id)
         worker.offered_job = job.id
-        self._decisions.append(OfferJob(worker.id, job, resuming=job.restarts > 0))
+        self._decisions.append(
+            OfferJob(worker.id, job, resuming=job.restarts > 0, context=self._job_context(job))
+        )
 
     def _match(self, key: WorkerKey, now: float) -> None:
         """Offer the pending jobs of one key, oldest first, to the workers that can take them."""
@@ -682,7 +691,7 @@ class Engine:
             self._disconnect_agents(job, lambda attempt: attempt != job.attempt)
             worker = self.workers[worker_id]
             worker.assigned_since_report += 1
-            self._decisions.append(AssignJob(worker_id, job, participant))
+            self._decisions.append(AssignJob(worker_id, job, participant, context=self._job_context(job)))
             worker.offered_job = ""
             self._match(worker.key, now)
         return True

@@ -3,8 +3,9 @@
 from dataclasses import dataclass, field
 from enum import Enum
 
+from switchboard.core.dispatch import DispatchSpec
 from switchboard.core.jobs import Job
-from switchboard.core.rooms import Participant, Track
+from switchboard.core.rooms import Participant, Room, Track
 
 
 @dataclass(frozen=True)
@@ -117,12 +118,24 @@ class SendData:
 
 
 @dataclass(frozen=True)
+class JobContext:
+    """What a worker is told about a job besides the job itself: its room, what its dispatch asked for,
+    and the participant it is for (participant and publisher jobs)."""
+
+    room: Room
+    dispatch: DispatchSpec
+    target: Participant | None
+
+
+@dataclass(frozen=True)
 class OfferJob:
     """Ask the worker whether it takes the job (AvailabilityRequest)."""
 
     worker_id: str
     job: Job
     resuming: bool
+    context: JobContext = field(kw_only=True, compare=False, repr=False)
+    """Follows from the job, so equality is the job's."""
 
 
 @dataclass(frozen=True)
@@ -142,6 +155,7 @@ class AssignJob:
     worker_id: str
     job: Job
     participant: AgentParticipant
+    context: JobContext = field(kw_only=True, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

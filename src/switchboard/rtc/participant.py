@@ -360,8 +360,11 @@ class ParticipantSession:
         if current is not None and not replaced:
             # Without a leave request the connection was lost: for an agent, its job may have crashed.
             lost = reason != models.CLIENT_INITIATED
-            engine.participant_left(self.room.name, self.identity, runtime.now(), sid=self.sid, lost=lost)
-            runtime.flush()
+            runtime.call(
+                lambda engine: engine.participant_left(
+                    self.room.name, self.identity, runtime.now(), sid=self.sid, lost=lost
+                )
+            )
         if not self.hidden and not replaced:
             self.room.announce([last], exclude=self)
         self.end_forwards(reason)
@@ -626,8 +629,9 @@ class ParticipantSession:
             track.mime_type = "audio/opus"
         self.relays[track.sid] = relay
         runtime = self.room.runtime
-        runtime.engine.track_published(self.room.name, self.identity, track, runtime.now())
-        runtime.flush()
+        runtime.call(
+            lambda engine: engine.track_published(self.room.name, self.identity, track, runtime.now())
+        )
         for room, as_seen in self.appearances():
             room.track_published(as_seen, relay, as_seen.info())
 
@@ -639,12 +643,15 @@ class ParticipantSession:
             if media.port != 0 and media.direction in ("sendonly", "sendrecv")
         }
         runtime = self.room.runtime
+
+        def unpublish(track_sid: str) -> None:
+            runtime.call(lambda engine: engine.track_unpublished(self.room.name, self.identity, track_sid))
+
         for track_sid, relay in list(self.relays.items()):
             track = self.participant().tracks.get(track_sid)
             if track is not None and track.mid and track.mid not in sending:
                 del self.relays[track_sid]
-                runtime.engine.track_unpublished(self.room.name, self.identity, track_sid)
-                runtime.flush()
+                unpublish(track_sid)
                 self.unpublished(relay)
 
     def apply_subscription(self, update: rtc.UpdateSubscription) -> None:
@@ -793,8 +800,9 @@ class ParticipantSession:
     def _on_mute(self, request: rtc.MuteTrackRequest) -> None:
         runtime = self.room.runtime
         with contextlib.suppress(CoreError):
-            runtime.engine.mute_track(self.room.name, self.identity, request.sid, request.muted)
-        runtime.flush()
+            runtime.call(
+                lambda engine: engine.mute_track(self.room.name, self.identity, request.sid, request.muted)
+            )
         relay = self.relays.get(request.sid)
         if isinstance(relay, VideoRelay) and not request.muted:
             # The SDKs stop sending a muted camera; subscribers start again from a fresh picture.
@@ -819,16 +827,17 @@ class ParticipantSession:
         else:
             runtime = self.room.runtime
             try:
-                runtime.engine.update_participant(
-                    self.room.name,
-                    self.identity,
-                    name=request.name or None,
-                    metadata=request.metadata or None,
-                    attributes=dict(request.attributes),
+                runtime.call(
+                    lambda engine: engine.update_participant(
+                        self.room.name,
+                        self.identity,
+                        name=request.name or None,
+                        metadata=request.metadata or None,
+                        attributes=dict(request.attributes),
+                    )
                 )
             except CoreError as exc:
                 reason, message = rtc.RequestResponse.LIMIT_EXCEEDED, str(exc)
-            runtime.flush()
         response = rtc.RequestResponse(
             request_id=request.request_id, reason=reason, message=message, update_metadata=request
         )

@@ -173,9 +173,10 @@ class Room:
             self.announce([forward.farewell(reason)])
         if in_engine:
             with contextlib.suppress(NotFound):
-                self.runtime.engine.participant_left(
-                    self.name, forward.identity, self.runtime.now(), sid=forward.sid
+                self.runtime.call(
+                    lambda engine: engine.participant_left(
+                        self.name, forward.identity, self.runtime.now(), sid=forward.sid
+                    )
                 )
-            self.runtime.flush()
         log.info("forward ended room=%s identity=%s", self.name, forward.identity)
         self._maybe_empty()

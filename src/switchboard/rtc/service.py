@@ -60,10 +60,6 @@ class RtcService:
         self._verifier = verifier
         self.ports = configure_ice(settings)
         """The UDP ports media may use (rtc.port_range_*); None: any."""
-        runtime.on(DisconnectParticipant, self._on_disconnect)
-        runtime.on(ParticipantUpdated, self._on_participant_updated)
-        runtime.on(TrackMuted, self._on_track_muted)
-        runtime.on(SendData, self._on_send_data)
 
     def install(self, app: web.Application) -> None:
         app.router.add_get("/rtc", self.connect)
@@ -122,21 +118,23 @@ class RtcService:
             hidden=claims.video.hidden,
             job=claims.job,
         )
-        engine = self.runtime.engine
+        runtime = self.runtime
+        spec = room_spec_from_token(room_name, claims.room_config)
         try:
-            room_state = engine.join(room_spec_from_token(room_name, claims.room_config), participant, now)
+            # Its decisions close a previous connection of the same identity and launch jobs.
+            room_state = runtime.call(lambda engine: engine.join(spec, participant, now))
         except (ResourceExhausted, FailedPrecondition) as exc:
-            self.runtime.flush()
             raise web.HTTPForbidden(text=f"{exc}\n") from exc
         except CoreError as exc:
-            self.runtime.flush()
             raise web.HTTPBadRequest(text=f"{exc}\n") from exc
-        self.runtime.flush()  # closes a previous connection of the same identity, launches jobs
         try:
             await ws.prepare(request)
         except Exception:
-            engine.participant_left(room_name, participant.identity, self.runtime.now(), sid=participant.sid)
-            self.runtime.flush()
+            runtime.call(
+                lambda engine: engine.participant_left(
+                    room_name, participant.identity, runtime.now(), sid=participant.sid
+                )
+            )
             raise
         room = self._room(room_name)
         session = ParticipantSession(
@@ -230,8 +228,7 @@ class RtcService:
             active=source.active,
             forwarded=True,
         )
-        engine.participant_joined(destination, copy, now)
-        self.runtime.flush()
+        self.runtime.call(lambda engine: engine.participant_joined(destination, copy, now))
         forward = Forward(session, self._room(destination), copy.sid)
         session.forwards.append(forward)
         forward.room.add_forward(forward)
@@ -244,10 +241,10 @@ class RtcService:
         session = self.live(room, identity)
         engine, now = self.runtime.engine, self.runtime.now()
         participant = engine.participant(room, identity)
-        engine.participant_joined(destination, participant, now)  # NotFound, ResourceExhausted: unmoved
+        # NotFound, ResourceExhausted: unmoved
+        self.runtime.call(lambda engine: engine.participant_joined(destination, participant, now))
         session.end_forwards(models.PARTICIPANT_REMOVED)
-        engine.participant_left(room, identity, now, sid=session.sid)
-        self.runtime.flush()
+        self.runtime.call(lambda engine: engine.participant_left(room, identity, now, sid=session.sid))
 
         old = session.room
         before = old.others(session)
@@ -299,9 +296,9 @@ class RtcService:
             attributes=participant.attributes,
         )
 
-    # Decisions from the engine
+    # The engine's decisions (wired in switchboard.effects)
 
-    def _on_disconnect(self, decision: DisconnectParticipant) -> None:
+    def disconnect(self, decision: DisconnectParticipant) -> None:
         room = self.rooms.get(decision.room)
         if room is None:
             return
@@ -312,7 +309,7 @@ class RtcService:
         if forward is not None and forward.sid == decision.sid:  # removed from the destination room
             room.end_forward(forward, _DISCONNECT_REASONS[decision.cause], in_engine=False)
 
-    def _on_participant_updated(self, decision: ParticipantUpdated) -> None:
+    def participant_updated(self, decision: ParticipantUpdated) -> None:
         session = self._session(decision.room, decision.identity)
         if session is None:
             return
@@ -333,7 +330,7 @@ class RtcService:
             if not forward.hidden:
                 forward.room.announce([forward.info()])
 
-    def _on_track_muted(self, decision: TrackMuted) -> None:
+    def track_muted(self, decision: TrackMuted) -> None:
         session = self._session(decision.room, decision.identity)
         if session is None:
             return
@@ -344,7 +341,7 @@ class RtcService:
             session.room.announce([session.info()])
         self._update_forwards(session)
 
-    def _on_send_data(self, decision: SendData) -> None:
+    def send_data(self, decision: SendData) -> None:
         room = self.rooms.get(decision.room)
         if room is not None:
             room.deliver(decision.packet, decision.reliable, decision.destinations)

@@ -9,7 +9,7 @@ from livekit.protocol import agent, models
 
 from switchboard.auth.grants import InvalidToken
 from switchboard.auth.tokens import TokenVerifier, mint_job_token
-from switchboard.core.events import AssignJob, OfferJob, TerminateJob
+from switchboard.core.events import AssignJob, JobContext, OfferJob, TerminateJob
 from switchboard.core.jobs import Job
 from switchboard.runtime import Runtime
 from switchboard.wire import job_to_proto, participant_to_proto, room_to_proto
@@ -33,9 +33,6 @@ class WorkerHub:
         self.server_info = server_info
         self._verifier = verifier
         self._keys = keys
-        runtime.on(OfferJob, self._offer)
-        runtime.on(AssignJob, self._assign)
-        runtime.on(TerminateJob, self._terminate)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """`GET /agent`: refuse bad credentials before upgrading (a refused upgrade makes the worker back
@@ -66,27 +63,19 @@ class WorkerHub:
         for session in list(self.sessions.values()):
             await session.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
 
-    def _job_message(self, job: Job) -> agent.Job:
-        room = self.runtime.engine.rooms[job.room]
-        dispatch = room.dispatches[job.dispatch_id]
-        target = room.participants.get(job.target_identity)
-        return job_to_proto(
-            job, dispatch.spec, room_to_proto(room), participant_to_proto(target) if target else None
-        )
+    # The engine's decisions (wired in switchboard.effects)
 
-    def _session(self, worker_id: str) -> WorkerSession:
-        return self.sessions[worker_id]
-
-    def _offer(self, decision: OfferJob) -> None:
+    def offer(self, decision: OfferJob) -> None:
         if decision.job.ended:  # its room closed later in the same engine step
             return
-        request = agent.AvailabilityRequest(job=self._job_message(decision.job), resuming=decision.resuming)
-        self._session(decision.worker_id).send(agent.ServerMessage(availability=request))
+        job = _job_message(decision.job, decision.context)
+        request = agent.AvailabilityRequest(job=job, resuming=decision.resuming)
+        self.sessions[decision.worker_id].send(agent.ServerMessage(availability=request))
 
-    def _assign(self, decision: AssignJob) -> None:
+    def assign(self, decision: AssignJob) -> None:
         if decision.job.ended:
             return
-        session = self._session(decision.worker_id)
+        session = self.sessions[decision.worker_id]
         job, participant = decision.job, decision.participant
         token = mint_job_token(
             session.api_key,
@@ -101,10 +90,15 @@ class WorkerHub:
             attributes=participant.attributes,
             permissions=session.permissions,
         )
-        assignment = agent.JobAssignment(job=self._job_message(job), token=token)
+        assignment = agent.JobAssignment(job=_job_message(job, decision.context), token=token)
         session.send(agent.ServerMessage(assignment=assignment))
 
-    def _terminate(self, decision: TerminateJob) -> None:
+    def terminate(self, decision: TerminateJob) -> None:
         session = self.sessions.get(decision.worker_id)
         if session is not None:
             session.send(agent.ServerMessage(termination=agent.JobTermination(job_id=decision.job_id)))
+
+
+def _job_message(job: Job, context: JobContext) -> agent.Job:
+    target = participant_to_proto(context.target) if context.target is not None else None
+    return job_to_proto(job, context.dispatch, room_to_proto(context.room), target)

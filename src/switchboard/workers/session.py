@@ -10,6 +10,7 @@ from aiohttp import WSCloseCode, web
 from livekit.protocol import agent
 
 from switchboard.auth.grants import VideoGrant
+from switchboard.core.engine import Engine
 from switchboard.core.errors import CoreError
 from switchboard.core.jobs import JobType
 from switchboard.core.workers import AvailabilityAnswer, JobUpdate, WorkerSpec, WorkerStatus
@@ -101,7 +102,6 @@ class WorkerSession:
             self._register(first)
             while (message := await self._receive()) is not None:
                 self._handle(message)
-                runtime.flush()
         except ProtocolViolation as exc:
             await self._close_for_violation(str(exc))
         except ConnectionLost as exc:
@@ -111,8 +111,7 @@ class WorkerSession:
         finally:
             if self.worker_id:
                 self.hub.sessions.pop(self.worker_id, None)
-                runtime.engine.worker_disconnected(self.worker_id, runtime.now())
-                runtime.flush()
+                runtime.call(lambda engine: engine.worker_disconnected(self.worker_id, runtime.now()))
                 log.info("worker disconnected worker=%s agent_name=%r", self.worker_id, self.agent_name)
 
     def _register(self, message: agent.WorkerMessage) -> None:
@@ -127,15 +126,18 @@ class WorkerSession:
             deployment=request.deployment,
             version=request.version,
         )
-        runtime = self.hub.runtime
+        # Inside one gateway call: the register response is the first frame, and the offers that the
+        # registration decides are carried out after it, once the session can be found by its worker id.
+        self.hub.runtime.call(lambda engine: self._registered(engine, spec, request))
+
+    def _registered(self, engine: Engine, spec: WorkerSpec, request: agent.RegisterWorkerRequest) -> None:
         try:
-            worker = runtime.engine.register_worker(spec, runtime.now())
+            worker = engine.register_worker(spec, self.hub.runtime.now())
         except CoreError as exc:
             raise ProtocolViolation(f"invalid registration: {exc}") from exc
         self.worker_id, self.agent_name = worker.id, spec.agent_name
         self.permissions = permissions_of(request)
         self.hub.sessions[worker.id] = self
-        # The register response must be the first frame; offers decided by the registration follow it.
         self.send(
             agent.ServerMessage(
                 register=agent.RegisterWorkerResponse(worker_id=worker.id, server_info=self.hub.server_info)
@@ -149,10 +151,12 @@ class WorkerSession:
             spec.version,
             self.peer,
         )
-        runtime.flush()
 
     def _handle(self, message: agent.WorkerMessage) -> None:
-        engine, now = self.hub.runtime.engine, self.hub.runtime.now()
+        self.hub.runtime.call(lambda engine: self._apply(engine, message))
+
+    def _apply(self, engine: Engine, message: agent.WorkerMessage) -> None:
+        now = self.hub.runtime.now()
         kind = message.WhichOneof("message")
         if kind == "availability":
             a = message.availability
@@ -199,8 +203,7 @@ class WorkerSession:
         runtime = self.hub.runtime
         if self.worker_id:  # no more offers while we wait to close
             self.hub.sessions.pop(self.worker_id, None)
-            runtime.engine.worker_disconnected(self.worker_id, runtime.now())
-            runtime.flush()
+            runtime.call(lambda engine: engine.worker_disconnected(self.worker_id, runtime.now()))
             self.worker_id = ""
         if not self.ws.closed:
             await asyncio.sleep(self.hub.settings.violation_close_delay)
