@@ -328,6 +328,14 @@ class ParticipantSession:
         self._channels[RELIABLE] = pc.createDataChannel(RELIABLE, ordered=True)
         self._channels[LOSSY] = pc.createDataChannel(LOSSY, ordered=False, maxRetransmits=0)
         self._channels[RELIABLE].on("open", self._flush_queued)
+        # aiortc's SCTP debug lines do not say whose association they belong to; its first TSN does
+        # (docs/data-channels.md: following a stalled association in the log).
+        log.debug(
+            "subscriber data channels room=%s identity=%s first_tsn=%d",
+            self.room.name,
+            self.identity,
+            self._channels[RELIABLE].transport._local_tsn,
+        )
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:
