@@ -26,8 +26,10 @@ def sign(payload: dict[str, Any], secret: str = SECRET, **kwargs: Any) -> str:
 
 
 def claims(**extra: Any) -> dict[str, Any]:
+    # Valid for a day: parametrized tokens are signed when the suite is collected, and a whole run can
+    # last longer than a short validity, after which "expired" would hide the fault a test looks for.
     now = int(time.time())
-    return {"iss": KEY, "sub": "", "nbf": now, "exp": now + 600, **extra}
+    return {"iss": KEY, "sub": "", "nbf": now, "exp": now + 24 * 3600, **extra}
 
 
 def test_minted_token_round_trips() -> None:
