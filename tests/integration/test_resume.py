@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
 import pytest
 from livekit import api, rtc
 from livekit.protocol import rtc as signal
@@ -21,7 +20,7 @@ from tests.agent_workers import AgentWorker, registered
 from tests.browser import BrowserScenario, served_page
 from tests.conftest import Server, start_server, stop_server
 from tests.integration.test_rtc_node import run_rtc_scenario, unique_room
-from tests.integration.test_rtc_python import Client
+from tests.integration.test_rtc_python import Client, signalling
 from tests.polling import eventually
 from tests.signal_proxy import SignalProxy
 
@@ -171,14 +170,8 @@ async def test_python_sdk_reconnects_fully_once_its_session_is_gone(
 
 async def resume_request(server: Server, room: str, identity: str, sid: str) -> signal.SignalResponse:
     """What the server answers a resume (`reconnect=1`) with: its first signal message."""
-    async with (
-        aiohttp.ClientSession() as http,
-        http.ws_connect(
-            f"{server.ws_url}/rtc?protocol=16&reconnect=1&sid={sid}",
-            headers={"Authorization": f"Bearer {server.join_token(room, identity)}"},
-        ) as ws,
-    ):
-        return signal.SignalResponse.FromString((await ws.receive()).data)
+    async with signalling(server, room, identity, f"&reconnect=1&sid={sid}") as (_, first):
+        return first
 
 
 async def test_a_resume_of_a_session_that_is_not_there_asks_for_a_full_reconnect(

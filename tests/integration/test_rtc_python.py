@@ -501,15 +501,24 @@ async def test_a_publisher_is_told_once_when_its_track_is_first_subscribed(clien
     await eventually(lambda: len(alice.saw("local_track_subscribed")) == 2, "the second track's event")
 
 
-async def test_the_server_advertises_a_livekit_version(server: Server, clients: Any) -> None:
+@contextlib.asynccontextmanager
+async def signalling(
+    server: Server, room: str, identity: str, query: str = ""
+) -> AsyncIterator[tuple[aiohttp.ClientWebSocketResponse, signal.SignalResponse]]:
+    """A hand-driven `/rtc` connection (`query` added to the URL's), and the first message the server sent."""
     async with (
-        aiohttp.ClientSession() as session,
-        session.ws_connect(
-            f"{server.ws_url}/rtc?protocol=16",
-            headers={"Authorization": f"Bearer {server.join_token(clients.room, 'raw')}"},
+        aiohttp.ClientSession() as http,
+        http.ws_connect(
+            f"{server.ws_url}/rtc?protocol=16{query}",
+            headers={"Authorization": f"Bearer {server.join_token(room, identity)}"},
         ) as ws,
     ):
-        join = signal.SignalResponse.FromString((await ws.receive()).data).join
+        yield ws, signal.SignalResponse.FromString((await ws.receive()).data)
+
+
+async def test_the_server_advertises_a_livekit_version(server: Server, clients: Any) -> None:
+    async with signalling(server, clients.room, "raw") as (ws, first):
+        join = first.join
         await ws.send_bytes(signal.SignalRequest(leave=signal.LeaveRequest()).SerializeToString())
     # The Rust-based SDKs refuse RPC (1403 "RPC not supported by server") below 1.8.0.
     assert join.server_version == "1.9.0" and join.server_info.version == "1.9.0"
