@@ -21,9 +21,11 @@ from typing import Any
 import numpy as np
 import pytest
 from livekit import api, rtc
+from livekit.protocol import agent
 
 from tests.agent_workers import eventually, registrations
 from tests.conftest import Server, start_server, stop_server
+from tests.integration.test_workers_registry import list_workers
 from tests.node_agent_workers import NodeAgentWorker, NodeAgentWorkers, node_agent_workers
 
 START_TIMEOUT = 5  # s: short, so that "runs for longer than start_timeout" is a quick test
@@ -466,6 +468,11 @@ async def test_a_draining_node_worker_keeps_its_job_and_takes_no_new_one(
     # SIGTERM on `start`: the framework reports WS_FULL, refuses offers, and waits for its jobs to end.
     job.worker.signal(signal.SIGTERM)
     await eventually(lambda: "draining worker" in job.worker.log(), "the worker to drain")
+
+    async def seen_full() -> bool:  # else the next dispatch may be offered to it before its WS_FULL lands
+        return [w.status for w in await list_workers(server, job.agent_name)] == [agent.WS_FULL]
+
+    await eventually(seen_full, "the server to see the draining worker full")
     other = unique("drain-other")
     await lkapi.agent_dispatch.create_dispatch(
         api.CreateAgentDispatchRequest(agent_name=job.agent_name, room=other)
