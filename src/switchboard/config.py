@@ -14,6 +14,7 @@ import yaml
 
 from switchboard.agents.supervisor import SupervisorSettings
 from switchboard.api.http import HttpLimits
+from switchboard.cluster.settings import SORT_BY, ClusterSettings, RedisSettings
 from switchboard.core.engine import EngineSettings
 from switchboard.core.limits import Limits
 from switchboard.rtc.settings import TURN_PROTOCOLS, RtcSettings, TurnServer
@@ -45,6 +46,9 @@ class Config:
     agents: SupervisorSettings = field(default_factory=SupervisorSettings)
     """The agent-*.yaml files run next to the server (`agents_dir`, `--agents`)."""
     webhook: WebhookSettings = field(default_factory=WebhookSettings)
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    """Set: this node is one of several sharing the deployment through Redis (see docs/cluster.md)."""
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
     prometheus_port: int = 0
     """Where Prometheus metrics are served (on the bind addresses); 0 = not served."""
     development: bool = False
@@ -254,6 +258,8 @@ def load_config(
             raise r.fail(key, f"must be at most 65535, got {values[key]}")
 
     webhook = _webhook(r, seconds)
+    values["redis"] = _redis(r, seconds)
+    values["cluster"] = _cluster(r, seconds)
     notes = [f"{source}: unknown key '{key}' ignored" for key in r.unknown_keys()] + network_notes
     if env.get("LIVEKIT_KEYS"):
         config_keys = parse_keys(env["LIVEKIT_KEYS"], "LIVEKIT_KEYS")
@@ -423,4 +429,66 @@ def _webhook(r: _Reader, seconds: Callable[[str, float, float], float]) -> Webho
         retry_delay_max=seconds("webhook.retry_delay_max", d.retry_delay_max, 0.01),
         max_attempts=r.number("webhook.max_attempts", d.max_attempts, minimum=1),
         shutdown_grace=seconds("webhook.shutdown_grace", d.shutdown_grace, 0),
+    )
+
+
+def _text(r: _Reader, key: str, default: str = "") -> str:
+    value = r.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise r.fail(key, f"expected text, got {value!r}")
+    return value
+
+
+def _addresses(r: _Reader, key: str) -> tuple[str, ...]:
+    value = r.get(key)
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(a, str) and _host_port(a) for a in value):
+        raise r.fail(key, f"expected a list of host:port addresses, got {value!r}")
+    return tuple(value)
+
+
+def _redis(r: _Reader, seconds: Callable[[str, float, float], float]) -> RedisSettings:
+    """The `redis` section with livekit.yaml's keys (`max_redirects` is left to redis-py)."""
+    d = RedisSettings
+    address = _text(r, "redis.address")
+    if address and not _host_port(address):
+        raise r.fail("redis.address", f"expected host:port, got {address!r}")
+    use_tls = r.get("redis.use_tls")
+    if use_tls is not None and not isinstance(use_tls, bool):
+        raise r.fail("redis.use_tls", f"expected true or false, got {use_tls!r}")
+    settings = RedisSettings(
+        address=address,
+        username=_text(r, "redis.username"),
+        password=_text(r, "redis.password"),
+        db=r.number("redis.db", d.db),
+        use_tls=bool(use_tls),
+        sentinel_master_name=_text(r, "redis.sentinel_master_name"),
+        sentinel_username=_text(r, "redis.sentinel_username"),
+        sentinel_password=_text(r, "redis.sentinel_password"),
+        sentinel_addresses=_addresses(r, "redis.sentinel_addresses"),
+        cluster_addresses=_addresses(r, "redis.cluster_addresses"),
+        timeout=seconds("redis.timeout", d.timeout, 0.05),
+    )
+    if settings.sentinel_addresses and not settings.sentinel_master_name:
+        raise r.fail("redis.sentinel_master_name", "required with redis.sentinel_addresses")
+    return settings
+
+
+def _cluster(r: _Reader, seconds: Callable[[str, float, float], float]) -> ClusterSettings:
+    """Switchboard's own `cluster` section: the lease, this node's address, and where new rooms go."""
+    d = ClusterSettings
+    node_address = _text(r, "cluster.node_address")
+    if node_address and not node_address.startswith(("http://", "https://")):
+        raise r.fail("cluster.node_address", f"expected an http(s) URL, got {node_address!r}")
+    sort_by = _text(r, "node_selector.sort_by", d.sort_by)
+    if sort_by not in SORT_BY:
+        raise r.fail("node_selector.sort_by", f"expected one of {', '.join(SORT_BY)}, got {sort_by!r}")
+    return ClusterSettings(
+        lease=seconds("cluster.lease", d.lease, 0.3),
+        node_address=node_address.rstrip("/"),
+        sort_by=sort_by,
+        cpu_load_limit=float(r.number("node_selector.cpu_load_limit", d.cpu_load_limit, integer=False)),
     )

@@ -18,6 +18,8 @@ from switchboard.api.cors import cors_middleware
 from switchboard.api.dashboard import Dashboard
 from switchboard.api.twirp import TwirpServer
 from switchboard.auth.tokens import TokenVerifier
+from switchboard.cluster.node import ClusterNode
+from switchboard.cluster.nodes import NodeStats
 from switchboard.config import DEV_KEYS, Config
 from switchboard.core import ids
 from switchboard.core.engine import Engine
@@ -33,6 +35,7 @@ log = logging.getLogger("switchboard.server")
 RUNTIME = web.AppKey("runtime", Runtime)
 HUB = web.AppKey("hub", WorkerHub)
 METRICS = web.AppKey("metrics", Metrics)
+CLUSTER = web.AppKey("cluster", ClusterNode)
 DRAIN_POLL_INTERVAL = 0.1
 KILL_GRACE = 2.0
 """After the second signal killed them, how long the agents' exits are waited for."""
@@ -78,8 +81,20 @@ def build_app(config: Config) -> web.Application:
     if config.webhook.urls:
         webhooks = Webhooks(config.webhook, config.keys[config.webhook.api_key], runtime)
     wire_effects(runtime.effects, hub, rtc, dashboard, webhooks, metrics)
+    cluster = None
+    if config.redis.configured:
+        cluster = app[CLUSTER] = ClusterNode(
+            config.redis,
+            config.cluster,
+            server_info.node_id,
+            node_url(config),
+            lambda: node_stats(runtime),
+            __version__,
+        )
 
     async def start(app: web.Application) -> None:
+        if cluster is not None:
+            await cluster.start()  # before serving: a node that cannot reach Redis must not start alone
         await app[RUNTIME].start()
         if webhooks is not None:
             await webhooks.start()
@@ -88,6 +103,8 @@ def build_app(config: Config) -> web.Application:
         await app[RUNTIME].stop()
         if webhooks is not None:
             await webhooks.stop()  # after the last decisions (rooms closed at shutdown)
+        if cluster is not None:
+            await cluster.stop()
 
     async def close_workers(app: web.Application) -> None:
         await app[HUB].close_all()
@@ -230,14 +247,34 @@ async def run(config: Config) -> None:
         await metrics_runner.cleanup()
 
 
+def node_stats(runtime: Runtime) -> NodeStats:
+    engine = runtime.engine
+    rooms = engine.list_rooms()
+    return NodeStats(
+        rooms=len(rooms),
+        participants=sum(len(room.participants) for room in rooms),
+        workers=len(engine.workers),
+    )
+
+
+def node_url(config: Config) -> str:
+    """Where the other nodes reach this one: `cluster.node_address`, else rtc.node_ip or the bind address."""
+    if config.cluster.node_address:
+        return config.cluster.node_address
+    return f"http://{_reachable(config.rtc.node_ip or config.bind_addresses[0])}:{config.port}"
+
+
+def _reachable(host: str) -> str:
+    """`host` as a URL's host, a wildcard bind address replaced by this machine's loopback."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"[{host}]" if ":" in host else host
+
+
 def agent_environment(config: Config) -> dict[str, str]:
     """What supervised agents need to reach this server: its URL and its first API key."""
-    host = config.bind_addresses[0]
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
-    host = f"[{host}]" if ":" in host else host
     key, secret = next(iter(config.keys.items()))
     return dict(os.environ) | {
-        "LIVEKIT_URL": f"ws://{host}:{config.port}",
+        "LIVEKIT_URL": f"ws://{_reachable(config.bind_addresses[0])}:{config.port}",
         "LIVEKIT_API_KEY": key,
         "LIVEKIT_API_SECRET": secret,
     }

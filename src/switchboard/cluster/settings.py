@@ -1,0 +1,43 @@
+"""The `redis:` section (LiveKit's keys) and the `cluster:` section (Switchboard's own), importable alone."""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    address: str = ""
+    """host:port of a single Redis server; empty (and no sentinel or cluster addresses) = no Redis."""
+    username: str = ""
+    password: str = ""
+    db: int = 0
+    use_tls: bool = False
+    sentinel_master_name: str = ""
+    sentinel_username: str = ""
+    sentinel_password: str = ""
+    sentinel_addresses: tuple[str, ...] = ()
+    cluster_addresses: tuple[str, ...] = ()
+    timeout: float = 1.0
+    """Connect and command timeout: while Redis is unreachable, calls that need it fail this fast."""
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.address or self.sentinel_addresses or self.cluster_addresses)
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    lease: float = 5.0
+    """A node that has not renewed its lease for this long is dead to the others; one that could not renew
+    it for this long (Redis unreachable) stops serving its rooms, so two nodes never own one room."""
+    node_address: str = ""
+    """The URL other nodes use to reach this one (signalling and API calls are relayed there); empty = the
+    first bind address (or rtc.node_ip) and the port."""
+    sort_by: str = "rooms"
+    """Where a new room goes, like LiveKit's node_selector.sort_by: `rooms` (fewest rooms, counted
+    atomically so a burst spreads evenly), `participants`, `cpuload`, or `random`."""
+    cpu_load_limit: float = 0.0
+    """Like LiveKit's node_selector cpu limit: nodes whose CPU load (0 to 1) is above it take no new room
+    while another node is below it; 0 = no limit."""
+
+
+SORT_BY = ("rooms", "participants", "cpuload", "random")
