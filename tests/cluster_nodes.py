@@ -1,0 +1,61 @@
+"""Several `switchboard serve` processes sharing one real redis-server: the cluster tests' deployment."""
+
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import Server, start_server, stop_server
+from tests.redis_server import RedisServer
+
+LEASE = 1.5
+"""Short, so that a killed node is found dead fast; long enough for a loaded 2-core machine to renew."""
+
+
+@dataclass
+class Cluster:
+    redis: RedisServer
+    nodes: list[Server]
+
+
+def node_config(redis: RedisServer, config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A node's settings: this Redis, a short lease, short room timeouts; `config` adds or overrides."""
+    settings: dict[str, Any] = {
+        "redis": {"address": redis.address, "timeout": 0.5},
+        "cluster": {"lease": LEASE},
+        "room": {"empty_timeout": 300, "departure_timeout": 20},
+        "logging": {"level": "debug"},
+    }
+    settings.update(config or {})
+    return settings
+
+
+def start_cluster(directory: Path, count: int, config: dict[str, Any] | None = None) -> Cluster:
+    redis = RedisServer(directory / "redis")
+    redis.directory.mkdir(parents=True, exist_ok=True)
+    redis.start()
+    nodes: list[Server] = []
+    try:
+        for index in range(count):
+            nodes.append(start_node(directory / f"node{index}", redis, config))
+    except BaseException:
+        stop_cluster(Cluster(redis, nodes))
+        raise
+    return Cluster(redis, nodes)
+
+
+def start_node(directory: Path, redis: RedisServer, config: dict[str, Any] | None = None) -> Server:
+    return start_server(directory, node_config(redis, config))
+
+
+def kill_node(node: Server) -> None:
+    """`kill -9`: no drain, no goodbye to Redis; the others find out when its lease lapses."""
+    node.process.send_signal(signal.SIGKILL)
+    node.process.wait()
+
+
+def stop_cluster(cluster: Cluster) -> None:
+    for node in cluster.nodes:
+        if node.process.poll() is None:
+            stop_server(node)
+    cluster.redis.stop()
