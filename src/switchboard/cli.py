@@ -398,15 +398,29 @@ def cmd_worker_list(args: argparse.Namespace) -> None:
     asyncio.run(run())
 
 
-def _steer_worker(args: argparse.Namespace, method: str, request_type: Any, done: str) -> None:
+def _steer(
+    args: argparse.Namespace,
+    service: str,
+    method: str,
+    request: Message,
+    reply: Any,
+    said: Callable[[Any], str],
+) -> None:
+    """Drain or undrain a worker or a node (server-wide: roomAdmin with no room), and say what it does."""
+
     async def run() -> None:
-        request = request_type(worker_id=args.worker_id)
-        video = VideoGrant(room_admin=True)  # no room: a worker serves every room
-        worker = await _call_switchboard(args, "WorkerService", method, request, pb.Worker, video)
-        running = len(worker.jobs)
-        _emit(args, worker, lambda: print(f"worker {worker.id} {done} ({running} job(s) it holds go on)"))
+        video = VideoGrant(room_admin=True)
+        answer = await _call_switchboard(args, service, method, request, reply, video)
+        _emit(args, answer, lambda: print(said(answer)))
 
     asyncio.run(run())
+
+
+def _steer_worker(args: argparse.Namespace, method: str, request_type: Any, done: str) -> None:
+    def said(worker: Any) -> str:
+        return f"worker {worker.id} {done} ({len(worker.jobs)} job(s) it holds go on)"
+
+    _steer(args, "WorkerService", method, request_type(worker_id=args.worker_id), pb.Worker, said)
 
 
 def cmd_worker_drain(args: argparse.Namespace) -> None:
@@ -415,6 +429,47 @@ def cmd_worker_drain(args: argparse.Namespace) -> None:
 
 def cmd_worker_undrain(args: argparse.Namespace) -> None:
     _steer_worker(args, "UndrainWorker", pb.UndrainWorkerRequest, "undrained: it gets jobs again")
+
+
+def cmd_node_list(args: argparse.Namespace) -> None:
+    async def run() -> None:
+        response = await _call_switchboard(
+            args,
+            "NodeService",
+            "ListNodes",
+            pb.ListNodesRequest(),
+            pb.ListNodesResponse,
+            VideoGrant(room_list=True),
+        )
+        nodes = list(response.nodes)
+        _emit(
+            args,
+            nodes,
+            lambda: print_table(
+                ["ID", "ADDRESS", "ROOMS", "PARTICIPANTS", "WORKERS", "CPU", "STATE"],
+                [
+                    (n.id, n.address, n.rooms, n.participants, n.workers, f"{n.cpu_load:.0%}", n.state)
+                    for n in nodes
+                ],
+            ),
+        )
+
+    asyncio.run(run())
+
+
+def _steer_node(args: argparse.Namespace, method: str, request_type: Any, done: str) -> None:
+    def said(node: Any) -> str:
+        return f"node {node.id} {done} ({node.rooms} room(s) it holds go on)"
+
+    _steer(args, "NodeService", method, request_type(node_id=args.node_id or ""), pb.Node, said)
+
+
+def cmd_node_drain(args: argparse.Namespace) -> None:
+    _steer_node(args, "DrainNode", pb.DrainNodeRequest, "draining: new rooms go to the other nodes")
+
+
+def cmd_node_undrain(args: argparse.Namespace) -> None:
+    _steer_node(args, "UndrainNode", pb.UndrainNodeRequest, "serving: it takes new rooms again")
 
 
 def cmd_room_create(args: argparse.Namespace) -> None:
@@ -633,6 +688,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     w_undrain.add_argument("worker_id", metavar="WORKER_ID")
     w_undrain.set_defaults(func=cmd_worker_undrain)
+
+    node = commands.add_parser("node", help="the nodes of a deployment on Redis").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    n_list = node.add_parser("list", parents=[connection], help="list the live nodes, their load and state")
+    n_list.set_defaults(func=cmd_node_list)
+    n_drain = node.add_parser(
+        "drain", parents=[connection], help="place no new room on a node; its rooms go on"
+    )
+    n_drain.add_argument("node_id", metavar="ID", nargs="?", help="the node (default: the one --url reaches)")
+    n_drain.set_defaults(func=cmd_node_drain)
+    n_undrain = node.add_parser("undrain", parents=[connection], help="let a drained node take new rooms")
+    n_undrain.add_argument(
+        "node_id", metavar="ID", nargs="?", help="the node (default: the one --url reaches)"
+    )
+    n_undrain.set_defaults(func=cmd_node_undrain)
 
     room = commands.add_parser("room", help="rooms").add_subparsers(
         dest="action", required=True, metavar="ACTION"

@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 from collections.abc import Callable
+from functools import partial
 
 from aiohttp import web
 from livekit.protocol import models
@@ -18,16 +19,24 @@ from switchboard.api.cors import cors_middleware
 from switchboard.api.dashboard import Dashboard
 from switchboard.api.twirp import TwirpServer
 from switchboard.auth.tokens import TokenVerifier
+from switchboard.cluster import node_service
+from switchboard.cluster.forwarding import TwirpForwarding, releasing
 from switchboard.cluster.node import ClusterNode
-from switchboard.cluster.nodes import NodeStats
+from switchboard.cluster.node_service import ClusterNodes, SingleNode
+from switchboard.cluster.nodes import NodeDescription, NodeStats
+from switchboard.cluster.ownership import RoomOwnership
+from switchboard.cluster.redis_client import UNREACHABLE
+from switchboard.cluster.relay import SignalRelay, send_everyone_elsewhere
 from switchboard.config import DEV_KEYS, Config
 from switchboard.core import ids
 from switchboard.core.engine import Engine
+from switchboard.core.events import RoomClosed
 from switchboard.effects import wire_effects
 from switchboard.metrics import Metrics
 from switchboard.rtc.service import RtcService
 from switchboard.runtime import Runtime
 from switchboard.webhooks import Webhooks
+from switchboard.wire import room_to_proto
 from switchboard.workers.hub import WorkerHub
 
 log = logging.getLogger("switchboard.server")
@@ -67,8 +76,34 @@ def build_app(config: Config) -> web.Application:
     rtc = RtcService(runtime, verifier, config.rtc, server_info)
     rtc.install(app)
     twirp = TwirpServer(verifier, config.http, metrics.twirp_request if metrics is not None else None)
-    twirp.add_service("RoomService", room_service.methods(runtime, live=rtc))
-    twirp.add_service("AgentDispatchService", agent_dispatch_service.methods(runtime))
+    room_methods = room_service.methods(runtime, live=rtc)
+    dispatch_methods = agent_dispatch_service.methods(runtime)
+    cluster = None
+    cluster_parts: tuple[TwirpForwarding | SignalRelay, ...] = ()
+    url = node_url(config)
+    nodes: node_service.Nodes = SingleNode(
+        NodeDescription(server_info.node_id, url, lambda: node_stats(runtime), __version__), runtime
+    )
+    if config.redis.configured:
+        cluster = app[CLUSTER] = ClusterNode(
+            config.redis, config.cluster, server_info.node_id, url, lambda: node_stats(runtime), __version__
+        )
+        ownership = RoomOwnership(cluster, runtime, partial(send_everyone_elsewhere, rtc))
+        # Rooms are claimed before they are created here, released when they close here (or fail to open).
+        runtime.effects.on(RoomClosed, ownership.room_closed)
+        room_methods = releasing(room_methods, ownership, "/twirp/livekit.RoomService/")
+        dispatch_methods = releasing(dispatch_methods, ownership, "/twirp/livekit.AgentDispatchService/")
+        forwarding = TwirpForwarding(
+            ownership, lambda names: [room_to_proto(r) for r in runtime.engine.list_rooms(names)]
+        )
+        twirp.route = forwarding.route
+        relay = SignalRelay(ownership, rtc)
+        app.middlewares.append(relay.middleware)
+        nodes = ClusterNodes(cluster, ownership.unreachable)
+        cluster_parts = (forwarding, relay)
+    twirp.add_service("RoomService", room_methods)
+    twirp.add_service("AgentDispatchService", dispatch_methods)
+    twirp.add_service("NodeService", node_service.methods(nodes, server_info.node_id), "switchboard")
     twirp.add_service(
         "WorkerService", worker_service.worker_methods(runtime, server_info.node_id), "switchboard"
     )
@@ -81,20 +116,12 @@ def build_app(config: Config) -> web.Application:
     if config.webhook.urls:
         webhooks = Webhooks(config.webhook, config.keys[config.webhook.api_key], runtime)
     wire_effects(runtime.effects, hub, rtc, dashboard, webhooks, metrics)
-    cluster = None
-    if config.redis.configured:
-        cluster = app[CLUSTER] = ClusterNode(
-            config.redis,
-            config.cluster,
-            server_info.node_id,
-            node_url(config),
-            lambda: node_stats(runtime),
-            __version__,
-        )
 
     async def start(app: web.Application) -> None:
         if cluster is not None:
             await cluster.start()  # before serving: a node that cannot reach Redis must not start alone
+            for part in cluster_parts:
+                await part.start()
         await app[RUNTIME].start()
         if webhooks is not None:
             await webhooks.start()
@@ -104,6 +131,8 @@ def build_app(config: Config) -> web.Application:
         if webhooks is not None:
             await webhooks.stop()  # after the last decisions (rooms closed at shutdown)
         if cluster is not None:
+            for part in cluster_parts:
+                await part.stop()
             await cluster.stop()
 
     async def close_workers(app: web.Application) -> None:
@@ -223,6 +252,8 @@ async def run(config: Config) -> None:
         loop.add_signal_handler(signum, signals.put_nowait, signum)
     try:
         await signals.get()
+        if CLUSTER in app:  # before anything else: new rooms go to the other nodes at once
+            await mark_draining(app[CLUSTER])
         log.info(
             "shutdown requested: draining for up to %gs (a second Ctrl-C or SIGTERM stops everything now)",
             config.drain_timeout,
@@ -245,6 +276,14 @@ async def run(config: Config) -> None:
     await runner.cleanup()
     if metrics_runner is not None:
         await metrics_runner.cleanup()
+
+
+async def mark_draining(cluster: ClusterNode) -> None:
+    try:
+        await cluster.registry.set_draining(True)
+        log.info("node draining: new rooms are placed on the other nodes")
+    except UNREACHABLE as exc:  # published with the next renewal, if there is one before the node stops
+        log.warning("node draining, but Redis at %s is unreachable: %s", cluster.redis_address, exc)
 
 
 def node_stats(runtime: Runtime) -> NodeStats:

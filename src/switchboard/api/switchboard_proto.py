@@ -39,6 +39,14 @@ SCHEMA = {
         "workers:WorkerVerdict* since:int64 until:int64 earlier_attempts:string*"
     ),
     "ExplainDispatchResponse": "room:string jobs:JobExplanation*",
+    "Node": (
+        "id:string address:string state:string rooms:uint32 participants:uint32 workers:uint32 "
+        "cpu_load:float version:string started_at:int64 updated_at:int64"
+    ),
+    "ListNodesRequest": "",
+    "ListNodesResponse": "nodes:Node*",
+    "DrainNodeRequest": "node_id:string",
+    "UndrainNodeRequest": "node_id:string",
 }
 
 
@@ -89,3 +97,8 @@ ExplainDispatchRequest = _CLASSES["ExplainDispatchRequest"]
 WorkerVerdict = _CLASSES["WorkerVerdict"]
 JobExplanation = _CLASSES["JobExplanation"]
 ExplainDispatchResponse = _CLASSES["ExplainDispatchResponse"]
+Node = _CLASSES["Node"]
+ListNodesRequest = _CLASSES["ListNodesRequest"]
+ListNodesResponse = _CLASSES["ListNodesResponse"]
+DrainNodeRequest = _CLASSES["DrainNodeRequest"]
+UndrainNodeRequest = _CLASSES["UndrainNodeRequest"]

@@ -80,6 +80,10 @@ class TwirpError(Exception):
 Handler = Callable[[Claims, Any], Message | Awaitable[Message]]
 """A method's handler; one that waits on a participant (PerformRpc) is a coroutine."""
 
+Route = Callable[[web.Request, Claims, Message, bytes], Awaitable[web.Response | None]]
+"""Given an authenticated, decoded request (and its body as received): the answer of the node that must
+handle it (the cluster forwards a room's calls to the room's node), or None to handle it here."""
+
 
 @dataclass(frozen=True)
 class Method:
@@ -99,6 +103,7 @@ class TwirpServer:
         """Told of every request: method ("Service.Method", or "unknown"), Twirp code ("ok"), seconds."""
         self._limits = limits
         self._methods: dict[str, Method] = {}
+        self.route: Route | None = None
 
     def add_service(self, service: str, methods: dict[str, Method], package: str = "livekit") -> None:
         for name, method in methods.items():
@@ -180,6 +185,9 @@ class TwirpServer:
         except InvalidArgument as exc:
             raise TwirpError("invalid_argument", str(exc)) from exc
         try:
+            routed = await self.route(request, claims, message, body) if self.route is not None else None
+            if routed is not None:
+                return routed
             reply = method.handler(claims, message)
             if inspect.isawaitable(reply):
                 reply = await reply

@@ -20,6 +20,12 @@ class ClusterNode:
     ) -> None:
         self.settings = settings
         self.node_id = node_id
+        self.redis_address = ", ".join(
+            (redis_settings.address,)
+            if redis_settings.address
+            else redis_settings.sentinel_addresses or redis_settings.cluster_addresses
+        )
+        """For the operator's messages: where this node looks for Redis."""
         self.redis = connect(redis_settings)
         self.registry = NodeRegistry(self.redis, node_id, url, settings.lease, stats, version)
         self.placement = RoomPlacement(self.registry, settings.sort_by, settings.cpu_load_limit)

@@ -61,7 +61,7 @@ class NodeInfo:
 
 
 @dataclass
-class _CpuMeter:
+class CpuMeter:
     """The process's CPU time per wall second between two readings."""
 
     cpu: float = field(default_factory=time.process_time)
@@ -74,7 +74,35 @@ class _CpuMeter:
         return round(load / (os.cpu_count() or 1), 3)
 
 
-class NodeRegistry:
+class NodeDescription:
+    """How this node describes itself: address, state, load."""
+
+    def __init__(self, node_id: str, url: str, stats: Callable[[], NodeStats], version: str = "") -> None:
+        self.node_id = node_id
+        self.url = url
+        self.draining = False
+        self._stats = stats
+        self._version = version
+        self._started_at = time.time()
+        self._cpu = CpuMeter()
+
+    def info(self) -> NodeInfo:
+        stats = self._stats()
+        return NodeInfo(
+            id=self.node_id,
+            url=self.url,
+            state="draining" if self.draining else "serving",
+            rooms=stats.rooms,
+            participants=stats.participants,
+            workers=stats.workers,
+            cpu_load=self._cpu.read(),
+            started_at=self._started_at,
+            updated_at=time.time(),
+            version=self._version,
+        )
+
+
+class NodeRegistry(NodeDescription):
     """This node's lease and view of the others. Listeners run on the event loop, never inside a command."""
 
     def __init__(
@@ -86,15 +114,9 @@ class NodeRegistry:
         stats: Callable[[], NodeStats],
         version: str = "",
     ) -> None:
+        super().__init__(node_id, url, stats, version)
         self.redis = redis
-        self.node_id = node_id
-        self.url = url
         self.lease = Lease(lease)
-        self.draining = False
-        self._stats = stats
-        self._version = version
-        self._started_at = time.time()
-        self._cpu = _CpuMeter()
         self._alive: set[str] = set()
         self._node_lost: list[Callable[[str], None]] = []
         self._lease_lost: list[Callable[[], None]] = []
@@ -115,21 +137,6 @@ class NodeRegistry:
 
     def holds_lease(self) -> bool:
         return self.lease.held(time.monotonic())
-
-    def info(self) -> NodeInfo:
-        stats = self._stats()
-        return NodeInfo(
-            id=self.node_id,
-            url=self.url,
-            state="draining" if self.draining else "serving",
-            rooms=stats.rooms,
-            participants=stats.participants,
-            workers=stats.workers,
-            cpu_load=self._cpu.read(),
-            started_at=self._started_at,
-            updated_at=time.time(),
-            version=self._version,
-        )
 
     async def start(self) -> None:
         """Register once before serving (a failure here is the operator's: Redis is not reachable)."""

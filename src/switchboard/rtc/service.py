@@ -70,7 +70,7 @@ class RtcService:
     async def v1_missing(self, _: web.Request) -> web.Response:
         return web.Response(status=404, text=_V1_MISSING)
 
-    def _authorize(self, request: web.Request) -> tuple[Claims, str]:
+    def authorize(self, request: web.Request) -> tuple[Claims, str]:
         """The joining participant's claims and room, or an HTTP error the SDKs show to the user."""
         try:
             claims = self._verifier.verify_request(request.headers, request.query)
@@ -88,7 +88,7 @@ class RtcService:
         return claims, room
 
     async def validate(self, request: web.Request) -> web.Response:
-        claims, room = self._authorize(request)
+        claims, room = self.authorize(request)
         try:
             self.runtime.engine.check_agent_job(room, claims.job)
         except FailedPrecondition as exc:
@@ -101,7 +101,7 @@ class RtcService:
         )
         if not ws.can_prepare(request).ok:
             return web.Response(status=400, text="/rtc expects a WebSocket upgrade\n")
-        claims, room_name = self._authorize(request)
+        claims, room_name = self.authorize(request)
         query = request.query
         if query.get("reconnect") in ("1", "true"):
             return await self._resume(request, ws, claims, room_name)

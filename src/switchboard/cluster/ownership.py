@@ -1,0 +1,133 @@
+"""This node's side of room placement: where a room's joins and calls go, the claim before a room is
+created here, the release when it closes here, and the end of its rooms when the lease is lost.
+
+The rule that keeps one owner per room: a room is created in this node's engine only after Redis named
+this node its owner, and the node stops serving its rooms (closes them) once it could not renew its lease,
+before any other node can see it dead and claim them. So while the lease holds, a room in the engine is
+this node's, and its joins and calls need no Redis round trip at all (`serves_here`): a room keeps
+running while Redis is away, for up to a lease.
+"""
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from switchboard.cluster.node import ClusterNode
+from switchboard.cluster.nodes import NodeInfo
+from switchboard.cluster.redis_client import UNREACHABLE
+from switchboard.core.events import RoomClosed
+from switchboard.runtime import Runtime
+
+log = logging.getLogger("switchboard.cluster")
+
+T = TypeVar("T")
+
+
+class ClusterUnavailable(Exception):
+    """Redis cannot be reached, so where a room lives cannot be known (Twirp `unavailable`, HTTP 503)."""
+
+
+def handled_here(node_id: str, owner: NodeInfo | None) -> bool:
+    """A call with this owner is answered here: this node owns the room, or no live node does (then it
+    is an unknown room, answered as one)."""
+    return owner is None or owner.id == node_id
+
+
+class RoomOwnership:
+    def __init__(
+        self, cluster: ClusterNode, runtime: Runtime, send_elsewhere: Callable[[], Awaitable[None]]
+    ) -> None:
+        self.cluster = cluster
+        self.node_id = cluster.node_id
+        self.runtime = runtime
+        self._send_elsewhere = send_elsewhere
+        """Tells every participant connected here to reconnect (and so reach the room's next owner)."""
+        self._releases: dict[str, asyncio.Task[None]] = {}
+        self._unreleased: set[str] = set()
+        """Rooms closed here while Redis was away: released once it is back (if not created here again)."""
+        self._tasks: set[asyncio.Task[None]] = set()
+        cluster.registry.on_lease_lost(self._lease_lost)
+        cluster.registry.on_lease_regained(self._lease_regained)
+
+    @property
+    def unreachable(self) -> str:
+        return f"cluster state unavailable: Redis at {self.cluster.redis_address} unreachable"
+
+    def serves_here(self, room: str) -> bool:
+        return room in self.runtime.engine.rooms and self.cluster.registry.holds_lease()
+
+    async def claim(self, room: str) -> NodeInfo | None:
+        """Where `room` is to be created: None for here (claimed for this node), else its owner."""
+        if self.serves_here(room):
+            return None
+        release = self._releases.get(room)
+        if release is not None:  # its key must be gone before it is claimed again, or the claim is lost
+            await release
+        node = await self._ask(self.cluster.placement.claim(room))
+        return None if node.id == self.node_id else node
+
+    async def owner(self, room: str) -> NodeInfo | None:
+        """Where `room`'s calls go: None for here (also when no live node holds it), else its owner."""
+        if self.serves_here(room):
+            return None
+        node = await self._ask(self.cluster.placement.owner(room))
+        return None if handled_here(self.node_id, node) else node
+
+    async def nodes(self) -> list[NodeInfo]:
+        return await self._ask(self.cluster.registry.nodes())
+
+    async def node(self, node_id: str) -> NodeInfo | None:
+        return await self._ask(self.cluster.registry.node(node_id))
+
+    async def _ask(self, call: Awaitable[T]) -> T:
+        try:
+            return await call
+        except UNREACHABLE as exc:
+            log.warning("%s: %s", self.unreachable, exc)
+            raise ClusterUnavailable(self.unreachable) from None
+
+    # Releasing
+
+    def room_closed(self, decision: RoomClosed) -> None:
+        """An effect of the engine's RoomClosed: the room's key goes, so the next claim places it anew."""
+        task = asyncio.create_task(self.release_unless_here(decision.room))
+        self._releases[decision.room] = task
+        task.add_done_callback(lambda done: self._forget_release(decision.room, done))
+
+    def _forget_release(self, room: str, task: asyncio.Task[None]) -> None:
+        if self._releases.get(room) is task:
+            del self._releases[room]
+
+    async def release_unless_here(self, room: str) -> None:
+        """Release a room this node claimed but does not hold (closed, or never created: a refused join
+        or CreateRoom); kept for later while Redis is away."""
+        if room in self.runtime.engine.rooms:
+            return
+        try:
+            await self.cluster.placement.release(room)
+            self._unreleased.discard(room)
+        except UNREACHABLE:
+            self._unreleased.add(room)
+
+    # The lease
+
+    def _lease_lost(self) -> None:
+        rooms = len(self.runtime.engine.rooms)
+        log.error("lease lost: closing %d room(s); their participants are told to reconnect", rooms)
+        self._spawn(self._stop_serving())
+
+    async def _stop_serving(self) -> None:
+        # Participants first, with leave RECONNECT (the SDKs rejoin, and land on the room's next owner);
+        # then the rooms close, which tells nobody else since nobody is left.
+        await self._send_elsewhere()
+        self.runtime.call(lambda engine: engine.close_all_rooms(self.runtime.now()))
+
+    def _lease_regained(self) -> None:
+        for room in sorted(self._unreleased):
+            self._spawn(self.release_unless_here(room))
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

@@ -1,0 +1,306 @@
+"""Rooms and signalling across three nodes on one real redis-server: placement, the /rtc relay, Twirp
+calls on any node, node listing and draining, and Redis going away and coming back.
+
+The clients are the official ones (Python `livekit` rtc SDK, `livekit-api`, the `switchboard` CLI); each
+reaches whichever node the test names, as a user behind a load balancer would."""
+
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pytest
+from livekit import api, rtc
+
+from switchboard.api import switchboard_proto as pb
+from switchboard.auth.grants import VideoGrant
+from switchboard.auth.tokens import mint_token
+from tests.cluster_nodes import Cluster, start_cluster, stop_cluster
+from tests.conftest import Server
+from tests.polling import eventually
+from tests.tone import publish_tone
+
+LEASE = 3.0
+"""Longer than the other cluster modules': the Redis test checks audio while Redis is away, within a lease."""
+LOUD = 4000  # the tone's RMS is ≈5657
+UNAVAILABLE_FAST = 1.0
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    config = {"cluster": {"lease": LEASE}, "rtc": {"ice_addresses": ["127.0.0.1"]}}
+    instance = start_cluster(tmp_path_factory.mktemp("cluster"), 3, config)
+    yield instance
+    stop_cluster(instance)
+
+
+@contextlib.asynccontextmanager
+async def lkapi(node: Server) -> AsyncIterator[api.LiveKitAPI]:
+    async with api.LiveKitAPI(node.http_url, node.api_key, node.api_secret) as client:
+        yield client
+
+
+async def list_nodes(node: Server) -> list[Any]:
+    token = node.token(room_list=True)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            node.http_url + "/twirp/switchboard.NodeService/ListNodes",
+            data=pb.ListNodesRequest().SerializeToString(),
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/protobuf"},
+        ) as answer,
+    ):
+        assert answer.status == 200, await answer.text()
+        return list(pb.ListNodesResponse.FromString(await answer.read()).nodes)
+
+
+async def rooms_by_node(node: Server) -> dict[str, int]:
+    return {n.address: n.rooms for n in await list_nodes(node)}
+
+
+def cli(node: Server, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIVEKIT_")}
+    credentials = ("--url", node.http_url, "--api-key", node.api_key, "--api-secret", node.api_secret)
+    return subprocess.run(
+        [sys.executable, "-m", "switchboard", *args, *credentials],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+
+
+class Listener:
+    """A Python rtc participant playing the tone, and the loudness of every audio frame it receives."""
+
+    def __init__(self, identity: str) -> None:
+        self.identity = identity
+        self.room = rtc.Room()
+        self.levels: list[float] = []
+        self.tasks: set[asyncio.Future[None]] = set()
+        self.room.on("track_subscribed", lambda track, *_: self._spawn(self._measure(track)))
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.ensure_future(work)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _measure(self, track: rtc.Track) -> None:
+        async for event in rtc.AudioStream(track, sample_rate=48000, num_channels=1):
+            samples = np.frombuffer(event.frame.data, dtype=np.int16).astype(np.float64)
+            self.levels.append(float(np.sqrt(np.mean(samples**2))))
+
+    async def join(self, node: Server, room: str) -> "Listener":
+        await self.room.connect(node.ws_url, node.join_token(room, self.identity))
+        _, player = await publish_tone(self.room)
+        self.tasks.add(player)
+        return self
+
+    def hears_since(self, frames: int) -> bool:
+        """At least 50 loud frames (half a second of the tone) after the first `frames`."""
+        recent = self.levels[frames:]
+        return len(recent) >= 50 and float(np.mean(recent[-25:])) > LOUD
+
+    async def close(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await self.room.disconnect()
+
+
+@pytest.fixture
+async def pair(cluster: Cluster) -> AsyncIterator[tuple[str, Listener, Listener]]:
+    """A new room with alice joined through the first node and bob through the second, hearing each other."""
+    room = room_name()
+    alice, bob = Listener("alice"), Listener("bob")
+    try:
+        await alice.join(cluster.nodes[0], room)
+        await bob.join(cluster.nodes[1], room)
+        await eventually(lambda: alice.hears_since(0), "alice (via one node) to hear bob (via another)")
+        await eventually(lambda: bob.hears_since(0), "bob to hear alice")
+        yield room, alice, bob
+    finally:
+        await alice.close()
+        await bob.close()
+
+
+def room_name() -> str:
+    return f"room-{uuid.uuid4().hex[:8]}"
+
+
+async def test_a_burst_of_new_rooms_spreads_evenly(cluster: Cluster) -> None:
+    nodes = cluster.nodes
+    names = [room_name() for _ in range(30)]
+    async with lkapi(nodes[0]) as a, lkapi(nodes[1]) as b, lkapi(nodes[2]) as c:
+        clients = (a, b, c)
+        await asyncio.gather(
+            *(clients[i % 3].room.create_room(api.CreateRoomRequest(name=n)) for i, n in enumerate(names))
+        )
+        counts = await eventually(
+            lambda: rooms_by_node(nodes[1]),
+            "every node to report its rooms",
+            10,
+            accept=lambda c: sum(c.values()) == 30,
+        )
+        assert sorted(counts.values()) == [10, 10, 10], counts
+        for client in clients:  # every node lists every room
+            listed = await client.room.list_rooms(api.ListRoomsRequest(names=names))
+            assert sorted(r.name for r in listed.rooms) == sorted(names)
+        # DeleteRoom through any node reaches the room's node
+        await asyncio.gather(
+            *(
+                clients[(i + 1) % 3].room.delete_room(api.DeleteRoomRequest(room=n))
+                for i, n in enumerate(names)
+            )
+        )
+        assert (await a.room.list_rooms(api.ListRoomsRequest(names=names))).rooms == []
+    await eventually(
+        lambda: rooms_by_node(nodes[0]), "the rooms to be gone", 10, accept=lambda c: sum(c.values()) == 0
+    )
+
+
+async def test_participants_on_different_nodes_hear_each_other(
+    cluster: Cluster, pair: tuple[str, Listener, Listener]
+) -> None:
+    room, alice, bob = pair
+    third = cluster.nodes[2]
+    async with lkapi(third) as client:  # a node that holds neither the room nor a participant
+        listed = await client.room.list_participants(api.ListParticipantsRequest(room=room))
+        assert sorted(p.identity for p in listed.participants) == ["alice", "bob"]
+        updated = await client.room.update_room_metadata(
+            api.UpdateRoomMetadataRequest(room=room, metadata="m1")
+        )
+        assert updated.metadata == "m1"
+        for node in cluster.nodes:  # ListRooms on every node agrees
+            async with lkapi(node) as each:
+                [found] = (await each.room.list_rooms(api.ListRoomsRequest(names=[room]))).rooms
+                assert (found.name, found.num_participants, found.metadata) == (room, 2, "m1")
+        await client.room.remove_participant(api.RoomParticipantIdentity(room=room, identity="bob"))
+        await eventually(lambda: not bob.room.isconnected(), "bob to be removed")
+        await eventually(lambda: "bob" not in alice.room.remote_participants, "alice to see bob leave")
+        with pytest.raises(api.TwirpError) as refused:
+            await client.room.get_participant(api.RoomParticipantIdentity(room=room, identity="bob"))
+        assert refused.value.code == "not_found"
+
+
+async def test_a_bad_token_is_refused_by_the_first_node_as_by_a_single_one(cluster: Cluster) -> None:
+    first, second, _ = cluster.nodes
+    room = room_name()
+    async with lkapi(first) as client:
+        await client.room.create_room(api.CreateRoomRequest(name=room))
+    forged = mint_token(
+        first.api_key,
+        "not-the-secret-but-long-enough-for-hs256",
+        video=VideoGrant(room_join=True, room=room),
+        identity="eve",
+    )
+    answers = []
+    async with aiohttp.ClientSession() as session:
+        for node in cluster.nodes:
+            async with session.get(
+                node.http_url + "/rtc",
+                params={"access_token": forged},
+                headers={
+                    "Upgrade": "websocket",
+                    "Connection": "Upgrade",
+                    "Sec-WebSocket-Version": "13",
+                    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+                },
+            ) as answer:
+                answers.append((answer.status, await answer.text()))
+    assert answers[0][0] == 401 and len(set(answers)) == 1, answers
+    with pytest.raises(rtc.ConnectError):
+        await rtc.Room().connect(second.ws_url, forged)
+    async with api.LiveKitAPI(
+        second.http_url, first.api_key, "not-the-secret-but-long-enough-for-hs256"
+    ) as bad:
+        with pytest.raises(api.TwirpError) as refused:
+            await bad.room.list_participants(api.ListParticipantsRequest(room=room))
+    assert refused.value.code == "unauthenticated"
+
+
+async def test_node_list_and_drain_with_the_cli(cluster: Cluster) -> None:
+    first, second, third = cluster.nodes
+    listed = cli(first, "node", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    nodes = json.loads(listed.stdout)
+    assert sorted(n["address"] for n in nodes) == sorted(n.http_url for n in cluster.nodes)
+    assert {n["state"] for n in nodes} == {"serving"}
+    table = cli(first, "node", "list").stdout.splitlines()
+    assert table[0].split() == ["ID", "ADDRESS", "ROOMS", "PARTICIPANTS", "WORKERS", "CPU", "STATE"]
+    assert len(table) == 4
+
+    drained = next(n for n in nodes if n["address"] == third.http_url)
+    result = cli(first, "node", "drain", drained["id"])  # through another node
+    assert result.returncode == 0, result.stderr
+    assert f"node {drained['id']} draining" in result.stdout
+    try:
+        before = await rooms_by_node(first)
+        names = [room_name() for _ in range(6)]
+        async with lkapi(third) as client:  # asked of the drained node itself
+            for name in names:
+                await client.room.create_room(api.CreateRoomRequest(name=name))
+        after = await eventually(
+            lambda: rooms_by_node(first),
+            "the new rooms to show",
+            10,
+            accept=lambda c: sum(c.values()) == sum(before.values()) + 6,
+        )
+        assert after[third.http_url] == before[third.http_url], (before, after)
+        states = {n["address"]: n["state"] for n in json.loads(cli(second, "node", "list", "--json").stdout)}
+        assert states[third.http_url] == "draining"
+    finally:
+        undrained = cli(third, "node", "undrain")  # its own node, by default
+        assert undrained.returncode == 0, undrained.stderr
+    await eventually(
+        lambda: list_nodes(first),
+        "it to serve again",
+        10,
+        accept=lambda ns: {n.state for n in ns} == {"serving"},
+    )
+
+
+async def test_redis_away_then_back(cluster: Cluster, pair: tuple[str, Listener, Listener]) -> None:
+    _, alice, bob = pair
+    third = cluster.nodes[2]
+
+    cluster.redis.stop()
+    try:
+        heard = len(alice.levels), len(bob.levels)
+        async with lkapi(third) as client:
+            started = time.monotonic()
+            with pytest.raises(api.TwirpError) as refused:
+                await client.room.create_room(api.CreateRoomRequest(name=room_name()))
+            elapsed = time.monotonic() - started
+        assert refused.value.code == "unavailable"
+        assert (
+            f"cluster state unavailable: Redis at {cluster.redis.address} unreachable"
+            in refused.value.message
+        )
+        assert elapsed < UNAVAILABLE_FAST, elapsed
+        # the running room goes on (within its node's lease)
+        await eventually(
+            lambda: alice.hears_since(heard[0]) and bob.hears_since(heard[1]),
+            "audio while Redis is away",
+            LEASE * 0.8,
+        )
+    finally:
+        cluster.redis.start()
+
+    async def creates() -> bool:
+        async with lkapi(third) as client:
+            try:
+                await client.room.create_room(api.CreateRoomRequest(name=room_name()))
+            except api.TwirpError:
+                return False
+        return True
+
+    await eventually(creates, "new rooms to work again once Redis is back", 15)
