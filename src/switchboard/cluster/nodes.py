@@ -163,10 +163,20 @@ class NodeRegistry(NodeDescription):
     async def renew(self) -> None:
         sent_at = time.monotonic()
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(node_key(self.node_id), self.info().to_json(), px=int(self.lease.duration * 1000))
+            pipe.set(
+                node_key(self.node_id), self.info().to_json(), px=int(self.lease.duration * 1000), get=True
+            )
             pipe.sadd(NODES, self.node_id)
-            await pipe.execute()
+            previous, _ = await pipe.execute()
+        # No previous value: the key had expired before this renewal reached Redis (a slow command, a
+        # stalled process), so another node may have taken this node's rooms meanwhile. The lease is lost,
+        # even though this renewal holds a new one, and the listeners hear it before anything else runs.
+        lapsed = previous is None and self.lease.renewed_at is not None
         self.lease.renewed(sent_at)
+        if lapsed:
+            log.error("node lease lapsed in Redis before it was renewed node=%s", self.node_id)
+            self._tell(self._lease_lost)
+            self._tell(self._lease_regained)
 
     async def set_draining(self, draining: bool) -> None:
         self.draining = draining
@@ -199,12 +209,15 @@ class NodeRegistry(NodeDescription):
         if held == self._was_held:
             return
         self._was_held = held
-        listeners = self._lease_regained if held else self._lease_lost
         if held:
             log.info("node lease regained node=%s", self.node_id)
         else:
             log.error("node lease lost node=%s: its rooms are closed, others may take them", self.node_id)
             self.lease.lost()
+        self._tell(self._lease_regained if held else self._lease_lost)
+
+    @staticmethod
+    def _tell(listeners: list[Callable[[], None]]) -> None:
         for listener in listeners:
             try:
                 listener()

@@ -47,6 +47,8 @@ class RoomOwnership:
         self._unreleased: set[str] = set()
         """Rooms closed here while Redis was away: released once it is back (if not created here again)."""
         self._tasks: set[asyncio.Task[None]] = set()
+        self._fenced: set[str] = set()
+        """Rooms still closing here after the lease was lost: no longer this node's, whatever the lease."""
         cluster.registry.on_lease_lost(self._lease_lost)
         cluster.registry.on_lease_regained(self._lease_regained)
 
@@ -55,7 +57,8 @@ class RoomOwnership:
         return f"cluster state unavailable: Redis at {self.cluster.redis_address} unreachable"
 
     def serves_here(self, room: str) -> bool:
-        return room in self.runtime.engine.rooms and self.cluster.registry.holds_lease()
+        rooms = self.runtime.engine.rooms
+        return room in rooms and room not in self._fenced and self.cluster.registry.holds_lease()
 
     async def claim(self, room: str) -> NodeInfo | None:
         """Where `room` is to be created: None for here (claimed for this node), else its owner."""
@@ -65,7 +68,11 @@ class RoomOwnership:
         if release is not None:  # its key must be gone before it is claimed again, or the claim is lost
             await release
         node = await self._ask(self.cluster.placement.claim(room))
-        return None if node.id == self.node_id else node
+        if node.id != self.node_id:
+            return node
+        if not self.cluster.registry.holds_lease():  # its key lives, but this node may not act on it yet
+            raise ClusterUnavailable(f"node {self.node_id} is renewing its lease: try again")
+        return None
 
     async def owner(self, room: str) -> NodeInfo | None:
         """Where `room`'s calls go: None for here (also when no live node holds it), else its owner."""
@@ -91,6 +98,7 @@ class RoomOwnership:
 
     def room_closed(self, decision: RoomClosed) -> None:
         """An effect of the engine's RoomClosed: the room's key goes, so the next claim places it anew."""
+        self._fenced.discard(decision.room)
         task = asyncio.create_task(self.release_unless_here(decision.room))
         self._releases[decision.room] = task
         task.add_done_callback(lambda done: self._forget_release(decision.room, done))
@@ -115,6 +123,7 @@ class RoomOwnership:
     def _lease_lost(self) -> None:
         rooms = len(self.runtime.engine.rooms)
         log.error("lease lost: closing %d room(s); their participants are told to reconnect", rooms)
+        self._fenced.update(self.runtime.engine.rooms)  # at once: the closing below takes a moment
         self._spawn(self._stop_serving())
 
     async def _stop_serving(self) -> None:
