@@ -24,7 +24,7 @@ from switchboard.api import switchboard_proto as pb
 from switchboard.auth.grants import VideoGrant
 from switchboard.auth.tokens import mint_token
 from tests.cluster_nodes import Cluster, start_cluster, stop_cluster
-from tests.conftest import Server
+from tests.conftest import Server, start_server, stop_server
 from tests.polling import eventually
 from tests.tone import publish_tone
 
@@ -86,7 +86,12 @@ class Listener:
         self.room = rtc.Room()
         self.levels: list[float] = []
         self.tasks: set[asyncio.Future[None]] = set()
+        self.reconnects = 0
         self.room.on("track_subscribed", lambda track, *_: self._spawn(self._measure(track)))
+        self.room.on("reconnected", lambda *_: self._reconnected())
+
+    def _reconnected(self) -> None:
+        self.reconnects += 1
 
     def _spawn(self, work: Any) -> None:
         task = asyncio.ensure_future(work)
@@ -304,3 +309,66 @@ async def test_redis_away_then_back(cluster: Cluster, pair: tuple[str, Listener,
         return True
 
     await eventually(creates, "new rooms to work again once Redis is back", 15)
+
+
+async def test_a_node_that_loses_its_lease_sends_its_participants_to_a_live_owner(
+    cluster: Cluster, pair: tuple[str, Listener, Listener]
+) -> None:
+    room, alice, bob = pair
+
+    def losses() -> list[int]:
+        return [n.log().count("lease lost: closing") for n in cluster.nodes]
+
+    before = losses()
+    cluster.redis.stop()
+    try:
+        # Past its lease without Redis, the room's node closes the room and tells both to reconnect.
+        await eventually(
+            lambda: all(now > then for now, then in zip(losses(), before, strict=True)),
+            "every node to give up its lease",
+            LEASE * 3,
+        )
+    finally:
+        cluster.redis.start()
+    heard = len(alice.levels), len(bob.levels)
+    await eventually(
+        lambda: alice.reconnects and bob.reconnects, "both SDKs to reconnect once Redis is back", 30
+    )
+    await eventually(
+        lambda: alice.hears_since(heard[0]) and bob.hears_since(heard[1]),
+        "audio again, on the room's new node",
+    )
+    async with lkapi(cluster.nodes[2]) as client:
+        listed = await client.room.list_participants(api.ListParticipantsRequest(room=room))
+    assert sorted(p.identity for p in listed.participants) == ["alice", "bob"]
+
+
+async def test_dispatches_through_any_node(cluster: Cluster) -> None:
+    room = room_name()
+    async with lkapi(cluster.nodes[2]) as creator, lkapi(cluster.nodes[0]) as reader:
+        # CreateDispatch creates its room if needed: it is placed like any new room.
+        dispatch = await creator.agent_dispatch.create_dispatch(
+            api.CreateAgentDispatchRequest(room=room, agent_name="nobody-runs-it")
+        )
+        assert dispatch.room == room
+        listed = await reader.agent_dispatch.list_dispatch(room)
+        assert dispatch.id in {d.id for d in listed}
+        [found] = (await reader.room.list_rooms(api.ListRoomsRequest(names=[room]))).rooms
+        assert found.name == room
+        with pytest.raises(api.TwirpError) as refused:  # a reading call on an unknown room, as one node
+            await reader.agent_dispatch.delete_dispatch("AD_nothing", room_name())
+        assert refused.value.code == "not_found"
+
+
+def test_a_node_alone_lists_itself_and_cannot_be_drained(tmp_path_factory: pytest.TempPathFactory) -> None:
+    alone = start_server(tmp_path_factory.mktemp("alone"))
+    try:
+        listed = cli(alone, "node", "list", "--json")
+        assert listed.returncode == 0, listed.stderr
+        [node] = json.loads(listed.stdout)
+        assert (node["address"], node["state"]) == (alone.http_url, "serving")
+        refused = cli(alone, "node", "drain")
+        assert refused.returncode == 1
+        assert "failed_precondition" in refused.stderr and "runs alone" in refused.stderr, refused.stderr
+    finally:
+        stop_server(alone)
