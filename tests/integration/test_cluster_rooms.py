@@ -23,7 +23,7 @@ from livekit import api, rtc
 from switchboard.api import switchboard_proto as pb
 from switchboard.auth.grants import VideoGrant
 from switchboard.auth.tokens import mint_token
-from tests.cluster_nodes import Cluster, start_cluster, stop_cluster
+from tests.cluster_nodes import Cluster, start_cluster, start_node, stop_cluster
 from tests.conftest import Server, start_server, stop_server
 from tests.polling import eventually
 from tests.tone import publish_tone
@@ -34,10 +34,12 @@ LOUD = 4000  # the tone's RMS is ≈5657
 UNAVAILABLE_FAST = 1.0
 
 
+CONFIG = {"cluster": {"lease": LEASE}, "rtc": {"ice_addresses": ["127.0.0.1"]}}
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    config = {"cluster": {"lease": LEASE}, "rtc": {"ice_addresses": ["127.0.0.1"]}}
-    instance = start_cluster(tmp_path_factory.mktemp("cluster"), 3, config)
+    instance = start_cluster(tmp_path_factory.mktemp("cluster"), 3, CONFIG)
     yield instance
     stop_cluster(instance)
 
@@ -64,6 +66,21 @@ async def list_nodes(node: Server) -> list[Any]:
 
 async def rooms_by_node(node: Server) -> dict[str, int]:
     return {n.address: n.rooms for n in await list_nodes(node)}
+
+
+async def handshake(node: Server, token: str) -> tuple[int, str]:
+    """What a node answers to the WebSocket upgrade of a `/rtc` join, when it refuses it (status, text)."""
+    upgrade = {
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+    }
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(node.http_url + "/rtc", params={"access_token": token}, headers=upgrade) as answer,
+    ):
+        return answer.status, await answer.text()
 
 
 def cli(node: Server, *args: str) -> subprocess.CompletedProcess[str]:
@@ -207,20 +224,7 @@ async def test_a_bad_token_is_refused_by_the_first_node_as_by_a_single_one(clust
         video=VideoGrant(room_join=True, room=room),
         identity="eve",
     )
-    answers = []
-    async with aiohttp.ClientSession() as session:
-        for node in cluster.nodes:
-            async with session.get(
-                node.http_url + "/rtc",
-                params={"access_token": forged},
-                headers={
-                    "Upgrade": "websocket",
-                    "Connection": "Upgrade",
-                    "Sec-WebSocket-Version": "13",
-                    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
-                },
-            ) as answer:
-                answers.append((answer.status, await answer.text()))
+    answers = [await handshake(node, forged) for node in cluster.nodes]
     assert answers[0][0] == 401 and len(set(answers)) == 1, answers
     with pytest.raises(rtc.ConnectError):
         await rtc.Room().connect(second.ws_url, forged)
@@ -291,6 +295,8 @@ async def test_redis_away_then_back(cluster: Cluster, pair: tuple[str, Listener,
             in refused.value.message
         )
         assert elapsed < UNAVAILABLE_FAST, elapsed
+        status, text = await handshake(third, third.join_token(room_name(), "carol"))  # a new room
+        assert (status, text) == (503, refused.value.message + "\n")
         # the running room goes on (within its node's lease)
         await eventually(
             lambda: alice.hears_since(heard[0]) and bob.hears_since(heard[1]),
@@ -372,3 +378,26 @@ def test_a_node_alone_lists_itself_and_cannot_be_drained(tmp_path_factory: pytes
         assert "failed_precondition" in refused.stderr and "runs alone" in refused.stderr, refused.stderr
     finally:
         stop_server(alone)
+
+
+async def test_sigterm_marks_a_node_draining_before_it_drains(
+    cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    extra = start_node(tmp_path_factory.mktemp("extra"), cluster.redis, CONFIG)
+    try:
+        await eventually(
+            lambda: rooms_by_node(cluster.nodes[0]),
+            "the new node to register",
+            10,
+            accept=lambda c: extra.http_url in c,
+        )
+    finally:
+        stop_server(extra)  # SIGTERM
+    log = extra.log()
+    assert log.index("node draining: new rooms are placed on the other nodes") < log.index("draining jobs=")
+    await eventually(
+        lambda: rooms_by_node(cluster.nodes[0]),
+        "it to leave the cluster",
+        10,
+        accept=lambda c: extra.http_url not in c,
+    )
