@@ -81,9 +81,6 @@ def build_app(config: Config) -> web.Application:
     cluster = None
     cluster_parts: tuple[TwirpForwarding | SignalRelay, ...] = ()
     url = node_url(config)
-    nodes: node_service.Nodes = SingleNode(
-        NodeDescription(server_info.node_id, url, lambda: node_stats(runtime), __version__), runtime
-    )
     if config.redis.configured:
         cluster = app[CLUSTER] = ClusterNode(
             config.redis, config.cluster, server_info.node_id, url, lambda: node_stats(runtime), __version__
@@ -99,8 +96,14 @@ def build_app(config: Config) -> web.Application:
         twirp.route = forwarding.route
         relay = SignalRelay(ownership, rtc)
         app.middlewares.append(relay.middleware)
-        nodes = ClusterNodes(cluster, ownership.unreachable)
         cluster_parts = (forwarding, relay)
+    nodes: node_service.Nodes = (
+        ClusterNodes(cluster, ownership.unreachable)
+        if cluster is not None
+        else SingleNode(
+            NodeDescription(server_info.node_id, url, lambda: node_stats(runtime), __version__), runtime
+        )
+    )
     twirp.add_service("RoomService", room_methods)
     twirp.add_service("AgentDispatchService", dispatch_methods)
     twirp.add_service("NodeService", node_service.methods(nodes, server_info.node_id), "switchboard")

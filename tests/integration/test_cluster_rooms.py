@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 import pytest
+import redis.asyncio as redis
 from livekit import api, rtc
 
 from switchboard.api import switchboard_proto as pb
@@ -211,6 +212,21 @@ async def test_participants_on_different_nodes_hear_each_other(
         with pytest.raises(api.TwirpError) as refused:
             await client.room.get_participant(api.RoomParticipantIdentity(room=room, identity="bob"))
         assert refused.value.code == "not_found"
+
+
+async def test_a_refused_creation_places_nothing(cluster: Cluster) -> None:
+    """A CreateRoom refused by the node it was placed on (here: a name over the length limit) releases its
+    claim: Redis names no owner for it."""
+    name = "x" * 300
+    async with lkapi(cluster.nodes[1]) as client:
+        with pytest.raises(api.TwirpError) as refused:
+            await client.room.create_room(api.CreateRoomRequest(name=name))
+    assert refused.value.code == "invalid_argument"
+    store = redis.Redis(host="127.0.0.1", port=cluster.redis.port, decode_responses=True)
+    try:
+        assert await store.get(f"{{sb}}:room:{name}") is None
+    finally:
+        await store.aclose()
 
 
 async def test_a_bad_token_is_refused_by_the_first_node_as_by_a_single_one(cluster: Cluster) -> None:

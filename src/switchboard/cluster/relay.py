@@ -70,8 +70,9 @@ class SignalRelay:
             return await handler(request)
         try:
             return await handler(request)
-        finally:
-            await self.ownership.release_unless_here(room)  # a refused join: the claim was for nothing
+        except Exception:  # a refused join (before the upgrade): the claim was for nothing
+            await self.ownership.release_unless_here(room)
+            raise
 
     async def _validate(self, request: web.Request, owner: NodeInfo) -> web.Response:
         """The owner's verdict on a join (the SDKs fetch it to show why a join failed)."""
