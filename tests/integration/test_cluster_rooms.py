@@ -27,6 +27,7 @@ from switchboard.auth.tokens import mint_token
 from tests.cluster_nodes import Cluster, start_cluster, start_node, stop_cluster
 from tests.conftest import Server, start_server, stop_server
 from tests.polling import eventually
+from tests.signal_proxy import SignalProxy
 from tests.tone import publish_tone
 
 LEASE = 3.0
@@ -121,8 +122,9 @@ class Listener:
             samples = np.frombuffer(event.frame.data, dtype=np.int16).astype(np.float64)
             self.levels.append(float(np.sqrt(np.mean(samples**2))))
 
-    async def join(self, node: Server, room: str) -> "Listener":
-        await self.room.connect(node.ws_url, node.join_token(room, self.identity))
+    async def join(self, node: Server, room: str, url: str = "") -> "Listener":
+        """Join `room` with `node`'s token, through `url` (default: the node's own)."""
+        await self.room.connect(url or node.ws_url, node.join_token(room, self.identity))
         _, player = await publish_tone(self.room)
         self.tasks.add(player)
         return self
@@ -214,6 +216,46 @@ async def test_participants_on_different_nodes_hear_each_other(
         assert refused.value.code == "not_found"
 
 
+async def claimed_by(cluster: Cluster, room: str) -> str | None:
+    """The id of the node Redis names as the room's owner (`{sb}:room:<name>`, see docs/cluster.md)."""
+    store = redis.Redis(host="127.0.0.1", port=cluster.redis.port, decode_responses=True)
+    try:
+        return await store.get(f"{{sb}}:room:{room}")
+    finally:
+        await store.aclose()
+
+
+async def owner_of(cluster: Cluster, room: str) -> Server:
+    address = {n.id: n.address for n in await list_nodes(cluster.nodes[0])}[await claimed_by(cluster, room)]
+    return next(node for node in cluster.nodes if node.http_url == address)
+
+
+async def test_a_resume_through_another_node_is_relayed_to_the_owner(cluster: Cluster) -> None:
+    room = room_name()
+    async with lkapi(cluster.nodes[0]) as client:
+        await client.room.create_room(api.CreateRoomRequest(name=room))
+    owner = await owner_of(cluster, room)
+    relaying = next(node for node in cluster.nodes if node is not owner)
+    alice, bob = Listener("alice"), Listener("bob")
+    async with SignalProxy.to(relaying) as proxy:  # alice's signal connection, cut as a network blip would
+        try:
+            await alice.join(owner, room, url=proxy.url)
+            await bob.join(owner, room)
+            await eventually(lambda: alice.hears_since(0) and bob.hears_since(0), "both to hear each other")
+            sid = alice.room.local_participant.sid
+            proxy.cut()
+            await eventually(lambda: alice.reconnects, "alice's SDK to resume through the relaying node")
+            assert alice.room.local_participant.sid == sid, "a resume keeps the participant sid"
+            assert f"participant resumed room={room} identity=alice sid={sid}" in owner.log()
+            heard = len(alice.levels), len(bob.levels)
+            await eventually(
+                lambda: alice.hears_since(heard[0]) and bob.hears_since(heard[1]), "audio after the resume"
+            )
+        finally:
+            await alice.close()
+            await bob.close()
+
+
 async def test_a_refused_creation_places_nothing(cluster: Cluster) -> None:
     """A CreateRoom refused by the node it was placed on (here: a name over the length limit) releases its
     claim: Redis names no owner for it."""
@@ -222,11 +264,7 @@ async def test_a_refused_creation_places_nothing(cluster: Cluster) -> None:
         with pytest.raises(api.TwirpError) as refused:
             await client.room.create_room(api.CreateRoomRequest(name=name))
     assert refused.value.code == "invalid_argument"
-    store = redis.Redis(host="127.0.0.1", port=cluster.redis.port, decode_responses=True)
-    try:
-        assert await store.get(f"{{sb}}:room:{name}") is None
-    finally:
-        await store.aclose()
+    assert await claimed_by(cluster, name) is None
 
 
 async def test_a_bad_token_is_refused_by_the_first_node_as_by_a_single_one(cluster: Cluster) -> None:
