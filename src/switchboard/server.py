@@ -20,6 +20,7 @@ from switchboard.api.twirp import TwirpServer
 from switchboard.auth.tokens import TokenVerifier
 from switchboard.cluster.node import ClusterNode
 from switchboard.cluster.nodes import NodeStats
+from switchboard.cluster.store import DispatchStore
 from switchboard.config import DEV_KEYS, Config
 from switchboard.core import ids
 from switchboard.core.engine import Engine
@@ -66,9 +67,27 @@ def build_app(config: Config) -> web.Application:
     app.router.add_get("/agent", hub.handle)
     rtc = RtcService(runtime, verifier, config.rtc, server_info)
     rtc.install(app)
+    cluster = None
+    if config.redis.configured:
+        cluster = app[CLUSTER] = ClusterNode(
+            config.redis,
+            config.cluster,
+            server_info.node_id,
+            node_url(config),
+            lambda: node_stats(runtime),
+            __version__,
+        )
+    room_methods = room_service.methods(runtime, live=rtc)
+    dispatch_methods = agent_dispatch_service.methods(runtime)
+    # Persistence (redis:): dispatches and job states kept in Redis; a room this node does not hold is
+    # restored from there before a call acts on it, and CreateDispatch answers once its dispatch is stored.
+    store = None
+    if cluster is not None:
+        store = DispatchStore(cluster.redis, server_info.node_id, runtime)
+        store.wrap_services(dispatch_methods, room_methods)
     twirp = TwirpServer(verifier, config.http, metrics.twirp_request if metrics is not None else None)
-    twirp.add_service("RoomService", room_service.methods(runtime, live=rtc))
-    twirp.add_service("AgentDispatchService", agent_dispatch_service.methods(runtime))
+    twirp.add_service("RoomService", room_methods)
+    twirp.add_service("AgentDispatchService", dispatch_methods)
     twirp.add_service(
         "WorkerService", worker_service.worker_methods(runtime, server_info.node_id), "switchboard"
     )
@@ -80,21 +99,13 @@ def build_app(config: Config) -> web.Application:
     webhooks = None
     if config.webhook.urls:
         webhooks = Webhooks(config.webhook, config.keys[config.webhook.api_key], runtime)
-    wire_effects(runtime.effects, hub, rtc, dashboard, webhooks, metrics)
-    cluster = None
-    if config.redis.configured:
-        cluster = app[CLUSTER] = ClusterNode(
-            config.redis,
-            config.cluster,
-            server_info.node_id,
-            node_url(config),
-            lambda: node_stats(runtime),
-            __version__,
-        )
+    wire_effects(runtime.effects, hub, rtc, dashboard, webhooks, metrics, store)
 
     async def start(app: web.Application) -> None:
         if cluster is not None:
             await cluster.start()  # before serving: a node that cannot reach Redis must not start alone
+        if store is not None:
+            await store.start()
         await app[RUNTIME].start()
         if webhooks is not None:
             await webhooks.start()
@@ -103,6 +114,8 @@ def build_app(config: Config) -> web.Application:
         await app[RUNTIME].stop()
         if webhooks is not None:
             await webhooks.stop()  # after the last decisions (rooms closed at shutdown)
+        if store is not None:
+            await store.stop()  # after the last decisions: what they changed is written
         if cluster is not None:
             await cluster.stop()
 

@@ -4,7 +4,9 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -30,6 +32,9 @@ def connect(settings: RedisSettings) -> Any:
         "socket_timeout": settings.timeout,
         "socket_connect_timeout": settings.timeout,
         "decode_responses": True,
+        # One immediate retry (a connection Redis dropped when it restarted fails once), not redis-py's
+        # default of ten with back-off: a call that cannot reach Redis fails within `timeout`.
+        "retry": Retry(NoBackoff(), 1),
     }
     if settings.cluster_addresses:
         nodes = [ClusterNode(*_host_port(a)) for a in settings.cluster_addresses]
