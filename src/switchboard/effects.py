@@ -56,15 +56,15 @@ def wire_effects(
     # Keeping (redis:): each room's dispatches and job states in the store, written in the background;
     # the decisions that exist only for it are carried out by nobody else.
     if store is not None:
-        effects.on(RoomStarted, store.room_started)
-        effects.on(RoomClosed, store.room_closed)
-        effects.on(DispatchCreated, store.dispatch_created)
-        effects.on(DispatchReferenced, store.dispatch_referenced)
-        effects.on(DispatchDeleted, store.dispatch_deleted)
-        effects.on(JobQueued, store.job_changed)
-        effects.on(AssignJob, store.job_changed)
-        effects.on(JobStarted, store.job_changed)
-        effects.on(JobEnded, store.job_changed)
+        effects.on(RoomStarted, store.keep)
+        effects.on(RoomClosed, store.keep)
+        effects.on(DispatchCreated, store.keep)
+        effects.on(DispatchReferenced, store.keep)
+        effects.on(DispatchDeleted, store.keep)
+        effects.on(JobQueued, store.keep)
+        effects.on(AssignJob, store.keep)
+        effects.on(JobStarted, store.keep)
+        effects.on(JobEnded, store.keep)
     # Observing: counters and histograms, then webhook events (queued; sent by their own tasks), then the
     # dashboard (its last hour of activity, and the events its open pages are streamed).
     if metrics is not None:

@@ -23,7 +23,7 @@ import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, assert_never
 
 from redis.exceptions import RedisError
 
@@ -172,6 +172,7 @@ def stored_room(name: str, fields: Mapping[str, str]) -> StoredRoom | None:
                 dispatches[job.dispatch_id].jobs.append(job)
     for dispatch in dispatches.values():
         dispatch.jobs.sort(key=lambda job: (job.created_at, job.id))
+    # Creation order; dispatches made at the same instant (a room's first ones) in no particular order.
     ordered = sorted(dispatches.values(), key=lambda d: (d.created_at, d.id))
     return StoredRoom(room, ordered, json.loads(fields[ROOM])["node"])
 
@@ -199,6 +200,20 @@ def _dump(**record: Any) -> str:
     return json.dumps(record, separators=(",", ":"))
 
 
+Kept = (
+    RoomStarted
+    | RoomClosed
+    | DispatchCreated
+    | DispatchReferenced
+    | DispatchDeleted
+    | JobQueued
+    | AssignJob
+    | JobStarted
+    | JobEnded
+)
+"""The decisions that change what the store keeps."""
+
+
 @dataclass
 class Changes:
     """What a room's record must become, coalesced: a later value of a field replaces an earlier one."""
@@ -222,6 +237,32 @@ class Changes:
         return [node_id, node_key(""), "1" if self.reset else "0", str(len(written)), *pairs, *deleted]
 
 
+def changes_for(decision: Kept, node_id: str) -> tuple[str, "Changes"]:
+    """The room whose record the decision changes, and how."""
+    match decision:
+        case RoomStarted():
+            # A room started anew replaces any record of an earlier one; a restored room keeps its record.
+            record = room_record(decision, node_id)
+            return decision.room, Changes(reset=not decision.restored, fields={ROOM: record})
+        case RoomClosed():
+            return decision.room, Changes(reset=True)
+        case DispatchCreated():
+            return decision.room, Changes(
+                fields={f"dispatch:{decision.dispatch_id}": dispatch_record(decision)}
+            )
+        case DispatchReferenced():
+            references = str(decision.references)
+            return decision.room, Changes(fields={f"references:{decision.dispatch_id}": references})
+        case DispatchDeleted():
+            gone = [f"dispatch:{decision.dispatch_id}", f"references:{decision.dispatch_id}"]
+            gone += [f"job:{job_id}" for job_id in decision.job_ids]
+            return decision.room, Changes(fields=dict.fromkeys(gone))
+        case JobQueued() | AssignJob() | JobStarted() | JobEnded():
+            job = decision.job
+            return job.room, Changes(fields={f"job:{job.id}": job_record(job)})
+    assert_never(decision)
+
+
 class DispatchStore:
     def __init__(self, redis: Any, node_id: str, runtime: Runtime, retry_interval: float = RETRY_INTERVAL):
         self._redis = redis
@@ -240,38 +281,13 @@ class DispatchStore:
         self.reachable = True
         """False from a failed write until Redis answers again: CreateDispatch is refused at once."""
 
-    # The effects (effects.py): each decision becomes a change of its room's record.
-
-    def room_started(self, started: RoomStarted) -> None:
-        # A room started anew replaces any record of an earlier one; a restored room keeps its record.
-        self._change(started.room, ROOM, room_record(started, self._node_id), reset=not started.restored)
-
-    def room_closed(self, closed: RoomClosed) -> None:
-        self._change(closed.room, reset=True)
-
-    def dispatch_created(self, created: DispatchCreated) -> None:
-        self._change(created.room, f"dispatch:{created.dispatch_id}", dispatch_record(created))
-
-    def dispatch_referenced(self, referenced: DispatchReferenced) -> None:
-        self._change(referenced.room, f"references:{referenced.dispatch_id}", str(referenced.references))
-
-    def dispatch_deleted(self, deleted: DispatchDeleted) -> None:
-        gone = [f"dispatch:{deleted.dispatch_id}", f"references:{deleted.dispatch_id}"]
-        gone += [f"job:{job_id}" for job_id in deleted.job_ids]
-        self._changes_of(deleted.room).then(Changes(fields=dict.fromkeys(gone)))
-
-    def job_changed(self, decision: JobQueued | AssignJob | JobStarted | JobEnded) -> None:
-        job = decision.job
-        self._change(job.room, f"job:{job.id}", job_record(job))
-
-    def _change(self, room: str, key: str = "", value: str | None = None, *, reset: bool = False) -> None:
-        self._changes_of(room).then(Changes(reset, {key: value} if key else {}))
-
-    def _changes_of(self, room: str) -> Changes:
+    def keep(self, decision: Kept) -> None:
+        """The effect of every decision the store follows (effects.py): its room's record changes."""
+        room, changes = changes_for(decision, self._node_id)
         self._count += 1
         self._queued[room] = self._count
+        self._changes.setdefault(room, Changes()).then(changes)
         self._wake.set()
-        return self._changes.setdefault(room, Changes())
 
     # Waiting for the record, and reading it back.
 
