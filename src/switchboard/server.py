@@ -85,6 +85,7 @@ def build_app(config: Config) -> web.Application:
     if cluster is not None:
         store = DispatchStore(cluster.redis, server_info.node_id, runtime)
         store.wrap_services(dispatch_methods, room_methods)
+        app.middlewares.append(store.restoring_joins(verifier))
     twirp = TwirpServer(verifier, config.http, metrics.twirp_request if metrics is not None else None)
     twirp.add_service("RoomService", room_methods)
     twirp.add_service("AgentDispatchService", dispatch_methods)

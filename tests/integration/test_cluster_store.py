@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from livekit import api
+from livekit import api, rtc
 from livekit.protocol import agent
 
 from tests.agent_workers import AgentWorker, registered
@@ -212,3 +212,42 @@ async def running(lkapi: api.LiveKitAPI, rooms: list[str]) -> int:
     return sum(
         1 for job in jobs.values() if job.state.status == agent.JS_RUNNING and job.agent_name == "keeper"
     )
+
+
+async def test_a_participant_rejoining_after_its_rooms_node_died_finds_the_room_and_its_agent_again(
+    nodes: Any, workers: Any, lkapi_factory: Any
+) -> None:
+    first = nodes()
+    lkapi = await lkapi_factory(first)
+    room_name = "rejoined"
+    workers(first, "stayer", "stay")
+    dispatch = await lkapi.agent_dispatch.create_dispatch(
+        api.CreateAgentDispatchRequest(room=room_name, agent_name="stayer", metadata="kept")
+    )
+    person = rtc.Room()
+    await person.connect(first.ws_url, first.join_token(room_name, "person"))
+    await eventually(lambda: agents_in(person), "the agent in the room", accept=lambda n: n == 1)
+    [job] = (await lkapi.agent_dispatch.get_dispatch(dispatch.id, room_name)).state.jobs
+    kill_node(first)
+    await person.disconnect()
+
+    second = nodes()
+    workers(second, "stayer", "stay")
+    again = rtc.Room()
+    try:
+        # The participant's reconnect (here: to the node that replaced the dead one) brings the room back.
+        await again.connect(second.ws_url, second.join_token(room_name, "person"))
+        await eventually(lambda: agents_in(again), "the agent back in the room", accept=lambda n: n == 1)
+    finally:
+        await again.disconnect()
+    lkapi = await lkapi_factory(second)
+    restored = await lkapi.agent_dispatch.get_dispatch(dispatch.id, room_name)
+    assert restored is not None and (restored.agent_name, restored.metadata) == ("stayer", "kept")
+    lost, running_again = restored.state.jobs
+    assert lost.id == running_again.id == job.id and lost.state.error.startswith("node lost")
+    assert running_again.state.status == agent.JS_RUNNING
+
+
+def agents_in(room: rtc.Room) -> int:
+    kind = rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
+    return sum(1 for p in room.remote_participants.values() if p.kind == kind)

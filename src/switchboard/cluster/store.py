@@ -25,10 +25,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, assert_never
 
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 from redis.exceptions import RedisError
 
 from switchboard.api.twirp import Method
-from switchboard.auth.grants import Claims, require_room_admin, require_room_create
+from switchboard.auth.grants import Claims, InvalidToken, require_room_admin, require_room_create
+from switchboard.auth.tokens import TokenVerifier
 from switchboard.cluster.nodes import node_key
 from switchboard.cluster.placement import room_key
 from switchboard.cluster.redis_client import PREFIX, UNREACHABLE
@@ -58,6 +61,7 @@ RETRY_INTERVAL = 0.25
 """While Redis is unreachable, how often the writer tries it again."""
 
 ROOM = "room"
+JOIN_PATHS = frozenset({"/rtc", "/rtc/validate"})
 
 # KEYS: the room's record, the room's placement key. ARGV: this node, the node-key prefix, "1" to delete
 # the record first, the number of fields to set, those field/value pairs, then the fields to delete.
@@ -372,6 +376,25 @@ class DispatchStore:
             lambda request: request.name,
             lambda claims, _: require_room_create(claims),
         )
+
+    def restoring_joins(self, verifier: TokenVerifier) -> Middleware:
+        """A participant joining (`/rtc`, `/rtc/validate`) a room this node does not hold finds it restored
+        (it reconnects after the room's node died). Its token is checked again by the rtc service."""
+
+        @web.middleware
+        async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+            if request.path in JOIN_PATHS:
+                with contextlib.suppress(InvalidToken):
+                    claims = verifier.verify_request(request.headers, request.query)
+                    if claims.video.room_join:
+                        room = claims.video.room or request.query.get("room", "")
+                        try:
+                            await self.restore(room)
+                        except Unavailable as exc:
+                            raise web.HTTPServiceUnavailable(text=f"{exc}\n") from None
+            return await handler(request)
+
+        return middleware
 
     def _withdraw(self, room: str, dispatch_id: str) -> None:
         with contextlib.suppress(NotFound):
