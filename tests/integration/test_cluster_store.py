@@ -60,10 +60,6 @@ def workers(tmp_path: Path) -> Iterator[Any]:
         worker.kill()
 
 
-async def client(node: Server) -> api.LiveKitAPI:
-    return api.LiveKitAPI(node.http_url, node.api_key, node.api_secret)
-
-
 async def dispatches_of(lkapi: api.LiveKitAPI, rooms: list[str]) -> dict[str, Any]:
     found = {}
     for room in rooms:
@@ -78,11 +74,12 @@ def current_jobs(dispatches: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def lkapi_factory() -> AsyncIterator[Any]:
+async def clients() -> AsyncIterator[Any]:
+    """livekit-api clients of given nodes, closed at the end."""
     opened: list[api.LiveKitAPI] = []
 
     async def open_(node: Server) -> api.LiveKitAPI:
-        opened.append(await client(node))
+        opened.append(api.LiveKitAPI(node.http_url, node.api_key, node.api_secret))
         return opened[-1]
 
     yield open_
@@ -91,10 +88,10 @@ async def lkapi_factory() -> AsyncIterator[Any]:
 
 
 async def test_acknowledged_dispatches_survive_a_kill_and_their_jobs_run_again(
-    nodes: Any, workers: Any, lkapi_factory: Any
+    nodes: Any, workers: Any, clients: Any
 ) -> None:
     first = nodes()
-    lkapi = await lkapi_factory(first)
+    lkapi = await clients(first)
     rooms = [f"kept-{i}" for i in range(ROOMS)]
     # A job that ends before the kill: it must stay ended.
     quick = workers(first, "quick", "shutdown")
@@ -125,7 +122,7 @@ async def test_acknowledged_dispatches_survive_a_kill_and_their_jobs_run_again(
     keeper.kill()
 
     second = nodes()
-    lkapi = await lkapi_factory(second)
+    lkapi = await clients(second)
     found = await dispatches_of(lkapi, rooms)
     assert set(found) == set(listed) and set(created) | {finished.id} < set(found)
     for dispatch_id, dispatch in created.items():
@@ -159,10 +156,10 @@ async def test_acknowledged_dispatches_survive_a_kill_and_their_jobs_run_again(
 
 
 async def test_while_redis_is_down_create_dispatch_is_unavailable_and_nothing_acknowledged_is_lost(
-    redis: RedisServer, nodes: Any, lkapi_factory: Any
+    redis: RedisServer, nodes: Any, clients: Any
 ) -> None:
     node = nodes()
-    lkapi = await lkapi_factory(node)
+    lkapi = await clients(node)
     room = "outage"
     for i in range(3):
         await create(lkapi, room, f"before-{i}")
@@ -182,7 +179,7 @@ async def test_while_redis_is_down_create_dispatch_is_unavailable_and_nothing_ac
     kept[after.id] = "after"
     # What was acknowledged is in Redis: a node that replaces this one finds exactly that.
     kill_node(node)
-    replacement = await lkapi_factory(nodes())
+    replacement = await clients(nodes())
     found = await replacement.agent_dispatch.list_dispatch(room)
     assert {d.id: d.metadata for d in found} == kept
 
@@ -215,10 +212,10 @@ async def running(lkapi: api.LiveKitAPI, rooms: list[str]) -> int:
 
 
 async def test_a_participant_rejoining_after_its_rooms_node_died_finds_the_room_and_its_agent_again(
-    nodes: Any, workers: Any, lkapi_factory: Any
+    nodes: Any, workers: Any, clients: Any
 ) -> None:
     first = nodes()
-    lkapi = await lkapi_factory(first)
+    lkapi = await clients(first)
     room_name = "rejoined"
     workers(first, "stayer", "stay")
     dispatch = await lkapi.agent_dispatch.create_dispatch(
@@ -240,7 +237,7 @@ async def test_a_participant_rejoining_after_its_rooms_node_died_finds_the_room_
         await eventually(lambda: agents_in(again), "the agent back in the room", accept=lambda n: n == 1)
     finally:
         await again.disconnect()
-    lkapi = await lkapi_factory(second)
+    lkapi = await clients(second)
     restored = await lkapi.agent_dispatch.get_dispatch(dispatch.id, room_name)
     assert restored is not None and (restored.agent_name, restored.metadata) == ("stayer", "kept")
     lost, running_again = restored.state.jobs

@@ -22,7 +22,7 @@ import inspect
 import json
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, astuple, dataclass, field
 from typing import Any, assert_never
 
 from aiohttp import web
@@ -84,50 +84,38 @@ def store_key(room: str) -> str:
 # The records, without I/O: what the engine's decisions become, and the core objects they restore.
 
 
+ROOM_FIELDS = ("sid", "created_at", "empty_timeout", "departure_timeout", "max_participants", "metadata")
+JOB_FIELDS = (
+    "dispatch_id",
+    "agent_name",
+    "target_identity",
+    "deployment",
+    "created_at",
+    "error",
+    "worker_id",
+    "agent_identity",
+    "started_at",
+    "ended_at",
+    "updated_at",
+    "attempt",
+)
+"""The job's plain fields; its type, status and earlier attempts are written apart."""
+
+
 def room_record(started: RoomStarted, node_id: str) -> str:
-    return _dump(
-        sid=started.sid,
-        created_at=started.created_at,
-        empty_timeout=started.empty_timeout,
-        departure_timeout=started.departure_timeout,
-        max_participants=started.max_participants,
-        metadata=started.metadata,
-        node=node_id,
-    )
+    return _dump(node=node_id, **{name: getattr(started, name) for name in ROOM_FIELDS})
 
 
 def dispatch_record(created: DispatchCreated) -> str:
-    spec = created.spec
-    return _dump(
-        agent_name=spec.agent_name,
-        metadata=spec.metadata,
-        restart_policy=int(spec.restart_policy),
-        deployment=spec.deployment,
-        attributes=spec.attributes,
-        created_at=created.created_at,
-    )
+    return _dump(created_at=created.created_at, **asdict(created.spec))
 
 
 def job_record(job: Job) -> str:
     return _dump(
-        dispatch_id=job.dispatch_id,
         type=int(job.type),
-        agent_name=job.agent_name,
-        target_identity=job.target_identity,
-        deployment=job.deployment,
         status=job.status.value,
-        error=job.error,
-        worker_id=job.worker_id,
-        agent_identity=job.agent_identity,
-        created_at=job.created_at,
-        started_at=job.started_at,
-        ended_at=job.ended_at,
-        updated_at=job.updated_at,
-        attempt=job.attempt,
-        attempts=[
-            [a.number, a.worker_id, a.agent_identity, a.started_at, a.ended_at, a.error, a.copy_may_live]
-            for a in job.attempts
-        ],
+        attempts=[astuple(attempt) for attempt in job.attempts],
+        **{name: getattr(job, name) for name in JOB_FIELDS},
     )
 
 
@@ -144,28 +132,15 @@ def stored_room(name: str, fields: Mapping[str, str]) -> StoredRoom | None:
     if ROOM not in fields:
         return None
     r = json.loads(fields[ROOM])
-    room = Room(
-        name=name,
-        sid=r["sid"],
-        created_at=r["created_at"],
-        empty_timeout=r["empty_timeout"],
-        departure_timeout=r["departure_timeout"],
-        max_participants=r["max_participants"],
-        metadata=r["metadata"],
-    )
+    room = Room(name=name, **{key: r[key] for key in ROOM_FIELDS})
     dispatches: dict[str, Dispatch] = {}
     for key, value in fields.items():
         kind, _, ident = key.partition(":")
         if kind == "dispatch":
             d = json.loads(value)
-            spec = DispatchSpec(
-                agent_name=d["agent_name"],
-                metadata=d["metadata"],
-                restart_policy=RestartPolicy(d["restart_policy"]),
-                deployment=d["deployment"],
-                attributes=d["attributes"],
-            )
-            dispatches[ident] = Dispatch(id=ident, room=name, spec=spec, created_at=d["created_at"])
+            created_at = d.pop("created_at")
+            spec = DispatchSpec(**(d | {"restart_policy": RestartPolicy(d["restart_policy"])}))
+            dispatches[ident] = Dispatch(id=ident, room=name, spec=spec, created_at=created_at)
     for key, value in fields.items():
         kind, _, ident = key.partition(":")
         if kind == "references" and ident in dispatches:
@@ -178,25 +153,15 @@ def stored_room(name: str, fields: Mapping[str, str]) -> StoredRoom | None:
         dispatch.jobs.sort(key=lambda job: (job.created_at, job.id))
     # Creation order; dispatches made at the same instant (a room's first ones) in no particular order.
     ordered = sorted(dispatches.values(), key=lambda d: (d.created_at, d.id))
-    return StoredRoom(room, ordered, json.loads(fields[ROOM])["node"])
+    return StoredRoom(room, ordered, r["node"])
 
 
 def _job(job_id: str, room: str, j: dict[str, Any]) -> Job:
-    job = Job(
-        id=job_id,
-        dispatch_id=j["dispatch_id"],
-        room=room,
-        type=JobType(j["type"]),
-        agent_name=j["agent_name"],
-        created_at=j["created_at"],
-        target_identity=j["target_identity"],
-        deployment=j["deployment"],
-    )
+    job = Job(job_id, j["dispatch_id"], room, JobType(j["type"]), j["agent_name"], j["created_at"])
+    for name in JOB_FIELDS:
+        setattr(job, name, j[name])
     job.status = JobStatus(j["status"])
-    job.error, job.worker_id, job.agent_identity = j["error"], j["worker_id"], j["agent_identity"]
-    job.started_at, job.ended_at, job.updated_at = j["started_at"], j["ended_at"], j["updated_at"]
-    job.attempt = j["attempt"]
-    job.attempts = [Attempt(*a) for a in j["attempts"]]
+    job.attempts = [Attempt(*attempt) for attempt in j["attempts"]]
     return job
 
 
@@ -450,7 +415,9 @@ class DispatchStore:
                 if stored:
                     self._written(room, number)
                 else:
+                    # Dropped for good (its successor's record wins): nobody must wait for it.
                     log.warning("store write refused room=%s: another live node holds the room", room)
+                    self._settled(room, number)
                     self._fail(room, Unavailable(f"room {room!r} is held by another node now"))
 
     def _requeue(self, batch: dict[str, Changes], exc: BaseException | None = None) -> None:
@@ -477,9 +444,13 @@ class DispatchStore:
         self.reachable = True
         self._wake.set()
 
-    def _written(self, room: str, number: int) -> None:
+    def _settled(self, room: str, number: int) -> None:
+        """The room's changes up to `number` are done with: none newer means none to wait for."""
         if self._queued.get(room) == number:
             del self._queued[room]
+
+    def _written(self, room: str, number: int) -> None:
+        self._settled(room, number)
         waiting = self._waiters.pop(room, [])
         for target, done in waiting:
             if target <= number and not done.done():
