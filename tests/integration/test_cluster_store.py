@@ -180,6 +180,9 @@ async def test_while_redis_is_down_create_dispatch_is_unavailable_and_nothing_ac
     # What was acknowledged is in Redis: a node that replaces this one finds exactly that.
     kill_node(node)
     replacement = await clients(nodes())
+    # Any call on the room brings it back (here RoomService's: the room exists, nobody is in it yet).
+    listed = await replacement.room.list_participants(api.ListParticipantsRequest(room=room))
+    assert list(listed.participants) == []
     found = await replacement.agent_dispatch.list_dispatch(room)
     assert {d.id: d.metadata for d in found} == kept
 

@@ -30,7 +30,7 @@ from aiohttp.typedefs import Handler, Middleware
 from redis.exceptions import RedisError
 
 from switchboard.api.twirp import Method
-from switchboard.auth.grants import Claims, InvalidToken, require_room_admin, require_room_create
+from switchboard.auth.grants import Claims, InvalidToken, require_room_admin
 from switchboard.auth.tokens import TokenVerifier
 from switchboard.cluster.nodes import node_key
 from switchboard.cluster.placement import room_key
@@ -316,31 +316,25 @@ class DispatchStore:
 
         return Method(create_dispatch.request_type, handler)
 
-    def restoring(
-        self, method: Method, room_of: Callable[[Any], str], authorize: Callable[[Claims, str], None]
-    ) -> Method:
-        """The method acts on a room restored first if this node does not hold it (`authorize` first)."""
+    def restoring(self, method: Method, room_of: Callable[[Any], str]) -> Method:
+        """The method acts on its room restored first, if this node does not hold it. The caller's token
+        is one of ours (Twirp checked it); its grants are checked by the method: restoring is what the
+        first authorised call would do anyway, and shows the caller nothing."""
 
         async def handler(claims: Claims, request: Any) -> Any:
-            room = room_of(request)
-            authorize(claims, room)
-            await self.restore(room)
+            await self.restore(room_of(request))
             return await _answer(method, claims, request)
 
         return Method(method.request_type, handler)
 
     def wrap_services(self, dispatch_methods: dict[str, Method], room_methods: dict[str, Method]) -> None:
-        """Every call that may create a room or read its dispatches restores it first; CreateDispatch is
-        acknowledged once stored."""
-        room_of = _room_field
+        """Every call on one room restores it first; CreateDispatch is acknowledged once stored."""
         dispatch_methods["CreateDispatch"] = self.acknowledged(dispatch_methods["CreateDispatch"])
-        for name in ("DeleteDispatch", "ListDispatch"):
-            dispatch_methods[name] = self.restoring(dispatch_methods[name], room_of, require_room_admin)
-        room_methods["CreateRoom"] = self.restoring(
-            room_methods["CreateRoom"],
-            lambda request: request.name,
-            lambda claims, _: require_room_create(claims),
-        )
+        for methods in (dispatch_methods, room_methods):
+            for name, method in methods.items():
+                if name != "CreateDispatch" and "room" in method.request_type.DESCRIPTOR.fields_by_name:
+                    methods[name] = self.restoring(method, _room_field)
+        room_methods["CreateRoom"] = self.restoring(room_methods["CreateRoom"], lambda request: request.name)
 
     def restoring_joins(self, verifier: TokenVerifier) -> Middleware:
         """A participant joining (`/rtc`, `/rtc/validate`) a room this node does not hold finds it restored
