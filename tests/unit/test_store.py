@@ -6,7 +6,7 @@ from typing import get_args
 from switchboard.cluster.store import Changes, Kept, changes_for, stored_room
 from switchboard.core.dispatch import DispatchSpec, RestartPolicy
 from switchboard.core.engine import Engine, RoomSpec
-from switchboard.core.events import Decision, JobQueued, RoomStarted
+from switchboard.core.events import Decision, JobQueued, RoomStarted, TerminateJob
 from switchboard.core.jobs import JobStatus
 from switchboard.core.workers import JobUpdate
 from tests.unit.test_dispatch_engine import ACCEPT, NEVER, make, offers, only, worker
@@ -22,10 +22,14 @@ class Record:
         self.rooms: dict[str, dict[str, str]] = {}
 
     def keep(self, decisions: list[Decision]) -> None:
+        """One engine call's decisions: coalesced per room as the store does (its writer cannot run in
+        the middle of a call), then written."""
+        pending: dict[str, Changes] = {}
         for decision in decisions:
-            if not isinstance(decision, get_args(Kept)):
-                continue
-            room, changes = changes_for(decision, NODE)
+            if isinstance(decision, get_args(Kept)):
+                room, changes = changes_for(decision, NODE)
+                pending.setdefault(room, Changes()).then(changes)
+        for room, changes in pending.items():
             fields = {} if changes.reset else self.rooms.get(room, {})
             for key, value in changes.fields.items():
                 if value is None:
@@ -109,15 +113,17 @@ def test_closing_a_room_drops_its_record_and_a_new_room_of_that_name_starts_afre
     assert stored is not None and {d.agent_name for d in stored.dispatches} == {"", "b"}
 
 
-def test_changes_coalesce_a_later_value_wins_and_a_reset_drops_what_came_before() -> None:
+def test_changes_coalesce_a_later_value_wins_and_a_reset_or_a_hand_over_drops_what_came_before() -> None:
     changes = Changes(fields={"job:1": "a", "job:2": "b"})
     changes.then(Changes(fields={"job:1": "c", "job:3": None}))
-    assert changes == Changes(False, {"job:1": "c", "job:2": "b", "job:3": None})
+    assert changes == Changes(fields={"job:1": "c", "job:2": "b", "job:3": None})
     changes.then(Changes(reset=True, fields={"room": "r"}))
-    assert changes == Changes(True, {"room": "r"})
+    assert changes == Changes(reset=True, fields={"room": "r"})
     changes.then(Changes(fields={"dispatch:1": "d"}))
     assert changes.script_args("ND_1")[2:] == ["1", "2", "room", "r", "dispatch:1", "d"]
     assert Changes(fields={"x": None, "y": "v"}).script_args("ND_1")[2:] == ["0", "1", "y", "v", "x"]
+    changes.then(Changes(dropped=True))  # handed over: nothing pending is written, nothing deleted
+    assert changes.script_args("ND_1")[2:] == ["0", "0"]
 
 
 def test_restore_relaunches_live_jobs_by_their_policy_and_leaves_ended_ones_ended() -> None:
@@ -194,3 +200,28 @@ def test_a_restored_room_waits_the_departure_timeout_for_its_participants_and_a_
     live = b.rooms["r"]
     restored(record, "r", b, 1029.5)
     assert b.rooms["r"] is live
+
+
+def test_a_room_handed_over_keeps_its_record_as_it_was_for_the_node_that_takes_it_over() -> None:
+    record = Record()
+    a = kept_engine(record)
+    w = worker(a, "a")
+    dispatch = a.create_dispatch("r", DispatchSpec("a"), 0.0)
+    job_id = dispatch.jobs[0].id
+    a.availability_answer(w, job_id, ACCEPT, 1.0)
+    a.job_update(w, job_id, JobUpdate.RUNNING, "", 2.0)
+    a.take_decisions()
+    kept = dict(record.rooms["r"])
+
+    a.hand_over_rooms("node lease lost", 3.0)
+    decisions = a.take_decisions()
+    assert (
+        "r" not in a.rooms
+        and TerminateJob(w, job_id, "terminated: room closed (node lease lost)") in decisions
+    )
+    assert record.rooms["r"] == kept  # the job stopped here is still running for the next node
+
+    b = make(restart_backoff=0.0)
+    restored(record, "r", b, 10.0)
+    job = b.jobs[job_id]
+    assert (job.status, job.attempt, job.attempts[0].error) == (JobStatus.PENDING, 2, LOST)

@@ -189,13 +189,15 @@ class Changes:
 
     reset: bool = False
     """Delete the record before writing `fields` (the room closed, or started anew)."""
+    dropped: bool = False
+    """Write nothing of what came before (the room was handed over); later changes are written."""
     fields: dict[str, str | None] = field(default_factory=dict)
     """Field -> value to write, or None to delete."""
 
     def then(self, newer: "Changes") -> None:
         """Apply `newer`, made after these, on top of them."""
-        if newer.reset:
-            self.reset, self.fields = True, dict(newer.fields)
+        if newer.reset or newer.dropped:
+            self.reset, self.dropped, self.fields = newer.reset, newer.dropped, dict(newer.fields)
         else:
             self.fields.update(newer.fields)
 
@@ -213,8 +215,12 @@ def changes_for(decision: Kept, node_id: str) -> tuple[str, "Changes"]:
             # A room started anew replaces any record of an earlier one; a restored room keeps its record.
             record = room_record(decision, node_id)
             return decision.room, Changes(reset=not decision.restored, fields={ROOM: record})
-        case RoomClosed():
+        case RoomClosed(handed_over=False):
             return decision.room, Changes(reset=True)
+        case RoomClosed():
+            # The record stays as it was: what this node changed since it last wrote (the jobs it just
+            # stopped among it) is dropped, for the node that takes the room over.
+            return decision.room, Changes(dropped=True)
         case DispatchCreated():
             return decision.room, Changes(
                 fields={f"dispatch:{decision.dispatch_id}": dispatch_record(decision)}

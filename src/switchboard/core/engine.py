@@ -178,7 +178,9 @@ class Engine:
         room.metadata = metadata
         return room
 
-    def _close_room(self, room: Room, reason: str, now: float, *, deleted: bool = False) -> None:
+    def _close_room(
+        self, room: Room, reason: str, now: float, *, deleted: bool = False, handed_over: bool = False
+    ) -> None:
         cause = DisconnectCause.ROOM_DELETED if deleted else DisconnectCause.ROOM_CLOSED
         for participant in room.participants.values():
             self._decisions.append(
@@ -193,7 +195,7 @@ class Engine:
             dispatch.deleted_at = now
         del self.rooms[room.name]
         self.history.add(ClosedRoom(room, now, reason))
-        self._decisions.append(RoomClosed(room.name, room.sid, reason))
+        self._decisions.append(RoomClosed(room.name, room.sid, reason, handed_over=handed_over))
 
     def _refuse_new_work(self) -> None:
         if self.draining:
@@ -942,6 +944,13 @@ class Engine:
         """End every job that has not ended, telling workers to stop the ones they run."""
         for job in list(self.jobs.values()):
             self._terminate(job, "terminated: server shut down", now)
+
+    def hand_over_rooms(self, reason: str, now: float) -> None:
+        """This node may no longer act for its rooms (it lost its lease): each closes here, participants
+        disconnected and workers told to stop its jobs, but what the store keeps of it stays as it was, so
+        the node that takes it over restores it and runs its jobs again."""
+        for room in list(self.rooms.values()):
+            self._close_room(room, reason, now, handed_over=True)
 
     def close_all_rooms(self, now: float) -> None:
         """The server stops: every room closes, its participants disconnected (nobody waits for a timeout)."""

@@ -27,6 +27,9 @@ class RoomClosed:
     room: str
     sid: str
     reason: str
+    handed_over: bool = field(default=False, kw_only=True, compare=False)
+    """Closed here only (its node lost its lease): the store keeps its record, as it was, for the node
+    that takes the room over."""
 
 
 @dataclass(frozen=True)
