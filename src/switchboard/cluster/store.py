@@ -293,7 +293,7 @@ class DispatchStore:
                 f"redis is unreachable: cannot tell whether room {room!r} exists ({exc})"
             ) from None
         stored = stored_room(room, fields)
-        if stored is None:
+        if stored is None or room in self._runtime.engine.rooms:  # or a concurrent call restored it
             return
         lost = f"node lost: node {stored.node_id}, where the room was, stopped"
         now = self._runtime.now()
