@@ -1,12 +1,14 @@
 """Persistence and recovery with `redis:`: acknowledged dispatches and their jobs' states survive a node's
 `kill -9` and a Redis restart (real redis-server, real switchboard processes, livekit-api, livekit-agents)."""
 
+import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 from livekit import api, rtc
 from livekit.protocol import agent
 
@@ -251,3 +253,34 @@ async def test_a_participant_rejoining_after_its_rooms_node_died_finds_the_room_
 def agents_in(room: rtc.Room) -> int:
     kind = rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
     return sum(1 for p in room.remote_participants.values() if p.kind == kind)
+
+
+async def test_a_node_does_not_overwrite_the_record_of_a_room_another_live_node_holds(
+    redis: RedisServer, nodes: Any, clients: Any
+) -> None:
+    first = nodes()
+    lkapi = await clients(first)
+    room = "contested"
+    kept = await create(lkapi, room, "first's")
+    client = aioredis.Redis(host="127.0.0.1", port=redis.port, decode_responses=True)
+    try:
+        alone = await client.smembers("{sb}:nodes")
+        nodes()
+        now = await eventually(
+            lambda: client.smembers("{sb}:nodes"), "the second node", accept=lambda ids: len(ids - alone) == 1
+        )
+        [second_id] = now - alone
+        # As room placement does when the room moves (its first node was cut off past its lease): the
+        # room's key names the second node, which is alive.
+        await client.set(f"{{sb}}:room:{room}", second_id)
+        with pytest.raises(api.TwirpError) as refused:
+            await create(lkapi, room, "stale")
+        assert refused.value.code == "unavailable" and "held by another node" in refused.value.message
+        # Withdrawn here too: the caller was told it does not exist.
+        assert sorted(d.metadata for d in await lkapi.agent_dispatch.list_dispatch(room)) == ["", "first's"]
+        stored = await client.hgetall(f"{{sb}}:store:{room}")
+        metadata = [json.loads(v)["metadata"] for k, v in stored.items() if k.startswith("dispatch:")]
+        assert sorted(metadata) == ["", "first's"]  # the implicit automatic dispatch, and the first one
+        assert f"dispatch:{kept.id}" in stored
+    finally:
+        await client.aclose()
