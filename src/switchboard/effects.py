@@ -7,11 +7,15 @@ is logged and the others still run (`Runtime`). docs/engine-gateway.md says more
 """
 
 from switchboard.api.dashboard import EVENT_KINDS, Dashboard
+from switchboard.cluster.store import DispatchStore
 from switchboard.core.events import (
     AssignJob,
     DisconnectParticipant,
     DispatchCreated,
+    DispatchDeleted,
+    DispatchReferenced,
     JobEnded,
+    JobQueued,
     JobStarted,
     OfferJob,
     ParticipantJoined,
@@ -39,6 +43,7 @@ def wire_effects(
     dashboard: Dashboard,
     webhooks: Webhooks | None,
     metrics: Metrics | None,
+    store: DispatchStore | None = None,
 ) -> None:
     # Acting: the worker hub (the /agent connections) and the rtc service (the /rtc connections).
     effects.on(OfferJob, hub.offer)
@@ -48,6 +53,18 @@ def wire_effects(
     effects.on(ParticipantUpdated, rtc.participant_updated)
     effects.on(TrackMuted, rtc.track_muted)
     effects.on(SendData, rtc.send_data)
+    # Keeping (redis:): each room's dispatches and job states in the store, written in the background;
+    # the decisions that exist only for it are carried out by nobody else.
+    if store is not None:
+        effects.on(RoomStarted, store.keep)
+        effects.on(RoomClosed, store.keep)
+        effects.on(DispatchCreated, store.keep)
+        effects.on(DispatchReferenced, store.keep)
+        effects.on(DispatchDeleted, store.keep)
+        effects.on(JobQueued, store.keep)
+        effects.on(AssignJob, store.keep)
+        effects.on(JobStarted, store.keep)
+        effects.on(JobEnded, store.keep)
     # Observing: counters and histograms, then webhook events (queued; sent by their own tasks), then the
     # dashboard (its last hour of activity, and the events its open pages are streamed).
     if metrics is not None:

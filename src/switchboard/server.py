@@ -27,6 +27,7 @@ from switchboard.cluster.nodes import NodeDescription, NodeStats
 from switchboard.cluster.ownership import RoomOwnership
 from switchboard.cluster.redis_client import UNREACHABLE
 from switchboard.cluster.relay import SignalRelay, send_everyone_elsewhere
+from switchboard.cluster.store import DispatchStore
 from switchboard.config import DEV_KEYS, Config
 from switchboard.core import ids
 from switchboard.core.engine import Engine
@@ -79,6 +80,7 @@ def build_app(config: Config) -> web.Application:
     room_methods = room_service.methods(runtime, live=rtc)
     dispatch_methods = agent_dispatch_service.methods(runtime)
     cluster = None
+    store = None
     cluster_parts: tuple[TwirpForwarding | SignalRelay, ...] = ()
     url = node_url(config)
     if config.redis.configured:
@@ -86,6 +88,10 @@ def build_app(config: Config) -> web.Application:
             config.redis, config.cluster, server_info.node_id, url, lambda: node_stats(runtime), __version__
         )
         ownership = RoomOwnership(cluster, runtime, partial(send_everyone_elsewhere, rtc))
+        # Persistence: dispatches and job states kept in Redis; a room this node does not hold is restored
+        # from there before a call acts on it here, and CreateDispatch answers once its dispatch is stored.
+        store = DispatchStore(cluster.redis, server_info.node_id, runtime)
+        store.wrap_services(dispatch_methods, room_methods)
         # Rooms are claimed before they are created here, released when they close here (or fail to open).
         runtime.effects.on(RoomClosed, ownership.room_closed)
         room_methods = releasing(room_methods, ownership, "/twirp/livekit.RoomService/")
@@ -95,7 +101,8 @@ def build_app(config: Config) -> web.Application:
         )
         twirp.route = forwarding.route
         relay = SignalRelay(ownership, rtc)
-        app.middlewares.append(relay.middleware)
+        app.middlewares.append(relay.middleware)  # outermost: a join for another node's room goes there
+        app.middlewares.append(store.restoring_joins(verifier))
         cluster_parts = (forwarding, relay)
     nodes: node_service.Nodes = (
         ClusterNodes(cluster, ownership.unreachable)
@@ -118,13 +125,15 @@ def build_app(config: Config) -> web.Application:
     webhooks = None
     if config.webhook.urls:
         webhooks = Webhooks(config.webhook, config.keys[config.webhook.api_key], runtime)
-    wire_effects(runtime.effects, hub, rtc, dashboard, webhooks, metrics)
+    wire_effects(runtime.effects, hub, rtc, dashboard, webhooks, metrics, store)
 
     async def start(app: web.Application) -> None:
         if cluster is not None:
             await cluster.start()  # before serving: a node that cannot reach Redis must not start alone
             for part in cluster_parts:
                 await part.start()
+        if store is not None:
+            await store.start()
         await app[RUNTIME].start()
         if webhooks is not None:
             await webhooks.start()
@@ -133,6 +142,8 @@ def build_app(config: Config) -> web.Application:
         await app[RUNTIME].stop()
         if webhooks is not None:
             await webhooks.stop()  # after the last decisions (rooms closed at shutdown)
+        if store is not None:
+            await store.stop()  # after the last decisions: what they changed is written
         if cluster is not None:
             for part in cluster_parts:
                 await part.stop()

@@ -14,8 +14,10 @@ from switchboard.core.events import (
     Decision,
     DisconnectCause,
     DisconnectParticipant,
+    DispatchDeleted,
     JobContext,
     JobEnded,
+    JobQueued,
     JobStarted,
     OfferJob,
     ParticipantJoined,
@@ -483,7 +485,7 @@ def test_a_running_job_of_a_lost_worker_is_orphaned_then_resumed_on_another_work
     e.tick(6.9)
     assert job.orphaned_at == 2.0 and e.take_decisions() == []
     e.tick(7.0)
-    assert e.take_decisions() == [offer(w2, job, resuming=True)]
+    assert e.take_decisions() == [JobQueued(job), offer(w2, job, resuming=True)]
     assert (job.status, job.restarts, job.orphaned_at) == (JobStatus.OFFERED, 1, None)
     # The new attempt carries no error of its own; the first one's end is kept with its worker.
     assert job.error == "" and job.attempt == 2
@@ -525,7 +527,7 @@ def test_a_failed_job_is_restarted_on_failure_policy() -> None:
     e = make()
     w, job = running(e)
     assert e.job_update(w, job.id, JobUpdate.FAILED, "boom", 5.0)
-    assert e.take_decisions() == [offer(w, job, resuming=True)]
+    assert e.take_decisions() == [JobQueued(job), offer(w, job, resuming=True)]
     assert (job.restarts, job.error, job.started_at) == (1, "", None)
     assert job.attempts[0].error == f"job failed on worker {w}: boom"
     assert job.pending_since == 5.0
@@ -699,7 +701,7 @@ def test_an_assigned_job_not_started_in_time_is_stopped_and_restarted() -> None:
     assert e.take_decisions() == []
     e.tick(11.0)
     # w1 may still be waiting for a process to run it in: its copy is stopped only once another exists.
-    assert e.take_decisions() == [offer(w2, job, resuming=True)]
+    assert e.take_decisions() == [JobQueued(job), offer(w2, job, resuming=True)]
     assert job.attempts[0].error == f"worker {w1} did not start the job within 10s" and job.restarts == 1
     assert e.workers[w1].jobs == set()
     assert e.availability_answer(w2, job.id, ACCEPT, 12.0)
@@ -739,7 +741,7 @@ def test_a_copy_that_starts_late_is_taken_back_while_no_other_copy_exists() -> N
     e.tick(11.0)
     assert (job.status, job.attempt) == (JobStatus.PENDING, 2)
     assert e.job_update(w, job.id, JobUpdate.RUNNING, "", 20.0)
-    assert e.take_decisions() == []
+    assert e.take_decisions() == [JobQueued(job)]  # the restart, from the tick
     assert (job.status, job.worker_id, job.attempt, job.attempts) == (JobStatus.RUNNING, w, 1, [])
     assert job.started_at == 20.0 and job.error == "" and e.workers[w].jobs == {job.id}
 
@@ -764,7 +766,11 @@ def test_deleting_the_dispatch_of_a_running_job_stops_it() -> None:
     e = make()
     w, job = running(e)
     e.delete_dispatch(job.room, job.dispatch_id, 5.0)
-    assert e.take_decisions() == [TerminateJob(w, job.id, "terminated: dispatch deleted"), JobEnded(job)]
+    assert e.take_decisions() == [
+        TerminateJob(w, job.id, "terminated: dispatch deleted"),
+        JobEnded(job),
+        DispatchDeleted(job.room, job.dispatch_id, (job.id,)),
+    ]
     assert (job.status, job.error) == (JobStatus.SUCCEEDED, "terminated: dispatch deleted")
     assert e.jobs == {} and e.workers[w].jobs == set()
 
@@ -789,11 +795,16 @@ def test_deleting_the_dispatch_of_offered_and_assigned_jobs() -> None:
     e.take_decisions()
     e.delete_dispatch("r2", offered.dispatch_id, 2.0)
     # An offer needs no termination, and the worker is free for the next question.
-    assert e.take_decisions() == [offer(w, waiting, resuming=False), JobEnded(offered)]
+    assert e.take_decisions() == [
+        offer(w, waiting, resuming=False),
+        JobEnded(offered),
+        DispatchDeleted("r2", offered.dispatch_id, (offered.id,)),
+    ]
     e.delete_dispatch("r1", assigned.dispatch_id, 2.0)
     assert e.take_decisions() == [
         TerminateJob(w, assigned.id, "terminated: dispatch deleted"),
         JobEnded(assigned),
+        DispatchDeleted("r1", assigned.dispatch_id, (assigned.id,)),
     ]
     assert offered.status is assigned.status is JobStatus.FAILED
     assert not e.availability_answer(w, offered.id, ACCEPT, 3.0)
@@ -975,11 +986,12 @@ def test_a_silent_frameworks_job_whose_agent_lost_its_connection_is_restarted() 
     e.participant_left(job.room, f"agent-{job.id}", 9.0, lost=True)
     assert (job.status, job.attempt, job.retry_at) == (JobStatus.PENDING, 2, 11.0)
     assert job.attempts[0].error == f"agent participant 'agent-{job.id}' lost its connection"
-    # Only what was observed; nothing to carry out while it backs off.
+    # Only what was observed and kept; nothing to carry out while it backs off.
     assert e.take_decisions() == [
         ParticipantJoined(job.room, agent),
         JobStarted(job),
         ParticipantLeft(job.room, agent),
+        JobQueued(job),
     ]
     e.tick(11.0)
     assert offers(e) == [offer(w, job, resuming=True)]

@@ -9,7 +9,9 @@ from switchboard.core.events import (
     DisconnectCause,
     DisconnectParticipant,
     DispatchCreated,
+    DispatchDeleted,
     JobEnded,
+    JobQueued,
     ParticipantJoined,
     ParticipantLeft,
     RoomClosed,
@@ -37,7 +39,11 @@ def test_new_room_gets_sid_defaults_and_the_implicit_automatic_dispatch() -> Non
     assert dispatch.agent_name == "" and dispatch.id.startswith("AD_")
     [job] = dispatch.jobs
     assert job.type is JobType.ROOM and job.status is JobStatus.PENDING and job.id.startswith("AJ_")
-    assert e.take_decisions() == [RoomStarted("r", room.sid), DispatchCreated("r", dispatch.id, "")]
+    assert e.take_decisions() == [
+        RoomStarted("r", room.sid),
+        DispatchCreated("r", dispatch.id, ""),
+        JobQueued(job),
+    ]
 
 
 def test_room_with_agents_has_no_implicit_dispatch_and_keeps_request_values() -> None:
@@ -110,7 +116,7 @@ def test_deleting_a_dispatch_whose_job_ran_ends_it_as_success() -> None:
     e.take_decisions()
     e.delete_dispatch("r", d.id, 3.0)
     assert job.status is JobStatus.SUCCEEDED and job.error == "terminated: dispatch deleted"
-    assert e.take_decisions() == [JobEnded(job)]
+    assert e.take_decisions() == [JobEnded(job), DispatchDeleted("r", d.id, (job.id,))]
 
 
 def test_delete_room_closes_it_and_ends_its_jobs() -> None:

@@ -93,11 +93,12 @@ def test_effects_that_call_the_engine_again_see_their_own_decisions_carried_out(
     ]
 
 
-def test_with_webhooks_and_metrics_on_every_decision_type_has_an_effect_and_actors_come_first() -> None:
+def test_with_webhooks_metrics_and_redis_every_decision_type_has_an_effect_and_actors_come_first() -> None:
     document = {
         "keys": {"key": "a-secret-long-enough-for-hmac-sha256!"},
         "webhook": {"api_key": "key", "urls": ["http://127.0.0.1:9/hook"]},
         "prometheus_port": 9,
+        "redis": {"address": "127.0.0.1:9"},  # the store carries out the decisions that exist for it
     }
     app = build_app(load_config(env={"LIVEKIT_CONFIG": yaml.safe_dump(document)}))
     effects = app[RUNTIME].effects

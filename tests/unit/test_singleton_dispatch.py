@@ -6,7 +6,7 @@ import pytest
 from switchboard.core.dispatch import DispatchSpec
 from switchboard.core.engine import Engine, RoomSpec
 from switchboard.core.errors import NotFound
-from switchboard.core.events import JobEnded, TerminateJob
+from switchboard.core.events import DispatchReferenced, JobEnded, TerminateJob
 from switchboard.core.jobs import JobStatus
 from switchboard.core.workers import JobUpdate
 from tests.unit.test_dispatch_engine import ACCEPT, make, only, person, worker
@@ -33,7 +33,8 @@ def test_three_requests_share_one_dispatch_and_its_agent_goes_with_the_last_refe
     for now, left in ((4.0, 2), (5.0, 1)):
         assert e.delete_dispatch("r", first.id, now) is first
         assert first.references == left and first.deleted_at is None and job.status is JobStatus.RUNNING
-    assert e.take_decisions() == []
+    # Only the count changes (the store keeps it); the agent stays.
+    assert e.take_decisions() == [DispatchReferenced("r", first.id, 2), DispatchReferenced("r", first.id, 1)]
     e.delete_dispatch("r", first.id, 6.0)
     assert first.deleted_at == 6.0 and job.status is JobStatus.SUCCEEDED
     assert only(TerminateJob, e.take_decisions()) == [TerminateJob(w, job.id, "terminated: dispatch deleted")]

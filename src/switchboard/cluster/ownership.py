@@ -128,9 +128,11 @@ class RoomOwnership:
 
     async def _stop_serving(self) -> None:
         # Participants first, with leave RECONNECT (the SDKs rejoin, and land on the room's next owner);
-        # then the rooms close, which tells nobody else since nobody is left.
+        # then the rooms are handed over: they close here, but what the store keeps of them stays, so the
+        # node that takes one over restores its dispatches and runs its jobs again.
         await self._send_elsewhere()
-        self.runtime.call(lambda engine: engine.close_all_rooms(self.runtime.now()))
+        reason = f"handed over: node {self.node_id} lost its lease"
+        self.runtime.call(lambda engine: engine.hand_over_rooms(reason, self.runtime.now()))
 
     def _lease_regained(self) -> None:
         for room in sorted(self._unreleased):

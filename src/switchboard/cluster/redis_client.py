@@ -32,9 +32,9 @@ def connect(settings: RedisSettings) -> Any:
         "socket_timeout": settings.timeout,
         "socket_connect_timeout": settings.timeout,
         "decode_responses": True,
-        # No retries inside a command: a caller waiting on Redis must hear `unavailable` within the
-        # timeout, not after redis-py's backoff (seconds); the lease renews three times per lease anyway.
-        "retry": Retry(NoBackoff(), 0),
+        # One immediate retry (a connection Redis dropped when it restarted fails once), not redis-py's
+        # default of ten with back-off: a call that cannot reach Redis fails within `timeout`.
+        "retry": Retry(NoBackoff(), 1),
     }
     if settings.cluster_addresses:
         nodes = [ClusterNode(*_host_port(a)) for a in settings.cluster_addresses]

@@ -27,8 +27,11 @@ from switchboard.core.events import (
     DisconnectCause,
     DisconnectParticipant,
     DispatchCreated,
+    DispatchDeleted,
+    DispatchReferenced,
     JobContext,
     JobEnded,
+    JobQueued,
     JobStarted,
     OfferJob,
     ParticipantJoined,
@@ -158,7 +161,7 @@ class Engine:
             metadata=spec.metadata,
         )
         self.rooms[room.name] = room
-        self._decisions.append(RoomStarted(room.name, room.sid))
+        self._decisions.append(_room_started(room))
         # A room with no explicit agents gets the implicit automatic dispatch (empty agent name).
         for agent in spec.agents or (DispatchSpec(),):
             self._add_dispatch(room, agent, now)
@@ -175,7 +178,9 @@ class Engine:
         room.metadata = metadata
         return room
 
-    def _close_room(self, room: Room, reason: str, now: float, *, deleted: bool = False) -> None:
+    def _close_room(
+        self, room: Room, reason: str, now: float, *, deleted: bool = False, handed_over: bool = False
+    ) -> None:
         cause = DisconnectCause.ROOM_DELETED if deleted else DisconnectCause.ROOM_CLOSED
         for participant in room.participants.values():
             self._decisions.append(
@@ -190,7 +195,7 @@ class Engine:
             dispatch.deleted_at = now
         del self.rooms[room.name]
         self.history.add(ClosedRoom(room, now, reason))
-        self._decisions.append(RoomClosed(room.name, room.sid, reason))
+        self._decisions.append(RoomClosed(room.name, room.sid, reason, handed_over=handed_over))
 
     def _refuse_new_work(self) -> None:
         if self.draining:
@@ -420,10 +425,12 @@ class Engine:
             raise NotFound("dispatch ID not found")
         if dispatch.references > 1:
             dispatch.references -= 1
+            self._decisions.append(DispatchReferenced(room.name, dispatch.id, dispatch.references))
             return dispatch
         del room.dispatches[dispatch_id]
         dispatch.deleted_at = now
         self._terminate_dispatch_jobs(dispatch, "terminated: dispatch deleted", now)
+        self._decisions.append(DispatchDeleted(room.name, dispatch.id, tuple(j.id for j in dispatch.jobs)))
         return dispatch
 
     def list_dispatches(
@@ -445,6 +452,42 @@ class Engine:
             room = closed.room
         return room
 
+    def restore_room(self, room: Room, dispatches: Iterable[Dispatch], lost: str, now: float) -> Room:
+        """Bring back a room that lived on a node that was lost (killed, or restarted), with its dispatches
+        and their ids, as the store kept them; the live room if there is one already.
+
+        Ended jobs stay as they ended. Each job that was assigned or running lost its attempt (`lost` says
+        why): it runs again if its restart policy allows, else it ends with that reason; its copy, if it
+        still runs somewhere, is taken back instead of run twice (as after a worker's disconnection). A job
+        that was waiting waits again, with a fresh deadline. The participants were cut off with their node:
+        they have the departure timeout to come back before the room closes.
+        """
+        existing = self.rooms.get(room.name)
+        if existing is not None:
+            return existing
+        self._refuse_new_work()
+        room.participants.clear()
+        room.last_departure_at = now
+        self.rooms[room.name] = room
+        self._decisions.append(_room_started(room, restored=True))
+        for dispatch in dispatches:
+            room.dispatches[dispatch.id] = dispatch
+            for job in dispatch.jobs:
+                if not job.ended:
+                    self._resume_lost(job, lost, now)
+        return room
+
+    def _resume_lost(self, job: Job, lost: str, now: float) -> None:
+        self.jobs[job.id] = job
+        job.orphaned_at = None
+        if job.status in (JobStatus.ASSIGNED, JobStatus.RUNNING):
+            self._failed(job, lost, now, copy_may_live=True)
+            return
+        # Waiting (or offered, and the answer lost with the node): in line again, as if just launched.
+        job.status, job.worker_id, job.retry_at, job.pending_since = JobStatus.PENDING, "", None, now
+        self._decisions.append(JobQueued(job))
+        self._queue(job, now)
+
     def _add_dispatch(self, room: Room, spec: DispatchSpec, now: float) -> Dispatch:
         """Add the dispatch and launch its jobs; for a singleton agent that the room already has a live
         dispatch of, count one more reference to that one instead."""
@@ -452,10 +495,13 @@ class Engine:
             for existing in room.dispatches.values():
                 if existing.agent_name == spec.agent_name and existing.live:
                     existing.references += 1
+                    self._decisions.append(DispatchReferenced(room.name, existing.id, existing.references))
                     return existing
         dispatch = Dispatch(id=ids.new_id(ids.DISPATCH), room=room.name, spec=spec, created_at=now)
         room.dispatches[dispatch.id] = dispatch
-        self._decisions.append(DispatchCreated(room.name, dispatch.id, spec.agent_name))
+        self._decisions.append(
+            DispatchCreated(room.name, dispatch.id, spec.agent_name, spec=spec, created_at=now)
+        )
         self._launch(dispatch, JobType.ROOM, now)
         for participant in room.participants.values():
             if not participant.dependent:
@@ -507,6 +553,7 @@ class Engine:
         )
         dispatch.jobs.append(job)
         self.jobs[job.id] = job
+        self._decisions.append(JobQueued(job))
         self._queue(job, now)
 
     def _key(self, job: Job) -> WorkerKey:
@@ -609,6 +656,7 @@ class Engine:
             self._stop_earlier_copy(job)  # only one earlier copy is ever kept track of
             backoff = min(s.restart_backoff * 2**job.restarts, s.restart_backoff_max)
             job.requeue(reason, now, now + backoff if backoff > 0 else None, copy_may_live=copy_may_live)
+            self._decisions.append(JobQueued(job))
             self._queue(job, now)
             return
         if retry and job.restarts:
@@ -897,6 +945,13 @@ class Engine:
         for job in list(self.jobs.values()):
             self._terminate(job, "terminated: server shut down", now)
 
+    def hand_over_rooms(self, reason: str, now: float) -> None:
+        """This node may no longer act for its rooms (it lost its lease): each closes here, participants
+        disconnected and workers told to stop its jobs, but what the store keeps of it stays as it was, so
+        the node that takes it over restores it and runs its jobs again."""
+        for room in list(self.rooms.values()):
+            self._close_room(room, reason, now, handed_over=True)
+
     def close_all_rooms(self, now: float) -> None:
         """The server stops: every room closes, its participants disconnected (nobody waits for a timeout)."""
         for room in list(self.rooms.values()):
@@ -977,3 +1032,16 @@ class Engine:
         s = self.settings
         workers = self._workers_by_key.get(self._key(job), {}).values()
         return tuple(worker_verdict(job, w, s.load_threshold, s.availability_timeout) for w in workers)
+
+
+def _room_started(room: Room, *, restored: bool = False) -> RoomStarted:
+    return RoomStarted(
+        room.name,
+        room.sid,
+        created_at=room.created_at,
+        empty_timeout=room.empty_timeout,
+        departure_timeout=room.departure_timeout,
+        max_participants=room.max_participants,
+        metadata=room.metadata,
+        restored=restored,
+    )

@@ -12,6 +12,14 @@ from switchboard.core.rooms import Participant, Room, Track
 class RoomStarted:
     room: str
     sid: str
+    # What the room was created with, for the store; equality and matching stay on room and sid.
+    created_at: float = field(default=0.0, kw_only=True, compare=False)
+    empty_timeout: int = field(default=0, kw_only=True, compare=False)
+    departure_timeout: int = field(default=0, kw_only=True, compare=False)
+    max_participants: int = field(default=0, kw_only=True, compare=False)
+    metadata: str = field(default="", kw_only=True, compare=False)
+    restored: bool = field(default=False, kw_only=True, compare=False)
+    """Brought back from the store (its node was lost): its dispatches came with it."""
 
 
 @dataclass(frozen=True)
@@ -19,6 +27,9 @@ class RoomClosed:
     room: str
     sid: str
     reason: str
+    handed_over: bool = field(default=False, kw_only=True, compare=False)
+    """Closed here only (its node lost its lease): the store keeps its record, as it was, for the node
+    that takes the room over."""
 
 
 @dataclass(frozen=True)
@@ -28,6 +39,36 @@ class DispatchCreated:
     room: str
     dispatch_id: str
     agent_name: str
+    # What the store keeps of it; equality stays on the three above.
+    spec: DispatchSpec = field(default_factory=DispatchSpec, kw_only=True, compare=False)
+    created_at: float = field(default=0.0, kw_only=True, compare=False)
+
+
+@dataclass(frozen=True)
+class DispatchReferenced:
+    """A singleton agent's dispatch is shared by one request more, or one less (DeleteDispatch)."""
+
+    room: str
+    dispatch_id: str
+    references: int
+
+
+@dataclass(frozen=True)
+class DispatchDeleted:
+    """The dispatch left its room (DeleteDispatch); its jobs ended first."""
+
+    room: str
+    dispatch_id: str
+    job_ids: tuple[str, ...]
+    """Its jobs, which the store forgets with it."""
+
+
+@dataclass(frozen=True)
+class JobQueued:
+    """A job waits for a worker: just launched, or restarted after an attempt failed (its attempts say
+    why). Offers and refusals are not decisions of their own: the job stays pending meanwhile."""
+
+    job: Job
 
 
 @dataclass(frozen=True)
@@ -171,6 +212,9 @@ Decision = (
     RoomStarted
     | RoomClosed
     | DispatchCreated
+    | DispatchReferenced
+    | DispatchDeleted
+    | JobQueued
     | JobEnded
     | JobStarted
     | ParticipantJoined

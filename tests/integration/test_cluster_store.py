@@ -1,0 +1,286 @@
+"""Persistence and recovery with `redis:`: acknowledged dispatches and their jobs' states survive a node's
+`kill -9` and a Redis restart (real redis-server, real switchboard processes, livekit-api, livekit-agents)."""
+
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from livekit import api, rtc
+from livekit.protocol import agent
+
+from tests.agent_workers import AgentWorker, registered
+from tests.cluster_nodes import kill_node, start_node
+from tests.conftest import Server, stop_server
+from tests.polling import eventually
+from tests.redis_server import RedisServer
+
+DISPATCHES = 50
+ROOMS = 5
+NODE = {"agents": {"restart_backoff": 0.1, "pending_timeout": 120}}
+"""Restored jobs go back to their workers at once; no job gives up waiting while a test restarts things."""
+
+
+@pytest.fixture(scope="module")
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def nodes(redis: RedisServer, tmp_path: Path) -> Iterator[Any]:
+    """Start nodes on the module's Redis; whichever still runs at the end is stopped."""
+    started: list[Server] = []
+
+    def start() -> Server:
+        started.append(start_node(tmp_path / f"node{len(started)}", redis, NODE))
+        return started[-1]
+
+    yield start
+    for node in started:
+        if node.process.poll() is None:
+            stop_server(node)
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[Any]:
+    """Real livekit-agents workers (thread executor: fifty jobs in one process), killed at the end."""
+    started: list[AgentWorker] = []
+
+    def start(node: Server, agent_name: str, behaviour: str) -> AgentWorker:
+        directory = tmp_path / f"worker{len(started)}"
+        started.append(AgentWorker(node, directory, agent_name, behaviour, executor="thread"))
+        return started[-1]
+
+    yield start
+    for worker in started:
+        worker.kill()
+
+
+async def dispatches_of(lkapi: api.LiveKitAPI, rooms: list[str]) -> dict[str, Any]:
+    found = {}
+    for room in rooms:
+        for dispatch in await lkapi.agent_dispatch.list_dispatch(room):
+            found[dispatch.id] = dispatch
+    return found
+
+
+def current_jobs(dispatches: dict[str, Any]) -> dict[str, Any]:
+    """Each dispatch's current job (the last entry: earlier attempts come first, with the job's id)."""
+    return {dispatch_id: d.state.jobs[-1] for dispatch_id, d in dispatches.items() if d.state.jobs}
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[Any]:
+    """livekit-api clients of given nodes, closed at the end."""
+    opened: list[api.LiveKitAPI] = []
+
+    async def open_(node: Server) -> api.LiveKitAPI:
+        opened.append(api.LiveKitAPI(node.http_url, node.api_key, node.api_secret))
+        return opened[-1]
+
+    yield open_
+    for lkapi in opened:
+        await lkapi.aclose()
+
+
+async def test_acknowledged_dispatches_survive_a_kill_and_their_jobs_run_again(
+    nodes: Any, workers: Any, clients: Any
+) -> None:
+    first = nodes()
+    lkapi = await clients(first)
+    rooms = [f"kept-{i}" for i in range(ROOMS)]
+    # A job that ends before the kill: it must stay ended.
+    quick = workers(first, "quick", "shutdown")
+    finished = await lkapi.agent_dispatch.create_dispatch(
+        api.CreateAgentDispatchRequest(room=rooms[0], agent_name="quick")
+    )
+    await eventually(
+        lambda: current_status(lkapi, rooms[0], finished.id),
+        "the quick job ended",
+        accept=agent.JS_SUCCESS.__eq__,
+    )
+    quick.kill()
+    # Fifty jobs running on a real worker when the node is killed.
+    keeper = workers(first, "keeper", "hang")
+    created = {}
+    for i in range(DISPATCHES):
+        dispatch = await lkapi.agent_dispatch.create_dispatch(
+            api.CreateAgentDispatchRequest(room=rooms[i % ROOMS], agent_name="keeper", metadata=f"m{i}")
+        )
+        created[dispatch.id] = dispatch
+    await eventually(
+        lambda: running(lkapi, rooms), f"{DISPATCHES} jobs running", accept=lambda n: n == DISPATCHES
+    )
+    # Each room also has its implicit automatic dispatch (no worker for it here): kept as well.
+    listed = await dispatches_of(lkapi, rooms)
+    before = current_jobs(listed)
+    kill_node(first)
+    keeper.kill()
+
+    second = nodes()
+    lkapi = await clients(second)
+    found = await dispatches_of(lkapi, rooms)
+    assert set(found) == set(listed) and set(created) | {finished.id} < set(found)
+    for dispatch_id, dispatch in created.items():
+        restored = found[dispatch_id]
+        assert (restored.agent_name, restored.metadata, restored.room) == (
+            "keeper",
+            dispatch.metadata,
+            dispatch.room,
+        )
+        [lost, again] = restored.state.jobs
+        assert lost.id == again.id == before[dispatch_id].id
+        assert lost.state.status == agent.JS_FAILED and lost.state.error.startswith("node lost: node ND_")
+        assert again.state.status == agent.JS_PENDING
+    [done] = found[finished.id].state.jobs
+    assert done.state.status == agent.JS_SUCCESS
+
+    # Workers of both agents on the new node: every kept job runs again there, the ended one does not.
+    quick_again = workers(second, "quick", "shutdown")
+    keeper_again = workers(second, "keeper", "hang")
+    await registered(second, "quick")
+    await eventually(
+        lambda: running(lkapi, rooms), f"{DISPATCHES} jobs running again", accept=lambda n: n == DISPATCHES
+    )
+    assert set(keeper_again.jobs()) == {before[dispatch_id].id for dispatch_id in created}
+    assert quick_again.jobs() == {}
+    after = await dispatches_of(lkapi, rooms)
+    assert after[finished.id].state.jobs[-1].state.status == agent.JS_SUCCESS
+    for dispatch_id in created:
+        lost, again = after[dispatch_id].state.jobs
+        assert lost.state.error.startswith("node lost") and again.state.status == agent.JS_RUNNING
+
+
+async def test_while_redis_is_down_create_dispatch_is_unavailable_and_nothing_acknowledged_is_lost(
+    redis: RedisServer, nodes: Any, clients: Any
+) -> None:
+    node = nodes()
+    lkapi = await clients(node)
+    room = "outage"
+    for i in range(3):
+        await create(lkapi, room, f"before-{i}")
+    kept = {d.id: d.metadata for d in await lkapi.agent_dispatch.list_dispatch(room)}  # with the implicit one
+    redis.stop()
+    for attempt in range(3):
+        started = time.monotonic()
+        with pytest.raises(api.TwirpError) as refused:
+            await create(lkapi, room, f"during-{attempt}")
+        assert refused.value.code == "unavailable"
+        assert "redis is unreachable" in refused.value.message
+        assert time.monotonic() - started < 2.0
+    # Rooms already running go on: their dispatches are listed from memory.
+    assert {d.id: d.metadata for d in await lkapi.agent_dispatch.list_dispatch(room)} == kept
+    redis.start()
+    after = await eventually(lambda: create_or_none(lkapi, room, "after"), "CreateDispatch working again")
+    kept[after.id] = "after"
+    # What was acknowledged is in Redis: a node that replaces this one finds exactly that.
+    kill_node(node)
+    replacement = await clients(nodes())
+    # Any call on the room brings it back (here RoomService's: the room exists, nobody is in it yet).
+    listed = await replacement.room.list_participants(api.ListParticipantsRequest(room=room))
+    assert list(listed.participants) == []
+    found = await replacement.agent_dispatch.list_dispatch(room)
+    assert {d.id: d.metadata for d in found} == kept
+
+
+async def create(lkapi: api.LiveKitAPI, room: str, metadata: str) -> Any:
+    return await lkapi.agent_dispatch.create_dispatch(
+        api.CreateAgentDispatchRequest(room=room, agent_name="absent", metadata=metadata)
+    )
+
+
+async def create_or_none(lkapi: api.LiveKitAPI, room: str, metadata: str) -> Any:
+    try:
+        return await create(lkapi, room, metadata)
+    except api.TwirpError as exc:
+        assert exc.code == "unavailable"
+        return None
+
+
+async def current_status(lkapi: api.LiveKitAPI, room: str, dispatch_id: str) -> Any:
+    dispatch = await lkapi.agent_dispatch.get_dispatch(dispatch_id, room)
+    jobs = dispatch.state.jobs if dispatch else []
+    return jobs[-1].state.status if jobs else None
+
+
+async def running(lkapi: api.LiveKitAPI, rooms: list[str]) -> int:
+    jobs = current_jobs(await dispatches_of(lkapi, rooms))
+    return sum(
+        1 for job in jobs.values() if job.state.status == agent.JS_RUNNING and job.agent_name == "keeper"
+    )
+
+
+async def test_a_participant_rejoining_after_its_rooms_node_died_finds_the_room_and_its_agent_again(
+    nodes: Any, workers: Any, clients: Any
+) -> None:
+    first = nodes()
+    lkapi = await clients(first)
+    room_name = "rejoined"
+    workers(first, "stayer", "stay")
+    dispatch = await lkapi.agent_dispatch.create_dispatch(
+        api.CreateAgentDispatchRequest(room=room_name, agent_name="stayer", metadata="kept")
+    )
+    person = rtc.Room()
+    await person.connect(first.ws_url, first.join_token(room_name, "person"))
+    await eventually(lambda: agents_in(person), "the agent in the room", accept=lambda n: n == 1)
+    [job] = (await lkapi.agent_dispatch.get_dispatch(dispatch.id, room_name)).state.jobs
+    kill_node(first)
+    await person.disconnect()
+
+    second = nodes()
+    workers(second, "stayer", "stay")
+    again = rtc.Room()
+    try:
+        # The participant's reconnect (here: to the node that replaced the dead one) brings the room back.
+        await again.connect(second.ws_url, second.join_token(room_name, "person"))
+        await eventually(lambda: agents_in(again), "the agent back in the room", accept=lambda n: n == 1)
+    finally:
+        await again.disconnect()
+    lkapi = await clients(second)
+    restored = await lkapi.agent_dispatch.get_dispatch(dispatch.id, room_name)
+    assert restored is not None and (restored.agent_name, restored.metadata) == ("stayer", "kept")
+    lost, running_again = restored.state.jobs
+    assert lost.id == running_again.id == job.id and lost.state.error.startswith("node lost")
+    assert running_again.state.status == agent.JS_RUNNING
+
+
+def agents_in(room: rtc.Room) -> int:
+    kind = rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
+    return sum(1 for p in room.remote_participants.values() if p.kind == kind)
+
+
+async def test_a_node_does_not_overwrite_the_record_of_a_room_another_live_node_holds(
+    redis: RedisServer, nodes: Any, clients: Any
+) -> None:
+    first = nodes()
+    lkapi = await clients(first)
+    room = "contested"
+    kept = await create(lkapi, room, "first's")
+    client = aioredis.Redis(host="127.0.0.1", port=redis.port, decode_responses=True)
+    try:
+        alone = await client.smembers("{sb}:nodes")
+        nodes()
+        now = await eventually(
+            lambda: client.smembers("{sb}:nodes"), "the second node", accept=lambda ids: len(ids - alone) == 1
+        )
+        [second_id] = now - alone
+        # As room placement does when the room moves (its first node was cut off past its lease): the
+        # room's key names the second node, which is alive.
+        await client.set(f"{{sb}}:room:{room}", second_id)
+        with pytest.raises(api.TwirpError) as refused:
+            await create(lkapi, room, "stale")
+        assert refused.value.code == "unavailable" and "held by another node" in refused.value.message
+        # Withdrawn here too: the caller was told it does not exist.
+        assert sorted(d.metadata for d in await lkapi.agent_dispatch.list_dispatch(room)) == ["", "first's"]
+        stored = await client.hgetall(f"{{sb}}:store:{room}")
+        metadata = [json.loads(v)["metadata"] for k, v in stored.items() if k.startswith("dispatch:")]
+        assert sorted(metadata) == ["", "first's"]  # the implicit automatic dispatch, and the first one
+        assert f"dispatch:{kept.id}" in stored
+    finally:
+        await client.aclose()
