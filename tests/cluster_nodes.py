@@ -1,11 +1,16 @@
 """Several `switchboard serve` processes sharing one real redis-server: the cluster tests' deployment."""
 
+import json
 import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import redis.asyncio as aioredis
+
+from switchboard.cluster.redis_client import PREFIX
 from tests.conftest import Server, start_server, stop_server
+from tests.polling import eventually
 from tests.redis_server import RedisServer
 
 LEASE = 1.5
@@ -52,6 +57,21 @@ def kill_node(node: Server) -> None:
     """`kill -9`: no drain, no goodbye to Redis; the others find out when its lease lapses."""
     node.process.send_signal(signal.SIGKILL)
     node.process.wait()
+
+
+async def dead_to_the_others(redis: RedisServer, node: Server) -> None:
+    """Wait until `node`'s lease has lapsed in Redis: until then its rooms are still its own (calls on them
+    answer `unavailable`), after it the next call or join brings them back on a live node."""
+    client = aioredis.Redis(host="127.0.0.1", port=redis.port, decode_responses=True)
+
+    async def listed() -> bool:
+        described = [await client.get(key) for key in await client.keys(PREFIX + "node:*")]
+        return any(d is not None and json.loads(d)["url"] == node.http_url for d in described)
+
+    try:
+        await eventually(listed, f"the lease of {node.http_url} to lapse", accept=lambda alive: not alive)
+    finally:
+        await client.aclose()
 
 
 def stop_cluster(cluster: Cluster) -> None:

@@ -13,7 +13,7 @@ from livekit import api, rtc
 from livekit.protocol import agent
 
 from tests.agent_workers import AgentWorker, registered
-from tests.cluster_nodes import kill_node, start_node
+from tests.cluster_nodes import dead_to_the_others, kill_node, start_node
 from tests.conftest import Server, stop_server
 from tests.polling import eventually
 from tests.redis_server import RedisServer
@@ -90,7 +90,7 @@ async def clients() -> AsyncIterator[Any]:
 
 
 async def test_acknowledged_dispatches_survive_a_kill_and_their_jobs_run_again(
-    nodes: Any, workers: Any, clients: Any
+    redis: RedisServer, nodes: Any, workers: Any, clients: Any
 ) -> None:
     first = nodes()
     lkapi = await clients(first)
@@ -122,6 +122,7 @@ async def test_acknowledged_dispatches_survive_a_kill_and_their_jobs_run_again(
     before = current_jobs(listed)
     kill_node(first)
     keeper.kill()
+    await dead_to_the_others(redis, first)
 
     second = nodes()
     lkapi = await clients(second)
@@ -181,6 +182,7 @@ async def test_while_redis_is_down_create_dispatch_is_unavailable_and_nothing_ac
     kept[after.id] = "after"
     # What was acknowledged is in Redis: a node that replaces this one finds exactly that.
     kill_node(node)
+    await dead_to_the_others(redis, node)
     replacement = await clients(nodes())
     # Any call on the room brings it back (here RoomService's: the room exists, nobody is in it yet).
     listed = await replacement.room.list_participants(api.ListParticipantsRequest(room=room))
@@ -217,7 +219,7 @@ async def running(lkapi: api.LiveKitAPI, rooms: list[str]) -> int:
 
 
 async def test_a_participant_rejoining_after_its_rooms_node_died_finds_the_room_and_its_agent_again(
-    nodes: Any, workers: Any, clients: Any
+    redis: RedisServer, nodes: Any, workers: Any, clients: Any
 ) -> None:
     first = nodes()
     lkapi = await clients(first)
@@ -232,6 +234,7 @@ async def test_a_participant_rejoining_after_its_rooms_node_died_finds_the_room_
     [job] = (await lkapi.agent_dispatch.get_dispatch(dispatch.id, room_name)).state.jobs
     kill_node(first)
     await person.disconnect()
+    await dead_to_the_others(redis, first)
 
     second = nodes()
     workers(second, "stayer", "stay")
