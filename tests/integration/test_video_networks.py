@@ -1,10 +1,11 @@
 """Video across real network paths, with the Python SDK: cameras seen through a TURN server (Debian's
-coturn, started here) by participants that may only relay, and a viewer whose path loses everything for
-a while and recovers with a keyframe it asks for."""
+coturn, started here) by participants that may only relay, a viewer whose path loses everything for a
+while and recovers with a keyframe it asks for, and cameras seen both ways across a resume."""
 
 import asyncio
 import contextlib
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -35,6 +36,7 @@ from tests.integration.test_video import (
 )
 from tests.isolated_participant import selected_local_candidates
 from tests.polling import eventually
+from tests.signal_proxy import SignalProxy
 
 # aiortc's sender keeps its last 128 RTP packets for retransmissions (`aiortc.rtp.RTP_HISTORY_SIZE`): a
 # viewer that lost more than that cannot be repaired by NACKs, only by a keyframe.
@@ -215,3 +217,45 @@ async def test_a_viewer_whose_path_loses_everything_for_a_while_recovers_with_a_
     assert plis_received > 0, "no keyframe request reached the publisher"
     assert got_after.inbound.key_frames_decoded > got_before.inbound.key_frames_decoded
     assert received.size == (WIDTH, HEIGHT) and close_to(received.colour, ORANGE)
+
+
+async def test_cameras_are_seen_both_ways_after_a_resume(tmp_path: Path) -> None:
+    """alice signals through a TCP proxy that is cut as a network blip would cut it: her SDK resumes (with
+    the ICE restart it asks for) and keeps its subscription; her camera still reaches bob, and bob's
+    reaches her again, both at their size and colour."""
+    blue = (20, 60, 220)
+    room = f"video-resume-{uuid.uuid4().hex[:8]}"
+    with switchboard(tmp_path, {}) as server:
+        async with SignalProxy.to(server) as proxy:
+            alice = Viewer("alice")
+            resumed: list[float] = []
+            alice.room.on("reconnected", lambda: resumed.append(time.monotonic()))
+            await alice.room.connect(proxy.url, server.join_token(room, "alice"))
+            bob = await watch(server, room, "bob", rtc.RoomOptions())
+            cameras = [Camera(alice.room, ORANGE, WIDTH, HEIGHT), Camera(bob.room, blue, 320, 240)]
+            try:
+                alice_camera, bob_camera = [await camera.publish(simulcast=False) for camera in cameras]
+                at_bob = await eventually(lambda: bob.tracks.get(alice_camera.sid), "alice's camera at bob")
+                at_alice = await eventually(lambda: alice.tracks.get(bob_camera.sid), "bob's camera at alice")
+                await eventually(lambda: min(at_bob.frames, at_alice.frames) >= FPS, "video both ways")
+                sid = alice.room.local_participant.sid
+
+                cut_at = time.monotonic()
+                proxy.cut()
+                await eventually(lambda: resumed, "alice's SDK to resume")
+                frames = (at_bob.frames, at_alice.frames)
+                await eventually(
+                    lambda: at_bob.frames >= frames[0] + FPS and at_alice.frames >= frames[1] + FPS,
+                    "a second of video both ways after the resume",
+                    FRAME_DEADLINE,
+                )
+                print(f"\nvideo resume: resumed {resumed[0] - cut_at:.2f} s after the cut")
+                assert alice.room.local_participant.sid == sid, "a resume keeps the participant sid"
+                assert alice.tracks[bob_camera.sid] is at_alice, "a resume keeps the subscription"
+            finally:
+                for camera in cameras:
+                    camera.stop()
+                await alice.close()
+                await bob.close()
+    assert at_bob.size == (WIDTH, HEIGHT) and close_to(at_bob.colour, ORANGE)
+    assert at_alice.size == (320, 240) and close_to(at_alice.colour, blue)
