@@ -924,7 +924,7 @@ async def video_on_wire(
     intervals = sorted(b.first - a.first for a, b in itertools.pairwise(ingress))
     largest = max(ingress, key=lambda f: f.size, default=None)
     return {
-        # The keyframes the late joiners asked for are the largest frames: libwebrtc paces them out.
+        # A keyframe (asked for by each late joiner) can be larger than the rest, and take longer to send.
         "largest_frame": {"bytes": largest.size, "ms": (largest.last - largest.first) * 1000}
         if largest
         else None,
@@ -1230,8 +1230,8 @@ def print_video(r: dict[str, Any]) -> None:
         for text in (
             "  on the wire (one subscriber, a raw socket on lo as in the latency phase, a few seconds and",
             "  during the late joins below): each relayed frame paired with its source frame by RTP",
-            "  timestamp. The server reassembles a whole frame before it relays it, and aiortc's jitter",
-            "  buffer releases a frame once the next one's first packet came: about one frame interval",
+            "  timestamp. The server reassembles a whole frame before it relays it (the frame is complete",
+            "  with its last packet, the RTP marker bit), then packetizes it again",
         ):
             print(text)
         print_timings(
@@ -1249,8 +1249,8 @@ def print_video(r: dict[str, Any]) -> None:
         if wire.get("largest_frame"):
             big = wire["largest_frame"]
             print(
-                f"  largest frame from the publisher (a keyframe): {big['bytes'] / 1000:.0f} kB, "
-                f"{ms(big['ms'])} ms from its first packet to its last (libwebrtc paces it out)"
+                f"  largest frame from the publisher: {big['bytes'] / 1000:.0f} kB, "
+                f"{ms(big['ms'])} ms from its first packet to its last"
             )
         if wire["capture"]:
             print(f"  note: {wire['capture']}")
@@ -1317,7 +1317,7 @@ def check_lines(results: dict[str, Any]) -> list[tuple[str, bool | None]]:
         text += f", max {ms(after['max'])} ms"
         floor = f"floor: one frame interval, {1000 / VIDEO_FPS:.0f} ms"
         if wire.get("largest_frame"):
-            floor += f", plus a keyframe's {ms(wire['largest_frame']['ms'])} ms on the wire"
+            floor += f", plus the largest frame's {ms(wire['largest_frame']['ms'])} ms on the wire"
         lines.append(
             (f"{text} ({floor}; target ≤ {TARGET_LATE_JOIN_MS:g} ms)", after["max"] <= TARGET_LATE_JOIN_MS)
         )
