@@ -8,18 +8,23 @@ Four phases, each printed with its target:
   latency   one-way audio latency: end to end (capture_frame → AudioStream) and, on the wire, the time a
             packet spends in the server (its arrival on loopback → its relayed copy's departure);
   capacity  audio publishers one server core carries before a listener subscribed to all of them sees
-            gaps, or the server's core is full.
+            gaps, or the server's core is full;
+  video     one 1280x720 VP8 camera at LiveKit's 720p bitrate: server CPU per subscribed stream (0, 1, 4
+            subscribers decoding it), the time a frame spends in the server on the wire, and the time from
+            a late join to its first decoded frame.
 
 The script starts its own server pinned to one CPU (media on loopback: `rtc.ice_addresses: [127.0.0.1]`)
 and runs every client in this process (the SDK's libwebrtc threads included) pinned to another CPU, so
 client CPU is reported too: a saturated client makes a figure a bound, and the report says so.
 
-    .venv/bin/python bench/rtc.py [--phases connect,relay,latency,capacity] [--joins N] [--json]
+    .venv/bin/python bench/rtc.py [--phases connect,relay,latency,capacity,video] [--joins N] [--json]
 """
 
+import abc
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -31,10 +36,10 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import astuple, dataclass, field
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any
+from typing import Any, Protocol, Self, TypeVar
 
 import numpy as np
 from livekit import rtc
@@ -54,7 +59,7 @@ from common import (
 from switchboard.auth.grants import VideoGrant
 from switchboard.auth.tokens import mint_token
 
-PHASES = ("connect", "relay", "latency", "capacity")
+PHASES = ("connect", "relay", "latency", "capacity", "video")
 RATE = 48000
 FRAME = 480  # samples in a 10 ms frame: what capture_frame is fed and what AudioStream yields
 FRAME_S = FRAME / RATE
@@ -72,6 +77,20 @@ TARGET_ADDED_MS = 40.0
 SERVER_FULL = 0.95  # the capacity phase stops when the server uses this much of its core
 CLIENT_NEARLY_FULL = 0.8  # said in the capacity verdict: a bigger room would be client-bound
 GAP = 0.02  # ... or when the listener gets this fraction fewer packets or frames than were sent
+
+# The video phase's camera: LiveKit's 720p preset (livekit-client `VideoPresets.h720`: 1.7 Mbit/s, 30 fps).
+VIDEO_WIDTH, VIDEO_HEIGHT = 1280, 720
+VIDEO_FPS = 30
+VIDEO_MAX_BITRATE = 1_700_000
+VIDEO_DISTINCT_FRAMES = 8
+# libwebrtc starts at 300 kbit/s and raises its estimate from the server's REMB by about 8 % a second
+# (aiortc has no transport-wide congestion control): the rows wait until it is near the maximum.
+VIDEO_RAMP = 0.9
+VIDEO_RAMP_DEADLINE = 60.0
+TARGET_LATE_JOIN_MS = 1000.0  # issue 13: "a late joiner sees a picture within a second"
+# libwebrtc's sender ignores keyframe requests within 300 ms of its last keyframe (EncoderRtcpFeedback,
+# kMinKeyframeSendIntervalMs): late joiners one right after the other would measure that, not a late join.
+LATE_JOIN_GAP = 1.0
 
 WARMUP_JOINS = 2  # the first join loads libwebrtc into this process; not a server cost
 SUBSCRIBE_DEADLINE = 15.0
@@ -183,48 +202,74 @@ class Client:
             await self.room.disconnect()
 
 
-class Tone:
-    """One AudioSource fed 10 ms frames in real time (paced on the monotonic clock, no queue in the SDK).
-    Every `period` frames it plays `burst` frames of a 1 kHz tone, else silence; period == burst is a
-    continuous tone. One source may feed the tracks of several rooms: each encodes and sends it."""
+class PacedSource(abc.ABC):
+    """A media source fed one frame every `interval` seconds in real time, paced on the monotonic clock
+    (no queue in the SDK); `late` counts frames handed over more than a frame late: this process could not
+    keep real time."""
 
-    def __init__(self, period: int = 1, burst: int = 1) -> None:
-        self.source = rtc.AudioSource(RATE, 1, queue_size_ms=0)
-        self.period, self.burst = period, burst
+    interval: float
+
+    def __init__(self) -> None:
         self.frames = 0
-        self.late = 0  # frames sent more than a frame late: this process could not keep real time
-        self.onsets: list[float] = []  # monotonic time each burst's first frame was handed to the SDK
+        self.late = 0
         self._task: asyncio.Future[None] | None = None
-
-    async def publish(self, client: Client, name: str = "microphone") -> rtc.LocalTrackPublication:
-        track = rtc.LocalAudioTrack.create_audio_track(name, self.source)
-        options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE, dtx=False)
-        return await client.room.local_participant.publish_track(track, options)
 
     def start(self) -> None:
         self._task = asyncio.ensure_future(self._run())
 
     async def _run(self) -> None:
-        tone = rtc.AudioFrame(TONE, RATE, 1, FRAME)
-        silence = rtc.AudioFrame(SILENCE, RATE, 1, FRAME)
         start = time.monotonic()
         while True:
-            delay = start + self.frames * FRAME_S - time.monotonic()
+            delay = start + self.frames * self.interval - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            elif delay < -FRAME_S:
+            elif delay < -self.interval:
                 self.late += 1
-            phase = self.frames % self.period
-            if phase == 0 and self.burst < self.period:
-                self.onsets.append(time.monotonic())
-            await self.source.capture_frame(tone if phase < self.burst else silence)
+            await self._capture(self.frames)
             self.frames += 1
+
+    @abc.abstractmethod
+    async def _capture(self, index: int) -> None:
+        """Hand frame number `index` to the SDK."""
+
+    @abc.abstractmethod
+    async def _close(self) -> None: ...
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        await self._close()
+
+
+class Tone(PacedSource):
+    """One AudioSource fed 10 ms frames. Every `period` frames it plays `burst` frames of a 1 kHz tone,
+    else silence; period == burst is a continuous tone. One source may feed the tracks of several rooms:
+    each encodes and sends it."""
+
+    interval = FRAME_S
+
+    def __init__(self, period: int = 1, burst: int = 1) -> None:
+        super().__init__()
+        self.source = rtc.AudioSource(RATE, 1, queue_size_ms=0)
+        self.period, self.burst = period, burst
+        self.onsets: list[float] = []  # monotonic time each burst's first frame was handed to the SDK
+        self._tone = rtc.AudioFrame(TONE, RATE, 1, FRAME)
+        self._silence = rtc.AudioFrame(SILENCE, RATE, 1, FRAME)
+
+    async def publish(self, client: Client, name: str = "microphone") -> rtc.LocalTrackPublication:
+        track = rtc.LocalAudioTrack.create_audio_track(name, self.source)
+        options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE, dtx=False)
+        return await client.room.local_participant.publish_track(track, options)
+
+    async def _capture(self, index: int) -> None:
+        phase = index % self.period
+        if phase == 0 and self.burst < self.period:
+            self.onsets.append(time.monotonic())
+        await self.source.capture_frame(self._tone if phase < self.burst else self._silence)
+
+    async def _close(self) -> None:
         await self.source.aclose()
 
 
@@ -308,8 +353,15 @@ async def phase_connect(env: Env, joins: int) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- delivery
 
 
+class Counters:
+    """Cumulative counts (a dataclass of numbers); `minus` gives what was counted between two readings."""
+
+    def minus(self, other: Self) -> Self:
+        return type(self)(*(a - b for a, b in zip(vars(self).values(), vars(other).values(), strict=True)))
+
+
 @dataclass(frozen=True)
-class Totals:
+class Totals(Counters):
     """What subscribers got so far, summed: from their inbound-rtp stats and from their AudioStreams."""
 
     packets: int = 0
@@ -318,9 +370,6 @@ class Totals:
     concealed: int = 0  # samples the decoder invented for missing packets (silent ones aside)
     frames: int = 0
     loud: int = 0
-
-    def minus(self, other: "Totals") -> "Totals":
-        return Totals(*(a - b for a, b in zip(astuple(self), astuple(other), strict=True)))
 
 
 async def received(clients: Sequence[Client]) -> Totals:
@@ -393,6 +442,13 @@ async def phase_relay(env: Env, counts: Sequence[int], seconds: float) -> dict[s
         await tone.stop()
         for client in [publisher, *subscribers]:
             await client.close()
+    return {"seconds": seconds, "rows": rows, **cpu_per_stream(rows, "relay_cpu_per_stream")}
+
+
+def cpu_per_stream(rows: Sequence[dict[str, Any]], check: str) -> dict[str, Any]:
+    """Server CPU per subscribed stream from rows of one publisher and N subscribers: each further
+    subscriber's share past the first (the first also starts the subscriber side), a least-squares slope,
+    and the publisher's own ingest."""
     by_n = {row["subscribers"]: row["server_cpu"] for row in rows}
     increments = {
         n: (cpu - by_n[1]) / (n - 1) for n, cpu in by_n.items() if n > 1 and 1 in by_n and cpu is not None
@@ -405,8 +461,6 @@ async def phase_relay(env: Env, counts: Sequence[int], seconds: float) -> dict[s
     if base is None and slope is not None and by_n.get(1) is not None:
         base = by_n[1] - slope
     result: dict[str, Any] = {
-        "seconds": seconds,
-        "rows": rows,
         "increments": increments,
         "slope": slope,
         "ingest_base": base,
@@ -414,7 +468,7 @@ async def phase_relay(env: Env, counts: Sequence[int], seconds: float) -> dict[s
     }
     if headline is not None:
         result["check"] = {
-            "name": "relay_cpu_per_stream",
+            "name": check,
             "value": headline,
             "target": TARGET_CPU_PER_STREAM,
             "pass": headline <= TARGET_CPU_PER_STREAM,
@@ -432,6 +486,14 @@ def fitted_slope(points: Sequence[tuple[int, float]]) -> float | None:
 
 
 # ---------------------------------------------------------------------------------------------- latency
+
+
+class Stamped(Protocol):
+    @property
+    def timestamp(self) -> int: ...
+
+
+Timed = TypeVar("Timed", bound=Stamped)
 
 
 @dataclass(frozen=True)
@@ -524,8 +586,12 @@ def relay_residence(ingress: Sequence[Packet], egress: Sequence[Packet]) -> list
             differences[(out.timestamp - ingress[i].timestamp) % (1 << 32)] += 1
     if not differences:
         return []
-    shift = differences.most_common(1)[0][0]
-    by_timestamp = {p.timestamp: p for p in ingress}
+    return shifted_pairs(ingress, egress, differences.most_common(1)[0][0])
+
+
+def shifted_pairs(ingress: Sequence[Timed], egress: Sequence[Timed], shift: int) -> list[tuple[Timed, Timed]]:
+    """Each relayed item with the item it came from: the one whose RTP timestamp is `shift` less."""
+    by_timestamp = {item.timestamp: item for item in ingress}
     pairs = []
     for out in egress:
         source = by_timestamp.get((out.timestamp - shift) % (1 << 32))
@@ -710,6 +776,297 @@ async def phase_capacity(env: Env, most: int, step: int, seconds: float, budget:
     }
 
 
+# ---------------------------------------------------------------------------------------------- video
+
+
+class Camera(PacedSource):
+    """One VideoSource fed VIDEO_WIDTH x VIDEO_HEIGHT I420 frames at VIDEO_FPS: a few precomputed frames
+    of noise over a gradient, cycled, so that every frame differs and the encoder spends the bitrate a
+    busy 720p camera does (a still picture would cost next to nothing)."""
+
+    interval = 1 / VIDEO_FPS
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.source = rtc.VideoSource(VIDEO_WIDTH, VIDEO_HEIGHT)
+        rng = np.random.default_rng(13)
+        luma = np.add.outer(np.arange(VIDEO_HEIGHT) // 3, np.arange(VIDEO_WIDTH) // 6).astype(np.int16)
+        chroma = np.full(VIDEO_WIDTH * VIDEO_HEIGHT // 2, 128, dtype=np.uint8).tobytes()
+        self._frames = [
+            rtc.VideoFrame(
+                VIDEO_WIDTH,
+                VIDEO_HEIGHT,
+                rtc.VideoBufferType.I420,
+                np.clip(luma + rng.integers(-6, 6, luma.shape), 0, 255).astype(np.uint8).tobytes() + chroma,
+            )
+            for _ in range(VIDEO_DISTINCT_FRAMES)
+        ]
+
+    async def publish(self, client: Client) -> rtc.LocalTrackPublication:
+        track = rtc.LocalVideoTrack.create_video_track("camera", self.source)
+        options = rtc.TrackPublishOptions(
+            source=rtc.TrackSource.SOURCE_CAMERA,
+            simulcast=False,
+            video_codec=rtc.VideoCodec.VP8,
+            video_encoding=rtc.VideoEncoding(max_bitrate=VIDEO_MAX_BITRATE, max_framerate=VIDEO_FPS),
+            # libwebrtc would otherwise scale a 720p camera down under CPU or bandwidth pressure.
+            degradation_preference=rtc.DegradationPreference.MAINTAIN_RESOLUTION,
+        )
+        publication = await client.room.local_participant.publish_track(track, options)
+        self.start()
+        return publication
+
+    async def _capture(self, index: int) -> None:
+        frame = self._frames[index % len(self._frames)]
+        self.source.capture_frame(frame, timestamp_us=int(time.monotonic() * 1e6))
+
+    async def _close(self) -> None:
+        await self.source.aclose()
+
+
+async def video_stats(client: Client, report: str) -> list[Any]:
+    """The client's video RTP stream stats: `outbound_rtp` of its publisher connection or `inbound_rtp`
+    of its subscriber connection."""
+    stats = await client.room.get_rtc_stats()
+    side = stats.publisher_stats if report == "outbound_rtp" else stats.subscriber_stats
+    return [
+        getattr(s, report)
+        for s in side
+        if s.WhichOneof("stats") == report and getattr(s, report).stream.kind == "video"
+    ]
+
+
+@dataclass(frozen=True)
+class VideoTotals(Counters):
+    """What the publisher's encoder sent and what every subscriber decoded so far."""
+
+    sent_bytes: int = 0
+    sent_frames: int = 0
+    decoded: int = 0
+    received_bytes: int = 0
+    lost: int = 0
+
+
+async def video_totals(publisher: Client, subscribers: Sequence[Client]) -> VideoTotals:
+    out = await video_stats(publisher, "outbound_rtp")
+    inbound = [s for client in subscribers for s in await video_stats(client, "inbound_rtp")]
+    return VideoTotals(
+        sum(s.sent.bytes_sent for s in out),
+        sum(s.outbound.frames_sent for s in out),
+        sum(s.inbound.frames_decoded for s in inbound),
+        sum(s.inbound.bytes_received for s in inbound),
+        sum(s.received.packets_lost for s in inbound),
+    )
+
+
+@dataclass(frozen=True)
+class VideoFrameOnWire:
+    """One video frame's RTP packets seen on `lo`: its RTP timestamp, first and last arrival, bytes."""
+
+    timestamp: int
+    first: float
+    last: float
+    size: int
+
+
+def frames_on_wire(packets: Sequence[Packet]) -> list[VideoFrameOnWire]:
+    spans: dict[int, tuple[float, float, int]] = {}
+    for p in packets:
+        first, last, size = spans.get(p.timestamp, (p.at, p.at, 0))
+        spans[p.timestamp] = (min(first, p.at), max(last, p.at), size + p.size)
+    return sorted((VideoFrameOnWire(ts, *span) for ts, span in spans.items()), key=lambda f: f.first)
+
+
+def relayed_frames(
+    ingress: Sequence[VideoFrameOnWire], egress: Sequence[VideoFrameOnWire]
+) -> list[tuple[VideoFrameOnWire, VideoFrameOnWire]]:
+    """Pairs each relayed frame with the frame it came from. The relay keeps RTP timestamps up to a
+    constant; a frame leaves only after the next one began arriving, so the last frame before a relayed
+    one is not its source (as it is for audio). The constant is instead the difference, among those
+    between a relayed frame and the frames of the second before it, that maps the most relayed frames
+    onto a frame that came in (the capture clock's jitter makes any other difference map few)."""
+    candidates: set[int] = set()
+    for out in egress[:30]:
+        candidates.update(
+            (out.timestamp - f.timestamp) % (1 << 32)
+            for f in ingress
+            if out.first - 1.0 <= f.first <= out.first
+        )
+    by_timestamp = {f.timestamp: f for f in ingress}
+
+    def matches(shift: int) -> int:
+        return sum((out.timestamp - shift) % (1 << 32) in by_timestamp for out in egress)
+
+    if not candidates:
+        return []
+    return shifted_pairs(ingress, egress, max(candidates, key=matches))
+
+
+async def video_on_wire(
+    publisher: Client, subscriber: Client, seconds: float, meanwhile: Callable[[], Awaitable[Any]]
+) -> dict[str, Any]:
+    """Captures one subscriber's video on `lo` for `seconds` and while `meanwhile` runs, and times each
+    frame through the server."""
+    capture = LoopbackCapture()
+    capture.start()
+    try:
+        await asyncio.sleep(seconds)
+        await meanwhile()
+    finally:
+        capture.stop()
+    if capture.error is not None:
+        return {"capture": capture.error}
+    [sent] = await video_stats(publisher, "outbound_rtp")
+    [got] = await video_stats(subscriber, "inbound_rtp")
+    ingress = frames_on_wire([p for p in capture.packets if p.ssrc == sent.stream.ssrc])
+    egress = frames_on_wire([p for p in capture.packets if p.ssrc == got.stream.ssrc])
+    pairs = relayed_frames(ingress, egress)
+    intervals = sorted(b.first - a.first for a, b in itertools.pairwise(ingress))
+    largest = max(ingress, key=lambda f: f.size, default=None)
+    return {
+        # A keyframe (asked for by each late joiner) can be larger than the rest, and take longer to send.
+        "largest_frame": {"bytes": largest.size, "ms": (largest.last - largest.first) * 1000}
+        if largest
+        else None,
+        "capture": None if pairs else "no relayed frame could be paired with its source",
+        "frames": {"in": len(ingress), "out": len(egress), "paired": len(pairs)},
+        # A subscriber has a frame once its last packet came: what the relay adds to that.
+        "whole_frame": summary_ms([out.last - source.last for source, out in pairs]),
+        "first_packet": summary_ms([out.first - source.first for source, out in pairs]),
+        "frame_interval_ms": percentile(intervals, 0.5) * 1000 if intervals else None,
+    }
+
+
+@dataclass(frozen=True)
+class LateJoin:
+    """Seconds from a late joiner's connect() call to its return, and to its first decoded frame; and
+    from its subscription (the SDK's track_subscribed) to that frame."""
+
+    connected: float
+    decoded: float
+    decoded_after_subscription: float
+
+
+async def late_join(env: Env, index: int) -> LateJoin:
+    """A participant joins the running video room and decodes one frame."""
+    subscribed: asyncio.Future[tuple[float, rtc.Track]] = asyncio.get_running_loop().create_future()
+
+    def on_track(track: rtc.Track, *_: Any) -> None:
+        if track.kind == rtc.TrackKind.KIND_VIDEO and not subscribed.done():
+            subscribed.set_result((time.monotonic(), track))
+
+    room = rtc.Room()
+    room.on("track_subscribed", on_track)
+    started = time.monotonic()
+    try:
+        await room.connect(env.ws_url, token(env, f"{env.prefix}-video", f"late-{index}"))
+        connected_at = time.monotonic()
+        subscribed_at, track = await asyncio.wait_for(subscribed, SUBSCRIBE_DEADLINE)
+        stream = rtc.VideoStream(track)
+        try:
+            await asyncio.wait_for(anext(aiter(stream)), SUBSCRIBE_DEADLINE)
+            decoded_at = time.monotonic()
+        finally:
+            await stream.aclose()
+    except TimeoutError as exc:
+        raise RuntimeError(f"late joiner {index} got no video frame within {SUBSCRIBE_DEADLINE:g} s") from exc
+    finally:
+        with contextlib.suppress(Exception):
+            await room.disconnect()
+    return LateJoin(connected_at - started, decoded_at - started, decoded_at - subscribed_at)
+
+
+async def phase_video(
+    env: Env, counts: Sequence[int], seconds: float, wire_seconds: float, late_joins: int
+) -> dict[str, Any]:
+    publisher = await join(env, "video", "camera", subscribe=False)
+    camera = Camera()
+    subscribers: list[Client] = []
+    rows: list[dict[str, Any]] = []
+    wire: dict[str, Any] | None = None
+    joins: list[LateJoin] = []
+    try:
+        await camera.publish(publisher)
+        ramp_started = time.monotonic()
+
+        async def ramped() -> bool:
+            sent = await video_stats(publisher, "outbound_rtp")  # none before the first frame is sent
+            return any(s.outbound.target_bitrate >= VIDEO_RAMP * VIDEO_MAX_BITRATE for s in sent)
+
+        # The server's receiver sends its REMB with or without subscribers; a slow ramp is reported.
+        with contextlib.suppress(RuntimeError):
+            await wait_async(ramped, "the publisher's bitrate to ramp up", VIDEO_RAMP_DEADLINE)
+        ramp = time.monotonic() - ramp_started
+        for n in counts:
+            while len(subscribers) < n:
+                subscribers.append(await join(env, "video", f"viewer-{len(subscribers)}", subscribe=True))
+
+            async def decoding(clients: list[Client] = subscribers) -> bool:
+                return (await video_totals(publisher, clients)).decoded >= VIDEO_FPS * len(clients)
+
+            await wait_async(decoding, f"{n} subscribers decoding video")
+            await asyncio.sleep(SETTLE)
+            before, late_before = await video_totals(publisher, subscribers), camera.late
+            window = await idle_window(env.server, seconds)
+            got = (await video_totals(publisher, subscribers)).minus(before)
+            [sent] = await video_stats(publisher, "outbound_rtp")
+            rows.append(
+                {
+                    "subscribers": n,
+                    "server_cpu": window.server_cpu,
+                    "client_cpu": window.client_cpu,
+                    "other_cpu": window.other_cpu,
+                    "sent_mbps": got.sent_bytes * 8 / window.seconds / 1e6,
+                    "sent_fps": got.sent_frames / window.seconds,
+                    "sent_size": f"{sent.outbound.frame_width}x{sent.outbound.frame_height}",
+                    "target_mbps": sent.outbound.target_bitrate / 1e6,
+                    "limited_by": rtc.stats.QualityLimitationReason.Name(
+                        sent.outbound.quality_limitation_reason
+                    ).removeprefix("LIMITATION_"),
+                    "decoded": got.decoded / (n * got.sent_frames) if n and got.sent_frames else None,
+                    "received_mbps": got.received_bytes * 8 / window.seconds / 1e6 / n if n else None,
+                    "lost": got.lost,
+                    "late_frames": camera.late - late_before,
+                    "note": cpu_note(window),
+                }
+            )
+            if n == 1 and wire is None:
+
+                async def join_late() -> None:
+                    # One at a time, while one subscriber runs: the stream has no keyframe due soon.
+                    for index in range(late_joins):
+                        await asyncio.sleep(LATE_JOIN_GAP)
+                        joins.append(await late_join(env, index))
+
+                wire = await video_on_wire(publisher, subscribers[0], wire_seconds, join_late)
+    finally:
+        await camera.stop()
+        for client in [publisher, *subscribers]:
+            await client.close()
+    result: dict[str, Any] = {
+        "seconds": seconds,
+        "ramp_seconds": ramp,
+        "rows": rows,
+        **cpu_per_stream(rows, "video_cpu_per_stream"),
+    }
+    result["wire"] = wire
+    if joins:
+        result["late_join"] = {
+            "connected": summary_ms([j.connected for j in joins]),
+            "connect": summary_ms([j.decoded for j in joins]),
+            "subscription": summary_ms([j.decoded_after_subscription for j in joins]),
+        }
+    return result
+
+
+async def wait_async(condition: Callable[[], Any], what: str, deadline: float = SUBSCRIBE_DEADLINE) -> None:
+    end = time.monotonic() + deadline
+    while not await condition():
+        if time.monotonic() > end:
+            raise RuntimeError(f"timed out after {deadline:g}s waiting for {what}")
+        await asyncio.sleep(0.2)
+
+
 # ---------------------------------------------------------------------------------------------- report
 
 
@@ -766,6 +1123,10 @@ def print_relay(r: dict[str, Any]) -> None:
             + (f"   note: {row['note']}" if row["note"] else "")
         )
     print_delivery_legend()
+    print_cpu_per_stream(r)
+
+
+def print_cpu_per_stream(r: dict[str, Any]) -> None:
     cpu = {row["subscribers"]: row["server_cpu"] for row in r["rows"]}
     if cpu.get(0) is not None and cpu.get(1) is not None:
         print(f"  the first subscriber, cpu(1) - cpu(0): {fraction(cpu[1] - cpu[0])} of a core")
@@ -793,20 +1154,16 @@ def print_latency(r: dict[str, Any]) -> None:
         print(text)
     e2e = r["end_to_end"]
     print(f"  bursts heard: {r['heard']} of {r['bursts']}")
-    row = "  {:<46}{:>8}{:>8}{:>8}{:>8}{:>8}"
-    print(row.format("", "n", "min ms", "p50 ms", "p99 ms", "max ms"))
-
-    def line(name: str, s: dict[str, float] | None) -> None:
-        if s is not None:
-            print(row.format(name, s["n"], ms(s["min"]), ms(s["p50"]), ms(s["p99"]), ms(s["max"])))
-
-    line("end to end, per burst (upper bound)", e2e)
-    stages_ = r.get("stages")
-    if stages_:
-        line("  publisher SDK: capture_frame -> on the wire", stages_["sender"])
-        line("  server: in -> relayed out (burst onsets)", stages_["relay"])
-        line("  listener SDK: on the wire -> AudioStream", stages_["receiver"])
-    line("server residence, every relayed packet", r.get("relay"))
+    stages_ = r.get("stages") or {}
+    print_timings(
+        [
+            ("end to end, per burst (upper bound)", e2e),
+            ("  publisher SDK: capture_frame -> on the wire", stages_.get("sender")),
+            ("  server: in -> relayed out (burst onsets)", stages_.get("relay")),
+            ("  listener SDK: on the wire -> AudioStream", stages_.get("receiver")),
+            ("server residence, every relayed packet", r.get("relay")),
+        ]
+    )
     if r["jitter_buffer_ms"] is not None:
         print(f"  listener's average jitter-buffer delay (inbound-rtp stats): {ms(r['jitter_buffer_ms'])} ms")
     if "packets" in r:
@@ -847,6 +1204,94 @@ def print_capacity(r: dict[str, Any]) -> None:
         print("  succession, before the listener's subscriber connection has settled)")
 
 
+def print_video(r: dict[str, Any]) -> None:
+    size = f"{VIDEO_WIDTH}x{VIDEO_HEIGHT}"
+    for text in (
+        f"video: one camera (rtc.VideoSource, {size} noise over a gradient at {VIDEO_FPS} fps, VP8,",
+        f"  no simulcast, max {VIDEO_MAX_BITRATE / 1e6:g} Mbit/s, resolution kept), N subscribers that",
+        "  decode it (libwebrtc decodes every subscribed video track); server CPU over a "
+        f"{r['seconds']:g} s window per row,",
+        f"  once the publisher's bitrate estimate reached {VIDEO_RAMP:.0%} of the maximum: "
+        f"{r['ramp_seconds']:.1f} s after it published (limit {VIDEO_RAMP_DEADLINE:g} s)",
+    ):
+        print(text)
+    print(
+        f"  {'subscribers':>11}{'server CPU':>12}{'client CPU':>12}{'other CPU':>11}{'target':>8}{'sent':>8}"
+        f"{'fps':>6}{'size':>10}{'decoded':>9}{'each got':>10}{'lost':>6}  limited by"
+    )
+    for row in r["rows"]:
+        received = "-" if row["received_mbps"] is None else f"{row['received_mbps']:.2f}M"
+        print(
+            f"  {row['subscribers']:>11}{fraction(row['server_cpu']):>12}{percent(row['client_cpu']):>12}"
+            f"{percent(row['other_cpu']):>11}{row['target_mbps']:>7.2f}M{row['sent_mbps']:>7.2f}M"
+            f"{row['sent_fps']:>6.1f}{row['sent_size']:>10}{fraction(row['decoded']):>9}{received:>10}"
+            f"{row['lost']:>6}  {row['limited_by']}"
+            + (f"   {row['late_frames']} frames captured late" if row["late_frames"] else "")
+            + (f"   note: {row['note']}" if row["note"] else "")
+        )
+    for text in (
+        "  target: the publisher's bitrate estimate at the end of the row; sent: its bitrate (outbound-rtp",
+        "  bytes) and frames per second; decoded: frames each subscriber decoded / frames sent; each got:",
+        "  bitrate per subscriber (inbound-rtp bytes); limited by: libwebrtc's quality limitation reason",
+    ):
+        print(text)
+    print_cpu_per_stream(r)
+    wire = r.get("wire")
+    if wire:
+        for text in (
+            "  on the wire (one subscriber, a raw socket on lo as in the latency phase, a few seconds and",
+            "  during the late joins below): each relayed frame paired with its source frame by RTP",
+            "  timestamp. The server reassembles a whole frame before it relays it (the frame is complete",
+            "  with its last packet, the RTP marker bit), then packetizes it again",
+        ):
+            print(text)
+        print_timings(
+            [
+                ("last packet in -> last packet out", wire.get("whole_frame")),
+                ("first packet in -> first packet out", wire.get("first_packet")),
+            ]
+        )
+        if "frames" in wire:
+            f = wire["frames"]
+            print(
+                f"  wire: {f['in']} frames in, {f['out']} relayed out, {f['paired']} paired; "
+                f"median interval between frames {ms(wire['frame_interval_ms'])} ms"
+            )
+        if wire.get("largest_frame"):
+            big = wire["largest_frame"]
+            print(
+                f"  largest frame from the publisher: {big['bytes'] / 1000:.0f} kB, "
+                f"{ms(big['ms'])} ms from its first packet to its last"
+            )
+        if wire["capture"]:
+            print(f"  note: {wire['capture']}")
+    late = r.get("late_join")
+    if late:
+        print(
+            "  late joins, one at a time while the stream runs, each a second after the last one left: a new"
+        )
+        print(
+            "  Room connects, subscribes and decodes its first frame through rtc.VideoStream (the server asks"
+        )
+        print("  the publisher for a keyframe)")
+        print_timings(
+            [
+                ("connect() returns (the floor)", late["connected"]),
+                ("connect() -> first decoded frame", late["connect"]),
+                ("subscription -> first decoded frame", late["subscription"]),
+            ]
+        )
+
+
+def print_timings(rows: Sequence[tuple[str, dict[str, float] | None]]) -> None:
+    """A table of `summary_ms` figures, one named row each (rows without figures left out)."""
+    row = "  {:<46}{:>8}{:>8}{:>8}{:>8}{:>8}"
+    print(row.format("", "n", "min ms", "p50 ms", "p99 ms", "max ms"))
+    for name, s in rows:
+        if s is not None:
+            print(row.format(name, s["n"], ms(s["min"]), ms(s["p50"]), ms(s["p99"]), ms(s["max"])))
+
+
 def check_lines(results: dict[str, Any]) -> list[tuple[str, bool | None]]:
     """The report's last lines: each figure with its target (a verdict) or, without a target, none."""
     lines: list[tuple[str, bool | None]] = []
@@ -856,17 +1301,7 @@ def check_lines(results: dict[str, Any]) -> list[tuple[str, bool | None]]:
         lines.append((f"{text} (target p50 ≤ {TARGET_CONNECT_P50_MS:g} ms)", r["check"]["pass"]))
     r = results.get("relay", {})
     if "check" in r:
-        n = max(r["increments"]) if r["increments"] else None
-        top = max(row["subscribers"] for row in r["rows"])
-        how = (
-            f"(cpu({n}) - cpu(1)) / {n - 1}"
-            if n
-            else "slope"
-            if r["slope"] is not None
-            else f"(cpu({top}) - cpu(0)) / {top}"
-        )
-        text = f"relay CPU per subscribed stream = {fraction(r['check']['value'])} of a core, {how}"
-        lines.append((f"{text} (target ≤ {TARGET_CPU_PER_STREAM:.0%})", r["check"]["pass"]))
+        lines.append(cpu_check_line("relay CPU per subscribed stream", r))
     r = results.get("latency", {})
     if "check" in r:
         relay = r["relay"]
@@ -879,11 +1314,42 @@ def check_lines(results: dict[str, Any]) -> list[tuple[str, bool | None]]:
         within = "within" if p50 <= TARGET_ADDED_MS else "over"
         text = f"end-to-end one-way latency p50 {ms(p50)} ms: an upper bound of the added latency"
         lines.append((f"{text} ({within} {TARGET_ADDED_MS:g} ms; both SDK ends' buffering included)", None))
+    r = results.get("video", {})
+    if "check" in r:
+        lines.append(cpu_check_line("video relay CPU per subscribed 720p stream", r))
+    wire = r.get("wire") or {}
+    if wire.get("whole_frame"):
+        frame = wire["whole_frame"]
+        text = f"video frame in the server, last packet in -> last packet out: p50 {ms(frame['p50'])} ms"
+        floor = ms(wire["frame_interval_ms"])
+        lines.append((f"{text}, p99 {ms(frame['p99'])} ms (floor 0; one frame interval is {floor} ms)", None))
+    if r.get("late_join"):
+        late = r["late_join"]
+        after, total, floor_ = late["subscription"], late["connect"], late["connected"]
+        text = f"late join: connect() -> first decoded frame p50 {ms(total['p50'])} ms"
+        text += f" (subscription -> first decoded frame p50 {ms(after['p50'])} ms, max {ms(after['max'])} ms)"
+        floor = f"floor: connect() itself, p50 {ms(floor_['p50'])} ms"
+        target = f"target: subscription -> first frame ≤ {TARGET_LATE_JOIN_MS:g} ms"
+        lines.append((f"{text} ({floor}; {target})", after["max"] <= TARGET_LATE_JOIN_MS))
     r = results.get("capacity", {})
     if "rows" in r:
         text = f"capacity: {r['max_clean_publishers']} publishing participants (+1 listener) without gaps"
         lines.append((f"{text} in one audio room on one server core; limit: {capacity_limit(r)}", None))
     return lines
+
+
+def cpu_check_line(what: str, r: dict[str, Any]) -> tuple[str, bool | None]:
+    n = max(r["increments"]) if r["increments"] else None
+    top = max(row["subscribers"] for row in r["rows"])
+    how = (
+        f"(cpu({n}) - cpu(1)) / {n - 1}"
+        if n
+        else "slope"
+        if r["slope"] is not None
+        else f"(cpu({top}) - cpu(0)) / {top}"
+    )
+    text = f"{what} = {fraction(r['check']['value'])} of a core, {how}"
+    return (f"{text} (target ≤ {TARGET_CPU_PER_STREAM:.0%})", r["check"]["pass"])
 
 
 def capacity_limit(r: dict[str, Any]) -> str:
@@ -917,6 +1383,7 @@ def print_report(info: dict[str, Any], setup: dict[str, Any], results: dict[str,
         "relay": print_relay,
         "latency": print_latency,
         "capacity": print_capacity,
+        "video": print_video,
     }
     for phase, printer in printers.items():
         if phase in results and "error" not in results[phase]:
@@ -954,6 +1421,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--capacity-budget", type=float, default=30.0, help="no new capacity step after this many seconds"
     )
+    parser.add_argument(
+        "--video-subscribers", default="0,1,4", help="subscriber counts of the video phase (default 0,1,4)"
+    )
+    parser.add_argument(
+        "--wire-seconds", type=float, default=5.0, help="seconds of video captured on lo (default 5)"
+    )
+    parser.add_argument("--late-joins", type=int, default=10, help="late joiners timed by the video phase")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON instead")
     args = parser.parse_args(argv)
     phases = [p.strip() for p in args.phases.split(",") if p.strip()]
@@ -963,14 +1437,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.phases = [p for p in PHASES if p in phases]
     try:
         args.subscribers = sorted({int(n) for n in args.subscribers.split(",")})
+        args.video_subscribers = sorted({int(n) for n in args.video_subscribers.split(",")})
     except ValueError:
-        parser.error("--subscribers takes comma-separated counts")
+        parser.error("--subscribers and --video-subscribers take comma-separated counts")
     if (
         args.joins < 1
         or args.bursts < 1
         or args.step < 1
         or args.max_publishers < 1
         or min(args.subscribers) < 0
+        or min(args.video_subscribers) < 0
+        or args.late_joins < 0
     ):
         parser.error("counts must be positive")
     return args
@@ -984,6 +1461,9 @@ async def bench(env: Env, args: argparse.Namespace, client_cpu: int | None) -> d
         "latency": lambda: phase_latency(env, args.bursts),
         "capacity": lambda: phase_capacity(
             env, args.max_publishers, args.step, args.capacity_window, args.capacity_budget
+        ),
+        "video": lambda: phase_video(
+            env, args.video_subscribers, args.window, args.wire_seconds, args.late_joins
         ),
     }
     for phase in args.phases:

@@ -50,6 +50,8 @@ def track_to_proto(track: Track) -> models.TrackInfo:
         mime_type=track.mime_type,
         mid=track.mid,
         encryption=track.encryption,  # type: ignore[arg-type]
+        width=track.width,
+        height=track.height,
     )
 
 

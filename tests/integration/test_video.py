@@ -51,6 +51,8 @@ class Received:
     size: tuple[int, int] = (0, 0)
     colour: tuple[float, float, float] = (0.0, 0.0, 0.0)
     source: int = 0
+    announced: tuple[int, int] = (0, 0)
+    """The track's size in the TrackInfo the subscriber was sent (its publication's width, height)."""
     sizes: set[tuple[int, int]] = field(default_factory=set)
 
 
@@ -68,7 +70,11 @@ class Viewer:
         @self.room.on("track_subscribed")
         def on_track(track: rtc.Track, publication: rtc.RemoteTrackPublication, *_: Any) -> None:
             if track.kind == rtc.TrackKind.KIND_VIDEO:
-                received = Received(subscribed_at=time.monotonic(), source=publication.source)
+                received = Received(
+                    subscribed_at=time.monotonic(),
+                    source=publication.source,
+                    announced=(publication.width, publication.height),
+                )
                 self.tracks[publication.sid] = received
                 self._spawn(self._watch(track, received))
 
@@ -182,14 +188,18 @@ async def test_camera_frames_reach_a_subscriber_with_their_size_and_colour(
     assert received.size == (WIDTH, HEIGHT)
     assert close_to(received.colour, ORANGE), f"relayed colour {received.colour} is not {ORANGE}"
     assert received.source == rtc.TrackSource.SOURCE_CAMERA
+    # The size the SDK announced in its AddTrackRequest, as the viewer's TrackInfo carries it.
+    assert received.announced == (WIDTH, HEIGHT)
 
     listed = await lkapi.room.list_participants(api.ListParticipantsRequest(room=room.name))
     [track] = next(p for p in listed.participants if p.identity == "alice").tracks
-    assert (track.sid, track.type, track.source, track.mime_type) == (
+    assert (track.sid, track.type, track.source, track.mime_type, track.width, track.height) == (
         publication.sid,
         api.TrackType.VIDEO,
         api.TrackSource.CAMERA,
         mime_type,
+        WIDTH,
+        HEIGHT,
     )
 
 

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from aiortc.jitterbuffer import JitterBuffer
 
 from switchboard.rtc import video
 from switchboard.rtc.video import OutboundVideo, VideoRelay
@@ -23,6 +24,7 @@ class FakeReceiver:
 
     def __post_init__(self) -> None:
         self._RTCRtpReceiver__decoder_queue = SimpleNamespace(put=lambda _: None)
+        self._RTCRtpReceiver__jitter_buffer = JitterBuffer(capacity=512, is_video=True)
 
     def getSynchronizationSources(self) -> list[Any]:
         return self.sources

@@ -23,6 +23,9 @@ class Track:
     mid: str = ""
     encryption: int = 0
     """The publisher's end-to-end encryption (LiveKit's Encryption.Type: 0 none, 1 GCM, 2 custom)."""
+    width: int = 0
+    height: int = 0
+    """A video track's size as its publisher announced it (0 for audio, or when not announced)."""
 
 
 @dataclass

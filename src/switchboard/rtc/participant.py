@@ -606,6 +606,10 @@ class ParticipantSession:
             source=source,
             muted=request.muted,
             encryption=request.encryption,
+            # What the SDKs announce (the source's size; the Rust SDKs and livekit-client send it), as
+            # LiveKit keeps it: subscribers size their video elements and adaptive stream from it.
+            width=request.width,
+            height=request.height,
         )
         self._pending_tracks[request.cid] = track
         info = track_to_proto(track)
