@@ -90,14 +90,16 @@ def build_app(config: Config) -> web.Application:
         ownership = RoomOwnership(cluster, runtime, partial(send_everyone_elsewhere, rtc))
         # Persistence: dispatches and job states kept in Redis; a room this node does not hold is restored
         # from there before a call acts on it here, and CreateDispatch answers once its dispatch is stored.
-        store = DispatchStore(cluster.redis, server_info.node_id, runtime)
+        store = DispatchStore(cluster.redis, server_info.node_id, runtime, ownership.claim)
         store.wrap_services(dispatch_methods, room_methods)
         # Rooms are claimed before they are created here, released when they close here (or fail to open).
         runtime.effects.on(RoomClosed, ownership.room_closed)
         room_methods = releasing(room_methods, ownership, "/twirp/livekit.RoomService/")
         dispatch_methods = releasing(dispatch_methods, ownership, "/twirp/livekit.AgentDispatchService/")
         forwarding = TwirpForwarding(
-            ownership, lambda names: [room_to_proto(r) for r in runtime.engine.list_rooms(names)]
+            ownership,
+            lambda names: [room_to_proto(r) for r in runtime.engine.list_rooms(names)],
+            store.has_record,
         )
         twirp.route = forwarding.route
         relay = SignalRelay(ownership, rtc)

@@ -14,7 +14,7 @@ checks the grant of a creating call before it claims a room, so a refused call p
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import aiohttp
@@ -29,6 +29,7 @@ from switchboard.auth.grants import Claims, require_room_admin, require_room_cre
 from switchboard.cluster.nodes import NodeInfo
 from switchboard.cluster.ownership import ClusterUnavailable, RoomOwnership
 from switchboard.cluster.placement import NoNodeAvailable
+from switchboard.cluster.redis_client import UNREACHABLE
 from switchboard.core.errors import Unavailable
 from switchboard.protojson import to_json
 
@@ -88,9 +89,14 @@ def releasing(methods: dict[str, Method], ownership: RoomOwnership, path_prefix:
 
 class TwirpForwarding:
     def __init__(
-        self, ownership: RoomOwnership, local_rooms: Callable[[Sequence[str]], list[models.Room]]
+        self,
+        ownership: RoomOwnership,
+        local_rooms: Callable[[Sequence[str]], list[models.Room]],
+        stored: Callable[[str], Awaitable[bool]],
     ) -> None:
         self.ownership = ownership
+        self._stored = stored
+        """Whether Redis keeps a record of a room (DispatchStore.has_record): a lost node's room."""
         self.node_id = ownership.node_id
         self._local_rooms = local_rooms
         self._session: aiohttp.ClientSession | None = None
@@ -122,6 +128,11 @@ class TwirpForwarding:
                 owner = await self.ownership.claim(room)
             else:
                 owner = await self.ownership.owner(room)
+                if owner is None and not self.ownership.serves_here(room) and await self._stored(room):
+                    # A lost node's room: it comes back on the node that claims it now, which restores it.
+                    owner = await self.ownership.claim(room)
+        except UNREACHABLE as exc:
+            raise Unavailable(f"{self.ownership.unreachable}: {exc}") from None
         except (ClusterUnavailable, NoNodeAvailable) as exc:
             raise Unavailable(str(exc)) from None
         return None if owner is None else await self._forward(request, body, owner)

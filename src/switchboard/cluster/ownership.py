@@ -16,6 +16,7 @@ from typing import TypeVar
 from switchboard.cluster.node import ClusterNode
 from switchboard.cluster.nodes import NodeInfo
 from switchboard.cluster.redis_client import UNREACHABLE
+from switchboard.core.errors import Unavailable
 from switchboard.core.events import RoomClosed
 from switchboard.runtime import Runtime
 
@@ -24,7 +25,7 @@ log = logging.getLogger("switchboard.cluster")
 T = TypeVar("T")
 
 
-class ClusterUnavailable(Exception):
+class ClusterUnavailable(Unavailable):
     """Redis cannot be reached, so where a room lives cannot be known (Twirp `unavailable`, HTTP 503)."""
 
 

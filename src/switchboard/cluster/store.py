@@ -21,7 +21,7 @@ import contextlib
 import inspect
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, astuple, dataclass, field
 from typing import Any, assert_never
 
@@ -32,8 +32,8 @@ from redis.exceptions import RedisError
 from switchboard.api.twirp import Method
 from switchboard.auth.grants import Claims, InvalidToken, require_room_admin
 from switchboard.auth.tokens import TokenVerifier
-from switchboard.cluster.nodes import node_key
-from switchboard.cluster.placement import room_key
+from switchboard.cluster.nodes import NodeInfo, node_key
+from switchboard.cluster.placement import NoNodeAvailable, room_key
 from switchboard.cluster.redis_client import PREFIX, UNREACHABLE
 from switchboard.core.dispatch import Dispatch, DispatchSpec, RestartPolicy
 from switchboard.core.errors import NotFound, Unavailable
@@ -61,7 +61,7 @@ RETRY_INTERVAL = 0.25
 """While Redis is unreachable, how often the writer tries it again."""
 
 ROOM = "room"
-JOIN_PATHS = frozenset({"/rtc", "/rtc/validate"})
+JOIN_PATH = "/rtc"
 
 # KEYS: the room's record, the room's placement key. ARGV: this node, the node-key prefix, "1" to delete
 # the record first, the number of fields to set, those field/value pairs, then the fields to delete.
@@ -239,8 +239,17 @@ def changes_for(decision: Kept, node_id: str) -> tuple[str, "Changes"]:
 
 
 class DispatchStore:
-    def __init__(self, redis: Any, node_id: str, runtime: Runtime, retry_interval: float = RETRY_INTERVAL):
+    def __init__(
+        self,
+        redis: Any,
+        node_id: str,
+        runtime: Runtime,
+        claim: Callable[[str], Awaitable[NodeInfo | None]],
+        retry_interval: float = RETRY_INTERVAL,
+    ):
         self._redis = redis
+        self._claim = claim
+        """RoomOwnership.claim: None when the room is (now) this node's, else the node that holds it."""
         self._node_id = node_id
         self._runtime = runtime
         self._retry_interval = retry_interval
@@ -265,6 +274,10 @@ class DispatchStore:
         self._wake.set()
 
     # Waiting for the record, and reading it back.
+
+    async def has_record(self, room: str) -> bool:
+        """Whether Redis keeps a record of `room` (its node was lost or restarted: the room may come back)."""
+        return bool(await self._redis.exists(store_key(room)))
 
     def check_reachable(self) -> None:
         if not self.reachable:
@@ -294,6 +307,16 @@ class DispatchStore:
             ) from None
         stored = stored_room(room, fields)
         if stored is None or room in self._runtime.engine.rooms:  # or a concurrent call restored it
+            return
+        # Only the room's owner restores it: the claim makes this node the owner, unless another live node
+        # already is (a race with a claim elsewhere; the caller's retry is relayed there).
+        try:
+            holder = await self._claim(room)
+        except NoNodeAvailable as exc:
+            raise Unavailable(str(exc)) from None
+        if holder is not None:
+            raise Unavailable(f"room {room!r} is now held by node {holder.id}: try again")
+        if room in self._runtime.engine.rooms:
             return
         lost = f"node lost: node {stored.node_id}, where the room was, stopped"
         now = self._runtime.now()
@@ -343,12 +366,13 @@ class DispatchStore:
         room_methods["CreateRoom"] = self.restoring(room_methods["CreateRoom"], lambda request: request.name)
 
     def restoring_joins(self, verifier: TokenVerifier) -> Middleware:
-        """A participant joining (`/rtc`, `/rtc/validate`) a room this node does not hold finds it restored
-        (it reconnects after the room's node died). Its token is checked again by the rtc service."""
+        """A participant joining a room this node does not hold finds it restored (it reconnects after the
+        room's node died). Its token is checked again by the rtc service. A resume (`reconnect=1`) restores
+        nothing: its session was on the lost node, so it is told to rejoin, and that join restores."""
 
         @web.middleware
         async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-            if request.path in JOIN_PATHS:
+            if request.path == JOIN_PATH and request.query.get("reconnect") not in ("1", "true"):
                 with contextlib.suppress(InvalidToken):
                     claims = verifier.verify_request(request.headers, request.query)
                     if claims.video.room_join:
