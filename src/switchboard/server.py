@@ -18,8 +18,10 @@ from switchboard.api.cors import cors_middleware
 from switchboard.api.dashboard import Dashboard
 from switchboard.api.twirp import TwirpServer
 from switchboard.auth.tokens import TokenVerifier
+from switchboard.cluster.bus import RedisBus
 from switchboard.cluster.node import ClusterNode
 from switchboard.cluster.nodes import NodeStats
+from switchboard.cluster.workers import ClusterWorkers
 from switchboard.config import DEV_KEYS, Config
 from switchboard.core import ids
 from switchboard.core.engine import Engine
@@ -80,8 +82,8 @@ def build_app(config: Config) -> web.Application:
     webhooks = None
     if config.webhook.urls:
         webhooks = Webhooks(config.webhook, config.keys[config.webhook.api_key], runtime)
-    wire_effects(runtime.effects, hub, rtc, dashboard, webhooks, metrics)
     cluster = None
+    cluster_workers = None
     if config.redis.configured:
         cluster = app[CLUSTER] = ClusterNode(
             config.redis,
@@ -91,10 +93,16 @@ def build_app(config: Config) -> web.Application:
             lambda: node_stats(runtime),
             __version__,
         )
+        # Dispatch across nodes: job decisions for another node's worker go there (docs/cluster.md).
+        bus = RedisBus(cluster.redis, cluster.node_id)
+        cluster_workers = ClusterWorkers(runtime, hub, bus, cluster.registry)
+    wire_effects(runtime.effects, cluster_workers or hub, rtc, dashboard, webhooks, metrics)
 
     async def start(app: web.Application) -> None:
         if cluster is not None:
             await cluster.start()  # before serving: a node that cannot reach Redis must not start alone
+        if cluster_workers is not None:
+            await cluster_workers.start()
         await app[RUNTIME].start()
         if webhooks is not None:
             await webhooks.start()
@@ -103,6 +111,8 @@ def build_app(config: Config) -> web.Application:
         await app[RUNTIME].stop()
         if webhooks is not None:
             await webhooks.stop()  # after the last decisions (rooms closed at shutdown)
+        if cluster_workers is not None:
+            await cluster_workers.stop()
         if cluster is not None:
             await cluster.stop()
 
@@ -253,7 +263,7 @@ def node_stats(runtime: Runtime) -> NodeStats:
     return NodeStats(
         rooms=len(rooms),
         participants=sum(len(room.participants) for room in rooms),
-        workers=len(engine.workers),
+        workers=sum(1 for worker in engine.workers.values() if not worker.spec.node),  # its own only
     )
 
 

@@ -626,10 +626,13 @@ class Engine:
 
     # Workers
 
-    def register_worker(self, spec: WorkerSpec, now: float) -> Worker:
+    def register_worker(self, spec: WorkerSpec, now: float, worker_id: str = "") -> Worker:
+        """A worker registers; `worker_id` is given for one of another node (its id there), known by now."""
         check_name("agent name", spec.agent_name, self.settings.limits.max_agent_name_length, required=False)
         check_deployment(spec.deployment)
-        worker = Worker(id=ids.new_id(ids.WORKER), spec=spec, registered_at=now)
+        if worker_id in self.workers:
+            raise InvalidArgument(f"worker {worker_id} is already registered")
+        worker = Worker(id=worker_id or ids.new_id(ids.WORKER), spec=spec, registered_at=now)
         self.workers[worker.id] = worker
         self._workers_by_key.setdefault(worker.key, {})[worker.id] = worker
         self._match(worker.key, now)
@@ -652,8 +655,12 @@ class Engine:
         if worker.accepting:
             self._match(worker.key, now)
 
-    def worker_disconnected(self, worker_id: str, now: float) -> None:
-        """The worker's connection is gone: offers move on, its jobs wait `reconnect_grace` for it."""
+    def worker_disconnected(self, worker_id: str, now: float, lost: str = "") -> None:
+        """The worker's connection is gone: offers move on, its jobs wait `reconnect_grace` for it.
+
+        `lost` says why the worker cannot come back to this connection (its cluster node died): its jobs
+        fail at once with that reason and follow their restart policy. Their copies may still run, so a
+        worker that reconnects elsewhere and lists them (migrate_job) takes them back if nobody else has."""
         worker = self.workers.pop(worker_id, None)
         if worker is None:
             return
@@ -665,6 +672,8 @@ class Engine:
             job = self.jobs[job_id]
             if job.status is JobStatus.OFFERED:
                 self._back_to_pending(job, now, answered=False)
+            elif lost:
+                self._failed(job, lost, now, copy_may_live=True)
             else:
                 job.orphan(now)
 
