@@ -11,7 +11,7 @@ from switchboard.core.events import AssignJob, JobEnded, OfferJob
 from switchboard.core.jobs import JobStatus, JobType
 from switchboard.core.workers import AvailabilityAnswer, JobUpdate, WorkerSpec, WorkerStatus
 
-SETTINGS = EngineSettings(restart_backoff=0.0, empty_timeout=10_000)
+SETTINGS = EngineSettings(restart_backoff=5.0, empty_timeout=10_000)
 SPEC = WorkerSpec(agent_name="helper", job_type=JobType.ROOM, version="1")
 ON_FAILURE = DispatchSpec(agent_name="helper", restart_policy=RestartPolicy.ON_FAILURE)
 
@@ -80,7 +80,7 @@ def test_a_lost_nodes_jobs_restart_at_once_on_another_nodes_worker_with_the_reas
 
     assert remote.node_lost(engine, "ND_A", 3.0) == ["AW_doomed"]
     assert remote.node_lost(engine, "ND_A", 3.0) == [], "every node hears of the loss; once is enough"
-    [again] = offers(engine)
+    [again] = offers(engine)  # at once: the restart back-off is for jobs that crash
     assert again.worker_id == "AW_spare" and again.job is job and again.resuming
     assert job.attempts[-1].error == "worker AW_doomed's node ND_A was lost"
     assert job.attempts[-1].worker_id == "AW_doomed"
