@@ -133,10 +133,13 @@ class RedisBus:
         while self._outbox:
             batch, self._outbox = self._outbox, deque()
             try:
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for write in batch:
-                        _add(pipe, write)
-                    await pipe.execute()
+                if len(batch) == 1:  # the usual case, a round trip without a pipeline's overhead
+                    await _write(self.redis, batch[0])
+                else:
+                    async with self.redis.pipeline(transaction=False) as pipe:
+                        for write in batch:
+                            _write(pipe, write)
+                        await pipe.execute()
             except BaseException:
                 batch.extend(self._outbox)  # not written: first in line again, in order
                 self._outbox = batch
@@ -159,11 +162,12 @@ class RedisBus:
                         log.exception("cluster message failed stream=%s id=%s", stream, entry_id)
 
 
-def _add(pipe: Any, write: Write) -> None:
+def _write(client: Any, write: Write) -> Any:
+    """Queue the write on a pipeline, or (on a client) return the command's coroutine."""
     match write:
         case ("xadd", stream, data):
-            pipe.xadd(stream, {"m": data}, maxlen=MAX_LENGTH, approximate=True)
+            return client.xadd(stream, {"m": data}, maxlen=MAX_LENGTH, approximate=True)
         case ("hset", key, field, value):
-            pipe.hset(key, field, value)
+            return client.hset(key, field, value)
         case ("hdel", key, field):
-            pipe.hdel(key, field)
+            return client.hdel(key, field)
