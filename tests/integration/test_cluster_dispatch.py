@@ -10,7 +10,6 @@ import json
 import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -39,21 +38,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 
 @pytest.fixture
-def workers(tmp_path: Path) -> Iterator[Any]:
-    """Start real livekit-agents workers on a chosen node; killed with their jobs when the test ends."""
-    started: list[AgentWorker] = []
-
-    def start(node: Server, agent_name: str, behaviour: str) -> AgentWorker:
-        worker = AgentWorker(node, tmp_path / f"worker{len(started)}", agent_name, behaviour)
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        worker.kill()
-
-
-@pytest.fixture
 async def api_b(cluster: Cluster) -> AsyncIterator[api.LiveKitAPI]:
     node = cluster.nodes[1]
     async with api.LiveKitAPI(node.http_url, node.api_key, node.api_secret) as client:
@@ -64,16 +48,34 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
+async def dispatch_on(lkapi: api.LiveKitAPI, agent_name: str, room: str) -> tuple[str, api.AgentDispatch]:
+    """CreateDispatch of `agent_name` to `room`, on the node `lkapi` talks to (the room's node)."""
+    request = api.CreateAgentDispatchRequest(agent_name=agent_name, room=room)
+    return room, await lkapi.agent_dispatch.create_dispatch(request)
+
+
 def worker_ids(node: Server, agent_name: str) -> list[str]:
     """The ids of the workers registered on `node`'s own /agent, from its log."""
     pattern = rf"worker registered worker=(AW_\S+) agent_name='{re.escape(agent_name)}'"
     return re.findall(pattern, node.log())
 
 
-async def known_remotely(node: Server, agent_name: str, count: int = 1) -> None:
-    """`node` holds `count` workers of `agent_name` connected to other nodes."""
+def remote_workers(node: Server, agent_name: str) -> int:
+    """How many workers of `agent_name` connected to other nodes `node` came to hold, from its log."""
     pattern = rf"remote worker registered worker=AW_\S+ node=\S+ agent_name='{re.escape(agent_name)}'"
-    await eventually(lambda: len(re.findall(pattern, node.log())) >= count, f"{agent_name} known remotely")
+    return len(re.findall(pattern, node.log()))
+
+
+async def worker_on(
+    node: Server, owner: Server, agent_workers: Any, agent_name: str, behaviour: str
+) -> AgentWorker:
+    """A worker started on `node`, once registered there and known to `owner`, the rooms' node."""
+    local, remote = len(worker_ids(node, agent_name)), remote_workers(owner, agent_name)
+    worker: AgentWorker = agent_workers(node, agent_name, behaviour)
+    await registered(node, agent_name, local + 1)
+    if node is not owner:
+        await eventually(lambda: remote_workers(owner, agent_name) > remote, f"{agent_name} known to B")
+    return worker
 
 
 async def last_job(lkapi: api.LiveKitAPI, room: str, dispatch_id: str, status: int) -> api.Job | None:
@@ -83,19 +85,16 @@ async def last_job(lkapi: api.LiveKitAPI, room: str, dispatch_id: str, status: i
 
 
 async def test_a_worker_on_another_node_joins_the_room_and_hears_its_participant(
-    cluster: Cluster, workers: Any, api_b: api.LiveKitAPI
+    cluster: Cluster, agent_workers: Any, api_b: api.LiveKitAPI
 ) -> None:
     a, b = cluster.nodes[0], cluster.nodes[1]
-    listener = workers(a, "far-listener", "listen")
-    await registered(a, "far-listener")
+    listener = await worker_on(a, b, agent_workers, "far-listener", "listen")
     room_name = unique("far")
     speaker = rtc.Room()
     await speaker.connect(b.ws_url, b.join_token(room_name, "speaker"))
     try:
         _, player = await publish_tone(speaker)
-        dispatch = await api_b.agent_dispatch.create_dispatch(
-            api.CreateAgentDispatchRequest(agent_name="far-listener", room=room_name)
-        )
+        _, dispatch = await dispatch_on(api_b, "far-listener", room_name)
         [record] = (await eventually(listener.jobs, "the job on the worker of node A")).values()
         assert record["worker_id"] in worker_ids(a, "far-listener")
         assert worker_ids(b, "far-listener") == [], "the worker is connected to node A only"
@@ -114,21 +113,13 @@ async def test_a_worker_on_another_node_joins_the_room_and_hears_its_participant
 
 
 async def test_a_burst_of_dispatches_spreads_over_both_nodes_workers(
-    cluster: Cluster, workers: Any, api_b: api.LiveKitAPI
+    cluster: Cluster, agent_workers: Any, api_b: api.LiveKitAPI
 ) -> None:
     a, b = cluster.nodes[0], cluster.nodes[1]
-    far, near = workers(a, "burst", "shutdown"), workers(b, "burst", "shutdown")
-    await registered(a, "burst")
-    await registered(b, "burst")
-    await known_remotely(b, "burst")
-    rooms = [unique("burst") for _ in range(6)]
-    dispatches = await asyncio.gather(
-        *(
-            api_b.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(agent_name="burst", room=r))
-            for r in rooms
-        )
-    )
-    for room, dispatch in zip(rooms, dispatches, strict=True):
+    far = await worker_on(a, b, agent_workers, "burst", "shutdown")
+    near = await worker_on(b, b, agent_workers, "burst", "shutdown")
+    created = await asyncio.gather(*(dispatch_on(api_b, "burst", unique("burst")) for _ in range(6)))
+    for room, dispatch in created:
         await eventually(
             lambda r=room, d=dispatch.id: last_job(api_b, r, d, api.JS_SUCCESS), f"{room}'s job done"
         )
@@ -138,18 +129,12 @@ async def test_a_burst_of_dispatches_spreads_over_both_nodes_workers(
 
 
 async def test_a_refusal_on_the_rooms_node_sends_the_job_to_another_nodes_worker(
-    cluster: Cluster, workers: Any, api_b: api.LiveKitAPI
+    cluster: Cluster, agent_workers: Any, api_b: api.LiveKitAPI
 ) -> None:
     a, b = cluster.nodes[0], cluster.nodes[1]
-    picky = workers(b, "choosy", "reject")
-    await registered(b, "choosy")
-    willing = workers(a, "choosy", "shutdown")
-    await registered(a, "choosy")
-    await known_remotely(b, "choosy")
-    room = unique("refused")
-    dispatch = await api_b.agent_dispatch.create_dispatch(
-        api.CreateAgentDispatchRequest(agent_name="choosy", room=room)
-    )
+    picky = await worker_on(b, b, agent_workers, "choosy", "reject")
+    willing = await worker_on(a, b, agent_workers, "choosy", "shutdown")
+    room, dispatch = await dispatch_on(api_b, "choosy", unique("refused"))
     [record] = (await eventually(willing.jobs, "the job on node A's worker")).values()
     # Both workers were idle and equally loaded: the room's node asked its own worker first.
     assert picky.refused() == {record["job_id"]}
@@ -158,23 +143,16 @@ async def test_a_refusal_on_the_rooms_node_sends_the_job_to_another_nodes_worker
 
 
 async def test_the_job_of_a_killed_nodes_worker_runs_again_on_another_node(
-    cluster: Cluster, workers: Any, api_b: api.LiveKitAPI
+    cluster: Cluster, agent_workers: Any, api_b: api.LiveKitAPI
 ) -> None:
     """Last in the module: node C is killed."""
     a, b, c = cluster.nodes
-    doomed = workers(c, "sturdy", "stay")
-    await registered(c, "sturdy")
-    await known_remotely(b, "sturdy")
-    room = unique("node-lost")
-    dispatch = await api_b.agent_dispatch.create_dispatch(
-        api.CreateAgentDispatchRequest(agent_name="sturdy", room=room)
-    )
+    doomed = await worker_on(c, b, agent_workers, "sturdy", "stay")
+    room, dispatch = await dispatch_on(api_b, "sturdy", unique("node-lost"))
     [record] = (await eventually(doomed.jobs, "the job on node C's worker")).values()
     running = await eventually(lambda: last_job(api_b, room, dispatch.id, api.JS_RUNNING), "running")
     assert running.state.worker_id == record["worker_id"] in worker_ids(c, "sturdy")
-    standby = workers(a, "sturdy", "stay")
-    await registered(a, "sturdy")
-    await known_remotely(b, "sturdy", 2)
+    standby = await worker_on(a, b, agent_workers, "sturdy", "stay")
 
     kill_node(c)
     [again] = (await eventually(standby.jobs, "the job on node A's worker")).values()

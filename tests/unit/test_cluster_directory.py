@@ -115,11 +115,11 @@ def test_a_local_worker_wins_a_tie_and_a_burst_spreads_over_both_nodes() -> None
 def test_the_worker_node_relays_each_offer_and_assignment_once_per_attempt() -> None:
     relayed = RelayedJobs()
     assert not relayed and relayed.owner("AJ_1") is None
-    assert relayed.offer("AJ_1", 1, "ND_B")
-    assert not relayed.offer("AJ_1", 1, "ND_B"), "a message written twice is delivered once"
+    assert relayed.first("offer", "AJ_1", 1, "ND_B")
+    assert not relayed.first("offer", "AJ_1", 1, "ND_B"), "a message written twice is passed once"
     assert relayed.owner("AJ_1") == "ND_B"
-    assert relayed.assign("AJ_1", 1, "ND_B") and not relayed.assign("AJ_1", 1, "ND_B")
-    assert relayed.offer("AJ_1", 2, "ND_B"), "a restarted job's next attempt is news"
+    assert relayed.first("assign", "AJ_1", 1, "ND_B") and not relayed.first("assign", "AJ_1", 1, "ND_B")
+    assert relayed.first("offer", "AJ_1", 2, "ND_B"), "a restarted job's next attempt is news"
     relayed.ended("AJ_1")
     assert relayed.owner("AJ_1") is None
 
@@ -136,5 +136,5 @@ def test_relayed_jobs_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(directory, "MAX_RELAYED", 3)
     relayed = RelayedJobs()
     for n in range(5):
-        relayed.offer(f"AJ_{n}", 1, "ND_B")
+        relayed.first("offer", f"AJ_{n}", 1, "ND_B")
     assert [relayed.owner(f"AJ_{n}") for n in range(5)] == [None, None, "ND_B", "ND_B", "ND_B"]

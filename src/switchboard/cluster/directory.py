@@ -7,7 +7,7 @@ engine of the node that owns a room chooses among all of them with its usual rul
 """
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from switchboard.core.engine import Engine
@@ -87,9 +87,8 @@ class RemoteWorkers:
 class RelayedJob:
     owner: str
     """The node whose engine runs the job (its room's node)."""
-    offered: int = 0
-    """The attempt last offered to the worker (0: none), so that an offer delivered twice is asked once."""
-    assigned: int = 0
+    passed: dict[str, int] = field(default_factory=dict)
+    """By message kind (offer, assign), the last attempt passed to the worker: a copy is not passed."""
 
 
 class RelayedJobs:
@@ -107,19 +106,13 @@ class RelayedJobs:
     def __bool__(self) -> bool:
         return bool(self._jobs)
 
-    def offer(self, job_id: str, attempt: int, owner: str) -> bool:
-        """Whether this offer is news (to be sent to the worker), not a copy of one already sent."""
+    def first(self, kind: str, job_id: str, attempt: int, owner: str) -> bool:
+        """Whether this `kind` of message (offer, assign) about this attempt of the job is news, to be
+        passed to the worker, and not a copy of one already passed."""
         job = self._entry(job_id, owner)
-        if job.offered >= attempt:
+        if job.passed.get(kind, 0) >= attempt:
             return False
-        job.offered = attempt
-        return True
-
-    def assign(self, job_id: str, attempt: int, owner: str) -> bool:
-        job = self._entry(job_id, owner)
-        if job.assigned >= attempt:
-            return False
-        job.assigned = attempt
+        job.passed[kind] = attempt
         return True
 
     def adopt(self, job_id: str, owner: str) -> None:

@@ -7,6 +7,7 @@ docs/cluster.md ("Dispatch across nodes") lists the messages and their delivery 
 import base64
 import json
 import logging
+from dataclasses import asdict
 from typing import Any
 
 from livekit.protocol import agent
@@ -15,7 +16,8 @@ from switchboard.cluster.bus import Message, RedisBus
 from switchboard.cluster.directory import RemoteWorkers, spec_from_json, spec_to_json
 from switchboard.cluster.nodes import NodeRegistry
 from switchboard.cluster.redis_client import PREFIX
-from switchboard.core.events import AgentParticipant, AssignJob, OfferJob, TerminateJob
+from switchboard.core.events import AgentParticipant, AssignJob, JobContext, OfferJob, TerminateJob
+from switchboard.core.jobs import Job
 from switchboard.core.workers import AvailabilityAnswer, JobUpdate, WorkerSpec, WorkerStatus
 from switchboard.runtime import Runtime
 from switchboard.workers.hub import WorkerHub, job_message
@@ -161,48 +163,26 @@ class ClusterWorkers:
     def offer(self, decision: OfferJob) -> None:
         if decision.worker_id in self.hub.sessions:
             self.hub.offer(decision)
-            return
-        node = self.remote.node_of(decision.worker_id)
-        if node is None or decision.job.ended:
-            return  # gone meanwhile: the offer times out and the job goes to the next worker
-        job = decision.job
-        self.bus.send(
-            node,
-            {
-                "kind": "offer",
-                "owner": self.node_id,
-                "worker": decision.worker_id,
-                "job": _encode(job_message(job, decision.context)),
-                "attempt": job.attempt,
-                "resuming": decision.resuming,
-            },
-        )
+        else:
+            self._relay(
+                "offer", decision.worker_id, decision.job, decision.context, resuming=decision.resuming
+            )
 
     def assign(self, decision: AssignJob) -> None:
         if decision.worker_id in self.hub.sessions:
             self.hub.assign(decision)
             return
-        node = self.remote.node_of(decision.worker_id)
-        if node is None or decision.job.ended:
-            return  # gone meanwhile: the job waits for it (reconnect grace), then is restarted
-        job, participant = decision.job, decision.participant
-        self.bus.send(
-            node,
-            {
-                "kind": "assign",
-                "owner": self.node_id,
-                "worker": decision.worker_id,
-                "job": _encode(job_message(job, decision.context)),
-                "attempt": job.attempt,
-                "participant": {
-                    "identity": participant.identity,
-                    "name": participant.name,
-                    "metadata": participant.metadata,
-                    "attributes": participant.attributes,
-                },
-                "url": self.url,
-            },
-        )
+        participant = asdict(decision.participant)
+        details = {"participant": participant, "url": self.url}
+        self._relay("assign", decision.worker_id, decision.job, decision.context, **details)
+
+    def _relay(self, kind: str, worker_id: str, job: Job, context: JobContext, **details: Any) -> None:
+        """To the worker's node: the job as the worker is to be told of it, and this message's details."""
+        node = self.remote.node_of(worker_id)
+        if node is None or job.ended:
+            return  # the worker left meanwhile: the engine's deadlines move the job on
+        message = {"kind": kind, "owner": self.node_id, "worker": worker_id, "attempt": job.attempt}
+        self.bus.send(node, message | {"job": _encode(job_message(job, context))} | details)
 
     def terminate(self, decision: TerminateJob) -> None:
         node = self.remote.node_of(decision.worker_id)
@@ -268,10 +248,11 @@ class ClusterWorkers:
             session.send(agent.ServerMessage(termination=agent.JobTermination(job_id=message["job"])))
             return
         job = _decode(message["job"])
+        if not session.remote_jobs.first(kind, job.id, message["attempt"], message["owner"]):
+            return  # a copy (a write retried)
         if kind == "offer":
-            if session.remote_jobs.offer(job.id, message["attempt"], message["owner"]):
-                self.hub.send_offer(session, job, message["resuming"])
-        elif session.remote_jobs.assign(job.id, message["attempt"], message["owner"]):
+            self.hub.send_offer(session, job, message["resuming"])
+        else:
             participant = AgentParticipant(**message["participant"])
             self.hub.send_assignment(session, job, message["attempt"], participant, message["url"])
 
