@@ -94,7 +94,7 @@ def build_app(config: Config) -> web.Application:
             __version__,
         )
         # Dispatch across nodes: job decisions for another node's worker go there (docs/cluster.md).
-        bus = RedisBus(cluster.redis, cluster.node_id)
+        bus = RedisBus(cluster.redis, cluster.node_id, config.redis.timeout)
         cluster_workers = ClusterWorkers(runtime, hub, bus, cluster.registry)
     wire_effects(runtime.effects, cluster_workers or hub, rtc, dashboard, webhooks, metrics)
 

@@ -8,6 +8,7 @@ in the JobAssignment, which livekit-agents connects to instead of its worker's U
 import asyncio
 import json
 import re
+import signal
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -78,6 +79,11 @@ async def worker_on(
     return worker
 
 
+def lost_nodes(node: Server) -> list[str]:
+    """The nodes `node` found lost, in order, from its log."""
+    return re.findall(r"node lost node=(\S+)", node.log())
+
+
 async def last_job(lkapi: api.LiveKitAPI, room: str, dispatch_id: str, status: int) -> api.Job | None:
     dispatch = await lkapi.agent_dispatch.get_dispatch(dispatch_id, room)
     job = dispatch.state.jobs[-1] if dispatch and dispatch.state.jobs else None
@@ -142,6 +148,49 @@ async def test_a_refusal_on_the_rooms_node_sends_the_job_to_another_nodes_worker
     assert done.state.worker_id == record["worker_id"] != ""
 
 
+async def test_dispatch_across_nodes_works_again_once_redis_is_back(
+    cluster: Cluster, agent_workers: Any, api_b: api.LiveKitAPI
+) -> None:
+    """Redis stopped until the nodes lost their leases, then started again (its data kept): the nodes read
+    their streams on from where they were, and a worker of node A takes a job of node B's room."""
+    a, b = cluster.nodes[0], cluster.nodes[1]
+    patient = await worker_on(a, b, agent_workers, "patient", "shutdown")
+    regained = [node.log().count("node lease regained") for node in (a, b)]
+    cluster.redis.stop()
+    try:
+        for node in (a, b):
+            await eventually(lambda n=node: "node lease lost" in n.log(), "a lease lost")
+    finally:
+        cluster.redis.start()
+    for node, before in zip((a, b), regained, strict=True):
+        await eventually(lambda n=node, c=before: n.log().count("node lease regained") > c, "lease regained")
+    room, dispatch = await dispatch_on(api_b, "patient", unique("after-outage"))
+    [record] = (await eventually(patient.jobs, "the job on node A's worker")).values()
+    done = await eventually(lambda: last_job(api_b, room, dispatch.id, api.JS_SUCCESS), "job success")
+    assert done.state.worker_id == record["worker_id"]
+
+
+async def test_a_node_found_lost_that_comes_back_announces_its_workers_again(
+    cluster: Cluster, agent_workers: Any, api_b: api.LiveKitAPI
+) -> None:
+    """Node A stalls (SIGSTOP) past its lease: node B finds it lost and drops its workers. A resumes,
+    finds its own lease lost then regained, and announces its workers again (still connected to it)."""
+    a, b = cluster.nodes[0], cluster.nodes[1]
+    stalled = await worker_on(a, b, agent_workers, "stalled", "shutdown")
+    lost_before, regained_before = len(lost_nodes(b)), a.log().count("node lease regained")
+    a.process.send_signal(signal.SIGSTOP)
+    try:
+        await eventually(lambda: len(lost_nodes(b)) > lost_before, "node A found lost by B")
+    finally:
+        a.process.send_signal(signal.SIGCONT)
+    await eventually(lambda: a.log().count("node lease regained") > regained_before, "A's lease regained")
+    room, dispatch = await dispatch_on(api_b, "stalled", unique("stalled"))
+    [record] = (await eventually(stalled.jobs, "the job on node A's worker")).values()
+    assert worker_ids(a, "stalled") == [record["worker_id"]], "the same registration, announced again"
+    done = await eventually(lambda: last_job(api_b, room, dispatch.id, api.JS_SUCCESS), "job success")
+    assert done.state.worker_id == record["worker_id"]
+
+
 async def test_the_job_of_a_killed_nodes_worker_runs_again_on_another_node(
     cluster: Cluster, agent_workers: Any, api_b: api.LiveKitAPI
 ) -> None:
@@ -154,6 +203,7 @@ async def test_the_job_of_a_killed_nodes_worker_runs_again_on_another_node(
     assert running.state.worker_id == record["worker_id"] in worker_ids(c, "sturdy")
     standby = await worker_on(a, b, agent_workers, "sturdy", "stay")
 
+    lost_before = len(lost_nodes(b))
     kill_node(c)
     [again] = (await eventually(standby.jobs, "the job on node A's worker")).values()
     assert again["job_id"] == record["job_id"] and again["worker_id"] in worker_ids(a, "sturdy")
@@ -164,5 +214,5 @@ async def test_the_job_of_a_killed_nodes_worker_runs_again_on_another_node(
     first, current = listed.state.jobs
     assert first.id == current.id == record["job_id"]
     assert first.state.status == api.JS_FAILED and first.state.worker_id == record["worker_id"]
-    [lost] = re.findall(r"node lost node=(\S+)", b.log())
+    [lost] = lost_nodes(b)[lost_before:]
     assert first.state.error == f"worker {record['worker_id']}'s node {lost} was lost", "why it moved"

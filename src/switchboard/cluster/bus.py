@@ -63,9 +63,11 @@ Write = tuple[str, ...]
 
 
 class RedisBus:
-    def __init__(self, redis: Any, node_id: str) -> None:
+    def __init__(self, redis: Any, node_id: str, timeout: float) -> None:
+        """`timeout`: the client's socket timeout (`redis.timeout`), which a blocking read must not reach."""
         self.redis = redis
         self.node_id = node_id
+        self._block_ms = max(1, int(min(READ_BLOCK, timeout / 2) * 1000))
         self._outbox: deque[Write] = deque()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -148,7 +150,7 @@ class RedisBus:
     async def _read_forever(self, last: dict[str, str], receive: Callable[[Message], None]) -> None:
         while True:
             try:
-                answer = await self.redis.xread(last, block=int(READ_BLOCK * 1000))
+                answer = await self.redis.xread(last, block=self._block_ms)
             except UNREACHABLE as exc:
                 log.warning("redis unreachable, cluster messages wait: %s", exc)
                 await asyncio.sleep(RETRY_DELAY)

@@ -54,6 +54,7 @@ class ClusterWorkers:
         """This node's workers as the hash holds them (each report rewrites its entry)."""
         hub.relay = self
         registry.on_node_lost(self.node_lost)
+        registry.on_lease_regained(self._announce_all)
 
     async def start(self) -> None:
         await self.bus.start(self.received, self._read_workers)
@@ -70,16 +71,24 @@ class ClusterWorkers:
         for worker_id, text in (await self.bus.redis.hgetall(WORKERS)).items():
             state = json.loads(text)
             if state["node"] in alive:
-                self._worker_up(state["node"], worker_id, spec_from_json(state["spec"], state["node"]))
-                self._worker_status(state, worker_id)
+                self._worker_seen(worker_id, state)
 
     # This node's workers (the hub's WorkerRelay)
 
     def registered(self, worker_id: str, spec: WorkerSpec) -> None:
         state = {"node": self.node_id, "spec": spec_to_json(spec), "status": None, "load": 0.0, "jobs": 0}
         self._states[worker_id] = state
+        self._announce(worker_id, state)
+
+    def _announce(self, worker_id: str, state: dict[str, Any]) -> None:
         self.bus.put(WORKERS, worker_id, json.dumps(state))
         self.bus.publish({"kind": "worker", "worker": worker_id} | state)
+
+    def _announce_all(self) -> None:
+        """This node was cut from Redis longer than its lease: the others found it lost and removed its
+        workers (their jobs restarted elsewhere). The workers are still here, and available again."""
+        for worker_id, state in self._states.items():
+            self._announce(worker_id, state)
 
     def gone(self, worker_id: str) -> None:
         self._states.pop(worker_id, None)
@@ -207,8 +216,8 @@ class ClusterWorkers:
 
     def _feed(self, kind: str, message: Message) -> None:
         worker_id = message["worker"]
-        if kind == "worker":
-            self._worker_up(message["node"], worker_id, spec_from_json(message["spec"], message["node"]))
+        if kind == "worker":  # also announced again, with its last status, after a lease was regained
+            self._worker_seen(worker_id, message)
         elif kind == "worker_status":
             self._worker_status(message, worker_id)
         elif kind == "worker_gone":
@@ -216,11 +225,15 @@ class ClusterWorkers:
         else:
             self._migrated(message["node"], worker_id, message["jobs"])
 
-    def _worker_up(self, node: str, worker_id: str, spec: WorkerSpec) -> None:
-        now = self.runtime.now()
+    def _worker_seen(self, worker_id: str, state: Message) -> None:
+        """Another node's worker, as announced or kept in the hash: registered here if new, its status
+        applied."""
+        node, now = state["node"], self.runtime.now()
+        spec = spec_from_json(state["spec"], node)
         if self.runtime.call(lambda engine: self.remote.registered(engine, node, worker_id, spec, now)):
             name = spec.agent_name
             log.info("remote worker registered worker=%s node=%s agent_name=%r", worker_id, node, name)
+        self._worker_status(state, worker_id)
 
     def _worker_status(self, state: Message, worker_id: str) -> None:
         status = None if state["status"] is None else WorkerStatus(state["status"])
