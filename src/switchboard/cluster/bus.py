@@ -1,11 +1,12 @@
 """Messages between the nodes of a cluster: one inbox per node, and one feed that every node reads.
 
-The Redis transport keeps both in Streams (docs/cluster.md, "Dispatch across nodes"):
+Both are Redis Streams (docs/cluster.md, "Dispatch across nodes"):
 
 - `{sb}:inbox:<node id>`: the messages for one node. A node reads its own inbox from the last id it saw,
-  so it gets every message, once and in the order each sender sent them, also those added while its
-  connection to Redis was down, as long as the stream (trimmed to about `MAX_LENGTH` entries) still
-  holds them. A node that restarts is a new node (a new id): its predecessor's inbox is never read again.
+  so it gets every message in the order each sender sent it, also those added while its connection to
+  Redis was down, as long as the stream (trimmed to about `MAX_LENGTH` entries) still holds them: at
+  least once (a write retried after a failed round trip may have been applied the first time too). A
+  node that restarts is a new node (a new id): its predecessor's inbox is never read again.
 - `{sb}:feed`: what every node must hear (its workers coming and going), read the same way.
 
 Beside the messages, a node may keep state that a node starting later reads (`put`: a field of a Redis
@@ -23,7 +24,7 @@ import json
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any
 
 from switchboard.cluster.redis_client import PREFIX, UNREACHABLE
 
@@ -45,24 +46,14 @@ def inbox(node_id: str) -> str:
     return f"{PREFIX}inbox:{node_id}"
 
 
-class Bus(Protocol):
-    """How a node talks to the others; `start(receive)` makes it call `receive(message)` for each message
-    sent to this node or to the feed, on the event loop, in order."""
-
-    def send(self, node_id: str, message: Message) -> None: ...
-
-    def publish(self, message: Message) -> None: ...
-
-    def put(self, key: str, field: str, value: str | None) -> None:
-        """Set (or, given None, delete) a field of a hash, in order with the messages."""
-        ...
-
-
 Write = tuple[str, ...]
 """("xadd", stream, data), ("hset", key, field, value) or ("hdel", key, field)."""
 
 
 class RedisBus:
+    """How a node talks to the others: `send` to one node, `publish` to all, `put` state beside; `start`
+    makes it call `receive(message)` for each message to this node or to the feed, in order."""
+
     def __init__(self, redis: Any, node_id: str, timeout: float) -> None:
         """`timeout`: the client's socket timeout (`redis.timeout`), which a blocking read must not reach."""
         self.redis = redis
@@ -79,6 +70,7 @@ class RedisBus:
         self._queue(FEED, message)
 
     def put(self, key: str, field: str, value: str | None) -> None:
+        """Set (or, given None, delete) a field of a hash, in order with the messages."""
         self._write(("hdel", key, field) if value is None else ("hset", key, field, value))
 
     def _queue(self, stream: str, message: Message) -> None:
