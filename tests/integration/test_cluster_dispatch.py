@@ -19,12 +19,13 @@ from livekit import api, rtc
 from tests.agent_workers import AgentWorker, eventually, registered
 from tests.cluster_nodes import Cluster, kill_node, start_cluster, stop_cluster
 from tests.conftest import Server
+from tests.signal_proxy import SignalProxy, ThroughProxy
 from tests.tone import publish_tone
 
 AGENTS = {
     "availability_timeout": 3,
     "pending_timeout": 60,
-    "reconnect_grace": 1,
+    "reconnect_grace": 5,
     "restart_backoff": 0.1,
     "start_timeout": 20,
 }
@@ -146,6 +147,42 @@ async def test_a_refusal_on_the_rooms_node_sends_the_job_to_another_nodes_worker
     assert picky.refused() == {record["job_id"]}
     done = await eventually(lambda: last_job(api_b, room, dispatch.id, api.JS_SUCCESS), "job success")
     assert done.state.worker_id == record["worker_id"] != ""
+
+
+async def test_a_worker_that_reconnects_to_another_node_keeps_its_job_there(
+    cluster: Cluster, agent_workers: Any, api_b: api.LiveKitAPI
+) -> None:
+    """The worker reaches node A through a proxy, which then sends it to node C and cuts it: the worker
+    registers on C and lists its running job (migrate_job), which B, its owner, takes back for it. The
+    job's agent, in the room on B, never noticed; B's messages about the job reach the worker on C, and
+    the worker's reports about it reach B."""
+    a, b, c = cluster.nodes
+    async with SignalProxy.to(a) as proxy:
+        mover = agent_workers(ThroughProxy(a, proxy), "mover", "stay")
+        await registered(a, "mover")
+        room, dispatch = await dispatch_on(api_b, "mover", unique("moved"))
+        [record] = (await eventually(mover.jobs, "the job on the worker, through node A")).values()
+        await eventually(lambda: last_job(api_b, room, dispatch.id, api.JS_RUNNING), "running")
+
+        proxy.upstream_port = int(c.http_url.rsplit(":", 1)[1])
+        proxy.cut()
+        await registered(c, "mover")
+        [moved_to] = worker_ids(c, "mover")
+        moved = await eventually(
+            lambda: last_job(api_b, room, dispatch.id, api.JS_RUNNING),
+            "the job taken back for the worker on node C",
+            accept=lambda job: job is not None and job.state.worker_id == moved_to,
+        )
+        assert moved.id == record["job_id"]
+        listed = await api_b.agent_dispatch.get_dispatch(dispatch.id, room)
+        assert listed is not None and len(listed.state.jobs) == 1, "the same attempt, not a restart"
+
+        # DeleteDispatch on B: the termination goes to the worker on C, and its report back to B.
+        deleted = await api_b.agent_dispatch.delete_dispatch(dispatch.id, room)
+        assert deleted.state.jobs[-1].state.error == "terminated: dispatch deleted"
+        await eventually(lambda: mover.ended(record["job_id"]), "the job's shutdown on the worker")
+        late_report = f"update for a job not held worker={moved_to} job={record['job_id']}"
+        await eventually(lambda: late_report in b.log(), "the worker's report of its end, on B")
 
 
 async def test_dispatch_across_nodes_works_again_once_redis_is_back(
