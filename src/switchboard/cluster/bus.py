@@ -47,7 +47,7 @@ def inbox(node_id: str) -> str:
 
 
 Write = tuple[str, ...]
-"""("xadd", stream, data), ("hset", key, field, value) or ("hdel", key, field)."""
+"""("xadd", stream, data), ("hset", key, field, value), ("hdel", key, field) or ("del", key)."""
 
 
 class RedisBus:
@@ -72,6 +72,10 @@ class RedisBus:
     def put(self, key: str, field: str, value: str | None) -> None:
         """Set (or, given None, delete) a field of a hash, in order with the messages."""
         self._write(("hdel", key, field) if value is None else ("hset", key, field, value))
+
+    def forget(self, node_id: str) -> None:
+        """That node is dead: its inbox goes (nobody will read it again)."""
+        self._write(("del", inbox(node_id)))
 
     def _queue(self, stream: str, message: Message) -> None:
         self._write(("xadd", stream, json.dumps(message, separators=(",", ":"))))
@@ -165,3 +169,5 @@ def _write(client: Any, write: Write) -> Any:
             return client.hset(key, field, value)
         case ("hdel", key, field):
             return client.hdel(key, field)
+        case ("del", key):
+            return client.delete(key)

@@ -66,12 +66,15 @@ class ClusterWorkers:
         await self.bus.stop()
 
     async def _read_workers(self) -> None:
-        """The workers already connected to the other nodes (those of live nodes only)."""
+        """The workers already connected to the other nodes; those of nodes that are gone (that nobody saw
+        go: the whole cluster was down) are forgotten."""
         alive = {node.id for node in await self.registry.nodes()}
         for worker_id, text in (await self.bus.redis.hgetall(WORKERS)).items():
             state = json.loads(text)
             if state["node"] in alive:
                 self._worker_seen(worker_id, state)
+            else:
+                self.bus.put(WORKERS, worker_id, None)
 
     # This node's workers (the hub's WorkerRelay)
 
@@ -296,7 +299,8 @@ class ClusterWorkers:
     def node_lost(self, node_id: str) -> None:
         now = self.runtime.now()
         lost = self.runtime.call(lambda engine: self.remote.node_lost(engine, node_id, now))
-        for worker_id in lost:
-            self.bus.put(WORKERS, worker_id, None)  # every node does it: the same deletion, harmless
+        for worker_id in lost:  # every node does it: the same deletions, harmless
+            self.bus.put(WORKERS, worker_id, None)
+        self.bus.forget(node_id)
         if lost:
             log.warning("workers of a lost node removed node=%s workers=%s", node_id, ",".join(lost))
