@@ -6,7 +6,6 @@ nodes' (registered from their announcements, under the same worker id, with `Wor
 engine of the node that owns a room chooses among all of them with its usual rules.
 """
 
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,8 +93,10 @@ class RelayedJob:
 class RelayedJobs:
     """One worker's jobs owned by other nodes: where its answers and reports about them go."""
 
+    __slots__ = ("_jobs",)  # one per worker session, on every node: kept small
+
     def __init__(self) -> None:
-        self._jobs: OrderedDict[str, RelayedJob] = OrderedDict()
+        self._jobs: dict[str, RelayedJob] = {}
 
     def owner(self, job_id: str) -> str | None:
         """The node that owns the job; "" while unknown (listed by migrate_job, not claimed yet); None
@@ -128,5 +129,5 @@ class RelayedJobs:
         if job is None or job.owner != owner:
             job = self._jobs[job_id] = RelayedJob(owner)
             if len(self._jobs) > MAX_RELAYED:
-                self._jobs.popitem(last=False)
+                del self._jobs[next(iter(self._jobs))]  # the oldest
         return job
