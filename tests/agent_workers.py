@@ -74,6 +74,10 @@ class AgentWorker:
             found.setdefault(path.name.split(".")[0], []).append((lines[0]["start"], end))
         return found
 
+    def refused(self) -> set[str]:
+        """The jobs a `reject` worker was offered and refused."""
+        return {p.stem for p in self.records.glob("*.refused")}
+
     def ended(self, job_id: str) -> bool:
         return (self.records / f"{job_id}.ended").exists()
 

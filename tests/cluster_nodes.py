@@ -1,7 +1,10 @@
 """Several `switchboard serve` processes sharing one real redis-server: the cluster tests' deployment."""
 
 import json
+import os
 import signal
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +54,28 @@ def start_cluster(directory: Path, count: int, config: dict[str, Any] | None = N
 
 def start_node(directory: Path, redis: RedisServer, config: dict[str, Any] | None = None) -> Server:
     return start_server(directory, node_config(redis, config))
+
+
+def cli(node: Server, *args: str) -> subprocess.CompletedProcess[str]:
+    """`switchboard ARGS` against `node`, with its URL and credentials, as an operator runs it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIVEKIT_")}
+    credentials = ("--url", node.http_url, "--api-key", node.api_key, "--api-secret", node.api_secret)
+    return subprocess.run(
+        [sys.executable, "-m", "switchboard", *args, *credentials],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+
+
+def place_rooms_on(cluster: Cluster, node: Server) -> None:
+    """Drain every other node (`switchboard node drain`): new rooms then all go to `node`, while the
+    drained nodes still serve their workers and rooms."""
+    for other in cluster.nodes:
+        if other is not node:
+            result = cli(other, "node", "drain")
+            assert result.returncode == 0, result.stderr
 
 
 def kill_node(node: Server) -> None:

@@ -139,19 +139,35 @@ async def lkapi(server: Server) -> AsyncIterator[api.LiveKitAPI]:
 
 
 @pytest.fixture
-def workers(server: Server, tmp_path: Path) -> Iterator[Any]:
+def workers(server: Server, agent_workers: Any) -> Any:
     """Start real livekit-agents worker processes (tests/agents/worker.py) against this module's server;
     they are killed, with their job processes, when the test ends."""
+
+    def start(agent_name: str = "", behaviour: str = "shutdown", secret: str = "", **settings: str) -> Any:
+        return agent_workers(server, agent_name, behaviour, secret, **settings)
+
+    return start
+
+
+@pytest.fixture
+def agent_workers(tmp_path: Path) -> Iterator[Any]:
+    """`agent_workers(server, agent_name, behaviour, secret="", **settings)`: a real livekit-agents worker
+    process (tests/agents/worker.py) against any server (a process, a cluster's node, or in this process);
+    killed, with its job processes, after the test. `settings`: more of its TEST_* variables."""
     from tests.agent_workers import AgentWorker  # it imports this module
+    from tests.protocol_worker import Endpoint
 
     started: list[AgentWorker] = []
 
     def start(
-        agent_name: str = "", behaviour: str = "shutdown", secret: str = "", **settings: str
+        server: Endpoint,
+        agent_name: str = "",
+        behaviour: str = "shutdown",
+        secret: str = "",
+        **settings: str,
     ) -> AgentWorker:
-        worker = AgentWorker(
-            server, tmp_path / f"worker{len(started)}", agent_name, behaviour, secret, **settings
-        )
+        directory = tmp_path / f"worker{len(started)}"
+        worker = AgentWorker(server, directory, agent_name, behaviour, secret, **settings)
         started.append(worker)
         return worker
 

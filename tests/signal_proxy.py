@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from tests.conftest import Server, free_port
 
@@ -80,3 +81,27 @@ class SignalProxy:
             yield proxy
         finally:
             await proxy.close()
+
+
+@dataclass(frozen=True)
+class ThroughProxy:
+    """The server as an agent worker reaches it through the proxy: /agent and its jobs' /rtc alike."""
+
+    server: Server
+    proxy: SignalProxy
+
+    @property
+    def http_url(self) -> str:
+        return self.proxy.url.replace("ws://", "http://")
+
+    @property
+    def ws_url(self) -> str:
+        return self.proxy.url
+
+    @property
+    def api_key(self) -> str:
+        return self.server.api_key
+
+    @property
+    def api_secret(self) -> str:
+        return self.server.api_secret

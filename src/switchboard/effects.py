@@ -8,6 +8,7 @@ is logged and the others still run (`Runtime`). docs/engine-gateway.md says more
 
 from switchboard.api.dashboard import EVENT_KINDS, Dashboard
 from switchboard.cluster.store import DispatchStore
+from switchboard.cluster.workers import ClusterWorkers
 from switchboard.core.events import (
     AssignJob,
     DisconnectParticipant,
@@ -38,17 +39,18 @@ from switchboard.workers.hub import WorkerHub
 
 def wire_effects(
     effects: Effects,
-    hub: WorkerHub,
+    workers: WorkerHub | ClusterWorkers,
     rtc: RtcService,
     dashboard: Dashboard,
     webhooks: Webhooks | None,
     metrics: Metrics | None,
     store: DispatchStore | None = None,
 ) -> None:
-    # Acting: the worker hub (the /agent connections) and the rtc service (the /rtc connections).
-    effects.on(OfferJob, hub.offer)
-    effects.on(AssignJob, hub.assign)
-    effects.on(TerminateJob, hub.terminate)
+    # Acting: the worker hub (the /agent connections; on a cluster node, through ClusterWorkers, which
+    # carries a decision for a worker of another node there) and the rtc service (the /rtc connections).
+    effects.on(OfferJob, workers.offer)
+    effects.on(AssignJob, workers.assign)
+    effects.on(TerminateJob, workers.terminate)
     effects.on(DisconnectParticipant, rtc.disconnect)
     effects.on(ParticipantUpdated, rtc.participant_updated)
     effects.on(TrackMuted, rtc.track_muted)

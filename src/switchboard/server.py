@@ -20,6 +20,7 @@ from switchboard.api.dashboard import Dashboard
 from switchboard.api.twirp import TwirpServer
 from switchboard.auth.tokens import TokenVerifier
 from switchboard.cluster import node_service
+from switchboard.cluster.bus import RedisBus
 from switchboard.cluster.forwarding import TwirpForwarding, releasing
 from switchboard.cluster.node import ClusterNode
 from switchboard.cluster.node_service import ClusterNodes, SingleNode
@@ -28,6 +29,7 @@ from switchboard.cluster.ownership import RoomOwnership
 from switchboard.cluster.redis_client import UNREACHABLE
 from switchboard.cluster.relay import SignalRelay, send_everyone_elsewhere
 from switchboard.cluster.store import DispatchStore
+from switchboard.cluster.workers import ClusterWorkers
 from switchboard.config import DEV_KEYS, Config
 from switchboard.core import ids
 from switchboard.core.engine import Engine
@@ -81,6 +83,7 @@ def build_app(config: Config) -> web.Application:
     dispatch_methods = agent_dispatch_service.methods(runtime)
     cluster = None
     store = None
+    cluster_workers = None
     cluster_parts: tuple[TwirpForwarding | SignalRelay, ...] = ()
     url = node_url(config)
     if config.redis.configured:
@@ -106,6 +109,9 @@ def build_app(config: Config) -> web.Application:
         app.middlewares.append(relay.middleware)  # outermost: a join for another node's room goes there
         app.middlewares.append(store.restoring_joins(verifier))
         cluster_parts = (forwarding, relay)
+        # Dispatch across nodes: job decisions for another node's worker go there (docs/cluster.md).
+        bus = RedisBus(cluster.redis, cluster.node_id, config.redis.timeout)
+        cluster_workers = ClusterWorkers(runtime, hub, bus, cluster.registry)
     nodes: node_service.Nodes = (
         ClusterNodes(cluster, ownership.unreachable)
         if cluster is not None
@@ -127,13 +133,15 @@ def build_app(config: Config) -> web.Application:
     webhooks = None
     if config.webhook.urls:
         webhooks = Webhooks(config.webhook, config.keys[config.webhook.api_key], runtime)
-    wire_effects(runtime.effects, hub, rtc, dashboard, webhooks, metrics, store)
+    wire_effects(runtime.effects, cluster_workers or hub, rtc, dashboard, webhooks, metrics, store)
 
     async def start(app: web.Application) -> None:
         if cluster is not None:
             await cluster.start()  # before serving: a node that cannot reach Redis must not start alone
             for part in cluster_parts:
                 await part.start()
+        if cluster_workers is not None:
+            await cluster_workers.start()
         if store is not None:
             await store.start()
         await app[RUNTIME].start()
@@ -146,6 +154,8 @@ def build_app(config: Config) -> web.Application:
             await webhooks.stop()  # after the last decisions (rooms closed at shutdown)
         if store is not None:
             await store.stop()  # after the last decisions: what they changed is written
+        if cluster_workers is not None:
+            await cluster_workers.stop()
         if cluster is not None:
             for part in cluster_parts:
                 await part.stop()
@@ -308,7 +318,7 @@ def node_stats(runtime: Runtime) -> NodeStats:
     return NodeStats(
         rooms=len(rooms),
         participants=sum(len(room.participants) for room in rooms),
-        workers=len(engine.workers),
+        workers=sum(1 for worker in engine.workers.values() if not worker.spec.node),  # its own only
     )
 
 

@@ -10,7 +10,8 @@
                                   record their size and mean colour (<job id>.watched), then ctx.shutdown()
                         raise:    record the job, then raise from the entrypoint
                         hang:     record the job and return; it runs until the server terminates it
-                        reject:   answer every offer with reject(terminate=False)
+                        reject:   answer every offer with reject(terminate=False), writing
+                                  <job id>.refused
                         decline:  answer every offer with reject(terminate=True)
     TEST_RECORD_DIR     where each job started writes <job id>.json with what the agent received
     TEST_ENDED_DIR      where each job writes <job id>.ended when its process shuts down
@@ -66,6 +67,7 @@ server = AgentServer(
 
 async def on_request(request: JobRequest) -> None:
     if BEHAVIOUR == "reject":
+        (RECORD_DIR / f"{request.job.id}.refused").write_text(request.job.room.name)
         await request.reject(terminate=False)
     elif BEHAVIOUR == "decline":
         await request.reject(terminate=True)

@@ -4,9 +4,8 @@ served on aiohttp's test server (a real socket on 127.0.0.1), so that tests can 
 
 Each test gets its own application, started in a few milliseconds, with the settings it needs."""
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -22,7 +21,6 @@ from switchboard.core.engine import Engine
 from switchboard.runtime import Runtime
 from switchboard.server import HUB, RUNTIME, build_app
 from switchboard.workers.hub import WorkerHub
-from tests.agent_workers import AgentWorker
 from tests.conftest import API_KEY, API_SECRET
 from tests.protocol_worker import Client
 
@@ -106,24 +104,6 @@ async def start_app() -> AsyncIterator[StartApp]:
     yield start
     for server in started:
         await server.test_server.close()
-
-
-@pytest.fixture
-def agent_workers(tmp_path: Path) -> Iterator[Callable[..., AgentWorker]]:
-    """`agent_workers(server, agent_name, behaviour, secret="")`: a real livekit-agents worker process
-    (tests/agents/worker.py) against an in-process server; killed, with its job processes, after the test."""
-    started: list[AgentWorker] = []
-
-    def start(
-        server: AppServer, agent_name: str = "", behaviour: str = "shutdown", secret: str = ""
-    ) -> AgentWorker:
-        worker = AgentWorker(server, tmp_path / f"worker{len(started)}", agent_name, behaviour, secret)
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        worker.kill()
 
 
 @pytest.fixture

@@ -7,9 +7,6 @@ reaches whichever node the test names, as a user behind a load balancer would.""
 import asyncio
 import contextlib
 import json
-import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -24,7 +21,7 @@ from livekit import api, rtc
 from switchboard.api import switchboard_proto as pb
 from switchboard.auth.grants import VideoGrant
 from switchboard.auth.tokens import mint_token
-from tests.cluster_nodes import Cluster, start_cluster, start_node, stop_cluster
+from tests.cluster_nodes import Cluster, cli, start_cluster, start_node, stop_cluster
 from tests.conftest import Server, start_server, stop_server
 from tests.polling import eventually
 from tests.signal_proxy import SignalProxy
@@ -83,18 +80,6 @@ async def handshake(node: Server, token: str) -> tuple[int, str]:
         session.get(node.http_url + "/rtc", params={"access_token": token}, headers=upgrade) as answer,
     ):
         return answer.status, await answer.text()
-
-
-def cli(node: Server, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LIVEKIT_")}
-    credentials = ("--url", node.http_url, "--api-key", node.api_key, "--api-secret", node.api_secret)
-    return subprocess.run(
-        [sys.executable, "-m", "switchboard", *args, *credentials],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
 
 
 class Listener:

@@ -9,7 +9,6 @@ ways, after the ICE restart the SDK asks for. A full reconnect (the session gone
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ from tests.conftest import Server, start_server, stop_server
 from tests.integration.test_rtc_node import run_rtc_scenario, unique_room
 from tests.integration.test_rtc_python import Client, signalling
 from tests.polling import eventually
-from tests.signal_proxy import SignalProxy
+from tests.signal_proxy import SignalProxy, ThroughProxy
 
 RESUME_WINDOW = 20  # room.departure_timeout: how long a participant whose signal dropped may resume
 LOUD = 4000  # RMS of the relayed 440 Hz tone of amplitude 8000 is ≈5660
@@ -290,30 +289,6 @@ async def test_a_resume_takes_over_a_signal_connection_the_server_still_holds(
     await bob.hears_the_tone_again("bob to hear alice after both resumes")
     await alice.hears_the_tone_again("alice to hear bob after both resumes")
     assert not bob.saw("participant_disconnected")
-
-
-@dataclass(frozen=True)
-class ThroughProxy:
-    """The server as an agent worker reaches it through the proxy: /agent and its jobs' /rtc alike."""
-
-    server: Server
-    proxy: SignalProxy
-
-    @property
-    def http_url(self) -> str:
-        return self.proxy.url.replace("ws://", "http://")
-
-    @property
-    def ws_url(self) -> str:
-        return self.proxy.url
-
-    @property
-    def api_key(self) -> str:
-        return self.server.api_key
-
-    @property
-    def api_secret(self) -> str:
-        return self.server.api_secret
 
 
 async def test_an_agent_whose_connections_drop_resumes_and_keeps_its_job(

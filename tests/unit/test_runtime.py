@@ -6,6 +6,7 @@ from typing import get_args
 import pytest
 import yaml
 
+from switchboard.cluster.workers import ClusterWorkers
 from switchboard.config import load_config
 from switchboard.core.dispatch import DispatchSpec
 from switchboard.core.engine import Engine, RoomSpec
@@ -104,4 +105,7 @@ def test_with_webhooks_metrics_and_redis_every_decision_type_has_an_effect_and_a
     effects = app[RUNTIME].effects
     for decision_type in get_args(Decision):
         assert effects.of(decision_type), f"{decision_type.__name__} is carried out by nobody"
-    assert effects.of(OfferJob)[:2] == [app[HUB].offer, app[METRICS].offered]
+    # With redis:, the hub is reached through ClusterWorkers (a worker may be on another node).
+    [actor, observer] = effects.of(OfferJob)[:2]
+    assert isinstance(actor.__self__, ClusterWorkers) and actor.__self__.hub is app[HUB]
+    assert observer == app[METRICS].offered

@@ -36,7 +36,7 @@ def worker_to_proto(runtime: Runtime, worker: Worker, node_id: str) -> Any:
         jobs=[
             pb.WorkerJob(id=j.id, dispatch_id=j.dispatch_id, room=j.room, state=j.status.value) for j in jobs
         ],
-        node_id=node_id,
+        node_id=worker.spec.node or node_id,  # on a cluster node, another node's worker too
         registered_at=_ns(worker.registered_at),
         reported_job_count=worker.reported_jobs,
     )

@@ -197,6 +197,9 @@ class NodeRegistry(NodeDescription):
     async def _keep_alive(self) -> None:
         while True:
             await asyncio.sleep(self.lease.renew_interval)
+            # Before renewing too: a process stalled past its lease (stopped, swapped out) finds it lost,
+            # as the others did, instead of renewing it as if nothing had happened.
+            self._check_lease()
             try:
                 await self.renew()
                 await self._find_lost_nodes()

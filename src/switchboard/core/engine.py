@@ -645,17 +645,20 @@ class Engine:
             if not job.ended:
                 self._terminate(job, reason, now)
 
-    def _failed(self, job: Job, reason: str, now: float, *, copy_may_live: bool = False) -> None:
+    def _failed(
+        self, job: Job, reason: str, now: float, *, copy_may_live: bool = False, backoff: bool = True
+    ) -> None:
         """The attempt failed: run the job again, after a back-off, if its restart policy allows; else end
-        it with the reason. `copy_may_live`: the attempt's copy may still run and may be taken back."""
+        it with the reason. `copy_may_live`: the attempt's copy may still run and may be taken back.
+        `backoff` False: the failure says nothing about the job (its worker's node died), run it at once."""
         s = self.settings
         dispatch = self._dispatch_of(job)
         retry = dispatch is not None and dispatch.spec.restart_policy is RestartPolicy.ON_FAILURE
         if retry and job.restarts < s.max_job_restarts and not self.draining:
             self._release(job, now)
             self._stop_earlier_copy(job)  # only one earlier copy is ever kept track of
-            backoff = min(s.restart_backoff * 2**job.restarts, s.restart_backoff_max)
-            job.requeue(reason, now, now + backoff if backoff > 0 else None, copy_may_live=copy_may_live)
+            delay = min(s.restart_backoff * 2**job.restarts, s.restart_backoff_max) if backoff else 0
+            job.requeue(reason, now, now + delay if delay > 0 else None, copy_may_live=copy_may_live)
             self._decisions.append(JobQueued(job))
             self._queue(job, now)
             return
@@ -674,10 +677,13 @@ class Engine:
 
     # Workers
 
-    def register_worker(self, spec: WorkerSpec, now: float) -> Worker:
+    def register_worker(self, spec: WorkerSpec, now: float, worker_id: str = "") -> Worker:
+        """A worker registers; `worker_id` is given for one of another node (its id there), known by now."""
         check_name("agent name", spec.agent_name, self.settings.limits.max_agent_name_length, required=False)
         check_deployment(spec.deployment)
-        worker = Worker(id=ids.new_id(ids.WORKER), spec=spec, registered_at=now)
+        if worker_id in self.workers:
+            raise InvalidArgument(f"worker {worker_id} is already registered")
+        worker = Worker(id=worker_id or ids.new_id(ids.WORKER), spec=spec, registered_at=now)
         self.workers[worker.id] = worker
         self._workers_by_key.setdefault(worker.key, {})[worker.id] = worker
         self._match(worker.key, now)
@@ -700,8 +706,13 @@ class Engine:
         if worker.accepting:
             self._match(worker.key, now)
 
-    def worker_disconnected(self, worker_id: str, now: float) -> None:
-        """The worker's connection is gone: offers move on, its jobs wait `reconnect_grace` for it."""
+    def worker_disconnected(self, worker_id: str, now: float, lost: str = "") -> None:
+        """The worker's connection is gone: offers move on, its jobs wait `reconnect_grace` for it.
+
+        `lost` says why the worker cannot come back to this connection (its cluster node died): its jobs
+        fail at once with that reason and follow their restart policy, without a back-off (the failure is
+        not the job's, and the lease already made them wait). Their copies may still run, so a
+        worker that reconnects elsewhere and lists them (migrate_job) takes them back if nobody else has."""
         worker = self.workers.pop(worker_id, None)
         if worker is None:
             return
@@ -713,6 +724,8 @@ class Engine:
             job = self.jobs[job_id]
             if job.status is JobStatus.OFFERED:
                 self._back_to_pending(job, now, answered=False)
+            elif lost:
+                self._failed(job, lost, now, copy_may_live=True, backoff=False)
             else:
                 job.orphan(now)
 

@@ -19,8 +19,8 @@ def choose_worker(
 
     Only what a worker reported keeps it from being asked: the load estimated for jobs assigned since its
     last report ranks workers (so a burst spreads over idle ones) but never holds a job back, since the
-    worker's own answer says whether it can take one more. Ties go to the worker holding fewer jobs, then
-    to the one registered first.
+    worker's own answer says whether it can take one more. Ties go to a worker connected to this node
+    (no hop to another one), then to the worker holding fewer jobs, then to the one registered first.
     """
     if len(candidates) > SAMPLE_SIZE:
         sample = (rng or random).sample(candidates, SAMPLE_SIZE)
@@ -32,13 +32,13 @@ def choose_worker(
 
 def _least_loaded(job: Job, candidates: Sequence[Worker], load_threshold: float) -> Worker | None:
     best: Worker | None = None
-    best_rank: tuple[float, int, float] = (0.0, 0, 0.0)
+    best_rank: tuple[float, bool, int, float] = (0.0, False, 0, 0.0)
     for worker in candidates:
         if not worker.accepting or worker.id in job.tried_workers or worker.id in job.excluded_workers:
             continue
         if worker.load >= load_threshold:
             continue
-        rank = (worker.effective_load(), len(worker.jobs), worker.registered_at)
+        rank = (worker.effective_load(), bool(worker.spec.node), len(worker.jobs), worker.registered_at)
         if best is None or rank < best_rank:
             best, best_rank = worker, rank
     return best

@@ -48,6 +48,8 @@ class WorkerSpec:
     job_type: JobType = JobType.ROOM
     deployment: str = ""
     version: str = ""
+    node: str = ""
+    """The cluster node the worker is connected to; empty: this one (and always, without a cluster)."""
 
 
 @dataclass

@@ -10,6 +10,7 @@ from aiohttp import WSCloseCode, web
 from livekit.protocol import agent
 
 from switchboard.auth.grants import VideoGrant
+from switchboard.cluster.directory import RelayedJobs
 from switchboard.core.engine import Engine
 from switchboard.core.errors import CoreError
 from switchboard.core.jobs import JobType
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("switchboard.workers")
 
 # update_job statuses a worker may send; JS_CANCELLED (4, newer protocol) ends the job as failed.
-_JOB_UPDATES = {
+JOB_UPDATES = {
     agent.JS_RUNNING: (JobUpdate.RUNNING, ""),
     agent.JS_SUCCESS: (JobUpdate.SUCCESS, ""),
     agent.JS_FAILED: (JobUpdate.FAILED, ""),
@@ -60,6 +61,13 @@ def permissions_of(request: agent.RegisterWorkerRequest) -> VideoGrant:
     )
 
 
+def status_of(report: agent.UpdateWorkerStatus) -> WorkerStatus | None:
+    """The status a report sets; None when it sets none (proto3 optional not set, or unknown)."""
+    if report.HasField("status") and report.status in WorkerStatus._value2member_map_:
+        return WorkerStatus(report.status)
+    return None
+
+
 class WorkerSession:
     def __init__(
         self,
@@ -77,6 +85,8 @@ class WorkerSession:
         self.worker_id = ""
         self.agent_name = ""
         self.permissions = VideoGrant()
+        self.remote_jobs = RelayedJobs()
+        """On a cluster node: this worker's jobs owned by other nodes."""
         self._sender = MessageSender(ws)
 
     def send(self, message: agent.ServerMessage) -> None:
@@ -89,7 +99,6 @@ class WorkerSession:
             raise ProtocolViolation(str(exc)) from exc
 
     async def run(self) -> None:
-        runtime = self.hub.runtime
         try:
             try:
                 first = await asyncio.wait_for(self._receive(), self.hub.settings.register_timeout)
@@ -110,8 +119,7 @@ class WorkerSession:
             )
         finally:
             if self.worker_id:
-                self.hub.sessions.pop(self.worker_id, None)
-                runtime.call(lambda engine: engine.worker_disconnected(self.worker_id, runtime.now()))
+                self._forget()
                 log.info("worker disconnected worker=%s agent_name=%r", self.worker_id, self.agent_name)
 
     def _register(self, message: agent.WorkerMessage) -> None:
@@ -138,6 +146,8 @@ class WorkerSession:
         self.worker_id, self.agent_name = worker.id, spec.agent_name
         self.permissions = permissions_of(request)
         self.hub.sessions[worker.id] = self
+        if self.hub.relay is not None:
+            self.hub.relay.registered(worker.id, spec)
         self.send(
             agent.ServerMessage(
                 register=agent.RegisterWorkerResponse(worker_id=worker.id, server_info=self.hub.server_info)
@@ -153,6 +163,9 @@ class WorkerSession:
         )
 
     def _handle(self, message: agent.WorkerMessage) -> None:
+        relay = self.hub.relay
+        if relay is not None and relay.intercept(self, message):
+            return
         self.hub.runtime.call(lambda engine: self._apply(engine, message))
 
     def _apply(self, engine: Engine, message: agent.WorkerMessage) -> None:
@@ -172,15 +185,12 @@ class WorkerSession:
                 log.info("late or unknown availability answer worker=%s job=%s", self.worker_id, a.job_id)
         elif kind == "update_worker":
             report = message.update_worker
-            status = None
-            if report.HasField("status") and report.status in WorkerStatus._value2member_map_:
-                status = WorkerStatus(report.status)
-            engine.worker_status(self.worker_id, status, report.load, report.job_count, now)
+            engine.worker_status(self.worker_id, status_of(report), report.load, report.job_count, now)
         elif kind == "update_job":
             job_report = message.update_job
-            if job_report.status not in _JOB_UPDATES:
+            if job_report.status not in JOB_UPDATES:
                 return  # JS_PENDING carries nothing to act on
-            update, default_error = _JOB_UPDATES[job_report.status]
+            update, default_error = JOB_UPDATES[job_report.status]
             error = job_report.error or default_error
             if not engine.job_update(self.worker_id, job_report.job_id, update, error, now):
                 log.info("update for a job not held worker=%s job=%s", self.worker_id, job_report.job_id)
@@ -196,14 +206,20 @@ class WorkerSession:
         else:
             raise ProtocolViolation("empty WorkerMessage")
 
+    def _forget(self) -> None:
+        """The worker is gone: no more offers, and its jobs follow the engine's rules (and other nodes')."""
+        runtime = self.hub.runtime
+        self.hub.sessions.pop(self.worker_id, None)
+        runtime.call(lambda engine: engine.worker_disconnected(self.worker_id, runtime.now()))
+        if self.hub.relay is not None:
+            self.hub.relay.gone(self.worker_id)
+
     async def _close_for_violation(self, reason: str) -> None:
         log.warning(
             "worker protocol violation worker=%s peer=%s reason=%r", self.worker_id, self.peer, reason
         )
-        runtime = self.hub.runtime
         if self.worker_id:  # no more offers while we wait to close
-            self.hub.sessions.pop(self.worker_id, None)
-            runtime.call(lambda engine: engine.worker_disconnected(self.worker_id, runtime.now()))
+            self._forget()
             self.worker_id = ""
         if not self.ws.closed:
             await asyncio.sleep(self.hub.settings.violation_close_delay)

@@ -1,0 +1,306 @@
+"""Dispatch across nodes: this node's workers announced to the others, the engine's job decisions for a
+worker on another node carried there, and a worker's answers about a job owned elsewhere carried back.
+
+docs/cluster.md ("Dispatch across nodes") lists the messages and their delivery guarantees.
+"""
+
+import base64
+import json
+import logging
+from dataclasses import asdict
+from typing import Any
+
+from livekit.protocol import agent
+
+from switchboard.cluster.bus import Message, RedisBus
+from switchboard.cluster.directory import RemoteWorkers, spec_from_json, spec_to_json
+from switchboard.cluster.nodes import NodeRegistry
+from switchboard.cluster.redis_client import PREFIX
+from switchboard.core.events import AgentParticipant, AssignJob, JobContext, OfferJob, TerminateJob
+from switchboard.core.jobs import Job
+from switchboard.core.workers import AvailabilityAnswer, JobUpdate, WorkerSpec, WorkerStatus
+from switchboard.runtime import Runtime
+from switchboard.workers.hub import WorkerHub, job_message
+from switchboard.workers.session import JOB_UPDATES, WorkerSession, status_of
+
+log = logging.getLogger("switchboard.cluster")
+
+WORKERS = PREFIX + "workers"
+"""Hash: worker id -> JSON {node, spec, status, load, jobs}, every connected worker of the cluster."""
+
+
+def _encode(job: agent.Job) -> str:
+    return base64.b64encode(job.SerializeToString()).decode()
+
+
+def _decode(data: str) -> agent.Job:
+    return agent.Job.FromString(base64.b64decode(data))
+
+
+class ClusterWorkers:
+    """Carries the job decisions (wired in `switchboard.effects` in place of the hub's) and is the hub's
+    `WorkerRelay`."""
+
+    def __init__(self, runtime: Runtime, hub: WorkerHub, bus: RedisBus, registry: NodeRegistry) -> None:
+        self.runtime = runtime
+        self.hub = hub
+        self.bus = bus
+        self.registry = registry
+        self.node_id = registry.node_id
+        self.url = registry.url.replace("http", "ws", 1)
+        """Where a job for a room of this node joins, when its worker is connected to another node."""
+        self.remote = RemoteWorkers(self.node_id)
+        self._states: dict[str, dict[str, Any]] = {}
+        """This node's workers as the hash holds them (each report rewrites its entry)."""
+        hub.relay = self
+        registry.on_node_lost(self.node_lost)
+        registry.on_lease_regained(self._announce_all)
+
+    async def start(self) -> None:
+        await self.bus.start(self.received, self._read_workers)
+
+    async def stop(self) -> None:
+        for worker_id in self._states:
+            self.bus.put(WORKERS, worker_id, None)
+        self._states.clear()
+        await self.bus.stop()
+
+    async def _read_workers(self) -> None:
+        """The workers already connected to the other nodes; those of nodes that are gone (that nobody saw
+        go: the whole cluster was down) are forgotten."""
+        alive = {node.id for node in await self.registry.nodes()}
+        for worker_id, text in (await self.bus.redis.hgetall(WORKERS)).items():
+            state = json.loads(text)
+            if state["node"] in alive:
+                self._worker_seen(worker_id, state)
+            else:
+                self.bus.put(WORKERS, worker_id, None)
+
+    # This node's workers (the hub's WorkerRelay)
+
+    def registered(self, worker_id: str, spec: WorkerSpec) -> None:
+        state = {"node": self.node_id, "spec": spec_to_json(spec), "status": None, "load": 0.0, "jobs": 0}
+        self._states[worker_id] = state
+        self._announce(worker_id, state)
+
+    def _announce(self, worker_id: str, state: dict[str, Any]) -> None:
+        self.bus.put(WORKERS, worker_id, json.dumps(state))
+        self.bus.publish({"kind": "worker", "worker": worker_id} | state)
+
+    def _announce_all(self) -> None:
+        """This node was cut from Redis longer than its lease: the others found it lost and removed its
+        workers (their jobs restarted elsewhere). The workers are still here, and available again."""
+        for worker_id, state in self._states.items():
+            self._announce(worker_id, state)
+
+    def gone(self, worker_id: str) -> None:
+        self._states.pop(worker_id, None)
+        self.bus.put(WORKERS, worker_id, None)
+        self.bus.publish({"kind": "worker_gone", "node": self.node_id, "worker": worker_id})
+
+    def intercept(self, session: WorkerSession, message: agent.WorkerMessage) -> bool:
+        kind = message.WhichOneof("message")
+        if kind == "update_worker":
+            self._announce_status(session.worker_id, message.update_worker)
+        elif kind == "availability" and session.remote_jobs:
+            return self._answer_elsewhere(session, message.availability)
+        elif kind == "update_job" and session.remote_jobs:
+            return self._report_elsewhere(session, message.update_job)
+        elif kind == "migrate_job":
+            return self._migrate_elsewhere(session, list(message.migrate_job.job_ids))
+        return False
+
+    def _announce_status(self, worker_id: str, report: agent.UpdateWorkerStatus) -> None:
+        state = self._states.get(worker_id)
+        if state is None:
+            return
+        status = status_of(report)
+        if status is not None:
+            state["status"] = int(status)
+        state["load"], state["jobs"] = report.load, report.job_count
+        self.bus.put(WORKERS, worker_id, json.dumps(state))
+        self.bus.publish({"kind": "worker_status", "worker": worker_id} | state)
+
+    def _answer_elsewhere(self, session: WorkerSession, answer: agent.AvailabilityResponse) -> bool:
+        owner = session.remote_jobs.owner(answer.job_id)
+        if not owner:
+            return owner is not None  # "": its owner has not claimed it yet (migrate_job); dropped
+        self.bus.send(
+            owner,
+            {
+                "kind": "answer",
+                "worker": session.worker_id,
+                "job": answer.job_id,
+                "available": answer.available,
+                "terminate": answer.terminate,
+                "identity": answer.participant_identity,
+                "name": answer.participant_name,
+                "metadata": answer.participant_metadata,
+                "attributes": dict(answer.participant_attributes),
+            },
+        )
+        return True
+
+    def _report_elsewhere(self, session: WorkerSession, report: agent.UpdateJobStatus) -> bool:
+        owner = session.remote_jobs.owner(report.job_id)
+        if not owner:
+            if owner is not None:
+                log.info("job report dropped, its owner unknown yet job=%s", report.job_id)
+            return owner is not None
+        if report.status in JOB_UPDATES:  # JS_PENDING carries nothing to act on
+            update, default_error = JOB_UPDATES[report.status]
+            if update is not JobUpdate.RUNNING:
+                session.remote_jobs.ended(report.job_id)
+            message = {"worker": session.worker_id, "job": report.job_id, "update": int(update)}
+            self.bus.send(owner, {"kind": "job_update", "error": report.error or default_error} | message)
+        return True
+
+    def _migrate_elsewhere(self, session: WorkerSession, job_ids: list[str]) -> bool:
+        """A reconnected worker lists the jobs it still runs: this node's engine takes back its own; the
+        others are announced to every node, and their owners take them back (and say so)."""
+        engine = self.runtime.engine
+        elsewhere = [job_id for job_id in job_ids if job_id not in engine.jobs]
+        if not elsewhere:
+            return False
+        here = [job_id for job_id in job_ids if job_id in engine.jobs]
+        worker_id, now = session.worker_id, self.runtime.now()
+        self.runtime.call(lambda engine: engine.migrate_jobs(worker_id, here, now))
+        for job_id in elsewhere:  # not this node's to judge: the owner's "owned" will say whose
+            session.remote_jobs.adopt(job_id, "")
+        self.bus.publish({"kind": "migrate", "node": self.node_id, "worker": worker_id, "jobs": elsewhere})
+        return True
+
+    # The engine's job decisions (wired in switchboard.effects)
+
+    def offer(self, decision: OfferJob) -> None:
+        if decision.worker_id in self.hub.sessions:
+            self.hub.offer(decision)
+        else:
+            self._relay(
+                "offer", decision.worker_id, decision.job, decision.context, resuming=decision.resuming
+            )
+
+    def assign(self, decision: AssignJob) -> None:
+        if decision.worker_id in self.hub.sessions:
+            self.hub.assign(decision)
+            return
+        participant = asdict(decision.participant)
+        details = {"participant": participant, "url": self.url}
+        self._relay("assign", decision.worker_id, decision.job, decision.context, **details)
+
+    def _relay(self, kind: str, worker_id: str, job: Job, context: JobContext, **details: Any) -> None:
+        """To the worker's node: the job as the worker is to be told of it, and this message's details."""
+        node = self.remote.node_of(worker_id)
+        if node is None or job.ended:
+            return  # the worker left meanwhile: the engine's deadlines move the job on
+        message = {"kind": kind, "owner": self.node_id, "worker": worker_id, "attempt": job.attempt}
+        self.bus.send(node, message | {"job": _encode(job_message(job, context))} | details)
+
+    def terminate(self, decision: TerminateJob) -> None:
+        node = self.remote.node_of(decision.worker_id)
+        if node is None:
+            self.hub.terminate(decision)
+        else:
+            self.bus.send(node, {"kind": "terminate", "worker": decision.worker_id, "job": decision.job_id})
+
+    # Messages from the other nodes
+
+    def received(self, message: Message) -> None:
+        kind = message["kind"]
+        if kind in ("worker", "worker_status", "worker_gone", "migrate"):
+            if message["node"] != self.node_id:
+                self._feed(kind, message)
+        elif kind in ("offer", "assign", "terminate"):
+            self._to_worker(kind, message)
+        elif kind in ("answer", "job_update", "owned"):
+            self._from_worker(kind, message)
+        else:
+            log.warning("unknown cluster message kind=%r", kind)
+
+    def _feed(self, kind: str, message: Message) -> None:
+        worker_id = message["worker"]
+        if kind == "worker":  # also announced again, with its last status, after a lease was regained
+            self._worker_seen(worker_id, message)
+        elif kind == "worker_status":
+            self._worker_status(message, worker_id)
+        elif kind == "worker_gone":
+            self.runtime.call(lambda engine: self.remote.gone(engine, worker_id, self.runtime.now()))
+        else:
+            self._migrated(message["node"], worker_id, message["jobs"])
+
+    def _worker_seen(self, worker_id: str, state: Message) -> None:
+        """Another node's worker, as announced or kept in the hash: registered here if new, its status
+        applied."""
+        node, now = state["node"], self.runtime.now()
+        spec = spec_from_json(state["spec"], node)
+        if self.runtime.call(lambda engine: self.remote.registered(engine, node, worker_id, spec, now)):
+            name = spec.agent_name
+            log.info("remote worker registered worker=%s node=%s agent_name=%r", worker_id, node, name)
+        self._worker_status(state, worker_id)
+
+    def _worker_status(self, state: Message, worker_id: str) -> None:
+        status = None if state["status"] is None else WorkerStatus(state["status"])
+        now = self.runtime.now()
+        self.runtime.call(
+            lambda engine: self.remote.status(engine, worker_id, status, state["load"], state["jobs"], now)
+        )
+
+    def _migrated(self, node: str, worker_id: str, job_ids: list[str]) -> None:
+        """Take back this node's jobs among those a worker, reconnected to `node`, still runs."""
+        mine = [job_id for job_id in job_ids if job_id in self.runtime.engine.jobs]
+        if not mine or worker_id not in self.remote.nodes:
+            return
+        now = self.runtime.now()
+        self.runtime.call(lambda engine: engine.migrate_jobs(worker_id, mine, now))
+        self.bus.send(node, {"kind": "owned", "owner": self.node_id, "worker": worker_id, "jobs": mine})
+
+    def _to_worker(self, kind: str, message: Message) -> None:
+        session = self.hub.sessions.get(message["worker"])
+        if session is None:
+            # It left this node: the owner hears so (worker_gone) and its deadlines move the job on.
+            log.info("cluster %s for a worker no longer here worker=%s", kind, message["worker"])
+            return
+        if kind == "terminate":
+            session.send(agent.ServerMessage(termination=agent.JobTermination(job_id=message["job"])))
+            return
+        job = _decode(message["job"])
+        if not session.remote_jobs.first(kind, job.id, message["attempt"], message["owner"]):
+            return  # a copy (a write retried)
+        if kind == "offer":
+            self.hub.send_offer(session, job, message["resuming"])
+        else:
+            participant = AgentParticipant(**message["participant"])
+            self.hub.send_assignment(session, job, message["attempt"], participant, message["url"])
+
+    def _from_worker(self, kind: str, message: Message) -> None:
+        worker_id, now = message["worker"], self.runtime.now()
+        if kind == "owned":
+            session = self.hub.sessions.get(worker_id)
+            if session is not None:
+                for job_id in message["jobs"]:
+                    session.remote_jobs.adopt(job_id, message["owner"])
+        elif kind == "answer":
+            answer = AvailabilityAnswer(
+                available=message["available"],
+                terminate=message["terminate"],
+                identity=message["identity"],
+                name=message["name"],
+                metadata=message["metadata"],
+                attributes=message["attributes"],
+            )
+            job_id = message["job"]
+            if not self.runtime.call(lambda e: e.availability_answer(worker_id, job_id, answer, now)):
+                log.info("late or unknown availability answer worker=%s job=%s", worker_id, job_id)
+        else:
+            update, error, job_id = JobUpdate(message["update"]), message["error"], message["job"]
+            if not self.runtime.call(lambda e: e.job_update(worker_id, job_id, update, error, now)):
+                log.info("update for a job not held worker=%s job=%s", worker_id, job_id)
+
+    def node_lost(self, node_id: str) -> None:
+        now = self.runtime.now()
+        lost = self.runtime.call(lambda engine: self.remote.node_lost(engine, node_id, now))
+        for worker_id in lost:  # every node does it: the same deletions, harmless
+            self.bus.put(WORKERS, worker_id, None)
+        self.bus.forget(node_id)
+        if lost:
+            log.warning("workers of a lost node removed node=%s workers=%s", node_id, ",".join(lost))
