@@ -169,8 +169,9 @@ def room_auto(e: Engine) -> str:
     return next(d.id for d in e.rooms["r"].dispatches.values() if d.agent_name == "")
 
 
-def test_the_lost_attempts_copy_is_taken_back_when_its_worker_comes_with_it() -> None:
-    record = Record()
+def running_job(record: Record) -> tuple[Engine, str, str]:
+    """An engine kept in `record`, with a dispatch of agent "a" in room "r" whose job runs: the engine,
+    the worker and the job."""
     a = kept_engine(record)
     w = worker(a, "a")
     dispatch = a.create_dispatch("r", DispatchSpec("a"), 0.0)
@@ -178,7 +179,12 @@ def test_the_lost_attempts_copy_is_taken_back_when_its_worker_comes_with_it() ->
     a.availability_answer(w, job_id, ACCEPT, 1.0)
     a.job_update(w, job_id, JobUpdate.RUNNING, "", 2.0)
     a.take_decisions()
+    return a, w, job_id
 
+
+def test_the_lost_attempts_copy_is_taken_back_when_its_worker_comes_with_it() -> None:
+    record = Record()
+    _, _, job_id = running_job(record)
     b = make(restart_backoff=5.0)
     restored(record, "r", b, 100.0)
     moved = worker(b, "a", 100.5)  # the same worker, reconnected to the new node, still running the job
@@ -204,13 +210,7 @@ def test_a_restored_room_waits_the_departure_timeout_for_its_participants_and_a_
 
 def test_a_room_handed_over_keeps_its_record_as_it_was_for_the_node_that_takes_it_over() -> None:
     record = Record()
-    a = kept_engine(record)
-    w = worker(a, "a")
-    dispatch = a.create_dispatch("r", DispatchSpec("a"), 0.0)
-    job_id = dispatch.jobs[0].id
-    a.availability_answer(w, job_id, ACCEPT, 1.0)
-    a.job_update(w, job_id, JobUpdate.RUNNING, "", 2.0)
-    a.take_decisions()
+    a, w, job_id = running_job(record)
     kept = dict(record.rooms["r"])
 
     a.hand_over_rooms("node lease lost", 3.0)
