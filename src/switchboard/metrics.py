@@ -5,6 +5,7 @@ gauges (rooms, participants, tracks, jobs, workers) are read from the engine's s
 they can never drift from it. Every name starts with `switchboard_`; the README lists them.
 """
 
+import functools
 import logging
 from collections import Counter as Tally
 from collections.abc import Iterator
@@ -105,10 +106,15 @@ class Metrics:
         r.register(_EngineCollector(runtime))
         self._offered_attempt: dict[str, int] = {}
         """The last attempt of each live job that was offered: a re-dispatch is counted once per attempt."""
+        # Each labelled child resolved once: `labels()` checks and locks on every call, a cost otherwise
+        # paid on every request and every job.
+        self._twirp_requests = functools.cache(self.twirp_requests.labels)
+        self._twirp_latency = functools.cache(self.twirp_latency.labels)
+        self._jobs_ended = functools.cache(self.jobs_ended.labels)
 
     def twirp_request(self, method: str, code: str, seconds: float) -> None:
-        self.twirp_requests.labels(method, code).inc()
-        self.twirp_latency.labels(method).observe(seconds)
+        self._twirp_requests(method, code).inc()
+        self._twirp_latency(method).observe(seconds)
 
     # The engine's decisions (wired in switchboard.effects)
 
@@ -132,7 +138,7 @@ class Metrics:
     def ended(self, decision: JobEnded) -> None:
         job = decision.job
         self._offered_attempt.pop(job.id, None)
-        self.jobs_ended.labels(job.status.value, reason_class(job)).inc()
+        self._jobs_ended(job.status.value, reason_class(job)).inc()
 
     async def handle(self, _: web.Request) -> web.Response:
         body = generate_latest(self.registry)
