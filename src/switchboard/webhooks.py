@@ -28,7 +28,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 from google.protobuf import json_format
 from livekit.protocol import models
 from livekit.protocol.webhook import WebhookEvent
@@ -47,6 +46,7 @@ from switchboard.core.events import (
 )
 from switchboard.core.jobs import Job
 from switchboard.runtime import Runtime
+from switchboard.webhook_post import HttpPoster
 from switchboard.wire import job_end_reason, job_to_proto, participant_to_proto, room_to_proto, track_to_proto
 
 log = logging.getLogger("switchboard.webhooks")
@@ -217,7 +217,7 @@ class UrlSender:
             try:
                 status = await self._post(self.url, body, headers)
                 problem = "" if 200 <= status < 300 else f"HTTP {status}"
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            except (TimeoutError, OSError) as exc:
                 problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             if not problem:
                 self.dropped -= reported
@@ -262,7 +262,7 @@ class Webhooks:
     ) -> None:
         self.settings = settings
         self.runtime = runtime
-        self._session: aiohttp.ClientSession | None = None
+        self._posters = {url: HttpPoster(url, settings.timeout) for url in settings.urls}
         signer = WebhookSigner(settings.api_key, api_secret)
         self.senders = [
             UrlSender(url, settings, signer, post or self._http_post, sleep) for url in settings.urls
@@ -270,11 +270,6 @@ class Webhooks:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        # One session for the server's life: each URL's connection is kept alive between events. Cookies
-        # a receiver sets are not kept: no event depends on an earlier answer.
-        self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=self.settings.timeout), cookie_jar=aiohttp.DummyCookieJar()
-        )
         self._tasks = [
             asyncio.create_task(sender.run(), name=f"webhooks {sender.url}") for sender in self.senders
         ]
@@ -293,14 +288,11 @@ class Webhooks:
         left = sum(sender.pending for sender in self.senders)
         if left:
             log.warning("webhooks: %d events not delivered at shutdown", left)
-        if self._session is not None:
-            await self._session.close()
+        for poster in self._posters.values():
+            poster.close()
 
     async def _http_post(self, url: str, body: bytes, headers: dict[str, str]) -> int:
-        assert self._session is not None
-        async with self._session.post(url, data=body, headers=headers) as response:
-            await response.read()
-            return response.status
+        return await self._posters[url].post(body, headers)
 
     # The engine's decisions, as events (wired in switchboard.effects). Each handler first asks whether
     # any queue has room, so that an event every queue would drop costs no snapshot.
