@@ -298,8 +298,9 @@ class Webhooks:
     # any queue has room, so that an event every queue would drop costs no snapshot.
 
     def _wanted(self) -> bool:
-        if any(not sender.full for sender in self.senders):
-            return True
+        for sender in self.senders:
+            if not sender.full:
+                return True
         for sender in self.senders:
             sender.dropped += 1
         return False
