@@ -24,9 +24,10 @@ A fourth phase, `observed`, prices what watching the server costs: the latency a
 with webhooks and Prometheus metrics on, --observed-rounds times, the order alternating from round to round
 so that a drift of the machine weighs on both; each server is warmed by the latency phase's first
 dispatches, and its throughput phase follows its latency phase. The webhooks go to a receiver in a process
-of its own on the load generator's CPU, answering at once, so that neither this process's busy loop paces
-delivery nor its timing is disturbed by it. Target: the observed server ≤ 10 % slower (dispatch p50 and
-assigned dispatches/s, the median of the rounds' ratios).
+of its own, answering at once, so that this process's busy loop does not pace delivery: on a CPU of its
+own if there is a third, else on the load generator's at nice 19, so that it does not delay the timings.
+Target: the observed server ≤ 10 % slower (dispatch p50 and assigned dispatches/s, the median of the
+rounds' ratios); each round also prints the server's CPU per dispatch, which other load moves least.
 
 It starts its own servers pinned to one CPU and drives them from another, like bench/api.py; the exit code
 is 1 when a request failed, a worker lost its connection or a dispatch was lost, else 0 (a MISS is not an
@@ -770,6 +771,8 @@ def cpu_per_dispatch(run: ThroughputResult) -> float | None:
 @dataclass(frozen=True)
 class ObservedResult:
     rounds: list[ObservedRound]
+    receiver: str
+    """Where the webhook receiver ran."""
 
     @property
     def latency_ratio(self) -> float:
@@ -834,11 +837,32 @@ DELIVERY_SETTLE = 1.0  # the receiver's count unchanged this long: the server's 
 DELIVERY_DEADLINE = 30.0
 
 
-def receive_webhooks(port: int, cpu: int | None, control: Connection) -> None:
+@dataclass(frozen=True)
+class ReceiverPlace:
+    """Where the webhook receiver runs: a CPU of its own when the machine has a third, else the load
+    generator's at the lowest priority, so that it answers in the load generator's idle time instead of
+    delaying the timings taken there (a receiver elsewhere on a network answers later than that anyway)."""
+
+    cpu: int | None
+    lowest_priority: bool
+
+    @classmethod
+    def beside(cls, server_cpu: int, client_cpu: int | None) -> "ReceiverPlace":
+        spare = sorted(set(range(os.cpu_count() or 1)) - {server_cpu, client_cpu})
+        return cls(spare[0], False) if spare else cls(client_cpu, True)
+
+    def describe(self) -> str:
+        where = "unpinned" if self.cpu is None else f"on CPU {self.cpu}"
+        return f"{where}, nice 19 (sharing the load generator's CPU)" if self.lowest_priority else where
+
+
+def receive_webhooks(port: int, place: ReceiverPlace, control: Connection) -> None:
     """A webhook receiver, run in a process of its own: it answers each delivery at once and counts it and
     the drops it tells of (`numDropped`); asked "count" on `control`, it sends the counts; "stop" ends it."""
-    if cpu is not None:
-        os.sched_setaffinity(0, {cpu})
+    if place.cpu is not None:
+        os.sched_setaffinity(0, {place.cpu})
+    if place.lowest_priority:
+        os.nice(19)
     counts = {"delivered": 0, "dropped": 0}
 
     async def delivery(request: web.Request) -> web.Response:
@@ -870,11 +894,11 @@ def receive_webhooks(port: int, cpu: int | None, control: Connection) -> None:
 
 
 @contextmanager
-def webhook_receiver(port: int, cpu: int | None) -> Iterator[Connection]:
+def webhook_receiver(port: int, place: ReceiverPlace) -> Iterator[Connection]:
     """The receiver's process, started and always stopped; yields the connection to ask it for counts."""
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: nothing of this one's loop
     control, child_end = context.Pipe()
-    process = context.Process(target=receive_webhooks, args=(port, cpu, child_end), daemon=True)
+    process = context.Process(target=receive_webhooks, args=(port, place, child_end), daemon=True)
     process.start()
     try:
         if not control.poll(RECEIVER_START):
@@ -939,6 +963,7 @@ def observed_phases(
     server_cpu: int, client_cpu: int | None, args: argparse.Namespace, outcome: Outcome, setup: dict[str, Any]
 ) -> None:
     rounds = []
+    place = ReceiverPlace.beside(server_cpu, client_cpu)
     for number in range(args.observed_rounds):
         plain_first = number % 2 == 0
         runs: dict[bool, tuple[Outcome, Deliveries | None, int]] = {}
@@ -950,7 +975,7 @@ def observed_phases(
                     "webhook": {"api_key": BENCH_API_KEY, "urls": [f"http://127.0.0.1:{receiver_port}/"]},
                     "prometheus_port": metrics_port,
                 }
-            receiving = webhook_receiver(receiver_port, client_cpu) if observed else nullcontext()
+            receiving = webhook_receiver(receiver_port, place) if observed else nullcontext()
             with own_server(server_cpu, extra) as server, receiving as receiver:
                 if client_cpu is not None:
                     os.sched_setaffinity(0, {client_cpu})
@@ -975,7 +1000,7 @@ def observed_phases(
                 scraped,
             )
         )
-    outcome.observed = ObservedResult(rounds)
+    outcome.observed = ObservedResult(rounds, place.describe())
 
 
 def loop_name() -> str:
@@ -1196,8 +1221,8 @@ def print_report(
     if (observed := outcome.observed) is not None:
         print()
         print(
-            "observed: the same latency and throughput runs on a plain server and on one with webhooks (to a "
-            "receiver process on the load generator's CPU) and Prometheus metrics on; order alternating"
+            "observed: the same latency and throughput runs on a plain server and on one with webhooks and "
+            f"Prometheus metrics on, order alternating; the webhook receiver {observed.receiver}"
         )
         for number, r in enumerate(observed.rounds, 1):
             runs = [
