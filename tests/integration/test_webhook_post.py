@@ -3,8 +3,12 @@ the answers aiohttp would not give (a connection closed right after an answer th
 an answer that is not HTTP)."""
 
 import asyncio
+import shutil
+import ssl
+import subprocess
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -18,15 +22,16 @@ HEADERS = {"Authorization": "a-token", "Content-Type": "application/webhook+json
 @asynccontextmanager
 async def aiohttp_receiver(
     handler: Callable[[web.Request], "asyncio.Future[web.StreamResponse] | web.StreamResponse"],
+    tls: ssl.SSLContext | None = None,
 ) -> AsyncIterator[str]:
     app = web.Application()
     app.router.add_post("/hook", handler)  # type: ignore[arg-type]
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=tls).start()
     try:
-        yield f"http://127.0.0.1:{port}/hook"
+        yield f"{'https' if tls else 'http'}://localhost:{port}/hook"
     finally:
         await runner.cleanup()
 
@@ -144,6 +149,40 @@ async def test_an_answer_that_is_not_http_raises() -> None:
         with pytest.raises(ResponseError, match=r"not an HTTP/1\.x response"):
             await poster.post(b"{}", HEADERS)
         poster.close()
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for `localhost` and its key, made by the openssl command."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    request = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+    subject = ["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"]
+    subprocess.run(
+        [*request, *subject, "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True
+    )
+    return cert, key
+
+
+async def test_an_https_receiver_is_verified_against_the_trusted_certificates(
+    certificate: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert, key = certificate
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+
+    async def hook(request: web.Request) -> web.Response:
+        return web.Response(status=200 if await request.read() == b"{}" else 400)
+
+    async with aiohttp_receiver(hook, tls) as url:
+        untrusted = HttpPoster(url, timeout=5)  # the certificate is not among the system's
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await untrusted.post(b"{}", HEADERS)
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # read by the default context OpenSSL makes
+        trusted = HttpPoster(url, timeout=5)
+        assert [await trusted.post(b"{}", HEADERS) for _ in range(2)] == [200, 200]
+        trusted.close()
 
 
 def test_a_url_without_a_host_is_refused() -> None:
