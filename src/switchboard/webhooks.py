@@ -201,6 +201,9 @@ class UrlSender:
                 self._idle.set()
                 self._ready.clear()
                 await self._ready.wait()
+                # Woken by an engine step: the tasks that step started (its messages to workers, for one)
+                # were queued after this one; they go first, not after this event's encoding and post.
+                await asyncio.sleep(0)
                 continue
             await self._deliver(self._queue[0])
             self._queue.popleft()
