@@ -10,8 +10,8 @@ URL posts them, in order, retrying a failed post with backoff. When a queue is f
 up after its attempts, the event is dropped and counted in `num_dropped` of the next delivered event.
 
 What the engine's call path pays is kept to the cheap facts of the moment (a room's proto, a shallow copy
-of a job): the event's message, its JSON body and its signature are made by the delivery task, once for
-every URL, and not at all for an event every queue drops (bench/dispatch.py --phases observed prices it).
+of a job): the event's message and its JSON body are made by the delivery task, once for every URL, and
+not at all for an event every queue drops (bench/dispatch.py --phases observed prices it).
 """
 
 import asyncio
@@ -127,10 +127,10 @@ def encode(event: WebhookEvent) -> bytes:
 
 class Event:
     """One event, shared by every URL's queue: what the engine decided, captured cheaply when it did; the
-    message is built when the first sender gets to it, and its signed body is kept for the next sender
-    that reports the same `num_dropped`."""
+    message is built when the first sender gets to it, and its body is kept for the next sender that
+    reports the same `num_dropped`."""
 
-    __slots__ = ("_facts", "_message", "_signed", "created_at", "name")
+    __slots__ = ("_body", "_facts", "_message", "created_at", "name")
 
     def __init__(self, name: str, created_at: int, facts: Callable[[], dict[str, Any]]) -> None:
         """`facts`: the event's fields (room, participant, job...), from snapshots taken at the decision."""
@@ -138,7 +138,7 @@ class Event:
         self.created_at = created_at
         self._facts: Callable[[], dict[str, Any]] | None = facts
         self._message: WebhookEvent | None = None
-        self._signed: tuple[int, bytes, str] | None = None
+        self._body: tuple[int, bytes] | None = None
 
     @property
     def message(self) -> WebhookEvent:
@@ -150,14 +150,13 @@ class Event:
             self._facts = None  # the snapshots are not needed again
         return self._message
 
-    def signed(self, num_dropped: int, sign: Signer) -> tuple[bytes, str]:
-        """The body telling `num_dropped` events dropped before it, and its `Authorization` header."""
-        if self._signed is None or self._signed[0] != num_dropped:
+    def body(self, num_dropped: int) -> bytes:
+        """The body telling `num_dropped` events dropped before it."""
+        if self._body is None or self._body[0] != num_dropped:
             message = self.message
             message.num_dropped = num_dropped
-            body = encode(message)
-            self._signed = (num_dropped, body, sign(body))
-        return self._signed[1], self._signed[2]
+            self._body = (num_dropped, encode(message))
+        return self._body[1]
 
 
 class UrlSender:
@@ -215,8 +214,9 @@ class UrlSender:
         s = self.settings
         for attempt in range(1, s.max_attempts + 1):
             reported = self.dropped
-            body, authorization = event.signed(reported, self._sign)
-            headers = {"Authorization": authorization, "Content-Type": CONTENT_TYPE}
+            body = event.body(reported)
+            # Signed for each post: a retry may come minutes later, past an earlier signature's validity.
+            headers = {"Authorization": self._sign(body), "Content-Type": CONTENT_TYPE}
             try:
                 status = await self._post(self.url, body, headers)
                 problem = "" if 200 <= status < 300 else f"HTTP {status}"
