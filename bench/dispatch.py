@@ -20,9 +20,14 @@ Three phases, each checked against a target:
               every 60 s): server RSS per worker (≤ 20 KB) and CPU (< 2 %) over a 10 s window.
 
 A fourth phase, `observed`, prices what watching the server costs: the latency and throughput phases
-(fewer dispatches and seconds: --observed-dispatches, --observed-duration) on a plain server, then on one
-with webhooks to a receiver in this process and Prometheus metrics on, --observed-rounds times in turn;
-target: the observed server ≤ 10 % slower (dispatch p50 and assigned dispatches/s, averaged over rounds).
+(fewer dispatches and seconds: --observed-dispatches, --observed-duration) on a plain server and on one
+with webhooks and Prometheus metrics on, --observed-rounds times, the order alternating from round to round
+so that a drift of the machine weighs on both; each server is warmed by the latency phase's first
+dispatches, and its throughput phase follows its latency phase. The webhooks go to a receiver in a process
+of its own, answering at once, so that this process's busy loop does not pace delivery: on a CPU of its
+own if there is a third, else on the load generator's at nice 19, so that it does not delay the timings.
+Target: the observed server ≤ 10 % slower (dispatch p50 and assigned dispatches/s, the median of the
+rounds' ratios); each round also prints the server's CPU per dispatch, which other load moves least.
 
 It starts its own servers pinned to one CPU and drives them from another, like bench/api.py; the exit code
 is 1 when a request failed, a worker lost its connection or a dispatch was lost, else 0 (a MISS is not an
@@ -37,14 +42,17 @@ import asyncio
 import itertools
 import json
 import math
+import multiprocessing
 import os
+import statistics
 import sys
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from contextlib import suppress
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import asdict, dataclass, field
+from multiprocessing.connection import Connection
 from typing import Any
 
 import aiohttp
@@ -713,32 +721,68 @@ async def queue_phase(server: Server, jobs: int, worker_counts: Sequence[int]) -
 
 
 @dataclass(frozen=True)
+class Deliveries:
+    """What the webhook receiver got from the observed server."""
+
+    by_end: int
+    """Deliveries received when the run's phases were over."""
+    total: int
+    """Deliveries received once they stopped coming (delivery goes on after the phase)."""
+    told_dropped: int
+    """The drops the server told of, summed over the deliveries' `numDropped` (its queue was full)."""
+
+
+@dataclass(frozen=True)
 class ObservedRound:
+    plain_first: bool
     plain_latency: LatencyResult
     plain_throughput: ThroughputResult
     observed_latency: LatencyResult
     observed_throughput: ThroughputResult
-    webhooks_received: int
-    """Webhook deliveries the receiver got during the observed run (each a signed POST)."""
+    webhooks: Deliveries
     metrics_bytes: int
     """Size of one /metrics scrape at the end of the observed run: the metrics were on."""
+
+    @property
+    def latency_ratio(self) -> float:
+        """Observed dispatch p50 over plain (> 1: slower)."""
+        return self.observed_latency.dispatch.p50_ms / self.plain_latency.dispatch.p50_ms
+
+    @property
+    def throughput_ratio(self) -> float:
+        """Plain assigned dispatches/s over observed (> 1: slower)."""
+        return self.plain_throughput.assigned_rate / self.observed_throughput.assigned_rate
+
+    @property
+    def cpu_ratio(self) -> float | None:
+        """Server CPU per assigned dispatch in the throughput phase, observed over plain: what watching
+        costs the server's core, less moved by other load on the machine than the rates are."""
+        plain, observed = cpu_per_dispatch(self.plain_throughput), cpu_per_dispatch(self.observed_throughput)
+        return None if plain is None or observed is None else observed / plain
+
+
+def cpu_per_dispatch(run: ThroughputResult) -> float | None:
+    """Seconds of server CPU per assigned dispatch over the throughput phase."""
+    if run.cpu.server is None or not run.assigned:
+        return None
+    return run.cpu.server * run.seconds / run.assigned
 
 
 @dataclass(frozen=True)
 class ObservedResult:
     rounds: list[ObservedRound]
+    receiver: str
+    """Where the webhook receiver ran."""
 
     @property
     def latency_ratio(self) -> float:
-        """Observed dispatch p50 over plain, averaged over rounds (> 1: slower)."""
-        ratios = [r.observed_latency.dispatch.p50_ms / r.plain_latency.dispatch.p50_ms for r in self.rounds]
-        return sum(ratios) / len(ratios)
+        """The median round's observed dispatch p50 over plain: one disturbed round does not decide it."""
+        return statistics.median(r.latency_ratio for r in self.rounds)
 
     @property
     def throughput_ratio(self) -> float:
-        """Plain assigned dispatches/s over observed, averaged over rounds (> 1: slower)."""
-        ratios = [r.plain_throughput.assigned_rate / r.observed_throughput.assigned_rate for r in self.rounds]
-        return sum(ratios) / len(ratios)
+        """The median round's plain assigned dispatches/s over observed."""
+        return statistics.median(r.throughput_ratio for r in self.rounds)
 
 
 @dataclass
@@ -788,28 +832,112 @@ async def idle_phases(server: Server, args: argparse.Namespace, outcome: Outcome
     outcome.errors += outcome.idle.errors
 
 
-async def receive_webhooks(port: int, received: Counter[str]) -> web.AppRunner:
-    """A webhook receiver on this side, answering at once and counting deliveries by event."""
+RECEIVER_START = 20.0
+DELIVERY_SETTLE = 1.0  # the receiver's count unchanged this long: the server's delivery is done
+DELIVERY_DEADLINE = 30.0
+
+
+@dataclass(frozen=True)
+class ReceiverPlace:
+    """Where the webhook receiver runs: a CPU of its own when the machine has a third, else the load
+    generator's at the lowest priority, so that it answers in the load generator's idle time instead of
+    delaying the timings taken there (a receiver elsewhere on a network answers later than that anyway)."""
+
+    cpu: int | None
+    lowest_priority: bool
+
+    @classmethod
+    def beside(cls, server_cpu: int, client_cpu: int | None) -> "ReceiverPlace":
+        spare = sorted(set(range(os.cpu_count() or 1)) - {server_cpu, client_cpu})
+        return cls(spare[0], False) if spare else cls(client_cpu, True)
+
+    def describe(self) -> str:
+        where = "unpinned" if self.cpu is None else f"on CPU {self.cpu}"
+        return f"{where}, nice 19 (sharing the load generator's CPU)" if self.lowest_priority else where
+
+
+def receive_webhooks(port: int, place: ReceiverPlace, control: Connection) -> None:
+    """A webhook receiver, run in a process of its own: it answers each delivery at once and counts it and
+    the drops it tells of (`numDropped`); asked "count" on `control`, it sends the counts; "stop" ends it."""
+    if place.cpu is not None:
+        os.sched_setaffinity(0, {place.cpu})
+    if place.lowest_priority:
+        os.nice(19)
+    counts = {"delivered": 0, "dropped": 0}
 
     async def delivery(request: web.Request) -> web.Response:
-        received[json.loads(await request.read()).get("event", "")] += 1
+        event = json.loads(await request.read())
+        counts["delivered"] += 1
+        counts["dropped"] += int(event.get("numDropped", 0))
         return web.Response()
 
-    app = web.Application()
-    app.router.add_post("/", delivery)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return runner
+    async def serve() -> None:
+        app = web.Application()
+        app.router.add_post("/", delivery)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        stopped = asyncio.Event()
+
+        def asked() -> None:
+            if control.recv() == "count":
+                control.send(dict(counts))
+            else:
+                stopped.set()
+
+        asyncio.get_running_loop().add_reader(control.fileno(), asked)
+        control.send("ready")
+        await stopped.wait()
+        await runner.cleanup()
+
+    run_async(serve())
+
+
+@contextmanager
+def webhook_receiver(port: int, place: ReceiverPlace) -> Iterator[Connection]:
+    """The receiver's process, started and always stopped; yields the connection to ask it for counts."""
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: nothing of this one's loop
+    control, child_end = context.Pipe()
+    process = context.Process(target=receive_webhooks, args=(port, place, child_end), daemon=True)
+    process.start()
+    try:
+        if not control.poll(RECEIVER_START):
+            raise RuntimeError(f"the webhook receiver did not start within {RECEIVER_START:g}s")
+        control.recv()
+        yield control
+    finally:
+        with suppress(OSError):
+            control.send("stop")
+        process.join(5)
+        if process.is_alive():
+            process.kill()
+            process.join()
+
+
+def delivery_counts(control: Connection) -> dict[str, int]:
+    control.send("count")
+    counts: dict[str, int] = control.recv()
+    return counts
+
+
+async def settled_deliveries(control: Connection, by_end: int) -> Deliveries:
+    """Wait (up to DELIVERY_DEADLINE) until the server has stopped delivering, then count."""
+    counts = delivery_counts(control)
+    deadline = time.perf_counter() + DELIVERY_DEADLINE
+    while time.perf_counter() < deadline:
+        await asyncio.sleep(DELIVERY_SETTLE)
+        latest = delivery_counts(control)
+        if latest == counts:
+            break
+        counts = latest
+    return Deliveries(by_end, counts["delivered"], counts["dropped"])
 
 
 async def observed_run(
-    server: Server, args: argparse.Namespace, receiver_port: int | None, metrics_port: int | None
-) -> tuple[Outcome, int, int]:
-    """The latency and throughput phases, with the webhook receiver up when there is one; the
-    deliveries received and the size of a /metrics scrape (0 without metrics)."""
-    received: Counter[str] = Counter()
-    receiver = None if receiver_port is None else await receive_webhooks(receiver_port, received)
+    server: Server, args: argparse.Namespace, receiver: Connection | None, metrics_port: int | None
+) -> tuple[Outcome, Deliveries | None, int]:
+    """The latency and throughput phases; with a receiver, its deliveries, and with metrics, the size of
+    a /metrics scrape."""
     outcome = Outcome()
     phase_args = argparse.Namespace(
         **{
@@ -819,51 +947,60 @@ async def observed_run(
             "duration": args.observed_duration,
         }
     )
-    try:
-        await busy_phases(server, phase_args, outcome)
-        scraped = 0
-        if metrics_port is not None:
-            url = f"http://127.0.0.1:{metrics_port}/metrics"
-            async with aiohttp.ClientSession() as session, session.get(url) as response:
-                scraped = len(await response.read())
-    finally:
-        if receiver is not None:
-            await receiver.cleanup()
-    return outcome, received.total(), scraped
+    await busy_phases(server, phase_args, outcome)
+    deliveries = None
+    if receiver is not None:
+        deliveries = await settled_deliveries(receiver, delivery_counts(receiver)["delivered"])
+    scraped = 0
+    if metrics_port is not None:
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+        async with aiohttp.ClientSession() as session, session.get(url) as response:
+            scraped = len(await response.read())
+    return outcome, deliveries, scraped
 
 
 def observed_phases(
     server_cpu: int, client_cpu: int | None, args: argparse.Namespace, outcome: Outcome, setup: dict[str, Any]
 ) -> None:
     rounds = []
-    for _ in range(args.observed_rounds):
-        runs = []
-        for observed in (False, True):
-            receiver_port, metrics_port = (free_port(), free_port()) if observed else (None, None)
+    place = ReceiverPlace.beside(server_cpu, client_cpu)
+    for number in range(args.observed_rounds):
+        plain_first = number % 2 == 0
+        runs: dict[bool, tuple[Outcome, Deliveries | None, int]] = {}
+        for observed in (False, True) if plain_first else (True, False):
             extra: dict[str, Any] = {}
+            receiver_port, metrics_port = free_port(), free_port()
             if observed:
-                receiver = f"http://127.0.0.1:{receiver_port}/"
                 extra = {
-                    "webhook": {"api_key": BENCH_API_KEY, "urls": [receiver]},
+                    "webhook": {"api_key": BENCH_API_KEY, "urls": [f"http://127.0.0.1:{receiver_port}/"]},
                     "prometheus_port": metrics_port,
                 }
-            with own_server(server_cpu, extra) as server:
+            receiving = webhook_receiver(receiver_port, place) if observed else nullcontext()
+            with own_server(server_cpu, extra) as server, receiving as receiver:
                 if client_cpu is not None:
                     os.sched_setaffinity(0, {client_cpu})
                     setup["client"] = f"pinned to CPU {client_cpu}"
                 setup["server"] = server.pinned
-                runs.append(run_async(observed_run(server, args, receiver_port, metrics_port)))
-        (plain, _, _), (watched, received, scraped) = runs
+                runs[observed] = run_async(
+                    observed_run(server, args, receiver, metrics_port if observed else None)
+                )
+        (plain, _, _), (watched, deliveries, scraped) = runs[False], runs[True]
         for run_outcome in (plain, watched):
             outcome.samples += run_outcome.samples
             outcome.errors += run_outcome.errors
-        assert plain.latency and plain.throughput and watched.latency and watched.throughput
+        assert plain.latency and plain.throughput and watched.latency and watched.throughput and deliveries
         rounds.append(
             ObservedRound(
-                plain.latency, plain.throughput, watched.latency, watched.throughput, received, scraped
+                plain_first,
+                plain.latency,
+                plain.throughput,
+                watched.latency,
+                watched.throughput,
+                deliveries,
+                scraped,
             )
         )
-    outcome.observed = ObservedResult(rounds)
+    outcome.observed = ObservedResult(rounds, place.describe())
 
 
 def loop_name() -> str:
@@ -982,7 +1119,7 @@ def checks(outcome: Outcome) -> list[dict[str, Any]]:
                     "target": limit,
                     "pass": ratio <= limit,
                     "text": f"with webhooks and metrics, {what} is {(ratio - 1) * 100:+.1f}% slower "
-                    f"(ratio {ratio:.3f}; target ≤ {TARGET_OBSERVED_SLOWDOWN * 100:g}% slower)",
+                    f"(median ratio {ratio:.3f}; target ≤ {TARGET_OBSERVED_SLOWDOWN * 100:g}% slower)",
                 }
             )
     return found
@@ -1084,22 +1221,35 @@ def print_report(
     if (observed := outcome.observed) is not None:
         print()
         print(
-            "observed: the same latency and throughput runs on a plain server, then on one with webhooks "
-            "to a receiver in this process and Prometheus metrics on"
+            "observed: the same latency and throughput runs on a plain server and on one with webhooks and "
+            f"Prometheus metrics on, order alternating; the webhook receiver {observed.receiver}"
         )
         for number, r in enumerate(observed.rounds, 1):
-            for label, lat, tput in (
+            runs = [
                 ("plain   ", r.plain_latency, r.plain_throughput),
                 ("observed", r.observed_latency, r.observed_throughput),
-            ):
+            ]
+            for label, lat, tput in runs if r.plain_first else runs[::-1]:
+                cpu = cpu_per_dispatch(tput)
                 print(
                     f"  round {number} {label}: dispatch p50 {lat.dispatch.p50_ms:.2f} ms, "
                     f"p99 {lat.dispatch.p99_ms:.2f} ms; {tput.assigned_rate:.0f} dispatches/s assigned, "
-                    f"server CPU {percent(tput.cpu.server)}, other processes {percent(tput.cpu.other)}"
+                    f"server CPU {percent(tput.cpu.server)} "
+                    f"({'?' if cpu is None else f'{cpu * 1e6:.0f}'} us per dispatch), "
+                    f"other processes {percent(tput.cpu.other)}"
                 )
+            w = r.webhooks
+            cpu_ratio = "?" if r.cpu_ratio is None else f"{r.cpu_ratio:.3f}"
             print(
-                f"    webhooks received by the end of the run {r.webhooks_received} (delivery goes on "
-                f"after it), /metrics scrape {r.metrics_bytes} bytes"
+                f"    ratios: dispatch p50 {r.latency_ratio:.3f}, throughput {r.throughput_ratio:.3f}, "
+                f"server CPU per dispatch {cpu_ratio}; "
+                f"webhooks delivered {w.by_end} by the end of the run, {w.total} in all, {w.told_dropped} "
+                f"told dropped (numDropped: queue full); /metrics scrape {r.metrics_bytes} bytes"
+            )
+        cpu_ratios = [ratio for r in observed.rounds if (ratio := r.cpu_ratio) is not None]
+        if cpu_ratios:
+            print(
+                f"  median server CPU per dispatch, observed over plain: {statistics.median(cpu_ratios):.3f}"
             )
     print()
     for check in found:
@@ -1145,7 +1295,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--observed-duration", type=float, default=10.0, help="throughput seconds per observed run (10)"
     )
     parser.add_argument(
-        "--observed-rounds", type=int, default=2, help="plain then observed runs, this many times (2)"
+        "--observed-rounds",
+        type=int,
+        default=5,
+        help="plain and observed runs, this many times, the order alternating; the median round counts (5)",
     )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON instead")
     args = parser.parse_args(argv)

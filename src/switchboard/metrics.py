@@ -5,14 +5,17 @@ gauges (rooms, participants, tracks, jobs, workers) are read from the engine's s
 they can never drift from it. Every name starts with `switchboard_`; the README lists them.
 """
 
+import bisect
+import itertools
 import logging
 from collections import Counter as Tally
 from collections.abc import Iterator
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from switchboard.core.events import AssignJob, DispatchCreated, JobEnded, JobStarted, OfferJob
 from switchboard.core.jobs import Job, JobStatus
@@ -56,69 +59,68 @@ def worker_state(worker: Worker) -> str:
     return "full" if worker.status is WorkerStatus.FULL else "available"
 
 
+class Buckets:
+    """A histogram's counts by bucket and the sum of what it observed, as prometheus-client's Histogram
+    keeps them, in plain numbers (the server runs on one thread); `_DecisionCollector` writes them out."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last: above every bound
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1  # the first bucket whose bound is >= value
+        self.total += value
+
+    def buckets(self) -> list[tuple[str, float]]:
+        """Cumulative counts by upper bound, as the exposition writes them (`le`, ending with +Inf)."""
+        bounds = [*map(floatToGoString, self.bounds), "+Inf"]
+        return list(zip(bounds, itertools.accumulate(self.counts), strict=True))
+
+
 class Metrics:
+    """Counts what the engine decided and what the API served.
+
+    Each update is a plain increment of a number kept here, read by `_DecisionCollector` at each scrape:
+    prometheus-client's own Counter and Histogram take a lock and check their state on every update, and
+    `labels()` more, a cost paid on every request and every job otherwise."""
+
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
+        self.dispatches = 0
+        self.redispatches = 0
+        self.jobs_ended: Tally[tuple[str, str]] = Tally()
+        """By final status and reason class."""
+        self.to_assignment = Buckets(WAIT_BUCKETS)
+        self.to_running = Buckets(WAIT_BUCKETS)
+        self.twirp_requests: Tally[tuple[str, str]] = Tally()
+        """By method and code."""
+        self.twirp_latency: dict[str, Buckets] = {}
+        """By method."""
         self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
-        self.dispatches = Counter(
-            "switchboard_dispatches_created",
-            "Dispatches added to rooms (API, room creation, tokens)",
-            registry=r,
-        )
-        self.jobs_ended = Counter(
-            "switchboard_jobs_ended",
-            "Jobs that ended, by final status and reason class",
-            ["status", "reason"],
-            registry=r,
-        )
-        self.redispatches = Counter(
-            "switchboard_job_redispatches",
-            "Job attempts offered again after an earlier attempt failed (restart policy)",
-            registry=r,
-        )
-        self.to_assignment = Histogram(
-            "switchboard_job_assignment_seconds",
-            "Time from a job's creation (its dispatch) to its assignment to a worker (first attempt)",
-            buckets=WAIT_BUCKETS,
-            registry=r,
-        )
-        self.to_running = Histogram(
-            "switchboard_job_running_seconds",
-            "Time from a job's creation (its dispatch) to its running (first attempt)",
-            buckets=WAIT_BUCKETS,
-            registry=r,
-        )
-        self.twirp_requests = Counter(
-            "switchboard_twirp_requests",
-            "Twirp API requests, by method and code",
-            ["method", "code"],
-            registry=r,
-        )
-        self.twirp_latency = Histogram(
-            "switchboard_twirp_request_seconds",
-            "Twirp API request latency, by method",
-            ["method"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        r.register(_EngineCollector(runtime))
+        self.registry.register(_DecisionCollector(self))
+        self.registry.register(_EngineCollector(runtime))
         self._offered_attempt: dict[str, int] = {}
         """The last attempt of each live job that was offered: a re-dispatch is counted once per attempt."""
 
     def twirp_request(self, method: str, code: str, seconds: float) -> None:
-        self.twirp_requests.labels(method, code).inc()
-        self.twirp_latency.labels(method).observe(seconds)
+        self.twirp_requests[(method, code)] += 1
+        latency = self.twirp_latency.get(method)
+        if latency is None:
+            latency = self.twirp_latency[method] = Buckets(LATENCY_BUCKETS)
+        latency.observe(seconds)
 
     # The engine's decisions (wired in switchboard.effects)
 
     def dispatch_created(self, _: DispatchCreated) -> None:
-        self.dispatches.inc()
+        self.dispatches += 1
 
     def offered(self, decision: OfferJob) -> None:
         job = decision.job
         if job.attempt > 1 and self._offered_attempt.get(job.id) != job.attempt:
-            self.redispatches.inc()
+            self.redispatches += 1
         self._offered_attempt[job.id] = job.attempt
 
     def assigned(self, decision: AssignJob) -> None:
@@ -132,7 +134,7 @@ class Metrics:
     def ended(self, decision: JobEnded) -> None:
         job = decision.job
         self._offered_attempt.pop(job.id, None)
-        self.jobs_ended.labels(job.status.value, reason_class(job)).inc()
+        self.jobs_ended[(job.status.value, reason_class(job))] += 1
 
     async def handle(self, _: web.Request) -> web.Response:
         body = generate_latest(self.registry)
@@ -143,6 +145,59 @@ class Metrics:
         app.router.add_get("/metrics", self.handle)
         app.router.add_get("/", self.handle)
         return app
+
+
+class _DecisionCollector(Collector):
+    """The counters and histograms `Metrics` keeps, written out at each scrape."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.metrics
+        yield CounterMetricFamily(
+            "switchboard_dispatches_created",
+            "Dispatches added to rooms (API, room creation, tokens)",
+            value=m.dispatches,
+        )
+        ended = CounterMetricFamily(
+            "switchboard_jobs_ended",
+            "Jobs that ended, by final status and reason class",
+            labels=["status", "reason"],
+        )
+        for labels, count in sorted(m.jobs_ended.items()):
+            ended.add_metric(labels, count)
+        yield ended
+        yield CounterMetricFamily(
+            "switchboard_job_redispatches",
+            "Job attempts offered again after an earlier attempt failed (restart policy)",
+            value=m.redispatches,
+        )
+        for name, doc, histogram in (
+            (
+                "switchboard_job_assignment_seconds",
+                "Time from a job's creation (its dispatch) to its assignment to a worker (first attempt)",
+                m.to_assignment,
+            ),
+            (
+                "switchboard_job_running_seconds",
+                "Time from a job's creation (its dispatch) to its running (first attempt)",
+                m.to_running,
+            ),
+        ):
+            yield HistogramMetricFamily(name, doc, buckets=histogram.buckets(), sum_value=histogram.total)
+        requests = CounterMetricFamily(
+            "switchboard_twirp_requests", "Twirp API requests, by method and code", labels=["method", "code"]
+        )
+        for labels, count in sorted(m.twirp_requests.items()):
+            requests.add_metric(labels, count)
+        yield requests
+        latency = HistogramMetricFamily(
+            "switchboard_twirp_request_seconds", "Twirp API request latency, by method", labels=["method"]
+        )
+        for method, histogram in sorted(m.twirp_latency.items()):
+            latency.add_metric([method], histogram.buckets(), histogram.total)
+        yield latency
 
 
 class _EngineCollector(Collector):

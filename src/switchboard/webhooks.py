@@ -8,26 +8,30 @@ defaults omitted), signed with one of the server's API keys: the `Authorization`
 Delivery never slows the server: a decision becomes an event in a bounded queue per URL, and one task per
 URL posts them, in order, retrying a failed post with backoff. When a queue is full, or an event is given
 up after its attempts, the event is dropped and counted in `num_dropped` of the next delivered event.
+
+What the engine's call path pays is kept to the cheap facts of the moment (a room's proto, a shallow copy
+of a job): the event's message and its JSON body are made by the delivery task, once for every URL, and
+not at all for an event every queue drops (bench/dispatch.py --phases observed prices it).
 """
 
 import asyncio
 import base64
 import contextlib
+import copy
 import hashlib
+import hmac
 import json
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 from google.protobuf import json_format
-from livekit.protocol import agent, models
+from livekit.protocol import models
 from livekit.protocol.webhook import WebhookEvent
 
-from switchboard.auth.grants import VideoGrant
-from switchboard.auth.tokens import mint_token
 from switchboard.core import ids
 from switchboard.core.dispatch import DispatchSpec
 from switchboard.core.events import (
@@ -42,6 +46,7 @@ from switchboard.core.events import (
 )
 from switchboard.core.jobs import Job
 from switchboard.runtime import Runtime
+from switchboard.webhook_post import HttpPoster
 from switchboard.wire import job_end_reason, job_to_proto, participant_to_proto, room_to_proto, track_to_proto
 
 log = logging.getLogger("switchboard.webhooks")
@@ -74,14 +79,45 @@ class WebhookSettings:
 Post = Callable[[str, bytes, dict[str, str]], Awaitable[int]]
 """Post a body with headers to a URL, return the HTTP status (raise on a connection error)."""
 Sleep = Callable[[float], Awaitable[None]]
+Signer = Callable[[bytes], str]
 
 
-def sign(api_key: str, api_secret: str, body: bytes, now: float | None = None) -> str:
-    """The `Authorization` header for `body`, as LiveKit signs webhooks (no `Bearer` prefix)."""
-    digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
-    return mint_token(
-        api_key, api_secret, video=VideoGrant(), extra={"sha256": digest}, ttl=TOKEN_TTL, now=now
-    )
+def _b64url(data: bytes) -> bytes:
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+
+_JWT_HEADER = _b64url(b'{"alg":"HS256","typ":"JWT"}')
+
+
+class WebhookSigner:
+    """The `Authorization` header for a body, as LiveKit signs webhooks (no `Bearer` prefix): an HS256 JWT
+    with the claims of `auth.tokens.mint_token` (issuer the key, an empty video grant) and the body's
+    base64 SHA-256 as `sha256`.
+
+    Written out rather than through PyJWT, whose generic path cost four times as much for every event
+    delivered; the secret's HMAC state is made once and copied per signature. The same bytes as PyJWT's
+    (tests/unit/test_webhooks.py compares them), and the official receivers verify them."""
+
+    def __init__(self, api_key: str, api_secret: str, clock: Callable[[], float] = time.time) -> None:
+        """`clock`: the wall clock, which the receiver checks the token's times against."""
+        self._issuer = api_key
+        self._mac = hmac.new(api_secret.encode(), digestmod=hashlib.sha256)
+        self._clock = clock
+
+    def __call__(self, body: bytes) -> str:
+        issued = int(self._clock())
+        claims = {
+            "iss": self._issuer,
+            "sub": "",
+            "nbf": issued,
+            "exp": issued + TOKEN_TTL,
+            "video": {},
+            "sha256": base64.b64encode(hashlib.sha256(body).digest()).decode(),
+        }
+        signing_input = _JWT_HEADER + b"." + _b64url(json.dumps(claims, separators=(",", ":")).encode())
+        mac = self._mac.copy()
+        mac.update(signing_input)
+        return (signing_input + b"." + _b64url(mac.digest())).decode()
 
 
 def encode(event: WebhookEvent) -> bytes:
@@ -89,18 +125,50 @@ def encode(event: WebhookEvent) -> bytes:
     return json.dumps(json_format.MessageToDict(event), separators=(",", ":")).encode()
 
 
+class Event:
+    """One event, shared by every URL's queue: what the engine decided, captured cheaply when it did; the
+    message is built when the first sender gets to it, and its body is kept for the next sender that
+    reports the same `num_dropped`."""
+
+    __slots__ = ("_body", "_facts", "_message", "created_at", "name")
+
+    def __init__(self, name: str, created_at: int, facts: Callable[[], dict[str, Any]]) -> None:
+        """`facts`: the event's fields (room, participant, job...), from snapshots taken at the decision."""
+        self.name = name
+        self.created_at = created_at
+        self._facts: Callable[[], dict[str, Any]] | None = facts
+        self._message: WebhookEvent | None = None
+        self._body: tuple[int, bytes] | None = None
+
+    @property
+    def message(self) -> WebhookEvent:
+        if self._message is None:
+            assert self._facts is not None
+            self._message = WebhookEvent(
+                event=self.name, id=ids.new_id(EVENT_ID), created_at=self.created_at, **self._facts()
+            )
+            self._facts = None  # the snapshots are not needed again
+        return self._message
+
+    def body(self, num_dropped: int) -> bytes:
+        """The body telling `num_dropped` events dropped before it."""
+        if self._body is None or self._body[0] != num_dropped:
+            message = self.message
+            message.num_dropped = num_dropped
+            self._body = (num_dropped, encode(message))
+        return self._body[1]
+
+
 class UrlSender:
     """One URL's queue and the task that delivers it, one event at a time, in order."""
 
-    def __init__(
-        self, url: str, settings: WebhookSettings, signer: Callable[[bytes], str], post: Post, sleep: Sleep
-    ) -> None:
+    def __init__(self, url: str, settings: WebhookSettings, signer: Signer, post: Post, sleep: Sleep) -> None:
         self.url = url
         self.settings = settings
         self._sign = signer
         self._post = post
         self._sleep = sleep
-        self._queue: deque[WebhookEvent] = deque()
+        self._queue: deque[Event] = deque()
         self._ready = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -109,13 +177,18 @@ class UrlSender:
         self.delivered = 0
         self.failed_posts = 0
 
-    def put(self, event: WebhookEvent) -> None:
-        if len(self._queue) >= self.settings.queue_size:
+    @property
+    def full(self) -> bool:
+        return len(self._queue) >= self.settings.queue_size
+
+    def put(self, event: Event) -> None:
+        if self.full:
             self.dropped += 1
             return
         self._queue.append(event)
-        self._idle.clear()
-        self._ready.set()
+        if not self._ready.is_set():
+            self._idle.clear()
+            self._ready.set()
 
     @property
     def pending(self) -> int:
@@ -127,6 +200,9 @@ class UrlSender:
                 self._idle.set()
                 self._ready.clear()
                 await self._ready.wait()
+                # Woken by an engine step: the tasks that step started (its messages to workers, for one)
+                # were queued after this one; they go first, not after this event's encoding and post.
+                await asyncio.sleep(0)
                 continue
             await self._deliver(self._queue[0])
             self._queue.popleft()
@@ -134,24 +210,22 @@ class UrlSender:
     async def wait_idle(self) -> None:
         await self._idle.wait()
 
-    async def _deliver(self, event: WebhookEvent) -> None:
+    async def _deliver(self, event: Event) -> None:
         s = self.settings
         for attempt in range(1, s.max_attempts + 1):
             reported = self.dropped
-            message = WebhookEvent()
-            message.CopyFrom(event)
-            message.num_dropped = reported
-            body = encode(message)
+            body = event.body(reported)
+            # Signed for each post: a retry may come minutes later, past an earlier signature's validity.
             headers = {"Authorization": self._sign(body), "Content-Type": CONTENT_TYPE}
             try:
                 status = await self._post(self.url, body, headers)
                 problem = "" if 200 <= status < 300 else f"HTTP {status}"
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            except (TimeoutError, OSError) as exc:
                 problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             if not problem:
                 self.dropped -= reported
                 self.delivered += 1
-                log.debug("webhook sent url=%s event=%s id=%s", self.url, event.event, event.id)
+                log.debug("webhook sent url=%s event=%s", self.url, event.name)
                 return
             self.failed_posts += 1
             if attempt == s.max_attempts:
@@ -160,8 +234,8 @@ class UrlSender:
             log.warning(
                 "webhook post failed url=%s event=%s id=%s attempt=%d (%s); retrying in %gs",
                 self.url,
-                event.event,
-                event.id,
+                event.name,
+                event.message.id,
                 attempt,
                 problem,
                 delay,
@@ -171,8 +245,8 @@ class UrlSender:
         log.error(
             "webhook dropped url=%s event=%s id=%s after %d attempts",
             self.url,
-            event.event,
-            event.id,
+            event.name,
+            event.message.id,
             attempt,
         )
 
@@ -191,19 +265,14 @@ class Webhooks:
     ) -> None:
         self.settings = settings
         self.runtime = runtime
-        self._session: aiohttp.ClientSession | None = None
-
-        def signer(body: bytes) -> str:
-            return sign(settings.api_key, api_secret, body, runtime.now())
-
+        self._posters = {url: HttpPoster(url, settings.timeout) for url in settings.urls}
+        signer = WebhookSigner(settings.api_key, api_secret)
         self.senders = [
             UrlSender(url, settings, signer, post or self._http_post, sleep) for url in settings.urls
         ]
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        timeout = aiohttp.ClientTimeout(total=self.settings.timeout)
-        self._session = aiohttp.ClientSession(timeout=timeout)
         self._tasks = [
             asyncio.create_task(sender.run(), name=f"webhooks {sender.url}") for sender in self.senders
         ]
@@ -222,21 +291,25 @@ class Webhooks:
         left = sum(sender.pending for sender in self.senders)
         if left:
             log.warning("webhooks: %d events not delivered at shutdown", left)
-        if self._session is not None:
-            await self._session.close()
+        for poster in self._posters.values():
+            poster.close()
 
     async def _http_post(self, url: str, body: bytes, headers: dict[str, str]) -> int:
-        assert self._session is not None
-        async with self._session.post(url, data=body, headers=headers) as response:
-            await response.read()
-            return response.status
+        return await self._posters[url].post(body, headers)
 
-    # The engine's decisions, as events (wired in switchboard.effects)
+    # The engine's decisions, as events (wired in switchboard.effects). Each handler first asks whether
+    # any queue has room, so that an event every queue would drop costs no snapshot.
 
-    def _emit(self, name: str, **fields: Any) -> None:
-        event = WebhookEvent(
-            event=name, id=ids.new_id(EVENT_ID), created_at=int(self.runtime.now()), **fields
-        )
+    def _wanted(self) -> bool:
+        for sender in self.senders:
+            if not sender.full:
+                return True
+        for sender in self.senders:
+            sender.dropped += 1
+        return False
+
+    def _emit(self, name: str, facts: Callable[[], dict[str, Any]]) -> None:
+        event = Event(name, int(self.runtime.now()), facts)
         for sender in self.senders:
             sender.put(event)
 
@@ -247,60 +320,69 @@ class Webhooks:
         return room_to_proto(room)
 
     def room_started(self, decision: RoomStarted) -> None:
-        self._emit("room_started", room=self._room(decision.room, decision.sid))
+        if self._wanted():
+            room = self._room(decision.room, decision.sid)
+            self._emit("room_started", lambda: {"room": room})
 
     def room_closed(self, decision: RoomClosed) -> None:
-        self._emit(
-            "room_finished",
-            room=self._room(decision.room, decision.sid),
-            room_end_reason=_room_end_reason(decision.reason),
-        )
+        if self._wanted():
+            room = self._room(decision.room, decision.sid)
+            reason = _room_end_reason(decision.reason)
+            self._emit("room_finished", lambda: {"room": room, "room_end_reason": reason})
 
     def participant_joined(self, decision: ParticipantJoined) -> None:
-        participant = participant_to_proto(decision.participant)
-        self._emit("participant_joined", room=self._room(decision.room), participant=participant)
+        if self._wanted():
+            room, participant = self._room(decision.room), participant_to_proto(decision.participant)
+            self._emit("participant_joined", lambda: {"room": room, "participant": participant})
 
     def participant_left(self, decision: ParticipantLeft) -> None:
-        # As LiveKit: one whose media never connected (it joined, ICE did not complete) left by an
-        # aborted connection attempt, not as a participant who was there.
-        event = "participant_left" if decision.participant.active else "participant_connection_aborted"
-        participant = participant_to_proto(decision.participant, state="DISCONNECTED")
-        self._emit(event, room=self._room(decision.room), participant=participant)
+        if self._wanted():
+            # As LiveKit: one whose media never connected (it joined, ICE did not complete) left by an
+            # aborted connection attempt, not as a participant who was there.
+            event = "participant_left" if decision.participant.active else "participant_connection_aborted"
+            room = self._room(decision.room)
+            participant = participant_to_proto(decision.participant, state="DISCONNECTED")
+            self._emit(event, lambda: {"room": room, "participant": participant})
+
+    def _track_event(self, name: str, decision: TrackPublished | TrackUnpublished) -> None:
+        if self._wanted():
+            room, participant = self._room(decision.room), participant_to_proto(decision.participant)
+            track = track_to_proto(decision.track)
+            self._emit(name, lambda: {"room": room, "participant": participant, "track": track})
 
     def track_published(self, decision: TrackPublished) -> None:
-        self._emit(
-            "track_published",
-            room=self._room(decision.room),
-            participant=participant_to_proto(decision.participant),
-            track=track_to_proto(decision.track),
-        )
+        self._track_event("track_published", decision)
 
     def track_unpublished(self, decision: TrackUnpublished) -> None:
-        self._emit(
-            "track_unpublished",
-            room=self._room(decision.room),
-            participant=participant_to_proto(decision.participant),
-            track=track_to_proto(decision.track),
-        )
+        self._track_event("track_unpublished", decision)
 
-    def _job(self, job: Job) -> agent.Job:
+    def _job_event(self, name: str, job: Job) -> None:
+        if not self._wanted():
+            return
         room = self.runtime.engine.find_room(job.room, self.runtime.now())
         dispatch = room.dispatches.get(job.dispatch_id) if room is not None else None
         spec = (
             dispatch.spec if dispatch is not None else DispatchSpec(job.agent_name, deployment=job.deployment)
         )
-        message = job_to_proto(job, spec, room_to_proto(room) if room is not None else None)
-        if job.ended:
-            message.state.reason = job_end_reason(job)
-        return message
+        room_message = room_to_proto(room) if room is not None else None
+        # job_to_proto reads the job's own fields and whether it had earlier attempts, which cannot change
+        # its answer once the job started or ended: a shallow copy keeps them as they are now, while the
+        # job itself moves on before the event is sent.
+        snapshot = copy.copy(job)
+
+        def facts() -> dict[str, Any]:
+            message = job_to_proto(snapshot, spec, room_message)
+            if snapshot.ended:
+                message.state.reason = job_end_reason(snapshot)
+            return {"room": message.room, "job": message}
+
+        self._emit(name, facts)
 
     def job_started(self, decision: JobStarted) -> None:
-        job = self._job(decision.job)
-        self._emit("agent_job_started", room=job.room, job=job)
+        self._job_event("agent_job_started", decision.job)
 
     def job_ended(self, decision: JobEnded) -> None:
-        job = self._job(decision.job)
-        self._emit("agent_job_ended", room=job.room, job=job)
+        self._job_event("agent_job_ended", decision.job)
 
 
 def _room_end_reason(reason: str) -> models.RoomEndReason:

@@ -1,10 +1,15 @@
-"""The reason classes of ended jobs, as the metrics label them (a label's values must stay few)."""
+"""The reason classes of ended jobs, as the metrics label them (a label's values must stay few), and the
+counters and histograms kept as plain numbers, as prometheus-client's parser reads them."""
 
 import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
+from switchboard.core.engine import Engine, EngineSettings
 from switchboard.core.jobs import Job, JobStatus, JobType
 from switchboard.core.workers import Worker, WorkerSpec, WorkerStatus
-from switchboard.metrics import reason_class, worker_state
+from switchboard.metrics import LATENCY_BUCKETS, Metrics, reason_class, worker_state
+from switchboard.runtime import Runtime
 
 
 @pytest.mark.parametrize(
@@ -54,3 +59,34 @@ def test_worker_states(status: WorkerStatus, drained: bool, expected: str) -> No
         id="AW_1", spec=WorkerSpec(agent_name="a"), registered_at=0.0, status=status, drained=drained
     )
     assert worker_state(worker) == expected
+
+
+def test_requests_are_exposed_as_prometheus_counters_and_histograms() -> None:
+    metrics = Metrics(Runtime(Engine(EngineSettings())))
+    for seconds in (0.001, 0.0011, 0.004, 7.0):  # on a bound, between bounds, above them all
+        metrics.twirp_request("RoomService.CreateRoom", "ok", seconds)
+    metrics.twirp_request("RoomService.CreateRoom", "not_found", 0.002)
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(generate_latest(metrics.registry).decode())
+        for sample in family.samples
+        if family.name.startswith("switchboard_twirp")
+    }
+    method = (("method", "RoomService.CreateRoom"),)
+    assert samples[("switchboard_twirp_requests_total", (("code", "ok"), *method))] == 4
+    assert samples[("switchboard_twirp_requests_total", (("code", "not_found"), *method))] == 1
+    buckets = {
+        labels[0][1]: value
+        for (name, labels), value in samples.items()
+        if name == "switchboard_twirp_request_seconds_bucket"
+    }
+    assert list(buckets) == [*(str(float(b)) for b in LATENCY_BUCKETS), "+Inf"]
+    assert (buckets["0.001"], buckets["0.0025"], buckets["0.005"], buckets["5.0"], buckets["+Inf"]) == (
+        1,
+        3,
+        4,
+        4,
+        5,
+    )
+    assert samples[("switchboard_twirp_request_seconds_count", method)] == 5
+    assert samples[("switchboard_twirp_request_seconds_sum", method)] == pytest.approx(7.0081)

@@ -2,16 +2,29 @@
 the post and the clock's sleep injected; and the signature, checked by the official Python receiver."""
 
 import asyncio
+import base64
+import hashlib
 import json
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import pytest
 from livekit import api
+from livekit.protocol import agent, models
 from livekit.protocol.webhook import WebhookEvent
 
+from switchboard.auth.grants import VideoGrant
+from switchboard.auth.tokens import mint_token
+from switchboard.core.dispatch import DispatchSpec
+from switchboard.core.engine import Engine, EngineSettings, RoomSpec
+from switchboard.core.events import JobEnded, JobStarted, RoomClosed, RoomStarted
 from switchboard.core.jobs import Job, JobStatus, JobType
-from switchboard.webhooks import UrlSender, WebhookSettings, encode, sign
+from switchboard.core.workers import AvailabilityAnswer, JobUpdate, WorkerSpec
+from switchboard.runtime import Runtime
+from switchboard.webhooks import Event, UrlSender, Webhooks, WebhookSettings, WebhookSigner, encode
 from switchboard.wire import job_end_reason
+
+T = TypeVar("T")
 
 KEY, SECRET = "hookkey", "a-webhook-secret-that-is-long-enough"
 URL = "http://receiver.invalid/hook"
@@ -39,8 +52,14 @@ class Receiver:
         return answer
 
     def delivered(self) -> list[tuple[str, int]]:
-        """(event id, numDropped) of every post, in order."""
-        return [(str(body["id"]), int(str(body.get("numDropped", 0)))) for body, _ in self.posts]
+        """(room name, numDropped) of every post, in order: each test event names its own room."""
+        return [(_room_name(body), int(str(body.get("numDropped", 0)))) for body, _ in self.posts]
+
+
+def _room_name(body: dict[str, object]) -> str:
+    room = body["room"]
+    assert isinstance(room, dict)
+    return str(room["name"])
 
 
 class Sleeps:
@@ -54,8 +73,9 @@ class Sleeps:
         await asyncio.sleep(0)
 
 
-def event(n: int) -> WebhookEvent:
-    return WebhookEvent(event="room_started", id=f"EV_{n}", created_at=1000 + n)
+def event(n: int) -> Event:
+    room = models.Room(name=f"room-{n}")
+    return Event("room_started", 1000 + n, lambda: {"room": room})
 
 
 async def settle(done: Callable[[], bool]) -> None:
@@ -71,7 +91,7 @@ async def run_sender(
     receiver: Receiver, sleeps: Sleeps, body: Callable[[UrlSender], Awaitable[None]], **settings: float
 ) -> UrlSender:
     config = WebhookSettings(api_key=KEY, urls=(URL,), **settings)  # type: ignore[arg-type]
-    sender = UrlSender(URL, config, lambda b: sign(KEY, SECRET, b), receiver, sleeps)
+    sender = UrlSender(URL, config, WebhookSigner(KEY, SECRET), receiver, sleeps)
     task = asyncio.create_task(sender.run())
     try:
         await body(sender)
@@ -89,7 +109,7 @@ async def test_events_go_out_in_order_signed_as_livekit_signs_them() -> None:
         await settle(lambda: len(receiver.posts) == 5)
 
     await run_sender(receiver, sleeps, body)
-    assert receiver.delivered() == [(f"EV_{n}", 0) for n in range(5)]
+    assert receiver.delivered() == [(f"room-{n}", 0) for n in range(5)]
     verify = api.WebhookReceiver(api.TokenVerifier(KEY, SECRET))
     for (posted, headers), text in zip(receiver.posts, receiver.bodies, strict=True):
         assert headers["Content-Type"] == "application/webhook+json"
@@ -114,7 +134,7 @@ async def test_a_failed_post_is_retried_with_doubling_backoff_and_later_events_w
         await settle(lambda: len(receiver.posts) == 6)
 
     await run_sender(receiver, sleeps, body, retry_delay=0.5, retry_delay_max=3.0)
-    assert [i for i, _ in receiver.delivered()] == ["EV_1"] * 5 + ["EV_2"]
+    assert [i for i, _ in receiver.delivered()] == ["room-1"] * 5 + ["room-2"]
     assert sleeps.delays == [0.5, 1.0, 2.0, 3.0]
 
 
@@ -133,7 +153,7 @@ async def test_a_full_queue_drops_new_events_and_the_next_delivered_event_counts
 
     sender = await run_sender(receiver, sleeps, body, queue_size=2)
     # EV_1's failed post and its retry both report the 4 drops; once delivered, they are not reported again.
-    assert receiver.delivered() == [("EV_1", 4), ("EV_1", 4), ("EV_2", 0), ("EV_7", 0)]
+    assert receiver.delivered() == [("room-1", 4), ("room-1", 4), ("room-2", 0), ("room-7", 0)]
     assert sender.dropped == 0 and sender.delivered == 3
 
 
@@ -146,7 +166,7 @@ async def test_an_event_given_up_after_its_attempts_is_counted_in_the_next_one()
         await settle(lambda: len(receiver.posts) == 4)
 
     await run_sender(receiver, sleeps, body, max_attempts=3, retry_delay=0.1)
-    assert receiver.delivered() == [("EV_1", 0)] * 3 + [("EV_2", 1)]
+    assert receiver.delivered() == [("room-1", 0)] * 3 + [("room-2", 1)]
     assert sleeps.delays == [0.1, 0.2]
 
 
@@ -178,3 +198,83 @@ def test_job_end_reasons(error: str, reason: str) -> None:
     job = Job(id="AJ_1", dispatch_id="AD_1", room="r", type=JobType.ROOM, agent_name="x", created_at=0.0)
     job.status, job.error = JobStatus.FAILED, error
     assert agent.JobStateReason.Name(job_end_reason(job)) == reason
+
+
+def test_the_signature_is_the_token_mint_token_makes() -> None:
+    body = b'{"event":"room_started"}'
+    digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
+    expected = mint_token(KEY, SECRET, video=VideoGrant(), extra={"sha256": digest}, ttl=300, now=1234.5)
+    assert WebhookSigner(KEY, SECRET, lambda: 1234.5)(body) == expected
+
+
+async def test_events_are_the_engine_state_when_decided_made_once_for_every_url() -> None:
+    """A job that starts and ends before its events go out is told as it was at each moment; both URLs
+    get the same events (one id each), and an event no queue had room for is counted, not made."""
+    clock = [100.0]
+    runtime = Runtime(Engine(EngineSettings(empty_timeout=10_000)), lambda: clock[0])
+
+    def at(now: float, change: Callable[[Engine], T]) -> T:
+        clock[0] = now
+        return runtime.call(change)
+
+    second_url = URL + "/2"
+    posts: dict[str, list[tuple[bytes, dict[str, str]]]] = {URL: [], second_url: []}
+    gate = asyncio.Event()
+
+    async def post(url: str, body: bytes, headers: dict[str, str]) -> int:
+        await gate.wait()
+        posts[url].append((body, headers))
+        return 200
+
+    webhooks = Webhooks(
+        WebhookSettings(api_key=KEY, urls=(URL, second_url), queue_size=3), SECRET, runtime, post=post
+    )
+    runtime.effects.on(RoomStarted, webhooks.room_started)
+    runtime.effects.on(JobStarted, webhooks.job_started)
+    runtime.effects.on(JobEnded, webhooks.job_ended)
+    runtime.effects.on(RoomClosed, webhooks.room_closed)
+    await webhooks.start()
+    try:
+        worker = at(100, lambda e: e.register_worker(WorkerSpec(agent_name="a"), 100)).id
+        room = at(
+            100, lambda e: e.create_room(RoomSpec(name="r", agents=(DispatchSpec(agent_name="a"),)), 100)
+        )
+        [job] = runtime.engine.jobs.values()
+        at(101, lambda e: e.availability_answer(worker, job.id, AvailabilityAnswer(available=True), 101))
+        at(102, lambda e: e.job_update(worker, job.id, JobUpdate.RUNNING, "", 102))
+        at(103, lambda e: e.job_update(worker, job.id, JobUpdate.SUCCESS, "", 103))
+        at(104, lambda e: e.delete_room("r", 104))  # both queues are full: its room_finished is dropped
+        gate.set()
+        await settle(lambda: len(posts[second_url]) == 3)
+        at(105, lambda e: e.create_room(RoomSpec(name="s"), 105))
+        await settle(lambda: len(posts[second_url]) == 4)
+    finally:
+        await webhooks.stop()
+
+    verify = api.WebhookReceiver(api.TokenVerifier(KEY, SECRET))
+    told = {
+        url: [verify.receive(body.decode(), h["Authorization"]) for body, h in sent]
+        for url, sent in posts.items()
+    }
+    assert [(e.id, e.num_dropped) for e in told[URL]] == [(e.id, e.num_dropped) for e in told[second_url]]
+    assert len({e.id for e in told[URL]}) == 4
+    started_room, started, ended, next_room = told[URL]
+    assert (started_room.event, started_room.room.sid, started_room.created_at) == (
+        "room_started",
+        room.sid,
+        100,
+    )
+    assert (started.event, started.created_at, started.job.id) == ("agent_job_started", 102, job.id)
+    assert (started.job.state.status, started.job.state.worker_id, started.job.state.ended_at) == (
+        agent.JS_RUNNING,
+        worker,
+        0,
+    )
+    assert (ended.event, ended.job.state.status, ended.job.state.ended_at) == (
+        "agent_job_ended",
+        agent.JS_SUCCESS,
+        103 * 10**9,
+    )
+    assert (next_room.event, next_room.room.name) == ("room_started", "s")
+    # room_finished was dropped before the senders ran at all: the first event they sent tells it.
+    assert [e.num_dropped for e in told[URL]] == [1, 0, 0, 0]
