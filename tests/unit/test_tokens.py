@@ -1,10 +1,17 @@
 """Token verification: what is accepted, what is refused, and why."""
 
+import hashlib
+import hmac
+import json
 import time
 from typing import Any
 
 import jwt
 import pytest
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
+from jwt.utils import base64url_encode
+from livekit import api as livekit_api
 
 from switchboard.auth.grants import (
     Claims,
@@ -15,7 +22,7 @@ from switchboard.auth.grants import (
     require_room_create,
     require_room_list,
 )
-from switchboard.auth.tokens import TokenVerifier, bearer_token, mint_token
+from switchboard.auth.tokens import TokenVerifier, bearer_token, encode_jwt, mint_job_token, mint_token
 
 KEY, SECRET = "key", "a-secret-long-enough-for-hmac-sha256!"
 verifier = TokenVerifier({KEY: SECRET})
@@ -142,6 +149,122 @@ def test_with_several_keys_each_verifies_its_own_tokens() -> None:
         assert several.verify(sign(claims(iss=key, sub=key), secret=secret)).identity == key
     with pytest.raises(InvalidToken, match="signature verification failed"):
         several.verify(sign(claims(iss="first")))
+
+
+def test_sdk_token_layouts_take_the_short_path() -> None:
+    # If these fell through to PyJWT they would still verify, only slowly: this is what catches it.
+    python_sdk = livekit_api.AccessToken(KEY, SECRET).with_grants(livekit_api.VideoGrants(room_admin=True))
+    minted = mint_token(KEY, SECRET, video=VideoGrant(room_join=True, room="r"), identity="u")
+    node_layout = sign(claims(video={"roomAdmin": True}), headers={"typ": None})  # header {"alg":"HS256"}
+    for token in (python_sdk.to_jwt(), minted, node_layout):
+        assert verifier._plainly_valid(token) is not None, token
+
+
+def outcome(verify: Any, token: str) -> Claims | str:
+    try:
+        return verify(token)  # type: ignore[no-any-return]
+    except InvalidToken:
+        return "refused"
+
+
+def forge(payload: dict[str, Any], secret: str, header: dict[str, Any]) -> str:
+    """A signed token with any header and claims (PyJWT's encode refuses some that a client may send)."""
+    digest = {"HS256": hashlib.sha256, "HS384": hashlib.sha384}[header["alg"]]
+    segments = [base64url_encode(json.dumps(part).encode()) for part in (header, payload)]
+    signing_input = b".".join(segments)
+    signature = base64url_encode(hmac.new(secret.encode(), signing_input, digest).digest())
+    return (signing_input + b"." + signature).decode()
+
+
+# Times are drawn as offsets from the moment each example runs (the suite may run long after it was
+# collected), and made into the claim then: an int, or the float or numeric string PyJWT also reads.
+CURRENT = st.tuples(st.just(int), st.integers(-30, 30))  # a valid exp, nbf or iat, given the 60 s leeway
+TIMES = st.one_of(
+    CURRENT,
+    CURRENT,
+    st.tuples(st.just(int), st.integers(61, 3 * 3600)),  # beyond the leeway, ahead
+    st.tuples(st.just(int), st.integers(-3 * 3600, -61)),  # and behind
+    st.tuples(st.just(int), st.integers(-90, 90)),  # around the leeway
+    st.tuples(st.just(float), st.floats(-120, 120)),  # PyJWT's to judge, as are the rest
+    st.tuples(st.just(str), st.integers(-120, 120)),
+    st.tuples(st.just(None), st.sampled_from([True, None, [], {}])),
+)
+TEXTS = st.one_of(
+    st.text(max_size=3), st.text(max_size=3), st.text(max_size=3), st.integers(-1, 1), st.none()
+)
+FAULTS = {
+    "wrong secret": {"secret": "wrong-secret-wrong-secret-wrong-secret"},
+    "HS384": {"header": {"alg": "HS384"}},
+    "other header": {"header": {"alg": "HS256", "kid": "k"}},
+    "kid not a string": {"header": {"alg": "HS256", "kid": 5}},
+    "critical extension": {"header": {"alg": "HS256", "crit": ["exp"], "exp": 1}},
+    "odd typ": {"header": {"alg": "HS256", "typ": 5}},
+    "no typ": {"header": {"alg": "HS256"}},
+    "unknown issuer": {"iss": "other"},
+    "issuer not a string": {"iss": 5},
+    "no issuer": {"iss": None},
+    "no exp": {"exp": None},
+}
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    optional=st.sets(st.sampled_from(["nbf", "iat", "sub", "jti", "aud"])),
+    values=st.fixed_dictionaries(
+        {"exp": TIMES, "nbf": TIMES, "iat": TIMES, "sub": TEXTS, "jti": TEXTS, "aud": TEXTS}
+    ),
+    fault=st.sampled_from([None] * len(FAULTS) + list(FAULTS)),
+)
+def test_short_path_agrees_with_pyjwt(optional: set[str], values: dict[str, Any], fault: str | None) -> None:
+    now = int(time.time())
+    for name in ("exp", "nbf", "iat"):
+        kind, value = values[name]
+        values[name] = value if kind is None else kind(now + value)
+    change = FAULTS[fault] if fault else {}
+    payload = {"iss": KEY, **{name: values[name] for name in {"exp", *optional}}}
+    payload |= {k: v for k, v in change.items() if k in ("iss", "exp")}
+    payload = {k: v for k, v in payload.items() if v is not None or k not in ("iss", "exp")}
+    header = change.get("header", {"alg": "HS256", "typ": "JWT"})
+    token = forge(payload, change.get("secret", SECRET), header)
+    for keys in ({KEY: SECRET}, {"first": "another-secret-long-enough-for-hs256", KEY: SECRET}):
+        several = TokenVerifier(keys)
+        # The short path never accepts what PyJWT refuses, and accepts with the same claims.
+        expected = outcome(several._verify_naming_the_fault, token)
+        assert outcome(several.verify, token) == expected
+        event(f"{'short path' if several._plainly_valid(token) else 'PyJWT'}, {expected == 'refused'=}")
+
+
+def test_signed_tokens_are_byte_for_byte_pyjwts() -> None:
+    payloads = [
+        claims(),
+        claims(video={"roomJoin": True, "room": "é ✓"}, attributes={"a": '\u0000"quoted"'}, metadata="{}"),
+        {"nested": {"list": [1, 2.5, None, True]}, "exp": 1},
+    ]
+    for payload in payloads:
+        for secret in (SECRET, "secret", "sécret"):
+            assert encode_jwt(payload, secret) == jwt.encode(payload, secret, algorithm="HS256")
+
+
+def test_job_token_is_verified_by_the_python_sdk() -> None:
+    token = mint_job_token(
+        KEY,
+        SECRET,
+        room="r",
+        job_id="AJ_1",
+        attempt=2,
+        agent_name="bench",
+        identity="agent-AJ_1",
+        name="Agent",
+        metadata="md",
+        attributes={"a": "b"},
+        permissions=VideoGrant(can_publish=True, can_subscribe=False),
+    )
+    sdk = livekit_api.TokenVerifier(KEY, SECRET).verify(token)
+    assert (sdk.identity, sdk.name, sdk.kind, sdk.metadata) == ("agent-AJ_1", "Agent", "agent", "md")
+    assert sdk.attributes == {"a": "b", "lk.agent_name": "bench"}
+    assert sdk.video.room_join and sdk.video.agent and sdk.video.room == "r"
+    assert sdk.video.can_publish and not sdk.video.can_subscribe
+    assert verifier.verify(token).job == ("AJ_1", 2)
 
 
 def test_bearer_token_from_header_or_query() -> None:

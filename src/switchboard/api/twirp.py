@@ -197,6 +197,10 @@ class TwirpServer:
             raise TwirpError("permission_denied", str(exc)) from exc
         except CoreError as exc:
             raise TwirpError(_CORE_CODES.get(type(exc), "internal"), str(exc)) from exc
+        # What the call decided for workers and participants (a job offer, say) is queued to their
+        # WebSockets; one turn of the loop writes it before this reply is encoded and written, so the
+        # dispatch's worker hears of its job a reply's work sooner, and the reply waits one frame's write.
+        await asyncio.sleep(0)
         if content_type == JSON:
             return web.Response(
                 body=json.dumps(to_json(reply), separators=(",", ":")).encode(),
@@ -219,6 +223,12 @@ class TwirpServer:
             raise self._too_large()
 
     async def _read_body(self, request: web.Request) -> bytes:
+        if request.content.is_eof():
+            # All of it came with the headers, as any small body does: nothing to wait for, no timer.
+            whole = await request.content.read()
+            if len(whole) > self._limits.max_body_size:
+                raise self._too_large()
+            return whole
         body = bytearray()
         timeout = self._limits.body_timeout
         try:

@@ -53,33 +53,37 @@ class VideoGrant:
         if not isinstance(claim, Mapping):
             raise InvalidToken("invalid token: 'video' claim must be an object")
         values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = claim.get(_camel(f.name))
+        for name, claim_name, _ in _GRANTS:
+            raw = claim.get(claim_name)
             if raw is None:
                 continue
-            if f.name in ("room", "destination_room"):
+            if name in ("room", "destination_room"):
                 if not isinstance(raw, str):
-                    raise InvalidToken(f"invalid token: video.{_camel(f.name)} must be a string")
-                values[f.name] = raw
-            elif f.name == "can_publish_sources":
+                    raise InvalidToken(f"invalid token: video.{claim_name} must be a string")
+                values[name] = raw
+            elif name == "can_publish_sources":
                 if not isinstance(raw, list) or not all(isinstance(s, str) for s in raw):
                     raise InvalidToken("invalid token: video.canPublishSources must be a list of strings")
-                values[f.name] = tuple(s.lower() for s in raw)
+                values[name] = tuple(s.lower() for s in raw)
             else:
                 if not isinstance(raw, bool):
-                    raise InvalidToken(f"invalid token: video.{_camel(f.name)} must be true or false")
-                values[f.name] = raw
+                    raise InvalidToken(f"invalid token: video.{claim_name} must be true or false")
+                values[name] = raw
         return cls(**values)
 
     def to_claim(self) -> dict[str, Any]:
         """Only the grants that are set, as the official SDKs write them."""
         claim: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if value == f.default:  # an explicit False on a None-default grant is kept
+        for name, claim_name, default in _GRANTS:
+            value = getattr(self, name)
+            if value == default:  # an explicit False on a None-default grant is kept
                 continue
-            claim[_camel(f.name)] = list(value) if isinstance(value, tuple) else value
+            claim[claim_name] = list(value) if isinstance(value, tuple) else value
         return claim
+
+
+_GRANTS = tuple((f.name, _camel(f.name), f.default) for f in fields(VideoGrant))
+"""(field, claim name, default) of each grant, worked out once: every token read or minted walks them."""
 
 
 @dataclass(frozen=True)
