@@ -8,9 +8,10 @@ is started for each cluster.
 Four phases (--phases), each checked against a target:
 
   latency     sequential CreateDispatch → JobAssignment, every dispatch sent to node B, which owns its room
-              (the room is created there), with the only worker connected to B (the room's node) or to A
-              (another node: the offer, the answer and the assignment each cross Redis), in blocks of 25
-              taken in turn (this machine's other load weighs on both alike).
+              (A and C are drained, so the cluster places every room on B), with the only worker
+              connected to B (the room's node) or to A (another node: the offer, the answer and the
+              assignment each cross Redis), in blocks of 25 taken in turn (this machine's other load
+              weighs on both alike).
               Target: cross-node p50 ≤ 2 x same-node p50.
   failover    a worker connected to node C runs a job of a room on B; C is killed (SIGKILL); a standby
               worker is connected to A. Time from the kill to the job's JobAssignment on the standby, over
@@ -51,7 +52,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import aiohttp
@@ -70,6 +71,7 @@ from common import (
     process_cpu_seconds,
     raise_fd_limit,
     send,
+    twirp_call,
     verdict,
 )
 from dispatch import (
@@ -90,6 +92,7 @@ from dispatch import (
     worker_token,
 )
 from rtc import Client, Env, Tone, delivery, has_gaps, join, received, wait_for
+from switchboard.api import switchboard_proto as switchboard_pb
 
 PHASES = ("latency", "failover", "throughput", "audio")
 WARMUP = 20
@@ -106,6 +109,7 @@ MEDIA = {"rtc": {"ice_addresses": ["127.0.0.1"]}}  # media on loopback, as bench
 HEARD_DEADLINE = 10.0  # a new room's subscriber hears its publisher within this
 SETTLE = 1.0  # seconds after the last room starts before a window (negotiation, jitter buffers)
 TOP_COMMANDS = 6
+NODE_SERVICE = "/twirp/switchboard.NodeService"
 
 
 @dataclass(frozen=True)
@@ -207,6 +211,7 @@ async def redis_facts(redis: RedisProcess) -> tuple[Counter[str], dict[str, int]
 class LatencyResult:
     same_node: Spread
     cross_node: Spread
+    rooms_per_node: list[int]  # where placement put the rooms (`{sb}:node_rooms`): all on B
 
     @property
     def ratio(self) -> float:
@@ -269,7 +274,7 @@ async def latency_phase(
             )
             samples += timed
             errors += failed
-    return LatencyResult(Spread.of(same), Spread.of(cross)), errors
+    return LatencyResult(Spread.of(same), Spread.of(cross), []), errors
 
 
 async def job_of(session: aiohttp.ClientSession, owner: Server, room: str) -> agent.Job | None:
@@ -498,17 +503,30 @@ class Outcome:
     errors: int = 0
 
 
+async def drain(session: aiohttp.ClientSession, node: Server) -> None:
+    """switchboard.NodeService/DrainNode on `node`: the cluster places no new room there (its workers
+    still take jobs), so that the rooms of the dispatch phases are all placed on the one node left."""
+    call = twirp_call(node, "DrainNode", switchboard_pb.DrainNodeRequest(), "", NODE_SERVICE)
+    status, body = await send(session, call)
+    if status != 200:
+        raise RuntimeError(f"DrainNode: HTTP {status} {body[:200]!r}")
+
+
 async def dispatch_phases(args: argparse.Namespace, outcome: Outcome) -> None:
     with cluster(2, args.lease) as (redis, (a, b)):
         config = node_config(redis, args.lease)
         async with aiohttp.ClientSession() as session:
+            await drain(session, a)
             if "latency" in args.phases:
-                outcome.latency, errors = await latency_phase(session, a, b, args.dispatches)
+                latency, errors = await latency_phase(session, a, b, args.dispatches)
+                _, rooms = await redis_facts(redis)
+                outcome.latency = replace(latency, rooms_per_node=sorted(rooms.values(), reverse=True))
                 outcome.errors += errors
             if "failover" in args.phases:
                 seconds = []
                 for _ in range(args.rounds):
                     with own_server(None, config, b.api_secret) as c:
+                        await drain(session, c)
                         seconds.append(await failover_round(session, b, a, c))
                 outcome.failover = FailoverResult(args.lease, seconds)
 
@@ -598,7 +616,8 @@ def print_report(outcome: Outcome) -> None:
     print(f"bench/cluster.py on {info['cpu_model']} ({info['nproc']} CPUs), {info['python']}; nothing pinned")
     latency, failover = outcome.latency, outcome.failover
     if latency is not None:
-        print("CreateDispatch → JobAssignment, rooms on node B, sequential:")
+        rooms = "/".join(str(n) for n in latency.rooms_per_node)
+        print(f"CreateDispatch → JobAssignment, rooms on node B (rooms per node: {rooms}), sequential:")
         for name, spread in (
             ("worker on B (same node)", latency.same_node),
             ("worker on A", latency.cross_node),

@@ -251,13 +251,13 @@ def token_for(server: Server, room: str) -> str:
     )
 
 
-def twirp_call(server: Server, method: str, message: Any, room: str) -> Call:
+def twirp_call(server: Server, method: str, message: Any, room: str, service: str = SERVICE) -> Call:
     headers = {
         "Authorization": f"Bearer {token_for(server, room)}",
         "User-Agent": USER_AGENT,
         "Content-Type": "application/protobuf",
     }
-    return Call("POST", f"{server.url}{SERVICE}/{method}", message.SerializeToString(), headers, twirp=True)
+    return Call("POST", f"{server.url}{service}/{method}", message.SerializeToString(), headers, twirp=True)
 
 
 async def send(session: aiohttp.ClientSession, call: Call) -> tuple[int, bytes]:
