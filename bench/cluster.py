@@ -356,6 +356,11 @@ class ThroughputRun:
         """The nodes' rates summed (each: its callers' assignments / time to the last one)."""
         return sum(result.assigned_rate for result in self.per_node)
 
+    @property
+    def node_cpu_ms(self) -> float:
+        """CPU time of all the nodes per assigned dispatch, in ms: what one dispatch costs the cluster."""
+        return sum(self.usage.nodes) / self.assigned_rate * 1000 if self.assigned_rate else float("nan")
+
 
 async def cpu_over(nodes: Sequence[Server], redis: RedisProcess, seconds: float) -> Usage:
     meter = Meter(nodes, redis)
@@ -572,9 +577,9 @@ def print_throughput(runs: Sequence[ThroughputRun]) -> None:
             f"           CreateDispatch reply p50/p99 ms per node called: {replies};"
             f" to JobAssignment: {dispatches}"
         )
-        print(f"           {r.usage.text()}")
+        print(f"           {r.usage.text()}; nodes' CPU per dispatch {r.node_cpu_ms:.2f} ms")
         commands = ", ".join(f"{name} {n:.2f}" for name, n in r.redis_calls.items())
-        print(f"           Redis commands per dispatch (whole run, most called): {commands}")
+        print(f"           Redis commands per dispatch (whole run, inside Lua scripts too): {commands}")
     ratio = scaling(runs)
     lost = sum(r.lost for r in runs)
     print(
@@ -651,7 +656,10 @@ def figures(outcome: Outcome) -> dict[str, Any]:
     if outcome.failover is not None:
         result["failover"] = {**asdict(outcome.failover), "p50": outcome.failover.p50}
     if outcome.throughput is not None:
-        runs = [{**asdict(r), "lost": r.lost} for r in outcome.throughput]
+        runs = [
+            {**asdict(r), "lost": r.lost, "assigned_rate": r.assigned_rate, "node_cpu_ms": r.node_cpu_ms}
+            for r in outcome.throughput
+        ]
         result["throughput"] = {"runs": runs, "scaling": scaling(outcome.throughput)}
     if outcome.audio is not None:
         result["audio"] = [{**asdict(r), "clean_rooms": r.clean_rooms} for r in outcome.audio]
