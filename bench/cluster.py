@@ -25,8 +25,9 @@ Four phases (--phases), each checked against a target:
   audio       N rooms, each with a publisher (a continuous tone) and a subscriber, on one node, then on
               two (the publisher joins through node i mod 2 and the subscriber through the other, so
               placement and the signalling relay both work); N grows by --step until a subscriber sees
-              gaps (bench/rtc.py's criteria) or --max-rooms. Figure: the largest N without loss, one node
-              against two (no target set by the issue).
+              gaps (bench/rtc.py's criteria), this process uses 90 % of a core (every SDK client runs
+              here: beyond that it measures the client) or --max-rooms. Figure: the largest N without
+              loss, one node against two (no target set by the issue).
 
 Nothing is pinned: the nodes, Redis and this process (the load generator, every SDK client included)
 share this machine's cores, and the report says how much CPU each used.
@@ -51,7 +52,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -61,6 +62,7 @@ from livekit.protocol import agent
 from livekit.protocol import agent_dispatch as pb
 
 from common import (
+    BUSY_CPU,
     Server,
     free_port,
     machine,
@@ -78,6 +80,7 @@ from dispatch import (
     ASSIGN_DEADLINE,
     FD_HEADROOM,
     STATUS_INTERVAL,
+    BenchWorker,
     Board,
     Spread,
     ThroughputResult,
@@ -194,17 +197,41 @@ class Usage:
         )
 
 
-async def redis_facts(redis: RedisProcess) -> tuple[Counter[str], dict[str, int]]:
-    """Calls of each Redis command so far, and the rooms placed on each node (`{sb}:node_rooms`)."""
+@contextlib.asynccontextmanager
+async def redis_client(redis: RedisProcess) -> AsyncIterator[Any]:
     host, port = redis.address.rsplit(":", 1)
     client = aioredis.Redis(host=host, port=int(port), decode_responses=True)
     try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+async def redis_facts(redis: RedisProcess) -> tuple[Counter[str], dict[str, int]]:
+    """Calls of each Redis command so far, and the rooms placed on each node (`{sb}:node_rooms`)."""
+    async with redis_client(redis) as client:
         stats = await client.info("commandstats")
         calls = Counter({name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()})
         rooms = {str(node): int(count) for node, count in (await client.hgetall("{sb}:node_rooms")).items()}
-    finally:
-        await client.aclose()
     return calls, rooms
+
+
+async def assigned_across(redis: RedisProcess, board: Board, worker_urls: dict[str, str]) -> float | None:
+    """The share of assigned jobs whose worker is connected to another node than the room's (each such
+    job's offer, answer, assignment and two status updates cross Redis Streams), from the rooms' owners
+    in `{sb}:room:<name>` and the nodes' URLs in `{sb}:node:<id>`."""
+    rooms = list(board.assigned_worker)
+    async with redis_client(redis) as client:
+        ids = sorted(await client.smembers("{sb}:nodes"))
+        infos = await client.mget([f"{{sb}}:node:{node_id}" for node_id in ids]) if ids else []
+        urls = {node_id: json.loads(info)["url"] for node_id, info in zip(ids, infos, strict=True) if info}
+        owners = await client.mget([f"{{sb}}:room:{room}" for room in rooms]) if rooms else []
+    known = [
+        (urls[owner], worker_urls.get(board.assigned_worker[room]))
+        for room, owner in zip(rooms, owners, strict=True)
+        if owner in urls
+    ]
+    return sum(owner != worker for owner, worker in known) / len(known) if known else None
 
 
 @dataclass(frozen=True)
@@ -335,6 +362,7 @@ class ThroughputRun:
     nodes: int
     per_node: list[ThroughputResult]  # bench/dispatch.py's throughput phase against each node, at once
     rooms_per_node: list[int]  # where placement put the rooms (`{sb}:node_rooms` after the run)
+    assigned_across: float | None  # the share of jobs assigned to a worker on another node than the room's
     redis_calls: dict[str, float]  # the commands Redis served most, per dispatch created
     usage: Usage  # over the timed span
     lost_samples: list[str]
@@ -377,10 +405,13 @@ async def throughput_run(count: int, args: argparse.Namespace) -> tuple[Throughp
         twirp = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=per_node * count))
         sockets = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         async with twirp, sockets:
-            workers = []
+            workers: list[BenchWorker] = []
+            worker_urls: dict[str, str] = {}
             for index, node in enumerate(nodes):
                 share = args.workers // count + (index < args.workers % count)
-                workers += await connect_workers(sockets, node, share, board)
+                connected = await connect_workers(sockets, node, share, board)
+                workers += connected
+                worker_urls.update({worker.worker_id: node.url for worker in connected})
             pump = asyncio.create_task(report_status(workers, STATUS_INTERVAL))
             try:
                 calls_before, _ = await redis_facts(redis)
@@ -396,6 +427,7 @@ async def throughput_run(count: int, args: argparse.Namespace) -> tuple[Throughp
                 )
                 usage = await meter
                 calls_after, rooms = await redis_facts(redis)
+                across = await assigned_across(redis, board, worker_urls)
             finally:
                 pump.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -409,6 +441,7 @@ async def throughput_run(count: int, args: argparse.Namespace) -> tuple[Throughp
         nodes=count,
         per_node=[result for result, _ in results],
         rooms_per_node=sorted(rooms.values(), reverse=True),
+        assigned_across=across,
         redis_calls={name: n / max(1, created) for name, n in calls.most_common(TOP_COMMANDS)},
         usage=usage,
         lost_samples=[sample for _, samples in results for sample in samples],
@@ -487,6 +520,11 @@ async def audio_run(count: int, args: argparse.Namespace) -> AudioRun:
                 steps.append(AudioStep(len(subscribers), row, has_gaps(row), tone.late - late_before, usage))
                 if steps[-1].gaps:
                     stopped_by = "a subscriber saw gaps"
+                    break
+                if (
+                    usage.client >= BUSY_CPU
+                ):  # as bench/rtc.py's capacity phase: more would measure the client
+                    stopped_by = f"this client using {percent(usage.client)} of a core (client-bound)"
                     break
             _, rooms = await redis_facts(redis)
         finally:
@@ -577,6 +615,10 @@ def print_throughput(runs: Sequence[ThroughputRun]) -> None:
             f"           CreateDispatch reply p50/p99 ms per node called: {replies};"
             f" to JobAssignment: {dispatches}"
         )
+        print(
+            f"           jobs assigned to a worker on another node than the room's:"
+            f" {percent(r.assigned_across)}"
+        )
         print(f"           {r.usage.text()}; nodes' CPU per dispatch {r.node_cpu_ms:.2f} ms")
         commands = ", ".join(f"{name} {n:.2f}" for name, n in r.redis_calls.items())
         print(f"           Redis commands per dispatch (whole run, inside Lua scripts too): {commands}")
@@ -612,7 +654,7 @@ def print_audio(runs: Sequence[AudioRun]) -> None:
     one, two = runs
     print(
         f"  largest N without loss: one node {one.clean_rooms}, two nodes {two.clean_rooms}"
-        " (no target; a bound reached without loss is a lower bound)"
+        " (no target; stopped by the client or the bound, it is a lower bound)"
     )
 
 
