@@ -1,28 +1,47 @@
-"""Benchmark dispatch across cluster nodes: switchboard processes sharing one redis-server on this machine.
+"""Benchmark Switchboard nodes sharing one redis-server on this machine: dispatch and audio across nodes.
 
-The workers are bench/dispatch.py's protocol-level clients (they accept every offer at once). Every
-dispatch is sent to node B, which owns its room (the room is created there).
+The workers are bench/dispatch.py's protocol-level clients (they accept every offer at once); the media
+clients are the official Python `livekit` rtc SDK, as in bench/rtc.py. Every node is a separate
+`switchboard serve` process with the same API key and secret, and a fresh redis-server (in memory only)
+is started for each cluster.
 
-Two phases, each checked against a target:
+Four phases (--phases), each checked against a target:
 
-  latency   sequential CreateDispatch → JobAssignment received, with the only worker connected to B (the
-            room's node) or to A (another node: the offer, the answer and the assignment each cross
-            Redis), in blocks of 25 taken in turn (this machine's other load weighs on both alike).
-            Target: cross-node p50 ≤ 2 x same-node p50.
-  failover  a worker connected to node C runs a job of a room on B; C is killed (SIGKILL); a standby
-            worker is connected to A. Time from the kill to the job's JobAssignment on the standby, over
-            --rounds rounds (a fresh node C each). Target: p50 ≤ lease + 1 s.
+  latency     sequential CreateDispatch → JobAssignment, every dispatch sent to node B, which owns its room
+              (A and C are drained, so the cluster places every room on B), with the only worker
+              connected to B (the room's node) or to A (another node: the offer, the answer and the
+              assignment each cross Redis), in blocks of 25 taken in turn (this machine's other load
+              weighs on both alike).
+              Target: cross-node p50 ≤ 2 x same-node p50.
+  failover    a worker connected to node C runs a job of a room on B; C is killed (SIGKILL); a standby
+              worker is connected to A. Time from the kill to the job's JobAssignment on the standby, over
+              --rounds rounds (a fresh node C each). Target: p50 ≤ lease + 1 s.
+  throughput  sustained dispatches/s on one node, then on two: bench/dispatch.py's throughput phase run
+              against every node at once (--concurrency callers shared among them), so CreateDispatch is
+              spread over the nodes; each dispatch is to a fresh room, placed by the cluster (fewest rooms),
+              so half of the calls reaching a node are forwarded to the other; --workers are spread over
+              the nodes and each room's node chooses among all of them. Every dispatch is counted to its
+              JobAssignment; lost = created - assigned. Target: two nodes ≥ 1.6 x one node, 0 lost.
+  audio       N rooms, each with a publisher (a continuous tone) and a subscriber, on one node, then on
+              two (the publisher joins through node i mod 2 and the subscriber through the other, so
+              placement and the signalling relay both work); N grows by --step until a subscriber sees
+              gaps (bench/rtc.py's criteria), this process uses 90 % of a core (every SDK client runs
+              here: beyond that it measures the client) or --max-rooms. Figure: the largest N without
+              loss, one node against two (no target set by the issue).
 
-The nodes are not pinned to CPUs (three processes and Redis share this machine's cores with the client).
+Nothing is pinned: the nodes, Redis and this process (the load generator, every SDK client included)
+share this machine's cores, and the report says how much CPU each used.
 The exit code is 1 when a dispatch was lost or a worker saw an error, else 0 (a MISS is not an error).
 
-    .venv/bin/python bench/cluster.py [--dispatches N] [--rounds N] [--lease S] [--json]
+    .venv/bin/python bench/cluster.py [--phases latency,failover,throughput,audio] [--dispatches N]
+                                      [--rounds N] [--duration S] [--workers N] [--max-rooms N] [--json]
 """
 
 import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -32,27 +51,53 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import aiohttp
+import redis.asyncio as aioredis
 from livekit.protocol import agent
 from livekit.protocol import agent_dispatch as pb
 
-from common import Server, free_port, machine, own_server, send, verdict
+from common import (
+    BUSY_CPU,
+    Server,
+    free_port,
+    machine,
+    machine_busy_seconds,
+    new_secret,
+    own_server,
+    percent,
+    process_cpu_seconds,
+    raise_fd_limit,
+    send,
+    twirp_call,
+    verdict,
+)
 from dispatch import (
     ASSIGN_DEADLINE,
+    FD_HEADROOM,
+    STATUS_INTERVAL,
+    BenchWorker,
     Board,
     Spread,
+    ThroughputResult,
     close_workers,
     connect_worker,
+    connect_workers,
     create_call,
     job_update,
     list_call,
+    report_status,
+    throughput_phase,
     worker_token,
 )
+from rtc import Client, Env, Tone, delivery, has_gaps, join, received, wait_for
+from switchboard.api import switchboard_proto as switchboard_pb
 
+PHASES = ("latency", "failover", "throughput", "audio")
 WARMUP = 20
 BLOCK = 25
 BLOCK_WARMUP = 3  # a fresh worker: the owner hears of it with its first dispatch
@@ -61,12 +106,24 @@ RUNNING_DEADLINE = 10.0
 POLL = 0.02
 TARGET_CROSS_RATIO = 2.0
 TARGET_FAILOVER_MARGIN = 1.0  # seconds over the lease
+TARGET_SCALING = 1.6  # two nodes against one, on two cores
 AGENTS = {"availability_timeout": 5, "reconnect_grace": 5, "restart_backoff": 1}  # the defaults
+MEDIA = {"rtc": {"ice_addresses": ["127.0.0.1"]}}  # media on loopback, as bench/rtc.py
+HEARD_DEADLINE = 10.0  # a new room's subscriber hears its publisher within this
+SETTLE = 1.0  # seconds after the last room starts before a window (negotiation, jitter buffers)
+TOP_COMMANDS = 6
+NODE_SERVICE = "/twirp/switchboard.NodeService"
+
+
+@dataclass(frozen=True)
+class RedisProcess:
+    address: str
+    pid: int
 
 
 @contextlib.contextmanager
-def redis_server() -> Iterator[str]:
-    """Debian's redis-server on a free port, in memory only; its address."""
+def redis_server() -> Iterator[RedisProcess]:
+    """Debian's redis-server on a free port, in memory only."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise SystemExit("redis-server is not installed (Debian: apt-get install redis-server)")
@@ -82,20 +139,106 @@ def redis_server() -> Iterator[str]:
                 if time.monotonic() > deadline or process.poll() is not None:
                     raise RuntimeError("redis-server did not start")
                 time.sleep(0.05)
-            yield f"127.0.0.1:{port}"
+            yield RedisProcess(f"127.0.0.1:{port}", process.pid)
         finally:
             process.terminate()
             process.wait(timeout=10)
 
 
-def node_config(redis: str, lease: float) -> dict[str, Any]:
-    return {"redis": {"address": redis}, "cluster": {"lease": lease}, "agents": AGENTS}
+def node_config(redis: RedisProcess, lease: float) -> dict[str, Any]:
+    return {"redis": {"address": redis.address}, "cluster": {"lease": lease}, "agents": AGENTS, **MEDIA}
+
+
+@contextlib.contextmanager
+def cluster(count: int, lease: float) -> Iterator[tuple[RedisProcess, list[Server]]]:
+    """A fresh redis-server and `count` nodes on it, sharing one API secret (a call or a join may be
+    forwarded to another node, which checks the token again)."""
+    with redis_server() as redis, contextlib.ExitStack() as stack:
+        secret = new_secret()
+        config = node_config(redis, lease)
+        yield redis, [stack.enter_context(own_server(None, config, secret)) for _ in range(count)]
+
+
+class Meter:
+    """CPU used since it was made, in fractions of one core: each node, Redis, this process (the load
+    generator and its SDK threads), and everything else on the machine."""
+
+    def __init__(self, nodes: Sequence[Server], redis: RedisProcess) -> None:
+        self.pids = [node.pid for node in nodes if node.pid is not None] + [redis.pid]
+        self.started = time.monotonic()
+        self.before = self.reading()
+
+    def reading(self) -> tuple[list[float], float, float | None]:
+        return [process_cpu_seconds(pid) for pid in self.pids], time.process_time(), machine_busy_seconds()
+
+    def usage(self) -> "Usage":
+        seconds = time.monotonic() - self.started
+        (processes, client, busy), (processes0, client0, busy0) = self.reading(), self.before
+        used = [(after - before) / seconds for after, before in zip(processes, processes0, strict=True)]
+        client_share = (client - client0) / seconds
+        other = None
+        if busy is not None and busy0 is not None:
+            other = max(0.0, (busy - busy0) / seconds - client_share - sum(used))
+        return Usage(nodes=used[:-1], redis=used[-1], client=client_share, other=other)
+
+
+@dataclass(frozen=True)
+class Usage:
+    nodes: list[float]
+    redis: float
+    client: float
+    other: float | None
+
+    def text(self) -> str:
+        nodes = " + ".join(percent(share) for share in self.nodes)
+        return (
+            f"CPU: node{'s' if len(self.nodes) > 1 else ''} {nodes}, Redis {percent(self.redis)}, "
+            f"this client {percent(self.client)}, other processes {percent(self.other)} (of one core)"
+        )
+
+
+@contextlib.asynccontextmanager
+async def redis_client(redis: RedisProcess) -> AsyncIterator[Any]:
+    host, port = redis.address.rsplit(":", 1)
+    client = aioredis.Redis(host=host, port=int(port), decode_responses=True)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+async def redis_facts(redis: RedisProcess) -> tuple[Counter[str], dict[str, int]]:
+    """Calls of each Redis command so far, and the rooms placed on each node (`{sb}:node_rooms`)."""
+    async with redis_client(redis) as client:
+        stats = await client.info("commandstats")
+        calls = Counter({name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()})
+        rooms = {str(node): int(count) for node, count in (await client.hgetall("{sb}:node_rooms")).items()}
+    return calls, rooms
+
+
+async def assigned_across(redis: RedisProcess, board: Board, worker_urls: dict[str, str]) -> float | None:
+    """The share of assigned jobs whose worker is connected to another node than the room's (each such
+    job's offer, answer, assignment and two status updates cross Redis Streams), from the rooms' owners
+    in `{sb}:room:<name>` and the nodes' URLs in `{sb}:node:<id>`."""
+    rooms = list(board.assigned_worker)
+    async with redis_client(redis) as client:
+        ids = sorted(await client.smembers("{sb}:nodes"))
+        infos = await client.mget([f"{{sb}}:node:{node_id}" for node_id in ids]) if ids else []
+        urls = {node_id: json.loads(info)["url"] for node_id, info in zip(ids, infos, strict=True) if info}
+        owners = await client.mget([f"{{sb}}:room:{room}" for room in rooms]) if rooms else []
+    known = [
+        (urls[owner], worker_urls.get(board.assigned_worker[room]))
+        for room, owner in zip(rooms, owners, strict=True)
+        if owner in urls
+    ]
+    return sum(owner != worker for owner, worker in known) / len(known) if known else None
 
 
 @dataclass(frozen=True)
 class LatencyResult:
     same_node: Spread
     cross_node: Spread
+    rooms_per_node: list[int]  # where placement put the rooms (`{sb}:node_rooms`): all on B
 
     @property
     def ratio(self) -> float:
@@ -158,7 +301,7 @@ async def latency_phase(
             )
             samples += timed
             errors += failed
-    return LatencyResult(Spread.of(same), Spread.of(cross)), errors
+    return LatencyResult(Spread.of(same), Spread.of(cross), []), errors
 
 
 async def job_of(session: aiohttp.ClientSession, owner: Server, room: str) -> agent.Job | None:
@@ -211,59 +354,401 @@ async def failover_round(
         await close_workers([doomed] + ([spare] if spare is not None else []))
 
 
-async def run(args: argparse.Namespace) -> tuple[LatencyResult, FailoverResult, int]:
-    errors = 0
-    with redis_server() as redis, contextlib.ExitStack() as nodes:
-        config = node_config(redis, args.lease)
-        a = nodes.enter_context(own_server(None, config))
-        b = nodes.enter_context(own_server(None, config))
-        async with aiohttp.ClientSession() as session:
-            latency, errors = await latency_phase(session, a, b, args.dispatches)
-            seconds = []
-            for _ in range(args.rounds):
-                with own_server(None, config) as c:
-                    seconds.append(await failover_round(session, b, a, c))
-    return latency, FailoverResult(args.lease, seconds), errors
+# ---------------------------------------------------------------------------------------------- throughput
 
 
-def print_report(latency: LatencyResult, failover: FailoverResult, errors: int) -> None:
-    info = machine()
-    print(f"bench/cluster.py on {info['cpu_model']} ({info['nproc']} CPUs), {info['python']}")
-    print("CreateDispatch → JobAssignment, rooms on node B, sequential:")
-    for name, spread in (("worker on B (same node)", latency.same_node), ("worker on A", latency.cross_node)):
-        print(f"  {name:<26} p50 {spread.p50_ms:6.2f} ms  p99 {spread.p99_ms:6.2f} ms  ({spread.samples})")
-    ok = latency.ratio <= TARGET_CROSS_RATIO
-    print(f"  cross/same p50 {latency.ratio:.2f}x (target ≤ {TARGET_CROSS_RATIO:g}x)  {verdict(ok)}")
-    target = failover.lease + TARGET_FAILOVER_MARGIN
-    samples = ", ".join(f"{s:.2f}" for s in sorted(failover.seconds))
-    print(f"kill -9 of the worker's node → its job assigned on another node (lease {failover.lease:g} s):")
-    print(
-        f"  p50 {failover.p50:.2f} s (target ≤ {target:g} s)  {verdict(failover.p50 <= target)}  [{samples}]"
+@dataclass(frozen=True)
+class ThroughputRun:
+    nodes: int
+    per_node: list[ThroughputResult]  # bench/dispatch.py's throughput phase against each node, at once
+    rooms_per_node: list[int]  # where placement put the rooms (`{sb}:node_rooms` after the run)
+    assigned_across: float | None  # the share of jobs assigned to a worker on another node than the room's
+    redis_calls: dict[str, float]  # the commands Redis served most, per dispatch created
+    usage: Usage  # over the timed span
+    lost_samples: list[str]
+
+    @property
+    def created(self) -> int:
+        return sum(result.created for result in self.per_node)
+
+    @property
+    def assigned(self) -> int:
+        return sum(result.assigned for result in self.per_node)
+
+    @property
+    def lost(self) -> int:
+        return self.created - self.assigned
+
+    @property
+    def assigned_rate(self) -> float:
+        """The nodes' rates summed (each: its callers' assignments / time to the last one)."""
+        return sum(result.assigned_rate for result in self.per_node)
+
+    @property
+    def node_cpu_ms(self) -> float:
+        """CPU time of all the nodes per assigned dispatch, in ms: what one dispatch costs the cluster."""
+        return sum(self.usage.nodes) / self.assigned_rate * 1000 if self.assigned_rate else float("nan")
+
+
+async def cpu_over(nodes: Sequence[Server], redis: RedisProcess, seconds: float) -> Usage:
+    meter = Meter(nodes, redis)
+    await asyncio.sleep(seconds)
+    return meter.usage()
+
+
+async def throughput_run(count: int, args: argparse.Namespace) -> tuple[ThroughputRun, int]:
+    """bench/dispatch.py's throughput phase against each of `count` nodes at once, sharing the workers
+    (spread over the nodes) and their board; and the errors the workers saw."""
+    board = Board()
+    per_node = max(1, args.concurrency // count)
+    with cluster(count, args.lease) as (redis, nodes):
+        twirp = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=per_node * count))
+        sockets = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        async with twirp, sockets:
+            workers: list[BenchWorker] = []
+            worker_urls: dict[str, str] = {}
+            for index, node in enumerate(nodes):
+                share = args.workers // count + (index < args.workers % count)
+                connected = await connect_workers(sockets, node, share, board)
+                workers += connected
+                worker_urls.update({worker.worker_id: node.url for worker in connected})
+            pump = asyncio.create_task(report_status(workers, STATUS_INTERVAL))
+            try:
+                calls_before, _ = await redis_facts(redis)
+                # The timed span is the callers' (--duration); the phases then wait for what is still
+                # outstanding and ask ListDispatch about any dispatch no worker saw. They share one board:
+                # that wait may then run to its deadline (each phase sets the board's awaited rooms).
+                meter = asyncio.create_task(cpu_over(nodes, redis, args.duration))
+                results = await asyncio.gather(
+                    *(
+                        throughput_phase(twirp, node, workers, board, args.duration, per_node)
+                        for node in nodes
+                    )
+                )
+                usage = await meter
+                calls_after, rooms = await redis_facts(redis)
+                across = await assigned_across(redis, board, worker_urls)
+            finally:
+                pump.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pump
+                if board.lost_connections:
+                    board.fail(f"{board.lost_connections} workers lost their connection during the run")
+                await close_workers(workers)
+    calls = calls_after - calls_before
+    created = sum(result.created for result, _ in results)
+    run = ThroughputRun(
+        nodes=count,
+        per_node=[result for result, _ in results],
+        rooms_per_node=sorted(rooms.values(), reverse=True),
+        assigned_across=across,
+        redis_calls={name: n / max(1, created) for name, n in calls.most_common(TOP_COMMANDS)},
+        usage=usage,
+        lost_samples=[sample for _, samples in results for sample in samples],
     )
-    print(f"errors: {errors}")
+    return run, board.errors
+
+
+# ---------------------------------------------------------------------------------------------- audio
+
+
+@dataclass(frozen=True)
+class AudioStep:
+    rooms: int
+    delivery: dict[str, Any]  # bench/rtc.py's: packets, frames, audible and concealed shares, lost
+    gaps: bool
+    late_frames: int  # tone frames this process handed to the SDK more than a frame late
+    usage: Usage
+
+
+@dataclass(frozen=True)
+class AudioRun:
+    nodes: int
+    seconds: float
+    steps: list[AudioStep]
+    rooms_per_node: list[int]
+    stopped_by: str
+
+    @property
+    def clean_rooms(self) -> int:
+        """The largest number of rooms relayed without loss: those below the first step that saw gaps."""
+        clean = 0
+        for step in self.steps:
+            if step.gaps:
+                break
+            clean = step.rooms
+        return clean
+
+
+async def audio_run(count: int, args: argparse.Namespace) -> AudioRun:
+    """Rooms of one publisher and one subscriber, added --step at a time on `count` nodes, each step
+    measured for --window seconds, until a subscriber sees gaps or --max-rooms."""
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    with cluster(count, args.lease) as (redis, nodes):
+        envs = [Env(node, node.url.replace("http://", "ws://", 1), prefix) for node in nodes]
+        tone = Tone()  # one source feeds every publisher's track: each one still encodes and sends its own
+        tone.start()
+        clients: list[Client] = []
+        subscribers: list[Client] = []
+        steps: list[AudioStep] = []
+        stopped_by = f"the bound of {args.max_rooms} rooms"
+        try:
+            while len(subscribers) < args.max_rooms:
+                for _ in range(min(args.step, args.max_rooms - len(subscribers))):
+                    room = f"audio-{len(subscribers)}"
+                    # Publisher and subscriber reach different nodes: one of them is relayed to the room's.
+                    publisher = await join(envs[len(subscribers) % count], room, "publisher", subscribe=False)
+                    clients.append(publisher)
+                    subscriber = await join(
+                        envs[(len(subscribers) + 1) % count], room, "subscriber", subscribe=True, ear=True
+                    )
+                    clients.append(subscriber)
+                    subscribers.append(subscriber)
+                    sid = (await tone.publish(publisher)).sid
+                    await wait_for(
+                        lambda: subscriber.loud.get(sid, 0) >= 5,  # noqa: B023
+                        f"the subscriber of {room} to hear its publisher",
+                        HEARD_DEADLINE,
+                    )
+                await asyncio.sleep(SETTLE)
+                before, late_before, sent_before = await received(subscribers), tone.late, tone.frames
+                meter = Meter(nodes, redis)
+                await asyncio.sleep(args.window)
+                usage = meter.usage()
+                got, sent = (await received(subscribers)).minus(before), tone.frames - sent_before
+                row = delivery(got, len(subscribers), args.window, sent)
+                steps.append(AudioStep(len(subscribers), row, has_gaps(row), tone.late - late_before, usage))
+                if steps[-1].gaps:
+                    stopped_by = "a subscriber saw gaps"
+                    break
+                if (
+                    usage.client >= BUSY_CPU
+                ):  # as bench/rtc.py's capacity phase: more would measure the client
+                    stopped_by = f"this client using {percent(usage.client)} of a core (client-bound)"
+                    break
+            _, rooms = await redis_facts(redis)
+        finally:
+            await tone.stop()
+            for client in clients:
+                await client.close()
+    return AudioRun(count, args.window, steps, sorted(rooms.values(), reverse=True), stopped_by)
+
+
+# ---------------------------------------------------------------------------------------------- run
+
+
+@dataclass
+class Outcome:
+    latency: LatencyResult | None = None
+    failover: FailoverResult | None = None
+    throughput: list[ThroughputRun] | None = None
+    audio: list[AudioRun] | None = None
+    errors: int = 0
+
+
+async def drain(session: aiohttp.ClientSession, node: Server) -> None:
+    """switchboard.NodeService/DrainNode on `node`: the cluster places no new room there (its workers
+    still take jobs), so that the rooms of the dispatch phases are all placed on the one node left."""
+    call = twirp_call(node, "DrainNode", switchboard_pb.DrainNodeRequest(), "", NODE_SERVICE)
+    status, body = await send(session, call)
+    if status != 200:
+        raise RuntimeError(f"DrainNode: HTTP {status} {body[:200]!r}")
+
+
+async def dispatch_phases(args: argparse.Namespace, outcome: Outcome) -> None:
+    with cluster(2, args.lease) as (redis, (a, b)):
+        config = node_config(redis, args.lease)
+        async with aiohttp.ClientSession() as session:
+            await drain(session, a)
+            if "latency" in args.phases:
+                latency, errors = await latency_phase(session, a, b, args.dispatches)
+                _, rooms = await redis_facts(redis)
+                outcome.latency = replace(latency, rooms_per_node=sorted(rooms.values(), reverse=True))
+                outcome.errors += errors
+            if "failover" in args.phases:
+                seconds = []
+                for _ in range(args.rounds):
+                    with own_server(None, config, b.api_secret) as c:
+                        await drain(session, c)
+                        seconds.append(await failover_round(session, b, a, c))
+                outcome.failover = FailoverResult(args.lease, seconds)
+
+
+async def run(args: argparse.Namespace) -> Outcome:
+    outcome = Outcome()
+    if {"latency", "failover"} & set(args.phases):
+        await dispatch_phases(args, outcome)
+    if "throughput" in args.phases:
+        outcome.throughput = []
+        for count in (1, 2):
+            result, errors = await throughput_run(count, args)
+            outcome.throughput.append(result)
+            outcome.errors += errors
+    if "audio" in args.phases:
+        outcome.audio = [await audio_run(count, args) for count in (1, 2)]
+    return outcome
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+
+def scaling(runs: Sequence[ThroughputRun]) -> float:
+    one, two = runs
+    return two.assigned_rate / one.assigned_rate if one.assigned_rate else float("nan")
+
+
+def print_throughput(runs: Sequence[ThroughputRun]) -> None:
+    seconds = runs[0].per_node[0].seconds
+    print(f"sustained CreateDispatch → JobAssignment, {seconds:.0f} s, fresh rooms placed by the cluster:")
+    for r in runs:
+        rooms = "/".join(str(n) for n in r.rooms_per_node)
+        print(
+            f"  {r.nodes} node{'s' if r.nodes > 1 else ' '}  {r.assigned_rate:7.0f} assigned/s"
+            f"  created {r.created}  assigned {r.assigned}  lost {r.lost}  (failed with a reason"
+            f" {sum(p.failed_with_reason for p in r.per_node)}, HTTP errors"
+            f" {sum(p.http_errors for p in r.per_node)}); {r.per_node[0].workers} workers,"
+            f" {sum(p.concurrency for p in r.per_node)} callers; rooms per node {rooms}"
+        )
+        replies = ", ".join(f"{p.reply.p50_ms:.1f}/{p.reply.p99_ms:.1f}" for p in r.per_node)
+        dispatches = ", ".join(f"{p.dispatch.p50_ms:.1f}/{p.dispatch.p99_ms:.1f}" for p in r.per_node)
+        print(
+            f"           CreateDispatch reply p50/p99 ms per node called: {replies};"
+            f" to JobAssignment: {dispatches}"
+        )
+        print(
+            f"           jobs assigned to a worker on another node than the room's:"
+            f" {percent(r.assigned_across)}"
+        )
+        print(f"           {r.usage.text()}; nodes' CPU per dispatch {r.node_cpu_ms:.2f} ms")
+        commands = ", ".join(f"{name} {n:.2f}" for name, n in r.redis_calls.items())
+        print(f"           Redis commands per dispatch (whole run, inside Lua scripts too): {commands}")
+    ratio = scaling(runs)
+    lost = sum(r.lost for r in runs)
+    print(
+        f"  two nodes / one node {ratio:.2f}x (target ≥ {TARGET_SCALING:g}x)"
+        f"  {verdict(ratio >= TARGET_SCALING)};"
+        f"  lost {lost} (target 0)  {verdict(lost == 0)}"
+    )
+    for sample in [sample for r in runs for sample in r.lost_samples]:
+        print(f"    lost: {sample}")
+
+
+def print_audio(runs: Sequence[AudioRun]) -> None:
+    print(
+        f"audio rooms (1 publisher + 1 subscriber each) relayed without loss, {runs[0].seconds:g} s per step:"
+    )
+    for r in runs:
+        print(
+            f"  {r.nodes} node{'s' if r.nodes > 1 else ''}: stopped by {r.stopped_by}; rooms per node "
+            f"{'/'.join(str(n) for n in r.rooms_per_node)}"
+        )
+        for step in r.steps:
+            d = step.delivery
+            shares = "  ".join(
+                f"{key} {percent(d[key])}" for key in ("packets", "frames", "audible", "concealed")
+            )
+            print(
+                f"    {step.rooms:3d} rooms  {shares}  lost {d['lost']}  late {step.late_frames}"
+                f"  {'GAPS' if step.gaps else 'clean'}  {step.usage.text()}"
+            )
+    one, two = runs
+    print(
+        f"  largest N without loss: one node {one.clean_rooms}, two nodes {two.clean_rooms}"
+        " (no target; stopped by the client or the bound, it is a lower bound)"
+    )
+
+
+def print_report(outcome: Outcome) -> None:
+    info = machine()
+    print(f"bench/cluster.py on {info['cpu_model']} ({info['nproc']} CPUs), {info['python']}; nothing pinned")
+    latency, failover = outcome.latency, outcome.failover
+    if latency is not None:
+        rooms = "/".join(str(n) for n in latency.rooms_per_node)
+        print(f"CreateDispatch → JobAssignment, rooms on node B (rooms per node: {rooms}), sequential:")
+        for name, spread in (
+            ("worker on B (same node)", latency.same_node),
+            ("worker on A", latency.cross_node),
+        ):
+            print(
+                f"  {name:<26} p50 {spread.p50_ms:6.2f} ms  p99 {spread.p99_ms:6.2f} ms  ({spread.samples})"
+            )
+        ok = latency.ratio <= TARGET_CROSS_RATIO
+        print(f"  cross/same p50 {latency.ratio:.2f}x (target ≤ {TARGET_CROSS_RATIO:g}x)  {verdict(ok)}")
+    if failover is not None:
+        target = failover.lease + TARGET_FAILOVER_MARGIN
+        samples = ", ".join(f"{s:.2f}" for s in sorted(failover.seconds))
+        print(
+            f"kill -9 of the worker's node → its job assigned on another node (lease {failover.lease:g} s):"
+        )
+        print(
+            f"  p50 {failover.p50:.2f} s (target ≤ {target:g} s)  {verdict(failover.p50 <= target)}"
+            f"  [{samples}]"
+        )
+    if outcome.throughput is not None:
+        print_throughput(outcome.throughput)
+    if outcome.audio is not None:
+        print_audio(outcome.audio)
+    print(f"errors: {outcome.errors}")
+
+
+def figures(outcome: Outcome) -> dict[str, Any]:
+    result: dict[str, Any] = {"machine": machine(), "errors": outcome.errors}
+    if outcome.latency is not None:
+        result["latency"] = {**asdict(outcome.latency), "ratio": outcome.latency.ratio}
+    if outcome.failover is not None:
+        result["failover"] = {**asdict(outcome.failover), "p50": outcome.failover.p50}
+    if outcome.throughput is not None:
+        runs = [
+            {**asdict(r), "lost": r.lost, "assigned_rate": r.assigned_rate, "node_cpu_ms": r.node_cpu_ms}
+            for r in outcome.throughput
+        ]
+        result["throughput"] = {"runs": runs, "scaling": scaling(outcome.throughput)}
+    if outcome.audio is not None:
+        result["audio"] = [{**asdict(r), "clean_rooms": r.clean_rooms} for r in outcome.audio]
+    return result
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument(
+        "--phases", default=",".join(PHASES), help=f"comma-separated subset of {','.join(PHASES)} (all)"
+    )
+    parser.add_argument(
         "--dispatches", type=int, default=200, help="sequential dispatches timed, per placement (200)"
     )
     parser.add_argument("--rounds", type=int, default=5, help="node kills timed (5)")
     parser.add_argument("--lease", type=float, default=1.5, help="cluster.lease of the nodes, s (1.5)")
+    parser.add_argument("--duration", type=float, default=10.0, help="throughput seconds per run (10)")
+    parser.add_argument("--concurrency", type=int, default=32, help="concurrent CreateDispatch callers (32)")
+    parser.add_argument("--workers", type=int, default=100, help="workers of the throughput phase (100)")
+    parser.add_argument("--max-rooms", type=int, default=40, help="bound of the audio phase (40)")
+    parser.add_argument("--step", type=int, default=4, help="audio rooms added per step (4)")
+    parser.add_argument("--window", type=float, default=3.0, help="seconds measured per audio step (3)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON instead")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    phases = [phase.strip() for phase in args.phases.split(",") if phase.strip()]
+    unknown = [phase for phase in phases if phase not in PHASES]
+    if unknown or not phases:
+        parser.error(f"--phases takes some of {','.join(PHASES)}")
+    args.phases = [phase for phase in PHASES if phase in phases]
+    counts = (args.dispatches, args.rounds, args.concurrency, args.workers, args.max_rooms, args.step)
+    if min(counts) < 1 or min(args.lease, args.duration, args.window) <= 0:
+        parser.error("counts, --lease, --duration and --window must be positive")
+    raise_fd_limit(args.workers + FD_HEADROOM)
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    latency, failover, errors = asyncio.run(run(args))
+    # The SDK logs each /rtc/v1 404 (it then falls back to /rtc, as intended) and teardown chatter.
+    logging.getLogger("livekit").setLevel(logging.ERROR)
+    outcome = asyncio.run(run(args))
     if args.json:
-        figures = {"latency": asdict(latency), "failover": asdict(failover), "errors": errors}
-        figures["latency"]["ratio"], figures["failover"]["p50"] = latency.ratio, failover.p50
-        print(json.dumps(figures, indent=2))
+        print(json.dumps(figures(outcome), indent=2))
     else:
-        print_report(latency, failover, errors)
-    return 1 if errors else 0
+        print_report(outcome)
+    lost = sum(r.lost for r in outcome.throughput or [])
+    return 1 if outcome.errors or lost else 0
 
 
 if __name__ == "__main__":

@@ -163,16 +163,23 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
+def new_secret() -> str:
+    return "bench-secret-" + uuid.uuid4().hex  # long enough that the server is quiet
+
+
 BENCH_API_KEY = "benchkey"
 """The API key of the servers `own_server` starts (a config can name it, as `webhook.api_key` does)."""
 
 
 @contextmanager
-def own_server(cpu: int | None, extra_config: Mapping[str, Any] | None = None) -> Iterator[Server]:
+def own_server(
+    cpu: int | None, extra_config: Mapping[str, Any] | None = None, secret: str | None = None
+) -> Iterator[Server]:
     """A fresh server on a free port, pinned to `cpu` so that its figure is one core's; always stopped.
 
-    `extra_config` adds top-level keys to the config file (for instance an `agents` section)."""
-    key, secret = BENCH_API_KEY, "bench-secret-" + uuid.uuid4().hex  # long enough that the server is quiet
+    `extra_config` adds top-level keys to the config file (for instance an `agents` section); `secret`
+    is the API secret (default: a fresh one), which the nodes of one cluster must share."""
+    key, secret = BENCH_API_KEY, secret or new_secret()
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="switchboard-bench-") as directory:
         config_path, log_path = Path(directory, "config.yaml"), Path(directory, "server.log")
@@ -244,13 +251,13 @@ def token_for(server: Server, room: str) -> str:
     )
 
 
-def twirp_call(server: Server, method: str, message: Any, room: str) -> Call:
+def twirp_call(server: Server, method: str, message: Any, room: str, service: str = SERVICE) -> Call:
     headers = {
         "Authorization": f"Bearer {token_for(server, room)}",
         "User-Agent": USER_AGENT,
         "Content-Type": "application/protobuf",
     }
-    return Call("POST", f"{server.url}{SERVICE}/{method}", message.SerializeToString(), headers, twirp=True)
+    return Call("POST", f"{server.url}{service}/{method}", message.SerializeToString(), headers, twirp=True)
 
 
 async def send(session: aiohttp.ClientSession, call: Call) -> tuple[int, bytes]:
