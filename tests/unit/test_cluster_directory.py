@@ -98,18 +98,21 @@ def test_a_lost_nodes_job_ends_with_the_reason_when_its_policy_says_not_to_retry
     assert ended.job.error == "worker AW_doomed's node ND_A was lost"
 
 
-def test_a_local_worker_wins_a_tie_and_a_burst_spreads_over_both_nodes() -> None:
+def test_the_rooms_node_asks_its_own_workers_first_and_another_nodes_when_they_cannot_take_it() -> None:
     engine, remote = owner()
-    announce(engine, remote, "ND_A", "AW_far", 0.0)  # registered first: without the preference, it wins
+    announce(engine, remote, "ND_A", "AW_far", 0.0)  # registered first, and idle
     local = engine.register_worker(SPEC, 1.0)
-    engine.create_dispatch("r1", ON_FAILURE, 2.0)
-    [first] = offers(engine)
-    assert first.worker_id == local.id
-    engine.availability_answer(local.id, first.job.id, AvailabilityAnswer(available=True), 2.0)
-    engine.take_decisions()
-    engine.create_dispatch("r2", ON_FAILURE, 2.1)
-    [second] = offers(engine)
-    assert second.worker_id == "AW_far", "the local worker's estimated load now counts its new job"
+    for room in ("r1", "r2"):  # a burst: the local worker's estimated load grows, and it still comes first
+        engine.create_dispatch(room, ON_FAILURE, 2.0)
+        [offer] = offers(engine)
+        assert offer.worker_id == local.id
+        engine.availability_answer(local.id, offer.job.id, AvailabilityAnswer(available=True), 2.0)
+        engine.take_decisions()
+    engine.create_dispatch("r3", ON_FAILURE, 2.1)
+    [offer] = offers(engine)
+    engine.availability_answer(local.id, offer.job.id, AvailabilityAnswer(available=False), 2.2)
+    [again] = offers(engine)
+    assert (again.job.id, again.worker_id) == (offer.job.id, "AW_far"), "refused here: the other node's"
 
 
 def test_the_worker_node_relays_each_offer_and_assignment_once_per_attempt() -> None:

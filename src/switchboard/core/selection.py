@@ -17,10 +17,12 @@ def choose_worker(
     """The accepting worker with the lowest effective load, among those whose reported load is under the
     threshold and that were not tried for this job since their last report.
 
-    Only what a worker reported keeps it from being asked: the load estimated for jobs assigned since its
-    last report ranks workers (so a burst spreads over idle ones) but never holds a job back, since the
-    worker's own answer says whether it can take one more. Ties go to a worker connected to this node
-    (no hop to another one), then to the worker holding fewer jobs, then to the one registered first.
+    A worker connected to this node comes first (on a cluster, a worker of another node only when none of
+    this node's can take the job: no hop, no cross-node messages, and the room's own node estimates its
+    own workers' loads best, since it assigned their jobs). Among them, only what a worker reported keeps
+    it from being asked: the load estimated for jobs assigned since its last report ranks workers (so a
+    burst spreads over idle ones) but never holds a job back, since the worker's own answer says whether
+    it can take one more. Ties go to the worker holding fewer jobs, then to the one registered first.
     """
     if len(candidates) > SAMPLE_SIZE:
         sample = (rng or random).sample(candidates, SAMPLE_SIZE)
@@ -32,13 +34,13 @@ def choose_worker(
 
 def _least_loaded(job: Job, candidates: Sequence[Worker], load_threshold: float) -> Worker | None:
     best: Worker | None = None
-    best_rank: tuple[float, bool, int, float] = (0.0, False, 0, 0.0)
+    best_rank: tuple[bool, float, int, float] = (False, 0.0, 0, 0.0)
     for worker in candidates:
         if not worker.accepting or worker.id in job.tried_workers or worker.id in job.excluded_workers:
             continue
         if worker.load >= load_threshold:
             continue
-        rank = (worker.effective_load(), bool(worker.spec.node), len(worker.jobs), worker.registered_at)
+        rank = (bool(worker.spec.node), worker.effective_load(), len(worker.jobs), worker.registered_at)
         if best is None or rank < best_rank:
             best, best_rank = worker, rank
     return best
