@@ -34,7 +34,8 @@ try {
   await page.goto(env.DASHBOARD_URL);
   // What is on screen may come from a reading started before the event arrived: the page records the
   // event's latency when the reading after it is shown.
-  const shownAfter = async (key) => (await page.until((k) => (k in window.eventToScreen ? [window.eventToScreen[k]] : null), key))[0];
+  const latency = (key) => (key in window.eventToScreen ? [window.eventToScreen[key]] : null);
+  const shownAfter = async (key) => (await page.until(latency, key))[0];
 
   await page.fill('#api-key', env.API_KEY);
   await page.fill('#api-secret', 'not-the-secret');
@@ -92,14 +93,17 @@ try {
 
     const worker = `tr[data-worker="${env.WORKER_ID}"]`;
     await page.click(`${worker} button.steer`);
-    result.workerStatus = await page.until(
-      (selector) => document.querySelector(selector)?.innerText.startsWith('draining') && document.querySelector(selector).innerText,
-      `${worker} .status`,
-    );
+    result.workerStatus = await page.until((selector) => {
+      const status = document.querySelector(selector)?.innerText ?? '';
+      return status.startsWith('draining') && status;
+    }, `${worker} .status`);
 
     await page.screenshot(env.SCREENSHOT);
 
-    result.deletedDispatch = await page.evaluate((selector) => document.querySelector(selector).dataset.dispatch, agentRow);
+    result.deletedDispatch = await page.evaluate(
+      (selector) => document.querySelector(selector).dataset.dispatch,
+      agentRow,
+    );
     await page.click(`${agentRow} button.delete`);
     await page.until(absent, `#jobs tr[data-dispatch="${result.deletedDispatch}"]`);
     await page.until(
