@@ -1,4 +1,4 @@
-// The dashboard (/dashboard) in headless Debian Chromium, driven by playwright-core. Run by
+// The dashboard (/dashboard) in headless Debian Chromium or firefox-esr (dashboard_browsers.mjs). Run by
 // tests/integration/test_dashboard.py:
 //
 //   node dashboard_scenario.mjs dashboard    (the whole scenario below)
@@ -6,118 +6,124 @@
 //
 // Environment: DASHBOARD_URL, API_KEY, API_SECRET, ROOM (created by the test after the login),
 // AGENT (the agent that runs there), FAILED_AGENT (an agent nobody serves, whose job fails),
-// WORKER_ID (the worker to drain from the page), SCREENSHOT (where to save the page), CHROMIUM.
+// WORKER_ID (the worker to drain from the page), SCREENSHOT (where to save the page), BROWSER (chromium
+// or firefox) and BROWSER_EXECUTABLE.
 // SPEAKER: a participant the test has publishing a tone in ROOM, removed from the page once shown speaking.
 // After draining, the scenario deletes the running agent's dispatch and closes the room from the page.
 // Prints "shown" once the page shows its first state after logging in, then exactly one JSON line of
 // observations on stdout; diagnostics go to stderr.
 
-import { chromium } from 'playwright-core';
+import { openPage } from './dashboard_browsers.mjs';
 
 const env = process.env;
 const STEP_TIMEOUT_MS = 20_000;
-const CHROMIUM_ARGS = ['--disable-gpu', '--no-first-run', '--disable-background-networking', '--no-proxy-server'];
+
+// Predicates run in the page (both browsers' own DOM, so both are asked the same questions).
+const present = (selector) => document.querySelector(selector) !== null;
+const absent = (selector) => document.querySelector(selector) === null;
+const shownText = (selector) => document.querySelector(selector)?.innerText ?? null;
+const charted = () => ({
+  dispatches: Number(document.getElementById('charts').dataset.dispatches),
+  failures: Number(document.getElementById('charts').dataset.failures),
+  bars: document.querySelectorAll('#chart-dispatches rect').length,
+});
 
 const result = { scenario: process.argv[2] };
-const browser = await chromium.launch({
-  executablePath: env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: CHROMIUM_ARGS,
-  timeout: STEP_TIMEOUT_MS,
-});
-let page;
+const page = await openPage(env.BROWSER, env.BROWSER_EXECUTABLE, STEP_TIMEOUT_MS);
 try {
-  page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
-  page.setDefaultTimeout(STEP_TIMEOUT_MS);
-  const consoleErrors = [];
-  page.on('console', (message) => message.type() === 'error' && consoleErrors.push(message.text()));
   await page.goto(env.DASHBOARD_URL);
   // What is on screen may come from a reading started before the event arrived: the page records the
   // event's latency when the reading after it is shown.
-  const shownAfter = async (key) => (
-    await (await page.waitForFunction((k) => (k in window.eventToScreen ? [window.eventToScreen[k]] : null), key))
-      .jsonValue()
-  )[0];
+  const latency = (key) => (key in window.eventToScreen ? [window.eventToScreen[key]] : null);
+  const shownAfter = async (key) => (await page.until(latency, key))[0];
 
   await page.fill('#api-key', env.API_KEY);
   await page.fill('#api-secret', 'not-the-secret');
   await page.click('#login-button');
-  await page.waitForFunction(() => document.getElementById('error').textContent !== '');
-  result.refused = await page.textContent('#error');
+  result.refused = await page.until(() => document.getElementById('error').textContent);
 
   await page.fill('#api-secret', env.API_SECRET);
   await page.click('#login-button');
-  await page.waitForSelector('#updated:not(:empty)');
-  result.roomShownAtLogin = (await page.$(`tr[data-room="${env.ROOM}"]`)) !== null;
+  await page.until(() => document.getElementById('updated').textContent !== '');
+  const room = `tr[data-room="${env.ROOM}"]`;
+  result.roomShownAtLogin = await page.evaluate(present, room);
+  result.chartedAtLogin = await page.evaluate(charted);
   console.log('shown');
 
   // The test creates the room and its dispatches now: they appear without a reload.
   // Live: the room appears through the event stream (the page's own clock, minus the event's).
-  await page.waitForSelector(`tr[data-room="${env.ROOM}"]`);
+  await page.until(present, room);
   if (result.scenario === 'many-rooms') {
     // The test keeps other rooms live: how long the room takes to show among them.
     result.latencyMs = { roomStarted: await shownAfter(`room_started:${env.ROOM}`) };
-    result.roomsShown = await page.locator('#rooms > tr').count();
+    result.roomsShown = await page.evaluate(() => document.querySelectorAll('#rooms > tr').length);
   } else {
-    const agentParticipant = page.locator(`tr[data-room="${env.ROOM}"] li`, { hasText: '(agent)' });
-    await agentParticipant.waitFor();
-    result.agentParticipant = (await agentParticipant.getAttribute('data-identity')) !== null;
+    // The agent's participant in the room's list, whether it is shown: true with its identity, false without.
+    const agentParticipant = (selector) => {
+      const item = [...document.querySelectorAll(`${selector} li`)].find((li) => li.textContent.includes('(agent)'));
+      return item && { identified: item.dataset.identity !== undefined };
+    };
+    result.agentParticipant = (await page.until(agentParticipant, room)).identified;
     result.latencyMs = {
       roomStarted: await shownAfter(`room_started:${env.ROOM}`),
       agentJoined: await shownAfter(`participant_joined:${env.ROOM}`),
     };
-    const agentRow = page.locator(`#jobs tr[data-agent="${env.AGENT}"]`);
-    await agentRow.locator('.state-running').waitFor();
-    result.agentJob = await agentRow.locator('.why').innerText();
-    const failedRow = page.locator(`#jobs tr[data-agent="${env.FAILED_AGENT}"]`);
-    await failedRow.locator('.state-failed').waitFor();
-    result.failedReason = await failedRow.locator('.why').innerText();
+    const agentRow = `#jobs tr[data-agent="${env.AGENT}"]`;
+    await page.until(present, `${agentRow} .state-running`);
+    result.agentJob = await page.evaluate(shownText, `${agentRow} .why`);
+    const failedRow = `#jobs tr[data-agent="${env.FAILED_AGENT}"]`;
+    await page.until(present, `${failedRow} .state-failed`);
+    result.failedReason = await page.evaluate(shownText, `${failedRow} .why`);
     // Each step's text without its (local) time of day.
-    const steps = (row) => row.locator('ol.timeline li').evaluateAll(
-      (items) => items.map((item) => item.textContent.replace(/^\S+( [AP]M)? /, '')),
+    const steps = (row) => page.evaluate(
+      (selector) => [...document.querySelectorAll(`${selector} ol.timeline li`)].map(
+        (item) => item.textContent.replace(/^\S+( [AP]M)? /, ''),
+      ),
+      row,
     );
     result.agentTimeline = await steps(agentRow);
     result.failedTimeline = await steps(failedRow);
-    const speaker = page.locator(`tr[data-room="${env.ROOM}"] li.speaking[data-identity="${env.SPEAKER}"]`);
-    await speaker.waitFor();
+    const speaker = `${room} li.speaking[data-identity="${env.SPEAKER}"]`;
+    await page.until(present, speaker);
     result.latencyMs.speakerShown = await shownAfter(`speakers_changed:${env.ROOM}`);
-    await speaker.locator('button.remove').click();
-    await page.locator(`tr[data-room="${env.ROOM}"] li[data-identity="${env.SPEAKER}"]`).waitFor({ state: 'detached' });
+    await page.click(`${speaker} button.remove`);
+    await page.until(absent, `${room} li[data-identity="${env.SPEAKER}"]`);
 
-    result.charted = await page.evaluate(() => ({
-      dispatches: Number(document.getElementById('charts').dataset.dispatches),
-      failures: Number(document.getElementById('charts').dataset.failures),
-      bars: document.querySelectorAll('#chart-dispatches rect').length,
-    }));
+    result.charted = await page.evaluate(charted);
 
-    const worker = page.locator(`tr[data-worker="${env.WORKER_ID}"]`);
-    await worker.locator('button.steer').click();
-    await page.waitForFunction(
-      (id) => document.querySelector(`tr[data-worker="${id}"] .status`)?.textContent.startsWith('draining'),
-      env.WORKER_ID,
+    const worker = `tr[data-worker="${env.WORKER_ID}"]`;
+    await page.click(`${worker} button.steer`);
+    result.workerStatus = await page.until((selector) => {
+      const status = document.querySelector(selector)?.innerText ?? '';
+      return status.startsWith('draining') && status;
+    }, `${worker} .status`);
+
+    await page.screenshot(env.SCREENSHOT);
+
+    result.deletedDispatch = await page.evaluate(
+      (selector) => document.querySelector(selector).dataset.dispatch,
+      agentRow,
     );
-    result.workerStatus = await worker.locator('.status').innerText();
-
-    await page.screenshot({ path: env.SCREENSHOT, fullPage: true });
-
-    result.deletedDispatch = await agentRow.getAttribute('data-dispatch');
-    await agentRow.locator('button.delete').click();
-    await page.locator(`#jobs tr[data-dispatch="${result.deletedDispatch}"]`).waitFor({ state: 'detached' });
-    await agentParticipant.waitFor({ state: 'detached' });
+    await page.click(`${agentRow} button.delete`);
+    await page.until(absent, `#jobs tr[data-dispatch="${result.deletedDispatch}"]`);
+    await page.until(
+      (selector) => ![...document.querySelectorAll(`${selector} li`)].some((li) => li.textContent.includes('(agent)')),
+      room,
+    );
     // Once the room is closed, a reading already under way may ask about it and get 404, which the browser
     // logs: the page's own errors are read before, and its error line after.
-    result.consoleErrors = [...consoleErrors];
-    await page.locator(`tr[data-room="${env.ROOM}"] button.close`).click();
-    await page.locator(`tr[data-room="${env.ROOM}"]`).waitFor({ state: 'detached' });
-    result.errorShown = await page.textContent('#error');
+    result.consoleErrors = [...page.consoleErrors];
+    await page.click(`${room} button.close`);
+    await page.until(absent, room);
+    result.errorShown = await page.evaluate(() => document.getElementById('error').textContent);
     result.secretOnPage = (await page.content()).includes(env.API_SECRET);
     result.stored = await page.evaluate(() => localStorage.length + sessionStorage.length + document.cookie.length);
   }
 } catch (error) {
   result.unexpectedError = String(error);
   result.stack = error.stack;
-  result.pageError = await page?.textContent('#error').catch(() => undefined);
+  result.pageError = await page.evaluate(() => document.getElementById('error').textContent).catch(() => undefined);
 } finally {
-  await browser.close();
+  await page.close();
 }
 console.log(JSON.stringify(result));
