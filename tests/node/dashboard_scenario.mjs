@@ -3,6 +3,8 @@
 //
 //   node dashboard_scenario.mjs dashboard    (the whole scenario below)
 //   node dashboard_scenario.mjs many-rooms   (log in, then only the latency of ROOM appearing)
+//   node dashboard_scenario.mjs cluster      (a page served by one of NODES nodes: the nodes listed, ROOM of
+//                                             another node with AGENT from WORKER_ID, its dispatch deleted)
 //
 // Environment: DASHBOARD_URL, API_KEY, API_SECRET, ROOM (created by the test after the login),
 // AGENT (the agent that runs there), FAILED_AGENT (an agent nobody serves, whose job fails),
@@ -58,6 +60,31 @@ try {
     // The test keeps other rooms live: how long the room takes to show among them.
     result.latencyMs = { roomStarted: await shownAfter(`room_started:${env.ROOM}`) };
     result.roomsShown = await page.locator('#rooms > tr').count();
+  } else if (result.scenario === 'cluster') {
+    await page.waitForFunction((count) => document.querySelectorAll('#nodes > tr').length === count, Number(env.NODES));
+    result.nodes = await page.locator('#nodes > tr').evaluateAll((rows) => rows.map((row) => ({
+      id: row.dataset.node, label: row.cells[0].textContent, address: row.cells[1].textContent,
+      state: row.cells[2].textContent,
+    })));
+    // ROOM's events come from its node, through the stream of the page's node.
+    const agentParticipant = page.locator(`tr[data-room="${env.ROOM}"] li`, { hasText: '(agent)' });
+    await agentParticipant.waitFor();
+    const agentRow = page.locator(`#jobs tr[data-agent="${env.AGENT}"]`);
+    await agentRow.locator('.state-running').waitFor();
+    result.agentJob = await agentRow.locator('.why').innerText();
+    const worker = page.locator(`tr[data-worker="${env.WORKER_ID}"]`);
+    await page.waitForFunction(
+      (id) => document.querySelector(`tr[data-worker="${id}"] .jobs`)?.textContent.endsWith(': running'),
+      env.WORKER_ID,
+    );
+    result.workerNode = await worker.locator('.node').innerText();
+    result.workerJobs = await worker.locator('.jobs').innerText();
+    await page.screenshot({ path: env.SCREENSHOT, fullPage: true });
+    result.deletedDispatch = await agentRow.getAttribute('data-dispatch');
+    await agentRow.locator('button.delete').click();
+    await page.locator(`#jobs tr[data-dispatch="${result.deletedDispatch}"]`).waitFor({ state: 'detached' });
+    await agentParticipant.waitFor({ state: 'detached' });
+    result.errorShown = await page.textContent('#error');
   } else {
     const agentParticipant = page.locator(`tr[data-room="${env.ROOM}"] li`, { hasText: '(agent)' });
     await agentParticipant.waitFor();
