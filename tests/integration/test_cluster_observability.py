@@ -20,6 +20,7 @@ from livekit.protocol import agent, models
 from prometheus_client.parser import text_string_to_metric_families
 
 from switchboard.api import switchboard_proto as pb
+from switchboard.cluster.forwarding import FORWARDED
 from tests.cluster_nodes import Cluster, place_rooms_on, start_cluster, start_node, stop_cluster
 from tests.conftest import Server, free_port
 from tests.integration.test_cluster_dispatch import worker_on
@@ -165,6 +166,18 @@ async def scrape(node: Node) -> Samples:
     }
 
 
+async def dispatches_charted_by(node: Server) -> int:
+    """The dispatches of the last hour in `node`'s own charts (asked as another node asks it)."""
+    credentials = {"api_key": node.api_key, "api_secret": node.api_secret}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{node.http_url}/dashboard/login", json=credentials) as response:
+            token = (await response.json())["token"]
+        headers = {"Authorization": f"Bearer {token}", FORWARDED: "test"}
+        async with session.get(f"{node.http_url}/dashboard/activity", headers=headers) as response:
+            assert response.status == 200
+            return sum(minute["dispatches"] for minute in (await response.json())["minutes"])
+
+
 async def list_nodes(node: Server) -> list[Any]:
     reply = await call(
         node, "NodeService", "ListNodes", pb.ListNodesRequest(), pb.ListNodesResponse, room_list=True
@@ -259,6 +272,7 @@ async def test_the_dashboard_of_one_node_shows_every_node_and_acts_on_anothers_r
         request = api.CreateAgentDispatchRequest(agent_name="dash-bot", room=room)
         dispatch = await through_a.agent_dispatch.create_dispatch(request)
         result = await observations(a, browser)
+        charted = [await dispatches_charted_by(node) for node in deployment.nodes]
         left = await through_a.agent_dispatch.list_dispatch(room)
         await through_a.room.delete_room(api.DeleteRoomRequest(room=room))
 
@@ -280,3 +294,5 @@ async def test_the_dashboard_of_one_node_shows_every_node_and_acts_on_anothers_r
     # Deleted from A's page, gone on B; what is left is the room's own automatic dispatch.
     assert [d.agent_name for d in left] == [""] and dispatch.id not in [d.id for d in left]
     assert result["errorShown"] == ""
+    # The charts of A's page add up every node's last hour: B's dispatches (A, drained, made none).
+    assert charted[0] == 0 and charted[1] >= 2 and result["dispatchesCharted"] == sum(charted)

@@ -77,6 +77,7 @@ try {
       (id) => document.querySelector(`tr[data-worker="${id}"] .jobs`)?.textContent.endsWith(': running'),
       env.WORKER_ID,
     );
+    result.dispatchesCharted = await page.evaluate(() => Number(document.getElementById('charts').dataset.dispatches));
     result.workerNode = await worker.locator('.node').innerText();
     result.workerJobs = await worker.locator('.jobs').innerText();
     await page.screenshot({ path: env.SCREENSHOT, fullPage: true });

@@ -34,7 +34,7 @@ from typing import Any
 import jwt
 from aiohttp import web
 
-from switchboard.api.activity import Activity
+from switchboard.api.activity import Activity, combined
 from switchboard.api.dashboard_nodes import WORKER_CALLS, DashboardNodes
 from switchboard.api.dashboard_page import PAGE
 from switchboard.auth.grants import Claims, InvalidToken, PermissionDenied, VideoGrant, require_server_admin
@@ -247,11 +247,19 @@ class Dashboard:
         return web.json_response({"token": token, "expires_in": ROOM_TOKEN_TTL})
 
     async def activity(self, request: web.Request) -> web.Response:
-        """The last hour, minute by minute: dispatches, failures, wait to running (average, longest)."""
+        """The last hour, minute by minute: dispatches, failures, wait to running (average, longest); on a
+        cluster, of every node."""
         session = self._session(request)
         if isinstance(session, web.Response):
             return session
-        return web.json_response({"minutes": self.minutes.last_hour()})
+        minutes = self.minutes.last_hour()
+        if self._nodes is not None:
+            try:
+                others = await self._nodes.gather(request, request.path)
+            except Unavailable as exc:
+                return _refusal(503, str(exc))
+            minutes = combined(minutes, (answer["minutes"] for answer in others))
+        return web.json_response({"minutes": minutes})
 
     async def room(self, request: web.Request) -> web.Response:
         """Each job of the room's dispatches with what happened to it, when (Unix seconds), oldest first;

@@ -5,6 +5,7 @@ calls, forwarded to its node by cluster/forwarding.py) the page calls as on one 
 reads is the dashboard's own, and each node answers only for itself, so the page's node asks the others:
 
 - a room's details (`/dashboard/room?room=`): asked of the room's node, as a Twirp call on the room is;
+- the charts' last hour (`/dashboard/activity`): every node's, added up;
 - the live events: while a page listens, its node follows every other live node's event stream (looked
   for again every `FOLLOW_INTERVAL`, so a node that starts is followed too) and passes their events on;
 - the workers' calls (`ListWorkers`, `DrainWorker`, `UndrainWorker`) on a given node
@@ -85,6 +86,26 @@ class DashboardNodes:
             log.warning("dashboard call not forwarded path=%s node=%s: %s", path, node.id, exc)
             raise Unavailable(f"node {node.id} at {node.url} cannot be reached: {exc}") from None
         return web.Response(status=answer.status, body=body, headers={"Content-Type": content_type})
+
+    async def gather(self, request: web.Request, path: str) -> list[Any]:
+        """The JSON answers of every other live node to `request` (a GET) at `path`; none from a node that
+        cannot answer now."""
+        if FORWARDED in request.headers:
+            return []
+        headers = forwarded_headers(request, self.node_id)
+
+        async def ask(node: NodeInfo) -> Any:
+            try:
+                async with self._http().get(node.url + path, headers=headers) as answer:
+                    if answer.status == 200:
+                        return await answer.json()
+                    log.warning("dashboard: %s of node %s refused: HTTP %d", path, node.id, answer.status)
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                log.warning("dashboard: %s of node %s not read: %s", path, node.id, exc)
+            return None
+
+        others = [node for node in await self.ownership.nodes() if node.id != self.node_id]
+        return [answer for answer in await asyncio.gather(*map(ask, others)) if answer is not None]
 
     async def follow(self, request: web.Request, put: Callable[[Event], None]) -> None:
         """Until cancelled: every other live node's events, passed to `put` as they arrive."""
