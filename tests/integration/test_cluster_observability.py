@@ -296,3 +296,62 @@ async def test_the_dashboard_of_one_node_shows_every_node_and_acts_on_anothers_r
     assert result["errorShown"] == ""
     # The charts of A's page add up every node's last hour: B's dispatches (A, drained, made none).
     assert charted[0] == 0 and charted[1] >= 2 and result["dispatchesCharted"] == sum(charted)
+
+
+async def test_the_dashboards_own_reads_answer_for_another_nodes_room_and_worker(
+    cluster: tuple[Cluster, list[Node]], agent_workers: Any
+) -> None:
+    deployment, _ = cluster
+    a, b, c = deployment.nodes
+    await worker_on(c, b, agent_workers, "steered-bot", "stay")
+    [worker] = await eventually(lambda: list_workers(c, "steered-bot"), "steered-bot listed by C")
+    room = unique("read")
+    async with api.LiveKitAPI(a.http_url, a.api_key, a.api_secret) as through_a:
+        request = api.CreateAgentDispatchRequest(agent_name="nobody-bot", room=room)
+        dispatch = await through_a.agent_dispatch.create_dispatch(request)  # placed on B
+        [c_info] = [n for n in await list_nodes(a) if n.address == c.http_url]
+        credentials = {"api_key": a.api_key, "api_secret": a.api_secret}
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"{a.http_url}/dashboard/login", json=credentials) as response:
+                login = await response.json()
+            session_headers = {"Authorization": f"Bearer {login['token']}"}
+
+            async def ask(
+                method: str, path: str, headers: dict[str, str], body: Any = None
+            ) -> tuple[int, Any]:
+                async with session.request(method, a.http_url + path, headers=headers, json=body) as response:
+                    return response.status, await response.json()
+
+            # The room's jobs and timelines, from B, through A.
+            status, detail = await ask("GET", f"/dashboard/room?room={room}", session_headers)
+            assert status == 200 and detail["room"] == room
+            [job] = [job for job in detail["jobs"] if job["dispatch_id"] == dispatch.id]
+            assert job["events"][0]["what"] == "dispatch created" and len(detail["jobs"]) == 2  # + automatic
+            assert await ask("GET", "/dashboard/room?room=nowhere", session_headers) == (
+                404,
+                {"error": "requested room does not exist"},
+            )
+
+            # A worker of C drained through A's page path, on C: C says so.
+            steer = f"/dashboard/node/{c_info.id}/twirp/switchboard.WorkerService/"
+            json_headers = session_headers | {"Content-Type": "application/json"}
+            status, drained = await ask("POST", steer + "DrainWorker", json_headers, {"worker_id": worker.id})
+            assert status == 200 and drained["draining"] is True and drained["node_id"] == c_info.id
+            [seen_by_c] = await list_workers(c, "steered-bot")
+            assert seen_by_c.draining
+            status, undrained = await ask(
+                "POST", steer + "UndrainWorker", json_headers, {"worker_id": worker.id}
+            )
+            assert status == 200 and undrained.get("draining", False) is False
+
+            # Refusals: no session, an unknown node, the page's own node (its calls go to /twirp/ directly).
+            assert (await ask("POST", steer + "ListWorkers", {"Content-Type": "application/json"}, {}))[
+                0
+            ] == 401
+            for node_id in ("ND_nobody", login["node_id"]):
+                path = f"/dashboard/node/{node_id}/twirp/switchboard.WorkerService/ListWorkers"
+                assert await ask("POST", path, json_headers, {}) == (
+                    404,
+                    {"error": f"no other live node has the id {node_id!r}"},
+                )
+        await through_a.room.delete_room(api.DeleteRoomRequest(room=room))
