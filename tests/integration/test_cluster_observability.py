@@ -119,6 +119,14 @@ async def test_every_event_is_sent_once_by_the_rooms_node_in_order(
         )
         assert [started.event, joined.event] == ["room_started", "participant_joined"]
         assert joined.participant.identity == "alice" and automatic.job.agent_name == ""
+        source = rtc.AudioSource(48000, 1)
+        track = rtc.LocalAudioTrack.create_audio_track("microphone", source)
+        options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+        publication = await alice.local_participant.publish_track(track, options)
+        [published] = await next_events(receiver, b, room, told, ["track_published"])
+        await alice.local_participant.unpublish_track(publication.sid)
+        [unpublished] = await next_events(receiver, b, room, told, ["track_unpublished"])
+        assert published.track.sid == unpublished.track.sid == publication.sid
 
         # Created through A, run by C's worker, its agent joins on B.
         request = api.CreateAgentDispatchRequest(agent_name="obs-bot", room=room)
@@ -150,7 +158,7 @@ async def test_every_event_is_sent_once_by_the_rooms_node_in_order(
     await alice.disconnect()
 
     events = receiver.of_room(b, room)
-    assert [e.id for e in events] == [e.id for e in told] and len({e.id for e in events}) == 10
+    assert [e.id for e in events] == [e.id for e in told] and len({e.id for e in events}) == 12
     # Neither the relaying node (A) nor the worker's node (C) posted anything.
     assert {node.http_url: webhook_posts(node) for node in (a, c)} == posts_before
 
