@@ -83,6 +83,7 @@ def build_app(config: Config) -> web.Application:
     twirp = TwirpServer(verifier, config.http, metrics.twirp_request if metrics is not None else None)
     room_methods = room_service.methods(runtime, live=rtc)
     dispatch_methods = agent_dispatch_service.methods(runtime)
+    explain_methods = worker_service.dispatch_methods(runtime)
     cluster = None
     store = None
     cluster_workers = None
@@ -97,6 +98,9 @@ def build_app(config: Config) -> web.Application:
         # from there before a call acts on it here, and CreateDispatch answers once its dispatch is stored.
         store = DispatchStore(cluster.redis, server_info.node_id, runtime, ownership.claim)
         store.wrap_services(dispatch_methods, room_methods)
+        # ExplainDispatch is forwarded to its room's node like LiveKit's room calls, and restores as they do.
+        explain = explain_methods["ExplainDispatch"]
+        explain_methods["ExplainDispatch"] = store.restoring(explain, lambda request: str(request.room))
         # Rooms are claimed before they are created here, released when they close here (or fail to open).
         runtime.effects.on(RoomClosed, ownership.room_closed)
         room_methods = releasing(room_methods, ownership, "/twirp/livekit.RoomService/")
@@ -129,7 +133,7 @@ def build_app(config: Config) -> web.Application:
     twirp.add_service(
         "WorkerService", worker_service.worker_methods(runtime, server_info.node_id), "switchboard"
     )
-    twirp.add_service("DispatchService", worker_service.dispatch_methods(runtime), "switchboard")
+    twirp.add_service("DispatchService", explain_methods, "switchboard")
     twirp.install(app)
     dashboard_nodes = DashboardNodes(ownership) if cluster is not None else None
     dashboard = Dashboard(runtime, verifier, config.keys, rtc.rooms, node_id, dashboard_nodes)
