@@ -295,6 +295,9 @@ async def test_the_dashboard_of_one_node_shows_every_node_and_acts_on_anothers_r
         assert row["address"] == node.http_url
         assert row["state"] == ("serving" if node is b else "draining")
     assert shown[node_ids[a.http_url]]["label"].endswith("(this page)")
+    latency = result["latencyMs"]["agentJoined"]
+    print(f"dashboard on A, room on B: agent joined, event to screen {latency} ms")
+    assert 0 <= latency < 5000
     assert result["agentJob"] == f"running on {worker.id}"
     assert result["workerNode"] == node_ids[c.http_url]
     assert result["workerJobs"] == f"{room}: running"

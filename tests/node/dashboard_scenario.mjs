@@ -69,6 +69,7 @@ try {
     // ROOM's events come from its node, through the stream of the page's node.
     const agentParticipant = page.locator(`tr[data-room="${env.ROOM}"] li`, { hasText: '(agent)' });
     await agentParticipant.waitFor();
+    result.latencyMs = { agentJoined: await shownAfter(`participant_joined:${env.ROOM}`) };
     const agentRow = page.locator(`#jobs tr[data-agent="${env.AGENT}"]`);
     await agentRow.locator('.state-running').waitFor();
     result.agentJob = await agentRow.locator('.why').innerText();
