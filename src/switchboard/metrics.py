@@ -3,13 +3,21 @@
 Counters and histograms follow the engine's decisions (dispatches, jobs) and the Twirp server's requests;
 gauges (rooms, participants, tracks, jobs, workers) are read from the engine's state at each scrape, so
 they can never drift from it. Every name starts with `switchboard_`; the README lists them.
+
+Each node serves its own: with several nodes (`redis:`), a node's series count what that node holds — its
+rooms, their jobs, the workers connected to its own `/agent` (its engine also holds the other nodes'
+workers, which their own nodes count) — so summing a series over the nodes gives the cluster's total.
+`switchboard_node_info` names the node (its id changes at every start, so it is not a label on every
+series: that would start new series at each restart; join on the scrape's `instance` instead), and
+`switchboard_cluster_nodes` says how many live nodes this one sees in Redis.
 """
 
 import bisect
 import itertools
 import logging
 from collections import Counter as Tally
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -17,6 +25,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from switchboard.cluster.nodes import NodeInfo
+from switchboard.core.errors import Unavailable
 from switchboard.core.events import AssignJob, DispatchCreated, JobEnded, JobStarted, OfferJob
 from switchboard.core.jobs import Job, JobStatus
 from switchboard.core.workers import Worker, WorkerStatus
@@ -80,6 +90,20 @@ class Buckets:
         return list(zip(bounds, itertools.accumulate(self.counts), strict=True))
 
 
+@dataclass(frozen=True)
+class NodeIdentity:
+    """What `switchboard_node_info` says of the node serving the metrics."""
+
+    node_id: str
+    address: str
+    """Where the other nodes (and the dashboard's forwarded calls) reach it."""
+    version: str
+
+
+LiveNodes = Callable[[], Awaitable[list[NodeInfo]]]
+"""The live nodes as Redis has them (this one alone without `redis:`); raises Unavailable without Redis."""
+
+
 class Metrics:
     """Counts what the engine decided and what the API served.
 
@@ -87,8 +111,12 @@ class Metrics:
     prometheus-client's own Counter and Histogram take a lock and check their state on every update, and
     `labels()` more, a cost paid on every request and every job otherwise."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, node: NodeIdentity) -> None:
         self.runtime = runtime
+        self.live_nodes: LiveNodes | None = None
+        """Set by the server once it knows how to list the nodes (the NodeService's source)."""
+        self.nodes: list[NodeInfo] | None = None
+        """The live nodes read for the scrape under way; None when Redis did not answer."""
         self.dispatches = 0
         self.redispatches = 0
         self.jobs_ended: Tally[tuple[str, str]] = Tally()
@@ -102,6 +130,7 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_DecisionCollector(self))
         self.registry.register(_EngineCollector(runtime))
+        self.registry.register(_NodeCollector(self, node))
         self._offered_attempt: dict[str, int] = {}
         """The last attempt of each live job that was offered: a re-dispatch is counted once per attempt."""
 
@@ -137,6 +166,12 @@ class Metrics:
         self.jobs_ended[(job.status.value, reason_class(job))] += 1
 
     async def handle(self, _: web.Request) -> web.Response:
+        # Read before writing out: the collectors are synchronous, the registry is in Redis.
+        try:
+            self.nodes = await self.live_nodes() if self.live_nodes is not None else None
+        except Unavailable as exc:
+            log.warning("metrics: cluster nodes not counted: %s", exc)
+            self.nodes = None
         body = generate_latest(self.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -241,6 +276,8 @@ class _EngineCollector(Collector):
         by_status: Tally[tuple[str, str]] = Tally()
         loads: dict[str, float] = {}
         for worker in engine.workers.values():
+            if worker.spec.node:  # another node's worker: counted by its own node
+                continue
             name = worker.spec.agent_name
             by_status[(name, worker_state(worker))] += 1
             loads[name] = loads.get(name, 0.0) + worker.load
@@ -250,3 +287,32 @@ class _EngineCollector(Collector):
             load.add_metric([name], total)
         yield workers
         yield load
+
+
+class _NodeCollector(Collector):
+    """Which node this is, and the live nodes it sees."""
+
+    def __init__(self, metrics: Metrics, node: NodeIdentity) -> None:
+        self.metrics = metrics
+        self.node = node
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        info = GaugeMetricFamily(
+            "switchboard_node_info",
+            "The node serving these metrics (always 1): its id, address and version",
+            labels=["node_id", "address", "version"],
+        )
+        info.add_metric([self.node.node_id, self.node.address, self.node.version], 1)
+        yield info
+        nodes = self.metrics.nodes
+        if nodes is None:  # Redis did not answer: no figure rather than a wrong one
+            return
+        live = GaugeMetricFamily(
+            "switchboard_cluster_nodes",
+            "Live nodes this node sees in Redis (itself included; 1 without redis:), by state",
+            labels=["state"],
+        )
+        states = Tally(node.state for node in nodes)
+        for state in ("serving", "draining"):
+            live.add_metric([state], states[state])
+        yield live

@@ -17,6 +17,7 @@ from switchboard.agents.supervisor import AgentSupervisor
 from switchboard.api import agent_dispatch_service, room_service, worker_service
 from switchboard.api.cors import cors_middleware
 from switchboard.api.dashboard import Dashboard
+from switchboard.api.dashboard_nodes import DashboardNodes
 from switchboard.api.twirp import TwirpServer
 from switchboard.auth.tokens import TokenVerifier
 from switchboard.cluster import node_service
@@ -35,7 +36,7 @@ from switchboard.core import ids
 from switchboard.core.engine import Engine
 from switchboard.core.events import RoomClosed
 from switchboard.effects import wire_effects
-from switchboard.metrics import Metrics
+from switchboard.metrics import Metrics, NodeIdentity
 from switchboard.rtc.service import RtcService
 from switchboard.runtime import Runtime
 from switchboard.webhooks import Webhooks
@@ -64,15 +65,16 @@ def build_app(config: Config) -> web.Application:
     app = web.Application(middlewares=[cors_middleware])
     app[RUNTIME] = runtime
     metrics = None
+    node_id = ids.new_id("ND_")
     if config.prometheus_port:
-        metrics = app[METRICS] = Metrics(runtime)
+        metrics = app[METRICS] = Metrics(runtime, NodeIdentity(node_id, node_url(config), __version__))
     server_info = models.ServerInfo(
         edition=models.ServerInfo.Standard,
         version=LIVEKIT_COMPATIBLE_VERSION,
         protocol=LIVEKIT_PROTOCOL,
         debug_info=f"switchboard {__version__}",
         agent_protocol=1,
-        node_id=ids.new_id("ND_"),
+        node_id=node_id,
     )
     hub = app[HUB] = WorkerHub(runtime, verifier, config.keys, config.workers, server_info)
     app.router.add_get("/agent", hub.handle)
@@ -81,6 +83,7 @@ def build_app(config: Config) -> web.Application:
     twirp = TwirpServer(verifier, config.http, metrics.twirp_request if metrics is not None else None)
     room_methods = room_service.methods(runtime, live=rtc)
     dispatch_methods = agent_dispatch_service.methods(runtime)
+    explain_methods = worker_service.dispatch_methods(runtime)
     cluster = None
     store = None
     cluster_workers = None
@@ -95,6 +98,9 @@ def build_app(config: Config) -> web.Application:
         # from there before a call acts on it here, and CreateDispatch answers once its dispatch is stored.
         store = DispatchStore(cluster.redis, server_info.node_id, runtime, ownership.claim)
         store.wrap_services(dispatch_methods, room_methods)
+        # ExplainDispatch is forwarded to its room's node like LiveKit's room calls, and restores as they do.
+        explain = explain_methods["ExplainDispatch"]
+        explain_methods["ExplainDispatch"] = store.restoring(explain, lambda request: str(request.room))
         # Rooms are claimed before they are created here, released when they close here (or fail to open).
         runtime.effects.on(RoomClosed, ownership.room_closed)
         room_methods = releasing(room_methods, ownership, "/twirp/livekit.RoomService/")
@@ -119,15 +125,18 @@ def build_app(config: Config) -> web.Application:
             NodeDescription(server_info.node_id, url, lambda: node_stats(runtime), __version__), runtime
         )
     )
+    if metrics is not None:
+        metrics.live_nodes = nodes.list
     twirp.add_service("RoomService", room_methods)
     twirp.add_service("AgentDispatchService", dispatch_methods)
     twirp.add_service("NodeService", node_service.methods(nodes, server_info.node_id), "switchboard")
     twirp.add_service(
         "WorkerService", worker_service.worker_methods(runtime, server_info.node_id), "switchboard"
     )
-    twirp.add_service("DispatchService", worker_service.dispatch_methods(runtime), "switchboard")
+    twirp.add_service("DispatchService", explain_methods, "switchboard")
     twirp.install(app)
-    dashboard = Dashboard(runtime, verifier, config.keys, rtc.rooms)
+    dashboard_nodes = DashboardNodes(ownership) if cluster is not None else None
+    dashboard = Dashboard(runtime, verifier, config.keys, rtc.rooms, node_id, dashboard_nodes)
     dashboard.install(app)
     app.router.add_get("/", health)
     webhooks = None

@@ -3,6 +3,8 @@
 //
 //   node dashboard_scenario.mjs dashboard    (the whole scenario below)
 //   node dashboard_scenario.mjs many-rooms   (log in, then only the latency of ROOM appearing)
+//   node dashboard_scenario.mjs cluster      (a page served by one of NODES nodes: the nodes listed, ROOM of
+//                                             another node with AGENT from WORKER_ID, its dispatch deleted)
 //
 // Environment: DASHBOARD_URL, API_KEY, API_SECRET, ROOM (created by the test after the login),
 // AGENT (the agent that runs there), FAILED_AGENT (an agent nobody serves, whose job fails),
@@ -21,6 +23,8 @@ const STEP_TIMEOUT_MS = 20_000;
 // Predicates run in the page (both browsers' own DOM, so both are asked the same questions).
 const present = (selector) => document.querySelector(selector) !== null;
 const absent = (selector) => document.querySelector(selector) === null;
+const agentListed = (selector) => [...document.querySelectorAll(`${selector} li`)].some((li) => li.textContent.includes('(agent)'));
+const agentGone = (selector) => ![...document.querySelectorAll(`${selector} li`)].some((li) => li.textContent.includes('(agent)'));
 const shownText = (selector) => document.querySelector(selector)?.innerText ?? null;
 const charted = () => ({
   dispatches: Number(document.getElementById('charts').dataset.dispatches),
@@ -57,6 +61,35 @@ try {
     // The test keeps other rooms live: how long the room takes to show among them.
     result.latencyMs = { roomStarted: await shownAfter(`room_started:${env.ROOM}`) };
     result.roomsShown = await page.evaluate(() => document.querySelectorAll('#rooms > tr').length);
+  } else if (result.scenario === 'cluster') {
+    await page.until((count) => document.querySelectorAll('#nodes > tr').length === count, Number(env.NODES));
+    result.nodes = await page.evaluate(() => [...document.querySelectorAll('#nodes > tr')].map((row) => ({
+      id: row.dataset.node, label: row.cells[0].textContent, address: row.cells[1].textContent,
+      state: row.cells[2].textContent,
+    })));
+    // ROOM's events come from its node, through the stream of the page's node.
+    await page.until(agentListed, room);
+    result.latencyMs = { agentJoined: await shownAfter(`participant_joined:${env.ROOM}`) };
+    const agentRow = `#jobs tr[data-agent="${env.AGENT}"]`;
+    await page.until(present, `${agentRow} .state-running`);
+    result.agentJob = await page.evaluate(shownText, `${agentRow} .why`);
+    const worker = `tr[data-worker="${env.WORKER_ID}"]`;
+    await page.until(
+      (selector) => document.querySelector(`${selector} .jobs`)?.textContent.endsWith(': running'),
+      worker,
+    );
+    result.dispatchesCharted = await page.evaluate(() => Number(document.getElementById('charts').dataset.dispatches));
+    result.workerNode = await page.evaluate(shownText, `${worker} .node`);
+    result.workerJobs = await page.evaluate(shownText, `${worker} .jobs`);
+    await page.screenshot(env.SCREENSHOT);
+    result.deletedDispatch = await page.evaluate(
+      (selector) => document.querySelector(selector).dataset.dispatch,
+      agentRow,
+    );
+    await page.click(`${agentRow} button.delete`);
+    await page.until(absent, `#jobs tr[data-dispatch="${result.deletedDispatch}"]`);
+    await page.until(agentGone, room);
+    result.errorShown = await page.evaluate(() => document.getElementById('error').textContent);
   } else {
     // The agent's participant in the room's list, whether it is shown: true with its identity, false without.
     const agentParticipant = (selector) => {
@@ -106,10 +139,7 @@ try {
     );
     await page.click(`${agentRow} button.delete`);
     await page.until(absent, `#jobs tr[data-dispatch="${result.deletedDispatch}"]`);
-    await page.until(
-      (selector) => ![...document.querySelectorAll(`${selector} li`)].some((li) => li.textContent.includes('(agent)')),
-      room,
-    );
+    await page.until(agentGone, room);
     // Once the room is closed, a reading already under way may ask about it and get 404, which the browser
     // logs: the page's own errors are read before, and its error line after.
     result.consoleErrors = [...page.consoleErrors];

@@ -1,6 +1,6 @@
 """The dashboard's per-minute buckets, fed by a real engine's decisions under a hand-moved clock."""
 
-from switchboard.api.activity import MINUTES, Activity
+from switchboard.api.activity import MINUTES, Activity, combined
 from switchboard.core.dispatch import DispatchSpec
 from switchboard.core.engine import Engine, EngineSettings, RoomSpec
 from switchboard.core.events import DispatchCreated, JobEnded, JobStarted
@@ -49,3 +49,24 @@ def test_dispatches_and_failures_land_in_their_minute_and_age_out_after_an_hour(
     assert len(minutes) == MINUTES
     assert (minutes[0]["start"], minutes[0]["failures"]) == (START + 60, 2)
     assert sum(m["dispatches"] for m in minutes) == 0
+
+
+def test_nodes_hours_combine_minute_by_minute_with_the_wait_averaged_over_every_started_job() -> None:
+    def minute(start: float, dispatches: int, started: int, wait_avg: float, wait_max: float) -> dict:
+        return {
+            "start": start,
+            "dispatches": dispatches,
+            "failures": dispatches - started,
+            "started": started,
+            "wait_avg": wait_avg,
+            "wait_max": wait_max,
+        }
+
+    own = [minute(START, 1, 1, 2.0, 2.0), minute(START + 60, 0, 0, 0.0, 0.0)]
+    other = [minute(START, 3, 3, 1.0, 1.5), minute(START + 60, 2, 0, 0.0, 0.0)]
+    skewed = [minute(START + 120, 5, 5, 9.0, 9.0)]  # a clock a minute ahead: its edge minute is nobody's
+
+    first, second = combined(own, [other, skewed])
+    assert first == minute(START, 4, 4, (2.0 + 3 * 1.0) / 4, 2.0)
+    assert second == minute(START + 60, 2, 0, 0.0, 0.0)
+    assert own[0] == minute(START, 1, 1, 2.0, 2.0), "this node's own minutes are left as they were"

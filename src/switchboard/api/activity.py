@@ -1,10 +1,12 @@
 """The last hour of dispatching, minute by minute, for the dashboard's charts: dispatches created, the
 wait from a job's creation to its running, and jobs failed. A ring of per-minute buckets fed by the
-engine's decisions, so that the charts cost nothing when no page looks and survive no restart."""
+engine's decisions, so that the charts cost nothing when no page looks and survive no restart.
+
+Each node keeps its own rooms' minutes; on a cluster the page's node adds up every node's (`combined`)."""
 
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,8 +68,27 @@ class Activity:
                     "start": start,
                     "dispatches": minute.dispatches,
                     "failures": minute.failures,
+                    "started": minute.started,
                     "wait_avg": minute.wait_total / minute.started if minute.started else 0.0,
                     "wait_max": minute.wait_max,
                 }
             )
         return answer
+
+
+def combined(own: list[dict[str, Any]], others: Iterable[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Other nodes' last hours added to this one's, minute by minute (by the minute's start: a node whose
+    clock is a minute off adds its edge minute to nobody's): counts summed, the average wait over every
+    job that started, the longest wait kept."""
+    answer = {minute["start"]: dict(minute) for minute in own}
+    for hour in others:
+        for theirs in hour:
+            minute = answer.get(theirs["start"])
+            if minute is None:
+                continue
+            waited = minute["wait_avg"] * minute["started"] + theirs["wait_avg"] * theirs["started"]
+            for key in ("dispatches", "failures", "started"):
+                minute[key] += theirs[key]
+            minute["wait_avg"] = waited / minute["started"] if minute["started"] else 0.0
+            minute["wait_max"] = max(minute["wait_max"], theirs["wait_max"])
+    return list(answer.values())

@@ -18,6 +18,8 @@ back, and the page never stores it. Every call the page makes is an ordinary aut
   participants, tracks, dispatches, jobs) and, looked for every half second while a page listens, a
   change of who is speaking. The page reads it with `fetch` so that the token travels in
   the Authorization header, never in a URL; each event makes the page read the state again (coalesced).
+
+On a node of a cluster, the page shows every node: `dashboard_nodes.py` says how its node asks the others.
 """
 
 import asyncio
@@ -32,11 +34,14 @@ from typing import Any
 import jwt
 from aiohttp import web
 
-from switchboard.api.activity import Activity
+from switchboard.api.activity import Activity, combined
+from switchboard.api.dashboard_nodes import WORKER_CALLS, DashboardNodes
 from switchboard.api.dashboard_page import PAGE
 from switchboard.auth.grants import Claims, InvalidToken, PermissionDenied, VideoGrant, require_server_admin
 from switchboard.auth.tokens import TokenVerifier, bearer_token, mint_token
+from switchboard.cluster.forwarding import FORWARDED
 from switchboard.core.dispatch import Dispatch
+from switchboard.core.errors import Unavailable
 from switchboard.core.events import (
     AssignJob,
     DispatchCreated,
@@ -96,10 +101,15 @@ class Dashboard:
         verifier: TokenVerifier,
         keys: Mapping[str, str],
         rooms: Mapping[str, RoomView],
+        node_id: str,
+        nodes: DashboardNodes | None = None,
         session_ttl: float = SESSION_TTL,
     ) -> None:
-        """`rooms`: the media rooms, read only, for who is speaking."""
+        """`rooms`: the media rooms, read only, for who is speaking. `nodes`: the other nodes, on a node of
+        a cluster."""
         self._runtime = runtime
+        self._node_id = node_id
+        self._nodes = nodes
         self._verifier = verifier
         self._keys = keys
         self._session_ttl = session_ttl
@@ -116,7 +126,11 @@ class Dashboard:
         app.router.add_get("/dashboard/events", self.events)
         app.router.add_get("/dashboard/activity", self.activity)
         app.router.add_get("/dashboard/room", self.room)
+        app.router.add_post("/dashboard/node/{node_id}" + WORKER_CALLS + "{method}", self.on_node)
         app.on_shutdown.append(self._end_streams)
+        if self._nodes is not None:
+            nodes = self._nodes
+            app.on_cleanup.append(lambda _: nodes.close())
 
     def publish(self, decision: Any) -> None:
         """An engine decision the pages show (`EVENT_KINDS`): sent to every open event stream."""
@@ -196,7 +210,8 @@ class Dashboard:
         video = VideoGrant(room_list=True, room_admin=True)
         token = mint_token(api_key, known, video=video, identity="dashboard", ttl=self._session_ttl)
         log.info("dashboard login peer=%s api_key=%s", request.remote, api_key)
-        return web.json_response({"token": token, "expires_in": self._session_ttl})
+        # The node's id tells the page which of the nodes it lists serves it.
+        return web.json_response({"token": token, "expires_in": self._session_ttl, "node_id": self._node_id})
 
     def _session(self, request: web.Request) -> tuple[Claims, float] | web.Response:
         """The claims of the session token the request carries in its Authorization header, and when it
@@ -232,11 +247,19 @@ class Dashboard:
         return web.json_response({"token": token, "expires_in": ROOM_TOKEN_TTL})
 
     async def activity(self, request: web.Request) -> web.Response:
-        """The last hour, minute by minute: dispatches, failures, wait to running (average, longest)."""
+        """The last hour, minute by minute: dispatches, failures, wait to running (average, longest); on a
+        cluster, of every node."""
         session = self._session(request)
         if isinstance(session, web.Response):
             return session
-        return web.json_response({"minutes": self.minutes.last_hour()})
+        minutes = self.minutes.last_hour()
+        if self._nodes is not None:
+            try:
+                others = await self._nodes.gather(request, request.path)
+            except Unavailable as exc:
+                return _refusal(503, str(exc))
+            minutes = combined(minutes, (answer["minutes"] for answer in others))
+        return web.json_response({"minutes": minutes})
 
     async def room(self, request: web.Request) -> web.Response:
         """Each job of the room's dispatches with what happened to it, when (Unix seconds), oldest first;
@@ -247,6 +270,13 @@ class Dashboard:
         room = request.query.get("room", "")
         if not room:
             return _refusal(400, "name the room: ?room=NAME")
+        if self._nodes is not None:  # a room of another node: its node answers
+            try:
+                node = await self._nodes.room_node(request, room)
+                if node is not None:
+                    return await self._nodes.forward(request, node, request.path)
+            except Unavailable as exc:
+                return _refusal(503, str(exc))
         now = self._runtime.now()
         if self._runtime.engine.find_room(room, now) is None:
             return _refusal(404, "requested room does not exist")
@@ -257,6 +287,24 @@ class Dashboard:
             for job in dispatch.jobs
         ]
         return web.json_response({"room": room, "jobs": jobs, "speaking": self._speaking(room)})
+
+    async def on_node(self, request: web.Request) -> web.Response:
+        """A WorkerService call answered by the node named in the path (a worker's jobs and its drain are
+        its own node's), as that node answers it; the page's own node answers at /twirp/ itself."""
+        session = self._session(request)
+        if isinstance(session, web.Response):
+            return session
+        node_id = request.match_info["node_id"]
+        unknown = _refusal(404, f"no other live node has the id {node_id!r}")
+        if self._nodes is None or node_id == self._node_id:
+            return unknown
+        try:
+            node = await self._nodes.node(node_id)
+            if node is None:
+                return unknown
+            return await self._nodes.forward(request, node, WORKER_CALLS + request.match_info["method"])
+        except Unavailable as exc:
+            return _refusal(503, str(exc))
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         """Server-sent events, one per engine decision the page shows, until the session expires."""
@@ -272,6 +320,14 @@ class Dashboard:
         self._streams.add(queue)
         if self._speakers_watch is None or self._speakers_watch.done():
             self._speakers_watch = asyncio.get_running_loop().create_task(self._watch_speakers())
+        others = None
+        if self._nodes is not None and FORWARDED not in request.headers:  # a page's own stream, not a node's
+
+            def put(event: dict[str, Any]) -> None:
+                with contextlib.suppress(asyncio.QueueFull):
+                    queue.put_nowait(event)
+
+            others = asyncio.create_task(self._nodes.follow(request, put))
         try:
             # The page reads the state when the stream opens: nothing before it is missed.
             await response.write(_message({"kind": "connected", "room": "", "at": time.time()}))
@@ -288,6 +344,10 @@ class Dashboard:
             pass  # the page went away
         finally:
             self._streams.discard(queue)
+            if others is not None:
+                others.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await others
         return response
 
 

@@ -31,11 +31,15 @@ form.inline { display: inline; } form.inline input { width: 12em; }
   <p id="updated"></p>
   <h2>Last hour</h2>
   <div id="charts"></div>
+  <h2>Nodes</h2>
+  <table><thead><tr><th>Node</th><th>Address</th><th>State</th><th>Rooms</th><th>Participants</th><th>Workers</th>
+  <th>CPU load</th></tr></thead>
+  <tbody id="nodes"></tbody></table>
   <h2>Rooms</h2>
   <table><thead><tr><th>Room</th><th>Participants and tracks</th><th>Created</th><th></th></tr></thead>
   <tbody id="rooms"></tbody></table>
   <h2>Workers</h2>
-  <table><thead><tr><th>Worker</th><th>Agent</th><th>Status</th><th>Load</th><th>Jobs</th><th></th></tr></thead>
+  <table><thead><tr><th>Worker</th><th>Node</th><th>Agent</th><th>Status</th><th>Load</th><th>Jobs</th><th></th></tr></thead>
   <tbody id="workers"></tbody></table>
   <h2>Dispatches and jobs</h2>
   <form id="dispatch" class="inline">
@@ -54,6 +58,7 @@ const options = new URLSearchParams(location.search);
 const WORKERS_MS = Number(options.get("workers_ms")) || 10000;
 const RECONNECT_MS = 1000;
 let token = null;  // the session token, in memory only: a reload asks to log in again
+let nodeId = "";  // the node serving this page (ListNodes lists the others too, with a cluster)
 let stream = null;  // aborts the event stream at log out
 let timers = [];
 const roomTokens = new Map();  // room -> {token, expires}: LiveKit's per-room calls need the room's name
@@ -80,6 +85,37 @@ async function send(path, bearer, init) {
 
 function call(method, body) {
   return post("/twirp/" + method, body, token);
+}
+
+// A worker's call on another node: its drain, and the jobs of that node's rooms, are that node's.
+function nodeCall(node, method, body) {
+  return post("/dashboard/node/" + encodeURIComponent(node) + "/twirp/switchboard.WorkerService/" + method,
+    body, token);
+}
+
+// Every node lists every worker of the cluster, each with the jobs of that node's rooms: a worker's jobs
+// are all of them, and whether it is drained is what its own node says.
+function mergeWorkers(lists, listedBy) {
+  const merged = new Map();
+  lists.forEach((workers, i) => {
+    for (const worker of workers) {
+      const seen = merged.get(worker.id);
+      const jobs = [...(seen ? seen.jobs : []), ...(worker.jobs || [])];
+      const own = !seen || worker.node_id === listedBy[i];
+      merged.set(worker.id, Object.assign({}, own ? worker : seen, {jobs}));
+    }
+  });
+  return [...merged.values()];
+}
+
+async function readNodesAndWorkers() {
+  const nodes = (await call("switchboard.NodeService/ListNodes")).nodes || [];
+  const others = nodes.filter((node) => node.id !== nodeId).map((node) => node.id);
+  const lists = await Promise.all([
+    call("switchboard.WorkerService/ListWorkers"),
+    ...others.map((node) => nodeCall(node, "ListWorkers", {}).catch(() => ({workers: []}))),
+  ]);
+  return {nodes, workers: mergeWorkers(lists.map((list) => list.workers || []), [nodeId, ...others])};
 }
 
 async function roomCall(room, method, body) {
@@ -214,9 +250,9 @@ async function readRoom(room, authorized) {
 // `rooms`: the names of the rooms to read again (besides those never read), or null for all of them.
 async function refresh(rooms = null) {
   const authorized = {headers: {"Authorization": "Bearer " + token}};
-  const [listed, workers, activity] = await Promise.all([
+  const [listed, {nodes, workers}, activity] = await Promise.all([
     call("livekit.RoomService/ListRooms"),
-    call("switchboard.WorkerService/ListWorkers"),
+    readNodesAndWorkers(),
     send("/dashboard/activity", token, authorized),
   ]);
   renderCharts(activity.minutes);
@@ -236,16 +272,25 @@ async function refresh(rooms = null) {
     cell(row, when(room.creation_time));
     button(row.insertCell(), "Close", "close", () => roomCall(room.name, "livekit.RoomService/DeleteRoom"));
   });
-  fill("workers", workers.workers, (row, worker) => {
+  fill("nodes", nodes, (row, node) => {
+    row.dataset.node = node.id;
+    cell(row, node.id + (node.id === nodeId ? " (this page)" : ""));
+    cell(row, node.address); cell(row, node.state, "state");
+    cell(row, String(node.rooms || 0), "rooms"); cell(row, String(node.participants || 0), "participants");
+    cell(row, String(node.workers || 0), "workers");
+    cell(row, ((node.cpu_load || 0) * 100).toFixed(0) + " %");
+  });
+  fill("workers", workers, (row, worker) => {
     row.dataset.worker = worker.id;
     const status = worker.status.replace("WS_", "").toLowerCase();
-    cell(row, worker.id); cell(row, worker.agent_name || "(automatic)");
+    cell(row, worker.id); cell(row, worker.node_id, "node"); cell(row, worker.agent_name || "(automatic)");
     cell(row, worker.draining ? "draining (" + status + ")" : status, "status");
     cell(row, worker.load.toFixed(2));
-    cell(row, worker.jobs.map((job) => job.room + ": " + job.state).join(", ") || "-");
+    cell(row, worker.jobs.map((job) => job.room + ": " + job.state).join(", ") || "-", "jobs");
     const method = worker.draining ? "UndrainWorker" : "DrainWorker";
-    button(row.insertCell(), worker.draining ? "Undrain" : "Drain", "steer",
-      () => call("switchboard.WorkerService/" + method, {worker_id: worker.id}));
+    button(row.insertCell(), worker.draining ? "Undrain" : "Drain", "steer", () => worker.node_id === nodeId
+      ? call("switchboard.WorkerService/" + method, {worker_id: worker.id})
+      : nodeCall(worker.node_id, method, {worker_id: worker.id}));
   });
   const jobs = readings.flatMap(({explained}, i) => explained.jobs.map((job) => ({room: names[i], job})));
   fill("jobs", jobs, (row, {room, job}) => {
@@ -365,6 +410,7 @@ document.getElementById("login").addEventListener("submit", async (event) => {
     return;
   }
   token = data.token;
+  nodeId = data.node_id;
   timers.push(setTimeout(() => logOut("session ended: log in again"), data.expires_in * 1000));
   timers.push(setInterval(() => changed({kind: "workers", room: "", at: Date.now() / 1000}), WORKERS_MS));
   document.getElementById("login").hidden = true;

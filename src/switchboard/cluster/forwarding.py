@@ -41,7 +41,11 @@ FORWARDED = "X-Switchboard-Forwarded"
 CREATE_ROOM = "/twirp/livekit.RoomService/CreateRoom"
 CREATE_DISPATCH = "/twirp/livekit.AgentDispatchService/CreateDispatch"
 LIST_ROOMS = "/twirp/livekit.RoomService/ListRooms"
-ROOM_SCOPED = ("/twirp/livekit.RoomService/", "/twirp/livekit.AgentDispatchService/")
+ROOM_SCOPED = (
+    "/twirp/livekit.RoomService/",
+    "/twirp/livekit.AgentDispatchService/",
+    "/twirp/switchboard.DispatchService/",  # ExplainDispatch: the room's jobs are its node's
+)
 NODE_STEERING = ("/twirp/switchboard.NodeService/DrainNode", "/twirp/switchboard.NodeService/UndrainNode")
 _HOP_BY_HOP = {"host", "content-length", "connection", "transfer-encoding", "expect", "keep-alive", "te"}
 CONNECT_TIMEOUT = 2.0
