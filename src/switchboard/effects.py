@@ -29,6 +29,7 @@ from switchboard.core.events import (
     TrackMuted,
     TrackPublished,
     TrackUnpublished,
+    WorkerDrained,
 )
 from switchboard.metrics import Metrics
 from switchboard.rtc.service import RtcService
@@ -51,6 +52,8 @@ def wire_effects(
     effects.on(OfferJob, workers.offer)
     effects.on(AssignJob, workers.assign)
     effects.on(TerminateJob, workers.terminate)
+    if isinstance(workers, ClusterWorkers):  # alone, a drain is the engine's flag and nothing more
+        effects.on(WorkerDrained, workers.drained)
     effects.on(DisconnectParticipant, rtc.disconnect)
     effects.on(ParticipantUpdated, rtc.participant_updated)
     effects.on(TrackMuted, rtc.track_muted)

@@ -17,7 +17,7 @@ import pytest
 from livekit import api, rtc
 
 from tests.agent_workers import AgentWorker, eventually, registered
-from tests.cluster_nodes import Cluster, kill_node, place_rooms_on, start_cluster, stop_cluster
+from tests.cluster_nodes import Cluster, cli, kill_node, place_rooms_on, start_cluster, stop_cluster
 from tests.conftest import Server
 from tests.signal_proxy import SignalProxy, ThroughProxy
 from tests.tone import publish_tone
@@ -152,6 +152,39 @@ async def test_a_refusal_on_the_rooms_node_sends_the_job_to_another_nodes_worker
     assert picky.refused() == {record["job_id"]}
     done = await eventually(lambda: last_job(api_b, room, dispatch.id, api.JS_SUCCESS), "job success")
     assert done.state.worker_id == record["worker_id"] != ""
+
+
+def drained_on(node: Server, worker_id: str) -> bool | None:
+    """Whether `node` holds `worker_id` drained (None: not listed there), from `switchboard worker list`."""
+    result = cli(node, "worker", "list", "--json")
+    assert result.returncode == 0, result.stderr
+    workers = {w["id"]: w for w in json.loads(result.stdout)}
+    return workers[worker_id].get("draining", False) if worker_id in workers else None
+
+
+async def test_a_worker_drained_through_another_node_is_drained_on_every_node(
+    cluster: Cluster, agent_workers: Any, api_b: api.LiveKitAPI
+) -> None:
+    """Asked of B (the rooms' node, not the worker's), the drain reaches A (its node), which tells every
+    node: no room's node offers it a job. Undrained through A, B's pending job goes to it."""
+    a, b, c = cluster.nodes
+    await worker_on(a, b, agent_workers, "drainee", "shutdown")
+    [worker_id] = worker_ids(a, "drainee")
+    assert cli(b, "worker", "drain", worker_id).returncode == 0
+    for node in (a, b, c):
+        await eventually(lambda n=node: drained_on(n, worker_id), f"the worker drained on {node.http_url}")
+    room, dispatch = await dispatch_on(api_b, "drainee", unique("drained"))
+    explained = await eventually(
+        lambda: cli(b, "dispatch", "explain", "--room", room, "--id", dispatch.id).stdout,
+        "an explanation naming the drain",
+        accept=lambda text: "drained by an operator" in text,
+    )
+    assert worker_id in explained
+    assert (await last_job(api_b, room, dispatch.id, api.JS_PENDING)) is not None
+    assert cli(a, "worker", "undrain", worker_id).returncode == 0
+    await eventually(
+        lambda: last_job(api_b, room, dispatch.id, api.JS_SUCCESS), "the job done once undrained"
+    )
 
 
 async def test_a_worker_that_reconnects_to_another_node_keeps_its_job_there(

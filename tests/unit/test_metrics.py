@@ -8,7 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from switchboard.core.engine import Engine, EngineSettings
 from switchboard.core.jobs import Job, JobStatus, JobType
 from switchboard.core.workers import Worker, WorkerSpec, WorkerStatus
-from switchboard.metrics import LATENCY_BUCKETS, Metrics, reason_class, worker_state
+from switchboard.metrics import LATENCY_BUCKETS, Metrics, NodeIdentity, reason_class, worker_state
 from switchboard.runtime import Runtime
 
 
@@ -62,7 +62,7 @@ def test_worker_states(status: WorkerStatus, drained: bool, expected: str) -> No
 
 
 def test_requests_are_exposed_as_prometheus_counters_and_histograms() -> None:
-    metrics = Metrics(Runtime(Engine(EngineSettings())))
+    metrics = Metrics(Runtime(Engine(EngineSettings())), NodeIdentity("ND_1", "http://127.0.0.1:7880", "0"))
     for seconds in (0.001, 0.0011, 0.004, 7.0):  # on a bound, between bounds, above them all
         metrics.twirp_request("RoomService.CreateRoom", "ok", seconds)
     metrics.twirp_request("RoomService.CreateRoom", "not_found", 0.002)

@@ -16,7 +16,14 @@ from switchboard.cluster.bus import Message, RedisBus
 from switchboard.cluster.directory import RemoteWorkers, spec_from_json, spec_to_json
 from switchboard.cluster.nodes import NodeRegistry
 from switchboard.cluster.redis_client import PREFIX
-from switchboard.core.events import AgentParticipant, AssignJob, JobContext, OfferJob, TerminateJob
+from switchboard.core.events import (
+    AgentParticipant,
+    AssignJob,
+    JobContext,
+    OfferJob,
+    TerminateJob,
+    WorkerDrained,
+)
 from switchboard.core.jobs import Job
 from switchboard.core.workers import AvailabilityAnswer, JobUpdate, WorkerSpec, WorkerStatus
 from switchboard.runtime import Runtime
@@ -26,7 +33,7 @@ from switchboard.workers.session import JOB_UPDATES, WorkerSession, status_of
 log = logging.getLogger("switchboard.cluster")
 
 WORKERS = PREFIX + "workers"
-"""Hash: worker id -> JSON {node, spec, status, load, jobs}, every connected worker of the cluster."""
+"""Hash: worker id -> JSON {node, spec, status, load, jobs, drained}: every worker of the cluster."""
 
 
 def _encode(job: agent.Job) -> str:
@@ -52,6 +59,8 @@ class ClusterWorkers:
         self.remote = RemoteWorkers(self.node_id)
         self._states: dict[str, dict[str, Any]] = {}
         """This node's workers as the hash holds them (each report rewrites its entry)."""
+        self._following = False
+        """True while a drain announced by a worker's own node is applied here (not to be sent back)."""
         hub.relay = self
         registry.on_node_lost(self.node_lost)
         registry.on_lease_regained(self._announce_all)
@@ -79,7 +88,14 @@ class ClusterWorkers:
     # This node's workers (the hub's WorkerRelay)
 
     def registered(self, worker_id: str, spec: WorkerSpec) -> None:
-        state = {"node": self.node_id, "spec": spec_to_json(spec), "status": None, "load": 0.0, "jobs": 0}
+        state = {
+            "node": self.node_id,
+            "spec": spec_to_json(spec),
+            "status": None,
+            "load": 0.0,
+            "jobs": 0,
+            "drained": False,
+        }
         self._states[worker_id] = state
         self._announce(worker_id, state)
 
@@ -214,6 +230,8 @@ class ClusterWorkers:
             self._to_worker(kind, message)
         elif kind in ("answer", "job_update", "owned"):
             self._from_worker(kind, message)
+        elif kind == "drain":
+            self._drain(message)
         else:
             log.warning("unknown cluster message kind=%r", kind)
 
@@ -244,6 +262,15 @@ class ClusterWorkers:
         self.runtime.call(
             lambda engine: self.remote.status(engine, worker_id, status, state["load"], state["jobs"], now)
         )
+        worker, drained = self.runtime.engine.workers.get(worker_id), state.get("drained", False)
+        if worker is not None and worker_id in self.remote.nodes and worker.drained != drained:
+            self._following = True
+            try:
+                self.runtime.call(
+                    lambda e: e.drain_worker(worker_id, now) if drained else e.undrain_worker(worker_id, now)
+                )
+            finally:
+                self._following = False
 
     def _migrated(self, node: str, worker_id: str, job_ids: list[str]) -> None:
         """Take back this node's jobs among those a worker, reconnected to `node`, still runs."""
@@ -253,6 +280,27 @@ class ClusterWorkers:
         now = self.runtime.now()
         self.runtime.call(lambda engine: engine.migrate_jobs(worker_id, mine, now))
         self.bus.send(node, {"kind": "owned", "owner": self.node_id, "worker": worker_id, "jobs": mine})
+
+    def drained(self, decision: WorkerDrained) -> None:
+        """An operator drained or undrained a worker. This node's worker: its state tells every node. Another
+        node's: its node is asked to do it (and then tells every node), so it holds cluster-wide."""
+        worker_id, state = decision.worker_id, self._states.get(decision.worker_id)
+        if state is not None:
+            state["drained"] = decision.drained
+            self.bus.put(WORKERS, worker_id, json.dumps(state))
+            self.bus.publish({"kind": "worker_status", "worker": worker_id} | state)
+        elif not self._following and (node := self.remote.node_of(worker_id)) is not None:
+            self.bus.send(node, {"kind": "drain", "worker": worker_id, "drained": decision.drained})
+
+    def _drain(self, message: Message) -> None:
+        """Another node's operator call for a worker of this node (idempotent: a drain drains)."""
+        worker_id, drained, now = message["worker"], message["drained"], self.runtime.now()
+        if worker_id not in self._states:
+            log.info("cluster drain for a worker no longer here worker=%s", worker_id)
+            return
+        self.runtime.call(
+            lambda e: e.drain_worker(worker_id, now) if drained else e.undrain_worker(worker_id, now)
+        )
 
     def _to_worker(self, kind: str, message: Message) -> None:
         session = self.hub.sessions.get(message["worker"])

@@ -44,6 +44,7 @@ from switchboard.core.events import (
     TrackMuted,
     TrackPublished,
     TrackUnpublished,
+    WorkerDrained,
 )
 from switchboard.core.explain import Explanation, WorkerVerdict, registered_keys, who, worker_verdict
 from switchboard.core.history import ClosedRoom, RoomHistory
@@ -859,6 +860,7 @@ class Engine:
         taken back and goes to another worker (its late answer is ignored)."""
         worker = self.worker(worker_id)
         worker.drained = True
+        self._decisions.append(WorkerDrained(worker_id, True))
         offered = self.jobs.get(worker.offered_job)
         if offered is not None:
             self._release(offered, now)
@@ -870,6 +872,7 @@ class Engine:
         """The worker may get jobs again, the pending ones of its agent at once."""
         worker = self.worker(worker_id)
         worker.drained = False
+        self._decisions.append(WorkerDrained(worker_id, False))
         if worker.accepting:
             self._match(worker.key, now)
         return worker

@@ -208,6 +208,14 @@ class TerminateJob:
     reason: str
 
 
+@dataclass(frozen=True)
+class WorkerDrained:
+    """An operator drained (or undrained) a worker: on a cluster, every node's engine must hold to it."""
+
+    worker_id: str
+    drained: bool
+
+
 Decision = (
     RoomStarted
     | RoomClosed
@@ -228,4 +236,5 @@ Decision = (
     | OfferJob
     | AssignJob
     | TerminateJob
+    | WorkerDrained
 )
