@@ -99,6 +99,19 @@ async def dead_to_the_others(redis: RedisServer, node: Server) -> None:
         await client.aclose()
 
 
+async def owner_of(cluster: Cluster, room: str) -> tuple[str, Server | None]:
+    """The id of the node Redis names as `room`'s owner (`{sb}:room:<name>`) and that node, if it is one
+    of `cluster`'s and its lease lives (its `{sb}:node:<id>` key holds its URL); ("", None) if unplaced."""
+    client = aioredis.Redis(host="127.0.0.1", port=cluster.redis.port, decode_responses=True)
+    try:
+        node_id = await client.get(f"{PREFIX}room:{room}") or ""
+        described = await client.get(f"{PREFIX}node:{node_id}") if node_id else None
+    finally:
+        await client.aclose()
+    url = json.loads(described)["url"] if described else None
+    return node_id, next((node for node in cluster.nodes if node.http_url == url), None)
+
+
 def stop_cluster(cluster: Cluster) -> None:
     for node in cluster.nodes:
         if node.process.poll() is None:
