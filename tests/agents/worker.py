@@ -4,8 +4,9 @@
     TEST_BEHAVIOUR      shutdown | raise | hang | stay | reject | decline | listen | hear | watch
                         shutdown: record the job, then ctx.shutdown()
                         stay:     join the room and stay until the job is terminated
-                        listen:   join the room, measure the first participant's audio, answer with a
-                                  transcription text stream (topic lk.transcription), then ctx.shutdown()
+                        listen:   join the room, measure the first participant's audio (50 frames from
+                                  its first sound), answer with a transcription text stream (topic
+                                  lk.transcription), then ctx.shutdown()
                         hear:     as listen, then stay in the room until the job is terminated
                         watch:    join the room, count 30 frames of the first video track it receives,
                                   record their size and mean colour (<job id>.watched), then ctx.shutdown()
@@ -131,7 +132,9 @@ async def listen(ctx: JobContext, job_id: str) -> None:
     levels = []
     async for event in rtc.AudioStream(track, sample_rate=48000, num_channels=1):
         samples = np.frombuffer(event.frame.data, dtype=np.int16).astype(np.float64)
-        levels.append(float(np.sqrt(np.mean(samples**2))))
+        level = float(np.sqrt(np.mean(samples**2)))
+        if levels or level > 0:  # the stream plays silence until the first packet arrives (busy machine)
+            levels.append(level)
         if len(levels) >= 50:
             break
     rms = sum(levels[-25:]) / 25

@@ -26,8 +26,8 @@ from tests.tone import publish_tone
 
 LEASE = 3.0
 """The Redis scenario keeps Redis away for less than a lease (stopping and starting redis-server, and the
-calls checked meanwhile, take about a second on a loaded machine): long enough for that, short enough
-that a killed node is found dead fast."""
+calls checked meanwhile, take about a second on a loaded machine): long enough for that. Short enough
+that a killed node is found dead well within the participants' SDK reconnection (about 45 s)."""
 AGENTS = {
     "availability_timeout": 3,
     "pending_timeout": 60,
@@ -263,7 +263,12 @@ async def test_kill_of_the_rooms_node_brings_the_room_and_its_agent_back_elsewhe
         before = await hears(faithful, record["job_id"])
         await eventually(lambda: job_of(api_worker_node, room, dispatch.id, api.JS_RUNNING), "running")
 
+        sid = speaker.room.local_participant.sid
         kill_node(owner)
+        # The relay to the dead owner closes; the SDK's resume through `via` is refused (503: the owner
+        # cannot be reached), so it falls back to full rejoins, every few seconds (rust-sdks rtc_engine:
+        # up to 10 attempts, 5 s apart). Each is refused the same way until the owner's lease lapses; the
+        # next one claims the room on a live node, which restores it.
         await eventually(
             lambda: speaker.events,
             "the SDK to reconnect by itself",
@@ -271,6 +276,7 @@ async def test_kill_of_the_rooms_node_brings_the_room_and_its_agent_back_elsewhe
             accept=lambda events: "reconnected" in events or "disconnected" in events,
         )
         assert "disconnected" not in speaker.events, speaker.events
+        assert speaker.room.local_participant.sid != sid, "a full rejoin (a new session), not a resume"
         _, new_owner = await owner_of(cluster, room)
         assert new_owner is not None and new_owner is not owner
         again = await hears(faithful, record["job_id"], before["track_sid"])
