@@ -19,6 +19,16 @@ from tests.redis_server import RedisServer
 LEASE = 1.5
 """Short, so that a killed node is found dead fast; long enough for a loaded 2-core machine to renew."""
 
+AGENTS = {
+    "availability_timeout": 3,
+    "pending_timeout": 60,
+    "reconnect_grace": 5,
+    "restart_backoff": 0.1,
+    "start_timeout": 20,
+}
+"""The `agents:` timeouts of the modules that dispatch across nodes: short re-offers and restarts, and no
+job given up while a test kills or stalls a node."""
+
 
 @dataclass
 class Cluster:

@@ -7,10 +7,12 @@ where from Redis, and the roles (worker's node, participant's node, the node a c
 around it. The node kill comes last: it leaves two nodes."""
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -19,7 +21,7 @@ from livekit import api, rtc
 
 from switchboard.cluster.redis_client import PREFIX
 from tests.agent_workers import AgentWorker, registered
-from tests.cluster_nodes import Cluster, kill_node, owner_of, start_cluster, stop_cluster
+from tests.cluster_nodes import AGENTS, Cluster, kill_node, owner_of, start_cluster, stop_cluster
 from tests.conftest import Server
 from tests.polling import eventually
 from tests.tone import publish_tone
@@ -28,13 +30,6 @@ LEASE = 3.0
 """The Redis scenario keeps Redis away for less than a lease (stopping and starting redis-server, and the
 calls checked meanwhile, take about a second on a loaded machine): long enough for that. Short enough
 that a killed node is found dead well within the participants' SDK reconnection (about 45 s)."""
-AGENTS = {
-    "availability_timeout": 3,
-    "pending_timeout": 60,
-    "reconnect_grace": 5,
-    "restart_backoff": 0.1,
-    "start_timeout": 20,
-}
 UNAVAILABLE_FAST = 1.0  # redis.timeout is 0.5 s
 LOUD = 1000  # the agent's measured RMS of the tone (≈5657)
 
@@ -104,6 +99,46 @@ class Speaker:
         await self.room.disconnect()
 
 
+@dataclass
+class Scene:
+    """A room, a worker of a fresh agent name (its behaviour from tests/agents/worker.py), a speaker."""
+
+    room: str
+    agent_name: str
+    worker: AgentWorker
+    speaker: Speaker
+
+    async def dispatch(self, lkapi: api.LiveKitAPI) -> tuple[api.AgentDispatch, dict[str, Any]]:
+        """CreateDispatch of the agent to the room through `lkapi`; the job, once the worker runs it."""
+        known = set(self.worker.jobs())
+        request = api.CreateAgentDispatchRequest(agent_name=self.agent_name, room=self.room)
+        dispatch = await lkapi.agent_dispatch.create_dispatch(request)
+        return dispatch, await self.next_job(known)
+
+    async def next_job(self, known: set[str]) -> dict[str, Any]:
+        """The first job the worker runs that is not among `known`."""
+        jobs: dict[str, dict[str, Any]] = await eventually(
+            self.worker.jobs, "a new job on the worker", accept=lambda jobs: jobs.keys() - known
+        )
+        [new] = jobs.keys() - known
+        return jobs[new]
+
+
+@contextlib.asynccontextmanager
+async def scene(
+    agent_workers: Any, room: str, worker_node: Server, behaviour: str, via: Server
+) -> AsyncIterator[Scene]:
+    """A worker on `worker_node` (registered there) and the speaker, joined through `via`."""
+    agent_name = unique(behaviour)
+    worker = agent_workers(worker_node, agent_name, behaviour)
+    await registered(worker_node, agent_name)
+    speaker = await Speaker().join(via, room)
+    try:
+        yield Scene(room, agent_name, worker, speaker)
+    finally:
+        await speaker.leave()
+
+
 def heard(worker: AgentWorker, job_id: str) -> dict[str, Any] | None:
     """What the job's agent measured of the first audio track it received (tests/agents/worker.py)."""
     path = worker.records / f"{job_id}.heard"
@@ -148,24 +183,15 @@ async def test_worker_on_a_participant_via_b_dispatch_to_c(
     a, b, _ = cluster.nodes
     api_c = clients[2]
     room = await room_owned_by(cluster, api_c, cluster.nodes[owner])
-    agent_name = unique("listener")
-    listener = agent_workers(a, agent_name, "listen")
-    await registered(a, agent_name)
-    speaker = await Speaker().join(b, room)
-    try:
-        dispatch = await api_c.agent_dispatch.create_dispatch(
-            api.CreateAgentDispatchRequest(agent_name=agent_name, room=room)
-        )
-        [record] = (await eventually(listener.jobs, "the job on node A's worker")).values()
+    async with scene(agent_workers, room, a, "listen", b) as it:
+        dispatch, record = await it.dispatch(api_c)
         [listed] = (await api_c.room.list_rooms(api.ListRoomsRequest(names=[room]))).rooms
         assert (record["room"], record["room_sid"]) == (room, listed.sid)
-        await hears(listener, record["job_id"])
+        await hears(it.worker, record["job_id"])
         done = await eventually(lambda: job_of(api_c, room, dispatch.id, api.JS_SUCCESS), "the job's success")
         assert (done.id, done.state.worker_id) == (record["job_id"], record["worker_id"])
-        [agreed] = await listed_everywhere(clients, room, agent_name)
+        [agreed] = await listed_everywhere(clients, room, it.agent_name)
         assert agreed.id == dispatch.id and [job.id for job in agreed.state.jobs] == [done.id]
-    finally:
-        await speaker.leave()
 
 
 async def test_redis_restarted_under_a_running_cross_node_room(
@@ -177,19 +203,14 @@ async def test_redis_restarted_under_a_running_cross_node_room(
     acknowledged dispatches are in Redis and listed alike by every node."""
     room, owner = await new_room(cluster, clients[0], "outage")
     worker_node, via = (node for node in cluster.nodes if node is not owner)
-    api_owner = clients[cluster.nodes.index(owner)]
-    agent_name = unique("steady")
-    steady = agent_workers(worker_node, agent_name, "hear")
-    await registered(worker_node, agent_name)
-    speaker = await Speaker().join(via, room)
-    try:
-        request = api.CreateAgentDispatchRequest(agent_name=agent_name, room=room)
-        first = await api_owner.agent_dispatch.create_dispatch(request)
-        [record] = (await eventually(steady.jobs, "the job on the worker's node")).values()
-        await hears(steady, record["job_id"])
+    api_owner, api_via = (clients[cluster.nodes.index(node)] for node in (owner, via))
+    async with scene(agent_workers, room, worker_node, "hear", via) as it:
+        first, record = await it.dispatch(api_owner)
+        await hears(it.worker, record["job_id"])
         running = await eventually(lambda: job_of(api_owner, room, first.id, api.JS_RUNNING), "running")
         leases_lost = [node.log().count("node lease lost") for node in cluster.nodes]
 
+        request = api.CreateAgentDispatchRequest(agent_name=it.agent_name, room=room)
         cluster.redis.stop()
         away = time.monotonic()
         try:
@@ -204,8 +225,8 @@ async def test_redis_restarted_under_a_running_cross_node_room(
             still = await job_of(api_owner, room, first.id, api.JS_RUNNING)
             assert still is not None and still.id == running.id
             participants = await api_owner.room.list_participants(api.ListParticipantsRequest(room=room))
-            assert {p.identity for p in participants.participants} == {"speaker", *speaker.agents()}
-            assert len(speaker.agents()) == 1 and speaker.events == []
+            assert {p.identity for p in participants.participants} == {"speaker", *it.speaker.agents()}
+            assert len(it.speaker.agents()) == 1 and it.speaker.events == []
         finally:
             cluster.redis.start()
         assert time.monotonic() - away < LEASE, "Redis was away for less than a lease"
@@ -213,17 +234,16 @@ async def test_redis_restarted_under_a_running_cross_node_room(
 
         async def dispatched() -> api.AgentDispatch | None:
             try:
-                return await clients[cluster.nodes.index(via)].agent_dispatch.create_dispatch(request)
+                return await api_via.agent_dispatch.create_dispatch(request)
             except api.TwirpError as refused:
                 assert refused.code == "unavailable", refused
                 return None
 
         second = await eventually(dispatched, "a new dispatch once Redis is back", 15)
-        jobs = await eventually(steady.jobs, "the second job on the worker", accept=lambda j: len(j) == 2)
-        [later] = jobs.keys() - {record["job_id"]}
-        await hears(steady, later)
-        assert speaker.events == [], "the participant never noticed"
-        agreed = await listed_everywhere(clients, room, agent_name)
+        later = await it.next_job({record["job_id"]})
+        await hears(it.worker, later["job_id"])
+        assert it.speaker.events == [], "the participant never noticed"
+        agreed = await listed_everywhere(clients, room, it.agent_name)
         assert sorted(d.id for d in agreed) == sorted((first.id, second.id))
         assert all(len(d.state.jobs) == 1 for d in agreed), "no job restarted"
         store = aioredis.Redis(host="127.0.0.1", port=cluster.redis.port, decode_responses=True)
@@ -234,11 +254,9 @@ async def test_redis_restarted_under_a_running_cross_node_room(
         kept = sorted(
             field.removeprefix("dispatch:")
             for field, value in record_of_room.items()
-            if field.startswith("dispatch:") and json.loads(value)["agent_name"] == agent_name
+            if field.startswith("dispatch:") and json.loads(value)["agent_name"] == it.agent_name
         )
         assert kept == sorted((first.id, second.id)), "both acknowledged dispatches kept, no refused one"
-    finally:
-        await speaker.leave()
 
 
 async def test_kill_of_the_rooms_node_brings_the_room_and_its_agent_back_elsewhere(
@@ -251,43 +269,34 @@ async def test_kill_of_the_rooms_node_brings_the_room_and_its_agent_back_elsewhe
     owner_id, _ = await owner_of(cluster, room)
     via, worker_node = (node for node in cluster.nodes if node is not owner)
     api_worker_node = clients[cluster.nodes.index(worker_node)]
-    agent_name = unique("faithful")
-    faithful = agent_workers(worker_node, agent_name, "hear")
-    await registered(worker_node, agent_name)
-    speaker = await Speaker().join(via, room)
-    try:
-        dispatch = await api_worker_node.agent_dispatch.create_dispatch(
-            api.CreateAgentDispatchRequest(agent_name=agent_name, room=room)
-        )
-        [record] = (await eventually(faithful.jobs, "the job on the worker")).values()
-        before = await hears(faithful, record["job_id"])
+    async with scene(agent_workers, room, worker_node, "hear", via) as it:
+        dispatch, record = await it.dispatch(api_worker_node)
+        before = await hears(it.worker, record["job_id"])
         await eventually(lambda: job_of(api_worker_node, room, dispatch.id, api.JS_RUNNING), "running")
 
-        sid = speaker.room.local_participant.sid
+        sid = it.speaker.room.local_participant.sid
         kill_node(owner)
         # The relay to the dead owner closes; the SDK's resume through `via` is refused (503: the owner
         # cannot be reached), so it falls back to full rejoins, every few seconds (rust-sdks rtc_engine:
         # up to 10 attempts, 5 s apart). Each is refused the same way until the owner's lease lapses; the
         # next one claims the room on a live node, which restores it.
         await eventually(
-            lambda: speaker.events,
+            lambda: it.speaker.events,
             "the SDK to reconnect by itself",
             60,
             accept=lambda events: "reconnected" in events or "disconnected" in events,
         )
-        assert "disconnected" not in speaker.events, speaker.events
-        assert speaker.room.local_participant.sid != sid, "a full rejoin (a new session), not a resume"
+        assert "disconnected" not in it.speaker.events, it.speaker.events
+        assert it.speaker.room.local_participant.sid != sid, "a full rejoin (a new session), not a resume"
         _, new_owner = await owner_of(cluster, room)
         assert new_owner is not None and new_owner is not owner
-        again = await hears(faithful, record["job_id"], before["track_sid"])
-        assert again["track_sid"] in speaker.room.local_participant.track_publications
+        again = await hears(it.worker, record["job_id"], before["track_sid"])
+        assert again["track_sid"] in it.speaker.room.local_participant.track_publications
         alive = [client for client, node in zip(clients, cluster.nodes, strict=True) if node is not owner]
         await eventually(lambda: job_of(alive[0], room, dispatch.id, api.JS_RUNNING), "running again")
-        [restored] = await listed_everywhere(alive, room, agent_name)
+        [restored] = await listed_everywhere(alive, room, it.agent_name)
         lost, current = restored.state.jobs
         assert lost.id == current.id == record["job_id"]
         assert lost.state.status == api.JS_FAILED
         assert lost.state.error == f"node lost: node {owner_id}, where the room was, stopped"
         assert current.state.status == api.JS_RUNNING and current.state.worker_id == record["worker_id"]
-    finally:
-        await speaker.leave()
