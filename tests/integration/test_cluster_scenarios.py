@@ -2,9 +2,10 @@
 official clients only: a real livekit-agents worker, the Python rtc SDK as the participant (its own
 reconnection included), and livekit-api for the Twirp calls.
 
-Placement is never forced: each room goes wherever the cluster puts it (fewest rooms), the test reads
+Placement is not forced: each room goes wherever the cluster puts it (fewest rooms), the test reads
 where from Redis, and the roles (worker's node, participant's node, the node a call is sent to) are laid
-around it. The node kill comes last: it leaves two nodes."""
+around it; only where a killed node's room comes back is chosen, by draining the other survivor. The node
+kill comes last: it leaves two nodes."""
 
 import asyncio
 import contextlib
