@@ -28,9 +28,10 @@ from tests.polling import DEADLINE, eventually
 from tests.tone import publish_tone
 
 LEASE = 3.0
-"""The Redis scenario keeps Redis away for less than a lease (stopping and starting redis-server, and the
-calls checked meanwhile, take about a second on a loaded machine): long enough for that. Short enough
-that a killed node is found dead well within the participants' SDK reconnection (about 45 s)."""
+"""The Redis scenario needs Redis away for less than a lease, so that no node lets its rooms go: stopping
+and starting redis-server, with the calls checked meanwhile, took 0.1-0.3 s here; a lease of 3 s leaves
+room for a loaded machine. Short enough that a killed node is found dead well within the participants'
+SDK reconnection (rust-sdks: 10 attempts, 5 s apart)."""
 AGENT_BACK = 10.0
 """From the participant's rejoin to the agent hearing it again: a relaunch, a job process, a join (about
 2 s here). An agent only taken back once its old copy gave up on the dead node takes 15 s or more."""
