@@ -19,6 +19,16 @@ from tests.redis_server import RedisServer
 LEASE = 1.5
 """Short, so that a killed node is found dead fast; long enough for a loaded 2-core machine to renew."""
 
+AGENTS = {
+    "availability_timeout": 3,
+    "pending_timeout": 60,
+    "reconnect_grace": 5,
+    "restart_backoff": 0.1,
+    "start_timeout": 20,
+}
+"""The `agents:` timeouts of the modules that dispatch across nodes: short re-offers and restarts, and no
+job given up while a test kills or stalls a node."""
+
 
 @dataclass
 class Cluster:
@@ -97,6 +107,19 @@ async def dead_to_the_others(redis: RedisServer, node: Server) -> None:
         await eventually(listed, f"the lease of {node.http_url} to lapse", accept=lambda alive: not alive)
     finally:
         await client.aclose()
+
+
+async def owner_of(cluster: Cluster, room: str) -> tuple[str, Server | None]:
+    """The id of the node Redis names as `room`'s owner (`{sb}:room:<name>`) and that node, if it is one
+    of `cluster`'s and its lease lives (its `{sb}:node:<id>` key holds its URL); ("", None) if unplaced."""
+    client = aioredis.Redis(host="127.0.0.1", port=cluster.redis.port, decode_responses=True)
+    try:
+        node_id = await client.get(f"{PREFIX}room:{room}") or ""
+        described = await client.get(f"{PREFIX}node:{node_id}") if node_id else None
+    finally:
+        await client.aclose()
+    url = json.loads(described)["url"] if described else None
+    return node_id, next((node for node in cluster.nodes if node.http_url == url), None)
 
 
 def stop_cluster(cluster: Cluster) -> None:

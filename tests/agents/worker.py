@@ -1,11 +1,13 @@
 """A real livekit-agents worker for the integration tests, shaped by environment variables.
 
     TEST_AGENT_NAME     agent name to register with (empty: automatic dispatch)
-    TEST_BEHAVIOUR      shutdown | raise | hang | stay | reject | decline | listen | watch
+    TEST_BEHAVIOUR      shutdown | raise | hang | stay | reject | decline | listen | hear | watch
                         shutdown: record the job, then ctx.shutdown()
                         stay:     join the room and stay until the job is terminated
-                        listen:   join the room, measure the first participant's audio, answer with a
-                                  transcription text stream (topic lk.transcription), then ctx.shutdown()
+                        listen:   join the room, measure the first participant's audio (50 frames from
+                                  its first sound), answer with a transcription text stream (topic
+                                  lk.transcription), then ctx.shutdown()
+                        hear:     as listen, then stay in the room until the job is terminated
                         watch:    join the room, count 30 frames of the first video track it receives,
                                   record their size and mean colour (<job id>.watched), then ctx.shutdown()
                         raise:    record the job, then raise from the entrypoint
@@ -105,7 +107,7 @@ async def entrypoint(ctx: JobContext) -> None:
         raise RuntimeError("entrypoint failed on purpose")
     if BEHAVIOUR == "shutdown":
         ctx.shutdown("done")
-    if BEHAVIOUR == "listen":
+    if BEHAVIOUR in ("listen", "hear"):
         await listen(ctx, job.id)
     if BEHAVIOUR == "watch":
         await watch(ctx, job.id)
@@ -130,7 +132,9 @@ async def listen(ctx: JobContext, job_id: str) -> None:
     levels = []
     async for event in rtc.AudioStream(track, sample_rate=48000, num_channels=1):
         samples = np.frombuffer(event.frame.data, dtype=np.int16).astype(np.float64)
-        levels.append(float(np.sqrt(np.mean(samples**2))))
+        level = float(np.sqrt(np.mean(samples**2)))
+        if levels or level > 0:  # the stream plays silence until the first packet arrives (busy machine)
+            levels.append(level)
         if len(levels) >= 50:
             break
     rms = sum(levels[-25:]) / 25
@@ -145,7 +149,8 @@ async def listen(ctx: JobContext, job_id: str) -> None:
             "lk.segment_id": f"SG_{job_id}",
         },
     )
-    ctx.shutdown("listened")
+    if BEHAVIOUR == "listen":
+        ctx.shutdown("listened")
 
 
 async def watch(ctx: JobContext, job_id: str) -> None:

@@ -17,18 +17,10 @@ import pytest
 from livekit import api, rtc
 
 from tests.agent_workers import AgentWorker, eventually, registered
-from tests.cluster_nodes import Cluster, cli, kill_node, place_rooms_on, start_cluster, stop_cluster
+from tests.cluster_nodes import AGENTS, Cluster, cli, kill_node, place_rooms_on, start_cluster, stop_cluster
 from tests.conftest import Server
 from tests.signal_proxy import SignalProxy, ThroughProxy
 from tests.tone import publish_tone
-
-AGENTS = {
-    "availability_timeout": 3,
-    "pending_timeout": 60,
-    "reconnect_grace": 5,
-    "restart_backoff": 0.1,
-    "start_timeout": 20,
-}
 
 
 @pytest.fixture(scope="module")

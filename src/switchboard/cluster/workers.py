@@ -189,7 +189,7 @@ class ClusterWorkers:
     # The engine's job decisions (wired in switchboard.effects)
 
     def offer(self, decision: OfferJob) -> None:
-        if decision.worker_id in self.hub.sessions:
+        if self._held_here(decision.worker_id, decision.job):
             self.hub.offer(decision)
         else:
             self._relay(
@@ -197,12 +197,22 @@ class ClusterWorkers:
             )
 
     def assign(self, decision: AssignJob) -> None:
-        if decision.worker_id in self.hub.sessions:
+        if self._held_here(decision.worker_id, decision.job):
             self.hub.assign(decision)
             return
         participant = asdict(decision.participant)
         details = {"participant": participant, "url": self.url}
         self._relay("assign", decision.worker_id, decision.job, decision.context, **details)
+
+    def _held_here(self, worker_id: str, job: Job) -> bool:
+        """Whether the worker is connected here. If so, the job is this node's own from now on, even if
+        the worker ran it for another node before (its room's node died and the room was restored
+        here): its answers and reports about it go to this engine, not to the old owner."""
+        session = self.hub.sessions.get(worker_id)
+        if session is None:
+            return False
+        session.remote_jobs.ended(job.id)
+        return True
 
     def _relay(self, kind: str, worker_id: str, job: Job, context: JobContext, **details: Any) -> None:
         """To the worker's node: the job as the worker is to be told of it, and this message's details."""

@@ -349,6 +349,8 @@ class ParticipantSession:
                 participant.active = True
                 participant.changed()
                 self.room.announce([self.info()])
+            if pc.connectionState == "connected":
+                self._subscribe_deferred()
             self._report_subscriptions()
 
     async def close(self, reason: int = models.UNKNOWN_REASON) -> None:
@@ -415,6 +417,13 @@ class ParticipantSession:
         forwards, self.forwards = self.forwards, []
         for forward in forwards:
             forward.room.end_forward(forward, reason, in_engine=True)
+
+    def _subscribe_deferred(self) -> None:
+        """The subscriptions that waited for an answer or for the connection: made now, if they may."""
+        deferred, self._deferred = self._deferred, []
+        for publisher, relay in deferred:
+            if not publisher.closed and relay.track_sid in publisher.relays:
+                self.subscribe(publisher, relay)
 
     def drop_deferred(self) -> None:
         self._deferred = []
@@ -505,10 +514,7 @@ class ParticipantSession:
         changed_meanwhile = self.negotiation.answered()
         self._apply_candidates(rtc.SUBSCRIBER)
         self._report_subscriptions()
-        deferred, self._deferred = self._deferred, []
-        for publisher, relay in deferred:  # the subscriptions that waited for this answer
-            if not publisher.closed and relay.track_sid in publisher.relays:
-                self.subscribe(publisher, relay)
+        self._subscribe_deferred()
         if changed_meanwhile and not self.negotiation.busy:  # else the offer just started carries it
             self.request_negotiation()
 
@@ -697,9 +703,12 @@ class ParticipantSession:
             return
         if any(relay is waiting for _, waiting in self._deferred):
             return
-        if self.negotiation.busy:
+        if self.negotiation.busy or self.sub_pc.connectionState == "connecting":
             # A transceiver added while an offer is out gets a transport of its own in aiortc, which the
             # answer then leaves unused: the track would stay silent. Add it once the answer is in.
+            # Nor while the connection is still being set up after the first answer: aiortc would
+            # connect the next answer while the first connect is under way, see the shared transport
+            # not yet connected, and never start the new sender (silent until the next offer).
             self._deferred.append((publisher, relay))
             return
         # A free slot (its track unpublished or unsubscribed) is used again, as LiveKit reuses its
