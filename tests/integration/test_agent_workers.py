@@ -4,7 +4,6 @@ The worker program is `tests/agents/worker.py`; each job it runs writes what it 
 tests see exactly what reached the entrypoint.
 """
 
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,7 +11,7 @@ import pytest
 from livekit import api
 
 from tests.agent_workers import eventually, registered
-from tests.conftest import Server, start_server, stop_server
+from tests.conftest import Server, start_server, stop_server, unique
 from tests.node_clients import run_scenario
 
 
@@ -39,10 +38,6 @@ async def dispatch_to(lkapi: api.LiveKitAPI, agent_name: str, prefix: str) -> tu
     room = unique(prefix)
     request = api.CreateAgentDispatchRequest(agent_name=agent_name, room=room)
     return room, await lkapi.agent_dispatch.create_dispatch(request)
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 async def job_state(lkapi: api.LiveKitAPI, room: str, dispatch_id: str) -> api.Job | None:

@@ -9,7 +9,6 @@ import asyncio
 import json
 import re
 import signal
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -18,7 +17,7 @@ from livekit import api, rtc
 
 from tests.agent_workers import AgentWorker, eventually, registered
 from tests.cluster_nodes import AGENTS, Cluster, cli, kill_node, place_rooms_on, start_cluster, stop_cluster
-from tests.conftest import Server
+from tests.conftest import Server, unique
 from tests.signal_proxy import SignalProxy, ThroughProxy
 from tests.tone import publish_tone
 
@@ -38,10 +37,6 @@ async def api_b(cluster: Cluster) -> AsyncIterator[api.LiveKitAPI]:
     node = cluster.nodes[1]
     async with api.LiveKitAPI(node.http_url, node.api_key, node.api_secret) as client:
         yield client
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 async def dispatch_on(lkapi: api.LiveKitAPI, agent_name: str, room: str) -> tuple[str, api.AgentDispatch]:

@@ -8,7 +8,6 @@ official Python WebhookReceiver), that each node's metrics count what that node 
 dashboard served by A shows the nodes, B's room with its agent from C, and deletes its dispatch."""
 
 import re
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from switchboard.api import switchboard_proto as pb
 from switchboard.cluster.forwarding import FORWARDED
 from tests.cluster_nodes import Cluster, place_rooms_on, start_cluster, start_node, stop_cluster
-from tests.conftest import Server, free_port
+from tests.conftest import Server, free_port, unique
 from tests.integration.test_cluster_dispatch import worker_on
 from tests.integration.test_dashboard import dashboard_scenario, observations
 from tests.integration.test_webhooks import FAST_RETRIES, Receiver
@@ -73,10 +72,6 @@ async def receiver(hook_port: int) -> AsyncIterator[Receiver]:
     await instance.start()
     yield instance
     await instance.stop()
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 def webhook_posts(server: Server) -> int:

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +22,7 @@ from livekit import api, rtc
 from switchboard.cluster.redis_client import PREFIX
 from tests.agent_workers import AgentWorker, registered
 from tests.cluster_nodes import AGENTS, Cluster, cli, kill_node, owner_of, start_cluster, stop_cluster
-from tests.conftest import Server
+from tests.conftest import Server, unique
 from tests.polling import DEADLINE, eventually
 from tests.tone import publish_tone
 
@@ -54,10 +53,6 @@ async def clients(cluster: Cluster) -> AsyncIterator[list[api.LiveKitAPI]]:
     yield opened
     for client in opened:
         await client.aclose()
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 async def new_room(cluster: Cluster, lkapi: api.LiveKitAPI, prefix: str) -> tuple[str, Server]:

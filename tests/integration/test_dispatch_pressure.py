@@ -5,7 +5,6 @@ with its process id and times, so these tests see exactly how many copies of a j
 """
 
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,7 +15,7 @@ from livekit import api, rtc
 from switchboard.auth.grants import VideoGrant
 from switchboard.auth.tokens import mint_job_token
 from tests.agent_workers import eventually, registered
-from tests.conftest import Server, start_server, stop_server
+from tests.conftest import Server, start_server, stop_server, unique
 
 START_TIMEOUT = 1.0
 SETUP_SECONDS = 1.5  # longer than the start timeout: queued jobs start late
@@ -39,10 +38,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     )
     yield instance
     stop_server(instance)
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 def most_at_once(copies: list[tuple[float, float | None]]) -> int:

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import signal
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from livekit import api, rtc
 from livekit.protocol import agent
 
 from tests.agent_workers import eventually, registrations
-from tests.conftest import Server, start_server, stop_server
+from tests.conftest import Server, start_server, stop_server, unique
 from tests.integration.test_workers_registry import list_workers
 from tests.node_agent_workers import NodeAgentWorker, NodeAgentWorkers, node_agent_workers
 
@@ -105,10 +104,6 @@ async def participants(server: Server) -> AsyncIterator[Callable[..., Awaitable[
     yield join
     for participant in made:
         await participant.leave()
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 async def job_of(lkapi: api.LiveKitAPI, room: str, agent_name: str) -> api.Job | None:

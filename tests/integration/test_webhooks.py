@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from livekit import api, rtc
 from livekit.protocol import agent, models
 
 from tests.agent_workers import eventually
-from tests.conftest import Server, free_port, start_server, stop_server
+from tests.conftest import Server, free_port, start_server, stop_server, unique
 from tests.node_clients import NODE_DIR, run_node
 from tests.protocol_worker import worker_running_a_new_rooms_job
 
@@ -101,10 +100,6 @@ def hooked_server(tmp_path: Path, receiver: Receiver) -> Iterator[Server]:
     instance = webhook_server(tmp_path / "server", receiver.url)
     yield instance
     stop_server(instance)
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 async def wait_for_events(receiver: Receiver, server: Server, room: str, count: int) -> list[Any]:

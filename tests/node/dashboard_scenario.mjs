@@ -34,6 +34,16 @@ const charted = () => ({
 
 const result = { scenario: process.argv[2] };
 const page = await openPage(env.BROWSER, env.BROWSER_EXECUTABLE, STEP_TIMEOUT_MS);
+// Delete the dispatch of a jobs row with its button; once its row and the agent in the room's row are
+// gone, its id.
+async function deleteDispatch(agentRow, room) {
+  const dispatch = await page.evaluate((selector) => document.querySelector(selector).dataset.dispatch, agentRow);
+  await page.click(`${agentRow} button.delete`);
+  await page.until(absent, `#jobs tr[data-dispatch="${dispatch}"]`);
+  await page.until(agentGone, room);
+  return dispatch;
+}
+
 try {
   await page.goto(env.DASHBOARD_URL);
   // What is on screen may come from a reading started before the event arrived: the page records the
@@ -82,13 +92,7 @@ try {
     result.workerNode = await page.evaluate(shownText, `${worker} .node`);
     result.workerJobs = await page.evaluate(shownText, `${worker} .jobs`);
     await page.screenshot(env.SCREENSHOT);
-    result.deletedDispatch = await page.evaluate(
-      (selector) => document.querySelector(selector).dataset.dispatch,
-      agentRow,
-    );
-    await page.click(`${agentRow} button.delete`);
-    await page.until(absent, `#jobs tr[data-dispatch="${result.deletedDispatch}"]`);
-    await page.until(agentGone, room);
+    result.deletedDispatch = await deleteDispatch(agentRow, room);
     result.errorShown = await page.evaluate(() => document.getElementById('error').textContent);
   } else {
     // The agent's participant in the room's list, whether it is shown: true with its identity, false without.
@@ -133,13 +137,7 @@ try {
 
     await page.screenshot(env.SCREENSHOT);
 
-    result.deletedDispatch = await page.evaluate(
-      (selector) => document.querySelector(selector).dataset.dispatch,
-      agentRow,
-    );
-    await page.click(`${agentRow} button.delete`);
-    await page.until(absent, `#jobs tr[data-dispatch="${result.deletedDispatch}"]`);
-    await page.until(agentGone, room);
+    result.deletedDispatch = await deleteDispatch(agentRow, room);
     // Once the room is closed, a reading already under way may ask about it and get 404, which the browser
     // logs: the page's own errors are read before, and its error line after.
     result.consoleErrors = [...page.consoleErrors];
