@@ -1043,10 +1043,14 @@ async def test_room_service_forwards_a_participant_into_another_room(
         )
         await lkapi.room.forward_participant(forward)
 
-        await eventually(lambda: "alice" in bob.room.remote_participants, "bob to see alice's forward")
+        # The SDK reports the participant and each of its tracks as separate events: wait for both.
+        def forwarded_tracks() -> list[str]:
+            participant = bob.room.remote_participants.get("alice")
+            return [] if participant is None else [p.sid for p in participant.track_publications.values()]
+
+        await eventually(lambda: forwarded_tracks() == [publication.sid], "bob to see alice's forward")
         forwarded = bob.room.remote_participants["alice"]
         assert forwarded.sid.startswith("PA_") and forwarded.sid != alice.room.local_participant.sid
-        assert [p.sid for p in forwarded.track_publications.values()] == [publication.sid]
         await eventually(
             lambda: len(bob.levels) >= 50 and np.mean(bob.levels[-25:]) > 4000, "bob to hear alice"
         )
