@@ -1,10 +1,12 @@
 """Token verification: what is accepted, what is refused, and why."""
 
+import datetime
 import hashlib
 import hmac
 import json
 import time
 from typing import Any
+from unittest import mock
 
 import jwt
 import pytest
@@ -13,6 +15,7 @@ from hypothesis import strategies as st
 from jwt.utils import base64url_encode
 from livekit import api as livekit_api
 
+from switchboard.auth import tokens
 from switchboard.auth.grants import (
     Claims,
     InvalidToken,
@@ -207,6 +210,17 @@ FAULTS = {
 }
 
 
+def stopped_at(now: int) -> type[datetime.datetime]:
+    """PyJWT's `datetime`, whose `now` is `now`."""
+
+    class Stopped(datetime.datetime):
+        @classmethod
+        def now(cls, tz: datetime.tzinfo | None = None) -> "Stopped":
+            return cls.fromtimestamp(now, tz)
+
+    return Stopped
+
+
 @settings(max_examples=1000, deadline=None)
 @given(
     optional=st.sets(st.sampled_from(["nbf", "iat", "sub", "jti", "aud"])),
@@ -226,12 +240,18 @@ def test_short_path_agrees_with_pyjwt(optional: set[str], values: dict[str, Any]
     payload = {k: v for k, v in payload.items() if v is not None or k not in ("iss", "exp")}
     header = change.get("header", {"alg": "HS256", "typ": "JWT"})
     token = forge(payload, change.get("secret", SECRET), header)
-    for keys in ({KEY: SECRET}, {"first": "another-secret-long-enough-for-hs256", KEY: SECRET}):
-        several = TokenVerifier(keys)
-        # The short path never accepts what PyJWT refuses, and accepts with the same claims.
-        expected = outcome(several._verify_naming_the_fault, token)
-        assert outcome(several.verify, token) == expected
-        event(f"{'short path' if several._plainly_valid(token) else 'PyJWT'}, {expected == 'refused'=}")
+    # Both paths read the clock: stopped, so that a second ticking between them cannot move a claim
+    # drawn at a boundary (exp exactly at the leeway) from one side of it to the other.
+    with (
+        mock.patch.object(tokens.time, "time", return_value=float(now)),
+        mock.patch.object(jwt.api_jwt, "datetime", stopped_at(now)),
+    ):
+        for keys in ({KEY: SECRET}, {"first": "another-secret-long-enough-for-hs256", KEY: SECRET}):
+            several = TokenVerifier(keys)
+            # The short path never accepts what PyJWT refuses, and accepts with the same claims.
+            expected = outcome(several._verify_naming_the_fault, token)
+            assert outcome(several.verify, token) == expected
+            event(f"{'short path' if several._plainly_valid(token) else 'PyJWT'}, {expected == 'refused'=}")
 
 
 def test_signed_tokens_are_byte_for_byte_pyjwts() -> None:
