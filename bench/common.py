@@ -76,6 +76,21 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def process_tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and of the processes it started and that still run (a server's webhook
+    delivery process, for one: its work is the server's)."""
+    total, pending = 0.0, [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            total += process_cpu_seconds(current)
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending += [int(child) for child in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):  # it ended meanwhile
+            continue
+    return total
+
+
 def process_rss_kib(pid: int) -> int:
     """Resident set size of a process in KiB, from VmRSS in /proc/PID/status."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -96,7 +111,8 @@ def machine_busy_seconds() -> float | None:
 
 @dataclass(frozen=True)
 class CpuSample:
-    """CPU seconds used so far by this process, the server (if ours) and the whole machine (if known)."""
+    """CPU seconds used so far by this process, the server (if ours, with the processes it started) and
+    the whole machine (if known)."""
 
     client: float
     server: float | None
@@ -104,7 +120,7 @@ class CpuSample:
 
     @classmethod
     def take(cls, server_pid: int | None) -> "CpuSample":
-        server = process_cpu_seconds(server_pid) if server_pid else None
+        server = process_tree_cpu_seconds(server_pid) if server_pid else None
         return cls(time.process_time(), server, machine_busy_seconds())
 
     def usage_since(self, before: "CpuSample", seconds: float) -> tuple[float, float | None, float | None]:

@@ -25,7 +25,8 @@ with webhooks and Prometheus metrics on, --observed-rounds times, the order alte
 so that a drift of the machine weighs on both; each server is warmed by the latency phase's first
 dispatches, and its throughput phase follows its latency phase. The webhooks go to a receiver in a process
 of its own, answering at once, so that this process's busy loop does not pace delivery: on a CPU of its
-own if there is a third, else on the load generator's at nice 19, so that it does not delay the timings.
+own if there is a third, else on the load generator's at SCHED_IDLE, so that it does not delay the timings
+(nice 19 did: the scheduler lets a running process finish its slice before a woken one runs).
 Target: the observed server ≤ 10 % slower (dispatch p50 and assigned dispatches/s, the median of the
 rounds' ratios); each round also prints the server's CPU per dispatch, which other load moves least.
 
@@ -853,7 +854,7 @@ class ReceiverPlace:
 
     def describe(self) -> str:
         where = "unpinned" if self.cpu is None else f"on CPU {self.cpu}"
-        return f"{where}, nice 19 (sharing the load generator's CPU)" if self.lowest_priority else where
+        return f"{where}, SCHED_IDLE (sharing the load generator's CPU)" if self.lowest_priority else where
 
 
 def receive_webhooks(port: int, place: ReceiverPlace, control: Connection) -> None:
@@ -862,7 +863,7 @@ def receive_webhooks(port: int, place: ReceiverPlace, control: Connection) -> No
     if place.cpu is not None:
         os.sched_setaffinity(0, {place.cpu})
     if place.lowest_priority:
-        os.nice(19)
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     counts = {"delivered": 0, "dropped": 0}
 
     async def delivery(request: web.Request) -> web.Response:

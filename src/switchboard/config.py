@@ -19,7 +19,7 @@ from switchboard.core.engine import EngineSettings
 from switchboard.core.limits import Limits
 from switchboard.rtc.settings import TURN_PROTOCOLS, RtcSettings, TurnServer
 from switchboard.rtc.speakers import AudioSettings
-from switchboard.webhooks import WebhookSettings
+from switchboard.webhook_delivery import WebhookSettings
 from switchboard.workers.session import WorkerSettings
 
 DEV_KEYS = {"devkey": "secret"}

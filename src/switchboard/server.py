@@ -6,7 +6,6 @@ import errno
 import logging
 import os
 import signal
-from collections.abc import Callable
 from functools import partial
 
 from aiohttp import web
@@ -36,10 +35,11 @@ from switchboard.core import ids
 from switchboard.core.engine import Engine
 from switchboard.core.events import RoomClosed
 from switchboard.effects import wire_effects
+from switchboard.event_loop import loop_factory
 from switchboard.metrics import Metrics, NodeIdentity
 from switchboard.rtc.service import RtcService
 from switchboard.runtime import Runtime
-from switchboard.webhooks import Webhooks
+from switchboard.webhooks import DeliveryProcess, Webhooks
 from switchboard.wire import room_to_proto
 from switchboard.workers.hub import WorkerHub
 
@@ -141,7 +141,8 @@ def build_app(config: Config) -> web.Application:
     app.router.add_get("/", health)
     webhooks = None
     if config.webhook.urls:
-        webhooks = Webhooks(config.webhook, config.keys[config.webhook.api_key], runtime)
+        delivery = DeliveryProcess(config.webhook, config.keys[config.webhook.api_key], config.log_level)
+        webhooks = Webhooks(delivery, runtime)
     wire_effects(runtime.effects, cluster_workers or hub, rtc, dashboard, webhooks, metrics, store)
 
     async def start(app: web.Application) -> None:
@@ -358,10 +359,5 @@ def serve(config: Config) -> None:
     logs.configure(config.log_level)
     for warning in config.warnings:
         log.warning("config %s", warning)
-    loop_factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop
-    with contextlib.suppress(ImportError):  # uvloop is optional (e.g. on Windows)
-        import uvloop
-
-        loop_factory = uvloop.new_event_loop
-    with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=loop_factory) as runner:
+    with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=loop_factory()) as runner:
         runner.run(run(config))

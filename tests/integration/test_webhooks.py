@@ -1,22 +1,29 @@
 """Webhooks from a real server to a receiver started by the test on 127.0.0.1, verified by the official
 `WebhookReceiver` of the Python (livekit-api) and Node (livekit-server-sdk) server SDKs: every event of a
 scenario with a participant, an agent that runs and one that fails for lack of a worker, in order; a
-receiver that is down, then up, gets them late and in order; an unreachable one does not slow the API."""
+receiver that is down, then up, gets them late and in order; an unreachable one does not slow the API.
+The server's delivery process: started again when it dies, and gone with the server; what the server
+could not hand it is counted in the next event it sends."""
 
 import asyncio
 import json
 import os
+import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psutil
 import pytest
 from aiohttp import web
 from livekit import api, rtc
 from livekit.protocol import agent, models
+from livekit.protocol.webhook import WebhookEvent
 
+from switchboard.webhook_delivery import WebhookSettings
+from switchboard.webhooks import DeliveryProcess
 from tests.agent_workers import eventually
 from tests.conftest import Server, free_port, start_server, stop_server, unique
 from tests.node_clients import NODE_DIR, run_node
@@ -276,6 +283,71 @@ async def test_an_unreachable_receiver_does_not_slow_dispatches(tmp_path: Path) 
     assert elapsed < 10, f"50 CreateDispatch calls took {elapsed:.1f}s with a receiver that never answers"
 
 
+def delivery_processes(pid: int) -> list[psutil.Process]:
+    """The webhook delivery process(es) started by process `pid`."""
+    children = psutil.Process(pid).children()
+    return [child for child in children if "switchboard.webhook_delivery" in child.cmdline()]
+
+
+async def test_a_delivery_process_that_dies_is_started_again(
+    hooked_server: Server, receiver: Receiver
+) -> None:
+    server = hooked_server
+    before, after = unique("before"), unique("after")
+    async with api.LiveKitAPI(server.http_url, server.api_key, server.api_secret) as lk:
+        await lk.room.create_room(api.CreateRoomRequest(name=before))
+        await wait_for_events(receiver, server, before, 1)
+        [killed] = delivery_processes(server.process.pid)
+        killed.kill()
+
+        def replacement() -> list[psutil.Process]:
+            return [p for p in delivery_processes(server.process.pid) if p.pid != killed.pid]
+
+        await eventually(replacement, "a new delivery process", DEADLINE)
+        await lk.room.create_room(api.CreateRoomRequest(name=after))
+        [event] = await wait_for_events(receiver, server, after, 1)
+    assert event.event == "room_started"
+    assert "webhook delivery process exited (code -9)" in server.log()
+
+
+async def test_events_not_handed_over_are_counted_in_the_next_one(receiver: Receiver) -> None:
+    """A delivery process that stops reading: once the pipe to it holds more than its backlog, events are
+    dropped before they are made, and the next event it delivers tells how many."""
+    secret = "a-webhook-secret-that-is-long-enough"
+    settings = WebhookSettings(api_key="hookkey", urls=(receiver.url,))
+    delivery = DeliveryProcess(settings, secret, "info", backlog=256 * 1024)
+    bulky = "x" * 32 * 1024  # a room's metadata: a few events fill the backlog
+
+    def room_started(name: str, metadata: str = "") -> WebhookEvent:
+        return WebhookEvent(
+            event="room_started", id=f"EV_{name}", room=models.Room(name=name, metadata=metadata)
+        )
+
+    verify = api.WebhookReceiver(api.TokenVerifier("hookkey", secret))
+    await delivery.start()
+    try:
+        [process] = delivery_processes(os.getpid())
+        process.send_signal(signal.SIGSTOP)
+        handed = 0
+        while delivery.wanted():
+            delivery.put(room_started(f"bulky-{handed}", bulky))
+            handed += 1
+            await asyncio.sleep(0)  # the frames are written at the end of the loop's turn
+        dropped = 1 + sum(not delivery.wanted() for _ in range(4))
+        process.send_signal(signal.SIGCONT)
+        await eventually(lambda: len(receiver.requests) == handed, f"{handed} events", DEADLINE)
+        assert delivery.wanted()
+        delivery.put(room_started("last"))
+        await eventually(lambda: len(receiver.requests) == handed + 1, f"{handed + 1} events", DEADLINE)
+    finally:
+        await delivery.stop()
+    events = [verify.receive(r["body"], r["authorization"]) for r in receiver.requests]
+    assert [e.room.name for e in events] == [f"bulky-{n}" for n in range(handed)] + ["last"]
+    assert [e.num_dropped for e in events] == [0] * handed + [dropped]
+    assert handed >= 8  # the pipe's own buffer and the backlog were filled first
+    assert not delivery_processes(os.getpid()), "the delivery process ends when its pipe is closed"
+
+
 async def test_rooms_closed_by_a_shutdown_are_told_before_the_server_exits(tmp_path: Path) -> None:
     receiver = Receiver()
     await receiver.start()
@@ -285,9 +357,11 @@ async def test_rooms_closed_by_a_shutdown_are_told_before_the_server_exits(tmp_p
         async with api.LiveKitAPI(server.http_url, server.api_key, server.api_secret) as lk:
             await lk.room.create_room(api.CreateRoomRequest(name=room))
         await wait_for_events(receiver, server, room, 1)
+        [delivery] = delivery_processes(server.process.pid)
         server.process.terminate()
         code = await asyncio.to_thread(server.process.wait, 15)
         assert code == 0, server.log()
+        assert not delivery.is_running(), "the delivery process ends with the server"
         events = receiver.of_room(server, room)
     finally:
         stop_server(server)

@@ -21,7 +21,8 @@ from switchboard.core.events import JobEnded, JobStarted, RoomClosed, RoomStarte
 from switchboard.core.jobs import Job, JobStatus, JobType
 from switchboard.core.workers import AvailabilityAnswer, JobUpdate, WorkerSpec
 from switchboard.runtime import Runtime
-from switchboard.webhooks import Event, UrlSender, Webhooks, WebhookSettings, WebhookSigner, encode
+from switchboard.webhook_delivery import Delivery, Event, UrlSender, WebhookSettings, WebhookSigner, encode
+from switchboard.webhooks import Webhooks
 from switchboard.wire import job_end_reason
 
 T = TypeVar("T")
@@ -75,7 +76,7 @@ class Sleeps:
 
 def event(n: int) -> Event:
     room = models.Room(name=f"room-{n}")
-    return Event("room_started", 1000 + n, lambda: {"room": room})
+    return Event(WebhookEvent(event="room_started", id=f"EV_{n}", created_at=1000 + n, room=room))
 
 
 async def settle(done: Callable[[], bool]) -> None:
@@ -226,9 +227,8 @@ async def test_events_are_the_engine_state_when_decided_made_once_for_every_url(
         posts[url].append((body, headers))
         return 200
 
-    webhooks = Webhooks(
-        WebhookSettings(api_key=KEY, urls=(URL, second_url), queue_size=3), SECRET, runtime, post=post
-    )
+    settings = WebhookSettings(api_key=KEY, urls=(URL, second_url), queue_size=3)
+    webhooks = Webhooks(Delivery(settings, SECRET, post=post), runtime)
     runtime.effects.on(RoomStarted, webhooks.room_started)
     runtime.effects.on(JobStarted, webhooks.job_started)
     runtime.effects.on(JobEnded, webhooks.job_ended)
