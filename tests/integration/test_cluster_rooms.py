@@ -215,6 +215,35 @@ async def owner_of(cluster: Cluster, room: str) -> Server:
     return next(node for node in cluster.nodes if node.http_url == address)
 
 
+async def placed_rooms(cluster: Cluster) -> dict[str, int]:
+    """Rooms per node address, as placement counts them (`{sb}:node_rooms`)."""
+    store = redis.Redis(host="127.0.0.1", port=cluster.redis.port, decode_responses=True)
+    try:
+        counts = await store.hgetall("{sb}:node_rooms")
+    finally:
+        await store.aclose()
+    return {n.address: int(counts.get(n.id, 0)) for n in await list_nodes(cluster.nodes[0])}
+
+
+async def test_among_equals_a_new_room_stays_on_the_node_that_was_asked(cluster: Cluster) -> None:
+    """Placement by fewest rooms breaks a tie in favour of the node the call reached: the room's later calls
+    and joins through it then need no hop."""
+
+    async def create_through(node: Server) -> Server:
+        room = room_name()
+        async with lkapi(node) as client:
+            await client.room.create_room(api.CreateRoomRequest(name=room))
+        return await owner_of(cluster, room)
+
+    # Level the counts first: a room created through the busiest node goes to one of the least busy.
+    while len(set((counts := await placed_rooms(cluster)).values())) > 1:
+        busiest = max(cluster.nodes, key=lambda node: counts[node.http_url])
+        await create_through(busiest)
+    # Then, every node in turn (the last listed first) is one of the least busy when it is asked.
+    for node in reversed(cluster.nodes):
+        assert await create_through(node) is node
+
+
 async def test_a_resume_through_another_node_is_relayed_to_the_owner(cluster: Cluster) -> None:
     room = room_name()
     async with lkapi(cluster.nodes[0]) as client:
