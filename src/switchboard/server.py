@@ -21,7 +21,7 @@ from switchboard.api.twirp import TwirpServer
 from switchboard.auth.tokens import TokenVerifier
 from switchboard.cluster import node_service
 from switchboard.cluster.bus import RedisBus
-from switchboard.cluster.forwarding import TwirpForwarding, releasing
+from switchboard.cluster.forwarding import FORWARDED, TwirpForwarding, releasing
 from switchboard.cluster.node import ClusterNode
 from switchboard.cluster.node_service import ClusterNodes, SingleNode
 from switchboard.cluster.nodes import NodeDescription, NodeStats
@@ -111,6 +111,8 @@ def build_app(config: Config) -> web.Application:
             store.has_record,
         )
         twirp.route = forwarding.route
+        # A call forwarded to the room's node is counted once, on the node its client reached.
+        twirp.counted = lambda request: FORWARDED not in request.headers
         relay = SignalRelay(ownership, rtc)
         app.middlewares.append(relay.middleware)  # outermost: a join for another node's room goes there
         app.middlewares.append(store.restoring_joins(verifier))

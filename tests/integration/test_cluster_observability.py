@@ -211,8 +211,20 @@ async def test_each_node_counts_what_it_holds_and_sees_the_others(
 
         await eventually(agent_in_room, "the agent in the room")
         scraped = [await scrape(node) for node in nodes]
+
+        # An API call is counted once, on the node its client reached, with the room's node's answer.
+        refused = (("code", "not_found"), ("method", "RoomService.UpdateParticipant"))
+        before = [series(await scrape(node), "switchboard_twirp_requests_total") for node in nodes[:2]]
+        with pytest.raises(api.TwirpError) as missing:
+            await through_a.room.update_participant(
+                api.UpdateParticipantRequest(room=room, identity="nobody", metadata="m")
+            )
+        assert missing.value.code == "not_found"
+        after = [series(await scrape(node), "switchboard_twirp_requests_total") for node in nodes[:2]]
         await through_a.room.delete_room(api.DeleteRoomRequest(room=room))
     await alice.disconnect()
+    counted = [now.get(refused, 0) - then.get(refused, 0) for then, now in zip(before, after, strict=True)]
+    assert counted == [1, 0], "counted by A, which B answered"
 
     ids = set()
     for node, samples in zip(deployment.nodes, scraped, strict=True):

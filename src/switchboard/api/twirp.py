@@ -60,6 +60,15 @@ JSON = "application/json"
 PROTOBUF = "application/protobuf"
 
 
+def _answered_code(response: web.Response) -> str:
+    """The Twirp code of an error answer made elsewhere (a forwarded call's, by the room's node)."""
+    try:
+        code = json.loads(response.body)["code"]  # type: ignore[arg-type]
+    except (TypeError, ValueError, KeyError):
+        return "unknown"
+    return code if isinstance(code, str) else "unknown"
+
+
 class TwirpError(Exception):
     def __init__(self, code: str, msg: str, *, status: int | None = None, meta: dict[str, str] | None = None):
         super().__init__(msg)
@@ -104,6 +113,8 @@ class TwirpServer:
         self._limits = limits
         self._methods: dict[str, Method] = {}
         self.route: Route | None = None
+        self.counted: Callable[[web.Request], bool] = lambda request: True
+        """Whether `observe` is told of a request (a cluster counts a call where its client sent it)."""
 
     def add_service(self, service: str, methods: dict[str, Method], package: str = "livekit") -> None:
         for name, method in methods.items():
@@ -117,14 +128,14 @@ class TwirpServer:
         code = "internal"
         try:
             response = await self._handle(request)
-            code = "ok"
+            code = "ok" if response.status < 400 else _answered_code(response)  # another node's answer
             return response
         except TwirpError as exc:
             code = exc.code
             log.info("twirp error path=%s code=%s msg=%s", request.path, exc.code, exc.msg)
             return self._refusal(request, exc)
         finally:
-            if self._observe is not None:
+            if self._observe is not None and self.counted(request):
                 known = request.path in self._methods
                 # "/twirp/livekit.RoomService/CreateRoom" -> "RoomService.CreateRoom", whatever the package
                 method = request.path.split(".", 1)[1].replace("/", ".") if known else "unknown"
