@@ -244,6 +244,41 @@ async def test_among_equals_a_new_room_stays_on_the_node_that_was_asked(cluster:
         assert await create_through(node) is node
 
 
+async def test_moving_a_participant_to_a_room_on_another_node_is_refused_saying_why(cluster: Cluster) -> None:
+    a, b = cluster.nodes[0], cluster.nodes[1]
+
+    async def room_on(node: Server) -> str:
+        """A new room that the cluster placed on `node` (created through it: there, once it has no more)."""
+        for _ in range(3 * len(cluster.nodes)):
+            room = room_name()
+            async with lkapi(node) as client:
+                await client.room.create_room(api.CreateRoomRequest(name=room))
+            if await owner_of(cluster, room) is node:
+                return room
+        pytest.fail(f"no room placed on {node.http_url}")
+
+    on_a, on_b, also_on_a = await room_on(a), await room_on(b), await room_on(a)
+    async with lkapi(cluster.nodes[2]) as client:
+        for call in (
+            client.room.move_participant(
+                api.MoveParticipantRequest(room=on_a, identity="alice", destination_room=on_b)
+            ),
+            client.room.forward_participant(
+                api.ForwardParticipantRequest(room=on_b, identity="alice", destination_room=on_a)
+            ),
+        ):
+            with pytest.raises(api.TwirpError) as refused:
+                await call
+            assert refused.value.code == "failed_precondition"
+            assert "only between rooms of one node" in refused.value.message
+        # Within one node the call goes on to the room's node, which looks for the participant.
+        with pytest.raises(api.TwirpError) as missing:
+            await client.room.move_participant(
+                api.MoveParticipantRequest(room=on_a, identity="alice", destination_room=also_on_a)
+            )
+        assert missing.value.code == "not_found"
+
+
 async def test_a_resume_through_another_node_is_relayed_to_the_owner(cluster: Cluster) -> None:
     room = room_name()
     async with lkapi(cluster.nodes[0]) as client:

@@ -23,7 +23,14 @@ from google.protobuf.message import DecodeError, Message
 from switchboard.api.http import HttpLimits
 from switchboard.auth.grants import Claims, InvalidToken, PermissionDenied
 from switchboard.auth.tokens import TokenVerifier
-from switchboard.core.errors import CoreError, InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from switchboard.core.errors import (
+    CoreError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
 from switchboard.protojson import check_enums, from_json, to_json
 
 log = logging.getLogger("switchboard.api")
@@ -50,6 +57,7 @@ STATUS = {
 }
 
 _CORE_CODES: dict[type[CoreError], str] = {
+    FailedPrecondition: "failed_precondition",
     InvalidArgument: "invalid_argument",
     NotFound: "not_found",
     ResourceExhausted: "resource_exhausted",

@@ -30,7 +30,7 @@ from switchboard.cluster.nodes import NodeInfo
 from switchboard.cluster.ownership import ClusterUnavailable, RoomOwnership
 from switchboard.cluster.placement import NoNodeAvailable
 from switchboard.cluster.redis_client import UNREACHABLE
-from switchboard.core.errors import Unavailable
+from switchboard.core.errors import FailedPrecondition, Unavailable
 from switchboard.protojson import to_json
 
 log = logging.getLogger("switchboard.cluster")
@@ -45,6 +45,10 @@ ROOM_SCOPED = (
     "/twirp/livekit.RoomService/",
     "/twirp/livekit.AgentDispatchService/",
     "/twirp/switchboard.DispatchService/",  # ExplainDispatch: the room's jobs are its node's
+)
+BETWEEN_ROOMS = (
+    "/twirp/livekit.RoomService/MoveParticipant",
+    "/twirp/livekit.RoomService/ForwardParticipant",
 )
 NODE_STEERING = ("/twirp/switchboard.NodeService/DrainNode", "/twirp/switchboard.NodeService/UndrainNode")
 _HOP_BY_HOP = {"host", "content-length", "connection", "transfer-encoding", "expect", "keep-alive", "te"}
@@ -135,11 +139,25 @@ class TwirpForwarding:
                 if owner is None and not self.ownership.serves_here(room) and await self._stored(room):
                     # A lost node's room: it comes back on the node that claims it now, which restores it.
                     owner = await self.ownership.claim(room)
+                if path in BETWEEN_ROOMS:
+                    await self._check_same_node(room, owner, message)
         except UNREACHABLE as exc:
             raise Unavailable(f"{self.ownership.unreachable}: {exc}") from None
         except (ClusterUnavailable, NoNodeAvailable) as exc:
             raise Unavailable(str(exc)) from None
         return None if owner is None else await self._forward(request, body, owner)
+
+    async def _check_same_node(self, room: str, owner: NodeInfo | None, message: Any) -> None:
+        """A participant moves or is forwarded only between rooms of one node (its connection and its
+        tracks' relays are that node's)."""
+        destination = str(message.destination_room)
+        there = await self.ownership.owner(destination) if destination else None
+        source, target = owner.id if owner else self.node_id, there.id if there else self.node_id
+        if source != target:
+            raise FailedPrecondition(
+                f"room {destination!r} is on node {target} and room {room!r} on node {source}: a participant"
+                " can be moved or forwarded only between rooms of one node"
+            )
 
     async def _forward(self, request: web.Request, body: bytes, node: NodeInfo) -> web.Response:
         assert self._session is not None
