@@ -156,9 +156,9 @@ def build_app(config: Config) -> web.Application:
             await cluster_workers.start()
         if store is not None:
             await store.start()
-        await app[RUNTIME].start()
         if webhooks is not None:
-            await webhooks.start()
+            await webhooks.start()  # before the runtime: its first decisions are told too
+        await app[RUNTIME].start()
 
     async def stop(app: web.Application) -> None:
         await app[RUNTIME].stop()

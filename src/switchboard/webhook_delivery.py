@@ -324,7 +324,14 @@ async def serve(reader: asyncio.StreamReader) -> None:
             try:
                 body, dropped = await _read_frame(reader)
             except asyncio.IncompleteReadError:
-                return  # the server closed the pipe: it is shutting down (or gone)
+                # The server closed the pipe: it is shutting down (or gone). What is queued (the rooms its
+                # shutdown closed, for one) must go out within the grace, on a CPU others may keep busy:
+                # back to the normal policy at the lowest priority, where the system allows it (root, or
+                # an RLIMIT_NICE that permits it).
+                with contextlib.suppress(OSError, AttributeError):
+                    os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+                    os.setpriority(os.PRIO_PROCESS, 0, 19)
+                return
             if dropped:
                 delivery.count_dropped(dropped)
             delivery.put(WebhookEvent.FromString(body))
@@ -340,8 +347,8 @@ async def _serve_stdin() -> None:
 
 
 def main() -> None:
-    # Only the server ends this, by closing the pipe: a Ctrl-C or a SIGTERM sent to its whole process
-    # group (a terminal, systemd) must leave the events of its shutdown the time to go out.
+    # Only the server ends this, by closing the pipe: a SIGTERM sent to every process of the service
+    # (systemd's default) or a Ctrl-C must leave the events of its shutdown the time to go out.
     for stop in (signal.SIGINT, signal.SIGTERM):
         signal.signal(stop, signal.SIG_IGN)
     # The lowest priority there is: any other process that wants this CPU takes it at once (a nice value

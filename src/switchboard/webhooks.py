@@ -79,7 +79,11 @@ class DeliveryProcess:
 
     async def _spawn(self) -> None:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "switchboard.webhook_delivery", stdin=asyncio.subprocess.PIPE
+            sys.executable,
+            "-m",
+            "switchboard.webhook_delivery",
+            stdin=asyncio.subprocess.PIPE,
+            start_new_session=True,  # a terminal's Ctrl-C is the server's to handle, not this process's
         )
         assert process.stdin is not None
         self._process, self._stdin = process, process.stdin
@@ -103,11 +107,14 @@ class DeliveryProcess:
                     return
                 try:
                     await self._spawn()
-                    break
                 except OSError as exc:
                     log.error(
                         "webhook delivery process could not start (%s); retrying in %gs", exc, RESTART_DELAY
                     )
+                    continue
+                if self._stopping and self._stdin is not None:  # stop() came during the spawn
+                    self._stdin.close()
+                break
 
     def wanted(self) -> bool:
         pipe = self._stdin.transport if self._stdin is not None else None

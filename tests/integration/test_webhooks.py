@@ -285,8 +285,14 @@ async def test_an_unreachable_receiver_does_not_slow_dispatches(tmp_path: Path) 
 
 def delivery_processes(pid: int) -> list[psutil.Process]:
     """The webhook delivery process(es) started by process `pid`."""
-    children = psutil.Process(pid).children()
-    return [child for child in children if "switchboard.webhook_delivery" in child.cmdline()]
+    found = []
+    for child in psutil.Process(pid).children():
+        try:
+            if "switchboard.webhook_delivery" in child.cmdline():
+                found.append(child)
+        except psutil.NoSuchProcess:  # ended (a zombie until reaped, or already gone)
+            continue
+    return found
 
 
 async def test_a_delivery_process_that_dies_is_started_again(
@@ -308,6 +314,31 @@ async def test_a_delivery_process_that_dies_is_started_again(
         [event] = await wait_for_events(receiver, server, after, 1)
     assert event.event == "room_started"
     assert "webhook delivery process exited (code -9)" in server.log()
+
+
+async def test_a_stop_while_a_dead_delivery_process_is_being_replaced_ends_the_new_one(
+    receiver: Receiver,
+) -> None:
+    class SlowToRestart(DeliveryProcess):
+        """Its restart takes a while (a loaded machine's fork and exec), and says when it begins."""
+
+        restarting = asyncio.Event()
+        started = False
+
+        async def _spawn(self) -> None:
+            if self.started:
+                self.restarting.set()
+                await asyncio.sleep(0.3)
+            self.started = True
+            await super()._spawn()
+
+    delivery = SlowToRestart(WebhookSettings(api_key="hookkey", urls=(receiver.url,)), "secret", "info")
+    await delivery.start()
+    [first] = delivery_processes(os.getpid())
+    first.kill()
+    await asyncio.wait_for(delivery.restarting.wait(), DEADLINE)
+    await asyncio.wait_for(delivery.stop(), DEADLINE)
+    assert not delivery_processes(os.getpid()), "the process started during the stop ended with it"
 
 
 async def test_events_not_handed_over_are_counted_in_the_next_one(receiver: Receiver) -> None:

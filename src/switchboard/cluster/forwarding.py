@@ -140,6 +140,7 @@ class TwirpForwarding:
                     # A lost node's room: it comes back on the node that claims it now, which restores it.
                     owner = await self.ownership.claim(room)
                 if path in BETWEEN_ROOMS:
+                    require_room_admin(claims, room)  # before telling where rooms are
                     await self._check_same_node(room, owner, message)
         except UNREACHABLE as exc:
             raise Unavailable(f"{self.ownership.unreachable}: {exc}") from None
@@ -151,7 +152,11 @@ class TwirpForwarding:
         """A participant moves or is forwarded only between rooms of one node (its connection and its
         tracks' relays are that node's)."""
         destination = str(message.destination_room)
+        if owner is None and not self.ownership.serves_here(room):
+            return  # no node holds the source room: the call answers not_found here
         there = await self.ownership.owner(destination) if destination else None
+        if there is None and not self.ownership.serves_here(destination):
+            return  # nor the destination: the source room's node answers not_found
         source, target = owner.id if owner else self.node_id, there.id if there else self.node_id
         if source != target:
             raise FailedPrecondition(
