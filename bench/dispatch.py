@@ -30,12 +30,17 @@ own if there is a third, else on the load generator's at SCHED_IDLE, so that it 
 Target: the observed server ≤ 10 % slower (dispatch p50 and assigned dispatches/s, the median of the
 rounds' ratios); each round also prints the server's CPU per dispatch, which other load moves least.
 
+Another phase, `dashboard`, prices watching it live: with --dashboard-rooms rooms open (100), the
+dashboard logged in in headless Chromium (the tests' own scenario, tests/node/dashboard_scenario.mjs),
+a new room is created and the page says how long after the server's event it showed it;
+--dashboard-rounds times (5), each with a fresh page. No target: the figure is printed.
+
 It starts its own servers pinned to one CPU and drives them from another, like bench/api.py; the exit code
 is 1 when a request failed, a worker lost its connection or a dispatch was lost, else 0 (a MISS is not an
 error).
 
     .venv/bin/python bench/dispatch.py [--workers N] [--idle-workers N] [--dispatches N] [--duration S]
-                                       [--phases latency,throughput,idle,queue,observed] [--json]
+                                       [--phases latency,throughput,idle,queue,observed,dashboard] [--json]
 """
 
 import argparse
@@ -54,6 +59,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -85,8 +91,12 @@ from common import (
 from switchboard.auth.grants import VideoGrant
 from switchboard.auth.tokens import mint_token
 
+# The dashboard phase drives the page with the tests' own browser scenario.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.dashboard_browser import dashboard_scenario, observations
+
 AGENT_NAME = "bench"
-PHASES = ("latency", "throughput", "idle", "queue", "observed")
+PHASES = ("latency", "throughput", "idle", "queue", "observed", "dashboard")
 WORKER_VERSION = "bench"
 STATUS_INTERVAL = 2.5  # livekit-agents sends update_worker this often
 IDLE_PING_INTERVAL = 60.0  # agents.ping_interval for the idle phase, so that server pings do not dominate
@@ -786,6 +796,62 @@ class ObservedResult:
         return statistics.median(r.throughput_ratio for r in self.rounds)
 
 
+# ---------------------------------------------------------------------------------------------- dashboard
+
+
+@dataclass(frozen=True)
+class DashboardResult:
+    rooms_live: int
+    latencies_ms: list[float]  # each round: from a new room's event to the page showing it
+
+    @property
+    def p50_ms(self) -> float:
+        return percentile(sorted(self.latencies_ms), 0.5)
+
+
+@dataclass(frozen=True)
+class DashboardSite:
+    """A bench server as the browser scenario sees it (tests/dashboard_browser.Site)."""
+
+    http_url: str
+    api_key: str
+    api_secret: str
+
+    def log(self) -> str:
+        return "(the bench's server logs warnings only)"
+
+
+async def change_rooms(session: aiohttp.ClientSession, server: Server, method: str, names: list[str]) -> None:
+    """CreateRoom or DeleteRoom (Twirp JSON, a roomCreate token) for each of `names`, in turn."""
+    token = mint_token(server.api_key, server.api_secret, video=VideoGrant(room_create=True), ttl=600)
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    for name in names:
+        url = f"{server.url}/twirp/livekit.RoomService/{method}"
+        body = {"name": name} if method == "CreateRoom" else {"room": name}
+        async with session.post(url, json=body, headers=headers) as response:
+            if response.status != 200:
+                raise RuntimeError(f"{method} {name}: HTTP {response.status} {await response.text()}")
+
+
+async def dashboard_phase(server: Server, rooms: int, rounds: int) -> DashboardResult:
+    """With `rooms` rooms live, `rounds` times: the page (headless Chromium, logged in) open, a room is
+    created, and the page says when it showed it; the room is then deleted."""
+    site = DashboardSite(server.url, server.api_key, server.api_secret)
+    latencies = []
+    async with aiohttp.ClientSession() as session:
+        await change_rooms(session, server, "CreateRoom", [f"live-{i}" for i in range(rooms)])
+        for round_ in range(rounds):
+            name = f"one-more-{round_}"
+            async with dashboard_scenario(site, "many-rooms", {"ROOM": name}) as browser:
+                await change_rooms(session, server, "CreateRoom", [name])
+                result = await observations(site, browser)
+            await change_rooms(session, server, "DeleteRoom", [name])
+            if result["roomsShown"] != rooms + 1:
+                raise RuntimeError(f"the page showed {result['roomsShown']} rooms, not {rooms + 1}")
+            latencies.append(float(result["latencyMs"]["roomStarted"]))
+    return DashboardResult(rooms, latencies)
+
+
 @dataclass
 class Outcome:
     queue: QueueResult | None = None
@@ -793,6 +859,7 @@ class Outcome:
     throughput: ThroughputResult | None = None
     idle: IdleResult | None = None
     observed: ObservedResult | None = None
+    dashboard: DashboardResult | None = None
     samples: list[str] = field(default_factory=list)
     lost_samples: list[str] = field(default_factory=list)
     errors: int = 0
@@ -1048,6 +1115,13 @@ def run(args: argparse.Namespace) -> tuple[Outcome, dict[str, Any]]:
             outcome.errors += sum(run.errors for run in outcome.queue.runs)
     if "observed" in args.phases:
         observed_phases(server_cpu, client_cpu, args, outcome, setup)
+    if "dashboard" in args.phases:
+        with own_server(server_cpu) as server:
+            setup["server"] = server.pinned
+            # The browser is not pinned: it is the page's whole cost, not the load generator's.
+            outcome.dashboard = run_async(
+                dashboard_phase(server, args.dashboard_rooms, args.dashboard_rounds)
+            )
     return outcome, setup
 
 
@@ -1252,6 +1326,13 @@ def print_report(
             print(
                 f"  median server CPU per dispatch, observed over plain: {statistics.median(cpu_ratios):.3f}"
             )
+    if (dashboard := outcome.dashboard) is not None:
+        print()
+        rounds = ", ".join(f"{ms:.0f}" for ms in dashboard.latencies_ms)
+        print(
+            f"dashboard (headless Chromium, logged in) with {dashboard.rooms_live} rooms live: a new room's"
+            f" event to the page showing it, p50 {dashboard.p50_ms:.0f} ms (rounds: {rounds} ms; no target)"
+        )
     print()
     for check in found:
         print(f"{check['text']}  {verdict(check['pass'])}")
@@ -1301,6 +1382,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=5,
         help="plain and observed runs, this many times, the order alternating; the median round counts (5)",
     )
+    parser.add_argument(
+        "--dashboard-rooms", type=int, default=100, help="rooms live in the dashboard phase (100)"
+    )
+    parser.add_argument(
+        "--dashboard-rounds", type=int, default=5, help="new rooms timed in the dashboard phase (5)"
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON instead")
     args = parser.parse_args(argv)
     args.phases = [phase.strip() for phase in args.phases.split(",") if phase.strip()]
@@ -1318,6 +1405,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--workers, --idle-workers, --dispatches, --concurrency and --duration must be positive")
     if min(args.observed_dispatches, args.observed_rounds) < 1 or args.observed_duration <= 0:
         parser.error("--observed-dispatches, --observed-rounds and --observed-duration must be positive")
+    if args.dashboard_rooms < 0 or args.dashboard_rounds < 1:
+        parser.error("--dashboard-rooms must not be negative, --dashboard-rounds must be positive")
     if args.status_interval < 0:
         parser.error("--status-interval must not be negative")
     needed = (args.idle_workers if "idle" in args.phases else args.workers) + FD_HEADROOM

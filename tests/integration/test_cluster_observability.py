@@ -22,8 +22,8 @@ from switchboard.api import switchboard_proto as pb
 from switchboard.cluster.forwarding import FORWARDED
 from tests.cluster_nodes import Cluster, place_rooms_on, start_cluster, start_node, stop_cluster
 from tests.conftest import Server, free_port, unique
+from tests.dashboard_browser import dashboard_scenario, observations
 from tests.integration.test_cluster_dispatch import worker_on
-from tests.integration.test_dashboard import dashboard_scenario, observations
 from tests.integration.test_webhooks import FAST_RETRIES, Receiver
 from tests.integration.test_workers_registry import call, list_workers
 from tests.polling import eventually

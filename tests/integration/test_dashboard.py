@@ -7,11 +7,9 @@ drained, a dispatch deleted and the room closed from the page (and are, for the 
 not on the page nor stored. A screenshot is saved with the test's files."""
 
 import asyncio
-import contextlib
 import itertools
 import json
-import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +18,8 @@ import jwt
 import pytest
 from livekit import api, rtc
 
-from tests.browser import NODE_DIR, PROXY_VARIABLES, SCENARIO_TIMEOUT, toolchain_or_fail
 from tests.conftest import Server, start_server, stop_server
+from tests.dashboard_browser import dashboard_scenario, observations
 from tests.integration.test_workers_registry import connected, list_workers
 from tests.polling import eventually
 from tests.tone import publish_tone
@@ -32,68 +30,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     instance = start_server(tmp_path_factory.mktemp("server"), {"agents": {"pending_timeout": 2}})
     yield instance
     stop_server(instance)
-
-
-FIREFOX = "/usr/bin/firefox-esr"
-PUPPETEER_DIR = NODE_DIR / "node_modules" / "puppeteer-core"
-
-
-def browser_or_fail(browser: str) -> tuple[str, str]:
-    """`node` and the executable of BROWSER (chromium or firefox); fail (never skip) when one is missing."""
-    node, chromium = toolchain_or_fail()
-    if browser == "chromium":
-        return node, chromium
-    if not PUPPETEER_DIR.exists():
-        pytest.fail(f"{PUPPETEER_DIR} is missing: run `make test` (it runs `npm ci` in tests/node)")
-    if not os.access(FIREFOX, os.X_OK):
-        pytest.fail(
-            "Firefox is not installed: `apt-get install -y firefox-esr` (`.ci/run` installs it when missing)"
-        )
-    return node, FIREFOX
-
-
-@contextlib.asynccontextmanager
-async def dashboard_scenario(
-    server: Server, name: str, settings: dict[str, str], browser: str = "chromium"
-) -> AsyncIterator[asyncio.subprocess.Process]:
-    """`dashboard_scenario.mjs NAME` in BROWSER, once the page logged in shows its first state."""
-    node, executable = browser_or_fail(browser)
-    env = {k: v for k, v in os.environ.items() if k not in PROXY_VARIABLES} | {
-        "DASHBOARD_URL": f"{server.http_url}/dashboard",
-        "API_KEY": server.api_key,
-        "API_SECRET": server.api_secret,
-        "BROWSER": browser,
-        "BROWSER_EXECUTABLE": executable,
-        **settings,
-    }
-    process = await asyncio.create_subprocess_exec(
-        node,
-        str(NODE_DIR / "dashboard_scenario.mjs"),
-        name,
-        cwd=NODE_DIR,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        assert process.stdout is not None
-        shown = await asyncio.wait_for(process.stdout.readline(), SCENARIO_TIMEOUT)
-        assert shown == b"shown\n", shown.decode()
-        yield process
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-
-
-async def observations(server: Server, process: asyncio.subprocess.Process) -> dict[str, Any]:
-    """The scenario's one JSON line, once it ended without an unexpected error."""
-    stdout, stderr = await asyncio.wait_for(process.communicate(), SCENARIO_TIMEOUT)
-    lines = stdout.decode().strip().splitlines()
-    assert process.returncode == 0 and len(lines) == 1, stderr.decode()
-    result: dict[str, Any] = json.loads(lines[0])
-    assert "unexpectedError" not in result, f"{result}\n{server.log()}"
-    return result
 
 
 # What each browser logs of the refused login's answer (Firefox logs no failed fetch on the console).
