@@ -379,6 +379,18 @@ async def test_events_not_handed_over_are_counted_in_the_next_one(receiver: Rece
     assert not delivery_processes(os.getpid()), "the delivery process ends when its pipe is closed"
 
 
+async def test_the_delivery_process_ends_when_the_server_is_killed(tmp_path: Path) -> None:
+    server = webhook_server(tmp_path / "server", "http://127.0.0.1:9/unreachable", shutdown_grace=0.5)
+    try:
+        [delivery] = delivery_processes(server.process.pid)
+        server.process.kill()  # no shutdown: the pipe closes with the process
+        await asyncio.to_thread(server.process.wait)
+        gone, _ = await asyncio.to_thread(psutil.wait_procs, [delivery], DEADLINE)
+    finally:
+        stop_server(server)
+    assert gone, "the delivery process outlived its server"
+
+
 async def test_rooms_closed_by_a_shutdown_are_told_before_the_server_exits(tmp_path: Path) -> None:
     receiver = Receiver()
     await receiver.start()
