@@ -34,7 +34,7 @@ lint: $(BIN)/.installed
 	$(BIN)/mypy
 
 test: $(BIN)/.installed $(NODE_CLIENTS)/node_modules/.installed $(NODE_AGENTS)/node_modules/.installed lint
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider --durations=15
 
 bench: $(BIN)/.installed
 	$(BIN)/python bench/api.py
