@@ -158,7 +158,6 @@ class UrlSender:
         self.dropped = 0
         """Events dropped since the last delivered event said how many were."""
         self.delivered = 0
-        self.failed_posts = 0
 
     @property
     def full(self) -> bool:
@@ -207,7 +206,6 @@ class UrlSender:
                 self.delivered += 1
                 log.debug("webhook sent url=%s event=%s", self.url, event.name)
                 return
-            self.failed_posts += 1
             if attempt == s.max_attempts:
                 break
             delay = min(s.retry_delay * 2 ** (attempt - 1), s.retry_delay_max)

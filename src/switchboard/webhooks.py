@@ -101,20 +101,26 @@ class DeliveryProcess:
                 code,
                 RESTART_DELAY,
             )
-            while True:
-                await asyncio.sleep(RESTART_DELAY)
-                if self._stopping:
-                    return
-                try:
-                    await self._spawn()
-                except OSError as exc:
-                    log.error(
-                        "webhook delivery process could not start (%s); retrying in %gs", exc, RESTART_DELAY
-                    )
-                    continue
-                if self._stopping and self._stdin is not None:  # stop() came during the spawn
-                    self._stdin.close()
-                break
+            if not await self._restart():
+                return
+
+    async def _restart(self) -> bool:
+        """Start a new delivery process after RESTART_DELAY, and again until one starts; False when the
+        server stops first."""
+        while True:
+            await asyncio.sleep(RESTART_DELAY)
+            if self._stopping:
+                return False
+            try:
+                await self._spawn()
+            except OSError as exc:
+                log.error(
+                    "webhook delivery process could not start (%s); retrying in %gs", exc, RESTART_DELAY
+                )
+                continue
+            if self._stopping and self._stdin is not None:  # stop() came during the spawn
+                self._stdin.close()
+            return True
 
     def wanted(self) -> bool:
         pipe = self._stdin.transport if self._stdin is not None else None
