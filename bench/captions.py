@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from common import Server, agents_server, machine, percentile
+from common import Server, agents_server, descendants, machine, percentile
 
 # The speech helpers are the tests' own, so that the benchmark speaks exactly as the tests do.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -68,23 +68,6 @@ def word_errors(reference: str, hypothesis: str) -> int:
         for j, heard in enumerate(hyp, 1):
             previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (word != heard))
     return row[-1]
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below `pid` (the agents the server started and their job processes)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, queue = [], [pid]
-    while queue:
-        for child in children.get(queue.pop(), []):
-            found.append(child)
-            queue.append(child)
-    return found
 
 
 def agents_cpu_seconds(server_pid: int) -> float:

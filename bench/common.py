@@ -4,6 +4,7 @@ and the small pieces of the report (percentiles, verdicts).
 A benchmark imports this as `common` (it runs as `python bench/NAME.py`, so bench/ is on the path).
 """
 
+import contextlib
 import os
 import platform
 import resource
@@ -76,18 +77,31 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def process_tree_cpu_seconds(pid: int) -> float:
-    """CPU seconds of a process and of the processes it started and that still run (a server's webhook
-    delivery process, for one: its work is the server's)."""
-    total, pending = 0.0, [pid]
-    while pending:
-        current = pending.pop()
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (a server's webhook delivery process, the agents it started and their job
+    processes)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            total += process_cpu_seconds(current)
-            for task in Path(f"/proc/{current}/task").iterdir():
-                pending += [int(child) for child in (task / "children").read_text().split()]
-        except (FileNotFoundError, ProcessLookupError):  # it ended meanwhile
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
             continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, queue = [], [pid]
+    while queue:
+        for child in children.get(queue.pop(), []):
+            found.append(child)
+            queue.append(child)
+    return found
+
+
+def process_tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and of the processes below it that still run (a server's webhook delivery
+    process, for one: its work is the server's)."""
+    total = process_cpu_seconds(pid)
+    for child in descendants(pid):
+        with contextlib.suppress(OSError):  # it ended between the listing and the reading
+            total += process_cpu_seconds(child)
     return total
 
 

@@ -46,11 +46,12 @@ from typing import Any
 import numpy as np
 from livekit import api, rtc
 
-from captions import agents_cpu_seconds, descendants, speech_span
+from captions import agents_cpu_seconds, speech_span
 from common import (
     NOISY_OTHER_CPU,
     Server,
     agents_server,
+    descendants,
     machine,
     machine_busy_seconds,
     percentile,
