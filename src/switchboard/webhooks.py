@@ -83,7 +83,8 @@ class DeliveryProcess:
             "-m",
             "switchboard.webhook_delivery",
             stdin=asyncio.subprocess.PIPE,
-            start_new_session=True,  # a terminal's Ctrl-C is the server's to handle, not this process's
+            # Not in a session of its own: with the kernel's autogroups, a new session is scheduled as a
+            # group of its own, beside the server's, and SCHED_IDLE would then yield only within it.
         )
         assert process.stdin is not None
         self._process, self._stdin = process, process.stdin

@@ -316,6 +316,20 @@ async def test_a_delivery_process_that_dies_is_started_again(
     assert "webhook delivery process exited (code -9)" in server.log()
 
 
+async def test_the_delivery_process_yields_the_cpu_to_the_server(hooked_server: Server) -> None:
+    """SCHED_IDLE, in the server's session: a session of its own would be a scheduling group of its own
+    (the kernel's autogroups), which takes its fair share beside the server's whatever its policy."""
+    [delivery] = delivery_processes(hooked_server.process.pid)
+    policy = await eventually(  # set once its imports are done
+        lambda: os.sched_getscheduler(delivery.pid),
+        "the delivery process at SCHED_IDLE",
+        DEADLINE,
+        accept=lambda policy: policy == os.SCHED_IDLE,
+    )
+    assert policy == os.SCHED_IDLE
+    assert os.getsid(delivery.pid) == os.getsid(hooked_server.process.pid)
+
+
 async def test_a_stop_while_a_dead_delivery_process_is_being_replaced_ends_the_new_one(
     receiver: Receiver,
 ) -> None:
