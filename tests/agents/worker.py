@@ -92,7 +92,10 @@ async def entrypoint(ctx: JobContext) -> None:
         "pid": os.getpid(),
         "token_claims": jwt.decode(ctx._info.token, options={"verify_signature": False}),
     }
-    (RECORD_DIR / f"{job.id}.json").write_text(json.dumps(record))
+    # Written aside then renamed: tests read these records while jobs start.
+    written = RECORD_DIR / f"{job.id}.json.partial"
+    written.write_text(json.dumps(record))
+    written.replace(RECORD_DIR / f"{job.id}.json")
     with RUNS_LOCK:
         run = RECORD_DIR / f"{job.id}.{os.getpid()}.{next(RUNS)}.run"
     run.write_text(json.dumps({"start": time.time()}) + "\n")
