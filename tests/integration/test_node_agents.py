@@ -119,15 +119,15 @@ async def job_with_status(lkapi: api.LiveKitAPI, room: str, agent_name: str, sta
     return job if job is not None and job.state.status == status else None
 
 
-async def holds(check: Callable[[], Any], what: str, duration: float) -> None:
-    """Poll `check()` for `duration` seconds; fail as soon as it is false."""
+async def holds(check: Callable[[], Any], what: str, duration: float, expected: Any = True) -> None:
+    """Poll `check()` for `duration` seconds; fail as soon as it gives something else than `expected`."""
     end = time.monotonic() + duration
     while time.monotonic() < end:
         result = check()
         if asyncio.iscoroutine(result):
             result = await result
-        if not result:
-            pytest.fail(f"no longer true: {what}")
+        if result != expected:
+            pytest.fail(f"no longer true: {what}; got {result!r}")
         await asyncio.sleep(0.1)
 
 
@@ -276,32 +276,45 @@ async def test_the_job_reaches_the_node_entrypoint_and_its_agent_joins_the_room(
         await eventually(lambda: record["identity"] in job.participant.joined, "alice to see the agent join")
 
 
-@pytest.mark.parametrize("path", PATHS)
 async def test_a_job_whose_agent_is_in_the_room_runs_for_longer_than_start_timeout(
-    path: str, server: Server, lkapi: api.LiveKitAPI, node_workers: NodeAgentWorkers, participants: Any
+    server: Server, lkapi: api.LiveKitAPI, node_workers: NodeAgentWorkers, participants: Any
 ) -> None:
-    job = await PATHS[path](server, lkapi, node_workers, participants)
-    await eventually(lambda: job.worker.joins(job.job_id), "the agent to join the room")
-    # Running once its agent joined, although the Node framework never says so.
-    running = await eventually(
-        lambda: job_with_status(lkapi, job.room, job.agent_name, api.JS_RUNNING), "the job running", RUNNING
-    )
-    assert running.id == job.job_id and running.state.worker_id == job.record["worker_id"]
-    assert running.state.participant_identity == job.record["identity"] and running.state.started_at > 0
-
-    async def still_running_once() -> bool:
-        now = await job_of(lkapi, job.room, job.agent_name)
-        return (
-            now is not None
-            and now.state.status == api.JS_RUNNING
-            and now.state.error == ""
-            and len(job.worker.events("start", job.job_id)) == 1
-            and job.worker.joins(job.job_id) == 1
-            and not job.worker.ended(job.job_id)
+    """One job by each dispatch path, all watched together past start_timeout."""
+    jobs = {
+        path: await dispatch(server, lkapi, node_workers, participants) for path, dispatch in PATHS.items()
+    }
+    for path, job in jobs.items():
+        await eventually(lambda job=job: job.worker.joins(job.job_id), f"the agent to join the room ({path})")
+        # Running once its agent joined, although the Node framework never says so.
+        running = await eventually(
+            lambda job=job: job_with_status(lkapi, job.room, job.agent_name, api.JS_RUNNING),
+            f"the job running ({path})",
+            RUNNING,
         )
+        assert running.id == job.job_id and running.state.worker_id == job.record["worker_id"]
+        assert running.state.participant_identity == job.record["identity"] and running.state.started_at > 0
+
+    async def still_running_once() -> list[str]:
+        """The paths whose job is still running, joined once, never ended (all of them, or the test fails)."""
+        good = []
+        for path, job in jobs.items():
+            now = await job_of(lkapi, job.room, job.agent_name)
+            if (
+                now is not None
+                and now.state.status == api.JS_RUNNING
+                and now.state.error == ""
+                and len(job.worker.events("start", job.job_id)) == 1
+                and job.worker.joins(job.job_id) == 1
+                and not job.worker.ended(job.job_id)
+            ):
+                good.append(path)
+        return good
 
     await holds(
-        still_running_once, f"running, joined once, for {HOLD}s (start_timeout {START_TIMEOUT}s)", HOLD
+        still_running_once,
+        f"running, joined once, for {HOLD}s (start_timeout {START_TIMEOUT}s), by every path",
+        HOLD,
+        expected=list(PATHS),
     )
 
 
@@ -342,34 +355,45 @@ async def test_delete_dispatch_of_a_running_node_job_is_a_success(
     assert state.ended_at >= state.started_at > 0
 
 
-@pytest.mark.parametrize("behaviour", ["shutdown", "crash"])
 async def test_a_node_job_that_ends_itself_is_a_success_and_is_not_run_again(
-    behaviour: str, server: Server, lkapi: api.LiveKitAPI, node_workers: NodeAgentWorkers
+    server: Server, lkapi: api.LiveKitAPI, node_workers: NodeAgentWorkers
 ) -> None:
-    name = unique(f"js-{behaviour}")
-    worker = await registered_worker(server, node_workers, name, behaviour=behaviour, shutdown_after=1.0)
-    room = unique(behaviour)
-    await lkapi.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(agent_name=name, room=room))
-    record = await first_job(worker, room)
-    # ctx.shutdown(), or an exception from the entrypoint, one second after joining: either way the agent
-    # leaves the room (LeaveRequest CLIENT_INITIATED) and the framework reports nothing (the Python one
-    # reports JS_SUCCESS for both).
-    await eventually(lambda: worker.ended(record["job_id"]), "the job to end")
-    ended = await eventually(
-        lambda: job_with_status(lkapi, room, name, api.JS_SUCCESS), "the job a success", RUNNING
-    )
-    assert ended.id == record["job_id"] and ended.state.participant_identity == record["identity"]
-    assert ended.state.ended_at >= ended.state.started_at > 0
-
-    async def done_once() -> bool:
-        now = await job_of(lkapi, room, name)
-        return (
-            now is not None
-            and now.state.status == api.JS_SUCCESS
-            and len(worker.events("start", record["job_id"])) == 1
+    """ctx.shutdown(), or an exception from the entrypoint, one second after joining (one job each,
+    watched together): either way the agent leaves the room (LeaveRequest CLIENT_INITIATED) and the
+    framework reports nothing (the Python one reports JS_SUCCESS for both)."""
+    jobs = {}
+    for behaviour in ("shutdown", "crash"):
+        name = unique(f"js-{behaviour}")
+        worker = await registered_worker(server, node_workers, name, behaviour=behaviour, shutdown_after=1.0)
+        room = unique(behaviour)
+        await lkapi.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(agent_name=name, room=room))
+        jobs[behaviour] = (name, room, worker)
+    records = {behaviour: await first_job(worker, room) for behaviour, (_, room, worker) in jobs.items()}
+    for behaviour, (name, room, worker) in jobs.items():
+        record = records[behaviour]
+        await eventually(lambda w=worker, r=record: w.ended(r["job_id"]), f"the job to end ({behaviour})")
+        ended = await eventually(
+            lambda room=room, name=name: job_with_status(lkapi, room, name, api.JS_SUCCESS),
+            f"the job a success ({behaviour})",
+            RUNNING,
         )
+        assert ended.id == record["job_id"] and ended.state.participant_identity == record["identity"]
+        assert ended.state.ended_at >= ended.state.started_at > 0
 
-    await holds(done_once, "a success, never offered again", HOLD)
+    async def done_once() -> list[str]:
+        """The behaviours whose job is a success and started once (all of them, or the test fails)."""
+        good = []
+        for behaviour, (name, room, worker) in jobs.items():
+            now = await job_of(lkapi, room, name)
+            if (
+                now is not None
+                and now.state.status == api.JS_SUCCESS
+                and len(worker.events("start", records[behaviour]["job_id"])) == 1
+            ):
+                good.append(behaviour)
+        return good
+
+    await holds(done_once, "a success, never offered again, for both", HOLD, expected=list(jobs))
 
 
 async def one_of_two_workers_runs_a_job(
