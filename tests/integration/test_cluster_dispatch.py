@@ -25,7 +25,7 @@ from tests.tone import publish_tone
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """Nodes A, B (the rooms' node: A and C are drained, so every new room goes to B) and C (killed by the
-    last test)."""
+    last tests, C then B)."""
     instance = start_cluster(tmp_path_factory.mktemp("cluster"), 3, {"agents": AGENTS})
     place_rooms_on(instance, instance.nodes[1])
     yield instance
@@ -174,6 +174,19 @@ async def test_a_worker_drained_through_another_node_is_drained_on_every_node(
     )
 
 
+async def running_through(
+    proxy: SignalProxy, a: Server, agent_workers: Any, api_b: api.LiveKitAPI, agent_name: str, behaviour: str
+) -> tuple[AgentWorker, str, api.AgentDispatch, dict[str, Any]]:
+    """A worker reaching node A through `proxy`, running the job of a new room on B: (the worker, the room,
+    its dispatch, the job's record)."""
+    worker = agent_workers(ThroughProxy(a, proxy), agent_name, behaviour)
+    await registered(a, agent_name)
+    room, dispatch = await dispatch_on(api_b, agent_name, unique(agent_name))
+    [record] = (await eventually(worker.jobs, "the job on the worker, through node A")).values()
+    await eventually(lambda: last_job(api_b, room, dispatch.id, api.JS_RUNNING), "running")
+    return worker, room, dispatch, record
+
+
 async def test_a_worker_that_reconnects_to_another_node_keeps_its_job_there(
     cluster: Cluster, agent_workers: Any, api_b: api.LiveKitAPI
 ) -> None:
@@ -183,11 +196,7 @@ async def test_a_worker_that_reconnects_to_another_node_keeps_its_job_there(
     the worker's reports about it reach B."""
     a, b, c = cluster.nodes
     async with SignalProxy.to(a) as proxy:
-        mover = agent_workers(ThroughProxy(a, proxy), "mover", "stay")
-        await registered(a, "mover")
-        room, dispatch = await dispatch_on(api_b, "mover", unique("moved"))
-        [record] = (await eventually(mover.jobs, "the job on the worker, through node A")).values()
-        await eventually(lambda: last_job(api_b, room, dispatch.id, api.JS_RUNNING), "running")
+        mover, room, dispatch, record = await running_through(proxy, a, agent_workers, api_b, "mover", "stay")
 
         proxy.upstream_port = int(c.http_url.rsplit(":", 1)[1])
         proxy.cut()
@@ -256,7 +265,7 @@ async def test_a_node_found_lost_that_comes_back_announces_its_workers_again(
 async def test_the_job_of_a_killed_nodes_worker_runs_again_on_another_node(
     cluster: Cluster, agent_workers: Any, api_b: api.LiveKitAPI
 ) -> None:
-    """Last in the module: node C is killed."""
+    """Node C is killed (the next test then kills B)."""
     a, b, c = cluster.nodes
     doomed = await worker_on(c, b, agent_workers, "sturdy", "stay")
     room, dispatch = await dispatch_on(api_b, "sturdy", unique("node-lost"))
@@ -278,3 +287,23 @@ async def test_the_job_of_a_killed_nodes_worker_runs_again_on_another_node(
     assert first.state.status == api.JS_FAILED and first.state.worker_id == record["worker_id"]
     [lost] = lost_nodes(b)[lost_before:]
     assert first.state.error == f"worker {record['worker_id']}'s node {lost} was lost", "why it moved"
+
+
+async def test_a_job_that_no_live_node_claims_is_stopped_on_its_worker(
+    cluster: Cluster, agent_workers: Any, api_b: api.LiveKitAPI
+) -> None:
+    """Last in the module: B is killed (C is already gone). The job of a room on B runs on a worker that
+    reaches A through a proxy; B dies, then the worker's connection is cut: it registers on A again and
+    lists its job (migrate_job), which no live node claims, as no node holds its room. A stops the job on
+    the worker, so that it does not run twice once the room comes back and runs it again."""
+    a, b = cluster.nodes[0], cluster.nodes[1]
+    async with SignalProxy.to(a) as proxy:
+        orphan, _, _, record = await running_through(proxy, a, agent_workers, api_b, "orphan", "hang")
+
+        kill_node(b)
+        proxy.cut()
+        await registered(a, "orphan", 2)
+        [_, again] = worker_ids(a, "orphan")
+        await eventually(lambda: orphan.ended(record["job_id"]), "the unclaimed job stopped on the worker")
+        assert f"job stopped: no live node claimed it worker={again} job={record['job_id']}" in a.log()
+        assert orphan.process.poll() is None, "the worker goes on"

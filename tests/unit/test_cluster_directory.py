@@ -135,6 +135,20 @@ def test_a_migrated_jobs_owner_is_unknown_until_it_claims_the_job() -> None:
     assert relayed.owner("AJ_1") == "ND_B"
 
 
+def test_a_migrated_jobs_messages_wait_for_its_owner_in_order_and_are_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(directory, "MAX_HELD", 2)
+    relayed = RelayedJobs()
+    assert not relayed.hold("AJ_1", {"n": 0}), "a job not listed by migrate_job holds nothing"
+    relayed.adopt("AJ_1", "")
+    assert relayed.hold("AJ_1", {"n": 1}) and relayed.hold("AJ_1", {"n": 2})
+    assert not relayed.hold("AJ_1", {"n": 3}), "bounded"
+    assert relayed.adopt("AJ_1", "ND_B") == [{"n": 1}, {"n": 2}]
+    assert not relayed.hold("AJ_1", {"n": 4}), "its owner known: sent at once, never held"
+    assert relayed.adopt("AJ_1", "ND_B") == [], "a claim written twice sends them once"
+
+
 def test_relayed_jobs_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(directory, "MAX_RELAYED", 3)
     relayed = RelayedJobs()

@@ -17,6 +17,9 @@ from switchboard.core.workers import WorkerSpec, WorkerStatus
 MAX_RELAYED = 10_000
 """Per worker, how many relayed jobs are remembered (the oldest forgotten first): a bound, never reached
 by a worker that reports its jobs' ends."""
+MAX_HELD = 16
+"""Per job whose owner is not known yet, how many of the worker's messages about it wait for the owner (a
+worker sends one or two: its answer, its status); later ones are dropped."""
 
 
 def spec_to_json(spec: WorkerSpec) -> dict[str, Any]:
@@ -88,6 +91,8 @@ class RelayedJob:
     """The node whose engine runs the job (its room's node)."""
     passed: dict[str, int] = field(default_factory=dict)
     """By message kind (offer, assign), the last attempt passed to the worker: a copy is not passed."""
+    held: list[dict[str, Any]] = field(default_factory=list)
+    """While the owner is not known yet (""): the worker's messages about the job, for the owner, in order."""
 
 
 class RelayedJobs:
@@ -116,10 +121,28 @@ class RelayedJobs:
         job.passed[kind] = attempt
         return True
 
-    def adopt(self, job_id: str, owner: str) -> None:
+    def adopt(self, job_id: str, owner: str) -> list[dict[str, Any]]:
         """The worker, reconnected here, runs this job of `owner`'s (it took it back by migrate_job), or
-        of a node not known yet ("")."""
+        of a node not known yet (""). Returns the messages held for the owner until now, to send it."""
+        job = self._jobs.get(job_id)
+        held = job.held if job is not None and job.owner == "" else []
         self._entry(job_id, owner)
+        return held
+
+    def unclaimed(self, job_id: str) -> list[dict[str, Any]] | None:
+        """The messages held for the job while it waits for its owner to claim it; None when it does not
+        wait (claimed, ended, or never listed)."""
+        job = self._jobs.get(job_id)
+        return job.held if job is not None and job.owner == "" else None
+
+    def hold(self, job_id: str, message: dict[str, Any]) -> bool:
+        """Keep a message from the worker about a job whose owner is not known yet, until `adopt` names
+        the owner; False when it is not kept (the job is not waiting for its owner, or holds enough)."""
+        job = self._jobs.get(job_id)
+        if job is None or job.owner != "" or len(job.held) >= MAX_HELD:
+            return False
+        job.held.append(message)
+        return True
 
     def ended(self, job_id: str) -> None:
         self._jobs.pop(job_id, None)

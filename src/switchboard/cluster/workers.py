@@ -4,6 +4,7 @@ worker on another node carried there, and a worker's answers about a job owned e
 docs/cluster.md ("Dispatch across nodes") lists the messages and their delivery guarantees.
 """
 
+import asyncio
 import base64
 import json
 import logging
@@ -13,7 +14,7 @@ from typing import Any
 from livekit.protocol import agent
 
 from switchboard.cluster.bus import Message, RedisBus
-from switchboard.cluster.directory import RemoteWorkers, spec_from_json, spec_to_json
+from switchboard.cluster.directory import MAX_RELAYED, RemoteWorkers, spec_from_json, spec_to_json
 from switchboard.cluster.nodes import NodeRegistry
 from switchboard.cluster.redis_client import PREFIX
 from switchboard.core.events import (
@@ -32,6 +33,10 @@ from switchboard.workers.session import JOB_UPDATES, WorkerSession, status_of
 
 log = logging.getLogger("switchboard.cluster")
 
+CLAIM_LEASES = 2
+"""How many node leases a job listed by a reconnected worker (migrate_job) waits for a live node to claim it
+(its listing is published again after each but the last): a live owner answers within a Redis round trip;
+after that, no live node holds its room. While this node is cut from Redis, it waits on."""
 WORKERS = PREFIX + "workers"
 """Hash: worker id -> JSON {node, spec, status, load, jobs, drained}: every worker of the cluster."""
 
@@ -42,6 +47,11 @@ def _encode(job: agent.Job) -> str:
 
 def _decode(data: str) -> agent.Job:
     return agent.Job.FromString(base64.b64decode(data))
+
+
+def _final(message: Message) -> bool:
+    """Whether a worker's message to a job's owner reports the job's end."""
+    return bool(message["kind"] == "job_update" and message["update"] != JobUpdate.RUNNING)
 
 
 class ClusterWorkers:
@@ -61,6 +71,10 @@ class ClusterWorkers:
         """This node's workers as the hash holds them (each report rewrites its entry)."""
         self._following = False
         """True while a drain announced by a worker's own node is applied here (not to be sent back)."""
+        self._claim_checks: set[asyncio.TimerHandle] = set()
+        self._stopped: dict[str, str] = {}
+        """Job id -> worker id, for the copies stopped because no node claimed them: a claim that comes
+        later after all (this node was cut from Redis) is answered with the job's failure."""
         hub.relay = self
         registry.on_node_lost(self.node_lost)
         registry.on_lease_regained(self._announce_all)
@@ -69,6 +83,8 @@ class ClusterWorkers:
         await self.bus.start(self.received, self._read_workers)
 
     async def stop(self) -> None:
+        for check in self._claim_checks:
+            check.cancel()
         for worker_id in self._states:
             self.bus.put(WORKERS, worker_id, None)
         self._states.clear()
@@ -139,9 +155,11 @@ class ClusterWorkers:
 
     def _answer_elsewhere(self, session: WorkerSession, answer: agent.AvailabilityResponse) -> bool:
         owner = session.remote_jobs.owner(answer.job_id)
-        if not owner:
-            return owner is not None  # "": its owner has not claimed it yet (migrate_job); dropped
-        self.bus.send(
+        if owner is None:
+            return False
+        self._to_owner(
+            session,
+            answer.job_id,
             owner,
             {
                 "kind": "answer",
@@ -159,17 +177,30 @@ class ClusterWorkers:
 
     def _report_elsewhere(self, session: WorkerSession, report: agent.UpdateJobStatus) -> bool:
         owner = session.remote_jobs.owner(report.job_id)
-        if not owner:
-            if owner is not None:
-                log.info("job report dropped, its owner unknown yet job=%s", report.job_id)
-            return owner is not None
+        if owner is None:
+            return False
         if report.status in JOB_UPDATES:  # JS_PENDING carries nothing to act on
             update, default_error = JOB_UPDATES[report.status]
-            if update is not JobUpdate.RUNNING:
-                session.remote_jobs.ended(report.job_id)
             message = {"worker": session.worker_id, "job": report.job_id, "update": int(update)}
-            self.bus.send(owner, {"kind": "job_update", "error": report.error or default_error} | message)
+            self._to_owner(
+                session,
+                report.job_id,
+                owner,
+                {"kind": "job_update", "error": report.error or default_error} | message,
+            )
+            if owner and update is not JobUpdate.RUNNING:
+                session.remote_jobs.ended(report.job_id)
         return True
+
+    def _to_owner(self, session: WorkerSession, job_id: str, owner: str, message: Message) -> None:
+        """Send the worker's message about a job of another node to it; while that node is not known yet
+        (the job was listed by migrate_job, its owner's claim is on its way), keep it until the claim."""
+        if owner:
+            self.bus.send(owner, message)
+        elif not session.remote_jobs.hold(job_id, message):
+            log.warning(
+                "worker message dropped, its job's owner unknown job=%s kind=%s", job_id, message["kind"]
+            )
 
     def _migrate_elsewhere(self, session: WorkerSession, job_ids: list[str]) -> bool:
         """A reconnected worker lists the jobs it still runs: this node's engine takes back its own; the
@@ -183,8 +214,68 @@ class ClusterWorkers:
         self.runtime.call(lambda engine: engine.migrate_jobs(worker_id, here, now))
         for job_id in elsewhere:  # not this node's to judge: the owner's "owned" will say whose
             session.remote_jobs.adopt(job_id, "")
-        self.bus.publish({"kind": "migrate", "node": self.node_id, "worker": worker_id, "jobs": elsewhere})
+        self._publish_migrate(session, elsewhere, CLAIM_LEASES)
         return True
+
+    def _publish_migrate(self, session: WorkerSession, job_ids: list[str], checks_left: int) -> None:
+        """Ask every node to claim these jobs of the worker's, and check for claims a lease later."""
+        self.bus.publish(
+            {"kind": "migrate", "node": self.node_id, "worker": session.worker_id, "jobs": job_ids}
+        )
+        self._check_claims_later(session, job_ids, checks_left)
+
+    def _check_claims_later(self, session: WorkerSession, job_ids: list[str], checks_left: int) -> None:
+        def check() -> None:
+            self._claim_checks.discard(handle)
+            self._check_claims(session, job_ids, checks_left - 1)
+
+        handle = asyncio.get_running_loop().call_later(self.registry.lease.duration, check)
+        self._claim_checks.add(handle)
+
+    def _check_claims(self, session: WorkerSession, job_ids: list[str], checks_left: int) -> None:
+        """A lease after a worker's jobs were listed: those no node claimed yet are taken back here if their
+        room is here now; listed again (a room restored elsewhere since claims them then) while checks
+        are left; and once none are, stopped: no live node holds their room, their node died with it."""
+        if self.hub.sessions.get(session.worker_id) is not session:
+            return  # the worker left since, and its jobs with it
+        waiting = [job_id for job_id in job_ids if session.remote_jobs.unclaimed(job_id) is not None]
+        mine = [job_id for job_id in waiting if job_id in self.runtime.engine.jobs]
+        if mine:
+            self._take_back_here(session, mine)
+        waiting = [job_id for job_id in waiting if job_id not in mine]
+        if not waiting:
+            return
+        if not self.registry.holds_lease():  # cut from Redis: a claim may be on its way, late
+            self._check_claims_later(session, waiting, max(checks_left, 1))
+        elif checks_left > 0:
+            self._publish_migrate(session, waiting, checks_left)
+        else:
+            for job_id in waiting:
+                self._stop_unclaimed(session, job_id)
+
+    def _take_back_here(self, session: WorkerSession, job_ids: list[str]) -> None:
+        """Listed jobs whose room came back on this node since: its engine takes them back, and the worker's
+        messages held for their owner are this node's own."""
+        worker_id, now = session.worker_id, self.runtime.now()
+        held = [message for job_id in job_ids for message in session.remote_jobs.unclaimed(job_id) or []]
+        for job_id in job_ids:
+            session.remote_jobs.ended(job_id)  # no longer relayed: this node's own
+        self.runtime.call(lambda engine: engine.migrate_jobs(worker_id, job_ids, now))
+        for message in held:
+            self._from_worker(message["kind"], message)
+
+    def _stop_unclaimed(self, session: WorkerSession, job_id: str) -> None:
+        """Stop a copy no live node claimed: when its room comes back, the job runs again by its restart
+        policy, and must not run twice. A copy that reported its end meanwhile is only forgotten."""
+        held = session.remote_jobs.unclaimed(job_id) or []
+        session.remote_jobs.ended(job_id)
+        if any(_final(message) for message in held):
+            return
+        self._stopped[job_id] = session.worker_id
+        if len(self._stopped) > MAX_RELAYED:
+            del self._stopped[next(iter(self._stopped))]  # the oldest
+        log.warning("job stopped: no live node claimed it worker=%s job=%s", session.worker_id, job_id)
+        session.send(agent.ServerMessage(termination=agent.JobTermination(job_id=job_id)))
 
     # The engine's job decisions (wired in switchboard.effects)
 
@@ -333,10 +424,7 @@ class ClusterWorkers:
     def _from_worker(self, kind: str, message: Message) -> None:
         worker_id, now = message["worker"], self.runtime.now()
         if kind == "owned":
-            session = self.hub.sessions.get(worker_id)
-            if session is not None:
-                for job_id in message["jobs"]:
-                    session.remote_jobs.adopt(job_id, message["owner"])
+            self._claimed(worker_id, message["owner"], message["jobs"])
         elif kind == "answer":
             answer = AvailabilityAnswer(
                 available=message["available"],
@@ -353,6 +441,23 @@ class ClusterWorkers:
             update, error, job_id = JobUpdate(message["update"]), message["error"], message["job"]
             if not self.runtime.call(lambda e: e.job_update(worker_id, job_id, update, error, now)):
                 log.info("update for a job not held worker=%s job=%s", worker_id, job_id)
+
+    def _claimed(self, worker_id: str, owner: str, job_ids: list[str]) -> None:
+        """The owner took back these jobs a worker of this node listed: the worker's messages about them
+        held until now go to it, and later ones at once."""
+        session = self.hub.sessions.get(worker_id)
+        for job_id in job_ids:
+            if self._stopped.get(job_id) == worker_id:  # claimed too late: the copy was stopped
+                del self._stopped[job_id]
+                error = "stopped on its worker: no node claimed it in time"
+                failure = {"kind": "job_update", "worker": worker_id, "job": job_id, "error": error}
+                self.bus.send(owner, failure | {"update": int(JobUpdate.FAILED)})
+            elif session is not None:
+                held = session.remote_jobs.adopt(job_id, owner)
+                for kept in held:
+                    self.bus.send(owner, kept)
+                if any(_final(kept) for kept in held):
+                    session.remote_jobs.ended(job_id)
 
     def node_lost(self, node_id: str) -> None:
         now = self.runtime.now()

@@ -1,0 +1,148 @@
+"""A reconnected worker's jobs of other nodes (migrate_job), on the worker's node: its messages about them
+wait for the owner's claim, and a job no node claims is stopped. ClusterWorkers with a real engine and
+stand-ins for the Redis bus, the node registry and the worker's connection (the integration tests in
+tests/integration/test_cluster_dispatch.py run the same with real nodes and workers)."""
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from livekit.protocol import agent
+
+from switchboard.cluster.directory import RelayedJobs
+from switchboard.cluster.lease import Lease
+from switchboard.cluster.workers import CLAIM_LEASES, ClusterWorkers
+from switchboard.core.engine import Engine
+from switchboard.runtime import Runtime
+
+LEASE = 0.05
+WORKER = "AW_reconnected"
+JOB = "AJ_elsewhere"
+
+
+class Bus:
+    def __init__(self) -> None:
+        self.published: list[dict[str, Any]] = []
+        self.sent: list[tuple[str, dict[str, Any]]] = []
+
+    def publish(self, message: dict[str, Any]) -> None:
+        self.published.append(message)
+
+    def send(self, node: str, message: dict[str, Any]) -> None:
+        self.sent.append((node, message))
+
+    def put(self, key: str, field: str, value: str | None) -> None:
+        pass
+
+
+class Registry:
+    node_id = "ND_here"
+    url = "http://127.0.0.1:7880"
+
+    def __init__(self) -> None:
+        self.lease = Lease(LEASE)
+        self.cut = False
+        """Whether this node is cut from Redis (its lease not held)."""
+
+    def holds_lease(self) -> bool:
+        return not self.cut
+
+    def on_node_lost(self, listener: Any) -> None:
+        pass
+
+    def on_lease_regained(self, listener: Any) -> None:
+        pass
+
+
+class Session:
+    def __init__(self) -> None:
+        self.worker_id = WORKER
+        self.remote_jobs = RelayedJobs()
+        self.sent: list[agent.ServerMessage] = []
+
+    def send(self, message: agent.ServerMessage) -> None:
+        self.sent.append(message)
+
+    def terminated(self) -> list[str]:
+        return [m.termination.job_id for m in self.sent if m.HasField("termination")]
+
+
+@pytest.fixture
+def node() -> tuple[ClusterWorkers, Bus, Registry, Session]:
+    bus, registry, session = Bus(), Registry(), Session()
+    hub = SimpleNamespace(sessions={WORKER: session}, relay=None)
+    workers = ClusterWorkers(Runtime(Engine()), hub, bus, registry)  # type: ignore[arg-type]
+    return workers, bus, registry, session
+
+
+def listed(workers: ClusterWorkers, session: Session) -> None:
+    message = agent.WorkerMessage(migrate_job=agent.MigrateJobRequest(job_ids=[JOB]))
+    assert workers.intercept(session, message)  # type: ignore[arg-type]
+
+
+def report(workers: ClusterWorkers, session: Session, status: int) -> None:
+    message = agent.WorkerMessage(update_job=agent.UpdateJobStatus(job_id=JOB, status=status))
+    assert workers.intercept(session, message)  # type: ignore[arg-type]
+
+
+def claimed(workers: ClusterWorkers, owner: str) -> None:
+    workers.received({"kind": "owned", "owner": owner, "worker": WORKER, "jobs": [JOB]})
+
+
+async def after_leases(count: float) -> None:
+    """Let the node's claim checks (loop timers, one per lease) that fall within `count` leases run: a
+    sleep on the same loop ends after every timer due before it, however slow the machine."""
+    await asyncio.sleep(LEASE * count + 0.02)
+
+
+async def test_reports_before_the_owners_claim_reach_it_in_order_after_the_claim(node: Any) -> None:
+    workers, bus, _, session = node
+    listed(workers, session)
+    assert [m["kind"] for m in bus.published] == ["migrate"] and bus.published[0]["jobs"] == [JOB]
+    report(workers, session, agent.JS_RUNNING)
+    report(workers, session, agent.JS_SUCCESS)
+    assert bus.sent == [], "the owner is not known yet"
+    claimed(workers, "ND_owner")
+    assert [(node, m["kind"], m["update"]) for node, m in bus.sent] == [
+        ("ND_owner", "job_update", 1),
+        ("ND_owner", "job_update", 2),
+    ]
+    await after_leases(CLAIM_LEASES + 1)
+    assert session.terminated() == [], "a claimed job is not stopped"
+    assert len(bus.published) == 1, "nor listed again"
+
+
+async def test_a_job_no_node_claims_is_listed_again_then_stopped_and_a_late_claim_hears_it_failed(
+    node: Any,
+) -> None:
+    workers, bus, _, session = node
+    listed(workers, session)
+    await after_leases(1)
+    assert [m["jobs"] for m in bus.published] == [[JOB], [JOB]], "listed again after a lease"
+    assert session.terminated() == []
+    await after_leases(CLAIM_LEASES)
+    assert session.terminated() == [JOB]
+    assert len(bus.published) == CLAIM_LEASES
+    claimed(workers, "ND_late")
+    [(owner, failure)] = bus.sent
+    assert owner == "ND_late" and failure["update"] == 3 and "no node claimed it in time" in failure["error"]
+
+
+async def test_a_job_that_ended_before_anyone_claimed_it_is_not_stopped(node: Any) -> None:
+    workers, _, _, session = node
+    listed(workers, session)
+    report(workers, session, agent.JS_FAILED)
+    await after_leases(CLAIM_LEASES + 1)
+    assert session.terminated() == []
+
+
+async def test_while_cut_from_redis_the_node_waits_for_a_late_claim(node: Any) -> None:
+    workers, bus, registry, session = node
+    registry.cut = True
+    listed(workers, session)
+    await after_leases(CLAIM_LEASES + 2)
+    assert session.terminated() == [] and len(bus.published) == 1
+    claimed(workers, "ND_owner")
+    report(workers, session, agent.JS_RUNNING)
+    assert [node for node, _ in bus.sent] == ["ND_owner"]
