@@ -490,5 +490,6 @@ def _cluster(r: _Reader, seconds: Callable[[str, float, float], float]) -> Clust
         lease=seconds("cluster.lease", d.lease, 0.3),
         node_address=node_address.rstrip("/"),
         sort_by=sort_by,
+        room_slack=float(r.number("node_selector.room_slack", d.room_slack, integer=False)),
         cpu_load_limit=float(r.number("node_selector.cpu_load_limit", d.cpu_load_limit, integer=False)),
     )

@@ -33,7 +33,13 @@ LOUD = 4000  # the tone's RMS is ≈5657
 UNAVAILABLE_FAST = 1.0
 
 
-CONFIG = {"cluster": {"lease": LEASE}, "rtc": {"ice_addresses": ["127.0.0.1"]}}
+CONFIG = {
+    "cluster": {"lease": LEASE},
+    "rtc": {"ice_addresses": ["127.0.0.1"]},
+    # Strictly the fewest rooms: the burst's count is exact. The default slack is tested in
+    # test_cluster_scenarios.py.
+    "node_selector": {"room_slack": 0},
+}
 
 
 @pytest.fixture(scope="module")

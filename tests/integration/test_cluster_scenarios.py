@@ -10,6 +10,7 @@ kill comes last: it leaves two nodes."""
 import asyncio
 import contextlib
 import json
+import math
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -20,9 +21,11 @@ import redis.asyncio as aioredis
 from livekit import api, rtc
 
 from switchboard.cluster.redis_client import PREFIX
+from switchboard.cluster.settings import ClusterSettings
 from tests.agent_workers import AgentWorker, registered
 from tests.cluster_nodes import AGENTS, Cluster, cli, kill_node, owner_of, start_cluster, stop_cluster
 from tests.conftest import Server, unique
+from tests.integration.test_cluster_rooms import list_nodes
 from tests.polling import DEADLINE, eventually
 from tests.tone import publish_tone
 
@@ -260,6 +263,40 @@ async def test_redis_restarted_under_a_running_cross_node_room(
             if field.startswith("dispatch:") and json.loads(value)["agent_name"] == it.agent_name
         )
         assert kept == sorted((first.id, second.id)), "both acknowledged dispatches kept, no refused one"
+
+
+async def test_a_new_room_stays_on_the_node_called_while_it_has_at_most_the_slack_more_rooms(
+    cluster: Cluster, clients: list[api.LiveKitAPI]
+) -> None:
+    """Placement by fewest rooms with the default `node_selector.room_slack` (10 %, rounded up): rooms
+    created one by one through node A stay on A while A has at most that share more rooms than the node
+    with the fewest, and go to a node with the fewest otherwise. Checked at each creation against the
+    counts placement keeps in Redis."""
+    a = cluster.nodes[0]
+    ids = {node.address: node.id for node in await list_nodes(a)}
+    a_id = ids[a.http_url]
+    store = aioredis.Redis(host="127.0.0.1", port=cluster.redis.port, decode_responses=True)
+    names, kept, moved = [], 0, 0
+    try:
+        for _ in range(24):
+            counts = await store.hgetall(f"{PREFIX}node_rooms")
+            before = {node_id: int(counts.get(node_id, 0)) for node_id in ids.values()}
+            fewest = min(before.values())
+            stays = before[a_id] <= fewest + math.ceil(fewest * ClusterSettings.room_slack)
+            name, _ = await new_room(cluster, clients[0], "slack")
+            names.append(name)
+            owner_id, _ = await owner_of(cluster, name)
+            if stays:
+                assert owner_id == a_id, (before, owner_id)
+                kept += 1
+            else:
+                assert owner_id != a_id and before[owner_id] == fewest, (before, owner_id)
+                moved += 1
+    finally:
+        await store.aclose()
+        for name in names:
+            await clients[0].room.delete_room(api.DeleteRoomRequest(room=name))
+    assert kept and moved, "both sides of the rule were exercised"
 
 
 async def test_kill_of_the_rooms_node_brings_the_room_and_its_agent_back_elsewhere(

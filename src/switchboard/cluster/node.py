@@ -28,7 +28,9 @@ class ClusterNode:
         """For the operator's messages: where this node looks for Redis."""
         self.redis = connect(redis_settings)
         self.registry = NodeRegistry(self.redis, node_id, url, settings.lease, stats, version)
-        self.placement = RoomPlacement(self.registry, settings.sort_by, settings.cpu_load_limit)
+        self.placement = RoomPlacement(
+            self.registry, settings.sort_by, settings.cpu_load_limit, settings.room_slack
+        )
 
     async def start(self) -> None:
         await self.registry.start()

@@ -35,6 +35,10 @@ class ClusterSettings:
     sort_by: str = "rooms"
     """Where a new room goes, like LiveKit's node_selector.sort_by: `rooms` (fewest rooms, counted
     atomically so a burst spreads evenly), `participants`, `cpuload`, or `random`."""
+    room_slack: float = 0.1
+    """With sort_by `rooms`: a new room stays on the node that was called while that node has at most this
+    share more rooms than the node with the fewest (0.1: 10 %, rounded up), so that its calls and joins
+    need no hop to another node; 0 = the fewest always (the called node among equals)."""
     cpu_load_limit: float = 0.0
     """Like LiveKit's node_selector cpu limit: nodes whose CPU load (0 to 1) is above it take no new room
     while another node is below it; 0 = no limit."""
