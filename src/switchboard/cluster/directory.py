@@ -124,8 +124,7 @@ class RelayedJobs:
     def adopt(self, job_id: str, owner: str) -> list[dict[str, Any]]:
         """The worker, reconnected here, runs this job of `owner`'s (it took it back by migrate_job), or
         of a node not known yet (""). Returns the messages held for the owner until now, to send it."""
-        job = self._jobs.get(job_id)
-        held = job.held if job is not None and job.owner == "" else []
+        held = self.unclaimed(job_id) or []
         self._entry(job_id, owner)
         return held
 
