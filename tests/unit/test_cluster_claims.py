@@ -4,11 +4,12 @@ stand-ins for the Redis bus, the node registry and the worker's connection (the 
 tests/integration/test_cluster_dispatch.py run the same with real nodes and workers)."""
 
 import asyncio
+import base64
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from livekit.protocol import agent
+from livekit.protocol import agent, models
 
 from switchboard.cluster.directory import RelayedJobs
 from switchboard.cluster.lease import Lease
@@ -146,3 +147,25 @@ async def test_while_cut_from_redis_the_node_waits_for_a_late_claim(node: Any) -
     claimed(workers, "ND_owner")
     report(workers, session, agent.JS_RUNNING)
     assert [node for node, _ in bus.sent] == ["ND_owner"]
+
+
+async def test_an_offer_of_a_job_whose_copy_waits_for_a_claim_is_answered_with_the_listing(node: Any) -> None:
+    """The job's room came back on another node, whose engine offers the job again before it heard the
+    listing: the worker must not be asked (it would start a second copy); that node is sent the listing,
+    claims the running copy, and gets the worker's reports."""
+    workers, bus, _, session = node
+    listed(workers, session)
+    report(workers, session, agent.JS_RUNNING)
+    job = agent.Job(id=JOB, type=agent.JT_ROOM, room=models.Room(name="r"))
+    encoded = base64.b64encode(job.SerializeToString()).decode()  # as a node relays a job
+    offer = {"kind": "offer", "owner": "ND_restored", "worker": WORKER, "attempt": 2, "resuming": False}
+    workers.received(offer | {"job": encoded})
+    assert session.sent == [], "no availability request for a job the worker already runs"
+    [(owner, listing)] = bus.sent
+    assert owner == "ND_restored"
+    assert listing == {"kind": "migrate", "node": "ND_here", "worker": WORKER, "jobs": [JOB]}
+    claimed(workers, "ND_restored")
+    assert [(node, m["kind"], m["update"]) for node, m in bus.sent[1:]] == [("ND_restored", "job_update", 1)]
+    await after_leases(CLAIM_LEASES + 1)
+    assert session.terminated() == [], "the claimed copy runs on"
+    assert len(bus.published) == 1, "and is not listed again"

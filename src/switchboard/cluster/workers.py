@@ -219,9 +219,7 @@ class ClusterWorkers:
 
     def _publish_migrate(self, session: WorkerSession, job_ids: list[str], checks_left: int) -> None:
         """Ask every node to claim these jobs of the worker's, and check for claims a lease later."""
-        self.bus.publish(
-            {"kind": "migrate", "node": self.node_id, "worker": session.worker_id, "jobs": job_ids}
-        )
+        self.bus.publish(self._listing(session, job_ids))
         self._check_claims_later(session, job_ids, checks_left)
 
     def _check_claims_later(self, session: WorkerSession, job_ids: list[str], checks_left: int) -> None:
@@ -413,6 +411,9 @@ class ClusterWorkers:
             session.send(agent.ServerMessage(termination=agent.JobTermination(job_id=message["job"])))
             return
         job = _decode(message["job"])
+        if session.remote_jobs.unclaimed(job.id) is not None:
+            self._list_to(message["owner"], session, job.id)
+            return
         if not session.remote_jobs.first(kind, job.id, message["attempt"], message["owner"]):
             return  # a copy (a write retried)
         if kind == "offer":
@@ -420,6 +421,20 @@ class ClusterWorkers:
         else:
             participant = AgentParticipant(**message["participant"])
             self.hub.send_assignment(session, job, message["attempt"], participant, message["url"])
+
+    def _list_to(self, owner: str, session: WorkerSession, job_id: str) -> None:
+        """An offer or assignment of a job the worker still runs, listed by migrate_job and not claimed
+        yet: its room came back on `owner`, whose engine, not knowing of that copy, runs the job again.
+        Passed on, it would start a second copy on the worker. The listing is sent to that node instead:
+        its engine takes the running copy back (withdrawing its offer) and claims it as any owner does."""
+        log.info(
+            "job offered again while its copy waits for a claim worker=%s job=%s", session.worker_id, job_id
+        )
+        self.bus.send(owner, self._listing(session, [job_id]))
+
+    def _listing(self, session: WorkerSession, job_ids: list[str]) -> Message:
+        """The message that lists jobs the worker runs for the nodes that own them to claim (`_migrated`)."""
+        return {"kind": "migrate", "node": self.node_id, "worker": session.worker_id, "jobs": job_ids}
 
     def _from_worker(self, kind: str, message: Message) -> None:
         worker_id, now = message["worker"], self.runtime.now()
