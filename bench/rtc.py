@@ -1,6 +1,6 @@
 """Benchmark the media side as the official Python `livekit` rtc SDK uses it.
 
-Four phases, each printed with its target:
+Five phases, each printed with its target:
 
   connect   `Room.connect()` time over sequential joins (the SDK's /rtc/v1 attempt, its 404 and the fall
             back to /rtc are included, as are ICE and DTLS of the primary connection);
@@ -881,8 +881,9 @@ def relayed_frames(
     ingress: Sequence[VideoFrameOnWire], egress: Sequence[VideoFrameOnWire]
 ) -> list[tuple[VideoFrameOnWire, VideoFrameOnWire]]:
     """Pairs each relayed frame with the frame it came from. The relay keeps RTP timestamps up to a
-    constant; a frame leaves only after the next one began arriving, so the last frame before a relayed
-    one is not its source (as it is for audio). The constant is instead the difference, among those
+    constant; a frame may leave after the next one began arriving (retransmissions, or before frames
+    left on their marker bit), so the last frame before a relayed one need not be its source (as it is
+    for audio). The constant is instead the difference, among those
     between a relayed frame and the frames of the second before it, that maps the most relayed frames
     onto a frame that came in (the capture clock's jitter makes any other difference map few)."""
     candidates: set[int] = set()

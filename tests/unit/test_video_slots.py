@@ -9,7 +9,9 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from aiortc import RTCPeerConnection
 from aiortc.jitterbuffer import JitterBuffer
+from aiortc.rtp import RTCP_PSFB_FIR, RTCP_PSFB_PLI, RtcpPsfbPacket
 
 from switchboard.rtc import video
 from switchboard.rtc.video import OutboundVideo, VideoRelay
@@ -97,3 +99,20 @@ async def test_frames_in_another_codec_and_other_subscribers_slots(relay: VideoR
     relay.unsubscribe("PA_viewer")
     relay.relay_frame("video/VP8", KEY, 3000)
     assert queued(slot) == [] and slot.relay is None
+
+
+@pytest.mark.parametrize("fmt", [RTCP_PSFB_PLI, RTCP_PSFB_FIR], ids=["PLI", "FIR"])
+async def test_a_subscribers_keyframe_request_reaches_the_publisher(relay: VideoRelay, fmt: int) -> None:
+    """The subscriber's own PLI or FIR, as aiortc's sender of its copy receives it, is asked of the publisher
+    (there is no encoder on the server to make the keyframe)."""
+    pc = RTCPeerConnection()
+    try:
+        transceiver, slot = relay.open_slot(pc)
+        relay.subscribe("PA_viewer", slot)
+        asked = len(await plis(relay))  # the subscription's own request
+        sender = transceiver.sender
+        request = RtcpPsfbPacket(fmt=fmt, ssrc=4321, media_ssrc=sender._ssrc)
+        await sender._handle_rtcp_packet(request)
+        assert len(await plis(relay)) == asked + 1
+    finally:
+        await pc.close()

@@ -11,7 +11,8 @@ VP8 picture ids.
 
 A decoder that lost a frame cannot decode what follows until a keyframe: a slot that joins a stream, is
 resumed, or had to drop a frame sends nothing until the next keyframe, and asks the publisher for one
-(a PLI on the publisher's connection). A subscriber's own PLI or FIR reaches the publisher the same way.
+(a PLI on the publisher's connection). A subscriber's own PLI reaches the publisher the same way (a FIR
+would too, but `ccm fir` is not among the feedback aiortc offers, so clients do not send one).
 This relies on aiortc internals (the receiver's private jitter buffer, decoder queue and thread, the
 sender's `_send_keyframe`, `RTCRtpReceiver._send_rtcp_pli`), hence the pinned aiortc version.
 """
