@@ -17,6 +17,8 @@ class RedisServer:
     directory: Path
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    arguments: tuple[str, ...] = ()
+    """redis-server's first arguments, before this class's own: a config file, `--sentinel`, cluster mode."""
 
     @property
     def address(self) -> str:
@@ -33,6 +35,7 @@ class RedisServer:
             self.process = subprocess.Popen(
                 [
                     binary,
+                    *self.arguments,
                     "--port",
                     str(self.port),
                     "--bind",

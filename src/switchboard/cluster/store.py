@@ -27,7 +27,7 @@ from typing import Any, assert_never
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from switchboard.api.twirp import Method
 from switchboard.auth.grants import Claims, InvalidToken, require_room_admin
@@ -419,14 +419,7 @@ class DispatchStore:
             batch, self._changes = self._changes, {}
             sent = {room: self._queued[room] for room in batch}
             try:
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for room, changes in batch.items():
-                        await self._write_script(
-                            keys=[store_key(room), room_key(room)],
-                            args=changes.script_args(self._node_id),
-                            client=pipe,
-                        )
-                    results = await pipe.execute()
+                results = await self._write_batch(batch)
             except FAILURES as exc:
                 if not isinstance(exc, UNREACHABLE):
                     log.exception("dispatch store write failed")
@@ -443,6 +436,27 @@ class DispatchStore:
                     log.warning("store write refused room=%s: another live node holds the room", room)
                     self._settled(room, number)
                     self._fail(room, Unavailable(f"room {room!r} is held by another node now"))
+
+    async def _write_batch(self, batch: dict[str, Changes]) -> list[Any]:
+        """Each room's changes by the write script, in one pipeline; its results, in the batch's order."""
+        try:
+            return await self._pipelined(batch)
+        except NoScriptError:
+            # redis-py loads a pipeline's scripts first on a single server, not on a Redis Cluster (where a
+            # shard that restarted or failed over has none either): the script was not there, so none of
+            # the batch was written. Load it and write the batch again.
+            await self._redis.script_load(_WRITE)
+            return await self._pipelined(batch)
+
+    async def _pipelined(self, batch: dict[str, Changes]) -> list[Any]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for room, changes in batch.items():
+                await self._write_script(
+                    keys=[store_key(room), room_key(room)],
+                    args=changes.script_args(self._node_id),
+                    client=pipe,
+                )
+            return list(await pipe.execute())
 
     def _requeue(self, batch: dict[str, Changes], exc: BaseException | None = None) -> None:
         """The batch was not written: it goes back before the changes made since; on a failure (`exc`),

@@ -1,0 +1,146 @@
+"""The `redis:` section's other deployments, as the README lists them: nodes that find their Redis through
+Redis Sentinel (`sentinel_master_name`, `sentinel_addresses`) and nodes on a Redis Cluster
+(`cluster_addresses`), each with real redis-server processes (Debian's) and two switchboard nodes.
+
+The same cross-node dispatch in both: a real livekit-agents worker on node A, A drained so that the room
+is placed on B, CreateDispatch sent to B (livekit-api). The offer, the answer and the assignment cross
+Redis streams, the room's claim and lease are Lua scripts and keys: everything a cluster does with Redis.
+"""
+
+import asyncio
+import shutil
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import redis
+from livekit import api
+
+from switchboard.cluster.redis_client import PREFIX
+from tests.agent_workers import registered
+from tests.cluster_nodes import AGENTS, cli, node_config
+from tests.conftest import Server, free_port, start_server, stop_server, unique
+from tests.polling import eventually
+from tests.redis_server import RedisServer
+
+MASTER = "switchboard"
+"""The name Sentinel monitors the master under (`sentinel_master_name`)."""
+
+
+@contextmanager
+def redis_servers(servers: list[RedisServer]) -> Iterator[list[RedisServer]]:
+    started: list[RedisServer] = []
+    try:
+        for server in servers:
+            server.directory.mkdir(parents=True, exist_ok=True)
+            server.start()
+            started.append(server)
+        yield servers
+    finally:
+        for server in reversed(started):
+            server.stop()
+
+
+@contextmanager
+def nodes(directory: Path, first: RedisServer, redis_section: dict[str, Any]) -> Iterator[list[Server]]:
+    """Two switchboard nodes with this `redis:` section; node A drained (new rooms go to B)."""
+    config = {"redis": {**redis_section, "timeout": 0.5}, "agents": AGENTS}
+    started: list[Server] = []
+    try:
+        for name in ("a", "b"):
+            started.append(start_server(directory / name, node_config(first, config)))
+        drained = cli(started[0], "node", "drain")
+        assert drained.returncode == 0, drained.stderr
+        yield started
+    finally:
+        for node in started:
+            stop_server(node)
+
+
+async def dispatch_across(a: Server, b: Server, agent_workers: Any) -> None:
+    """The worker on A, the room on B, the call to B: the job runs and succeeds, and both nodes list the
+    same dispatch."""
+    agent_name, room = unique("modes"), unique("modes-room")
+    agent_workers(a, agent_name)  # joins, then ends its job (success)
+    await registered(a, agent_name)
+    clients = [api.LiveKitAPI(node.http_url, node.api_key, node.api_secret) for node in (a, b)]
+    try:
+        request = api.CreateAgentDispatchRequest(agent_name=agent_name, room=room)
+        dispatch = await clients[1].agent_dispatch.create_dispatch(request)
+
+        async def succeeded() -> list[api.AgentDispatch] | None:
+            listed = await clients[1].agent_dispatch.list_dispatch(room)
+            mine = [d for d in listed if d.id == dispatch.id]
+            jobs = mine[0].state.jobs if mine else []
+            return mine if jobs and jobs[-1].state.status == api.JS_SUCCESS else None
+
+        [done] = await eventually(succeeded, f"dispatch {dispatch.id}'s job to succeed")
+        assert done.state.jobs[-1].state.worker_id, "the job names its worker"
+        assert await clients[0].agent_dispatch.list_dispatch(room) == await clients[
+            1
+        ].agent_dispatch.list_dispatch(room), "ListDispatch differs between the nodes"
+        [listed_room] = (await clients[0].room.list_rooms(api.ListRoomsRequest(names=[room]))).rooms
+        assert listed_room.name == room
+    finally:
+        for client in clients:
+            await client.aclose()
+
+
+def cluster_ok(shard: RedisServer) -> bool:
+    state = redis.Redis(port=shard.port, decode_responses=True).cluster("info")["cluster_state"]
+    return bool(state == "ok")
+
+
+def node_ids(client: Any) -> set[str]:
+    """The nodes registered in Redis (`{sb}:nodes`), read with a plain or a cluster client."""
+    return set(client.smembers(PREFIX + "nodes"))
+
+
+async def test_nodes_that_find_redis_through_sentinel(tmp_path: Path, agent_workers: Any) -> None:
+    master = RedisServer(tmp_path / "master")
+    sentinel = RedisServer(tmp_path / "sentinel")
+    sentinel.directory.mkdir(parents=True)
+    conf = sentinel.directory / "sentinel.conf"  # Sentinel rewrites its file: one of its own
+    conf.write_text(f"sentinel monitor {MASTER} 127.0.0.1 {master.port} 1\n")
+    sentinel.arguments = (str(conf), "--sentinel")
+    with redis_servers([master, sentinel]):
+        section = {"sentinel_master_name": MASTER, "sentinel_addresses": [sentinel.address]}
+        with nodes(tmp_path, master, section) as (a, b):
+            await dispatch_across(a, b, agent_workers)
+            # The nodes were told only the Sentinel's address: what they wrote is on the master it named.
+            assert len(node_ids(redis.Redis(port=master.port, decode_responses=True))) == 2
+
+
+async def test_nodes_on_a_redis_cluster(tmp_path: Path, agent_workers: Any) -> None:
+    shards = [
+        RedisServer(
+            tmp_path / f"shard{index}",
+            # The cluster bus port given: by default it is the port + 10000, past 65535 for a high free port.
+            arguments=(
+                *("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"),
+                *("--cluster-port", str(free_port())),
+            ),
+        )
+        for index in range(3)
+    ]
+    with redis_servers(shards):
+        redis_cli = shutil.which("redis-cli")
+        assert redis_cli is not None, "redis-cli is not installed (Debian: apt-get install redis-tools)"
+        create = [redis_cli, "--cluster", "create", *(s.address for s in shards), "--cluster-replicas", "0"]
+        created = await asyncio.to_thread(
+            subprocess.run, [*create, "--cluster-yes"], capture_output=True, text=True, timeout=60
+        )
+        assert created.returncode == 0, created.stdout + created.stderr
+        for shard in shards:
+            await eventually(partial(cluster_ok, shard), f"{shard.address} to see the cluster ok")
+        with nodes(tmp_path, shards[0], {"cluster_addresses": [s.address for s in shards]}) as (a, b):
+            await dispatch_across(a, b, agent_workers)
+            # Every key shares the `{sb}` hash tag: one slot, on one shard, which holds them all.
+            cluster = redis.RedisCluster(host="127.0.0.1", port=shards[0].port, decode_responses=True)
+            assert len(node_ids(cluster)) == 2
+            slot = cluster.keyslot(PREFIX + "nodes")  # type: ignore[no-untyped-call]
+            holders = [s for s in shards if redis.Redis(port=s.port).cluster("countkeysinslot", slot)]
+            assert len(holders) == 1
