@@ -5,6 +5,7 @@ Redis Sentinel (`sentinel_master_name`, `sentinel_addresses`) and nodes on a Red
 The same cross-node dispatch in both: a real livekit-agents worker on node A, A drained so that the room
 is placed on B, CreateDispatch sent to B (livekit-api). The offer, the answer and the assignment cross
 Redis streams, the room's claim and lease are Lua scripts and keys: everything a cluster does with Redis.
+With Sentinel, the master is then killed, and the nodes must follow the replica the Sentinel promotes.
 """
 
 import asyncio
@@ -21,13 +22,18 @@ from livekit import api
 
 from switchboard.cluster.redis_client import PREFIX
 from tests.agent_workers import registered
-from tests.cluster_nodes import AGENTS, cli, node_config
+from tests.cluster_nodes import AGENTS, LEASE, cli, node_config
 from tests.conftest import Server, free_port, start_server, stop_server, unique
 from tests.polling import eventually
 from tests.redis_server import RedisServer
 
 MASTER = "switchboard"
 """The name Sentinel monitors the master under (`sentinel_master_name`)."""
+FAILOVER_DETECTION_MS = 500
+"""How long the Sentinel waits before it calls the master down: short, so the failover takes ~1-2 s."""
+FAILOVER_LEASE = 10.0
+"""The nodes' lease in the failover test: longer than the failover, so that no node gives its rooms up
+meanwhile (a node without Redis for a lease would, as it must)."""
 
 
 @contextmanager
@@ -45,9 +51,11 @@ def redis_servers(servers: list[RedisServer]) -> Iterator[list[RedisServer]]:
 
 
 @contextmanager
-def nodes(directory: Path, first: RedisServer, redis_section: dict[str, Any]) -> Iterator[list[Server]]:
+def nodes(
+    directory: Path, first: RedisServer, redis_section: dict[str, Any], lease: float = LEASE
+) -> Iterator[list[Server]]:
     """Two switchboard nodes with this `redis:` section; node A drained (new rooms go to B)."""
-    config = {"redis": {**redis_section, "timeout": 0.5}, "agents": AGENTS}
+    config = {"redis": {**redis_section, "timeout": 0.5}, "agents": AGENTS, "cluster": {"lease": lease}}
     started: list[Server] = []
     try:
         for name in ("a", "b"):
@@ -60,16 +68,23 @@ def nodes(directory: Path, first: RedisServer, redis_section: dict[str, Any]) ->
             stop_server(node)
 
 
-async def dispatch_across(a: Server, b: Server, agent_workers: Any) -> None:
-    """The worker on A, the room on B, the call to B: the job runs and succeeds, and both nodes list the
-    same dispatch."""
-    agent_name, room = unique("modes"), unique("modes-room")
-    agent_workers(a, agent_name)  # joins, then ends its job (success)
-    await registered(a, agent_name)
+async def dispatch_across(a: Server, b: Server, agent_name: str) -> str:
+    """CreateDispatch of `agent_name` (its worker on A) to a new room through B (the room placed on B): the
+    job runs and succeeds, and both nodes list the same dispatch. The room's name."""
+    room = unique("modes-room")
     clients = [api.LiveKitAPI(node.http_url, node.api_key, node.api_secret) for node in (a, b)]
     try:
         request = api.CreateAgentDispatchRequest(agent_name=agent_name, room=room)
-        dispatch = await clients[1].agent_dispatch.create_dispatch(request)
+
+        async def created() -> api.AgentDispatch | None:
+            try:
+                return await clients[1].agent_dispatch.create_dispatch(request)
+            except api.TwirpError as error:  # Redis away: `unavailable` at once, until the node has it back
+                if error.code != api.TwirpErrorCode.UNAVAILABLE:
+                    raise
+                return None
+
+        dispatch = await eventually(created, "CreateDispatch to be answered")
 
         async def succeeded() -> list[api.AgentDispatch] | None:
             listed = await clients[1].agent_dispatch.list_dispatch(room)
@@ -79,14 +94,22 @@ async def dispatch_across(a: Server, b: Server, agent_workers: Any) -> None:
 
         [done] = await eventually(succeeded, f"dispatch {dispatch.id}'s job to succeed")
         assert done.state.jobs[-1].state.worker_id, "the job names its worker"
-        assert await clients[0].agent_dispatch.list_dispatch(room) == await clients[
-            1
-        ].agent_dispatch.list_dispatch(room), "ListDispatch differs between the nodes"
+        on_a, on_b = [await client.agent_dispatch.list_dispatch(room) for client in clients]
+        assert on_a == on_b, "ListDispatch differs between the nodes"
         [listed_room] = (await clients[0].room.list_rooms(api.ListRoomsRequest(names=[room]))).rooms
         assert listed_room.name == room
+        return room
     finally:
         for client in clients:
             await client.aclose()
+
+
+async def worker_on(a: Server, agent_workers: Any) -> str:
+    """A livekit-agents worker of a new agent name on A (its jobs join, then end with success)."""
+    agent_name = unique("modes")
+    agent_workers(a, agent_name)
+    await registered(a, agent_name)
+    return agent_name
 
 
 def cluster_ok(shard: RedisServer) -> bool:
@@ -99,19 +122,49 @@ def node_ids(client: Any) -> set[str]:
     return set(client.smembers(PREFIX + "nodes"))
 
 
-async def test_nodes_that_find_redis_through_sentinel(tmp_path: Path, agent_workers: Any) -> None:
+async def test_nodes_that_find_redis_through_sentinel_and_follow_its_failover(
+    tmp_path: Path, agent_workers: Any
+) -> None:
     master = RedisServer(tmp_path / "master")
+    master.arguments = ("--repl-diskless-sync-delay", "0")  # the replica's first sync at once, not after 5 s
+    replica = RedisServer(tmp_path / "replica")
+    replica.arguments = ("--replicaof", "127.0.0.1", str(master.port))
     sentinel = RedisServer(tmp_path / "sentinel")
     sentinel.directory.mkdir(parents=True)
     conf = sentinel.directory / "sentinel.conf"  # Sentinel rewrites its file: one of its own
-    conf.write_text(f"sentinel monitor {MASTER} 127.0.0.1 {master.port} 1\n")
+    conf.write_text(
+        f"sentinel monitor {MASTER} 127.0.0.1 {master.port} 1\n"
+        f"sentinel down-after-milliseconds {MASTER} {FAILOVER_DETECTION_MS}\n"
+        f"sentinel failover-timeout {MASTER} 5000\n"
+    )
     sentinel.arguments = (str(conf), "--sentinel")
-    with redis_servers([master, sentinel]):
+    with redis_servers([master, replica, sentinel]):
         section = {"sentinel_master_name": MASTER, "sentinel_addresses": [sentinel.address]}
-        with nodes(tmp_path, master, section) as (a, b):
-            await dispatch_across(a, b, agent_workers)
+        with nodes(tmp_path, master, section, lease=FAILOVER_LEASE) as (a, b):
+            agent_name = await worker_on(a, agent_workers)
+            before = await dispatch_across(a, b, agent_name)
             # The nodes were told only the Sentinel's address: what they wrote is on the master it named.
             assert len(node_ids(redis.Redis(port=master.port, decode_responses=True))) == 2
+
+            # Replication is asynchronous: only what the replica has survives the master (see the README).
+            primary = redis.Redis(port=master.port, decode_responses=True)
+            assert primary.wait(1, 10_000) == 1, "the replica has every write so far"
+            # The master dies; the Sentinel promotes the replica, and the nodes follow it by themselves.
+            assert master.process is not None
+            master.process.kill()
+            master.process.wait()
+            master.process = None
+            watcher = redis.Redis(port=sentinel.port, decode_responses=True)
+            await eventually(
+                lambda: watcher.sentinel_get_master_addr_by_name(MASTER),
+                "the Sentinel to promote the replica",
+                accept=lambda address: address is not None and int(address[1]) == replica.port,
+            )
+            await dispatch_across(a, b, agent_name)
+            async with api.LiveKitAPI(a.http_url, a.api_key, a.api_secret) as lkapi:
+                listed = await lkapi.agent_dispatch.list_dispatch(before)
+                kept = [d for d in listed if d.agent_name == agent_name]  # not the implicit automatic one
+                assert len(kept) == 1, f"the dispatch made before the failover is still known: {listed}"
 
 
 async def test_nodes_on_a_redis_cluster(tmp_path: Path, agent_workers: Any) -> None:
@@ -137,7 +190,7 @@ async def test_nodes_on_a_redis_cluster(tmp_path: Path, agent_workers: Any) -> N
         for shard in shards:
             await eventually(partial(cluster_ok, shard), f"{shard.address} to see the cluster ok")
         with nodes(tmp_path, shards[0], {"cluster_addresses": [s.address for s in shards]}) as (a, b):
-            await dispatch_across(a, b, agent_workers)
+            await dispatch_across(a, b, await worker_on(a, agent_workers))
             # Every key shares the `{sb}` hash tag: one slot, on one shard, which holds them all.
             cluster = redis.RedisCluster(host="127.0.0.1", port=shards[0].port, decode_responses=True)
             assert len(node_ids(cluster)) == 2
