@@ -233,6 +233,7 @@ async def test_clients_forced_to_relay_talk_through_turn(tmp_path: Path, coturn:
         assert selected["local"]["relayProtocol"] == protocol, selected
         assert selected["remote"]["address"] == "127.0.0.1", selected
         assert start <= selected["remote"]["port"] <= start + 7, selected
+        assert connection["serverCandidates"], connection  # else the loop below checks nothing
         for line in connection["serverCandidates"]:
             assert start <= int(line.split()[5]) <= start + 7, line
     assert python_pairs == ["RELAY", "RELAY"], python_pairs
