@@ -1,7 +1,8 @@
 """Rooms across networks, with the official clients: the UDP port range of the server's ICE candidates,
 the address it advertises in them (`rtc.node_ip`), and TURN (a real coturn started here) for clients
-forced to relay, over UDP and over TCP, and for a client in a network namespace that reaches nothing
-else of this machine.
+forced to relay, over UDP and over TCP; and, with Linux network namespaces and nftables, a client behind a
+NAT that reaches nothing of this machine but the TURN server, and one that reaches a server behind 1:1
+NAT only at its advertised address.
 """
 
 import asyncio
@@ -244,7 +245,8 @@ async def test_host_candidates_carry_the_advertised_address(tmp_path: Path) -> N
     """`rtc.node_ip`: the server's candidates offer it instead of the bound address (here 127.0.0.2 for
     a socket on 127.0.0.1, as a 1:1 NAT would map it). The browser's checks to 127.0.0.2 cannot reach
     that socket on loopback, so the pair that connects is the one learnt from the server's own checks
-    (peer-reflexive): what is shown is the offer, not a NAT."""
+    (peer-reflexive): what is shown is the offer; the address at work through a NAT is shown by
+    test_a_server_behind_one_to_one_nat_is_reached_at_its_advertised_address."""
     toolchain_or_fail()
     room = f"node-ip-{uuid.uuid4().hex[:8]}"
     with switchboard(tmp_path, {"node_ip": "127.0.0.2"}) as server:
