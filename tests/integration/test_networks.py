@@ -1,7 +1,8 @@
 """Rooms across networks, with the official clients: the UDP port range of the server's ICE candidates,
 the address it advertises in them (`rtc.node_ip`), and TURN (a real coturn started here) for clients
-forced to relay, over UDP and over TCP, and for a client in a network namespace that reaches nothing
-else of this machine.
+forced to relay, over UDP and over TCP; and, with Linux network namespaces and nftables, a client behind a
+NAT that reaches nothing of this machine but the TURN server, and one that reaches a server behind 1:1
+NAT only at its advertised address.
 """
 
 import asyncio
@@ -233,6 +234,7 @@ async def test_clients_forced_to_relay_talk_through_turn(tmp_path: Path, coturn:
         assert selected["local"]["relayProtocol"] == protocol, selected
         assert selected["remote"]["address"] == "127.0.0.1", selected
         assert start <= selected["remote"]["port"] <= start + 7, selected
+        assert connection["serverCandidates"], connection  # else the loop below checks nothing
         for line in connection["serverCandidates"]:
             assert start <= int(line.split()[5]) <= start + 7, line
     assert python_pairs == ["RELAY", "RELAY"], python_pairs
@@ -243,7 +245,8 @@ async def test_host_candidates_carry_the_advertised_address(tmp_path: Path) -> N
     """`rtc.node_ip`: the server's candidates offer it instead of the bound address (here 127.0.0.2 for
     a socket on 127.0.0.1, as a 1:1 NAT would map it). The browser's checks to 127.0.0.2 cannot reach
     that socket on loopback, so the pair that connects is the one learnt from the server's own checks
-    (peer-reflexive): what is shown is the offer, not a NAT."""
+    (peer-reflexive): what is shown is the offer; the address at work through a NAT is shown by
+    test_a_server_behind_one_to_one_nat_is_reached_at_its_advertised_address."""
     toolchain_or_fail()
     room = f"node-ip-{uuid.uuid4().hex[:8]}"
     with switchboard(tmp_path, {"node_ip": "127.0.0.2"}) as server:
@@ -276,98 +279,223 @@ async def test_host_candidates_carry_the_advertised_address(tmp_path: Path) -> N
 
 
 @dataclass
-class IsolatedNetwork:
+class NattedNetwork:
+    """A participant's network namespace behind a NAT router (a namespace of its own) whose outside end is
+    on a /30 with this machine: everything the participant sends leaves the router from `nat_address`."""
+
     namespace: str
+    """The participant's namespace."""
     host_address: str
-    """The one address of this machine that the namespace reaches."""
+    """The one address of this machine that the router reaches."""
+    nat_address: str
+    """The router's outside address, from which this machine sees the participant (masquerade)."""
+    inner_address: str
+    """The participant's own address, to which this machine has no route."""
+    public_address: str | None
+    """With `one_to_one`: the address the router maps to `host_address` (DNAT), as a cloud's 1:1 NAT maps
+    a VM's public address to its private one; the participant reaches this machine only there."""
 
 
-@pytest.fixture
-def isolated_network() -> Iterator[IsolatedNetwork]:
-    """A network namespace joined to this machine by one veth pair on a /30 of its own: from inside, only
-    the host's end of the pair answers. Nothing else of the machine (127.0.0.1 included) is reachable."""
-    if shutil.which("ip") is None:
-        pytest.fail("`ip` (iproute2) is missing: the network namespace tests need it, and root")
+def _ip_command(*command: str, input: str | None = None) -> None:
+    done = subprocess.run(command, input=input, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        pytest.fail(f"`{' '.join(command)}` failed (network namespaces need root): {done.stderr}")
+
+
+def _free_subnet() -> int:
+    """A third octet for 10.231.x.0/28 that no address of this machine uses (another test may hold one)."""
+    used = subprocess.run(["ip", "-o", "-4", "addr"], capture_output=True, text=True, check=False).stdout
+    for _ in range(100):
+        subnet = random.randrange(256)
+        if f"10.231.{subnet}." not in used:
+            return subnet
+    raise RuntimeError("no free 10.231.x.0/28")
+
+
+@contextlib.contextmanager
+def natted_network(one_to_one: bool = False) -> Iterator[NattedNetwork]:
+    """The participant's namespace (10.231.x.6/30) routes everything to a router namespace (.5), which
+    masquerades it on its link to this machine (router .2, this machine .1), so nothing of this machine
+    but that link's address is reachable (127.0.0.1 included), and this machine sees the router's address
+    only. With `one_to_one`, the router also maps a public address (.9) to this machine's (.1) and drops
+    whatever the participant sends to .1 directly. The rules live in the router's namespace: deleting the
+    namespaces (always done on the way out) deletes them."""
+    for tool, package in (("ip", "iproute2"), ("nft", "nftables")):
+        if shutil.which(tool) is None:
+            pytest.fail(
+                f"`{tool}` is missing: `apt-get install -y {package}` (`.ci/run` installs it when missing)"
+            )
     tag = f"{os.getpid() % 10000}{random.randrange(100)}"
-    namespace, host_end, inner_end = f"sbnet{tag}", f"sbh{tag}", f"sbc{tag}"
-    subnet = random.randrange(256)
-    host_address, inner_address = f"10.231.{subnet}.1", f"10.231.{subnet}.2"
-
-    def ip(*args: str, inside: bool = False) -> None:
-        command = ["ip", "netns", "exec", namespace, "ip", *args] if inside else ["ip", *args]
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            pytest.fail(f"`{' '.join(command)}` failed (network namespaces need root): {done.stderr}")
-
-    ip("netns", "add", namespace)
+    participant, router = f"sbnet{tag}", f"sbnat{tag}"
+    host_end, outer_end, inner_end, participant_end = f"sbh{tag}", f"sbo{tag}", f"sbi{tag}", f"sbc{tag}"
+    net = f"10.231.{_free_subnet()}"
+    host_address, nat_address, gateway, inner_address = f"{net}.1", f"{net}.2", f"{net}.5", f"{net}.6"
+    public_address = f"{net}.9" if one_to_one else None
+    rules = [
+        f"add table ip {router}",
+        f"add chain ip {router} sb_post {{ type nat hook postrouting priority srcnat; }}",
+        f'add rule ip {router} sb_post oifname "{outer_end}" masquerade',
+    ]
+    if public_address is not None:
+        from_inside = f'iifname "{inner_end}"'
+        rules += [
+            f"add chain ip {router} sb_pre {{ type nat hook prerouting priority dstnat; }}",
+            f"add rule ip {router} sb_pre {from_inside} ip daddr {public_address} dnat to {host_address}",
+            f"add chain ip {router} sb_forward {{ type filter hook forward priority filter; }}",
+            f"add rule ip {router} sb_forward {from_inside} ct original ip daddr {host_address} drop",
+        ]
+    in_router, in_participant = ("ip", "netns", "exec", router), ("ip", "netns", "exec", participant)
     try:
-        ip("link", "add", host_end, "type", "veth", "peer", "name", inner_end)
-        ip("link", "set", inner_end, "netns", namespace)
-        ip("addr", "add", f"{host_address}/30", "dev", host_end)
-        ip("link", "set", host_end, "up")
-        ip("addr", "add", f"{inner_address}/30", "dev", inner_end, inside=True)
-        ip("link", "set", inner_end, "up", inside=True)
-        ip("link", "set", "lo", "up", inside=True)
-        yield IsolatedNetwork(namespace, host_address)
+        _ip_command("ip", "netns", "add", router)
+        _ip_command("ip", "netns", "add", participant)
+        _ip_command("ip", "link", "add", host_end, "type", "veth", "peer", "name", outer_end, "netns", router)
+        _ip_command(
+            *in_router, "ip", "link", "add", inner_end, "type", "veth", "peer", "name", participant_end
+        )
+        _ip_command(*in_router, "ip", "link", "set", participant_end, "netns", participant)
+        _ip_command("ip", "addr", "add", f"{host_address}/30", "dev", host_end)
+        _ip_command("ip", "link", "set", host_end, "up")
+        _ip_command(*in_router, "ip", "addr", "add", f"{nat_address}/30", "dev", outer_end)
+        _ip_command(*in_router, "ip", "addr", "add", f"{gateway}/30", "dev", inner_end)
+        for link in ("lo", outer_end, inner_end):
+            _ip_command(*in_router, "ip", "link", "set", link, "up")
+        _ip_command(*in_router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        _ip_command(*in_router, "nft", "-f", "-", input="\n".join(rules) + "\n")
+        _ip_command(*in_participant, "ip", "addr", "add", f"{inner_address}/30", "dev", participant_end)
+        for link in ("lo", participant_end):
+            _ip_command(*in_participant, "ip", "link", "set", link, "up")
+        _ip_command(*in_participant, "ip", "route", "add", "default", "via", gateway)
+        yield NattedNetwork(participant, host_address, nat_address, inner_address, public_address)
     finally:
         subprocess.run(["ip", "link", "del", host_end], capture_output=True, check=False)
-        subprocess.run(["ip", "netns", "del", namespace], capture_output=True, check=False)
+        for namespace in (participant, router):
+            subprocess.run(["ip", "netns", "del", namespace], capture_output=True, check=False)
 
 
-async def test_a_participant_that_reaches_only_the_turn_server_joins_through_it(
-    tmp_path: Path, isolated_network: IsolatedNetwork
-) -> None:
-    """A Python SDK participant in its own network namespace reaches this machine at one address, where
-    signalling and coturn listen; the server's media candidates (127.0.0.1) are out of its reach, as
-    behind a firewall. It is not told to relay: its ICE finds that only the TURN server of the
-    JoinResponse works, and it hears and is heard by a participant on the host."""
-    outside = isolated_network.host_address
-    room = f"isolated-{uuid.uuid4().hex[:8]}"
-    with (
-        running_coturn(tmp_path / "coturn", outside) as turn,
-        switchboard(tmp_path, {"turn_servers": turn_servers(turn, outside, "udp")}, outside) as server,
-    ):
-        isolated: asyncio.subprocess.Process | None = None
-        host = await join(server, room, "host")
+def arrives_from(network: NattedNetwork, address: str) -> str | None:
+    """Sends one datagram from the participant's namespace to `address`, at a port bound here on this
+    machine's address on the NAT's link: the address it arrived from, or None if it did not arrive."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((network.host_address, 0))
+        to = (address, sock.getsockname()[1])
+        send = f"import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'?', {to!r})"
+        _ip_command("ip", "netns", "exec", network.namespace, sys.executable, "-c", send)
+        sock.settimeout(0.3)  # sent when the process ended; on veth links, it is here within a millisecond
         try:
-            await host.publish_tone()
-            env = {k: v for k, v in os.environ.items() if k not in PROXY_VARIABLES}
-            env |= {
-                "SWITCHBOARD_WS_URL": server.ws_url.replace("127.0.0.1", outside),
-                "PARTICIPANT_TOKEN": server.join_token(room, "isolated"),
-                "PEER_IDENTITY": "host",
-                "HEAR_TIMEOUT": str(JOIN_TIMEOUT),
-            }
-            isolated = await asyncio.create_subprocess_exec(
-                *("ip", "netns", "exec", isolated_network.namespace, sys.executable),
-                *("-m", "tests.isolated_participant"),
-                cwd=REPOSITORY,
-                env=env,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
+            return str(sock.recvfrom(16)[1][0])
+        except TimeoutError:
+            return None
+
+
+@dataclass
+class Isolated:
+    report: dict[str, Any]
+    """What the participant in the namespace printed: loud frames heard, its selected pairs."""
+    heard: list[float]
+    """The loud levels of its tone at the participant on this machine."""
+
+
+async def isolated_and_host_participants(server: Server, network: NattedNetwork, ws_url: str) -> Isolated:
+    """A Python SDK participant in the namespace (`tests.isolated_participant`, signalling at `ws_url`)
+    and one here, in a fresh room, each publishing a tone until it hears the other's."""
+    room = f"isolated-{uuid.uuid4().hex[:8]}"
+    isolated: asyncio.subprocess.Process | None = None
+    host = await join(server, room, "host")
+    try:
+        await host.publish_tone()
+        env = {k: v for k, v in os.environ.items() if k not in PROXY_VARIABLES}
+        env |= {
+            "SWITCHBOARD_WS_URL": ws_url,
+            "PARTICIPANT_TOKEN": server.join_token(room, "isolated"),
+            "PEER_IDENTITY": "host",
+            "HEAR_TIMEOUT": str(JOIN_TIMEOUT),
+        }
+        isolated = await asyncio.create_subprocess_exec(
+            *("ip", "netns", "exec", network.namespace, sys.executable),
+            *("-m", "tests.isolated_participant"),
+            cwd=REPOSITORY,
+            env=env,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert isolated.stdout is not None and isolated.stdin is not None
+        line = await asyncio.wait_for(isolated.stdout.readline(), JOIN_TIMEOUT + 10)
+        if not line:
+            stderr = await isolated.stderr.read() if isolated.stderr else b""
+            pytest.fail(f"the isolated participant ended:\n{stderr.decode(errors='replace')}")
+        report = json.loads(line)
+        heard = await eventually(
+            lambda: [level for level in host.levels if level > 1000],
+            "the isolated participant's tone on the host",
+            JOIN_TIMEOUT,
+            accept=lambda loud: len(loud) >= 2 * MIN_FRAMES,
+        )
+        isolated.stdin.close()
+        await asyncio.wait_for(isolated.wait(), 10)
+    finally:
+        if isolated is not None and isolated.returncode is None:
+            isolated.kill()
+            await isolated.wait()
+        await host.close()
+    return Isolated(report, heard)
+
+
+async def test_a_participant_behind_nat_that_reaches_only_the_turn_server_joins_through_it(
+    tmp_path: Path,
+) -> None:
+    """A Python SDK participant in its own network namespace, behind a NAT, reaches this machine at one
+    address, where signalling and coturn listen; the server's media candidates (127.0.0.1) are out of its
+    reach, as behind a firewall. It is not told to relay: its ICE finds that only the TURN server of the
+    JoinResponse works, and it hears and is heard by a participant on the host. coturn sees it at the
+    NAT's address, not its own."""
+    with natted_network() as network:
+        outside = network.host_address
+        with (
+            running_coturn(tmp_path / "coturn", outside) as turn,
+            switchboard(tmp_path, {"turn_servers": turn_servers(turn, outside, "udp")}, outside) as server,
+        ):
+            isolated = await isolated_and_host_participants(
+                server, network, server.ws_url.replace("127.0.0.1", outside)
             )
-            assert isolated.stdout is not None and isolated.stdin is not None
-            line = await asyncio.wait_for(isolated.stdout.readline(), JOIN_TIMEOUT + 10)
-            if not line:
-                stderr = await isolated.stderr.read() if isolated.stderr else b""
-                pytest.fail(f"the isolated participant ended:\n{stderr.decode(errors='replace')}")
-            report = json.loads(line)
-            heard = await eventually(
-                lambda: [level for level in host.levels if level > 1000],
-                "the isolated participant's tone on the host",
-                JOIN_TIMEOUT,
-                accept=lambda loud: len(loud) >= 2 * MIN_FRAMES,
-            )
-            isolated.stdin.close()
-            await asyncio.wait_for(isolated.wait(), 10)
-        finally:
-            if isolated is not None and isolated.returncode is None:
-                isolated.kill()
-                await isolated.wait()
-            await host.close()
-        log = server.log()
-    print(f"\nisolated participant: {report}; host heard {len(heard)} loud frames")
+            log = server.log()
+    report = isolated.report
+    print(f"\nisolated participant behind NAT: {report}; host heard {len(isolated.heard)} loud frames")
     assert report["loudFrames"] >= 100, report
     assert report["selected"] == ["RELAY", "RELAY"], report
+    # coturn answers an allocation with the address it saw the request come from (XOR-MAPPED-ADDRESS, the
+    # relay candidate's related address): the NAT's, not the participant's own.
+    assert {pair["local"]["related"] for pair in report["pairs"]} == {network.nat_address}, report
+    assert "Traceback" not in log, log
+
+
+async def test_a_server_behind_one_to_one_nat_is_reached_at_its_advertised_address(tmp_path: Path) -> None:
+    """`rtc.node_ip` as behind a cloud's 1:1 NAT: the server's media is bound to this machine's address on
+    the NAT's link, which the participant behind the NAT cannot reach; the NAT maps a public address to
+    it, and node_ip advertises that one. The participant's ICE connects to the server's host candidates
+    at the public address (no pair can be learnt the other way: the server's checks cannot reach the
+    participant's own address), and it hears and is heard by a participant on this machine. A datagram
+    sent from behind the NAT to the bound address does not arrive: a node_ip other than the mapped address
+    (or none, which offers the bound address) would leave the participant nothing to connect to."""
+    with natted_network(one_to_one=True) as network:
+        assert network.public_address is not None
+        assert arrives_from(network, network.public_address) == network.nat_address
+        assert arrives_from(network, network.host_address) is None
+        config = {"ice_addresses": [network.host_address], "node_ip": network.public_address}
+        with switchboard(tmp_path, config, network.host_address) as server:
+            isolated = await isolated_and_host_participants(
+                server, network, server.ws_url.replace("127.0.0.1", network.public_address)
+            )
+            log = server.log()
+    report = isolated.report
+    print(
+        f"\nparticipant behind NAT, server behind 1:1 NAT: {report}; host heard {len(isolated.heard)} frames"
+    )
+    assert report["loudFrames"] >= 100, report
+    assert len(report["pairs"]) == 2, report  # publisher and subscriber
+    for pair in report["pairs"]:
+        assert pair["remote"]["type"] == "HOST" and pair["remote"]["address"] == network.public_address, pair
+        # Its own side of the pair is the address the server's answers said they saw its checks come from
+        # (peer-reflexive): the NAT's.
+        assert pair["local"]["type"] == "PRFLX" and pair["local"]["address"] == network.nat_address, pair
     assert "Traceback" not in log, log

@@ -1,6 +1,7 @@
-"""Video across real network paths, with the Python SDK: cameras seen through a TURN server (Debian's
-coturn, started here) by participants that may only relay, a viewer whose path loses everything for a
-while and recovers with a keyframe it asks for, and cameras seen both ways across a resume."""
+"""Video across real network paths, with the Python SDK: a camera and a microphone seen and heard through
+a TURN server (Debian's coturn, started here; over UDP and over TCP) by participants that may only relay,
+a viewer whose path loses everything for a while and recovers with a keyframe it asks for, and cameras
+seen both ways across a resume."""
 
 import asyncio
 import contextlib
@@ -11,6 +12,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from livekit import rtc
 
@@ -34,7 +36,7 @@ from tests.integration.test_video import (
     Viewer,
     close_to,
 )
-from tests.isolated_participant import selected_local_candidates
+from tests.isolated_participant import LOUD_RMS, selected_pairs
 from tests.polling import eventually
 from tests.signal_proxy import SignalProxy
 
@@ -132,30 +134,69 @@ async def watch(server: Server, room: str, identity: str, options: rtc.RoomOptio
     return viewer
 
 
-async def test_a_camera_and_a_viewer_that_may_only_relay_see_each_other_through_turn(
+class Listener(Viewer):
+    """A Viewer that also measures the level (RMS of int16 samples) of every 10 ms of audio it is sent."""
+
+    def __init__(self, identity: str) -> None:
+        super().__init__(identity)
+        self.levels: list[float] = []
+
+        @self.room.on("track_subscribed")
+        def on_audio(track: rtc.Track, *_: Any) -> None:
+            if track.kind == rtc.TrackKind.KIND_AUDIO:
+                self._spawn(self._listen(track))
+
+    async def _listen(self, track: rtc.Track) -> None:
+        async for event in rtc.AudioStream(track, sample_rate=48000, num_channels=1):
+            samples = np.frombuffer(event.frame.data, dtype=np.int16).astype(np.float64)
+            self.levels.append(float(np.sqrt(np.mean(samples**2))))
+
+
+async def test_a_camera_and_a_microphone_reach_a_viewer_when_both_may_only_relay_over_udp_and_tcp(
     tmp_path: Path, coturn: Turn
 ) -> None:
     """Publisher and viewer both forced to relay (as behind a firewall that lets nothing else out): the
-    camera's frames reach the viewer at their size and colour through coturn, both ways relayed."""
+    publisher's camera and tone reach the viewer through coturn, the frames at their size and colour. The
+    publisher relays over UDP, through the TURN server of the JoinResponse; the viewer over TCP, through
+    the same coturn given in its own RtcConfiguration (which the SDK then uses instead), as a client whose
+    network lets only TCP out would."""
     async with relayed_room(tmp_path, coturn.port) as (server, room):
-        viewer = await watch(server, room, "viewer", relay_only())
+        over_tcp = rtc.IceServer(
+            urls=[f"turn:127.0.0.1:{coturn.port}?transport=tcp"], username=TURN_USER, password=TURN_PASSWORD
+        )
+        viewer_options = relay_only()
+        assert viewer_options.rtc_config is not None
+        viewer_options.rtc_config.ice_servers.append(over_tcp)
+        viewer = Listener("viewer")
+        await viewer.room.connect(server.ws_url, server.join_token(room, "viewer"), viewer_options)
         alice = await join(server, room, "alice", relay_only())
         camera = Camera(alice.room, ORANGE, WIDTH, HEIGHT)
         try:
             publication = await camera.publish(simulcast=False)
+            await alice.publish_tone()
             received = await eventually(lambda: viewer.tracks.get(publication.sid), "the viewer's track")
             await eventually(lambda: received.frames >= FPS, "a second of video through TURN", FRAME_DEADLINE)
-            pairs = {
-                "alice": await selected_local_candidates(alice.room),
-                "viewer": await selected_local_candidates(viewer.room),
-            }
+            loud = await eventually(
+                lambda: [level for level in viewer.levels if level > LOUD_RMS],
+                "half a second of alice's tone through TURN",
+                FRAME_DEADLINE,
+                accept=lambda loud: len(loud) >= 50,
+            )
+            pairs = {"alice": await selected_pairs(alice.room), "viewer": await selected_pairs(viewer.room)}
         finally:
             camera.stop()
             await viewer.close()
             await alice.close()
+    print(f"\nthrough TURN: {received.frames} frames, {len(loud)} loud audio frames; pairs {pairs}")
     assert received.size == (WIDTH, HEIGHT) and close_to(received.colour, ORANGE)
+    relayed = {
+        who: [(p["local"]["type"], p["local"]["relayProtocol"]) for p in ps] for who, ps in pairs.items()
+    }
     # The viewer publishes nothing, so the SDK never connects its publisher connection.
-    assert pairs == {"alice": ["RELAY", "RELAY"], "viewer": ["RELAY"]}, pairs
+    assert relayed == {
+        "alice": [("RELAY", "TRANSPORT_UDP"), ("RELAY", "TRANSPORT_UDP")],
+        "viewer": [("RELAY", "TRANSPORT_TCP")],
+    }, pairs
 
 
 async def test_a_viewer_whose_path_loses_everything_for_a_while_recovers_with_a_keyframe(
