@@ -163,7 +163,8 @@ class Metrics:
     def ended(self, decision: JobEnded) -> None:
         job = decision.job
         self._offered_attempt.pop(job.id, None)
-        self.jobs_ended[(job.status.value, reason_class(job))] += 1
+        if not decision.handed_over:  # it goes on on the node that takes its room over
+            self.jobs_ended[(job.status.value, reason_class(job))] += 1
 
     async def handle(self, _: web.Request) -> web.Response:
         # Read before writing out: the collectors are synchronous, the registry is in Redis.

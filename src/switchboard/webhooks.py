@@ -190,13 +190,17 @@ class Webhooks:
             return models.Room(name=name, sid=sid)
         return room_to_proto(room)
 
+    # A room that moves between nodes (its node lost its lease and handed it over, or died) neither
+    # finishes nor starts again: the old node does not send `room_finished` nor its jobs' ends, the new one
+    # does not send `room_started`, as the room goes on with the same sid, dispatches and jobs.
+
     def room_started(self, decision: RoomStarted) -> None:
-        if self.outbox.wanted():
+        if self.outbox.wanted() and not decision.restored:
             room = self._room(decision.room, decision.sid)
             self._emit("room_started", {"room": room})
 
     def room_closed(self, decision: RoomClosed) -> None:
-        if self.outbox.wanted():
+        if self.outbox.wanted() and not decision.handed_over:
             room = self._room(decision.room, decision.sid)
             reason = _room_end_reason(decision.reason)
             self._emit("room_finished", {"room": room, "room_end_reason": reason})
@@ -244,7 +248,8 @@ class Webhooks:
         self._job_event("agent_job_started", decision.job)
 
     def job_ended(self, decision: JobEnded) -> None:
-        self._job_event("agent_job_ended", decision.job)
+        if not decision.handed_over:
+            self._job_event("agent_job_ended", decision.job)
 
 
 def _room_end_reason(reason: str) -> models.RoomEndReason:

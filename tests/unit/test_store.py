@@ -6,7 +6,7 @@ from typing import get_args
 from switchboard.cluster.store import Changes, Kept, changes_for, stored_room
 from switchboard.core.dispatch import DispatchSpec, RestartPolicy
 from switchboard.core.engine import Engine, RoomSpec
-from switchboard.core.events import Decision, JobQueued, RoomStarted, TerminateJob
+from switchboard.core.events import Decision, JobEnded, JobQueued, RoomStarted, TerminateJob
 from switchboard.core.jobs import JobStatus
 from switchboard.core.workers import JobUpdate
 from tests.unit.test_dispatch_engine import ACCEPT, NEVER, make, offers, only, worker
@@ -220,6 +220,9 @@ def test_a_room_handed_over_keeps_its_record_as_it_was_for_the_node_that_takes_i
         and TerminateJob(w, job_id, "terminated: room closed (node lease lost)") in decisions
     )
     assert record.rooms["r"] == kept  # the job stopped here is still running for the next node
+    ended = [d for d in decisions if isinstance(d, JobEnded)]
+    assert job_id in {d.job.id for d in ended}
+    assert all(d.handed_over for d in ended), "not an end for the cluster: webhooks and metrics leave it out"
 
     b = make(restart_backoff=0.0)
     restored(record, "r", b, 10.0)

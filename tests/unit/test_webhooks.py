@@ -278,3 +278,40 @@ async def test_events_are_the_engine_state_when_decided_made_once_for_every_url(
     assert (next_room.event, next_room.room.name) == ("room_started", "s")
     # room_finished was dropped before the senders ran at all: the first event they sent tells it.
     assert [e.num_dropped for e in told[URL]] == [1, 0, 0, 0]
+
+
+async def test_a_room_that_moves_to_another_node_neither_finishes_nor_starts_again() -> None:
+    """Its node lost its lease and handed it over: the room goes on elsewhere with the same sid and jobs,
+    so that node sends no room_finished or agent_job_ended, and the node that restores it no room_started
+    (participants did leave: they reconnect to the new node)."""
+    runtime = Runtime(Engine(EngineSettings(empty_timeout=10_000)), lambda: 100.0)
+    posts: list[WebhookEvent] = []
+    verify = api.WebhookReceiver(api.TokenVerifier(KEY, SECRET))
+
+    async def post(url: str, body: bytes, headers: dict[str, str]) -> int:
+        posts.append(verify.receive(body.decode(), headers["Authorization"]))
+        return 200
+
+    webhooks = Webhooks(Delivery(WebhookSettings(api_key=KEY, urls=(URL,)), SECRET, post=post), runtime)
+    runtime.effects.on(RoomStarted, webhooks.room_started)
+    runtime.effects.on(JobStarted, webhooks.job_started)
+    runtime.effects.on(JobEnded, webhooks.job_ended)
+    runtime.effects.on(RoomClosed, webhooks.room_closed)
+    await webhooks.start()
+    try:
+        worker = runtime.call(lambda e: e.register_worker(WorkerSpec(agent_name="a"), 100)).id
+        room = runtime.call(lambda e: e.create_room(RoomSpec(name="r", agents=(DispatchSpec("a"),)), 100))
+        [job] = runtime.engine.jobs.values()
+        runtime.call(lambda e: e.availability_answer(worker, job.id, AvailabilityAnswer(available=True), 100))
+        runtime.call(lambda e: e.job_update(worker, job.id, JobUpdate.RUNNING, "", 100))
+        runtime.call(lambda e: e.hand_over_rooms("node lease lost", 100))
+        webhooks.room_started(RoomStarted("r", room.sid, restored=True))  # as the next node restores it
+        runtime.call(lambda e: e.create_room(RoomSpec(name="s"), 100))  # the last event
+        await settle(lambda: len(posts) == 3)
+    finally:
+        await webhooks.stop()
+    assert [(e.event, e.room.name) for e in posts] == [
+        ("room_started", "r"),
+        ("agent_job_started", "r"),
+        ("room_started", "s"),
+    ]

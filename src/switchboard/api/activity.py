@@ -53,7 +53,7 @@ class Activity:
         minute.wait_max = max(minute.wait_max, wait)
 
     def ended(self, event: JobEnded) -> None:
-        if event.job.status is JobStatus.FAILED:
+        if event.job.status is JobStatus.FAILED and not event.handed_over:
             self._now().failures += 1
 
     def last_hour(self) -> list[dict[str, Any]]:

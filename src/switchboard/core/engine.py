@@ -191,8 +191,9 @@ class Engine:
             )
             self._decisions.append(ParticipantLeft(room.name, participant))
         room.participants.clear()
+        ended = f"terminated: room closed ({reason})"
         for dispatch in room.dispatches.values():
-            self._terminate_dispatch_jobs(dispatch, f"terminated: room closed ({reason})", now)
+            self._terminate_dispatch_jobs(dispatch, ended, now, handed_over=handed_over)
             dispatch.deleted_at = now
         del self.rooms[room.name]
         self.history.add(ClosedRoom(room, now, reason))
@@ -595,7 +596,9 @@ class Engine:
                 if rematch:
                     self._match(worker.key, now)
 
-    def _end_job(self, job: Job, succeeded: bool, reason: str, now: float) -> None:
+    def _end_job(
+        self, job: Job, succeeded: bool, reason: str, now: float, *, handed_over: bool = False
+    ) -> None:
         self._stop_earlier_copy(job)
         self._release(job, now)
         self._pending.get(self._key(job), {}).pop(job.id, None)
@@ -605,7 +608,7 @@ class Engine:
         told = job.worker_id in self.workers and job.orphaned_at is None
         job.end(succeeded, reason, now)
         self._disconnect_agents(job, lambda attempt: not (told and attempt == job.attempt))
-        self._decisions.append(JobEnded(job))
+        self._decisions.append(JobEnded(job, handed_over=handed_over))
 
     def _stop_earlier_copy(self, job: Job) -> None:
         """A copy of the previous attempt may still run (or start late): now that the job has another
@@ -634,17 +637,20 @@ class Engine:
                     )
                 )
 
-    def _terminate(self, job: Job, reason: str, now: float) -> None:
-        """End a job on the server's initiative, telling its worker (and any earlier copy's) to stop it."""
+    def _terminate(self, job: Job, reason: str, now: float, *, handed_over: bool = False) -> None:
+        """End a job on the server's initiative, telling its worker (and any earlier copy's) to stop it.
+        `handed_over`: only here, its room handed over to another node (see JobEnded)."""
         if job.status in (JobStatus.ASSIGNED, JobStatus.RUNNING) and job.worker_id in self.workers:
             self._decisions.append(TerminateJob(job.worker_id, job.id, reason))
         # A job that ran and was stopped on request succeeded; one that never started failed.
-        self._end_job(job, job.started_at is not None, reason, now)
+        self._end_job(job, job.started_at is not None, reason, now, handed_over=handed_over)
 
-    def _terminate_dispatch_jobs(self, dispatch: Dispatch, reason: str, now: float) -> None:
+    def _terminate_dispatch_jobs(
+        self, dispatch: Dispatch, reason: str, now: float, *, handed_over: bool = False
+    ) -> None:
         for job in dispatch.jobs:
             if not job.ended:
-                self._terminate(job, reason, now)
+                self._terminate(job, reason, now, handed_over=handed_over)
 
     def _failed(
         self, job: Job, reason: str, now: float, *, copy_may_live: bool = False, backoff: bool = True

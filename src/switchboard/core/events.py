@@ -74,6 +74,9 @@ class JobQueued:
 @dataclass(frozen=True)
 class JobEnded:
     job: Job
+    handed_over: bool = field(default=False, kw_only=True, compare=False)
+    """Ended here only: its room was handed over (this node lost its lease). The store keeps the job as it
+    was, and the node that takes the room over runs it again: for the cluster, it has not ended."""
 
 
 @dataclass(frozen=True)
