@@ -14,7 +14,7 @@ import yaml
 
 from switchboard.agents.supervisor import SupervisorSettings
 from switchboard.api.http import HttpLimits
-from switchboard.cluster.settings import SORT_BY, ClusterSettings, RedisSettings
+from switchboard.cluster.settings import SORT_BY, SORT_BY_ALIASES, ClusterSettings, RedisSettings
 from switchboard.core.engine import EngineSettings
 from switchboard.core.limits import Limits
 from switchboard.rtc.settings import TURN_PROTOCOLS, RtcSettings, TurnServer
@@ -484,12 +484,17 @@ def _cluster(r: _Reader, seconds: Callable[[str, float, float], float]) -> Clust
     if node_address and not node_address.startswith(("http://", "https://")):
         raise r.fail("cluster.node_address", f"expected an http(s) URL, got {node_address!r}")
     sort_by = _text(r, "node_selector.sort_by", d.sort_by)
+    sort_by = SORT_BY_ALIASES.get(sort_by, sort_by)
     if sort_by not in SORT_BY:
-        raise r.fail("node_selector.sort_by", f"expected one of {', '.join(SORT_BY)}, got {sort_by!r}")
+        expected = ", ".join((*SORT_BY, *SORT_BY_ALIASES))
+        raise r.fail("node_selector.sort_by", f"expected one of {expected}, got {sort_by!r}")
+    cpu_load_limit = float(r.number("node_selector.cpu_load_limit", d.cpu_load_limit, integer=False))
+    if cpu_load_limit > 1:
+        raise r.fail("node_selector.cpu_load_limit", f"a share of the CPU, at most 1, got {cpu_load_limit:g}")
     return ClusterSettings(
         lease=seconds("cluster.lease", d.lease, 0.3),
         node_address=node_address.rstrip("/"),
         sort_by=sort_by,
         room_slack=float(r.number("node_selector.room_slack", d.room_slack, integer=False)),
-        cpu_load_limit=float(r.number("node_selector.cpu_load_limit", d.cpu_load_limit, integer=False)),
+        cpu_load_limit=cpu_load_limit,
     )

@@ -156,6 +156,11 @@ def test_keys_and_secrets_are_the_text_written(tmp_path: Path, secret: str, dev:
         (KEYS + "node_selector:\n  room_slack: -0.1\n", "node_selector.room_slack: must be at least 0"),
         (KEYS + "node_selector:\n  room_slack: some\n", "node_selector.room_slack: expected a number"),
         (KEYS + "node_selector:\n  sort_by: load\n", "node_selector.sort_by: expected one of"),
+        (KEYS + "node_selector:\n  sort_by: tracks\n", "node_selector.sort_by: expected one of"),
+        (KEYS + "node_selector:\n  cpu_load_limit: 70\n", "node_selector.cpu_load_limit: a share of the CPU"),
+        (KEYS + "redis:\n  address: nowhere\n", "redis.address: expected host:port"),
+        (KEYS + "redis:\n  use_tls: yes please\n", "redis.use_tls: expected true or false"),
+        (KEYS + "redis:\n  sentinel_addresses: [127.0.0.1:26379]\n", "redis.sentinel_master_name: required"),
         ("keys: [a, b]\n", "keys: expected a mapping of API key to secret"),
         ("keys:\n  k: ''\n", "each API key needs a non-empty secret"),
         ("- just\n- a list\n", "the config must be a mapping"),
@@ -231,3 +236,26 @@ def test_singleton_agents_are_read(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, KEYS + "agents:\n  singleton: [solo, ''] \n"), env={})
     assert config.engine.singleton_agents == frozenset({"solo", ""})
     assert load_config(write(tmp_path, KEYS), env={}).engine.singleton_agents == frozenset()
+
+
+def test_cluster_and_redis_sections_as_livekit_yaml_writes_them(tmp_path: Path) -> None:
+    text = KEYS + (
+        "redis:\n  address: redis.internal:6380\n  username: sb\n  password: pw\n  db: 2\n  use_tls: true\n"
+        "node_selector:\n  sort_by: clients\n  cpu_load_limit: 0.8\n"
+        "cluster:\n  lease: 4\n  node_address: http://10.0.0.5:7880/\n"
+    )
+    config = load_config(write(tmp_path, text), env={})
+    assert config.redis is not None
+    redis, cluster = config.redis, config.cluster
+    assert (redis.address, redis.username, redis.password, redis.db, redis.use_tls) == (
+        "redis.internal:6380",
+        "sb",
+        "pw",
+        2,
+        True,
+    )
+    # LiveKit's `clients` is Switchboard's `participants`, its `sysload` Switchboard's `cpuload`.
+    assert (cluster.sort_by, cluster.cpu_load_limit, cluster.lease) == ("participants", 0.8, 4)
+    assert cluster.node_address == "http://10.0.0.5:7880"
+    sysload = load_config(write(tmp_path, KEYS + "node_selector:\n  sort_by: sysload\n"), env={})
+    assert sysload.cluster.sort_by == "cpuload"

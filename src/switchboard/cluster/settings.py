@@ -45,3 +45,6 @@ class ClusterSettings:
 
 
 SORT_BY = ("rooms", "participants", "cpuload", "random")
+SORT_BY_ALIASES = {"clients": "participants", "sysload": "cpuload"}
+"""LiveKit's names for what Switchboard sorts by under another (its `sysload`, the machine's load average
+per CPU, and `cpuload` are both this node's CPU share here); its `tracks` and `bytespersec` are refused."""
