@@ -36,6 +36,12 @@ from switchboard.runtime import Runtime
         (JobStatus.FAILED, "worker AW_1 disconnected", "worker_lost"),
         (JobStatus.FAILED, "agent participant 'x' lost its connection", "agent_lost"),
         (JobStatus.SUCCEEDED, "agent participant 'x' left the room", "agent_left"),
+        (
+            JobStatus.FAILED,
+            "worker AW_1's node ND_2 was lost (failed 2 times, gave up after 1 restarts)",
+            "node_lost",
+        ),
+        (JobStatus.FAILED, "node lost: node ND_2, where the room was, stopped", "node_lost"),
         (JobStatus.SUCCEEDED, "the worker's own words", "other"),
     ],
 )
