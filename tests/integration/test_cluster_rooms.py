@@ -388,6 +388,32 @@ async def test_node_list_and_drain_with_the_cli(cluster: Cluster) -> None:
     )
 
 
+async def test_node_service_refuses_what_the_token_does_not_allow_and_unknown_nodes(cluster: Cluster) -> None:
+    """As curl sends it (JSON): each refusal with its Twirp code, and the cluster unchanged."""
+    node = cluster.nodes[0]
+
+    async def call(method: str, token: str, body: str) -> tuple[int, str]:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"{node.http_url}/twirp/switchboard.NodeService/{method}",
+                data=body,
+                headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+            ) as answer,
+        ):
+            return answer.status, (await answer.json())["code"]
+
+    joiner = node.token(room_join=True, room="r")
+    assert await call("ListNodes", joiner, "{}") == (403, "permission_denied")
+    one_room_admin = node.token(room_admin=True, room="r")
+    assert await call("DrainNode", one_room_admin, "{}") == (403, "permission_denied")
+    admin = node.token(room_admin=True)
+    assert await call("DrainNode", admin, '{"node_id": "ND_nobody"}') == (404, "not_found")
+    assert await call("DrainNode", admin, '{"node_id": ') == (400, "malformed")
+    assert await call("DrainNode", admin, '{"node_id": 7}') == (400, "malformed")
+    assert {n.state for n in await list_nodes(node)} == {"serving"}
+
+
 async def test_redis_away_then_back(cluster: Cluster, pair: tuple[str, Listener, Listener]) -> None:
     _, alice, bob = pair
     third = cluster.nodes[2]
