@@ -1,6 +1,7 @@
 """The `redis:` section's other deployments, as the README lists them: nodes that find their Redis through
-Redis Sentinel (`sentinel_master_name`, `sentinel_addresses`) and nodes on a Redis Cluster
-(`cluster_addresses`), each with real redis-server processes (Debian's) and two switchboard nodes.
+Redis Sentinel (`sentinel_master_name`, `sentinel_addresses`), nodes on a Redis Cluster
+(`cluster_addresses`), and nodes that log in (`username`, `password`) to a db other than 0 (`db`), each
+with real redis-server processes (Debian's) and two switchboard nodes.
 
 The same cross-node dispatch in both: a real livekit-agents worker on node A, A drained so that the room
 is placed on B, CreateDispatch sent to B (livekit-api). The offer, the answer and the assignment cross
@@ -17,6 +18,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 from livekit import api
 
@@ -29,6 +31,7 @@ from tests.redis_server import RedisServer
 
 MASTER = "switchboard"
 """The name Sentinel monitors the master under (`sentinel_master_name`)."""
+REDIS_PASSWORD = "a-password-for-the-switchboard-user"
 FAILOVER_DETECTION_MS = 500
 """How long the Sentinel waits before it calls the master down: short, so the failover takes ~1-2 s."""
 FAILOVER_LEASE = 10.0
@@ -197,3 +200,22 @@ async def test_nodes_on_a_redis_cluster(tmp_path: Path, agent_workers: Any) -> N
             slot = cluster.keyslot(PREFIX + "nodes")  # type: ignore[no-untyped-call]
             holders = [s for s in shards if redis.Redis(port=s.port).cluster("countkeysinslot", slot)]
             assert len(holders) == 1
+
+
+async def test_nodes_that_log_in_to_redis_with_a_user_and_password_and_use_another_db(
+    tmp_path: Path, agent_workers: Any
+) -> None:
+    """Redis 6+ ACLs: the default user off, the nodes log in as their own user (`username`, `password`)
+    and keep everything in db 3 (`db`)."""
+    server = RedisServer(tmp_path / "redis")
+    server.arguments = ("--user", "default", "off")
+    server.arguments += ("--user", "switchboard", "on", f">{REDIS_PASSWORD}", "~*", "&*", "+@all")
+    with redis_servers([server]):
+        section = {"address": server.address, "username": "switchboard", "password": REDIS_PASSWORD, "db": 3}
+        with nodes(tmp_path, server, section) as (a, b):
+            await dispatch_across(a, b, await worker_on(a, agent_workers))
+            login = {"port": server.port, "username": "switchboard", "password": REDIS_PASSWORD}
+            assert len(node_ids(redis.Redis(db=3, decode_responses=True, **login))) == 2
+            assert node_ids(redis.Redis(db=0, decode_responses=True, **login)) == set()
+            with pytest.raises(redis.AuthenticationError):
+                redis.Redis(port=server.port).ping()  # nobody else gets in
