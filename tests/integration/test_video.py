@@ -25,6 +25,10 @@ from tests.polling import eventually
 
 WIDTH, HEIGHT = 640, 360
 ORANGE = (230, 120, 20)
+BLUE = (20, 60, 220)
+BLACK = (0, 0, 0)
+# Frames a muted Python camera is seen to send (black) before the test unmutes it: a third of a second.
+MUTED_FRAMES = 10
 FPS = 30
 # Frames go through VP8 twice (the publisher's encoder, the subscriber's decoder): colours move a little.
 COLOUR_TOLERANCE = 24
@@ -54,6 +58,8 @@ class Received:
     announced: tuple[int, int] = (0, 0)
     """The track's size in the TrackInfo the subscriber was sent (its publication's width, height)."""
     sizes: set[tuple[int, int]] = field(default_factory=set)
+    colours: list[tuple[float, float, float]] = field(default_factory=list)
+    """The mean colour of every frame, in the order they came."""
 
 
 class Viewer:
@@ -95,6 +101,7 @@ class Viewer:
             received.size = (frame.width, frame.height)
             received.sizes.add(received.size)
             received.colour = tuple(float(c) for c in pixels[..., :3].reshape(-1, 3).mean(axis=0))  # type: ignore[assignment]
+            received.colours.append(received.colour)
             received.frames += 1
 
     def only(self) -> Received:
@@ -114,11 +121,16 @@ class Camera:
     def __init__(self, room: rtc.Room, colour: tuple[int, int, int], width: int, height: int) -> None:
         self.source = rtc.VideoSource(width, height)
         self.track = rtc.LocalVideoTrack.create_video_track("camera", self.source)
-        pixels = np.empty((height, width, 4), dtype=np.uint8)
-        pixels[...] = (*colour, 255)
-        self._frame = rtc.VideoFrame(width, height, rtc.VideoBufferType.RGBA, pixels.tobytes())
+        self._width, self._height = width, height
+        self.paint(colour)
         self._room = room
         self._task: asyncio.Task[None] | None = None
+
+    def paint(self, colour: tuple[int, int, int]) -> None:
+        """From the next frame on, the camera sends this colour."""
+        pixels = np.empty((self._height, self._width, 4), dtype=np.uint8)
+        pixels[...] = (*colour, 255)
+        self._frame = rtc.VideoFrame(self._width, self._height, rtc.VideoBufferType.RGBA, pixels.tobytes())
 
     async def publish(self, **options: Any) -> rtc.LocalTrackPublication:
         publish_options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA, **options)
@@ -224,8 +236,8 @@ async def test_a_late_joiner_gets_a_picture_promptly(room: Any) -> None:
 
 
 async def test_simulcast_offers_are_relayed_as_their_first_full_size_layer(room: Any) -> None:
-    """The Rust SDK offers three layers (rids f, h, q, full size first); the answer declines simulcast,
-    so it sends one stream: its first layer, at the published size, not a scaled-down one."""
+    """The Rust SDK offers three layers (rids f, h, q, full size first); the answer accepts one of them
+    (`a=simulcast:recv f`), so it sends one stream: that full-size layer, not a scaled-down one."""
     viewer = await room("viewer")
     _, camera = await room.camera("alice")
     publication = await camera.publish(simulcast=True)
@@ -235,28 +247,48 @@ async def test_simulcast_offers_are_relayed_as_their_first_full_size_layer(room:
     assert close_to(received.colour, ORANGE)
 
 
-async def test_mute_stops_the_video_and_unmute_brings_it_back(room: Any) -> None:
+async def test_mute_sends_black_frames_and_unmute_brings_the_picture_back(room: Any) -> None:
+    """The Python SDK keeps sending a muted camera, as black frames (libwebrtc's disabled track), which
+    the viewer receives; after unmute the camera paints a new colour, and the viewer sees that colour."""
     viewer = await room("viewer")
     _, camera = await room.camera("alice")
     publication = await camera.publish(simulcast=False)
     received = await eventually(lambda: viewer.tracks.get(publication.sid), "the viewer's track")
     await eventually(lambda: received.frames >= 10, "the first frames")
+    assert close_to(received.colour, ORANGE), received.colour
 
     camera.track.mute()
     await eventually(lambda: publication.sid in viewer.muted, "the viewer to see the camera muted")
+    # Frames already on their way may still be orange: from the first black one on, all are black.
+    first_black = await eventually(
+        lambda: next((n for n, c in enumerate(received.colours) if close_to(c, BLACK)), None),
+        "a black frame while muted",
+        FRAME_DEADLINE,
+        accept=lambda n: n is not None,
+    )
+    await eventually(
+        lambda: received.frames >= first_black + MUTED_FRAMES, "frames while muted", FRAME_DEADLINE
+    )
+    muted_colours = received.colours[first_black:]
+    assert all(close_to(c, BLACK) for c in muted_colours), muted_colours
+
+    camera.paint(BLUE)
+    unmuted_from = received.frames
     camera.track.unmute()
     await eventually(lambda: publication.sid in viewer.unmuted, "the viewer to see the camera unmuted")
-    # A muted libwebrtc track sends black frames: the picture is back once the colour is.
-    await eventually(lambda: close_to(received.colour, ORANGE), "the picture after unmute", FRAME_DEADLINE)
+    await eventually(
+        lambda: any(close_to(c, BLUE) for c in received.colours[unmuted_from:]),
+        "the new colour after unmute",
+        FRAME_DEADLINE,
+    )
 
 
 async def test_two_cameras_and_three_viewers(room: Any) -> None:
     """Each viewer gets each camera's own picture: two tracks, two colours, no mix-up; the last viewer
     joins once both publish, and receives both in its first offer."""
-    blue = (20, 60, 220)
     viewers = [await room(f"viewer-{n}") for n in range(2)]
     _, orange_camera = await room.camera("orange")
-    _, blue_camera = await room.camera("blue", colour=blue, width=320, height=240)
+    _, blue_camera = await room.camera("blue", colour=BLUE, width=320, height=240)
     orange = await orange_camera.publish(simulcast=False)
     blue_publication = await blue_camera.publish(simulcast=False)
     viewers.append(await room("late-viewer"))
@@ -267,7 +299,7 @@ async def test_two_cameras_and_three_viewers(room: Any) -> None:
         assert viewer.tracks[orange.sid].size == (WIDTH, HEIGHT)
         assert close_to(viewer.tracks[orange.sid].colour, ORANGE)
         assert viewer.tracks[blue_publication.sid].size == (320, 240)
-        assert close_to(viewer.tracks[blue_publication.sid].colour, blue)
+        assert close_to(viewer.tracks[blue_publication.sid].colour, BLUE)
 
 
 async def test_browser_camera_and_screen_share_reach_python(server: Server) -> None:
@@ -325,8 +357,9 @@ async def test_browser_camera_and_screen_share_reach_python(server: Server) -> N
 
 
 async def test_rtc_node_camera_reaches_node_viewers_and_a_late_joiner(server: Server) -> None:
-    """@livekit/rtc-node publishes a 320x240 camera of one colour (simulcast offered); another rtc-node
-    participant receives it, and so does one that joins while it runs."""
+    """@livekit/rtc-node publishes a 320x240 camera of one colour (simulcast offered, dynacast on: the
+    server never asks it for fewer layers, so it keeps sending); another rtc-node participant receives
+    it, and so does one that joins while it runs."""
     result = await run_rtc_scenario(server, "video", unique_room("video"), "ABC")
     print(f"rtc-node video: {result['received']}")
     for label in ("B", "C"):
@@ -360,9 +393,10 @@ async def test_an_agent_job_reads_a_participants_video(server: Server, workers: 
 
 
 async def test_browser_views_a_python_camera_and_hides_it_with_adaptive_stream(server: Server) -> None:
-    """livekit-client (adaptive stream on) decodes a Python camera while its <video> element shows it;
-    once the element is gone the SDK asks for no video (`update_track_settings` disabled) and frames stop;
-    shown again, frames come back."""
+    """livekit-client (adaptive stream on) joins once a Python camera runs and decodes it while its
+    <video> element shows it (its first frame within FIRST_FRAME_DEADLINE of TrackSubscribed); once the
+    element is gone the SDK asks for no video (`update_track_settings` disabled) and frames stop; shown
+    again, frames come back."""
     name = f"browser-view-{uuid.uuid4().hex[:8]}"
     publisher = Viewer("py")
     await publisher.room.connect(server.ws_url, server.join_token(name, "py"))
@@ -385,6 +419,9 @@ async def test_browser_views_a_python_camera_and_hides_it_with_adaptive_stream(s
     print(f"browser view: {viewed}")
     assert viewed["subscribed"] and viewed["shown"] is not None, viewed
     assert (viewed["shown"]["width"], viewed["shown"]["height"]) == (WIDTH, HEIGHT)
+    # The browser joined after the camera published: a late joiner, asked a keyframe for.
+    assert viewed["firstFrameMs"] is not None, viewed
+    assert viewed["firstFrameMs"] < FIRST_FRAME_DEADLINE * 1000, viewed
     assert viewed["hidden"] is not None, "frames kept coming to a hidden video"
     assert viewed["shownAgain"] is not None, "no frames once the video was shown again"
 

@@ -590,8 +590,15 @@ async function viewWithAdaptiveStream({ url, token, peer, timeoutMs }) {
   const room = new LK.Room({ adaptiveStream: true });
   window.__room = room;
   const t0 = performance.now();
+  let subscribedAt = null;
+  let firstFrameAt = null;
   const subscribed = new Promise((resolve) =>
-    room.on(LK.RoomEvent.TrackSubscribed, (track, _pub, p) => p.identity === peer && track.kind === 'video' && resolve(track)),
+    room.on(LK.RoomEvent.TrackSubscribed, (track, _pub, p) => {
+      if (p.identity === peer && track.kind === 'video') {
+        subscribedAt = performance.now();
+        resolve(track);
+      }
+    }),
   );
   await room.connect(url, token);
   const track = await Promise.race([subscribed, new Promise((r) => setTimeout(() => r(null), timeoutMs))]);
@@ -614,9 +621,12 @@ async function viewWithAdaptiveStream({ url, token, peer, timeoutMs }) {
     element.style.width = '640px';
     element.style.height = '360px';
     document.body.appendChild(element);
+    return element;
   };
-  show();
+  // A late joiner (the camera runs already): its first decoded frame, as the <video> element presents it.
+  show().requestVideoFrameCallback(() => (firstFrameAt = performance.now()));
   const shown = await until((s) => s.frames >= 30);
+  const firstFrameMs = firstFrameAt === null ? null : Math.round(firstFrameAt - subscribedAt);
   const firstShownMs = Math.round(performance.now() - t0);
   track.detach().forEach((element) => element.remove());
   // Hidden: packets stop coming once the server has the SDK's `disabled` setting (no packet for 1 s).
@@ -628,7 +638,7 @@ async function viewWithAdaptiveStream({ url, token, peer, timeoutMs }) {
   const before = (await inbound()).frames;
   const shownAgain = await until((s) => s.frames >= before + 30);
   await room.disconnect();
-  return { subscribed: true, shown, firstShownMs, hidden, shownAgain };
+  return { subscribed: true, shown, firstShownMs, firstFrameMs, hidden, shownAgain };
 }
 
 // ---- Driver ----

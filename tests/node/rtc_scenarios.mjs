@@ -100,7 +100,7 @@ function describePublication(pub) {
  * Connects one participant (label "A", "B", …, token from TOKEN_<label>) and records what it sees:
  * participants joining and leaving, data packets, subscribed tracks.
  */
-async function join(label) {
+async function join(label, roomOptions = {}) {
   const token = process.env[`TOKEN_${label}`];
   if (!token) throw new Error(`TOKEN_${label} is not set`);
   const room = new Room();
@@ -154,7 +154,7 @@ async function join(label) {
       seen.disconnectedReason = reason === undefined ? null : DisconnectReason[reason];
     });
   const connectStarted = performance.now();
-  const options = { autoSubscribe: true, dynacast: false };
+  const options = { autoSubscribe: true, dynacast: false, ...roomOptions };
   if (process.env.E2EE_KEY) {
     // The SDK's shared-key end-to-end encryption: media and data are encrypted by the sender.
     options.encryption = { keyProviderOptions: { sharedKey: encoder.encode(process.env.E2EE_KEY) } };
@@ -490,12 +490,13 @@ async function rpcOutcome(caller, params) {
 
 const scenarios = {
   /**
-   * A publishes a camera of one colour (simulcast offered, as by default); B receives it; C joins once
+   * A publishes a camera of one colour (simulcast offered, as by default; dynacast on); B receives it; C joins once
    * the stream runs and receives it too (a keyframe asked for it). Each reports the frames' sizes,
    * their mean colour and how long the first took from its subscription.
    */
   async video() {
-    const a = await join('A');
+    // Dynacast on: the SDK keeps sending its layers (the server never sends subscribed_quality_update).
+    const a = await join('A', { dynacast: true });
     const b = await join('B');
     const camera = await publishColour(a);
     const atB = await subscription(b, a);

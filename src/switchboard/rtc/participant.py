@@ -826,7 +826,8 @@ class ParticipantSession:
             )
         relay = self.relays.get(request.sid)
         if isinstance(relay, VideoRelay) and not request.muted:
-            # The SDKs stop sending a muted camera; subscribers start again from a fresh picture.
+            # The Rust-based SDKs send black frames while muted, livekit-client stops its camera:
+            # either way subscribers start again from a fresh picture.
             relay.request_keyframe()
 
     def _on_track_setting(self, request: rtc.UpdateTrackSettings) -> None:
