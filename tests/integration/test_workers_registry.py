@@ -20,7 +20,7 @@ from livekit.api.twirp_client import TwirpClient
 
 from switchboard.api import switchboard_proto as pb
 from tests.agent_workers import eventually, registered
-from tests.conftest import Server, start_server, stop_server
+from tests.conftest import Server, start_server, stop_server, unique
 from tests.integration.test_cli import run as cli
 from tests.protocol_worker import AVAILABLE, Client, answer
 
@@ -283,6 +283,18 @@ async def test_grants_and_bad_requests_get_twirp_errors(server: Server) -> None:
     assert await post_json(server, explain_path, '{"room": "some-room"}', room_admin) == (
         404,
         {"code": "not_found", "msg": "requested room does not exist"},
+    )
+    status, error = await post_json(server, explain_path, "{}", admin)
+    assert (status, error["code"]) == (400, "invalid_argument") and "room" in error["msg"]
+    room = unique("explained")
+    creator = server.token(room_create=True)
+    assert (
+        await post_json(server, "/twirp/livekit.RoomService/CreateRoom", f'{{"name": "{room}"}}', creator)
+    )[0] == 200
+    unknown = f'{{"room": "{room}", "dispatch_id": "AD_nope"}}'
+    assert await post_json(server, explain_path, unknown, admin) == (
+        404,
+        {"code": "not_found", "msg": "dispatch ID not found"},
     )
 
 
