@@ -1,6 +1,6 @@
 """Prometheus metrics of a real server, scraped and parsed with prometheus-client's parser before, during and
-after a scenario driven by the Python server SDK, an rtc participant and a protocol-level worker: the
-counters move by exactly what happened, the gauges say what is there now."""
+after a scenario driven by the Python server SDK, an rtc participant publishing a tone and a protocol-level
+worker: the counters move by exactly what happened, the gauges say what is there now."""
 
 import uuid
 from collections.abc import Iterator
@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.agent_workers import eventually
 from tests.conftest import Server, free_port, start_server, stop_server
 from tests.protocol_worker import answer, job_update, worker_running_a_new_rooms_job
+from tests.tone import publish_tone
 
 Sample = tuple[str, tuple[tuple[str, str], ...]]
 
@@ -72,9 +73,15 @@ async def test_counters_move_by_exactly_what_happened(metrics_server: tuple[Serv
             lambda: scrape_value(url, "switchboard_jobs", status="running"), "the job running", 10.0
         )
 
-        # A dispatch nobody serves waits (pending), then fails for want of a worker.
+        # Its worker reports its load; a participant publishes a track.
+        status = agent.UpdateWorkerStatus(status=agent.WS_AVAILABLE, load=0.25, job_count=1)
+        await worker.send(agent.WorkerMessage(update_worker=status))
         alice = rtc.Room()
         await alice.connect(server.ws_url, server.join_token(room, "alice"))
+        _, tone = await publish_tone(alice)
+        await eventually(lambda: scrape_value(url, "switchboard_tracks"), "alice's track counted", 10.0)
+
+        # A dispatch nobody serves waits (pending), then fails for want of a worker.
         await lk.agent_dispatch.create_dispatch(
             api.CreateAgentDispatchRequest(agent_name="nobody", room=room)
         )
@@ -84,6 +91,8 @@ async def test_counters_move_by_exactly_what_happened(metrics_server: tuple[Serv
         assert value(during, "switchboard_workers", agent_name="runner", status="available") == 1
         assert value(during, "switchboard_jobs_pending") == 1
         assert value(during, "switchboard_jobs", status="running") == 1
+        assert value(during, "switchboard_tracks") == 1
+        assert value(during, "switchboard_worker_load", agent_name="runner") == 0.25
 
         async def nobody_failed() -> bool:
             return (await scrape_value(url, "switchboard_jobs_pending")) == 0
@@ -104,6 +113,7 @@ async def test_counters_move_by_exactly_what_happened(metrics_server: tuple[Serv
             return value(samples, "switchboard_jobs_ended_total", status="succeeded", reason="completed") == 1
 
         await eventually(succeeded, "the job to succeed", 10.0)
+        tone.cancel()
         await alice.disconnect()
         await lk.room.delete_room(api.DeleteRoomRequest(room=room))
         with pytest.raises(api.TwirpError):
