@@ -208,6 +208,17 @@ def test_the_signature_is_the_token_mint_token_makes() -> None:
     assert WebhookSigner(KEY, SECRET, lambda: 1234.5)(body) == expected
 
 
+async def started_webhooks(delivery: Delivery, runtime: Runtime) -> Webhooks:
+    """Webhooks of the room and job decisions (as switchboard.effects wires them), started."""
+    webhooks = Webhooks(delivery, runtime)
+    runtime.effects.on(RoomStarted, webhooks.room_started)
+    runtime.effects.on(JobStarted, webhooks.job_started)
+    runtime.effects.on(JobEnded, webhooks.job_ended)
+    runtime.effects.on(RoomClosed, webhooks.room_closed)
+    await webhooks.start()
+    return webhooks
+
+
 async def test_events_are_the_engine_state_when_decided_made_once_for_every_url() -> None:
     """A job that starts and ends before its events go out is told as it was at each moment; both URLs
     get the same events (one id each), and an event no queue had room for is counted, not made."""
@@ -228,12 +239,7 @@ async def test_events_are_the_engine_state_when_decided_made_once_for_every_url(
         return 200
 
     settings = WebhookSettings(api_key=KEY, urls=(URL, second_url), queue_size=3)
-    webhooks = Webhooks(Delivery(settings, SECRET, post=post), runtime)
-    runtime.effects.on(RoomStarted, webhooks.room_started)
-    runtime.effects.on(JobStarted, webhooks.job_started)
-    runtime.effects.on(JobEnded, webhooks.job_ended)
-    runtime.effects.on(RoomClosed, webhooks.room_closed)
-    await webhooks.start()
+    webhooks = await started_webhooks(Delivery(settings, SECRET, post=post), runtime)
     try:
         worker = at(100, lambda e: e.register_worker(WorkerSpec(agent_name="a"), 100)).id
         room = at(
@@ -292,12 +298,8 @@ async def test_a_room_that_moves_to_another_node_neither_finishes_nor_starts_aga
         posts.append(verify.receive(body.decode(), headers["Authorization"]))
         return 200
 
-    webhooks = Webhooks(Delivery(WebhookSettings(api_key=KEY, urls=(URL,)), SECRET, post=post), runtime)
-    runtime.effects.on(RoomStarted, webhooks.room_started)
-    runtime.effects.on(JobStarted, webhooks.job_started)
-    runtime.effects.on(JobEnded, webhooks.job_ended)
-    runtime.effects.on(RoomClosed, webhooks.room_closed)
-    await webhooks.start()
+    delivery = Delivery(WebhookSettings(api_key=KEY, urls=(URL,)), SECRET, post=post)
+    webhooks = await started_webhooks(delivery, runtime)
     try:
         worker = runtime.call(lambda e: e.register_worker(WorkerSpec(agent_name="a"), 100)).id
         room = runtime.call(lambda e: e.create_room(RoomSpec(name="r", agents=(DispatchSpec("a"),)), 100))
