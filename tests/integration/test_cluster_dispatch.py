@@ -274,6 +274,11 @@ async def test_the_job_of_a_killed_nodes_worker_runs_again_on_another_node(
     assert running.state.worker_id == record["worker_id"] in worker_ids(c, "sturdy")
     standby = await worker_on(a, b, agent_workers, "sturdy", "stay")
 
+    async def agents() -> list[str]:
+        listed = await api_b.room.list_participants(api.ListParticipantsRequest(room=room))
+        return [p.sid for p in listed.participants if p.kind == api.ParticipantInfo.Kind.AGENT]
+
+    [old_agent] = await eventually(agents, "the agent in the room", accept=lambda sids: len(sids) == 1)
     lost_before = len(lost_nodes(b))
     kill_node(c)
     [again] = (await eventually(standby.jobs, "the job on node A's worker")).values()
@@ -287,6 +292,13 @@ async def test_the_job_of_a_killed_nodes_worker_runs_again_on_another_node(
     assert first.state.status == api.JS_FAILED and first.state.worker_id == record["worker_id"]
     [lost] = lost_nodes(b)[lost_before:]
     assert first.state.error == f"worker {record['worker_id']}'s node {lost} was lost", "why it moved"
+    # The first copy's agent (its worker cut off with node C, the agent still in the room) is gone.
+    await eventually(
+        agents,
+        "only the new attempt's agent in the room",
+        accept=lambda sids: bool(sids) and old_agent not in sids,
+    )
+    assert len(await agents()) == 1
 
 
 async def test_a_job_that_no_live_node_claims_is_stopped_on_its_worker(

@@ -51,6 +51,7 @@ async def test_log_in_watch_a_room_live_and_drain_a_worker(
         "SPEAKER": "speaker",
         "AGENT": "dash-bot",
         "FAILED_AGENT": "nobody-bot",
+        "FORM_AGENT": "form-bot",
         "WORKER_ID": worker.id,
         "SCREENSHOT": str(screenshot),
     }
@@ -90,6 +91,7 @@ async def test_log_in_watch_a_room_live_and_drain_a_worker(
     assert charted["dispatches"] - before["dispatches"] == 3
     assert charted["failures"] - before["failures"] >= 1 and charted["bars"] == 60
     assert result["workerStatus"] == "draining (available)"
+    assert result["workerStatusUndrained"] == "available"
     assert result["agentParticipant"] is True
     latency = result["latencyMs"]
     print(
@@ -101,8 +103,9 @@ async def test_log_in_watch_a_room_live_and_drain_a_worker(
     assert result["secretOnPage"] is False and result["stored"] == 0
     # Nothing went wrong on the page.
     assert result["consoleErrors"] == REFUSED_LOGIN_LOGGED[browser]
-    [drained] = await list_workers(server, "dash-bot")
-    assert drained.draining
+    [undrained] = await list_workers(server, "dash-bot")
+    assert not undrained.draining
+    assert result["formDispatch"].startswith("AD_") and result["formDispatch"] != result["deletedDispatch"]
     assert result["deletedDispatch"].startswith("AD_")
     assert (await lkapi.room.list_rooms(api.ListRoomsRequest(names=["dashboard-room"]))).rooms == []
     assert screenshot.stat().st_size > 0

@@ -11,7 +11,8 @@
 // WORKER_ID (the worker to drain from the page), SCREENSHOT (where to save the page), BROWSER (chromium
 // or firefox) and BROWSER_EXECUTABLE.
 // SPEAKER: a participant the test has publishing a tone in ROOM, removed from the page once shown speaking.
-// After draining, the scenario deletes the running agent's dispatch and closes the room from the page.
+// It drains the worker and undrains it, creates a dispatch of FORM_AGENT (nobody serves it) with the page's
+// form, then deletes the running agent's dispatch and closes the room from the page.
 // Prints "shown" once the page shows its first state after logging in, then exactly one JSON line of
 // observations on stdout; diagnostics go to stderr.
 
@@ -134,8 +135,21 @@ try {
       const status = document.querySelector(selector)?.innerText ?? '';
       return status.startsWith('draining') && status;
     }, `${worker} .status`);
-
     await page.screenshot(env.SCREENSHOT);
+    // The same button now undrains it.
+    await page.click(`${worker} button.steer`);
+    result.workerStatusUndrained = await page.until((selector) => {
+      const status = document.querySelector(selector)?.innerText ?? '';
+      return status !== '' && !status.startsWith('draining') && status;
+    }, `${worker} .status`);
+
+    // A dispatch created with the page's form appears among the jobs.
+    await page.fill('#dispatch-room', env.ROOM);
+    await page.fill('#dispatch-agent', env.FORM_AGENT);
+    await page.click('#dispatch button');
+    const formRow = `#jobs tr[data-agent="${env.FORM_AGENT}"]`;
+    await page.until(present, formRow);
+    result.formDispatch = await page.evaluate((selector) => document.querySelector(selector).dataset.dispatch, formRow);
 
     result.deletedDispatch = await deleteDispatch(agentRow, room);
     // Once the room is closed, a reading already under way may ask about it and get 404, which the browser
