@@ -219,6 +219,7 @@ async def test_room_service_acts_on_live_participants(clients: Any, lkapi: api.L
     )
     assert muted.track.muted and muted.track.sid == publication.sid
     await eventually(lambda: bob.saw("track_muted"), "bob to see the track muted")
+    await eventually(lambda: publication.muted, "alice's SDK to mute the track, as the server told it")
 
     info = await lkapi.room.update_participant(
         api.UpdateParticipantRequest(

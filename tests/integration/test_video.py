@@ -251,11 +251,14 @@ async def test_mute_sends_black_frames_and_unmute_brings_the_picture_back(room: 
     """The Python SDK keeps sending a muted camera, as black frames (libwebrtc's disabled track), which
     the viewer receives; after unmute the camera paints a new colour, and the viewer sees that colour."""
     viewer = await room("viewer")
-    _, camera = await room.camera("alice")
+    alice, camera = await room.camera("alice")
     publication = await camera.publish(simulcast=False)
     received = await eventually(lambda: viewer.tracks.get(publication.sid), "the viewer's track")
     await eventually(lambda: received.frames >= 10, "the first frames")
     assert close_to(received.colour, ORANGE), received.colour
+    own = {"track_muted": 0, "track_unmuted": 0}  # what alice's own SDK reports of her track
+    for event in own:
+        alice.room.on(event, lambda *_, event=event: own.__setitem__(event, own[event] + 1))
 
     camera.track.mute()
     await eventually(lambda: publication.sid in viewer.muted, "the viewer to see the camera muted")
@@ -281,6 +284,9 @@ async def test_mute_sends_black_frames_and_unmute_brings_the_picture_back(room: 
         "the new colour after unmute",
         FRAME_DEADLINE,
     )
+    # Her own mute and unmute, once each: the server does not tell her of what she did herself (told, the
+    # SDK muted again and asked again, thousands of times a second, the picture stalling meanwhile).
+    assert own == {"track_muted": 1, "track_unmuted": 1}
 
 
 async def test_two_cameras_and_three_viewers(room: Any) -> None:

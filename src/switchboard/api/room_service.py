@@ -93,7 +93,9 @@ def methods(runtime: Runtime, live: LiveParticipants) -> dict[str, Method]:
     def mute_published_track(claims: Claims, request: pb.MuteRoomTrackRequest) -> pb.MuteRoomTrackResponse:
         require_room_admin(claims, request.room)
         track = runtime.call(
-            lambda engine: engine.mute_track(request.room, request.identity, request.track_sid, request.muted)
+            lambda engine: engine.mute_track(
+                request.room, request.identity, request.track_sid, request.muted, by_server=True
+            )
         )
         return pb.MuteRoomTrackResponse(track=track_to_proto(track))
 

@@ -344,14 +344,17 @@ class Engine:
         self._decisions.append(TrackUnpublished(room_name, participant, track))
         return track
 
-    def mute_track(self, room_name: str, identity: str, track_sid: str, muted: bool) -> Track:
+    def mute_track(
+        self, room_name: str, identity: str, track_sid: str, muted: bool, *, by_server: bool = False
+    ) -> Track:
+        """The publisher muted or unmuted its track, or (`by_server`) the server's API did it for it."""
         participant = self.participant(room_name, identity)
         track = participant.tracks.get(track_sid)
         if track is None:
             raise NotFound("track does not exist")
         track.muted = muted
         participant.changed()
-        self._decisions.append(TrackMuted(room_name, identity, track_sid, muted))
+        self._decisions.append(TrackMuted(room_name, identity, track_sid, muted, by_server=by_server))
         return track
 
     def send_data(self, room_name: str, packet: bytes, reliable: bool, destinations: Iterable[str]) -> None:

@@ -149,6 +149,8 @@ class TrackMuted:
     identity: str
     track_sid: str
     muted: bool
+    by_server: bool = field(default=False, kw_only=True, compare=False)
+    """Muted by the server's API (MutePublishedTrack), not by its publisher: the publisher is told to."""
 
 
 @dataclass(frozen=True)

@@ -334,9 +334,11 @@ class RtcService:
         session = self._session(decision.room, decision.identity)
         if session is None:
             return
-        session.signal.send(
-            rtc.SignalResponse(mute=rtc.MuteTrackRequest(sid=decision.track_sid, muted=decision.muted))
-        )
+        if decision.by_server:
+            # As LiveKit: only a mute the publisher did not ask for is sent to it. Told of its own, the
+            # Rust-based SDKs mute (or unmute) again and ask again, in a loop (thousands a second).
+            mute = rtc.MuteTrackRequest(sid=decision.track_sid, muted=decision.muted)
+            session.signal.send(rtc.SignalResponse(mute=mute))
         if not session.hidden:
             session.room.announce([session.info()])
         self._update_forwards(session)
