@@ -247,6 +247,13 @@ async def test_simulcast_offers_are_relayed_as_their_first_full_size_layer(room:
     assert close_to(received.colour, ORANGE)
 
 
+async def target_bitrate(camera: Camera) -> float:
+    """The publisher's bitrate estimate for its camera (libwebrtc's outbound-rtp `targetBitrate`)."""
+    stats = await camera.track.get_stats()
+    sending = [s.outbound_rtp.outbound for s in stats if s.WhichOneof("stats") == "outbound_rtp"]
+    return max((o.target_bitrate for o in sending), default=0.0)
+
+
 async def test_mute_sends_black_frames_and_unmute_brings_the_picture_back(room: Any) -> None:
     """The Python SDK keeps sending a muted camera, as black frames (libwebrtc's disabled track), which
     the viewer receives; after unmute the camera paints a new colour, and the viewer sees that colour."""
@@ -283,6 +290,14 @@ async def test_mute_sends_black_frames_and_unmute_brings_the_picture_back(room: 
         lambda: any(close_to(c, BLUE) for c in received.colours[unmuted_from:]),
         "the new colour after unmute",
         FRAME_DEADLINE,
+    )
+    # Her camera sent next to nothing while muted: its bitrate is still where it was (the server's REMB,
+    # no longer sent, asked for libwebrtc's minimum of 30 kbit/s then, and kept it there for seconds).
+    await eventually(
+        lambda: target_bitrate(camera),
+        "alice's bitrate after unmute",
+        FRAME_DEADLINE,
+        accept=lambda b: b > 200_000,
     )
     # Her own mute and unmute, once each: the server does not tell her of what she did herself (told, the
     # SDK muted again and asked again, thousands of times a second, the picture stalling meanwhile).

@@ -13,8 +13,9 @@ A decoder that lost a frame cannot decode what follows until a keyframe: a slot 
 resumed, or had to drop a frame sends nothing until the next keyframe, and asks the publisher for one
 (a PLI on the publisher's connection). A subscriber's own PLI reaches the publisher the same way (a FIR
 would too, but `ccm fir` is not among the feedback aiortc offers, so clients do not send one).
-This relies on aiortc internals (the receiver's private jitter buffer, decoder queue and thread, the
-sender's `_send_keyframe`, `RTCRtpReceiver._send_rtcp_pli`), hence the pinned aiortc version.
+This relies on aiortc internals (the receiver's private jitter buffer, decoder queue and thread and bitrate
+estimator, the sender's `_send_keyframe`, `RTCRtpReceiver._send_rtcp_pli`), hence the pinned aiortc
+version.
 """
 
 import asyncio
@@ -159,6 +160,14 @@ class VideoRelay(TrackRelay):
         # The decoder thread, if already started, waits on the original queue: end it.
         receiver._RTCRtpReceiver__decoder_queue.put(None)  # type: ignore[attr-defined]
         receiver._RTCRtpReceiver__decoder_queue = _FrameSink(self)  # type: ignore[attr-defined]
+        # No REMB to the publisher: aiortc's estimator cuts its estimate to 0.85 x the bitrate it receives
+        # when it sees the delay grow, then raises it by a few kbit/s a second. A muted camera (the
+        # Rust-based SDKs send black frames, a few kbit/s) or a still screen share sends next to nothing:
+        # one such cut asked the publisher for 30 kbit/s, libwebrtc's minimum, where it stayed for
+        # seconds after the picture came back (Python SDK: 30 -> 34 kbit/s in the 7 s after unmute, the
+        # picture a blur). Without it, libwebrtc's loss-based estimate sets the bitrate, up to the SDK's
+        # maximum for the encoding (it ramps up as fast: bench/rtc.py, README "Video").
+        receiver._RTCRtpReceiver__remote_bitrate_estimator = None  # type: ignore[attr-defined]
         receiver._RTCRtpReceiver__jitter_buffer = _FrameOnMarker.replacing(  # type: ignore[attr-defined]
             receiver._RTCRtpReceiver__jitter_buffer  # type: ignore[attr-defined]
         )
