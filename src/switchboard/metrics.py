@@ -46,8 +46,8 @@ _REASON_CLASSES = (
     ("no worker took the job", "no_capacity"),
     ("not offered within", "server_draining"),
     ("job failed on worker", "worker_failed"),  # before the rest: what follows it is the worker's own words
-    ("node lost:", "node_lost"),  # the room's node (cluster)
-    ("'s node ", "node_lost"),  # the worker's node: "worker AW_…'s node ND_… was lost"
+    ("node lost: node ND_", "node_lost"),  # the room's node (cluster)
+    ("'s node ND_", "node_lost"),  # the worker's node: "worker AW_…'s node ND_… was lost"
     ("declined the job", "worker_declined"),
     ("did not start the job", "start_timeout"),
     ("disconnected", "worker_lost"),

@@ -14,7 +14,11 @@ from livekit.protocol import agent, models
 from switchboard.cluster.directory import RelayedJobs
 from switchboard.cluster.lease import Lease
 from switchboard.cluster.workers import CLAIM_LEASES, ClusterWorkers
+from switchboard.core.dispatch import DispatchSpec
 from switchboard.core.engine import Engine
+from switchboard.core.events import JobContext, OfferJob
+from switchboard.core.jobs import Job, JobType
+from switchboard.core.rooms import Room
 from switchboard.runtime import Runtime
 
 LEASE = 0.05
@@ -169,3 +173,20 @@ async def test_an_offer_of_a_job_whose_copy_waits_for_a_claim_is_answered_with_t
     await after_leases(CLAIM_LEASES + 1)
     assert session.terminated() == [], "the claimed copy runs on"
     assert len(bus.published) == 1, "and is not listed again"
+
+
+async def test_an_offer_here_of_a_job_whose_copy_waits_for_a_claim_takes_the_copy_back(node: Any) -> None:
+    """The job's room came back on this very node (the worker's), whose engine offers the job again before
+    the listing is checked: the worker is not asked (the stand-in hub has no `offer`: passing it on would
+    fail), this node takes the running copy back, and nothing goes to other nodes."""
+    workers, bus, _, session = node
+    listed(workers, session)
+    report(workers, session, agent.JS_RUNNING)
+    job = Job(id=JOB, dispatch_id="AD_1", room="r", type=JobType.ROOM, agent_name="a", created_at=0.0)
+    context = JobContext(Room("r", "RM_1", 0.0, 300, 20), DispatchSpec("a"), None)
+    workers.offer(OfferJob(WORKER, job, resuming=True, context=context))
+    await asyncio.sleep(0)  # the take-back runs once the decision is carried out
+    assert session.sent == [] and bus.sent == []
+    assert session.remote_jobs.unclaimed(JOB) is None, "this node's own now"
+    await after_leases(CLAIM_LEASES + 1)
+    assert session.terminated() == [] and len(bus.published) == 1, "neither stopped nor listed again"

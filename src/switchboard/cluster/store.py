@@ -443,8 +443,9 @@ class DispatchStore:
             return await self._pipelined(batch)
         except NoScriptError:
             # redis-py loads a pipeline's scripts first on a single server, not on a Redis Cluster (where a
-            # shard that restarted or failed over has none either): the script was not there, so none of
-            # the batch was written. Load it and write the batch again.
+            # shard that restarted or failed over has none either). Load it and write the batch again: a
+            # room the script did write (on a shard that had it) is written again with the same changes,
+            # which the script applies idempotently, and no other write came in between.
             await self._redis.script_load(_WRITE)
             return await self._pipelined(batch)
 

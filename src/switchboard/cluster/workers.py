@@ -278,6 +278,8 @@ class ClusterWorkers:
     # The engine's job decisions (wired in switchboard.effects)
 
     def offer(self, decision: OfferJob) -> None:
+        if self._copy_waits_here(decision.worker_id, decision.job):
+            return
         if self._held_here(decision.worker_id, decision.job):
             self.hub.offer(decision)
         else:
@@ -286,12 +288,37 @@ class ClusterWorkers:
             )
 
     def assign(self, decision: AssignJob) -> None:
+        if self._copy_waits_here(decision.worker_id, decision.job):
+            return
         if self._held_here(decision.worker_id, decision.job):
             self.hub.assign(decision)
             return
         participant = asdict(decision.participant)
         details = {"participant": participant, "url": self.url}
         self._relay("assign", decision.worker_id, decision.job, decision.context, **details)
+
+    def _copy_waits_here(self, worker_id: str, job: Job) -> bool:
+        """Whether the worker, connected here, still runs a copy of the job that it listed by migrate_job
+        and that no node claimed yet: the job's room came back on this node, whose engine, not knowing of
+        that copy, offers (or assigns) the job again. Passed on, that would start a second copy; instead
+        this node's engine takes the running copy back (withdrawing its offer), once the decision being
+        carried out is done (`_take_back_here` calls the engine)."""
+        session = self.hub.sessions.get(worker_id)
+        if session is None or session.remote_jobs.unclaimed(job.id) is None:
+            return False
+        log.info(
+            "job offered here again while its copy waits for a claim worker=%s job=%s", worker_id, job.id
+        )
+
+        def take_back() -> None:  # unless the worker left, or the copy was claimed or ended, meanwhile
+            if (
+                self.hub.sessions.get(worker_id) is session
+                and session.remote_jobs.unclaimed(job.id) is not None
+            ):
+                self._take_back_here(session, [job.id])
+
+        asyncio.get_running_loop().call_soon(take_back)
+        return True
 
     def _held_here(self, worker_id: str, job: Job) -> bool:
         """Whether the worker is connected here. If so, the job is this node's own from now on, even if
@@ -425,8 +452,10 @@ class ClusterWorkers:
     def _list_to(self, owner: str, session: WorkerSession, job_id: str) -> None:
         """An offer or assignment of a job the worker still runs, listed by migrate_job and not claimed
         yet: its room came back on `owner`, whose engine, not knowing of that copy, runs the job again.
-        Passed on, it would start a second copy on the worker. The listing is sent to that node instead:
-        its engine takes the running copy back (withdrawing its offer) and claims it as any owner does."""
+        Passed on, it would start a second copy on the worker. The listing is sent to that node instead,
+        and its engine claims the job as any owner does: an offer is withdrawn and the running copy taken
+        back; an assignment (the worker answered the offer before it listed the job) stays the attempt the
+        running copy stands for."""
         log.info(
             "job offered again while its copy waits for a claim worker=%s job=%s", session.worker_id, job_id
         )
