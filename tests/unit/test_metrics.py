@@ -5,7 +5,10 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from switchboard.core.engine import Engine, EngineSettings
+from switchboard.api.activity import MINUTES, Activity
+from switchboard.core.dispatch import DispatchSpec
+from switchboard.core.engine import Engine, EngineSettings, RoomSpec
+from switchboard.core.events import JobEnded
 from switchboard.core.jobs import Job, JobStatus, JobType
 from switchboard.core.workers import Worker, WorkerSpec, WorkerStatus
 from switchboard.metrics import LATENCY_BUCKETS, Metrics, NodeIdentity, reason_class, worker_state
@@ -96,3 +99,20 @@ def test_requests_are_exposed_as_prometheus_counters_and_histograms() -> None:
     )
     assert samples[("switchboard_twirp_request_seconds_count", method)] == 5
     assert samples[("switchboard_twirp_request_seconds_sum", method)] == pytest.approx(7.0081)
+
+
+def test_jobs_a_handed_over_room_stopped_are_not_counted_as_ended() -> None:
+    """Its node lost its lease: the room and its jobs go on elsewhere (docs/cluster.md, Observability)."""
+    runtime = Runtime(Engine(EngineSettings()), lambda: 5.0)
+    metrics = Metrics(runtime, NodeIdentity("ND_1", "http://127.0.0.1:7880", "0"))
+    activity = Activity(lambda: 5.0)
+    runtime.effects.on(JobEnded, metrics.ended)
+    runtime.effects.on(JobEnded, activity.ended)
+    runtime.call(lambda engine: engine.create_room(RoomSpec(name="r", agents=(DispatchSpec("a"),)), 1.0))
+    runtime.call(lambda engine: engine.hand_over_rooms("node lease lost", 2.0))
+    assert dict(metrics.jobs_ended) == {}
+    assert [minute["failures"] for minute in activity.last_hour()] == [0] * MINUTES
+    runtime.call(lambda engine: engine.create_room(RoomSpec(name="s", agents=(DispatchSpec("a"),)), 3.0))
+    runtime.call(lambda engine: engine.delete_room("s", 4.0))  # a room that really closes: counted
+    assert dict(metrics.jobs_ended) == {("failed", "room_closed"): 1}
+    assert sum(minute["failures"] for minute in activity.last_hour()) == 1
