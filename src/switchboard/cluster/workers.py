@@ -299,25 +299,11 @@ class ClusterWorkers:
 
     def _copy_waits_here(self, worker_id: str, job: Job) -> bool:
         """Whether the worker, connected here, still runs a copy of the job that it listed by migrate_job
-        and that no node claimed yet: the job's room came back on this node, whose engine, not knowing of
-        that copy, offers (or assigns) the job again. Passed on, that would start a second copy; instead
-        this node's engine takes the running copy back (withdrawing its offer), once the decision being
-        carried out is done (`_take_back_here` calls the engine)."""
+        and that no node claimed yet (see `_offered_again`): the job's room came back on this node."""
         session = self.hub.sessions.get(worker_id)
         if session is None or session.remote_jobs.unclaimed(job.id) is None:
             return False
-        log.info(
-            "job offered here again while its copy waits for a claim worker=%s job=%s", worker_id, job.id
-        )
-
-        def take_back() -> None:  # unless the worker left, or the copy was claimed or ended, meanwhile
-            if (
-                self.hub.sessions.get(worker_id) is session
-                and session.remote_jobs.unclaimed(job.id) is not None
-            ):
-                self._take_back_here(session, [job.id])
-
-        asyncio.get_running_loop().call_soon(take_back)
+        self._offered_again(session, job.id, self.node_id)
         return True
 
     def _held_here(self, worker_id: str, job: Job) -> bool:
@@ -439,7 +425,7 @@ class ClusterWorkers:
             return
         job = _decode(message["job"])
         if session.remote_jobs.unclaimed(job.id) is not None:
-            self._list_to(message["owner"], session, job.id)
+            self._offered_again(session, job.id, message["owner"])
             return
         if not session.remote_jobs.first(kind, job.id, message["attempt"], message["owner"]):
             return  # a copy (a write retried)
@@ -449,17 +435,32 @@ class ClusterWorkers:
             participant = AgentParticipant(**message["participant"])
             self.hub.send_assignment(session, job, message["attempt"], participant, message["url"])
 
-    def _list_to(self, owner: str, session: WorkerSession, job_id: str) -> None:
+    def _offered_again(self, session: WorkerSession, job_id: str, owner: str) -> None:
         """An offer or assignment of a job the worker still runs, listed by migrate_job and not claimed
         yet: its room came back on `owner`, whose engine, not knowing of that copy, runs the job again.
-        Passed on, it would start a second copy on the worker. The listing is sent to that node instead,
-        and its engine claims the job as any owner does: an offer is withdrawn and the running copy taken
-        back; an assignment (the worker answered the offer before it listed the job) stays the attempt the
-        running copy stands for."""
+        Passed on, it would start a second copy on the worker. Instead, `owner` claims the job as any
+        owner does (an offer is withdrawn and the running copy taken back; an assignment, the worker having
+        answered the offer before it listed the job, stays the attempt the running copy stands for): when
+        it is another node, it is sent the listing; when it is this one, its engine takes the copy back
+        once the decision being carried out is done (`_take_back_here` calls the engine)."""
         log.info(
-            "job offered again while its copy waits for a claim worker=%s job=%s", session.worker_id, job_id
+            "job offered again while its copy waits for a claim worker=%s job=%s owner=%s",
+            session.worker_id,
+            job_id,
+            owner,
         )
-        self.bus.send(owner, self._listing(session, [job_id]))
+        if owner != self.node_id:
+            self.bus.send(owner, self._listing(session, [job_id]))
+            return
+
+        def take_back() -> None:  # unless the worker left, or the copy was claimed or ended, meanwhile
+            if (
+                self.hub.sessions.get(session.worker_id) is session
+                and session.remote_jobs.unclaimed(job_id) is not None
+            ):
+                self._take_back_here(session, [job_id])
+
+        asyncio.get_running_loop().call_soon(take_back)
 
     def _listing(self, session: WorkerSession, job_ids: list[str]) -> Message:
         """The message that lists jobs the worker runs for the nodes that own them to claim (`_migrated`)."""
