@@ -23,9 +23,9 @@ import redis
 from livekit import api
 
 from switchboard.cluster.redis_client import PREFIX
-from tests.agent_workers import registered
 from tests.cluster_nodes import AGENTS, LEASE, cli, node_config
 from tests.conftest import Server, free_port, start_server, stop_server, unique
+from tests.integration.test_cluster_dispatch import worker_on
 from tests.polling import eventually
 from tests.redis_server import RedisServer
 
@@ -107,11 +107,11 @@ async def dispatch_across(a: Server, b: Server, agent_name: str) -> str:
             await client.aclose()
 
 
-async def worker_on(a: Server, agent_workers: Any) -> str:
-    """A livekit-agents worker of a new agent name on A (its jobs join, then end with success)."""
+async def agent_on(a: Server, b: Server, agent_workers: Any) -> str:
+    """A new agent name, with a livekit-agents worker on A (its jobs join, then end with success) that B,
+    the rooms' node, knows."""
     agent_name = unique("modes")
-    agent_workers(a, agent_name)
-    await registered(a, agent_name)
+    await worker_on(a, b, agent_workers, agent_name, "shutdown")
     return agent_name
 
 
@@ -144,7 +144,7 @@ async def test_nodes_that_find_redis_through_sentinel_and_follow_its_failover(
     with redis_servers([master, replica, sentinel]):
         section = {"sentinel_master_name": MASTER, "sentinel_addresses": [sentinel.address]}
         with nodes(tmp_path, master, section, lease=FAILOVER_LEASE) as (a, b):
-            agent_name = await worker_on(a, agent_workers)
+            agent_name = await agent_on(a, b, agent_workers)
             before = await dispatch_across(a, b, agent_name)
             # The nodes were told only the Sentinel's address: what they wrote is on the master it named.
             assert len(node_ids(redis.Redis(port=master.port, decode_responses=True))) == 2
@@ -193,7 +193,7 @@ async def test_nodes_on_a_redis_cluster(tmp_path: Path, agent_workers: Any) -> N
         for shard in shards:
             await eventually(partial(cluster_ok, shard), f"{shard.address} to see the cluster ok")
         with nodes(tmp_path, shards[0], {"cluster_addresses": [s.address for s in shards]}) as (a, b):
-            await dispatch_across(a, b, await worker_on(a, agent_workers))
+            await dispatch_across(a, b, await agent_on(a, b, agent_workers))
             # Every key shares the `{sb}` hash tag: one slot, on one shard, which holds them all.
             cluster = redis.RedisCluster(host="127.0.0.1", port=shards[0].port, decode_responses=True)
             assert len(node_ids(cluster)) == 2
@@ -213,7 +213,7 @@ async def test_nodes_that_log_in_to_redis_with_a_user_and_password_and_use_anoth
     with redis_servers([server]):
         section = {"address": server.address, "username": "switchboard", "password": REDIS_PASSWORD, "db": 3}
         with nodes(tmp_path, server, section) as (a, b):
-            await dispatch_across(a, b, await worker_on(a, agent_workers))
+            await dispatch_across(a, b, await agent_on(a, b, agent_workers))
             login = {"port": server.port, "username": "switchboard", "password": REDIS_PASSWORD}
             assert len(node_ids(redis.Redis(db=3, decode_responses=True, **login))) == 2
             assert node_ids(redis.Redis(db=0, decode_responses=True, **login)) == set()
