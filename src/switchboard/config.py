@@ -493,6 +493,7 @@ def _cluster(r: _Reader, seconds: Callable[[str, float, float], float]) -> Clust
         raise r.fail("node_selector.cpu_load_limit", f"a share of the CPU, at most 1, got {cpu_load_limit:g}")
     return ClusterSettings(
         lease=seconds("cluster.lease", d.lease, 0.3),
+        adopt_interval=seconds("cluster.adopt_interval", d.adopt_interval, 1),
         node_address=node_address.rstrip("/"),
         sort_by=sort_by,
         room_slack=float(r.number("node_selector.room_slack", d.room_slack, integer=False)),

@@ -20,6 +20,7 @@ from switchboard.api.dashboard_nodes import DashboardNodes
 from switchboard.api.twirp import TwirpServer
 from switchboard.auth.tokens import TokenVerifier
 from switchboard.cluster import node_service
+from switchboard.cluster.adoption import RoomAdoption
 from switchboard.cluster.bus import RedisBus
 from switchboard.cluster.forwarding import FORWARDED, TwirpForwarding, releasing
 from switchboard.cluster.node import ClusterNode
@@ -86,6 +87,7 @@ def build_app(config: Config) -> web.Application:
     explain_methods = worker_service.dispatch_methods(runtime)
     cluster = None
     store = None
+    adoption = None
     cluster_workers = None
     cluster_parts: tuple[TwirpForwarding | SignalRelay, ...] = ()
     url = node_url(config)
@@ -98,6 +100,9 @@ def build_app(config: Config) -> web.Application:
         # from there before a call acts on it here, and CreateDispatch answers once its dispatch is stored.
         store = DispatchStore(cluster.redis, server_info.node_id, runtime, ownership.claim)
         store.wrap_services(dispatch_methods, room_methods)
+        ownership.record_written = store.written
+        # A lost node's room that nobody comes back to is brought back anyway, to run its jobs and close.
+        adoption = RoomAdoption(cluster, store, runtime)
         # ExplainDispatch is forwarded to its room's node like LiveKit's room calls, and restores as they do.
         explain = explain_methods["ExplainDispatch"]
         explain_methods["ExplainDispatch"] = store.restoring(explain, lambda request: str(request.room))
@@ -159,8 +164,12 @@ def build_app(config: Config) -> web.Application:
         if webhooks is not None:
             await webhooks.start()  # before the runtime: its first decisions are told too
         await app[RUNTIME].start()
+        if adoption is not None:
+            await adoption.start()  # once the runtime carries out the decisions of the rooms it restores
 
     async def stop(app: web.Application) -> None:
+        if adoption is not None:
+            await adoption.stop()
         await app[RUNTIME].stop()
         if webhooks is not None:
             await webhooks.stop()  # after the last decisions (rooms closed at shutdown)

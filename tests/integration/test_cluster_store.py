@@ -306,3 +306,60 @@ async def test_a_node_does_not_overwrite_the_record_of_a_room_another_live_node_
         assert f"dispatch:{kept.id}" in stored
     finally:
         await client.aclose()
+
+
+ADOPTED_DEPARTURE = 8
+"""The adopted room's departure timeout: long enough for its job to start again before it closes (about
+2 s here), short for the test."""
+
+
+async def owner_and_survivor(client: Any, pair: tuple[Server, Server], room: str) -> tuple[Server, Server]:
+    """Of two nodes, the one Redis names as `room`'s owner, and the other."""
+    owner_id = await client.get(f"{{sb}}:room:{room}")
+    url = json.loads(await client.get(f"{{sb}}:node:{owner_id}"))["url"]
+    first, second = pair
+    return (first, second) if first.http_url == url else (second, first)
+
+
+async def test_a_lost_nodes_room_that_nobody_comes_back_to_is_adopted_runs_its_job_again_and_closes(
+    redis: RedisServer, nodes: Any, workers: Any, clients: Any
+) -> None:
+    """No participant rejoins and no call names the room after its node is killed: a live node brings it
+    back anyway (cluster/adoption.py). Its job runs again on the worker, then the room closes after its
+    departure timeout, which ends the job and deletes the room's record and key from Redis."""
+    pair = nodes(), nodes()
+    room = "adopted"
+    client = aioredis.Redis(host="127.0.0.1", port=redis.port, decode_responses=True)
+    try:
+        created = api.CreateRoomRequest(name=room, departure_timeout=ADOPTED_DEPARTURE)
+        await (await clients(pair[0])).room.create_room(created)
+        owner, survivor = await owner_and_survivor(client, pair, room)
+        worker = workers(survivor, "adoptee", "stay")
+        await registered(survivor, "adoptee")
+        lkapi = await clients(survivor)
+        request = api.CreateAgentDispatchRequest(room=room, agent_name="adoptee")
+        dispatch = await lkapi.agent_dispatch.create_dispatch(request)
+        [job_id] = await eventually(lambda: list(worker.runs()), "the job running")
+        kill_node(owner)
+        # Only Redis and the worker are watched from here: a call naming the room would bring it back.
+        await eventually(lambda: worker.runs()[job_id], "the job started again", accept=lambda r: len(r) == 2)
+        await eventually(lambda: worker.runs()[job_id][-1][1], "the job ended with the room", 30)
+        assert worker.ended(job_id)
+        await eventually(
+            lambda: client.exists(f"{{sb}}:store:{room}", f"{{sb}}:room:{room}"),
+            "the room's record and key gone",
+            accept=lambda left: left == 0,
+        )
+        listed = await lkapi.room.list_rooms(api.ListRoomsRequest())
+        assert room not in [r.name for r in listed.rooms]
+        # The survivor's history of the closed room: both dispatches deleted with it, the agent's job lost
+        # with the killed node, then run again and ended by the room's close.
+        history = {d.id: d for d in await lkapi.agent_dispatch.list_dispatch(room)}
+        assert len(history) == 2 and all(d.state.deleted_at for d in history.values())
+        lost, again = history[dispatch.id].state.jobs
+        assert lost.id == again.id == job_id
+        assert lost.state.error.startswith("node lost: node ND_")
+        assert again.state.status == agent.JS_SUCCESS
+        assert again.state.error == "terminated: room closed (departure timeout)"
+    finally:
+        await client.aclose()

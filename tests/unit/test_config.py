@@ -154,6 +154,7 @@ def test_keys_and_secrets_are_the_text_written(tmp_path: Path, secret: str, dev:
         (KEYS + "agents:\n  restart_delay: 0\n", "agents.restart_delay: must be at least 0.01"),
         (KEYS + "agents:\n  singleton: solo\n", "agents.singleton: expected a list of agent names"),
         (KEYS + "node_selector:\n  room_slack: -0.1\n", "node_selector.room_slack: must be at least 0"),
+        (KEYS + "cluster:\n  adopt_interval: 0.5\n", "cluster.adopt_interval: must be at least 1"),
         (KEYS + "node_selector:\n  room_slack: some\n", "node_selector.room_slack: expected a number"),
         (KEYS + "node_selector:\n  sort_by: load\n", "node_selector.sort_by: expected one of"),
         (KEYS + "node_selector:\n  sort_by: tracks\n", "node_selector.sort_by: expected one of"),
@@ -242,7 +243,7 @@ def test_cluster_and_redis_sections_as_livekit_yaml_writes_them(tmp_path: Path) 
     text = KEYS + (
         "redis:\n  address: redis.internal:6380\n  username: sb\n  password: pw\n  db: 2\n  use_tls: true\n"
         "node_selector:\n  sort_by: clients\n  cpu_load_limit: 0.8\n"
-        "cluster:\n  lease: 4\n  node_address: http://10.0.0.5:7880/\n"
+        "cluster:\n  lease: 4\n  node_address: http://10.0.0.5:7880/\n  adopt_interval: 30\n"
     )
     config = load_config(write(tmp_path, text), env={})
     assert config.redis is not None
@@ -257,5 +258,6 @@ def test_cluster_and_redis_sections_as_livekit_yaml_writes_them(tmp_path: Path) 
     # LiveKit's `clients` is Switchboard's `participants`, its `sysload` Switchboard's `cpuload`.
     assert (cluster.sort_by, cluster.cpu_load_limit, cluster.lease) == ("participants", 0.8, 4)
     assert cluster.node_address == "http://10.0.0.5:7880"
+    assert cluster.adopt_interval == 30
     sysload = load_config(write(tmp_path, KEYS + "node_selector:\n  sort_by: sysload\n"), env={})
     assert sysload.cluster.sort_by == "cpuload"

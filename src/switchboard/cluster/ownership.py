@@ -9,6 +9,7 @@ running while Redis is away, for up to a lease.
 """
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -49,6 +50,10 @@ class RoomOwnership:
         """Rooms closed here while Redis was away: released once it is back (if not created here again)."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._fenced: set[str] = set()
+        self.record_written: Callable[[str], Awaitable[None]] | None = None
+        """The store's `DispatchStore.written`: a closed room's key goes only once its record's deletion is
+        in Redis, or another node's look (cluster/adoption.py) could take a record still there for the
+        room of a lost node, and bring back a room just closed."""
         """Rooms still closing here after the lease was lost: no longer this node's, whatever the lease."""
         cluster.registry.on_lease_lost(self._lease_lost)
         cluster.registry.on_lease_regained(self._lease_regained)
@@ -100,13 +105,19 @@ class RoomOwnership:
     def room_closed(self, decision: RoomClosed) -> None:
         """An effect of the engine's RoomClosed: the room's key goes, so the next claim places it anew."""
         self._fenced.discard(decision.room)
-        task = asyncio.create_task(self.release_unless_here(decision.room))
+        task = asyncio.create_task(self._release_closed(decision.room))
         self._releases[decision.room] = task
         task.add_done_callback(lambda done: self._forget_release(decision.room, done))
 
     def _forget_release(self, room: str, task: asyncio.Task[None]) -> None:
         if self._releases.get(room) is task:
             del self._releases[room]
+
+    async def _release_closed(self, room: str) -> None:
+        if self.record_written is not None:
+            with contextlib.suppress(Unavailable):  # Redis away: released below once it is back
+                await self.record_written(room)
+        await self.release_unless_here(room)
 
     async def release_unless_here(self, room: str) -> None:
         """Release a room this node claimed but does not hold (closed, or never created: a refused join

@@ -39,6 +39,9 @@ class ClusterSettings:
     """With sort_by `rooms`: a new room stays on the node that was called while that node has at most this
     share more rooms than the node with the fewest (0.1: 10 %, rounded up), so that its calls and joins
     need no hop to another node; 0 = the fewest always (the called node among equals)."""
+    adopt_interval: float = 60.0
+    """How often a node looks in the store for rooms of lost nodes that nobody came back to, and brings
+    back those placed on it (also when it starts, and when it finds a node lost: cluster/adoption.py)."""
     cpu_load_limit: float = 0.0
     """Like LiveKit's node_selector cpu limit: nodes whose CPU load (0 to 1) is above it take no new room
     while another node is below it; 0 = no limit."""
