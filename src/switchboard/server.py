@@ -108,6 +108,7 @@ def build_app(config: Config) -> web.Application:
         explain_methods["ExplainDispatch"] = store.restoring(explain, lambda request: str(request.room))
         # Rooms are claimed before they are created here, released when they close here (or fail to open).
         runtime.effects.on(RoomClosed, ownership.room_closed)
+        runtime.effects.on(RoomClosed, adoption.room_closed)
         room_methods = releasing(room_methods, ownership, "/twirp/livekit.RoomService/")
         dispatch_methods = releasing(dispatch_methods, ownership, "/twirp/livekit.AgentDispatchService/")
         forwarding = TwirpForwarding(

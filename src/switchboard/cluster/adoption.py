@@ -5,8 +5,9 @@ A room whose node died, or lost Redis for a lease and handed its rooms over, com
 a participant rejoins or a call names it (`DispatchStore.restore`). Without either, nothing would bring it
 back: its record would stay in Redis, its jobs would neither run again nor end, and it would never get its
 `room_finished`. So each node looks through the store's records when it starts, when it finds a node lost
-(and once more a lease later), and every `cluster.adopt_interval`. It brings back, through the same
-`restore` as a call (which claims the room, placed by load), each room that it does not hold and that
+(and once more a lease later), when it hands rooms over or regains its lease, and every
+`cluster.adopt_interval`. It brings back, through the same `restore` as a call (which claims the room,
+placed by load), each room that it does not hold and that
 
 - its key places on this node (a look on another node placed it here), or
 - no other live node owns, and that was last written by a node that is not alive or by this one (which
@@ -26,6 +27,7 @@ from switchboard.cluster.node import ClusterNode
 from switchboard.cluster.placement import room_key
 from switchboard.cluster.store import FAILURES, ROOM, DispatchStore, store_key
 from switchboard.core.errors import Unavailable
+from switchboard.core.events import RoomClosed
 from switchboard.runtime import Runtime
 
 log = logging.getLogger("switchboard.cluster")
@@ -57,7 +59,8 @@ class RoomAdoption:
         self._later: list[asyncio.TimerHandle] = []
         self._task: asyncio.Task[None] | None = None
         cluster.registry.on_node_lost(self._node_lost)
-        # A node that lost its lease handed its rooms over: with it back, they may be its own to adopt.
+        # A node that lost its lease hands its rooms over (room_closed): with the lease back, they may be
+        # its own to adopt.
         cluster.registry.on_lease_regained(self._wake.set)
 
     async def start(self) -> None:
@@ -70,6 +73,12 @@ class RoomAdoption:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+    def room_closed(self, decision: RoomClosed) -> None:
+        """An effect of RoomClosed: a room handed over here (the lease lapsed) is to be adopted, here once the
+        lease is back, or elsewhere."""
+        if decision.handed_over:
+            self._wake.set()
 
     def _node_lost(self, node_id: str) -> None:
         # A lease later too: for the rooms that another node's look placed here after this one passed them.

@@ -9,7 +9,6 @@ running while Redis is away, for up to a lease.
 """
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -47,14 +46,15 @@ class RoomOwnership:
         """Tells every participant connected here to reconnect (and so reach the room's next owner)."""
         self._releases: dict[str, asyncio.Task[None]] = {}
         self._unreleased: set[str] = set()
-        """Rooms closed here while Redis was away: released once it is back (if not created here again)."""
+        """Rooms closed here while Redis was away: released once the lease is regained (if not created here
+        again)."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._fenced: set[str] = set()
+        """Rooms still closing here after the lease was lost: no longer this node's, whatever the lease."""
         self.record_written: Callable[[str], Awaitable[None]] | None = None
         """The store's `DispatchStore.written`: a closed room's key goes only once its record's deletion is
         in Redis, or another node's look (cluster/adoption.py) could take a record still there for the
         room of a lost node, and bring back a room just closed."""
-        """Rooms still closing here after the lease was lost: no longer this node's, whatever the lease."""
         cluster.registry.on_lease_lost(self._lease_lost)
         cluster.registry.on_lease_regained(self._lease_regained)
 
@@ -105,9 +105,13 @@ class RoomOwnership:
     def room_closed(self, decision: RoomClosed) -> None:
         """An effect of the engine's RoomClosed: the room's key goes, so the next claim places it anew."""
         self._fenced.discard(decision.room)
-        task = asyncio.create_task(self._release_closed(decision.room))
-        self._releases[decision.room] = task
-        task.add_done_callback(lambda done: self._forget_release(decision.room, done))
+        self._release(decision.room)
+
+    def _release(self, room: str) -> None:
+        """Release a closed room's key in a task that a claim of the same room waits for."""
+        task = asyncio.create_task(self._release_closed(room))
+        self._releases[room] = task
+        task.add_done_callback(lambda done: self._forget_release(room, done))
 
     def _forget_release(self, room: str, task: asyncio.Task[None]) -> None:
         if self._releases.get(room) is task:
@@ -115,8 +119,14 @@ class RoomOwnership:
 
     async def _release_closed(self, room: str) -> None:
         if self.record_written is not None:
-            with contextlib.suppress(Unavailable):  # Redis away: released below once it is back
-                await self.record_written(room)
+            try:
+                await asyncio.wait_for(self.record_written(room), self.cluster.settings.lease)
+            except (Unavailable, TimeoutError):
+                # Redis away: the key waits with the record, until the lease is regained. A key left
+                # behind only counts one room too many for this node; a key gone before the record would
+                # let another node's look bring the closed room back.
+                self._unreleased.add(room)
+                return
         await self.release_unless_here(room)
 
     async def release_unless_here(self, room: str) -> None:
@@ -148,7 +158,7 @@ class RoomOwnership:
 
     def _lease_regained(self) -> None:
         for room in sorted(self._unreleased):
-            self._spawn(self.release_unless_here(room))
+            self._release(room)
 
     def _spawn(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)
