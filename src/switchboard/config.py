@@ -471,9 +471,13 @@ def _redis(r: _Reader, seconds: Callable[[str, float, float], float]) -> RedisSe
         sentinel_addresses=_addresses(r, "redis.sentinel_addresses"),
         cluster_addresses=_addresses(r, "redis.cluster_addresses"),
         timeout=seconds("redis.timeout", d.timeout, 0.05),
+        wait_replicas=r.number("redis.wait_replicas", d.wait_replicas),
     )
     if settings.sentinel_addresses and not settings.sentinel_master_name:
         raise r.fail("redis.sentinel_master_name", "required with redis.sentinel_addresses")
+    if settings.wait_replicas and settings.cluster_addresses:
+        # WAIT counts the replicas of the connection's own shard, which a cluster pipeline does not name.
+        raise r.fail("redis.wait_replicas", "not supported with redis.cluster_addresses")
     return settings
 
 

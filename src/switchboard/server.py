@@ -98,7 +98,14 @@ def build_app(config: Config) -> web.Application:
         ownership = RoomOwnership(cluster, runtime, partial(send_everyone_elsewhere, rtc))
         # Persistence: dispatches and job states kept in Redis; a room this node does not hold is restored
         # from there before a call acts on it here, and CreateDispatch answers once its dispatch is stored.
-        store = DispatchStore(cluster.redis, server_info.node_id, runtime, ownership.claim)
+        store = DispatchStore(
+            cluster.redis,
+            server_info.node_id,
+            runtime,
+            ownership.claim,
+            wait_replicas=config.redis.wait_replicas,
+            wait_timeout=config.redis.timeout / 2,  # WAIT answers before the command's own timeout
+        )
         store.wrap_services(dispatch_methods, room_methods)
         ownership.record_written = store.written
         # A lost node's room that nobody comes back to is brought back anyway, to run its jobs and close.

@@ -11,6 +11,7 @@ With Sentinel, the master is then killed, and the nodes must follow the replica 
 
 import asyncio
 import shutil
+import signal
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -219,3 +220,35 @@ async def test_nodes_that_log_in_to_redis_with_a_user_and_password_and_use_anoth
             assert node_ids(redis.Redis(db=0, decode_responses=True, **login)) == set()
             with pytest.raises(redis.AuthenticationError):
                 redis.Redis(port=server.port).ping()  # nobody else gets in
+
+
+async def test_with_wait_replicas_a_dispatch_is_acknowledged_only_once_a_replica_has_it(
+    tmp_path: Path, agent_workers: Any
+) -> None:
+    """`wait_replicas: 1`: CreateDispatch answers once the replica has the dispatch too (Redis WAIT). With
+    the replica stopped (SIGSTOP), the master alone has it, and a failover then would lose it: the call
+    answers `unavailable` and the dispatch is withdrawn; once the replica runs again, calls succeed."""
+    master = RedisServer(tmp_path / "master")
+    master.arguments = ("--repl-diskless-sync-delay", "0")
+    replica = RedisServer(tmp_path / "replica")
+    replica.arguments = ("--replicaof", "127.0.0.1", str(master.port))
+    with redis_servers([master, replica]):
+        section = {"address": master.address, "wait_replicas": 1}
+        with nodes(tmp_path, master, section) as (a, b):
+            agent_name = await agent_on(a, b, agent_workers)
+            await dispatch_across(a, b, agent_name)
+            assert replica.process is not None
+            room = unique("unreplicated")
+            async with api.LiveKitAPI(b.http_url, b.api_key, b.api_secret) as lkapi:
+                request = api.CreateAgentDispatchRequest(agent_name=agent_name, room=room)
+                replica.process.send_signal(signal.SIGSTOP)
+                try:
+                    with pytest.raises(api.TwirpError) as refused:
+                        await lkapi.agent_dispatch.create_dispatch(request)
+                    assert refused.value.code == api.TwirpErrorCode.UNAVAILABLE
+                    assert "not 1 replica(s)" in refused.value.message, refused.value.message
+                    listed = await lkapi.agent_dispatch.list_dispatch(room)
+                    assert [d for d in listed if d.agent_name == agent_name] == [], "withdrawn"
+                finally:
+                    replica.process.send_signal(signal.SIGCONT)
+            await dispatch_across(a, b, agent_name)

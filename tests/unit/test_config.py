@@ -155,6 +155,10 @@ def test_keys_and_secrets_are_the_text_written(tmp_path: Path, secret: str, dev:
         (KEYS + "agents:\n  singleton: solo\n", "agents.singleton: expected a list of agent names"),
         (KEYS + "node_selector:\n  room_slack: -0.1\n", "node_selector.room_slack: must be at least 0"),
         (KEYS + "cluster:\n  adopt_interval: 0.5\n", "cluster.adopt_interval: must be at least 1"),
+        (
+            KEYS + "redis:\n  cluster_addresses: [10.0.0.1:7000]\n  wait_replicas: 1\n",
+            "redis.wait_replicas: not supported with redis.cluster_addresses",
+        ),
         (KEYS + "node_selector:\n  room_slack: some\n", "node_selector.room_slack: expected a number"),
         (KEYS + "node_selector:\n  sort_by: load\n", "node_selector.sort_by: expected one of"),
         (KEYS + "node_selector:\n  sort_by: tracks\n", "node_selector.sort_by: expected one of"),
@@ -242,6 +246,7 @@ def test_singleton_agents_are_read(tmp_path: Path) -> None:
 def test_cluster_and_redis_sections_as_livekit_yaml_writes_them(tmp_path: Path) -> None:
     text = KEYS + (
         "redis:\n  address: redis.internal:6380\n  username: sb\n  password: pw\n  db: 2\n  use_tls: true\n"
+        "  wait_replicas: 1\n"
         "node_selector:\n  sort_by: clients\n  cpu_load_limit: 0.8\n"
         "cluster:\n  lease: 4\n  node_address: http://10.0.0.5:7880/\n  adopt_interval: 30\n"
     )
@@ -259,5 +264,6 @@ def test_cluster_and_redis_sections_as_livekit_yaml_writes_them(tmp_path: Path) 
     assert (cluster.sort_by, cluster.cpu_load_limit, cluster.lease) == ("participants", 0.8, 4)
     assert cluster.node_address == "http://10.0.0.5:7880"
     assert cluster.adopt_interval == 30
+    assert redis.wait_replicas == 1
     sysload = load_config(write(tmp_path, KEYS + "node_selector:\n  sort_by: sysload\n"), env={})
     assert sysload.cluster.sort_by == "cpuload"

@@ -18,6 +18,10 @@ class RedisSettings:
     cluster_addresses: tuple[str, ...] = ()
     timeout: float = 1.0
     """Connect and command timeout: while Redis is unreachable, calls that need it fail this fast."""
+    wait_replicas: int = 0
+    """CreateDispatch answers only once its dispatch is on this many of the master's replicas too (Redis
+    WAIT, up to half of `timeout`), so that a failover to one of them loses no acknowledged dispatch;
+    0 = once it is on the master (replication is asynchronous). Not with `cluster_addresses`."""
 
     @property
     def configured(self) -> bool:

@@ -12,7 +12,8 @@ Writes are asynchronous: one writer task per node, changes coalesced per room (a
 replaces an earlier one not yet written), all dirty rooms written in one pipeline, each room by one Lua
 script that writes only while no other live node holds the room (a node cut off from Redis past its lease
 must not overwrite its successor). CreateDispatch waits for its room's record (`acknowledged`): the
-dispatch it acknowledges is in Redis; every other change reaches Redis when the writer gets to it.
+dispatch it acknowledges is in Redis (and on `redis.wait_replicas` replicas); every other change reaches
+Redis when the writer gets to it.
 While Redis is unreachable the changes wait, coalesced, and are written when it is back.
 """
 
@@ -246,8 +247,14 @@ class DispatchStore:
         runtime: Runtime,
         claim: Callable[[str], Awaitable[NodeInfo | None]],
         retry_interval: float = RETRY_INTERVAL,
+        wait_replicas: int = 0,
+        wait_timeout: float = 0.0,
     ):
         self._redis = redis
+        self._wait_replicas = wait_replicas
+        """RedisSettings.wait_replicas: each batch ends with a WAIT for that many replicas, up to
+        `wait_timeout`; the rooms of a batch that did not reach them are not acknowledged."""
+        self._wait_ms = max(1, int(wait_timeout * 1000))
         self._claim = claim
         """RoomOwnership.claim: None when the room is (now) this node's, else the node that holds it."""
         self._node_id = node_id
@@ -419,7 +426,7 @@ class DispatchStore:
             batch, self._changes = self._changes, {}
             sent = {room: self._queued[room] for room in batch}
             try:
-                results = await self._write_batch(batch)
+                results, replicated = await self._write_batch(batch)
             except FAILURES as exc:
                 if not isinstance(exc, UNREACHABLE):
                     log.exception("dispatch store write failed")
@@ -429,16 +436,27 @@ class DispatchStore:
                 self._requeue(batch)  # stopping: `stop` writes it
                 raise
             for (room, number), stored in zip(sent.items(), results, strict=True):
-                if stored:
+                if stored and replicated:
                     self._written(room, number)
+                elif stored:
+                    # On the master only: a failover now would lose it, so it is not acknowledged.
+                    self._settled(room, number)
+                    self._fail(room, Unavailable(self._not_replicated()))
                 else:
                     # Dropped for good (its successor's record wins): nobody must wait for it.
                     log.warning("store write refused room=%s: another live node holds the room", room)
                     self._settled(room, number)
                     self._fail(room, Unavailable(f"room {room!r} is held by another node now"))
 
-    async def _write_batch(self, batch: dict[str, Changes]) -> list[Any]:
-        """Each room's changes by the write script, in one pipeline; its results, in the batch's order."""
+    def _not_replicated(self) -> str:
+        return (
+            f"the dispatch reached the Redis master but not {self._wait_replicas} replica(s) within"
+            f" {self._wait_ms} ms (redis.wait_replicas): a failover could lose it; try again"
+        )
+
+    async def _write_batch(self, batch: dict[str, Changes]) -> tuple[list[Any], bool]:
+        """Each room's changes by the write script, in one pipeline: its results, in the batch's order, and
+        whether the batch reached `wait_replicas` replicas."""
         try:
             return await self._pipelined(batch)
         except NoScriptError:
@@ -449,7 +467,7 @@ class DispatchStore:
             await self._redis.script_load(_WRITE)
             return await self._pipelined(batch)
 
-    async def _pipelined(self, batch: dict[str, Changes]) -> list[Any]:
+    async def _pipelined(self, batch: dict[str, Changes]) -> tuple[list[Any], bool]:
         async with self._redis.pipeline(transaction=False) as pipe:
             for room, changes in batch.items():
                 await self._write_script(
@@ -457,7 +475,12 @@ class DispatchStore:
                     args=changes.script_args(self._node_id),
                     client=pipe,
                 )
-            return list(await pipe.execute())
+            if self._wait_replicas:
+                pipe.wait(self._wait_replicas, self._wait_ms)
+            results = list(await pipe.execute())
+        if not self._wait_replicas:
+            return results, True
+        return results[:-1], results[-1] >= self._wait_replicas
 
     def _requeue(self, batch: dict[str, Changes], exc: BaseException | None = None) -> None:
         """The batch was not written: it goes back before the changes made since; on a failure (`exc`),
