@@ -266,7 +266,11 @@ class DispatchStore:
         self._queued: dict[str, int] = {}
         """By room with changes not yet in Redis: the number of its latest change."""
         self._count = 0
-        self._waiters: dict[str, list[tuple[int, asyncio.Future[None]]]] = {}
+        self._waiters: dict[str, list[tuple[int, bool, asyncio.Future[None]]]] = {}
+        """By room: the change each waits for, whether it also waits for `wait_replicas` replicas, and its
+        future."""
+        self._replicas_behind = False
+        """The last batch did not reach `wait_replicas` replicas (logged when it changes)."""
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.reachable = True
@@ -290,14 +294,15 @@ class DispatchStore:
         if not self.reachable:
             raise Unavailable("redis is unreachable: dispatches cannot be stored now; try again shortly")
 
-    async def written(self, room: str) -> None:
-        """Return once every change made so far to `room`'s record is in Redis; Unavailable if not."""
+    async def written(self, room: str, replicated: bool = False) -> None:
+        """Return once every change made so far to `room`'s record is in Redis (and, if `replicated`, on
+        `wait_replicas` replicas: CreateDispatch's acknowledgement); Unavailable if not."""
         target = self._queued.get(room)
         if target is None:
             return
         self.check_reachable()
         done = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(room, []).append((target, done))
+        self._waiters.setdefault(room, []).append((target, replicated, done))
         await done
 
     async def restore(self, room: str) -> None:
@@ -344,7 +349,7 @@ class DispatchStore:
             await self.restore(request.room)
             reply = await _answer(create_dispatch, claims, request)
             try:
-                await self.written(request.room)
+                await self.written(request.room, replicated=True)
             except Unavailable:
                 self._withdraw(request.room, reply.id)
                 raise
@@ -435,13 +440,10 @@ class DispatchStore:
             except asyncio.CancelledError:
                 self._requeue(batch)  # stopping: `stop` writes it
                 raise
+            self._note_replicas(replicated)
             for (room, number), stored in zip(sent.items(), results, strict=True):
-                if stored and replicated:
-                    self._written(room, number)
-                elif stored:
-                    # On the master only: a failover now would lose it, so it is not acknowledged.
-                    self._settled(room, number)
-                    self._fail(room, Unavailable(self._not_replicated()))
+                if stored:
+                    self._written(room, number, replicated)
                 else:
                     # Dropped for good (its successor's record wins): nobody must wait for it.
                     log.warning("store write refused room=%s: another live node holds the room", room)
@@ -511,18 +513,34 @@ class DispatchStore:
         if self._queued.get(room) == number:
             del self._queued[room]
 
-    def _written(self, room: str, number: int) -> None:
+    def _note_replicas(self, replicated: bool) -> None:
+        if replicated == (not self._replicas_behind):
+            return
+        self._replicas_behind = not replicated
+        if replicated:
+            log.info("redis replicas caught up: CreateDispatch is acknowledged again")
+        else:
+            log.warning("redis: %s", self._not_replicated())
+
+    def _written(self, room: str, number: int, replicated: bool = True) -> None:
+        """The room's changes up to `number` are on the master; on `wait_replicas` replicas too unless
+        not `replicated`: then a CreateDispatch waiting for them is refused (a failover now would lose its
+        dispatch), and anything else that waits goes on."""
         self._settled(room, number)
         waiting = self._waiters.pop(room, [])
-        for target, done in waiting:
-            if target <= number and not done.done():
+        for target, needs_replicas, done in waiting:
+            if target > number or done.done():
+                continue
+            if replicated or not needs_replicas:
                 done.set_result(None)
-        still = [(target, done) for target, done in waiting if target > number]
+            else:
+                done.set_exception(Unavailable(self._not_replicated()))
+        still = [waiter for waiter in waiting if waiter[0] > number]
         if still:
             self._waiters[room] = still
 
     def _fail(self, room: str, error: Exception) -> None:
-        for _, done in self._waiters.pop(room, []):
+        for _, _, done in self._waiters.pop(room, []):
             if not done.done():
                 done.set_exception(error)
 
