@@ -308,9 +308,11 @@ async def test_a_node_does_not_overwrite_the_record_of_a_room_another_live_node_
         await client.aclose()
 
 
-ADOPTED_DEPARTURE = 8
-"""The adopted room's departure timeout: long enough for its job to start again before it closes (about
-2 s here), short for the test."""
+ADOPTED_DEPARTURE = 5
+"""The adopted room's departure timeout: its grace before it is adopted, then its time to close; long
+enough for its job to start again before it closes (about 2 s here), short for the test."""
+ADOPTION_DEADLINE = 30.0
+"""From the kill: the lease (1.5 s), the grace, the job's start, then the close."""
 
 
 async def owner_and_survivor(client: Any, pair: tuple[Server, Server], room: str) -> tuple[Server, Server]:
@@ -325,8 +327,9 @@ async def test_a_lost_nodes_room_that_nobody_comes_back_to_is_adopted_runs_its_j
     redis: RedisServer, nodes: Any, workers: Any, clients: Any
 ) -> None:
     """No participant rejoins and no call names the room after its node is killed: a live node brings it
-    back anyway (cluster/adoption.py). Its job runs again on the worker, then the room closes after its
-    departure timeout, which ends the job and deletes the room's record and key from Redis."""
+    back anyway (cluster/adoption.py), once its participants' departure timeout has passed. Its job runs
+    again on the worker, then the room closes after its departure timeout, which ends the job and deletes
+    the room's record and key from Redis."""
     pair = nodes(), nodes()
     room = "adopted"
     client = aioredis.Redis(host="127.0.0.1", port=redis.port, decode_responses=True)
@@ -342,8 +345,9 @@ async def test_a_lost_nodes_room_that_nobody_comes_back_to_is_adopted_runs_its_j
         [job_id] = await eventually(lambda: list(worker.runs()), "the job running")
         kill_node(owner)
         # Only Redis and the worker are watched from here: a call naming the room would bring it back.
-        await eventually(lambda: worker.runs()[job_id], "the job started again", accept=lambda r: len(r) == 2)
-        await eventually(lambda: worker.runs()[job_id][-1][1], "the job ended with the room", 30)
+        again, ended = (lambda: worker.runs()[job_id]), (lambda: worker.runs()[job_id][-1][1])
+        await eventually(again, "the job started again", ADOPTION_DEADLINE, accept=lambda r: len(r) == 2)
+        await eventually(ended, "the job ended with the room", ADOPTION_DEADLINE)
         assert worker.ended(job_id)
         await eventually(
             lambda: client.exists(f"{{sb}}:store:{room}", f"{{sb}}:room:{room}"),

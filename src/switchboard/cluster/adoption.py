@@ -15,13 +15,17 @@ placed by load), each room that it does not hold and that
   node's own next look.
 
 A room last written by another live node, and not placed here, is that node's: it holds it, or has just
-closed it (its record's deletion may not be in Redis yet). A restored room nobody is in closes after its
-departure timeout, its participants having been cut off with their node (`Engine.restore_room`)."""
+closed it (its record's deletion may not be in Redis yet). The room of a node this node found lost waits
+its departure timeout from then (a look is scheduled for it): its participants' time to come back, which
+brings it back where they come, as before adoption; its agents' jobs then run again once, with them there.
+A restored room nobody is in closes after its departure timeout, its participants having been cut off with
+their node (`Engine.restore_room`)."""
 
 import asyncio
 import contextlib
 import json
 import logging
+from typing import Any
 
 from switchboard.cluster.node import ClusterNode
 from switchboard.cluster.placement import room_key
@@ -34,6 +38,8 @@ log = logging.getLogger("switchboard.cluster")
 
 SCAN_COUNT = 500
 """Keys Redis looks at per SCAN call."""
+FORGET_LOST = 24 * 3600.0
+"""How long this node remembers when it found a node lost (for its rooms' grace)."""
 
 
 def adoptable(writer: str, owner: str | None, alive: set[str], here: str) -> bool:
@@ -57,6 +63,10 @@ class RoomAdoption:
         self._node_id = cluster.node_id
         self._wake = asyncio.Event()
         self._later: list[asyncio.TimerHandle] = []
+        self._lost_at: dict[str, float] = {}
+        """When this node found each node lost (the loop's clock): its rooms wait for their participants."""
+        self._first_due: float | None = None
+        """During a look: when the first room still in its grace is due."""
         self._task: asyncio.Task[None] | None = None
         cluster.registry.on_node_lost(self._node_lost)
         # A node that lost its lease hands its rooms over (room_closed): with the lease back, they may be
@@ -81,11 +91,15 @@ class RoomAdoption:
             self._wake.set()
 
     def _node_lost(self, node_id: str) -> None:
-        # A lease later too: for the rooms that another node's look placed here after this one passed them.
-        self._wake.set()
+        now = asyncio.get_running_loop().time()
+        self._lost_at = {node: at for node, at in self._lost_at.items() if now - at < FORGET_LOST}
+        self._lost_at[node_id] = now
+        self._wake.set()  # its rooms' grace is read from their records, and their looks scheduled
+
+    def _look_at(self, when: float) -> None:
         loop = asyncio.get_running_loop()
         self._later = [handle for handle in self._later if handle.when() > loop.time()]
-        self._later.append(loop.call_later(self._lease, self._wake.set))
+        self._later.append(loop.call_at(when, self._wake.set))
 
     async def _look_forever(self) -> None:
         while True:
@@ -100,16 +114,35 @@ class RoomAdoption:
             self._wake.clear()
 
     async def adopt(self) -> list[str]:
-        """Bring back the rooms this node is to adopt now; their names."""
+        """Bring back the rooms this node is to adopt now; their names. A look is scheduled for the first
+        room still in its grace, and another a lease after it: for the rooms that the other nodes' looks
+        then place here."""
         alive = {node.id for node in await self._registry.nodes()}
         adopted: list[str] = []
         page: list[str] = []
+        self._first_due = None
         async for key in self._redis.scan_iter(match=store_key("*"), count=SCAN_COUNT):
             page.append(key.removeprefix(store_key("")))
             if len(page) == SCAN_COUNT:
                 adopted += await self._adopt_among(page, alive)
                 page = []
-        return adopted + await self._adopt_among(page, alive)
+        adopted += await self._adopt_among(page, alive)
+        if self._first_due is not None:
+            self._look_at(self._first_due)
+            self._look_at(self._first_due + self._lease)
+        return adopted
+
+    def _in_grace(self, writer: str, record: dict[str, Any]) -> bool:
+        """Whether the room's participants may still come back (and bring it back wherever they come):
+        for its departure timeout from when this node found its node lost."""
+        lost_at = self._lost_at.get(writer)
+        if lost_at is None:
+            return False  # lost before this node started, or this node's own
+        due = lost_at + float(record["departure_timeout"])
+        if asyncio.get_running_loop().time() >= due:
+            return False
+        self._first_due = due if self._first_due is None else min(self._first_due, due)
+        return True
 
     async def _adopt_among(self, rooms: list[str], alive: set[str]) -> list[str]:
         rooms = [room for room in rooms if room not in self._runtime.engine.rooms]
@@ -125,8 +158,12 @@ class RoomAdoption:
             if record is None:
                 continue  # a record without its room: a closure being written
             try:
-                writer = json.loads(record)["node"]
+                fields = json.loads(record)
+                writer = fields["node"]
                 if not adoptable(writer, owner, alive, self._node_id):
+                    continue
+                # A room placed here by another node's look was past its grace there.
+                if owner != self._node_id and self._in_grace(writer, fields):
                     continue
                 await self._store.restore(room)
             except Unavailable as exc:  # placed on another node (which adopts it), Redis away, or shutdown
