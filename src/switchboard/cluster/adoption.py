@@ -4,10 +4,10 @@ places them, so that their jobs run again and they close as any room does.
 A room whose node died, or lost Redis for a lease and handed its rooms over, comes back on a live node when
 a participant rejoins or a call names it (`DispatchStore.restore`). Without either, nothing would bring it
 back: its record would stay in Redis, its jobs would neither run again nor end, and it would never get its
-`room_finished`. So each node looks through the store's records when it starts, when it finds a node lost
-(and once more a lease later), when it hands rooms over or regains its lease, and every
-`cluster.adopt_interval`. It brings back, through the same `restore` as a call (which claims the room,
-placed by load), each room that it does not hold and that
+`room_finished`. So each node looks through the store's records when it starts, when it finds a node lost,
+when it hands rooms over or regains its lease, and every `cluster.adopt_interval`. It brings back, through
+the same `restore` as a call (which claims the room, placed by load), each room that it does not hold and
+that
 
 - its key places on this node (a look on another node placed it here), or
 - no other live node owns, and that was last written by a node that is not alive or by this one (which
@@ -65,8 +65,6 @@ class RoomAdoption:
         self._later: list[asyncio.TimerHandle] = []
         self._lost_at: dict[str, float] = {}
         """When this node found each node lost (the loop's clock): its rooms wait for their participants."""
-        self._first_due: float | None = None
-        """During a look: when the first room still in its grace is due."""
         self._task: asyncio.Task[None] | None = None
         cluster.registry.on_node_lost(self._node_lost)
         # A node that lost its lease hands its rooms over (room_closed): with the lease back, they may be
@@ -119,32 +117,31 @@ class RoomAdoption:
         then place here."""
         alive = {node.id for node in await self._registry.nodes()}
         adopted: list[str] = []
+        due: list[float] = []
         page: list[str] = []
-        self._first_due = None
         async for key in self._redis.scan_iter(match=store_key("*"), count=SCAN_COUNT):
             page.append(key.removeprefix(store_key("")))
             if len(page) == SCAN_COUNT:
-                adopted += await self._adopt_among(page, alive)
+                adopted += await self._adopt_among(page, alive, due)
                 page = []
-        adopted += await self._adopt_among(page, alive)
-        if self._first_due is not None:
-            self._look_at(self._first_due)
-            self._look_at(self._first_due + self._lease)
+        adopted += await self._adopt_among(page, alive, due)
+        if due:
+            self._look_at(min(due))
+            self._look_at(min(due) + self._lease)
         return adopted
 
-    def _in_grace(self, writer: str, record: dict[str, Any]) -> bool:
-        """Whether the room's participants may still come back (and bring it back wherever they come):
-        for its departure timeout from when this node found its node lost."""
+    def _grace_until(self, writer: str, record: dict[str, Any]) -> float | None:
+        """Until when the room's participants may still come back (and bring it back wherever they come):
+        its departure timeout from when this node found its node lost; None once that is over."""
         lost_at = self._lost_at.get(writer)
         if lost_at is None:
-            return False  # lost before this node started, or this node's own
-        due = lost_at + float(record["departure_timeout"])
-        if asyncio.get_running_loop().time() >= due:
-            return False
-        self._first_due = due if self._first_due is None else min(self._first_due, due)
-        return True
+            return None  # lost before this node started, or this node's own
+        until = lost_at + float(record["departure_timeout"])
+        return until if asyncio.get_running_loop().time() < until else None
 
-    async def _adopt_among(self, rooms: list[str], alive: set[str]) -> list[str]:
+    async def _adopt_among(self, rooms: list[str], alive: set[str], due: list[float]) -> list[str]:
+        """Adopt what is this node's to adopt among `rooms`; add to `due` when those still in their grace
+        are."""
         rooms = [room for room in rooms if room not in self._runtime.engine.rooms]
         if not rooms:
             return []
@@ -163,7 +160,9 @@ class RoomAdoption:
                 if not adoptable(writer, owner, alive, self._node_id):
                     continue
                 # A room placed here by another node's look was past its grace there.
-                if owner != self._node_id and self._in_grace(writer, fields):
+                grace = self._grace_until(writer, fields) if owner != self._node_id else None
+                if grace is not None:
+                    due.append(grace)
                     continue
                 await self._store.restore(room)
             except Unavailable as exc:  # placed on another node (which adopts it), Redis away, or shutdown

@@ -269,8 +269,8 @@ class DispatchStore:
         self._waiters: dict[str, list[tuple[int, bool, asyncio.Future[None]]]] = {}
         """By room: the change each waits for, whether it also waits for `wait_replicas` replicas, and its
         future."""
-        self._replicas_behind = False
-        """The last batch did not reach `wait_replicas` replicas (logged when it changes)."""
+        self._replicated = True
+        """Whether the last batch reached `wait_replicas` replicas (logged when it changes)."""
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.reachable = True
@@ -514,9 +514,9 @@ class DispatchStore:
             del self._queued[room]
 
     def _note_replicas(self, replicated: bool) -> None:
-        if replicated == (not self._replicas_behind):
+        if replicated == self._replicated:
             return
-        self._replicas_behind = not replicated
+        self._replicated = replicated
         if replicated:
             log.info("redis replicas caught up: CreateDispatch is acknowledged again")
         else:
