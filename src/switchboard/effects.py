@@ -15,6 +15,7 @@ from switchboard.core.events import (
     DispatchCreated,
     DispatchDeleted,
     DispatchReferenced,
+    JobChanged,
     JobEnded,
     JobQueued,
     JobStarted,
@@ -69,6 +70,7 @@ def wire_effects(
         effects.on(JobQueued, store.keep)
         effects.on(AssignJob, store.keep)
         effects.on(JobStarted, store.keep)
+        effects.on(JobChanged, store.keep)
         effects.on(JobEnded, store.keep)
     # Observing: counters and histograms, then webhook events (queued; sent by their own tasks), then the
     # dashboard (its last hour of activity, and the events its open pages are streamed).

@@ -304,7 +304,8 @@ async def test_kill_of_the_rooms_node_brings_the_room_and_its_agent_back_elsewhe
 ) -> None:
     """Last in the module: the room's node is killed (-9). The participant, connected through another
     node (its signalling relayed), is brought back by its SDK's own reconnection; the room comes back on
-    the worker's node with its dispatch, whose job runs again on the worker and hears it."""
+    the worker's node with its dispatch, whose job runs again on the worker, once the old copy is
+    stopped, and hears it."""
     room, owner = await new_room(cluster, clients[0], "killed")
     owner_id, _ = await owner_of(cluster, room)
     via, worker_node = (node for node in cluster.nodes if node is not owner)
@@ -334,10 +335,17 @@ async def test_kill_of_the_rooms_node_brings_the_room_and_its_agent_back_elsewhe
         assert it.speaker.room.local_participant.sid != sid, "a full rejoin (a new session), not a resume"
         _, new_owner = await owner_of(cluster, room)
         assert new_owner is worker_node
-        # The restored room relaunches the job at once, and the worker (connected to a live node) takes
-        # it on the first offer: its answer goes to the room's new node, not to the dead one.
+        # The restored room relaunches the job once the worker reports the old copy stopped, and the
+        # worker (connected to a live node) takes it on the first offer: its answer goes to the room's
+        # new node, not to the dead one.
         again = await hears(it.worker, record["job_id"], before["track_sid"], AGENT_BACK)
         assert "assignment for job" not in it.worker.log(), "the worker accepted a job never assigned"
+        # The old copy (its agent rejoining the dead node only) was stopped, and its end reported,
+        # before the job was offered again: never two copies of one job id on the worker.
+        copies = sorted(it.worker.runs()[record["job_id"]])
+        assert len(copies) == 2, copies
+        (_, stopped), (started, _) = copies
+        assert stopped is not None and stopped <= started, copies
         assert again["track_sid"] in it.speaker.room.local_participant.track_publications
         alive = [client for client, node in zip(clients, cluster.nodes, strict=True) if node is not owner]
         await eventually(lambda: job_of(alive[0], room, dispatch.id, api.JS_RUNNING), "running again")

@@ -343,11 +343,22 @@ async def test_a_lost_nodes_room_that_nobody_comes_back_to_is_adopted_runs_its_j
         request = api.CreateAgentDispatchRequest(room=room, agent_name="adoptee")
         dispatch = await lkapi.agent_dispatch.create_dispatch(request)
         [job_id] = await eventually(lambda: list(worker.runs()), "the job running")
+        killed_at = time.time()
         kill_node(owner)
         # Only Redis and the worker are watched from here: a call naming the room would bring it back.
-        again, ended = (lambda: worker.runs()[job_id]), (lambda: worker.runs()[job_id][-1][1])
-        await eventually(again, "the job started again", ADOPTION_DEADLINE, accept=lambda r: len(r) == 2)
-        await eventually(ended, "the job ended with the room", ADOPTION_DEADLINE)
+
+        def copies() -> list[tuple[float, float | None]]:
+            return sorted(worker.runs()[job_id])
+
+        await eventually(copies, "the job started again", ADOPTION_DEADLINE, accept=lambda r: len(r) == 2)
+        (_, stopped), (started, _) = copies()
+        # Adopted only once its participants' time to come back was over, counted from when the survivor
+        # found the node lost (after the kill). The old copy (its agent joined, or was joining, the dead
+        # node) had ended or was stopped, and its end was known, before the job was offered again: the
+        # worker never ran two copies of the job.
+        assert started - killed_at >= ADOPTED_DEPARTURE, started - killed_at
+        assert stopped is not None and stopped <= started
+        await eventually(lambda: copies()[1][1], "the job ended with the room", ADOPTION_DEADLINE)
         assert worker.ended(job_id)
         await eventually(
             lambda: client.exists(f"{{sb}}:store:{room}", f"{{sb}}:room:{room}"),

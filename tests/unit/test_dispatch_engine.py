@@ -15,6 +15,7 @@ from switchboard.core.events import (
     DisconnectCause,
     DisconnectParticipant,
     DispatchDeleted,
+    JobChanged,
     JobContext,
     JobEnded,
     JobQueued,
@@ -564,7 +565,7 @@ def test_migrate_within_the_grace_reattaches_the_job_without_running_it_again() 
     w2 = worker(e, "a", 3.0)
     assert e.take_decisions() == []  # an orphaned job is not offered
     e.migrate_jobs(w2, [job.id], 3.0)
-    assert e.take_decisions() == []
+    assert e.take_decisions() == [JobChanged(job)]  # for the store: where it runs now
     assert (job.status, job.worker_id, job.orphaned_at, job.restarts) == (JobStatus.RUNNING, w2, None, 0)
     assert e.workers[w2].jobs == {job.id}
     e.tick(100.0)
@@ -620,7 +621,7 @@ def test_migrate_before_the_restarted_job_was_assigned_takes_the_copy_back() -> 
     assert offers(e) == [offer(w3, job, resuming=True)]
     w2 = worker(e, "a", 8.0)
     e.migrate_jobs(w2, [job.id], 8.0)
-    assert e.take_decisions() == []
+    assert e.take_decisions() == [JobChanged(job)]
     assert (job.status, job.worker_id, job.attempt, job.attempts) == (JobStatus.RUNNING, w2, 1, [])
     assert job.started_at == 0.0  # the same run as before, not a new one
     assert not e.availability_answer(w3, job.id, ACCEPT, 9.0)  # the offer is withdrawn
@@ -652,7 +653,7 @@ def test_migrate_of_a_job_offered_to_the_migrating_worker_itself_does_not_run_it
     w2 = worker(e, "a", 8.0)  # the same worker process, reconnected
     assert offers(e) == [offer(w2, job, resuming=True)]
     e.migrate_jobs(w2, [job.id], 8.0)
-    assert e.take_decisions() == []
+    assert e.take_decisions() == [JobChanged(job)]
     assert (job.status, job.worker_id) == (JobStatus.RUNNING, w2), f"job left {job.status.value}"
     assert e.workers[w2].offered_job == "" and e.workers[w2].jobs == {job.id}
     assert not e.availability_answer(w2, job.id, ACCEPT, 9.0)  # the offer is withdrawn
@@ -679,7 +680,7 @@ def test_migrate_of_several_requeued_jobs_offers_none_of_them_on_the_way() -> No
     assert offers(e) == [offer(w2, first, resuming=True)]
     e.migrate_jobs(w2, [first.id, second.id], 8.0)
     # Both re-attached; only then is the worker, free again, asked about the job that is not its own.
-    assert e.take_decisions() == [offer(w2, other, resuming=False)]
+    assert e.take_decisions() == [JobChanged(first), JobChanged(second), offer(w2, other, resuming=False)]
     for job in (first, second):
         assert (job.status, job.worker_id) == (JobStatus.RUNNING, w2)
     assert e.workers[w2].jobs == {first.id, second.id, other.id} and e.workers[w2].offered_job == other.id
@@ -741,7 +742,7 @@ def test_a_copy_that_starts_late_is_taken_back_while_no_other_copy_exists() -> N
     e.tick(11.0)
     assert (job.status, job.attempt) == (JobStatus.PENDING, 2)
     assert e.job_update(w, job.id, JobUpdate.RUNNING, "", 20.0)
-    assert e.take_decisions() == [JobQueued(job)]  # the restart, from the tick
+    assert e.take_decisions() == [JobQueued(job), JobChanged(job)]  # the restart (from the tick), the revival
     assert (job.status, job.worker_id, job.attempt, job.attempts) == (JobStatus.RUNNING, w, 1, [])
     assert job.started_at == 20.0 and job.error == "" and e.workers[w].jobs == {job.id}
 

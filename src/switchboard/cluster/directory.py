@@ -122,8 +122,9 @@ class RelayedJobs:
         return True
 
     def adopt(self, job_id: str, owner: str) -> list[dict[str, Any]]:
-        """The worker, reconnected here, runs this job of `owner`'s (it took it back by migrate_job), or
-        of a node not known yet (""). Returns the messages held for the owner until now, to send it."""
+        """The worker runs this job of `owner`'s (reconnected here, it listed the job by migrate_job and
+        `owner` took it back, or `owner` stops that copy), or of a node not known yet (""). Returns the
+        messages held for the owner until now, to send it."""
         held = self.unclaimed(job_id) or []
         self._entry(job_id, owner)
         return held

@@ -43,6 +43,7 @@ from switchboard.core.events import (
     DispatchCreated,
     DispatchDeleted,
     DispatchReferenced,
+    JobChanged,
     JobEnded,
     JobQueued,
     JobStarted,
@@ -99,6 +100,7 @@ JOB_FIELDS = (
     "ended_at",
     "updated_at",
     "attempt",
+    "reported",
 )
 """The job's plain fields; its type, status and earlier attempts are written apart."""
 
@@ -160,7 +162,8 @@ def stored_room(name: str, fields: Mapping[str, str]) -> StoredRoom | None:
 def _job(job_id: str, room: str, j: dict[str, Any]) -> Job:
     job = Job(job_id, j["dispatch_id"], room, JobType(j["type"]), j["agent_name"], j["created_at"])
     for name in JOB_FIELDS:
-        setattr(job, name, j[name])
+        if name in j:  # a record written by an earlier version lacks the fields added since
+            setattr(job, name, j[name])
     job.status = JobStatus(j["status"])
     job.attempts = [Attempt(*attempt) for attempt in j["attempts"]]
     return job
@@ -179,6 +182,7 @@ Kept = (
     | JobQueued
     | AssignJob
     | JobStarted
+    | JobChanged
     | JobEnded
 )
 """The decisions that change what the store keeps."""
@@ -233,7 +237,7 @@ def changes_for(decision: Kept, node_id: str) -> tuple[str, "Changes"]:
             gone = [f"dispatch:{decision.dispatch_id}", f"references:{decision.dispatch_id}"]
             gone += [f"job:{job_id}" for job_id in decision.job_ids]
             return decision.room, Changes(fields=dict.fromkeys(gone))
-        case JobQueued() | AssignJob() | JobStarted() | JobEnded():
+        case JobQueued() | AssignJob() | JobStarted() | JobChanged() | JobEnded():
             job = decision.job
             return job.room, Changes(fields={f"job:{job.id}": job_record(job)})
     assert_never(decision)
@@ -332,7 +336,9 @@ class DispatchStore:
             return
         lost = f"node lost: node {stored.node_id}, where the room was, stopped"
         now = self._runtime.now()
-        self._runtime.call(lambda engine: engine.restore_room(stored.room, stored.dispatches, lost, now))
+        self._runtime.call(
+            lambda engine: engine.restore_room(stored.room, stored.dispatches, lost, now, stored.node_id)
+        )
         log.info(
             "room restored room=%s dispatches=%d from_node=%s", room, len(stored.dispatches), stored.node_id
         )

@@ -8,6 +8,7 @@ import asyncio
 import base64
 import json
 import logging
+from collections import OrderedDict
 from dataclasses import asdict
 from typing import Any
 
@@ -16,7 +17,7 @@ from livekit.protocol import agent
 from switchboard.cluster.bus import Message, RedisBus
 from switchboard.cluster.directory import MAX_RELAYED, RemoteWorkers, spec_from_json, spec_to_json
 from switchboard.cluster.nodes import NodeRegistry
-from switchboard.cluster.redis_client import PREFIX
+from switchboard.cluster.redis_client import PREFIX, UNREACHABLE
 from switchboard.core.events import (
     AgentParticipant,
     AssignJob,
@@ -72,9 +73,15 @@ class ClusterWorkers:
         self._following = False
         """True while a drain announced by a worker's own node is applied here (not to be sent back)."""
         self._claim_checks: set[asyncio.TimerHandle] = set()
+        self._checks: set[asyncio.Task[None]] = set()
+        """Checks in Redis of whether a copy's owner is gone (`_route_if_gone`)."""
         self._stopped: dict[str, str] = {}
         """Job id -> worker id, for the copies stopped because no node claimed them: a claim that comes
         later after all (this node was cut from Redis) is answered with the job's failure."""
+        self._ended: OrderedDict[tuple[str, str], str] = OrderedDict()
+        """(worker id, job id) -> owner, for the copies of this node's workers whose end was reported to
+        the node they ran for: when another node (where the room came back) stops that copy and waits for
+        its end, it is told the copy ended already."""
         hub.relay = self
         registry.on_node_lost(self.node_lost)
         registry.on_lease_regained(self._announce_all)
@@ -85,6 +92,8 @@ class ClusterWorkers:
     async def stop(self) -> None:
         for check in self._claim_checks:
             check.cancel()
+        for task in list(self._checks):
+            task.cancel()
         for worker_id in self._states:
             self.bus.put(WORKERS, worker_id, None)
         self._states.clear()
@@ -189,8 +198,15 @@ class ClusterWorkers:
                 {"kind": "job_update", "error": report.error or default_error} | message,
             )
             if owner and update is not JobUpdate.RUNNING:
-                session.remote_jobs.ended(report.job_id)
+                self._copy_ended(session, report.job_id, owner)
         return True
+
+    def _copy_ended(self, session: WorkerSession, job_id: str, owner: str) -> None:
+        """The copy's end was sent to `owner`: nothing more is relayed for it."""
+        session.remote_jobs.ended(job_id)
+        self._ended[session.worker_id, job_id] = owner
+        if len(self._ended) > MAX_RELAYED:
+            self._ended.popitem(last=False)  # the oldest
 
     def _to_owner(self, session: WorkerSession, job_id: str, owner: str, message: Message) -> None:
         """Send the worker's message about a job of another node to it; while that node is not known yet
@@ -314,6 +330,7 @@ class ClusterWorkers:
         if session is None:
             return False
         session.remote_jobs.ended(job.id)
+        self._ended.pop((worker_id, job.id), None)  # a later copy: an earlier one's end is no news
         return True
 
     def _relay(self, kind: str, worker_id: str, job: Job, context: JobContext, **details: Any) -> None:
@@ -325,11 +342,22 @@ class ClusterWorkers:
         self.bus.send(node, message | {"job": _encode(job_message(job, context))} | details)
 
     def terminate(self, decision: TerminateJob) -> None:
+        """Stop the worker's copy of a job of this node's engine; the copy's last report (its end) comes
+        here, even if the worker ran it for another node before (whose room came back here)."""
         node = self.remote.node_of(decision.worker_id)
         if node is None:
+            worker_id, job_id = decision.worker_id, decision.job_id
+            session = self.hub.sessions.get(worker_id)
+            relayed = session is not None and session.remote_jobs.owner(job_id) is not None
+            if session is not None:
+                session.remote_jobs.ended(job_id)
             self.hub.terminate(decision)
+            if self._ended.pop((worker_id, job_id), None) is not None and not relayed:
+                # Its end went to the node it ran for: told to this engine, once this decision is done.
+                asyncio.get_running_loop().call_soon(self._tell_copy_ended, worker_id, job_id)
         else:
-            self.bus.send(node, {"kind": "terminate", "worker": decision.worker_id, "job": decision.job_id})
+            message = {"kind": "terminate", "owner": self.node_id, "worker": decision.worker_id}
+            self.bus.send(node, message | {"job": decision.job_id})
 
     # Messages from the other nodes
 
@@ -342,6 +370,8 @@ class ClusterWorkers:
             self._to_worker(kind, message)
         elif kind in ("answer", "job_update", "owned"):
             self._from_worker(kind, message)
+        elif kind == "copy_ended":
+            self._tell_copy_ended(message["worker"], message["job"])
         elif kind == "drain":
             self._drain(message)
         else:
@@ -421,6 +451,7 @@ class ClusterWorkers:
             log.info("cluster %s for a worker no longer here worker=%s", kind, message["worker"])
             return
         if kind == "terminate":
+            self._stopped_by(session, message["job"], message.get("owner"))
             session.send(agent.ServerMessage(termination=agent.JobTermination(job_id=message["job"])))
             return
         job = _decode(message["job"])
@@ -429,11 +460,52 @@ class ClusterWorkers:
             return
         if not session.remote_jobs.first(kind, job.id, message["attempt"], message["owner"]):
             return  # a copy (a write retried)
+        self._ended.pop((session.worker_id, job.id), None)  # a later copy: an earlier one's end is no news
         if kind == "offer":
             self.hub.send_offer(session, job, message["resuming"])
         else:
             participant = AgentParticipant(**message["participant"])
             self.hub.send_assignment(session, job, message["attempt"], participant, message["url"])
+
+    def _stopped_by(self, session: WorkerSession, job_id: str, owner: str | None) -> None:
+        """The job's `owner` stops the worker's copy (None: a node of an earlier version, which does not
+        say). When that copy ran for a node that is gone (the room came back on `owner`) or for a node not
+        known yet, its last report goes to `owner`, which waits for it; if it reported its end already, to
+        the gone node, `owner` is told. Not otherwise: a stale terminate (from a node that handed the room
+        over) must not take the reports of the copy that the room's live owner runs."""
+        if owner is None:
+            return
+        current = session.remote_jobs.owner(job_id)
+        if current is None:  # no copy runs for another node; one that did may have ended
+            ended_for = self._ended.pop((session.worker_id, job_id), None)
+            if ended_for is not None and ended_for != owner:
+                self._send_copy_ended(owner, session.worker_id, job_id)
+        elif current == "" or not self.registry.seen_alive(current):
+            self._route(session, job_id, owner)
+        elif current != owner:
+            # Alive at this node's last look, which may predate its death (the room's new owner acts as
+            # soon as the lease lapses in Redis): Redis says.
+            task = asyncio.create_task(self._route_if_gone(session, job_id, owner, current))
+            self._checks.add(task)
+            task.add_done_callback(self._checks.discard)
+
+    async def _route_if_gone(self, session: WorkerSession, job_id: str, owner: str, current: str) -> None:
+        try:
+            if await self.registry.node(current) is not None:
+                return  # alive: a stale terminate; the copy's reports stay with its owner
+        except UNREACHABLE as exc:
+            log.warning("copy's owner not checked job=%s owner=%s: %s", job_id, current, exc)
+            return
+        if self.hub.sessions.get(session.worker_id) is not session:
+            return
+        if session.remote_jobs.owner(job_id) == current:
+            self._route(session, job_id, owner)
+        elif self._ended.get((session.worker_id, job_id)) == current:  # its end went there meanwhile
+            del self._ended[session.worker_id, job_id]
+            self._send_copy_ended(owner, session.worker_id, job_id)
+
+    def _send_copy_ended(self, owner: str, worker_id: str, job_id: str) -> None:
+        self.bus.send(owner, {"kind": "copy_ended", "worker": worker_id, "job": job_id})
 
     def _offered_again(self, session: WorkerSession, job_id: str, owner: str) -> None:
         """An offer or assignment of a job the worker still runs, listed by migrate_job and not claimed
@@ -487,6 +559,11 @@ class ClusterWorkers:
             if not self.runtime.call(lambda e: e.job_update(worker_id, job_id, update, error, now)):
                 log.info("update for a job not held worker=%s job=%s", worker_id, job_id)
 
+    def _tell_copy_ended(self, worker_id: str, job_id: str) -> None:
+        now = self.runtime.now()
+        if not self.runtime.call(lambda engine: engine.copy_ended(worker_id, job_id, now)):
+            log.info("end of a copy not waited for worker=%s job=%s", worker_id, job_id)
+
     def _claimed(self, worker_id: str, owner: str, job_ids: list[str]) -> None:
         """The owner took back these jobs a worker of this node listed: the worker's messages about them
         held until now go to it, and later ones at once."""
@@ -498,11 +575,15 @@ class ClusterWorkers:
                 failure = {"kind": "job_update", "worker": worker_id, "job": job_id, "error": error}
                 self.bus.send(owner, failure | {"update": int(JobUpdate.FAILED)})
             elif session is not None:
-                held = session.remote_jobs.adopt(job_id, owner)
-                for kept in held:
-                    self.bus.send(owner, kept)
-                if any(_final(kept) for kept in held):
-                    session.remote_jobs.ended(job_id)
+                self._route(session, job_id, owner)
+
+    def _route(self, session: WorkerSession, job_id: str, owner: str) -> None:
+        """The worker's messages about the job go to `owner` from now on (those held until now too)."""
+        held = session.remote_jobs.adopt(job_id, owner)
+        for kept in held:
+            self.bus.send(owner, kept)
+        if any(_final(kept) for kept in held):
+            self._copy_ended(session, job_id, owner)
 
     def node_lost(self, node_id: str) -> None:
         now = self.runtime.now()

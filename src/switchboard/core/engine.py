@@ -29,6 +29,7 @@ from switchboard.core.events import (
     DispatchCreated,
     DispatchDeleted,
     DispatchReferenced,
+    JobChanged,
     JobContext,
     JobEnded,
     JobQueued,
@@ -457,15 +458,19 @@ class Engine:
             room = closed.room
         return room
 
-    def restore_room(self, room: Room, dispatches: Iterable[Dispatch], lost: str, now: float) -> Room:
+    def restore_room(
+        self, room: Room, dispatches: Iterable[Dispatch], lost: str, now: float, lost_node: str = ""
+    ) -> Room:
         """Bring back a room that lived on a node that was lost (killed, or restarted), with its dispatches
         and their ids, as the store kept them; the live room if there is one already.
 
         Ended jobs stay as they ended. Each job that was assigned or running lost its attempt (`lost` says
         why): it runs again if its restart policy allows, else it ends with that reason; its copy, if it
-        still runs somewhere, is taken back instead of run twice (as after a worker's disconnection). A job
-        that was waiting waits again, with a fresh deadline. The participants were cut off with their node:
-        they have the departure timeout to come back before the room closes.
+        still runs somewhere, is stopped if its worker is connected (its agent joined the lost node), and
+        taken back if its worker reconnects with it (as after a worker's disconnection); the workers of
+        `lost_node` (the room's node, on a cluster) are gone with it, even if this node has not found it
+        lost yet. A job that was waiting waits again, with a fresh deadline. The participants were cut off
+        with their node: they have the departure timeout to come back before the room closes.
         """
         existing = self.rooms.get(room.name)
         if existing is not None:
@@ -479,14 +484,27 @@ class Engine:
             room.dispatches[dispatch.id] = dispatch
             for job in dispatch.jobs:
                 if not job.ended:
-                    self._resume_lost(job, lost, now)
+                    self._resume_lost(job, lost, now, lost_node)
         return room
 
-    def _resume_lost(self, job: Job, lost: str, now: float) -> None:
+    def _resume_lost(self, job: Job, lost: str, now: float, lost_node: str) -> None:
         self.jobs[job.id] = job
         job.orphaned_at = None
         if job.status in (JobStatus.ASSIGNED, JobStatus.RUNNING):
-            self._failed(job, lost, now, copy_may_live=True)
+            worker = self.workers.get(job.worker_id)
+            if worker is not None and lost_node and worker.spec.node == lost_node:
+                worker = None
+            if worker is not None:
+                # Its worker is still connected (to a live node), but the copy's agent joined the lost
+                # node, and rejoins there only: stop it. The worker is offered the job again only once it
+                # reports that copy's end (or `start_timeout` later) if it reports on its jobs, or may
+                # still launch the copy (assigned: livekit-agents ignores a termination until then).
+                # The Node framework reports nothing: waiting for it would only delay the job.
+                self._decisions.append(TerminateJob(worker.id, job.id, lost))
+                if job.reported or job.status is JobStatus.ASSIGNED:
+                    job.await_copy_end(worker.id, now + self.settings.start_timeout)
+            # A worker that was not connected may come back with the copy (migrate_job): it is taken back.
+            self._failed(job, lost, now, copy_may_live=worker is None)
             return
         # Waiting (or offered, and the answer lost with the node): in line again, as if just launched.
         job.status, job.worker_id, job.retry_at, job.pending_since = JobStatus.PENDING, "", None, now
@@ -775,6 +793,13 @@ class Engine:
         """
         job = self.jobs.get(job_id)
         worker = self.workers.get(worker_id)
+        if job is not None and worker_id in job.stopping:
+            # About the copy it was told to stop: the job is not offered to it meanwhile.
+            if update is JobUpdate.RUNNING:  # launched after its termination came: stop it now
+                self._decisions.append(TerminateJob(worker_id, job_id, "an earlier copy, being stopped"))
+            else:
+                self.copy_ended(worker_id, job_id, now)
+            return True
         if job is not None and worker is not None and self._may_take_back(job, worker):
             if update is JobUpdate.RUNNING:
                 # The previous attempt's copy started late, or its worker came back: take it back.
@@ -790,16 +815,29 @@ class Engine:
             return False
         if job.orphaned_at is not None and job.worker_id != worker_id:
             self._reattach(job, worker, now)
-        ran_on = job.worker_id
+        ran_on, first_report = job.worker_id, not job.reported
         job.reported = True
         if update is JobUpdate.RUNNING:
             if job.status is JobStatus.ASSIGNED:
                 job.start(now)
                 self._decisions.append(JobStarted(job))
+            elif first_report:  # its agent joined first: the record is to say the worker reports
+                self._decisions.append(JobChanged(job))
         elif update is JobUpdate.SUCCESS:
             self._end_job(job, True, error, now)
         else:
             self._failed(job, f"job failed on worker {ran_on}" + (f": {error}" if error else ""), now)
+        return True
+
+    def copy_ended(self, worker_id: str, job_id: str, now: float) -> bool:
+        """The copy of the job that the worker was told to stop has ended (it reported so, or its end was
+        reported to a node that is gone since): the worker may be offered the job again. False when the
+        job does not wait for that."""
+        job = self.jobs.get(job_id)
+        if job is None or job.stopping.pop(worker_id, None) is None:
+            return False
+        if job.status is JobStatus.PENDING:
+            self._offer_if_possible(job, now)
         return True
 
     def _holds(self, worker: Worker, job: Job) -> bool:
@@ -827,19 +865,33 @@ class Engine:
             elif self._may_take_back(job, worker):
                 self._revive(job, worker, now, rematch=False)
             else:
-                self._decisions.append(TerminateJob(worker_id, job_id, f"job runs on worker {job.worker_id}"))
+                self._stop_listed_copy(job, worker, now)
         # Only now: offering a pending job while re-attaching could offer one the worker lists next.
         self._match(worker.key, now)
+
+    def _stop_listed_copy(self, job: Job, worker: Worker, now: float) -> None:
+        """The worker listed a copy of a job of its agent that is not to be taken back: stop it. Its
+        reports on that copy name the job only, so the job is not offered to it before the copy's end (an
+        offer it got on registering, before it listed the job, is withdrawn)."""
+        running = job.status in (JobStatus.ASSIGNED, JobStatus.RUNNING)
+        where = f"job runs on worker {job.worker_id}" if running else "job was restarted"
+        self._decisions.append(TerminateJob(worker.id, job.id, where))
+        job.await_copy_end(worker.id, now + self.settings.start_timeout)
+        if job.status is JobStatus.OFFERED and job.worker_id == worker.id:
+            self._release(job, now, rematch=False)
+            job.withdraw(now)
+            self._queue(job, now)
 
     def _reattach(self, job: Job, worker: Worker, now: float) -> None:
         self._release(job, now, rematch=False)
         job.reattach(worker.id, now)
         worker.jobs.add(job.id)
+        self._decisions.append(JobChanged(job))
 
     def _may_take_back(self, job: Job, worker: Worker) -> bool:
         """Whether `worker` may be the one running the previous attempt's copy: its own worker, or (that
         one having disconnected) a reconnected worker of the same agent."""
-        if not job.revivable or worker.key != self._key(job):
+        if not job.revivable or worker.key != self._key(job) or worker.id in job.stopping:
             return False
         previous = job.attempts[-1].worker_id
         return previous == worker.id or previous not in self.workers
@@ -852,7 +904,9 @@ class Engine:
         self._pending.get(self._key(job), {}).pop(job.id, None)
         offered_to = self.workers.get(job.worker_id) if job.status is JobStatus.OFFERED else None
         job.revive(worker.id, now)
+        job.reported = True  # it said it runs the copy, or listed it: only a reporting framework does
         worker.jobs.add(job.id)
+        self._decisions.append(JobChanged(job))
         if offered_to is not None and rematch:
             self._match(offered_to.key, now)
 
@@ -1010,7 +1064,8 @@ class Engine:
             return job.orphaned_at + s.reconnect_grace
         match job.status:
             case JobStatus.PENDING:
-                return job.retry_at if job.retry_at is not None else job.pending_since + s.pending_timeout
+                waited = job.retry_at if job.retry_at is not None else job.pending_since + s.pending_timeout
+                return min([waited, *job.stopping.values()])
             case JobStatus.OFFERED:
                 return job.offered_at + s.availability_timeout
             case JobStatus.ASSIGNED:
@@ -1022,6 +1077,8 @@ class Engine:
         worker_id = job.worker_id
         if job.orphaned_at is not None:
             self._failed(job, f"worker {worker_id} disconnected", now, copy_may_live=True)
+        elif job.status is JobStatus.PENDING and job.stopped_waiting(now):
+            self._offer_if_possible(job, now)  # no end reported in time: its worker may be asked again
         elif job.status is JobStatus.PENDING and job.retry_at is not None:
             job.start_waiting(now)
             self._offer_if_possible(job, now)

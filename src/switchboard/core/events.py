@@ -87,6 +87,14 @@ class JobStarted:
 
 
 @dataclass(frozen=True)
+class JobChanged:
+    """The job changed in a way that only its stored record shows: its worker reported on it for the first
+    time after its agent had joined, or a copy was taken back (revived, reattached)."""
+
+    job: Job
+
+
+@dataclass(frozen=True)
 class ParticipantJoined:
     """Observed, not acted upon: webhooks and metrics follow who is in which room."""
 
@@ -230,6 +238,7 @@ Decision = (
     | JobQueued
     | JobEnded
     | JobStarted
+    | JobChanged
     | ParticipantJoined
     | ParticipantLeft
     | TrackPublished

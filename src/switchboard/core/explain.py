@@ -58,6 +58,8 @@ def worker_verdict(
         refusals.append(f"did not answer within {availability_timeout:g}s" + _times(unanswered))
     if worker.id in job.excluded_workers:
         why = "did not start it in time before"
+    elif worker.id in job.stopping:
+        why = "is stopping an earlier copy of it, and has not reported that copy's end"
     elif worker.drained:
         why = "was drained by an operator"
     elif refusals:
@@ -88,6 +90,7 @@ class Explanation:
     since: float | None = None
     """When the job entered its current state (pending: since when it waits)."""
     until: float | None = None
-    """When that state ends by itself: a pending job fails, an offer moves on, a back-off is over."""
+    """When that state ends by itself, or changes: a pending job fails, an offer moves on, a back-off is
+    over, a worker stopping an earlier copy may be offered the job anyway."""
     earlier_attempts: tuple[str, ...] = ()
     """Why each earlier attempt of the job ended, oldest first."""

@@ -98,6 +98,11 @@ class Job:
     """Workers that did not answer the offer in time during this attempt, and how often."""
     excluded_workers: set[str] = field(default_factory=set)
     """Workers never offered this job again: they accepted it once and did not start it in time."""
+    stopping: dict[str, float] = field(default_factory=dict)
+    """Workers told to stop a copy of this job, whose end they have not reported yet, and until when
+    they are not offered the job (that end may never be reported). Two copies of one job on one worker
+    could not be told apart: livekit-agents would run both under the one job id, and the first one's
+    final report would be taken for the second's."""
 
     @property
     def restarts(self) -> int:
@@ -171,6 +176,17 @@ class Job:
         """The previous attempt's copy is known to have ended, or has been told to: it is not taken back."""
         if self.attempts:
             self.attempts[-1] = replace(self.attempts[-1], copy_may_live=False)
+
+    def await_copy_end(self, worker_id: str, until: float) -> None:
+        """`worker_id` was told to stop a copy of this job: wait for its end there (see `stopping`)."""
+        self.stopping[worker_id] = until
+
+    def stopped_waiting(self, now: float) -> bool:
+        """Stop waiting for the ends that were due by `now`; whether there were any."""
+        due = [worker_id for worker_id, until in self.stopping.items() if until <= now]
+        for worker_id in due:
+            del self.stopping[worker_id]
+        return bool(due)
 
     @property
     def revivable(self) -> bool:

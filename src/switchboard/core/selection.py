@@ -15,7 +15,8 @@ def choose_worker(
     job: Job, candidates: Sequence[Worker], load_threshold: float, rng: random.Random | None = None
 ) -> Worker | None:
     """The accepting worker with the lowest effective load, among those whose reported load is under the
-    threshold and that were not tried for this job since their last report.
+    threshold, that were not tried for this job since their last report, and that are not stopping an
+    earlier copy of it.
 
     A worker connected to this node comes first (on a cluster, a worker of another node only when none of
     this node's can take the job: no hop, no cross-node messages, and the room's own node estimates its
@@ -37,6 +38,8 @@ def _least_loaded(job: Job, candidates: Sequence[Worker], load_threshold: float)
     best_rank: tuple[bool, float, int, float] = (False, 0.0, 0, 0.0)
     for worker in candidates:
         if not worker.accepting or worker.id in job.tried_workers or worker.id in job.excluded_workers:
+            continue
+        if worker.id in job.stopping:
             continue
         if worker.load >= load_threshold:
             continue
