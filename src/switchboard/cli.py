@@ -242,11 +242,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
     config = load_config(
         args.config, dev=args.dev, port=args.port, bind=args.bind, keys=args.keys, agents_dir=args.agents
     )
-    from switchboard.server import ListenError, serve  # not needed by the client commands (aiortc)
+    from switchboard.server import StartError, serve  # not needed by the client commands (aiortc)
 
     try:
         serve(config)
-    except ListenError as exc:
+    except StartError as exc:
         raise Failure(str(exc)) from None
 
 

@@ -10,6 +10,7 @@ from functools import partial
 
 from aiohttp import web
 from livekit.protocol import models
+from redis.exceptions import RedisError
 
 from switchboard import LIVEKIT_COMPATIBLE_VERSION, LIVEKIT_PROTOCOL, __version__, logs
 from switchboard.agents.supervisor import AgentSupervisor
@@ -162,7 +163,10 @@ def build_app(config: Config) -> web.Application:
 
     async def start(app: web.Application) -> None:
         if cluster is not None:
-            await cluster.start()  # before serving: a node that cannot reach Redis must not start alone
+            try:
+                await cluster.start()  # before serving: a node that cannot reach Redis must not start alone
+            except (*UNREACHABLE, RedisError) as exc:
+                raise StartError(f"cannot reach redis at {cluster.redis_address}: {exc}") from None
             for part in cluster_parts:
                 await part.start()
         if cluster_workers is not None:
@@ -240,8 +244,9 @@ def stop_now(runtime: Runtime, supervisor: AgentSupervisor) -> None:
     supervisor.kill()
 
 
-class ListenError(Exception):
-    """The server cannot listen where it was told to; the message says why, in one line."""
+class StartError(Exception):
+    """The server cannot start (cannot listen where it was told to, or reach its Redis); the message says
+    why, in one line."""
 
 
 async def listen(runner: web.AppRunner, host: str, port: int) -> None:
@@ -259,7 +264,7 @@ async def listen(runner: web.AppRunner, host: str, port: int) -> None:
             problem = f"cannot listen on {host}:{port}: permission denied (ports below 1024 need privileges)"
         else:
             problem = f"cannot listen on {host}:{port}: {exc.strerror or exc}"
-        raise ListenError(problem) from None
+        raise StartError(problem) from None
 
 
 async def run(config: Config) -> None:
@@ -275,7 +280,7 @@ async def run(config: Config) -> None:
             await metrics_runner.setup()
             for host in config.bind_addresses:
                 await listen(metrics_runner, host, config.prometheus_port)
-    except ListenError:
+    except StartError:
         if metrics_runner is not None:
             await metrics_runner.cleanup()
         await runner.cleanup()

@@ -1,7 +1,8 @@
 """The `redis:` section's other deployments, as the README lists them: nodes that find their Redis through
 Redis Sentinel (`sentinel_master_name`, `sentinel_addresses`), nodes on a Redis Cluster
-(`cluster_addresses`), and nodes that log in (`username`, `password`) to a db other than 0 (`db`), each
-with real redis-server processes (Debian's) and two switchboard nodes.
+(`cluster_addresses`), nodes that log in (`username`, `password`) to a db other than 0 (`db`), and nodes
+that speak TLS to Redis (`use_tls`), each with real redis-server processes (Debian's) and two switchboard
+nodes.
 
 The same cross-node dispatch in both: a real livekit-agents worker on node A, A drained so that the room
 is placed on B, CreateDispatch sent to B (livekit-api). The offer, the answer and the assignment cross
@@ -10,6 +11,8 @@ With Sentinel, the master is then killed, and the nodes must follow the replica 
 """
 
 import asyncio
+import datetime
+import ipaddress
 import shutil
 import signal
 import subprocess
@@ -21,6 +24,10 @@ from typing import Any
 
 import pytest
 import redis
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from livekit import api
 
 from switchboard.cluster.redis_client import PREFIX
@@ -252,3 +259,63 @@ async def test_with_wait_replicas_a_dispatch_is_acknowledged_only_once_a_replica
                 finally:
                     replica.process.send_signal(signal.SIGCONT)
             await dispatch_across(a, b, agent_name)
+
+
+def tls_files(directory: Path) -> tuple[Path, Path, Path]:
+    """A private CA, and a certificate it signed for 127.0.0.1 with its key: the CA's, the certificate's
+    and the key's files."""
+    directory.mkdir(parents=True)
+    now = datetime.datetime.now(datetime.UTC)
+
+    def certificate(subject: str, key: Any, issuer: str, signer: Any, ca: bool) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if not ca:
+            address = x509.IPAddress(ipaddress.ip_address("127.0.0.1"))
+            builder = builder.add_extension(x509.SubjectAlternativeName([address]), critical=False)
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    files = directory / "ca.crt", directory / "redis.crt", directory / "redis.key"
+    pem = serialization.Encoding.PEM
+    files[0].write_bytes(certificate("test CA", ca_key, "test CA", ca_key, True).public_bytes(pem))
+    files[1].write_bytes(certificate("127.0.0.1", key, "test CA", ca_key, False).public_bytes(pem))
+    files[2].write_bytes(
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return files
+
+
+async def test_nodes_over_tls_verify_redis_against_the_trusted_cas(
+    tmp_path: Path, agent_workers: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`use_tls: true` (as LiveKit's): the nodes speak TLS to a Redis that listens only for TLS there, and
+    verify its certificate against the CAs the system trusts; a private CA is added with SSL_CERT_FILE.
+    A node that does not trust the certificate does not start, and says why."""
+    ca, certificate, key = tls_files(tmp_path / "tls")
+    tls_port = free_port()
+    server = RedisServer(tmp_path / "redis")
+    server.arguments = (
+        *("--tls-port", str(tls_port), "--tls-auth-clients", "no"),
+        *("--tls-cert-file", str(certificate), "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca)),
+    )
+    section = {"address": f"127.0.0.1:{tls_port}", "use_tls": True}
+    with redis_servers([server]):
+        untrusted = node_config(server, {"redis": section})
+        with pytest.raises(RuntimeError) as refused:
+            stop_server(start_server(tmp_path / "untrusted", untrusted))
+        said = str(refused.value)
+        assert f"cannot reach redis at 127.0.0.1:{tls_port}" in said and "certificate verify failed" in said
+        assert "Traceback" not in said, said
+        monkeypatch.setenv("SSL_CERT_FILE", str(ca))  # the nodes' environment: they trust the CA
+        with nodes(tmp_path, server, section) as (a, b):
+            await dispatch_across(a, b, await agent_on(a, b, agent_workers))
+            assert len(node_ids(redis.Redis(port=server.port, decode_responses=True))) == 2
