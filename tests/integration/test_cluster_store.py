@@ -13,7 +13,7 @@ from livekit import api, rtc
 from livekit.protocol import agent
 
 from tests.agent_workers import AgentWorker, registered
-from tests.cluster_nodes import dead_to_the_others, kill_node, start_node
+from tests.cluster_nodes import LEASE, dead_to_the_others, kill_node, start_node
 from tests.conftest import Server, stop_server
 from tests.polling import eventually
 from tests.redis_server import RedisServer
@@ -378,3 +378,28 @@ async def test_a_lost_nodes_room_that_nobody_comes_back_to_is_adopted_runs_its_j
         assert again.state.error == "terminated: room closed (departure timeout)"
     finally:
         await client.aclose()
+
+
+async def test_a_room_handed_over_while_redis_was_away_comes_back_once_the_lease_is_regained(
+    redis: RedisServer, tmp_path: Path, clients: Any
+) -> None:
+    """Redis away for longer than the lease: the node hands its room over (closes it here, its record kept
+    for whichever node takes it). Once Redis is back and the node's lease regained, its look for rooms
+    to adopt, woken by that, brings the room back at once, though no call names it and nobody rejoins:
+    the periodic look (an hour apart here) plays no part."""
+    config = NODE | {"cluster": {"lease": LEASE, "adopt_interval": 3600}}
+    node = start_node(tmp_path / "node", redis, config)
+    room = "handed-over"
+    try:
+        lkapi = await clients(node)
+        await lkapi.room.create_room(api.CreateRoomRequest(name=room, departure_timeout=60))
+        redis.stop()
+        try:
+            await eventually(lambda: "node lease lost" in node.log(), "the node to lose its lease", 10)
+        finally:
+            redis.start()
+        await eventually(lambda: f"room adopted room={room} " in node.log(), "the room adopted back", 20)
+        listed = await lkapi.room.list_rooms(api.ListRoomsRequest(names=[room]))  # restores nothing
+        assert [r.name for r in listed.rooms] == [room]
+    finally:
+        stop_server(node)
