@@ -45,6 +45,7 @@ from switchboard.core.errors import Unavailable
 from switchboard.core.events import (
     AssignJob,
     DispatchCreated,
+    JobChanged,
     JobEnded,
     JobStarted,
     OfferJob,
@@ -85,6 +86,7 @@ EVENT_KINDS: dict[type[Any], str] = {
     OfferJob: "job_offered",
     AssignJob: "job_assigned",
     JobStarted: "job_started",
+    JobChanged: "job_changed",
     JobEnded: "job_ended",
 }
 

@@ -1065,7 +1065,7 @@ class Engine:
         match job.status:
             case JobStatus.PENDING:
                 waited = job.retry_at if job.retry_at is not None else job.pending_since + s.pending_timeout
-                return min([waited, *job.stopping.values()])
+                return min(waited, *job.stopping.values()) if job.stopping else waited
             case JobStatus.OFFERED:
                 return job.offered_at + s.availability_timeout
             case JobStatus.ASSIGNED:
