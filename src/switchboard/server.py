@@ -10,7 +10,6 @@ from functools import partial
 
 from aiohttp import web
 from livekit.protocol import models
-from redis.exceptions import RedisError
 
 from switchboard import LIVEKIT_COMPATIBLE_VERSION, LIVEKIT_PROTOCOL, __version__, logs
 from switchboard.agents.supervisor import AgentSupervisor
@@ -28,7 +27,7 @@ from switchboard.cluster.node import ClusterNode
 from switchboard.cluster.node_service import ClusterNodes, SingleNode
 from switchboard.cluster.nodes import NodeDescription, NodeStats
 from switchboard.cluster.ownership import RoomOwnership
-from switchboard.cluster.redis_client import UNREACHABLE
+from switchboard.cluster.redis_client import FAILURES, UNREACHABLE
 from switchboard.cluster.relay import SignalRelay, send_everyone_elsewhere
 from switchboard.cluster.store import DispatchStore
 from switchboard.cluster.workers import ClusterWorkers
@@ -161,16 +160,21 @@ def build_app(config: Config) -> web.Application:
         webhooks = Webhooks(delivery, runtime)
     wire_effects(runtime.effects, cluster_workers or hub, rtc, dashboard, webhooks, metrics, store)
 
-    async def start(app: web.Application) -> None:
-        if cluster is not None:
-            try:
-                await cluster.start()  # before serving: a node that cannot reach Redis must not start alone
-            except (*UNREACHABLE, RedisError) as exc:
-                raise StartError(f"cannot reach redis at {cluster.redis_address}: {exc}") from None
+    async def start_cluster(cluster: ClusterNode, workers: ClusterWorkers) -> None:
+        """Before serving: a node that cannot reach Redis (or is refused by it) must not start alone."""
+        try:
+            await cluster.start()
             for part in cluster_parts:
                 await part.start()
-        if cluster_workers is not None:
-            await cluster_workers.start()
+            await workers.start()
+        except FAILURES as exc:
+            with contextlib.suppress(*FAILURES):
+                await cluster.stop()  # out of the node list now, not a lease later
+            raise StartError(f"cannot reach redis at {cluster.redis_address}: {exc}") from None
+
+    async def start(app: web.Application) -> None:
+        if cluster is not None and cluster_workers is not None:
+            await start_cluster(cluster, cluster_workers)
         if store is not None:
             await store.start()
         if webhooks is not None:

@@ -40,6 +40,9 @@ class Bus:
     def put(self, key: str, field: str, value: str | None) -> None:
         pass
 
+    def forget(self, node: str) -> None:
+        pass
+
 
 class Registry:
     node_id = "ND_here"
@@ -54,11 +57,8 @@ class Registry:
     def holds_lease(self) -> bool:
         return not self.cut
 
-    def seen_alive(self, node_id: str) -> bool:
-        """At this node's last look: ND_dead was found lost; the nodes in `gone` died since."""
-        return node_id != "ND_dead"
-
     async def node(self, node_id: str) -> object | None:
+        """ND_dead died, and the nodes in `gone`; this node found none of them lost yet."""
         return None if node_id == "ND_dead" or node_id in self.gone else object()
 
     def on_node_lost(self, listener: Any) -> None:
@@ -222,6 +222,7 @@ async def test_a_copy_stopped_by_the_node_its_room_came_back_on_reports_its_end_
     relayed_from(session, "ND_dead")
     workers.received({"kind": "terminate", "owner": "ND_restored", "worker": WORKER, "job": JOB})
     assert session.terminated() == [JOB]
+    await asyncio.sleep(0.01)  # this node has not found ND_dead lost yet: Redis is asked
     report(workers, session, agent.JS_FAILED)
     assert [(node, m["kind"], m["update"]) for node, m in bus.sent] == [("ND_restored", "job_update", 3)]
     assert session.remote_jobs.owner(JOB) is None, "its end: nothing more is relayed"
@@ -332,3 +333,12 @@ async def test_the_end_of_an_earlier_copy_is_not_taken_for_a_later_ones(node: An
     assert [m["kind"] for _, m in bus.sent] == ["job_update"], "no copy_ended"
     report(workers, session, agent.JS_SUCCESS)
     assert [(node, m["kind"]) for node, m in bus.sent[1:]] == [("ND_restored", "job_update")]
+
+
+async def test_a_terminate_from_the_new_owner_of_a_node_found_lost_reroutes_at_once(node: Any) -> None:
+    workers, bus, _, session = node
+    relayed_from(session, "ND_owner")
+    workers.node_lost("ND_owner")
+    workers.received({"kind": "terminate", "owner": "ND_restored", "worker": WORKER, "job": JOB})
+    report(workers, session, agent.JS_FAILED)
+    assert [node for node, _ in bus.sent] == ["ND_restored"]

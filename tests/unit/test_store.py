@@ -369,6 +369,20 @@ def test_with_a_back_off_the_job_waits_for_both_the_back_off_and_the_copys_end()
     assert [o.worker_id for o in offers(b)] == [w]
 
 
+def test_the_job_does_not_fail_for_want_of_a_worker_while_one_is_held_back() -> None:
+    record = Record()
+    _, w, job_id = running_job(record)
+    b = make(restart_backoff=0.0, start_timeout=10.0, pending_timeout=5.0)
+    b.register_worker(WorkerSpec(agent_name="a"), 99.0, worker_id=w)
+    restored(record, "r", b, 100.0)
+    b.take_decisions()
+    b.tick(106.0)  # past the pending timeout (the automatic dispatch's job fails: no worker at all)
+    job = b.jobs[job_id]
+    assert job.status is JobStatus.PENDING
+    assert b.job_update(w, job_id, JobUpdate.FAILED, "", 107.0)
+    assert [o.worker_id for o in offers(b)] == [w]
+
+
 def test_a_copy_that_ends_before_the_back_off_does_not_cut_it_short() -> None:
     record = Record()
     _, w, job_id = running_job(record)

@@ -29,7 +29,8 @@ from typing import Any
 
 from switchboard.cluster.node import ClusterNode
 from switchboard.cluster.placement import room_key
-from switchboard.cluster.store import FAILURES, ROOM, DispatchStore, store_key
+from switchboard.cluster.redis_client import FAILURES
+from switchboard.cluster.store import ROOM, DispatchStore, store_key
 from switchboard.core.errors import Unavailable
 from switchboard.core.events import RoomClosed
 from switchboard.runtime import Runtime

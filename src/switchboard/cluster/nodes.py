@@ -138,10 +138,6 @@ class NodeRegistry(NodeDescription):
     def holds_lease(self) -> bool:
         return self.lease.held(time.monotonic())
 
-    def seen_alive(self, node_id: str) -> bool:
-        """Whether the node was alive at this node's last look (every lease renewal)."""
-        return node_id in self._alive
-
     async def start(self) -> None:
         """Register once before serving (a failure here is the operator's: Redis is not reachable)."""
         await self.renew()

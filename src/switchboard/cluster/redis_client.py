@@ -8,12 +8,16 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from switchboard.cluster.settings import RedisSettings
 
 UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 """What a command raises while Redis cannot be reached: the callers answer `unavailable`."""
+FAILURES = (*UNREACHABLE, RedisError, RedisClusterException)
+"""What a command raises when Redis does not carry it out: unreachable, refused (an ACL, a failover in
+progress), or, on a Redis Cluster, no shard reachable (not a RedisError in redis-py)."""
 
 PREFIX = "{sb}:"
 """Every key shares one hash tag, so the Lua scripts' keys sit in one slot on a Redis Cluster too."""

@@ -28,14 +28,14 @@ from typing import Any, assert_never
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError
 
 from switchboard.api.twirp import Method
 from switchboard.auth.grants import Claims, InvalidToken, require_room_admin
 from switchboard.auth.tokens import TokenVerifier
 from switchboard.cluster.nodes import NodeInfo, node_key
 from switchboard.cluster.placement import NoNodeAvailable, room_key
-from switchboard.cluster.redis_client import PREFIX, UNREACHABLE
+from switchboard.cluster.redis_client import FAILURES, PREFIX, UNREACHABLE
 from switchboard.core.dispatch import Dispatch, DispatchSpec, RestartPolicy
 from switchboard.core.errors import NotFound, Unavailable
 from switchboard.core.events import (
@@ -56,8 +56,6 @@ from switchboard.runtime import Runtime
 
 log = logging.getLogger("switchboard.cluster")
 
-FAILURES = (*UNREACHABLE, RedisError)
-"""A write that raised one of these is retried once Redis answers again."""
 
 RETRY_INTERVAL = 0.25
 """While Redis is unreachable, how often the writer tries it again."""

@@ -17,7 +17,7 @@ from livekit.protocol import agent
 from switchboard.cluster.bus import Message, RedisBus
 from switchboard.cluster.directory import MAX_RELAYED, RemoteWorkers, spec_from_json, spec_to_json
 from switchboard.cluster.nodes import NodeRegistry
-from switchboard.cluster.redis_client import PREFIX, UNREACHABLE
+from switchboard.cluster.redis_client import PREFIX
 from switchboard.core.events import (
     AgentParticipant,
     AssignJob,
@@ -75,6 +75,8 @@ class ClusterWorkers:
         self._claim_checks: set[asyncio.TimerHandle] = set()
         self._checks: set[asyncio.Task[None]] = set()
         """Checks in Redis of whether a copy's owner is gone (`_route_if_gone`)."""
+        self._lost_nodes: set[str] = set()
+        """The nodes this node found lost (ids are never reused: a restarted node has a new one)."""
         self._stopped: dict[str, str] = {}
         """Job id -> worker id, for the copies stopped because no node claimed them: a claim that comes
         later after all (this node was cut from Redis) is answered with the job's failure."""
@@ -92,8 +94,9 @@ class ClusterWorkers:
     async def stop(self) -> None:
         for check in self._claim_checks:
             check.cancel()
-        for task in list(self._checks):
+        for task in self._checks:
             task.cancel()
+        await asyncio.gather(*self._checks, return_exceptions=True)
         for worker_id in self._states:
             self.bus.put(WORKERS, worker_id, None)
         self._states.clear()
@@ -480,11 +483,11 @@ class ClusterWorkers:
             ended_for = self._ended.pop((session.worker_id, job_id), None)
             if ended_for is not None and ended_for != owner:
                 self._send_copy_ended(owner, session.worker_id, job_id)
-        elif current == "" or not self.registry.seen_alive(current):
+        elif current == "" or current in self._lost_nodes:
             self._route(session, job_id, owner)
         elif current != owner:
-            # Alive at this node's last look, which may predate its death (the room's new owner acts as
-            # soon as the lease lapses in Redis): Redis says.
+            # Not found lost here (yet: the room's new owner acts as soon as the lease lapses in Redis,
+            # this node finds it at its next renewal): Redis says.
             task = asyncio.create_task(self._route_if_gone(session, job_id, owner, current))
             self._checks.add(task)
             task.add_done_callback(self._checks.discard)
@@ -493,8 +496,8 @@ class ClusterWorkers:
         try:
             if await self.registry.node(current) is not None:
                 return  # alive: a stale terminate; the copy's reports stay with its owner
-        except UNREACHABLE as exc:
-            log.warning("copy's owner not checked job=%s owner=%s: %s", job_id, current, exc)
+        except Exception as exc:  # whatever it is, the reports stay; the new owner waits start_timeout
+            log.warning("copy's owner not checked job=%s owner=%s: %r", job_id, current, exc)
             return
         if self.hub.sessions.get(session.worker_id) is not session:
             return
@@ -586,6 +589,7 @@ class ClusterWorkers:
             self._copy_ended(session, job_id, owner)
 
     def node_lost(self, node_id: str) -> None:
+        self._lost_nodes.add(node_id)
         now = self.runtime.now()
         lost = self.runtime.call(lambda engine: self.remote.node_lost(engine, node_id, now))
         for worker_id in lost:  # every node does it: the same deletions, harmless

@@ -1063,9 +1063,15 @@ class Engine:
         if job.orphaned_at is not None:
             return job.orphaned_at + s.reconnect_grace
         match job.status:
+            case JobStatus.PENDING if job.stopping:
+                # Not failed for want of a worker while one is held back: the pending timeout waits.
+                return (
+                    min(job.stopping.values())
+                    if job.retry_at is None
+                    else min(job.retry_at, *job.stopping.values())
+                )
             case JobStatus.PENDING:
-                waited = job.retry_at if job.retry_at is not None else job.pending_since + s.pending_timeout
-                return min(waited, *job.stopping.values()) if job.stopping else waited
+                return job.retry_at if job.retry_at is not None else job.pending_since + s.pending_timeout
             case JobStatus.OFFERED:
                 return job.offered_at + s.availability_timeout
             case JobStatus.ASSIGNED:
