@@ -696,6 +696,13 @@ class Engine:
             self._decisions.append(TerminateJob(job.worker_id, job.id, reason))
         self._end_job(job, False, reason, now)
 
+    def _withdraw(self, job: Job, now: float, *, rematch: bool = True) -> None:
+        """Take the open offer back before its worker answered: the job is in line again, and may go to
+        the next worker (`rematch`: the worker freed is asked about the next pending job)."""
+        self._release(job, now, rematch=rematch)
+        job.withdraw(now)
+        self._queue(job, now)
+
     def _back_to_pending(self, job: Job, now: float, *, answered: bool = True) -> None:
         """The offered worker said no or did not answer: the next worker may take it; that one is asked
         again after its next status report (its capacity may have changed)."""
@@ -878,9 +885,7 @@ class Engine:
         self._decisions.append(TerminateJob(worker.id, job.id, where))
         job.await_copy_end(worker.id, now + self.settings.start_timeout)
         if job.status is JobStatus.OFFERED and job.worker_id == worker.id:
-            self._release(job, now, rematch=False)
-            job.withdraw(now)
-            self._queue(job, now)
+            self._withdraw(job, now, rematch=False)
 
     def _reattach(self, job: Job, worker: Worker, now: float) -> None:
         self._release(job, now, rematch=False)
@@ -926,9 +931,7 @@ class Engine:
         self._decisions.append(WorkerDrained(worker_id, True))
         offered = self.jobs.get(worker.offered_job)
         if offered is not None:
-            self._release(offered, now)
-            offered.withdraw(now)
-            self._queue(offered, now)
+            self._withdraw(offered, now)
         return worker
 
     def undrain_worker(self, worker_id: str, now: float) -> Worker:
