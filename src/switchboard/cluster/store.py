@@ -466,20 +466,23 @@ class DispatchStore:
         try:
             return await self._pipelined(batch)
         except NoScriptError:
-            # redis-py loads a pipeline's scripts first on a single server, not on a Redis Cluster (where a
-            # shard that restarted or failed over has none either). Load it and write the batch again: a
-            # room the script did write (on a shard that had it) is written again with the same changes,
-            # which the script applies idempotently, and no other write came in between.
+            # The script is sent by its digest alone: redis-py would otherwise ask SCRIPT EXISTS before
+            # every pipeline, one more round trip per batch. A server (or a Redis Cluster shard) that
+            # restarted or failed over does not have it: load it and write the batch again. A room the
+            # script did write (on a shard that had it) is written again with the same changes, which the
+            # script applies idempotently, and no other write came in between.
             await self._redis.script_load(_WRITE)
             return await self._pipelined(batch)
 
     async def _pipelined(self, batch: dict[str, Changes]) -> tuple[list[Any], bool]:
         async with self._redis.pipeline(transaction=False) as pipe:
             for room, changes in batch.items():
-                await self._write_script(
-                    keys=[store_key(room), room_key(room)],
-                    args=changes.script_args(self._node_id),
-                    client=pipe,
+                pipe.evalsha(
+                    self._write_script.sha,
+                    2,
+                    store_key(room),
+                    room_key(room),
+                    *changes.script_args(self._node_id),
                 )
             if self._wait_replicas:
                 pipe.wait(self._wait_replicas, self._wait_ms)
