@@ -1,6 +1,8 @@
 """Benchmark Switchboard nodes sharing one redis-server on this machine: dispatch and audio across nodes.
 
-The workers are bench/dispatch.py's protocol-level clients (they accept every offer at once); the media
+The workers are bench/dispatch.py's protocol-level clients (they accept every offer at once), and the timed
+CreateDispatch calls go over keep-alive connections of the same kind (bench/wire.py), on uvloop: the load
+generator shares this machine's cores with the nodes, so what it spends is taken from them. The media
 clients are the official Python `livekit` rtc SDK, as in bench/rtc.py. Every node is a separate
 `switchboard serve` process with the same API key and secret, and a fresh redis-server (in memory only)
 is started for each cluster.
@@ -91,11 +93,13 @@ from dispatch import (
     job_update,
     list_call,
     report_status,
+    run_async,
     throughput_phase,
     worker_token,
 )
 from rtc import Client, Env, Tone, delivery, has_gaps, join, received, wait_for
 from switchboard.api import switchboard_proto as switchboard_pb
+from wire import TwirpCaller
 
 PHASES = ("latency", "failover", "throughput", "audio")
 WARMUP = 20
@@ -257,12 +261,13 @@ class FailoverResult:
 
 
 async def timed_dispatches(
-    session: aiohttp.ClientSession, owner: Server, worker_node: Server, count: int, warmup: int
+    owner: Server, worker_node: Server, count: int, warmup: int
 ) -> tuple[list[float], int]:
     """Seconds of `count` sequential dispatches to rooms of `owner`, the only worker connected to
     `worker_node`, after `warmup` untimed ones; and the errors seen."""
     board = Board()
-    worker = await connect_worker(session, worker_node.url, worker_token(worker_node), board)
+    worker = await connect_worker(worker_node.url, worker_token(worker_node), board)
+    caller = TwirpCaller(owner.url)
     try:
         samples: list[float] = []
         prefix = f"bench-{uuid.uuid4().hex[:8]}"
@@ -271,7 +276,7 @@ async def timed_dispatches(
             call = create_call(owner, room)
             waiter = board.expect(room)
             started = time.perf_counter()
-            status, body = await send(session, call)
+            status, body = await caller.send(call)
             if status != 200:
                 board.fail(f"CreateDispatch {room}: HTTP {status} {body[:200]!r}")
                 continue
@@ -284,21 +289,18 @@ async def timed_dispatches(
                 samples.append(assigned - started)
         return samples, board.errors
     finally:
+        caller.close()
         await close_workers([worker])
 
 
-async def latency_phase(
-    session: aiohttp.ClientSession, a: Server, b: Server, count: int
-) -> tuple[LatencyResult, int]:
+async def latency_phase(a: Server, b: Server, count: int) -> tuple[LatencyResult, int]:
     """Same-node and cross-node blocks in turn, so that the machine's other load weighs on both alike."""
     same: list[float] = []
     cross: list[float] = []
     errors = 0
     for block in range(max(1, count // BLOCK)):
         for worker_node, samples in ((b, same), (a, cross)):
-            timed, failed = await timed_dispatches(
-                session, b, worker_node, BLOCK, WARMUP if block == 0 else 3
-            )
+            timed, failed = await timed_dispatches(b, worker_node, BLOCK, WARMUP if block == 0 else 3)
             samples += timed
             errors += failed
     return LatencyResult(Spread.of(same), Spread.of(cross), []), errors
@@ -330,7 +332,7 @@ async def failover_round(
     assignment to a worker of `spare_node`."""
     doomed_board, spare_board = Board(complete_jobs=False), Board(complete_jobs=False)
     room = f"bench-{uuid.uuid4().hex[:8]}-failover"
-    doomed = await connect_worker(session, doomed_node.url, worker_token(doomed_node), doomed_board)
+    doomed = await connect_worker(doomed_node.url, worker_token(doomed_node), doomed_board)
     spare = None
     try:
         first = doomed_board.expect(room)
@@ -340,12 +342,12 @@ async def failover_round(
         await asyncio.wait_for(first, ASSIGN_DEADLINE)
         job = await job_of(session, owner, room)
         assert job is not None
-        await doomed.ws.send_bytes(job_update(job.id, agent.JS_RUNNING))
+        doomed.socket.send(job_update(job.id, agent.JS_RUNNING))
         # Connected only now, so that the job went to the doomed worker.
-        spare = await connect_worker(session, spare_node.url, worker_token(spare_node), spare_board)
+        spare = await connect_worker(spare_node.url, worker_token(spare_node), spare_board)
         await until_running(session, owner, room)
         again = spare_board.expect(room)
-        doomed.closing = True
+        doomed.socket.closing = True  # its connection is about to drop
         assert doomed_node.pid is not None
         killed = time.perf_counter()
         os.kill(doomed_node.pid, signal.SIGKILL)
@@ -402,14 +404,12 @@ async def throughput_run(count: int, args: argparse.Namespace) -> tuple[Throughp
     board = Board()
     per_node = max(1, args.concurrency // count)
     with cluster(count, args.lease) as (redis, nodes):
-        twirp = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=per_node * count))
-        sockets = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-        async with twirp, sockets:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=per_node * count)) as twirp:
             workers: list[BenchWorker] = []
             worker_urls: dict[str, str] = {}
             for index, node in enumerate(nodes):
                 share = args.workers // count + (index < args.workers % count)
-                connected = await connect_workers(sockets, node, share, board)
+                connected = await connect_workers(node, share, board)
                 workers += connected
                 worker_urls.update({worker.worker_id: node.url for worker in connected})
             pump = asyncio.create_task(report_status(workers, STATUS_INTERVAL))
@@ -561,7 +561,7 @@ async def dispatch_phases(args: argparse.Namespace, outcome: Outcome) -> None:
         async with aiohttp.ClientSession() as session:
             await drain(session, a)
             if "latency" in args.phases:
-                latency, errors = await latency_phase(session, a, b, args.dispatches)
+                latency, errors = await latency_phase(a, b, args.dispatches)
                 _, rooms = await redis_facts(redis)
                 outcome.latency = replace(latency, rooms_per_node=sorted(rooms.values(), reverse=True))
                 outcome.errors += errors
@@ -742,7 +742,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     # The SDK logs each /rtc/v1 404 (it then falls back to /rtc, as intended) and teardown chatter.
     logging.getLogger("livekit").setLevel(logging.ERROR)
-    outcome = asyncio.run(run(args))
+    outcome = run_async(run(args))
     if args.json:
         print(json.dumps(figures(outcome), indent=2))
     else:

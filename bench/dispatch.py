@@ -1,8 +1,9 @@
 """Benchmark agent dispatch end to end: Twirp CreateDispatch in, the worker protocol on `/agent` out.
 
-The workers are lightweight protocol-level clients in this process (aiohttp WebSockets speaking binary
-`livekit.agent` protobuf, not livekit-agents): they register under one agent name, report WS_AVAILABLE,
-accept every AvailabilityRequest and, once assigned, report the job RUNNING then SUCCESS at once.
+The workers are lightweight protocol-level clients in this process (WebSockets on asyncio transports,
+bench/wire.py, speaking binary `livekit.agent` protobuf, not livekit-agents): they register under one agent
+name, report WS_AVAILABLE, accept every AvailabilityRequest and, once assigned, report the job RUNNING then
+SUCCESS at once. The timed CreateDispatch calls go over keep-alive connections of the same kind.
 Each dispatch goes to a fresh room, as a real call does; creating the room also adds its implicit automatic
 dispatch, whose job stays pending (no automatic workers are connected), as it would on LiveKit.
 
@@ -92,6 +93,7 @@ from common import (
 )
 from switchboard.auth.grants import VideoGrant
 from switchboard.auth.tokens import mint_token
+from wire import ProtocolError, TwirpCaller, WebSocket
 
 # The dashboard phase drives the page with the tests' own browser scenario.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -108,13 +110,13 @@ IDLE_SETTLE = 2.0
 IDLE_WARMUP = 10
 CONNECT_CONCURRENCY = 100
 CLOSE_CONCURRENCY = 200
-CLOSE_DEADLINE = 30.0
+CLOSE_TIMEOUT = 5.0  # a worker's close handshake; then its connection is dropped
 REGISTER_DEADLINE = 10.0
 PING_DEADLINE = 5.0
 ASSIGN_DEADLINE = 10.0  # the server's availability timeout is 5 s: an assignment later than this is lost
 DRAIN_DEADLINE = 15.0
 LATENCY_WARMUP = 20
-PREMINT_RATE = 2000  # throughput tokens minted ahead per second of --duration; more are minted on the fly
+PREMINT_RATE = 3000  # throughput tokens minted ahead per second of --duration; more are minted on the fly
 LIST_CONCURRENCY = 16
 MAX_SAMPLES = 5
 FD_HEADROOM = 512
@@ -214,108 +216,87 @@ class Board:
                 self.all_assigned.set()
 
 
-ENDED = (
-    aiohttp.WSMsgType.CLOSE,
-    aiohttp.WSMsgType.CLOSING,
-    aiohttp.WSMsgType.CLOSED,
-    aiohttp.WSMsgType.ERROR,
-)
-
-
 class BenchWorker:
-    """One registered worker: a reader task answering the server as a livekit-agents worker would."""
+    """One registered worker, answering the server as a livekit-agents worker would, from the callbacks of
+    its WebSocket (bench/wire.py: the load generator spends what the servers do not)."""
 
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse, worker_id: str, board: Board) -> None:
-        self.ws = ws
+    def __init__(self, socket: WebSocket, worker_id: str, board: Board) -> None:
+        self.socket = socket
         self.worker_id = worker_id
         self.board = board
-        self.closing = False
         self.pong: asyncio.Future[float] | None = None
-        self.task = asyncio.create_task(self.run())
+        socket.on_message = self.received
+        socket.on_lost = self.lost
 
-    async def run(self) -> None:
-        ws, board, clock = self.ws, self.board, time.perf_counter
-        parse = agent.ServerMessage.FromString
+    def received(self, data: bytes) -> None:
+        board, now = self.board, time.perf_counter()
         try:
-            while True:
-                frame = await ws.receive()
-                now = clock()
-                if frame.type is not aiohttp.WSMsgType.BINARY:
-                    if frame.type in ENDED:
-                        break
-                    board.fail(f"worker {self.worker_id}: unexpected {frame.type.name} frame")
-                    continue
-                message = parse(frame.data)
-                kind = message.WhichOneof("message")
-                if kind == "availability":
-                    job = message.availability.job
-                    board.offers[job.room.name] = now
-                    await ws.send_bytes(accept(job.id))
-                    board.answers[job.room.name] = clock()
-                elif kind == "assignment":
-                    job = message.assignment.job
-                    board.assigned_worker[job.room.name] = self.worker_id
-                    board.assignment(job.room.name, job.dispatch_id, now)
-                    if board.complete_jobs:
-                        await ws.send_bytes(job_update(job.id, agent.JS_RUNNING))
-                        await ws.send_bytes(job_update(job.id, agent.JS_SUCCESS))
-                elif kind == "pong":
-                    if self.pong is not None and not self.pong.done():
-                        self.pong.set_result(now)
-                elif kind == "termination":
-                    board.terminations += 1
-                else:
-                    board.fail(f"worker {self.worker_id}: unexpected ServerMessage {kind}")
-        except (aiohttp.ClientError, ConnectionError, DecodeError) as exc:
-            if not self.closing:
-                board.fail(f"worker {self.worker_id}: {exc!r}")
-        finally:
-            if not self.closing:
-                board.lost_connections += 1
+            message = agent.ServerMessage.FromString(data)
+        except DecodeError as exc:
+            board.fail(f"worker {self.worker_id}: {exc!r}")
+            return
+        kind = message.WhichOneof("message")
+        if kind == "availability":
+            job = message.availability.job
+            board.offers[job.room.name] = now
+            self.socket.send(accept(job.id))
+            board.answers[job.room.name] = time.perf_counter()
+        elif kind == "assignment":
+            job = message.assignment.job
+            board.assigned_worker[job.room.name] = self.worker_id
+            board.assignment(job.room.name, job.dispatch_id, now)
+            if board.complete_jobs:
+                self.socket.send(job_update(job.id, agent.JS_RUNNING), job_update(job.id, agent.JS_SUCCESS))
+        elif kind == "pong":
+            if self.pong is not None and not self.pong.done():
+                self.pong.set_result(now)
+        elif kind == "termination":
+            board.terminations += 1
+        else:
+            board.fail(f"worker {self.worker_id}: unexpected ServerMessage {kind}")
+
+    def lost(self, exc: Exception) -> None:
+        self.board.fail(f"worker {self.worker_id}: {exc!r}")
+        self.board.lost_connections += 1
 
     async def ping(self) -> float:
         """One WorkerPing → WorkerPong round trip, in seconds."""
         self.pong = asyncio.get_running_loop().create_future()
         ping = _worker_message(ping=agent.WorkerPing(timestamp=int(time.time() * 1000)))
         started = time.perf_counter()
-        await self.ws.send_bytes(ping)
+        self.socket.send(ping)
         return await asyncio.wait_for(self.pong, PING_DEADLINE) - started
 
     async def close(self) -> None:
-        self.closing = True
-        with suppress(TimeoutError, aiohttp.ClientError, ConnectionError):
-            await asyncio.wait_for(self.ws.close(), 5)
+        await self.socket.close(CLOSE_TIMEOUT)
 
 
-async def connect_worker(session: aiohttp.ClientSession, url: str, token: str, board: Board) -> BenchWorker:
-    ws = await session.ws_connect(
-        f"{url}/agent", headers={"Authorization": f"Bearer {token}"}, autoping=True, heartbeat=None
-    )
+async def connect_worker(url: str, token: str, board: Board) -> BenchWorker:
+    replies: asyncio.Queue[bytes] = asyncio.Queue()
+    socket = await WebSocket.connect(f"{url}/agent", {"Authorization": f"Bearer {token}"}, replies.put_nowait)
     try:
-        await ws.send_bytes(REGISTER)
-        frame = await ws.receive(timeout=REGISTER_DEADLINE)
-        if frame.type is not aiohttp.WSMsgType.BINARY:
-            raise RuntimeError(f"expected a binary register response, got {frame.type.name} {frame.data!r}")
-        reply = agent.ServerMessage.FromString(frame.data)
+        socket.send(REGISTER)
+        reply = agent.ServerMessage.FromString(await asyncio.wait_for(replies.get(), REGISTER_DEADLINE))
         if reply.WhichOneof("message") != "register":
             raise RuntimeError(f"expected a register response first, got {reply.WhichOneof('message')}")
-        await ws.send_bytes(AVAILABLE)
     except BaseException:
-        await ws.close()
+        await socket.close(CLOSE_TIMEOUT)
         raise
-    return BenchWorker(ws, reply.register.worker_id, board)
+    worker = BenchWorker(socket, reply.register.worker_id, board)
+    while not replies.empty():  # an offer may come right behind the register response
+        worker.received(replies.get_nowait())
+    socket.send(AVAILABLE)
+    return worker
 
 
-async def connect_workers(
-    session: aiohttp.ClientSession, server: Server, count: int, board: Board
-) -> list[BenchWorker]:
+async def connect_workers(server: Server, count: int, board: Board) -> list[BenchWorker]:
     """`count` registered workers, connected a bounded number at a time (the accept queue is finite)."""
     token = worker_token(server)
     gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
 
     async def one() -> BenchWorker:
         async with gate:
-            return await connect_worker(session, server.url, token, board)
+            return await connect_worker(server.url, token, board)
 
     results = await asyncio.gather(*(one() for _ in range(count)), return_exceptions=True)
     workers = [result for result in results if isinstance(result, BenchWorker)]
@@ -332,15 +313,10 @@ async def close_workers(workers: Sequence[BenchWorker]) -> None:
     gate = asyncio.Semaphore(CLOSE_CONCURRENCY)
 
     async def one(worker: BenchWorker) -> None:
-        worker.closing = True
         async with gate:
             await worker.close()
 
-    with suppress(TimeoutError):
-        await asyncio.wait_for(asyncio.gather(*(one(worker) for worker in workers)), CLOSE_DEADLINE)
-    for worker in workers:
-        worker.task.cancel()
-    await asyncio.gather(*(worker.task for worker in workers), return_exceptions=True)
+    await asyncio.gather(*(one(worker) for worker in workers))
 
 
 async def report_status(workers: Sequence[BenchWorker], interval: float) -> None:
@@ -352,10 +328,7 @@ async def report_status(workers: Sequence[BenchWorker], interval: float) -> None
     while True:
         await asyncio.sleep(step)
         for _ in range(per_step):
-            worker = next(cycle)
-            if not worker.ws.closed:
-                with suppress(ConnectionError, aiohttp.ClientError):
-                    await worker.ws.send_bytes(AVAILABLE)
+            next(cycle).socket.send(AVAILABLE)
 
 
 # ---------------------------------------------------------------------------------------------- phases
@@ -452,7 +425,7 @@ class IdleResult:
 
 
 async def latency_phase(
-    session: aiohttp.ClientSession, server: Server, workers: Sequence[BenchWorker], board: Board, count: int
+    server: Server, workers: Sequence[BenchWorker], board: Board, count: int
 ) -> LatencyResult:
     prefix = f"bench-{uuid.uuid4().hex[:8]}-lat"
     rooms = [f"{prefix}-{i}" for i in range(LATENCY_WARMUP + count)]
@@ -464,6 +437,7 @@ async def latency_phase(
     sent: dict[str, float] = {}
     replies: dict[str, float] = {}
     errors_before = board.errors
+    caller = TwirpCaller(server.url)  # the calls' client costs what the workers' does (bench/wire.py)
     before, started = CpuSample.take(server.pid), clock()
     for index, (room, call) in enumerate(zip(rooms, calls, strict=True)):
         if index == LATENCY_WARMUP:
@@ -478,8 +452,8 @@ async def latency_phase(
             board.fail(f"no WorkerPong within {PING_DEADLINE:g}s")
         t0 = clock()
         try:
-            status, _ = await send(session, health)
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            status, _ = await caller.send(health)
+        except (ProtocolError, OSError) as exc:
             board.fail(f"GET /: {exc!r}")
         else:
             gets.append(clock() - t0)
@@ -488,8 +462,8 @@ async def latency_phase(
         waiter = board.expect(room)
         sent[room] = t0 = clock()
         try:
-            status, body = await send(session, call)
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            status, body = await caller.send(call)
+        except (ProtocolError, OSError) as exc:
             board.fail(f"CreateDispatch {room}: {exc!r}")
             continue
         replies[room] = clock() - t0
@@ -501,6 +475,7 @@ async def latency_phase(
         except TimeoutError:
             board.fail(f"room {room}: no JobAssignment within {ASSIGN_DEADLINE:g}s")
     cpu = Cpu.since(before, clock() - started, server.pid)
+    caller.close()
     done = [room for room in sent if room in board.assigned and room in board.answers]
     return LatencyResult(
         workers=len(workers),
@@ -585,21 +560,25 @@ async def throughput_phase(
 
     async def driver(deadline: float) -> None:
         nonlocal http_errors
-        while clock() < deadline:
-            room, call = next(source)
-            sent[room] = t0 = clock()
-            try:
-                status, body = await send(session, call)
-            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                http_errors += 1
-                board.fail(f"CreateDispatch {room}: {exc!r}")
-                continue
-            replies.append(clock() - t0)
-            if status != 200:
-                http_errors += 1
-                board.fail(f"CreateDispatch {room}: HTTP {status} {body[:200]!r}")
-                continue
-            created[room] = pb.AgentDispatch.FromString(body).id
+        caller = TwirpCaller(server.url)
+        try:
+            while clock() < deadline:
+                room, call = next(source)
+                sent[room] = t0 = clock()
+                try:
+                    status, body = await caller.send(call)
+                except (ProtocolError, OSError) as exc:
+                    http_errors += 1
+                    board.fail(f"CreateDispatch {room}: {exc!r}")
+                    continue
+                replies.append(clock() - t0)
+                if status != 200:
+                    http_errors += 1
+                    board.fail(f"CreateDispatch {room}: HTTP {status} {body[:200]!r}")
+                    continue
+                created[room] = pb.AgentDispatch.FromString(body).id
+        finally:
+            caller.close()
 
     before, started = CpuSample.take(server.pid), clock()
     await asyncio.gather(*(driver(started + duration) for _ in range(concurrency)))
@@ -644,20 +623,18 @@ async def throughput_phase(
     return result, lost[:MAX_SAMPLES]
 
 
-async def idle_phase(
-    session: aiohttp.ClientSession, server: Server, count: int
-) -> tuple[IdleResult, list[str]]:
+async def idle_phase(server: Server, count: int) -> tuple[IdleResult, list[str]]:
     assert server.pid is not None
     board = Board()
     # A few workers first, so that code paths warmed by the first connections are not charged to the rest.
-    await close_workers(await connect_workers(session, server, IDLE_WARMUP, board))
+    await close_workers(await connect_workers(server, IDLE_WARMUP, board))
     cpu_before = process_cpu_seconds(server.pid)
     await asyncio.sleep(IDLE_BASELINE)
     baseline_cpu = (process_cpu_seconds(server.pid) - cpu_before) / IDLE_BASELINE
     rss_before = process_rss_kib(server.pid)
 
     started = time.perf_counter()
-    workers = await connect_workers(session, server, count, board)
+    workers = await connect_workers(server, count, board)
     connect_seconds = time.perf_counter() - started
     try:
         await asyncio.sleep(IDLE_SETTLE)
@@ -690,9 +667,7 @@ async def queue_phase(server: Server, jobs: int, worker_counts: Sequence[int]) -
     """`jobs` dispatches wait for an agent with no worker; then workers connect (and report their status as
     livekit-agents does): how long until every job is assigned, against the workers' own pace."""
     runs = []
-    twirp = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=LIST_CONCURRENCY))
-    sockets = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-    async with twirp, sockets:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=LIST_CONCURRENCY)) as twirp:
         for count in worker_counts:
             board = Board()
             prefix = f"bench-{uuid.uuid4().hex[:8]}-queue"
@@ -708,7 +683,7 @@ async def queue_phase(server: Server, jobs: int, worker_counts: Sequence[int]) -
             await asyncio.gather(*(create(room) for room in rooms))
             board.outstanding, board.all_assigned = set(rooms), asyncio.Event()
             started = time.perf_counter()
-            workers = await connect_workers(sockets, server, count, board)
+            workers = await connect_workers(server, count, board)
             pump = asyncio.create_task(report_status(workers, STATUS_INTERVAL))
             try:
                 await asyncio.wait_for(board.all_assigned.wait(), DRAIN_DEADLINE * 4)
@@ -869,16 +844,14 @@ class Outcome:
 
 async def busy_phases(server: Server, args: argparse.Namespace, outcome: Outcome) -> None:
     board = Board()
-    twirp = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=args.concurrency))
-    sockets = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-    async with twirp, sockets:
-        workers = await connect_workers(sockets, server, args.workers, board)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=args.concurrency)) as twirp:
+        workers = await connect_workers(server, args.workers, board)
         pump = None
         if args.status_interval:
             pump = asyncio.create_task(report_status(workers, args.status_interval))
         try:
             if "latency" in args.phases:
-                outcome.latency = await latency_phase(twirp, server, workers, board, args.dispatches)
+                outcome.latency = await latency_phase(server, workers, board, args.dispatches)
             if "throughput" in args.phases:
                 outcome.throughput, outcome.lost_samples = await throughput_phase(
                     twirp, server, workers, board, args.duration, args.concurrency
@@ -896,8 +869,7 @@ async def busy_phases(server: Server, args: argparse.Namespace, outcome: Outcome
 
 
 async def idle_phases(server: Server, args: argparse.Namespace, outcome: Outcome) -> None:
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as sockets:
-        outcome.idle, samples = await idle_phase(sockets, server, args.idle_workers)
+    outcome.idle, samples = await idle_phase(server, args.idle_workers)
     outcome.samples += samples
     outcome.errors += outcome.idle.errors
 
@@ -1252,7 +1224,7 @@ def print_report(
         f"loop={setup['loop']}, open files limit {setup['open_files']} (the server inherits it)"
     )
     print(
-        f"         workers: protocol-level aiohttp clients in this process, agent '{AGENT_NAME}', "
+        f"         workers: protocol-level clients in this process (bench/wire.py), agent '{AGENT_NAME}', "
         f"accept at once, report RUNNING then SUCCESS; {setup['status']}"
     )
     header = f"  {'':<42}{'samples':>8}{'p50 ms':>10}{'p99 ms':>10}"
