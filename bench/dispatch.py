@@ -93,7 +93,7 @@ from common import (
 )
 from switchboard.auth.grants import VideoGrant
 from switchboard.auth.tokens import mint_token
-from wire import ProtocolError, TwirpCaller, WebSocket
+from wire import TwirpCaller, WebSocket
 
 # The dashboard phase drives the page with the tests' own browser scenario.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -272,19 +272,28 @@ class BenchWorker:
 
 
 async def connect_worker(url: str, token: str, board: Board) -> BenchWorker:
-    replies: asyncio.Queue[bytes] = asyncio.Queue()
-    socket = await WebSocket.connect(f"{url}/agent", {"Authorization": f"Bearer {token}"}, replies.put_nowait)
+    """A registered worker; its messages until it is, and its connection's loss meanwhile, are queued."""
+    queued: asyncio.Queue[bytes | Exception] = asyncio.Queue()
+    socket = await WebSocket.connect(f"{url}/agent", {"Authorization": f"Bearer {token}"}, queued.put_nowait)
+    socket.on_lost = queued.put_nowait
+
+    def next_message(item: bytes | Exception) -> bytes:
+        if isinstance(item, Exception):
+            raise item
+        return item
+
     try:
         socket.send(REGISTER)
-        reply = agent.ServerMessage.FromString(await asyncio.wait_for(replies.get(), REGISTER_DEADLINE))
+        first = next_message(await asyncio.wait_for(queued.get(), REGISTER_DEADLINE))
+        reply = agent.ServerMessage.FromString(first)
         if reply.WhichOneof("message") != "register":
             raise RuntimeError(f"expected a register response first, got {reply.WhichOneof('message')}")
+        worker = BenchWorker(socket, reply.register.worker_id, board)
+        while not queued.empty():  # an offer may come right behind the register response
+            worker.received(next_message(queued.get_nowait()))
     except BaseException:
         await socket.close(CLOSE_TIMEOUT)
         raise
-    worker = BenchWorker(socket, reply.register.worker_id, board)
-    while not replies.empty():  # an offer may come right behind the register response
-        worker.received(replies.get_nowait())
     socket.send(AVAILABLE)
     return worker
 
@@ -439,43 +448,45 @@ async def latency_phase(
     errors_before = board.errors
     caller = TwirpCaller(server.url)  # the calls' client costs what the workers' does (bench/wire.py)
     before, started = CpuSample.take(server.pid), clock()
-    for index, (room, call) in enumerate(zip(rooms, calls, strict=True)):
-        if index == LATENCY_WARMUP:
-            sent.clear()
-            replies.clear()
-            pings.clear()
-            gets.clear()
-            before, started = CpuSample.take(server.pid), clock()
-        try:
-            pings.append(await workers[index % len(workers)].ping())
-        except TimeoutError:
-            board.fail(f"no WorkerPong within {PING_DEADLINE:g}s")
-        t0 = clock()
-        try:
-            status, _ = await caller.send(health)
-        except (ProtocolError, OSError) as exc:
-            board.fail(f"GET /: {exc!r}")
-        else:
-            gets.append(clock() - t0)
+    try:
+        for index, (room, call) in enumerate(zip(rooms, calls, strict=True)):
+            if index == LATENCY_WARMUP:
+                sent.clear()
+                replies.clear()
+                pings.clear()
+                gets.clear()
+                before, started = CpuSample.take(server.pid), clock()
+            try:
+                pings.append(await workers[index % len(workers)].ping())
+            except TimeoutError:
+                board.fail(f"no WorkerPong within {PING_DEADLINE:g}s")
+            t0 = clock()
+            try:
+                status, _ = await caller.send(health)
+            except OSError as exc:  # wire.ProtocolError and TimeoutError too
+                board.fail(f"GET /: {exc!r}")
+            else:
+                gets.append(clock() - t0)
+                if status != 200:
+                    board.fail(f"GET /: HTTP {status}")
+            waiter = board.expect(room)
+            sent[room] = t0 = clock()
+            try:
+                status, body = await caller.send(call)
+            except OSError as exc:  # wire.ProtocolError and TimeoutError too
+                board.fail(f"CreateDispatch {room}: {exc!r}")
+                continue
+            replies[room] = clock() - t0
             if status != 200:
-                board.fail(f"GET /: HTTP {status}")
-        waiter = board.expect(room)
-        sent[room] = t0 = clock()
-        try:
-            status, body = await caller.send(call)
-        except (ProtocolError, OSError) as exc:
-            board.fail(f"CreateDispatch {room}: {exc!r}")
-            continue
-        replies[room] = clock() - t0
-        if status != 200:
-            board.fail(f"CreateDispatch {room}: HTTP {status} {body[:200]!r}")
-            continue
-        try:
-            await asyncio.wait_for(waiter, ASSIGN_DEADLINE)
-        except TimeoutError:
-            board.fail(f"room {room}: no JobAssignment within {ASSIGN_DEADLINE:g}s")
+                board.fail(f"CreateDispatch {room}: HTTP {status} {body[:200]!r}")
+                continue
+            try:
+                await asyncio.wait_for(waiter, ASSIGN_DEADLINE)
+            except TimeoutError:
+                board.fail(f"room {room}: no JobAssignment within {ASSIGN_DEADLINE:g}s")
+    finally:
+        caller.close()
     cpu = Cpu.since(before, clock() - started, server.pid)
-    caller.close()
     done = [room for room in sent if room in board.assigned and room in board.answers]
     return LatencyResult(
         workers=len(workers),
@@ -567,7 +578,7 @@ async def throughput_phase(
                 sent[room] = t0 = clock()
                 try:
                     status, body = await caller.send(call)
-                except (ProtocolError, OSError) as exc:
+                except OSError as exc:  # wire.ProtocolError and TimeoutError too
                     http_errors += 1
                     board.fail(f"CreateDispatch {room}: {exc!r}")
                     continue

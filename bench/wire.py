@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 from common import REQUEST_ID_HEADER, Call
 
 MAX_HEAD = 16 * 1024
+TIMEOUT = 30.0  # a connection, an upgrade or a response not there by then fails with TimeoutError
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x2, 0x8, 0x9, 0xA
 CLOSE_NORMAL = struct.pack("!H", 1000)
@@ -34,8 +35,9 @@ CLOSE_NORMAL = struct.pack("!H", 1000)
 ZERO_MASK = b"\0\0\0\0"
 
 
-class ProtocolError(Exception):
-    """The server sent what this client does not speak."""
+class ProtocolError(OSError):
+    """The server sent what this client does not speak (an OSError, as a connection failure is to the
+    callers: their request failed)."""
 
 
 def client_frame(opcode: int, payload: bytes) -> bytes:
@@ -82,10 +84,12 @@ class Connection(asyncio.Protocol):
         self.buffer = bytearray()
         self.transport: asyncio.Transport | None = None
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.failure: ProtocolError | None = None
 
     @property
     def closed(self) -> bool:
-        return self.lost.done()
+        """Gone, or going: nothing more can be sent on it."""
+        return self.lost.done() or self.transport is None or self.transport.is_closing()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
@@ -93,7 +97,7 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.lost.done():
             self.lost.set_result(None)
-        self.ended(exc or ConnectionResetError("the server closed the connection"))
+        self.ended(exc or self.failure or ConnectionResetError("the server closed the connection"))
 
     def ended(self, exc: Exception) -> None:
         """The connection is gone, by `exc`."""
@@ -103,7 +107,7 @@ class Connection(asyncio.Protocol):
         try:
             self.consume()
         except ProtocolError as exc:
-            self.ended(exc)
+            self.failure = exc  # connection_lost, which the abort calls, tells of it
             assert self.transport is not None
             self.transport.abort()
 
@@ -136,7 +140,7 @@ class HttpConnection(Connection):
         self.response = asyncio.get_running_loop().create_future()
         assert self.transport is not None
         self.transport.write(head.encode("latin-1") + body)
-        return await self.response
+        return await asyncio.wait_for(self.response, TIMEOUT)
 
     def consume(self) -> None:
         if self.body_size is None:
@@ -144,8 +148,8 @@ class HttpConnection(Connection):
             if head is None:
                 return
             self.status, headers = parse_head(head)
-            if "content-length" not in headers:
-                raise ProtocolError(f"a response without a Content-Length: {headers}")
+            if not headers.get("content-length", "").isdigit():
+                raise ProtocolError(f"a response without a valid Content-Length: {headers}")
             self.body_size = int(headers["content-length"])
             self.reusable = headers.get("connection", "").lower() != "close"
         if len(self.buffer) < self.body_size:
@@ -170,9 +174,10 @@ class TwirpCaller:
     async def send(self, call: Call) -> tuple[int, bytes]:
         if self.connection is None or self.connection.closed or not self.connection.reusable:
             self.close()
-            _, self.connection = await asyncio.get_running_loop().create_connection(
+            connecting = asyncio.get_running_loop().create_connection(
                 lambda: HttpConnection(f"{self.address[0]}:{self.address[1]}"), *self.address
             )
+            _, self.connection = await asyncio.wait_for(connecting, TIMEOUT)
         return await self.connection.request(call, urlsplit(call.url).path)
 
     def close(self) -> None:
@@ -198,9 +203,10 @@ class WebSocket(Connection):
         parts = urlsplit(url)
         assert parts.hostname is not None and parts.port is not None
         key = base64.b64encode(os.urandom(16))
-        _, websocket = await asyncio.get_running_loop().create_connection(
+        connecting = asyncio.get_running_loop().create_connection(
             lambda: cls(key, on_message), parts.hostname, parts.port
         )
+        _, websocket = await asyncio.wait_for(connecting, TIMEOUT)
         lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
         request = (
             f"GET {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
@@ -210,15 +216,16 @@ class WebSocket(Connection):
         assert websocket.transport is not None
         websocket.transport.write(request.encode("latin-1"))
         try:
-            await websocket.open
+            await asyncio.wait_for(websocket.open, TIMEOUT)
         except BaseException:
             websocket.transport.abort()
             raise
         return websocket
 
     def send(self, *payloads: bytes) -> None:
-        """Binary messages, written at once."""
-        if self.transport is not None and not self.closed:
+        """Binary messages, written at once (none once this side began to close)."""
+        if not self.closed and not self.closing:
+            assert self.transport is not None
             self.transport.write(b"".join(client_frame(OP_BINARY, payload) for payload in payloads))
 
     async def close(self, patience: float) -> None:

@@ -308,6 +308,24 @@ async def test_a_node_does_not_overwrite_the_record_of_a_room_another_live_node_
         await client.aclose()
 
 
+async def test_a_redis_that_forgot_the_write_script_still_keeps_every_acknowledged_dispatch(
+    redis: RedisServer, nodes: Any, clients: Any
+) -> None:
+    """The store sends its write script by digest; a Redis that lost it (a restart, a failover, SCRIPT
+    FLUSH) answers NOSCRIPT, and the node loads it and writes again before it acknowledges."""
+    lkapi = await clients(nodes())
+    room = "forgetful"
+    before = await create(lkapi, room, "before")
+    client = aioredis.Redis(host="127.0.0.1", port=redis.port, decode_responses=True)
+    try:
+        assert await client.script_flush()
+        after = await create(lkapi, room, "after")
+        stored = await client.hgetall(f"{{sb}}:store:{room}")
+        assert {f"dispatch:{before.id}", f"dispatch:{after.id}"} <= set(stored)
+    finally:
+        await client.aclose()
+
+
 ADOPTED_DEPARTURE = 5
 """The adopted room's departure timeout: its grace before it is adopted, then its time to close; long
 enough for its job to start again before it closes (about 2 s here), short for the test."""
