@@ -1,11 +1,13 @@
 """Benchmark Switchboard nodes sharing one redis-server on this machine: dispatch and audio across nodes.
 
 The workers are bench/dispatch.py's protocol-level clients (they accept every offer at once), and the timed
-CreateDispatch calls go over keep-alive connections of the same kind (bench/wire.py), on uvloop: the load
-generator shares this machine's cores with the nodes, so what it spends is taken from them. The media
-clients are the official Python `livekit` rtc SDK, as in bench/rtc.py. Every node is a separate
-`switchboard serve` process with the same API key and secret, and a fresh redis-server (in memory only)
-is started for each cluster.
+CreateDispatch calls go over keep-alive connections of the same kind (bench/wire.py), on uvloop. The load
+generator shares this machine's cores with the nodes, so what it spends is taken from them: the throughput
+phase therefore runs bench/loadgen.c by default, a C client doing the same on the same wire (its requests
+and worker messages made here, by the same code), built with the machine's C compiler (--client python
+keeps the Python client). The media clients are the official Python `livekit` rtc SDK, as in bench/rtc.py.
+Every node is a separate `switchboard serve` process with the same API key and secret, and a fresh
+redis-server (in memory only) is started for each cluster.
 
 Four phases (--phases), each checked against a target:
 
@@ -18,12 +20,13 @@ Four phases (--phases), each checked against a target:
   failover    a worker connected to node C runs a job of a room on B; C is killed (SIGKILL); a standby
               worker is connected to A. Time from the kill to the job's JobAssignment on the standby, over
               --rounds rounds (a fresh node C each). Target: p50 ≤ lease + 1 s.
-  throughput  sustained dispatches/s on one node, then on two: bench/dispatch.py's throughput phase run
-              against every node at once (--concurrency callers shared among them), so CreateDispatch is
-              spread over the nodes; each dispatch is to a fresh room, placed by the cluster (fewest rooms),
-              so half of the calls reaching a node are forwarded to the other; --workers are spread over
-              the nodes and each room's node chooses among all of them. Every dispatch is counted to its
-              JobAssignment; lost = created - assigned. Target: two nodes ≥ 1.6 x one node, 0 lost.
+  throughput  sustained dispatches/s on one node, then on two, --rounds times (the order alternating
+              from round to round): callers (--concurrency, shared among the nodes) send CreateDispatch
+              to every node at once, each to a fresh room, placed by the cluster; --workers are spread
+              over the nodes and each room's node chooses among all of them. By default the load
+              generator is bench/loadgen.c (--client). Every dispatch is counted to its JobAssignment;
+              lost = created - assigned. Target: two nodes ≥ 1.6 x one node (the median of the rounds'
+              ratios), 0 lost.
   audio       N rooms, each with a publisher (a continuous tone) and a subscriber, on one node, then on
               two (the publisher joins through node i mod 2 and the subscriber through the other, so
               placement and the signalling relay both work); N grows by --step until a subscriber sees
@@ -31,12 +34,13 @@ Four phases (--phases), each checked against a target:
               here: beyond that it measures the client) or --max-rooms. Figure: the largest N without
               loss, one node against two (no target set by the issue).
 
-Nothing is pinned: the nodes, Redis and this process (the load generator, every SDK client included)
-share this machine's cores, and the report says how much CPU each used.
+Nothing is pinned: the nodes, Redis and the load generator (this process, every SDK client included, and
+bench/loadgen.c) share this machine's cores, and the report says how much CPU each used.
 The exit code is 1 when a dispatch was lost or a worker saw an error, else 0 (a MISS is not an error).
 
     .venv/bin/python bench/cluster.py [--phases latency,failover,throughput,audio] [--dispatches N]
-                                      [--rounds N] [--duration S] [--workers N] [--max-rooms N] [--json]
+                                      [--rounds N] [--duration S] [--workers N] [--max-rooms N]
+                                      [--client native|python] [--json]
 """
 
 import argparse
@@ -44,10 +48,12 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -56,6 +62,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -63,6 +70,7 @@ import redis.asyncio as aioredis
 from livekit.protocol import agent
 from livekit.protocol import agent_dispatch as pb
 
+import native
 from common import (
     BUSY_CPU,
     Server,
@@ -80,10 +88,14 @@ from common import (
 )
 from dispatch import (
     ASSIGN_DEADLINE,
+    DRAIN_DEADLINE,
     FD_HEADROOM,
+    PREMINT_RATE,
     STATUS_INTERVAL,
     BenchWorker,
     Board,
+    CallLog,
+    Cpu,
     Spread,
     ThroughputResult,
     close_workers,
@@ -94,6 +106,7 @@ from dispatch import (
     list_call,
     report_status,
     run_async,
+    throughput_outcome,
     throughput_phase,
     worker_token,
 )
@@ -164,16 +177,18 @@ def cluster(count: int, lease: float) -> Iterator[tuple[RedisProcess, list[Serve
 
 
 class Meter:
-    """CPU used since it was made, in fractions of one core: each node, Redis, this process (the load
-    generator and its SDK threads), and everything else on the machine."""
+    """CPU used since it was made, in fractions of one core: each node, Redis, the load generator (this
+    process, its SDK threads, and bench/loadgen.c when it runs), and everything else on the machine."""
 
-    def __init__(self, nodes: Sequence[Server], redis: RedisProcess) -> None:
+    def __init__(self, nodes: Sequence[Server], redis: RedisProcess, generator: int | None = None) -> None:
         self.pids = [node.pid for node in nodes if node.pid is not None] + [redis.pid]
+        self.generator = generator
         self.started = time.monotonic()
         self.before = self.reading()
 
     def reading(self) -> tuple[list[float], float, float | None]:
-        return [process_cpu_seconds(pid) for pid in self.pids], time.process_time(), machine_busy_seconds()
+        client = time.process_time() + (process_cpu_seconds(self.generator) if self.generator else 0.0)
+        return [process_cpu_seconds(pid) for pid in self.pids], client, machine_busy_seconds()
 
     def usage(self) -> "Usage":
         seconds = time.monotonic() - self.started
@@ -392,8 +407,10 @@ class ThroughputRun:
         return sum(self.usage.nodes) / self.assigned_rate * 1000 if self.assigned_rate else float("nan")
 
 
-async def cpu_over(nodes: Sequence[Server], redis: RedisProcess, seconds: float) -> Usage:
-    meter = Meter(nodes, redis)
+async def cpu_over(
+    nodes: Sequence[Server], redis: RedisProcess, seconds: float, generator: int | None = None
+) -> Usage:
+    meter = Meter(nodes, redis, generator)
     await asyncio.sleep(seconds)
     return meter.usage()
 
@@ -435,10 +452,19 @@ async def throughput_run(count: int, args: argparse.Namespace) -> tuple[Throughp
                 if board.lost_connections:
                     board.fail(f"{board.lost_connections} workers lost their connection during the run")
                 await close_workers(workers)
-    calls = calls_after - calls_before
+    return throughput_figures(results, calls_after - calls_before, rooms, across, usage), board.errors
+
+
+def throughput_figures(
+    results: Sequence[tuple[ThroughputResult, list[str]]],
+    calls: Counter[str],
+    rooms: dict[str, int],
+    across: float | None,
+    usage: Usage,
+) -> ThroughputRun:
     created = sum(result.created for result, _ in results)
-    run = ThroughputRun(
-        nodes=count,
+    return ThroughputRun(
+        nodes=len(results),
         per_node=[result for result, _ in results],
         rooms_per_node=sorted(rooms.values(), reverse=True),
         assigned_across=across,
@@ -446,7 +472,75 @@ async def throughput_run(count: int, args: argparse.Namespace) -> tuple[Throughp
         usage=usage,
         lost_samples=[sample for _, samples in results for sample in samples],
     )
-    return run, board.errors
+
+
+async def native_throughput_run(
+    count: int, args: argparse.Namespace, binary: Path
+) -> tuple[ThroughputRun, int]:
+    """The same run, driven by bench/loadgen.c: its callers and workers, spread over the nodes as the Python
+    client's are, and what it saw checked here as the Python client's is (ListDispatch for every created
+    dispatch no worker was assigned)."""
+    board = Board()
+    per_node = max(1, args.concurrency // count)
+    prefix = f"bench-{uuid.uuid4().hex[:8]}-tput"
+    with cluster(count, args.lease) as (redis, nodes), tempfile.TemporaryDirectory() as directory:
+        ahead = math.ceil(args.duration * PREMINT_RATE)
+        calls = [
+            (index, room, create_call(node, room))
+            for index, node in enumerate(nodes)
+            for room in (f"{prefix}-{index}-{i}" for i in range(ahead))
+        ]
+        shares = [args.workers // count + (index < args.workers % count) for index in range(count)]
+        worker_nodes = [index for index, share in enumerate(shares) for _ in range(share)]
+        plan = native.Plan(
+            nodes, args.duration, DRAIN_DEADLINE, per_node, STATUS_INTERVAL, worker_nodes, calls
+        )
+        native.write_plan(plan, Path(directory) / "plan")
+        generator = await native.LoadGenerator.start(binary, Path(directory) / "plan")
+        try:
+            calls_before, _ = await redis_facts(redis)
+            meter = asyncio.create_task(cpu_over(nodes, redis, args.duration, generator.pid))
+            await generator.go()
+            usage = await meter
+            report = await generator.report()
+            calls_after, rooms = await redis_facts(redis)
+            logs = [CallLog(report.started, report.stopped - report.started) for _ in nodes]
+            for index, (node, room, _) in enumerate(calls):
+                if index not in report.replies:
+                    continue
+                log = logs[node]
+                sent, answered, status, dispatch_id = report.replies[index]
+                log.sent[room] = sent
+                if answered:
+                    log.replies.append(answered - sent)
+                if status == 200:
+                    log.created[room] = dispatch_id
+                else:
+                    log.http_errors += 1  # loadgen.c reported each one among its errors
+            for room, dispatch_id, at, worker in report.assignments:
+                board.assigned_worker[room] = str(worker)
+                board.assignment(room, dispatch_id, at)
+            board.errors += report.errors
+            board.samples += report.samples
+            board.terminations += report.terminations
+            if report.lost_connections:
+                board.fail(
+                    f"{report.lost_connections} connections of bench/loadgen.c were lost during the run"
+                )
+            if report.ran_out:
+                board.fail(f"{report.ran_out} callers ran out of the {ahead} calls made ahead for each node")
+            worker_urls = {str(worker): nodes[node].url for worker, node in enumerate(worker_nodes)}
+            across = await assigned_across(redis, board, worker_urls)
+            cpu = Cpu(None, usage.client, usage.other)
+            async with aiohttp.ClientSession() as session:
+                results = [
+                    await throughput_outcome(session, node, board, log, args.workers, per_node, cpu, 0, 0)
+                    for node, log in zip(nodes, logs, strict=True)
+                ]
+            await generator.finish()
+        finally:
+            generator.kill()
+    return throughput_figures(results, calls_after - calls_before, rooms, across, usage), board.errors
 
 
 # ---------------------------------------------------------------------------------------------- audio
@@ -541,7 +635,8 @@ async def audio_run(count: int, args: argparse.Namespace) -> AudioRun:
 class Outcome:
     latency: LatencyResult | None = None
     failover: FailoverResult | None = None
-    throughput: list[ThroughputRun] | None = None
+    throughput: list[tuple[ThroughputRun, ThroughputRun]] | None = None
+    """Rounds of one node and two."""
     audio: list[AudioRun] | None = None
     errors: int = 0
 
@@ -580,10 +675,18 @@ async def run(args: argparse.Namespace) -> Outcome:
         await dispatch_phases(args, outcome)
     if "throughput" in args.phases:
         outcome.throughput = []
-        for count in (1, 2):
-            result, errors = await throughput_run(count, args)
-            outcome.throughput.append(result)
-            outcome.errors += errors
+        with tempfile.TemporaryDirectory(prefix="switchboard-loadgen-") as directory:
+            binary = native.build(Path(directory)) if args.client == "native" else None
+            for round_ in range(args.rounds):
+                runs = {}
+                # One node first, then two, then the other way round: a drift of the machine weighs on both.
+                for count in (1, 2) if round_ % 2 == 0 else (2, 1):
+                    if binary is None:
+                        runs[count], errors = await throughput_run(count, args)
+                    else:
+                        runs[count], errors = await native_throughput_run(count, args, binary)
+                    outcome.errors += errors
+                outcome.throughput.append((runs[1], runs[2]))
     if "audio" in args.phases:
         outcome.audio = [await audio_run(count, args) for count in (1, 2)]
     return outcome
@@ -592,14 +695,33 @@ async def run(args: argparse.Namespace) -> Outcome:
 # ---------------------------------------------------------------------------------------------- report
 
 
-def scaling(runs: Sequence[ThroughputRun]) -> float:
+def scaling(runs: tuple[ThroughputRun, ThroughputRun]) -> float:
     one, two = runs
     return two.assigned_rate / one.assigned_rate if one.assigned_rate else float("nan")
 
 
-def print_throughput(runs: Sequence[ThroughputRun]) -> None:
-    seconds = runs[0].per_node[0].seconds
+def median_scaling(rounds: Sequence[tuple[ThroughputRun, ThroughputRun]]) -> float:
+    return statistics.median(scaling(runs) for runs in rounds)
+
+
+def print_throughput(rounds: Sequence[tuple[ThroughputRun, ThroughputRun]]) -> None:
+    seconds = rounds[0][0].per_node[0].seconds
     print(f"sustained CreateDispatch → JobAssignment, {seconds:.0f} s, fresh rooms placed by the cluster:")
+    for index, runs in enumerate(rounds):
+        print(f"  round {index + 1}: two nodes / one node {scaling(runs):.2f}x")
+        print_runs(runs)
+    ratio = median_scaling(rounds)
+    lost = sum(r.lost for runs in rounds for r in runs)
+    ratios = ", ".join(f"{scaling(runs):.2f}x" for runs in rounds)
+    print(
+        f"  two nodes / one node {ratios}: median {ratio:.2f}x (target ≥ {TARGET_SCALING:g}x)"
+        f"  {verdict(ratio >= TARGET_SCALING)};  lost {lost} (target 0)  {verdict(lost == 0)}"
+    )
+    for sample in [sample for runs in rounds for r in runs for sample in r.lost_samples]:
+        print(f"    lost: {sample}")
+
+
+def print_runs(runs: Sequence[ThroughputRun]) -> None:
     for r in runs:
         rooms = "/".join(str(n) for n in r.rooms_per_node)
         print(
@@ -622,15 +744,6 @@ def print_throughput(runs: Sequence[ThroughputRun]) -> None:
         print(f"           {r.usage.text()}; nodes' CPU per dispatch {r.node_cpu_ms:.2f} ms")
         commands = ", ".join(f"{name} {n:.2f}" for name, n in r.redis_calls.items())
         print(f"           Redis commands per dispatch (whole run, inside Lua scripts too): {commands}")
-    ratio = scaling(runs)
-    lost = sum(r.lost for r in runs)
-    print(
-        f"  two nodes / one node {ratio:.2f}x (target ≥ {TARGET_SCALING:g}x)"
-        f"  {verdict(ratio >= TARGET_SCALING)};"
-        f"  lost {lost} (target 0)  {verdict(lost == 0)}"
-    )
-    for sample in [sample for r in runs for sample in r.lost_samples]:
-        print(f"    lost: {sample}")
 
 
 def print_audio(runs: Sequence[AudioRun]) -> None:
@@ -691,6 +804,10 @@ def print_report(outcome: Outcome) -> None:
     print(f"errors: {outcome.errors}")
 
 
+def run_figures(r: ThroughputRun) -> dict[str, Any]:
+    return {**asdict(r), "lost": r.lost, "assigned_rate": r.assigned_rate, "node_cpu_ms": r.node_cpu_ms}
+
+
 def figures(outcome: Outcome) -> dict[str, Any]:
     result: dict[str, Any] = {"machine": machine(), "errors": outcome.errors}
     if outcome.latency is not None:
@@ -698,11 +815,10 @@ def figures(outcome: Outcome) -> dict[str, Any]:
     if outcome.failover is not None:
         result["failover"] = {**asdict(outcome.failover), "p50": outcome.failover.p50}
     if outcome.throughput is not None:
-        runs = [
-            {**asdict(r), "lost": r.lost, "assigned_rate": r.assigned_rate, "node_cpu_ms": r.node_cpu_ms}
-            for r in outcome.throughput
+        rounds = [
+            {"scaling": scaling(runs), "runs": [run_figures(r) for r in runs]} for runs in outcome.throughput
         ]
-        result["throughput"] = {"runs": runs, "scaling": scaling(outcome.throughput)}
+        result["throughput"] = {"rounds": rounds, "scaling": median_scaling(outcome.throughput)}
     if outcome.audio is not None:
         result["audio"] = [{**asdict(r), "clean_rooms": r.clean_rooms} for r in outcome.audio]
     return result
@@ -716,11 +832,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--dispatches", type=int, default=200, help="sequential dispatches timed, per placement (200)"
     )
-    parser.add_argument("--rounds", type=int, default=5, help="node kills timed (5)")
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="node kills timed; throughput rounds of one node and two (5)"
+    )
     parser.add_argument("--lease", type=float, default=1.5, help="cluster.lease of the nodes, s (1.5)")
     parser.add_argument("--duration", type=float, default=10.0, help="throughput seconds per run (10)")
     parser.add_argument("--concurrency", type=int, default=32, help="concurrent CreateDispatch callers (32)")
     parser.add_argument("--workers", type=int, default=100, help="workers of the throughput phase (100)")
+    parser.add_argument(
+        "--client",
+        choices=("native", "python"),
+        default="native" if native.compiler() else "python",
+        help="the throughput phase's load generator: bench/loadgen.c, built with cc (the default when"
+        " there is one), or the Python client of bench/dispatch.py",
+    )
     parser.add_argument("--max-rooms", type=int, default=40, help="bound of the audio phase (40)")
     parser.add_argument("--step", type=int, default=4, help="audio rooms added per step (4)")
     parser.add_argument("--window", type=float, default=3.0, help="seconds measured per audio step (3)")
@@ -747,7 +872,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(figures(outcome), indent=2))
     else:
         print_report(outcome)
-    lost = sum(r.lost for r in outcome.throughput or [])
+    lost = sum(r.lost for runs in outcome.throughput or [] for r in runs)
     return 1 if outcome.errors or lost else 0
 
 

@@ -103,6 +103,7 @@ AGENT_NAME = "bench"
 PHASES = ("latency", "throughput", "idle", "queue", "observed", "dashboard")
 WORKER_VERSION = "bench"
 STATUS_INTERVAL = 2.5  # livekit-agents sends update_worker this often
+STATUS_STEP = 0.05  # the workers' status reports are spread over steps this long
 IDLE_PING_INTERVAL = 60.0  # agents.ping_interval for the idle phase, so that server pings do not dominate
 IDLE_WINDOW = 10.0
 IDLE_BASELINE = 3.0  # seconds of server CPU measured before any worker connects
@@ -328,14 +329,18 @@ async def close_workers(workers: Sequence[BenchWorker]) -> None:
     await asyncio.gather(*(one(worker) for worker in workers))
 
 
+def status_reports_per_step(workers: int, interval: float) -> int:
+    """How many workers report their status every STATUS_STEP, so that each does once per `interval`."""
+    return max(1, round(workers * STATUS_STEP / interval))
+
+
 async def report_status(workers: Sequence[BenchWorker], interval: float) -> None:
     """update_worker WS_AVAILABLE from every worker once per `interval`, spread evenly, as livekit-agents
     workers send it (they would otherwise look ever more loaded as jobs are assigned to them)."""
-    step = 0.05
-    per_step = max(1, round(len(workers) * step / interval))
+    per_step = status_reports_per_step(len(workers), interval)
     cycle = itertools.cycle(workers)
     while True:
-        await asyncio.sleep(step)
+        await asyncio.sleep(STATUS_STEP)
         for _ in range(per_step):
             next(cycle).socket.send(AVAILABLE)
 
@@ -552,6 +557,18 @@ async def list_dispatch_states(
     return failed, lost
 
 
+@dataclass
+class CallLog:
+    """What a throughput run's callers sent and were answered, by room (each call has a fresh room)."""
+
+    started: float  # perf_counter seconds, as the workers' times
+    seconds: float = 0.0  # the timed span
+    sent: dict[str, float] = field(default_factory=dict)
+    created: dict[str, str] = field(default_factory=dict)  # room → dispatch id
+    replies: list[float] = field(default_factory=list)
+    http_errors: int = 0
+
+
 async def throughput_phase(
     session: aiohttp.ClientSession,
     server: Server,
@@ -563,45 +580,60 @@ async def throughput_phase(
     prefix = f"bench-{uuid.uuid4().hex[:8]}-tput"
     source, minted_late = throughput_calls(server, prefix, math.ceil(duration * PREMINT_RATE))
     clock = time.perf_counter
-    sent: dict[str, float] = {}
-    created: dict[str, str] = {}  # room → dispatch id
-    replies: list[float] = []
-    http_errors = 0
     errors_before = board.errors
 
     async def driver(deadline: float) -> None:
-        nonlocal http_errors
         caller = TwirpCaller(server.url)
         try:
             while clock() < deadline:
                 room, call = next(source)
-                sent[room] = t0 = clock()
+                log.sent[room] = t0 = clock()
                 try:
                     status, body = await caller.send(call)
                 except OSError as exc:  # wire.ProtocolError and TimeoutError too
-                    http_errors += 1
+                    log.http_errors += 1
                     board.fail(f"CreateDispatch {room}: {exc!r}")
                     continue
-                replies.append(clock() - t0)
+                log.replies.append(clock() - t0)
                 if status != 200:
-                    http_errors += 1
+                    log.http_errors += 1
                     board.fail(f"CreateDispatch {room}: HTTP {status} {body[:200]!r}")
                     continue
-                created[room] = pb.AgentDispatch.FromString(body).id
+                log.created[room] = pb.AgentDispatch.FromString(body).id
         finally:
             caller.close()
 
     before, started = CpuSample.take(server.pid), clock()
+    log = CallLog(started)
     await asyncio.gather(*(driver(started + duration) for _ in range(concurrency)))
-    seconds = clock() - started
-    cpu = Cpu.since(before, seconds, server.pid)
+    log.seconds = clock() - started
+    cpu = Cpu.since(before, log.seconds, server.pid)
 
-    outstanding = {room for room in created if room not in board.assigned}
+    outstanding = {room for room in log.created if room not in board.assigned}
     if outstanding:
         board.outstanding, board.all_assigned = outstanding, asyncio.Event()
         with suppress(TimeoutError):
             await asyncio.wait_for(board.all_assigned.wait(), DRAIN_DEADLINE)
         board.outstanding = None
+    return await throughput_outcome(
+        session, server, board, log, len(workers), concurrency, cpu, minted_late[0], errors_before
+    )
+
+
+async def throughput_outcome(
+    session: aiohttp.ClientSession,
+    server: Server,
+    board: Board,
+    log: CallLog,
+    workers: int,
+    concurrency: int,
+    cpu: Cpu,
+    minted_late: int,
+    errors_before: int,
+) -> tuple[ThroughputResult, list[str]]:
+    """The figures of a throughput run against `server`, once its workers saw what they were going to:
+    ListDispatch is asked about every created dispatch that no worker was assigned."""
+    created, started, seconds = log.created, log.started, log.seconds
     missing = {room: dispatch_id for room, dispatch_id in created.items() if room not in board.assigned}
     failed, lost = await list_dispatch_states(session, server, missing, board)
     for room, dispatch_id in created.items():
@@ -613,21 +645,22 @@ async def throughput_phase(
     last = max(times, default=started)
     per_second = Counter(int(t - started) for t in times if t - started < int(seconds))
     whole_seconds = range(int(seconds))
+    dispatch = [board.assigned[room] - log.sent[room] for room in created if room in board.assigned]
     result = ThroughputResult(
-        workers=len(workers),
+        workers=workers,
         concurrency=concurrency,
         seconds=seconds,
         created=len(created),
         assigned=len(times),
         failed_with_reason=failed,
         lost=len(lost),
-        http_errors=http_errors,
+        http_errors=log.http_errors,
         created_rate=len(created) / seconds,
         assigned_rate=len(times) / (last - started) if times else 0.0,
         slowest_second=min((per_second[s] for s in whole_seconds), default=None),
-        dispatch=Spread.of([board.assigned[room] - sent[room] for room in created if room in board.assigned]),
-        reply=Spread.of(replies),
-        tokens_minted_in_loop=minted_late[0],
+        dispatch=Spread.of(dispatch),
+        reply=Spread.of(log.replies),
+        tokens_minted_in_loop=minted_late,
         cpu=cpu,
         errors=board.errors - errors_before,
     )

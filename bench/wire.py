@@ -52,6 +52,31 @@ def client_frame(opcode: int, payload: bytes) -> bytes:
     return head + ZERO_MASK + payload
 
 
+def request_bytes(call: Call, host: str, path: str) -> bytes:
+    """The HTTP/1.1 request for `call` (a Twirp call gets a fresh request id, as the SDKs send)."""
+    headers = {**call.headers, REQUEST_ID_HEADER: str(uuid.uuid4())} if call.twirp else call.headers
+    body = call.body or b""
+    lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    head = f"{call.method} {path} HTTP/1.1\r\nHost: {host}\r\n{lines}Content-Length: {len(body)}\r\n\r\n"
+    return head.encode("latin-1") + body
+
+
+def upgrade_request(url: str, key: bytes, headers: Mapping[str, str]) -> bytes:
+    """The HTTP/1.1 request that opens a WebSocket to `url` with `key` (Sec-WebSocket-Key)."""
+    parts = urlsplit(url)
+    lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    return (
+        f"GET {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key.decode()}\r\nSec-WebSocket-Version: 13\r\n{lines}\r\n"
+    ).encode("latin-1")
+
+
+def accept_value(key: bytes) -> str:
+    """The Sec-WebSocket-Accept a server answers `key` with."""
+    return base64.b64encode(hashlib.sha1(key + WS_GUID).digest()).decode()
+
+
 def split_head(buffer: bytearray) -> bytes | None:
     """The head of an HTTP message at the start of `buffer`, removed from it; None until it is whole."""
     end = buffer.find(b"\r\n\r\n")
@@ -132,14 +157,9 @@ class HttpConnection(Connection):
             self.response.set_exception(exc)
 
     async def request(self, call: Call, path: str) -> tuple[int, bytes]:
-        headers = {**call.headers, REQUEST_ID_HEADER: str(uuid.uuid4())} if call.twirp else call.headers
-        body = call.body or b""
-        lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
-        head = f"{call.method} {path} HTTP/1.1\r\nHost: {self.host}\r\n{lines}Content-Length: {len(body)}\r\n"
-        head += "\r\n"
         self.response = asyncio.get_running_loop().create_future()
         assert self.transport is not None
-        self.transport.write(head.encode("latin-1") + body)
+        self.transport.write(request_bytes(call, self.host, path))
         return await asyncio.wait_for(self.response, TIMEOUT)
 
     def consume(self) -> None:
@@ -207,14 +227,8 @@ class WebSocket(Connection):
             lambda: cls(key, on_message), parts.hostname, parts.port
         )
         _, websocket = await asyncio.wait_for(connecting, TIMEOUT)
-        lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
-        request = (
-            f"GET {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
-            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key.decode()}\r\nSec-WebSocket-Version: 13\r\n{lines}\r\n"
-        )
         assert websocket.transport is not None
-        websocket.transport.write(request.encode("latin-1"))
+        websocket.transport.write(upgrade_request(url, key, headers))
         try:
             await asyncio.wait_for(websocket.open, TIMEOUT)
         except BaseException:
@@ -273,8 +287,7 @@ class WebSocket(Connection):
 
     def accept(self, head: bytes) -> None:
         status, headers = parse_head(head)
-        expected = base64.b64encode(hashlib.sha1(self.key + WS_GUID).digest()).decode()
-        if status != 101 or headers.get("sec-websocket-accept") != expected:
+        if status != 101 or headers.get("sec-websocket-accept") != accept_value(self.key):
             raise ProtocolError(f"WebSocket upgrade refused: HTTP {status}")
         self.open.set_result(None)
 
