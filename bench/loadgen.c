@@ -48,7 +48,6 @@ enum { WORKER, CALLER };
 
 typedef struct {
     int kind, fd, node, index;
-    int open; /* a worker: upgraded; a caller: connected */
     int registered, lost;
     char *in;
     size_t in_len, in_cap;
@@ -518,7 +517,6 @@ static void open_worker(Conn *c) {
         fatal("worker %d: upgrade refused: %.*s", c->index, (int)(head < 200 ? head : 200), c->in);
     memmove(c->in, c->in + head, c->in_len - head);
     c->in_len -= head;
-    c->open = 1;
     send_bytes(c, register_frame.data, register_frame.len);
     while (!c->registered) {
         size_t used = worker_frames(c, now_ns());
@@ -652,7 +650,6 @@ int main(int argc, char **argv) {
         c->kind = CALLER, c->index = i - (int)worker_count, c->call = -1;
         c->node = c->index % (int)node_count;
         c->fd = connect_to(ports[c->node]);
-        c->open = 1;
         watch(c);
     }
     printf("READY\n");
