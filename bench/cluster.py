@@ -415,6 +415,11 @@ async def cpu_over(
     return meter.usage()
 
 
+def worker_shares(workers: int, nodes: int) -> list[int]:
+    """How many of the workers connect to each node: as even as can be, the first nodes taking the rest."""
+    return [workers // nodes + (index < workers % nodes) for index in range(nodes)]
+
+
 async def throughput_run(count: int, args: argparse.Namespace) -> tuple[ThroughputRun, int]:
     """bench/dispatch.py's throughput phase against each of `count` nodes at once, sharing the workers
     (spread over the nodes) and their board; and the errors the workers saw."""
@@ -424,8 +429,7 @@ async def throughput_run(count: int, args: argparse.Namespace) -> tuple[Throughp
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=per_node * count)) as twirp:
             workers: list[BenchWorker] = []
             worker_urls: dict[str, str] = {}
-            for index, node in enumerate(nodes):
-                share = args.workers // count + (index < args.workers % count)
+            for node, share in zip(nodes, worker_shares(args.workers, count), strict=True):
                 connected = await connect_workers(node, share, board)
                 workers += connected
                 worker_urls.update({worker.worker_id: node.url for worker in connected})
@@ -490,7 +494,7 @@ async def native_throughput_run(
             for index, node in enumerate(nodes)
             for room in (f"{prefix}-{index}-{i}" for i in range(ahead))
         ]
-        shares = [args.workers // count + (index < args.workers % count) for index in range(count)]
+        shares = worker_shares(args.workers, count)
         worker_nodes = [index for index, share in enumerate(shares) for _ in range(share)]
         plan = native.Plan(
             nodes, args.duration, DRAIN_DEADLINE, per_node, STATUS_INTERVAL, worker_nodes, calls
