@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from livekit import api, rtc
-from livekit.protocol import agent
+from livekit.protocol import agent, models
 
 from tests.agent_workers import AgentWorker, registered
 from tests.cluster_nodes import LEASE, dead_to_the_others, kill_node, start_node
@@ -361,6 +361,15 @@ async def test_a_lost_nodes_room_that_nobody_comes_back_to_is_adopted_runs_its_j
         request = api.CreateAgentDispatchRequest(room=room, agent_name="adoptee")
         dispatch = await lkapi.agent_dispatch.create_dispatch(request)
         [job_id] = await eventually(lambda: list(worker.runs()), "the job running")
+        # Killed once the agent is in the room (its media connection up): an agent still connecting to the
+        # dead node ends only when livekit-agents gives up on its entrypoint (15 s), after the room, which
+        # nobody rejoins, has closed (its departure timeout) without running the job again.
+        in_room = (await clients(owner)).room.list_participants
+        await eventually(
+            lambda: in_room(api.ListParticipantsRequest(room=room)),
+            "the agent in the room",
+            accept=lambda listed: [p.state for p in listed.participants] == [models.ParticipantInfo.ACTIVE],
+        )
         killed_at = time.time()
         kill_node(owner)
         # Only Redis and the worker are watched from here: a call naming the room would bring it back.
@@ -371,8 +380,8 @@ async def test_a_lost_nodes_room_that_nobody_comes_back_to_is_adopted_runs_its_j
         await eventually(copies, "the job started again", ADOPTION_DEADLINE, accept=lambda r: len(r) == 2)
         (_, stopped), (started, _) = copies()
         # Adopted only once its participants' time to come back was over, counted from when the survivor
-        # found the node lost (after the kill). The old copy (its agent joined, or was joining, the dead
-        # node) had ended or was stopped, and its end was known, before the job was offered again: the
+        # found the node lost (after the kill). The old copy (its agent joined the dead node) had ended or
+        # was stopped, and its end was known, before the job was offered again: the
         # worker never ran two copies of the job.
         assert started - killed_at >= ADOPTED_DEPARTURE, started - killed_at
         assert stopped is not None and stopped <= started
