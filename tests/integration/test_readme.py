@@ -79,7 +79,8 @@ def dev_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """`switchboard serve --dev --agents agents`, as `make serve` runs it, on a free port."""
     instance = start_server(
         tmp_path_factory.mktemp("server"),
-        {"keys": None, "agents_dir": str(ROOT / "agents")},  # no keys: --dev's devkey / secret
+        # No keys: --dev's devkey / secret. A short drain: the sample agent's job still runs at the end.
+        {"keys": None, "agents_dir": str(ROOT / "agents"), "agents": {"drain_timeout": 1}},
         "--dev",
     )
     yield instance
