@@ -11,7 +11,9 @@ from tests.conftest import Server, free_port
 class SignalProxy:
     """A TCP proxy in front of the server. `cut()` drops every connection through it, as a network
     blip drops a client's signal connection; while `refusing`, new connections are closed at once; while
-    `stalled` (`stall()` … `release()`), they are held, unanswered, as on a network still recovering."""
+    `stalled` (`stall()` … `release()`), they are held, unanswered, as on a network still recovering;
+    while replies are held (`hold_replies()` … `pass_replies()`), the server's WebSocket messages (after
+    its upgrade response) wait in the proxy, as on a slow link, and the client's still go through."""
 
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
@@ -22,6 +24,8 @@ class SignalProxy:
         self._server: asyncio.Server | None = None
         self._flowing = asyncio.Event()
         self._flowing.set()
+        self._replying = asyncio.Event()
+        self._replying.set()
 
     @property
     def url(self) -> str:
@@ -40,13 +44,27 @@ class SignalProxy:
         self._writers |= {client_writer, upstream_writer}
         await asyncio.gather(
             self._pipe(client_reader, upstream_writer),
-            self._pipe(upstream_reader, client_writer),
+            self._replies(upstream_reader, client_writer),
             return_exceptions=True,
         )
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _replies(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """The server's side: its HTTP response head goes through at once; after an upgrade, its messages
+        wait while replies are held."""
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError as closed:  # before its head ended: what came goes on
+            head = closed.partial
+        writer.write(head)
+        await self._pipe(reader, writer, self._replying if head.startswith(b"HTTP/1.1 101") else None)
+
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, gate: asyncio.Event | None = None
+    ) -> None:
         try:
             while data := await reader.read(65536):
+                if gate is not None:
+                    await gate.wait()
                 writer.write(data)
                 await writer.drain()
         finally:
@@ -59,6 +77,12 @@ class SignalProxy:
     def release(self) -> None:
         self._flowing.set()
 
+    def hold_replies(self) -> None:
+        self._replying.clear()
+
+    def pass_replies(self) -> None:
+        self._replying.set()
+
     def cut(self) -> None:
         for writer in list(self._writers):
             writer.transport.abort()  # no close handshake: the connection is simply gone
@@ -66,6 +90,7 @@ class SignalProxy:
 
     async def close(self) -> None:
         self.release()
+        self.pass_replies()
         self.cut()
         if self._server is not None:
             self._server.close()

@@ -418,6 +418,12 @@ class ParticipantSession:
         for forward in forwards:
             forward.room.end_forward(forward, reason, in_engine=True)
 
+    def _sub_connecting(self) -> bool:
+        """Whether the subscriber connection is being set up after its first answer. aiortc connects an
+        answer in a task of its own: until that task runs, the state is still "new"."""
+        state = self.sub_pc.connectionState
+        return state == "connecting" or (state == "new" and self.sub_pc.remoteDescription is not None)
+
     def _subscribe_deferred(self) -> None:
         """The subscriptions that waited for an answer or for the connection: made now, if they may."""
         deferred, self._deferred = self._deferred, []
@@ -703,12 +709,18 @@ class ParticipantSession:
             return
         if any(relay is waiting for _, waiting in self._deferred):
             return
-        if self.negotiation.busy or self.sub_pc.connectionState == "connecting":
+        if self.negotiation.busy or self._sub_connecting():
             # A transceiver added while an offer is out gets a transport of its own in aiortc, which the
             # answer then leaves unused: the track would stay silent. Add it once the answer is in.
             # Nor while the connection is still being set up after the first answer: aiortc would
             # connect the next answer while the first connect is under way, see the shared transport
             # not yet connected, and never start the new sender (silent until the next offer).
+            log.debug(
+                "subscription deferred room=%s identity=%s track=%s",
+                self.room.name,
+                self.identity,
+                relay.track_sid,
+            )
             self._deferred.append((publisher, relay))
             return
         # A free slot (its track unpublished or unsubscribed) is used again, as LiveKit reuses its
