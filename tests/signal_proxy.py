@@ -55,6 +55,8 @@ class SignalProxy:
             head = await reader.readuntil(b"\r\n\r\n")
         except asyncio.IncompleteReadError as closed:  # before its head ended: what came goes on
             head = closed.partial
+        except (asyncio.LimitOverrunError, ConnectionError):  # no head to read: the pipe passes it all on
+            head = b""
         writer.write(head)
         await self._pipe(reader, writer, self._replying if head.startswith(b"HTTP/1.1 101") else None)
 

@@ -7,6 +7,7 @@ import re
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -429,15 +430,19 @@ ANSWER_RACE_ROUNDS = 5
 connection, a round loses the race about one time in three (three of four runs of three rounds failed)."""
 
 
-async def test_a_track_published_while_a_joiner_answers_its_first_offer_is_heard(
-    server: Server, lkapi: api.LiveKitAPI
-) -> None:
+async def test_a_track_published_while_a_joiner_answers_its_first_offer_is_heard(tmp_path: Path) -> None:
     """A track that comes while a joining participant's first subscriber offer is out is added once that
     offer is answered and the connection it sets up is up: aiortc connects an answer in a task of its own,
     and a second answer that arrives while the first is still connecting never starts its new sender (the
-    track stays silent). A proxy holds the server's messages to the joiner until the track is there."""
-    for round_ in range(ANSWER_RACE_ROUNDS):
-        await join_while_a_track_comes(server, lkapi, f"answer-race-{round_}-{uuid.uuid4().hex[:6]}")
+    track stays silent). A proxy holds the server's messages to the joiner until the track is there. The
+    joiner says nothing meanwhile: a server of its own, with the default ping timeout, waits for it."""
+    server = start_server(tmp_path / "server")
+    try:
+        async with api.LiveKitAPI(server.http_url, server.api_key, server.api_secret) as lkapi:
+            for round_ in range(ANSWER_RACE_ROUNDS):
+                await join_while_a_track_comes(server, lkapi, f"answer-race-{round_}")
+    finally:
+        stop_server(server)
 
 
 async def join_while_a_track_comes(server: Server, lkapi: api.LiveKitAPI, room: str) -> None:
@@ -454,19 +459,22 @@ async def join_while_a_track_comes(server: Server, lkapi: api.LiveKitAPI, room: 
             joining = asyncio.ensure_future(
                 listener.room.connect(proxy.url, server.join_token(room, "listener"))
             )
-            await eventually(who_and_tracks, "the listener's join", accept=lambda w: "listener" in w)
-            await speaker.publish_tone()
-            # The speaker's track is listed once its media has come: the listener's subscription to it was
-            # asked for then, while the listener's first offer waits in the proxy.
-            await eventually(who_and_tracks, "the speaker's track", accept=lambda w: w["speaker"] == 1)
-            proxy.pass_replies()
-            await joining
-            await eventually(
-                lambda: len(listener.levels) >= 50 and np.mean(listener.levels[-25:]) > 4000,
-                f"the listener to hear the speaker in {room}",
-            )
+            try:
+                await eventually(who_and_tracks, "the listener's join", accept=lambda w: "listener" in w)
+                await speaker.publish_tone()
+                # The speaker's track is listed once the server has taken its offer, which asked for the
+                # listener's subscription to it: while the listener's first offer waits in the proxy.
+                await eventually(who_and_tracks, "the speaker's track", accept=lambda w: w["speaker"] == 1)
+                proxy.pass_replies()
+                await joining
+                await eventually(
+                    lambda: len(listener.levels) >= 50 and np.mean(listener.levels[-25:]) > 4000,
+                    f"the listener to hear the speaker in {room}",
+                )
+            finally:
+                joining.cancel()
+                await listener.close()  # while the proxy is there: no resume through a closed port
     finally:
-        await listener.close()
         await speaker.close()
 
 

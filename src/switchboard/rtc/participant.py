@@ -349,9 +349,11 @@ class ParticipantSession:
                 participant.active = True
                 participant.changed()
                 self.room.announce([self.info()])
+            # Reported first, while the connection counts as up: the offer that a deferred subscription
+            # starts makes aiortc count it as connecting again until the answer.
+            self._report_subscriptions()
             if pc.connectionState == "connected":
                 self._subscribe_deferred()
-            self._report_subscriptions()
 
     async def close(self, reason: int = models.UNKNOWN_REASON) -> None:
         """End the session; the others learn that the participant left, and why (`reason`, a
