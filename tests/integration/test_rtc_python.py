@@ -425,6 +425,27 @@ async def test_tracks_published_in_quick_succession_are_all_relayed(clients: Any
     await eventually(all_audible, "the listener to hear all three speakers")
 
 
+async def test_a_late_joiner_is_offered_every_track_of_the_room_at_once(
+    server: Server, clients: Any, lkapi: api.LiveKitAPI
+) -> None:
+    """The tracks already in the room come in the joiner's first subscriber offer, not in one offer after
+    another, each waiting for the answer to the one before."""
+    speakers = [await clients(f"speaker-{i}") for i in range(3)]
+    await asyncio.gather(*(speaker.publish_tone() for speaker in speakers))
+
+    async def tracks() -> int:
+        listed = await lkapi.room.list_participants(api.ListParticipantsRequest(room=clients.room))
+        return sum(len(p.tracks) for p in listed.participants)
+
+    await eventually(tracks, "the speakers' tracks listed", accept=lambda n: n == 3)
+    async with signalling(server, clients.room, "late") as (ws, _):
+        message = signal.SignalResponse()
+        while message.WhichOneof("message") != "offer":
+            message = signal.SignalResponse.FromString((await ws.receive(timeout=10)).data)
+        await ws.send_bytes(signal.SignalRequest(leave=signal.LeaveRequest()).SerializeToString())
+    assert message.offer.sdp.count("m=audio ") == 3, message.offer.sdp
+
+
 ANSWER_RACE_ROUNDS = 5
 """Rooms in which a track comes while the joiner's first offer is out: without the wait for the
 connection, a round loses the race about one time in three (three of four runs of three rounds failed)."""

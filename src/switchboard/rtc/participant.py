@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSCloseCode, web
@@ -182,8 +182,8 @@ class ParticipantSession:
         for publisher in room.publishers():
             if publisher is not self:
                 for relay in publisher.relays.values():
-                    self.subscribe(publisher, relay)
-        self.request_negotiation()
+                    self._add_subscription(publisher, relay)
+        self.request_negotiation()  # the first offer: the data channels, and the tracks already here
         await self._serve(self.ws)
 
     async def _serve(self, ws: web.WebSocketResponse) -> None:
@@ -429,9 +429,7 @@ class ParticipantSession:
     def _subscribe_deferred(self) -> None:
         """The subscriptions that waited for an answer or for the connection: made now, if they may."""
         deferred, self._deferred = self._deferred, []
-        for publisher, relay in deferred:
-            if not publisher.closed and relay.track_sid in publisher.relays:
-                self.subscribe(publisher, relay)
+        self.subscribe_to((p, relay) for p, relay in deferred if not p.closed and relay.track_sid in p.relays)
 
     def drop_deferred(self) -> None:
         self._deferred = []
@@ -684,6 +682,7 @@ class ParticipantSession:
         """The client subscribes or unsubscribes by hand (how `autoSubscribe: false` clients receive)."""
         # livekit-client names each track twice (in track_sids and in participant_tracks).
         named = [*update.track_sids, *(sid for pt in update.participant_tracks for sid in pt.track_sids)]
+        wanted = []
         for track_sid in dict.fromkeys(named):
             found = self.room.published_track(track_sid)
             if found is not None and found[0] is self:
@@ -695,22 +694,35 @@ class ParticipantSession:
                     error = rtc.SubscriptionResponse(track_sid=track_sid, err=models.SE_TRACK_NOTFOUND)
                     self.signal.send(rtc.SignalResponse(subscription_response=error))
             elif update.subscribe:
-                self.subscribe(*found)
+                wanted.append(found)
             else:
                 self.unsubscribe(found[1])
+        self.subscribe_to(wanted)
 
     def wants(self, track_sid: str) -> bool:
         return self.can_subscribe and self.subscription_overrides.get(track_sid, self.auto_subscribe)
 
     def subscribe(self, publisher: Publisher, relay: TrackRelay) -> None:
+        self.subscribe_to([(publisher, relay)])
+
+    def subscribe_to(self, tracks: Iterable[tuple[Publisher, TrackRelay]]) -> None:
+        """Subscribe to these tracks (those this participant wants and may have) in one offer: added one
+        by one, each would make the offer that the next one waits for."""
+        added = [self._add_subscription(publisher, relay) for publisher, relay in tracks]
+        if any(added):
+            self.request_negotiation()
+
+    def _add_subscription(self, publisher: Publisher, relay: TrackRelay) -> bool:
+        """Add the track's sender to the subscriber connection, or defer it; whether it was added (an offer
+        is then to be made)."""
         if not self.wants(relay.track_sid) or relay.track_sid in self.subscriptions:
-            return
+            return False
         allowed = publisher.allows(self, relay.track_sid)
         self._tell_permission(publisher, relay.track_sid, allowed)
         if not allowed:
-            return
+            return False
         if any(relay is waiting for _, waiting in self._deferred):
-            return
+            return False
         if self.negotiation.busy or self._sub_connecting():
             # A transceiver added while an offer is out gets a transport of its own in aiortc, which the
             # answer then leaves unused: the track would stay silent. Add it once the answer is in.
@@ -724,7 +736,7 @@ class ParticipantSession:
                 relay.track_sid,
             )
             self._deferred.append((publisher, relay))
-            return
+            return False
         # A free slot (its track unpublished or unsubscribed) is used again, as LiveKit reuses its
         # transceivers: the offer does not grow with every track the room ever had.
         in_use = set(map(id, self.subscriptions.values()))
@@ -740,7 +752,7 @@ class ParticipantSession:
         transceiver.sender._stream_id = f"{publisher.sid}|{relay.track_sid}"
         transceiver.sender._track_id = relay.track_sid
         self.subscriptions[relay.track_sid] = transceiver
-        self.request_negotiation()
+        return True
 
     # Subscription permissions
 

@@ -133,8 +133,7 @@ class Room:
         """Everyone here receives `publisher`'s tracks (it arrived with them, by a move or a forward)."""
         for session in self.others():
             if session is not publisher:
-                for relay in list(publisher.relays.values()):
-                    session.subscribe(publisher, relay)
+                session.subscribe_to([(publisher, relay) for relay in publisher.relays.values()])
 
     # Data
 

@@ -276,9 +276,7 @@ class RtcService:
         session.signal.send(rtc.SignalResponse(room_moved=moved))
         if not session.hidden:
             new.announce([session.info()], exclude=session)
-        for other in after:
-            for relay in other.relays.values():
-                session.subscribe(other, relay)
+        session.subscribe_to([(other, relay) for other in after for relay in other.relays.values()])
         new.subscribe_all(session)
         log.info("participant moved room=%s identity=%s destination=%s", room, identity, destination)
 
