@@ -121,7 +121,7 @@ class ParticipantSession:
         self.forwards: list[Forward] = []
         """Where this participant is forwarded to (ForwardParticipant): other rooms show it and its tracks."""
         self._deferred: list[tuple[Publisher, TrackRelay]] = []
-        """Subscriptions that arrived while an offer was being made or answered (see `subscribe`)."""
+        """Subscriptions that waited for an answer or for the connection (see `_add_subscription`)."""
         video = claims.video
         self.can_publish = video.can_publish is not False
         self.can_subscribe = video.can_subscribe is not False
